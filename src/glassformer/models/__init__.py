@@ -1,0 +1,5 @@
+"""Assemblies of the parts; a variant is a config field, not a subclass."""
+
+from glassformer.models.transformer import Transformer, TransformerConfig
+
+__all__ = ["Transformer", "TransformerConfig"]

@@ -1,0 +1,136 @@
+"""Attention: the reference formula and the multi-head module built on it.
+
+    Attention(Q, K, V) = softmax(Q Kᵀ / sqrt(d_k)) V
+
+    MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W_O,   head_i = Attention(Q W_Q_i, K W_K_i, V W_V_i)
+
+Masks are boolean, True = may attend (see ``glassformer.masks``). Masked scores are filled with the most
+negative number of their dtype, not ``-1e9`` (which overflows float16), and a query row with nothing to
+attend to returns zeros instead of NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glassformer.nn.validation import check_hidden, check_mask
+
+
+def scaled_dot_product_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The plain formula, the reference every fast path is tested against.
+
+    Args:
+        query: ``(..., q_len, d_k)``.
+        key: ``(..., k_len, d_k)``.
+        value: ``(..., k_len, d_v)``.
+        mask: bool, broadcastable to ``(..., q_len, k_len)``; True = may attend.
+        dropout_p: dropout on the attention weights (training only; pass 0 in evaluation).
+
+    Returns:
+        ``(output, weights)``: output ``(..., q_len, d_v)`` and weights ``(..., q_len, k_len)``.
+    """
+    d_k = query.size(-1)
+    scores = torch.matmul(query, key.transpose(-2, -1)) / math.sqrt(d_k)  # Q Kᵀ / sqrt(d_k)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = torch.softmax(scores, dim=-1)
+    if mask is not None:
+        weights = weights.masked_fill(~mask, 0.0)  # a row with nothing to attend to: zeros, not uniform/NaN
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    return torch.matmul(weights.to(value.dtype), value), weights
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with a fused projection for Q, K and V.
+
+    ``qkv_proj.weight`` stacks ``[W_Q; W_K; W_V]`` row-wise, shape ``(3 * d_model, d_model)``; self-attention
+    projects all three with one matrix multiply, cross-attention projects Q from the query and K, V from the
+    memory with the matching slices. ``out_proj`` is W_O.
+
+    Without ``need_weights`` it runs ``torch.nn.functional.scaled_dot_product_attention`` (a fused kernel);
+    with it, the reference ``scaled_dot_product_attention`` above, which also returns the weights.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        if num_heads < 1 or d_model % num_heads != 0:
+            raise ValueError(
+                f"d_model={d_model} is not divisible by num_heads={num_heads}; "
+                "choose num_heads that divides d_model"
+            )
+        self.d_model = d_model
+        self.num_heads = num_heads
+        self.d_k = d_model // num_heads
+        self.dropout = dropout
+        self.qkv_proj = nn.Linear(d_model, 3 * d_model, bias=bias)  # [W_Q; W_K; W_V]
+        self.out_proj = nn.Linear(d_model, d_model, bias=bias)  # W_O
+
+    def project_qkv(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Q W_Q, K W_K, V W_V, each ``(batch, seq, d_model)``; one matmul when query is key is value."""
+        d = self.d_model
+        if query is key and key is value:
+            return self.qkv_proj(query).split(d, dim=-1)
+        w, b = self.qkv_proj.weight, self.qkv_proj.bias
+        q = F.linear(query, w[:d], None if b is None else b[:d])
+        if key is value:
+            k, v = F.linear(key, w[d:], None if b is None else b[d:]).split(d, dim=-1)
+            return q, k, v
+        k = F.linear(key, w[d : 2 * d], None if b is None else b[d : 2 * d])
+        v = F.linear(value, w[2 * d :], None if b is None else b[2 * d :])
+        return q, k, v
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """
+        Args:
+            query: ``(batch, q_len, d_model)``.
+            key, value: ``(batch, k_len, d_model)``.
+            mask: bool, broadcastable to ``(batch, heads, q_len, k_len)``; True = may attend.
+            need_weights: also return the attention weights (uses the reference path).
+
+        Returns:
+            ``(output, weights)``: output ``(batch, q_len, d_model)``; weights ``(batch, heads, q_len, k_len)``
+            or None.
+        """
+        check_hidden(query, self.d_model, "query")
+        check_hidden(key, self.d_model, "key")
+        if value is not key:
+            check_hidden(value, self.d_model, "value")
+        batch, q_len, k_len = query.size(0), query.size(1), key.size(1)
+        if mask is not None:
+            check_mask(mask, (batch, self.num_heads, q_len, k_len))
+
+        q, k, v = self.project_qkv(query, key, value)
+        # split heads: (batch, seq, d_model) -> (batch, heads, seq, d_k)
+        q = q.view(batch, q_len, self.num_heads, self.d_k).transpose(1, 2)
+        k = k.view(batch, k_len, self.num_heads, self.d_k).transpose(1, 2)
+        v = v.view(batch, k_len, self.num_heads, self.d_k).transpose(1, 2)
+
+        dropout_p = self.dropout if self.training else 0.0
+        if need_weights:
+            out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            weights = None
+        # concatenate heads: (batch, heads, q_len, d_k) -> (batch, q_len, d_model)
+        out = out.transpose(1, 2).reshape(batch, q_len, self.d_model)
+        return self.out_proj(out), weights

@@ -1,0 +1,41 @@
+"""The position-wise feed-forward network, applied to every position separately and identically.
+
+    FFN(x) = act(x W_1 + b_1) W_2 + b_2,   act = ReLU (the paper: max(0, ·)) or GELU (GPT-2, BERT)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,  # exact, with erf (BERT)
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's approximation
+}
+
+
+def check_activation(name: str) -> None:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
+
+
+class PositionWiseFeedForward(nn.Module):
+    """``(batch, seq, d_model)`` -> ``(batch, seq, d_model)`` through a hidden width ``d_ff``.
+
+    ``fc1`` is W_1 (``d_model -> d_ff``), ``fc2`` is W_2 (``d_ff -> d_model``). ``dropout`` acts on the hidden
+    activations, as in ``torch.nn.TransformerEncoderLayer`` and the Annotated Transformer.
+    """
+
+    def __init__(self, d_model: int, d_ff: int, activation: str = "relu", dropout: float = 0.0, bias: bool = True):
+        super().__init__()
+        check_activation(activation)
+        self.activation = activation
+        self.act = ACTIVATIONS[activation]
+        self.fc1 = nn.Linear(d_model, d_ff, bias=bias)
+        self.fc2 = nn.Linear(d_ff, d_model, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(self.act(self.fc1(x))))
