@@ -36,9 +36,7 @@ class TorchBaseline(nn.Module):
         self.tgt_embed = nn.Embedding(vocab, d_model, padding_idx=PAD)
         self.positions = PositionalEncoding(d_model, 512)
         self.dropout = nn.Dropout(dropout)
-        self.transformer = nn.Transformer(
-            d_model, heads, layers, layers, d_ff, dropout, batch_first=True
-        )
+        self.transformer = nn.Transformer(d_model, heads, layers, layers, d_ff, dropout, batch_first=True)
         self.out = nn.Linear(d_model, vocab)
 
     def forward(self, src: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
@@ -48,8 +46,13 @@ class TorchBaseline(nn.Module):
         causal = nn.Transformer.generate_square_subsequent_mask(tgt.size(1), dtype=torch.bool)
         src_pad, tgt_pad = src == PAD, tgt == PAD  # torch's convention: True = ignore
         h = self.transformer(
-            s, t, tgt_mask=causal, src_key_padding_mask=src_pad, tgt_key_padding_mask=tgt_pad,
-            memory_key_padding_mask=src_pad, tgt_is_causal=True,
+            s,
+            t,
+            tgt_mask=causal,
+            src_key_padding_mask=src_pad,
+            tgt_key_padding_mask=tgt_pad,
+            memory_key_padding_mask=src_pad,
+            tgt_is_causal=True,
         )
         return self.out(h)
 
@@ -89,8 +92,14 @@ def main() -> None:
     torch.manual_seed(0)
 
     config = TransformerConfig(
-        src_vocab_size=args.vocab, tgt_vocab_size=args.vocab, d_model=args.d_model, num_layers=args.layers,
-        num_heads=8, d_ff=4 * args.d_model, dropout=0.1, pad_id=PAD,
+        src_vocab_size=args.vocab,
+        tgt_vocab_size=args.vocab,
+        d_model=args.d_model,
+        num_layers=args.layers,
+        num_heads=8,
+        d_ff=4 * args.d_model,
+        dropout=0.1,
+        pad_id=PAD,
     )
     models = {
         "torch.nn.Transformer": TorchBaseline(args.vocab, args.d_model, args.layers, 8, 4 * args.d_model, 0.1),
@@ -117,8 +126,10 @@ def main() -> None:
                 seconds[name] += time.perf_counter() - start
 
     base = tokens / seconds["torch.nn.Transformer"]
-    print(f"threads={torch.get_num_threads()} batch={args.batch} seq<={args.seq} vocab={args.vocab} "
-          f"d_model={args.d_model} layers={args.layers}+{args.layers} steps={args.steps}")
+    print(
+        f"threads={torch.get_num_threads()} batch={args.batch} seq<={args.seq} vocab={args.vocab} "
+        f"d_model={args.d_model} layers={args.layers}+{args.layers} steps={args.steps}"
+    )
     print(f"{'model':<22} {'params':>12} {'tgt tokens/s':>13} {'ratio':>7}")
     for name in models:
         rate = tokens / seconds[name]

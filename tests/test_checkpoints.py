@@ -10,7 +10,13 @@ from glassformer.checkpoints import read_checkpoint, write_checkpoint
 
 def tiny(**overrides):
     fields = dict(
-        src_vocab_size=30, tgt_vocab_size=30, d_model=16, num_layers=1, num_heads=2, d_ff=32, max_seq_length=12,
+        src_vocab_size=30,
+        tgt_vocab_size=30,
+        d_model=16,
+        num_layers=1,
+        num_heads=2,
+        d_ff=32,
+        max_seq_length=12,
         dropout=0.0,
     )
     fields.update(overrides)

@@ -50,8 +50,17 @@ def test_matches_torch_nn_transformer(norm_first):
     reference.eval()
     model = Transformer(
         TransformerConfig(
-            src_vocab_size=vocab, tgt_vocab_size=vocab, d_model=d, num_layers=layers, num_heads=heads, d_ff=d_ff,
-            max_seq_length=16, dropout=0.0, pad_id=PAD, norm_first=norm_first, final_norm=True,
+            src_vocab_size=vocab,
+            tgt_vocab_size=vocab,
+            d_model=d,
+            num_layers=layers,
+            num_heads=heads,
+            d_ff=d_ff,
+            max_seq_length=16,
+            dropout=0.0,
+            pad_id=PAD,
+            norm_first=norm_first,
+            final_norm=True,
         )
     ).eval()
     copy_torch_weights(model, reference)

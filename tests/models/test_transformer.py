@@ -8,8 +8,15 @@ PAD = 0
 
 def small_model(**overrides) -> Transformer:
     config = dict(
-        src_vocab_size=50, tgt_vocab_size=40, d_model=32, num_layers=2, num_heads=4, d_ff=64,
-        max_seq_length=24, dropout=0.0, pad_id=PAD,
+        src_vocab_size=50,
+        tgt_vocab_size=40,
+        d_model=32,
+        num_layers=2,
+        num_heads=4,
+        d_ff=64,
+        max_seq_length=24,
+        dropout=0.0,
+        pad_id=PAD,
     )
     config.update(overrides)
     return Transformer(TransformerConfig(**config)).eval()
@@ -21,7 +28,12 @@ def random_ids(batch, length, vocab):
 
 def test_guide_shapes():
     config = TransformerConfig(
-        src_vocab_size=10000, tgt_vocab_size=10000, d_model=300, num_layers=12, num_heads=4, d_ff=2048,
+        src_vocab_size=10000,
+        tgt_vocab_size=10000,
+        d_model=300,
+        num_layers=12,
+        num_heads=4,
+        d_ff=2048,
         max_seq_length=512,
     )
     model = Transformer(config).eval()

@@ -5,9 +5,7 @@ import torch
 
 from glassformer.nn import LearnedPositionalEmbedding, PositionalEncoding, TokenEmbedding, sinusoidal_encoding
 
-GUIDE_E = torch.tensor(
-    [[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.7, 0.8, 0.9], [1.0, 1.1, 1.2], [1.3, 1.4, 1.5]]
-)
+GUIDE_E = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.6], [0.7, 0.8, 0.9], [1.0, 1.1, 1.2], [1.3, 1.4, 1.5]])
 
 
 def test_embedding_lookup_of_guide_table():

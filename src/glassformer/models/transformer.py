@@ -63,7 +63,15 @@ class TransformerConfig(ModelConfig):
     bias: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_seq_length"):
+        for name in (
+            "src_vocab_size",
+            "tgt_vocab_size",
+            "d_model",
+            "num_layers",
+            "num_heads",
+            "d_ff",
+            "max_seq_length",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

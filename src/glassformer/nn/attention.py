@@ -66,8 +66,7 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         if num_heads < 1 or d_model % num_heads != 0:
             raise ValueError(
-                f"d_model={d_model} is not divisible by num_heads={num_heads}; "
-                "choose num_heads that divides d_model"
+                f"d_model={d_model} is not divisible by num_heads={num_heads}; choose num_heads that divides d_model"
             )
         self.d_model = d_model
         self.num_heads = num_heads

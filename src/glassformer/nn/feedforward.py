@@ -1,6 +1,6 @@
 """The position-wise feed-forward network, applied to every position separately and identically.
 
-    FFN(x) = act(x W_1 + b_1) W_2 + b_2,   act = ReLU (the paper: max(0, ·)) or GELU (GPT-2, BERT)
+FFN(x) = act(x W_1 + b_1) W_2 + b_2,   act = ReLU (the paper: max(0, ·)) or GELU (GPT-2, BERT)
 """
 
 from __future__ import annotations

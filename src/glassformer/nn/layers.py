@@ -82,7 +82,9 @@ class DecoderLayer(nn.Module):
         self.norm_first = norm_first
         self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout, bias=bias)
         self.norm1 = LayerNorm(d_model, layer_norm_eps)
-        self.cross_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout, bias=bias) if cross_attention else None
+        self.cross_attn = (
+            MultiHeadAttention(d_model, num_heads, dropout=dropout, bias=bias) if cross_attention else None
+        )
         self.norm2 = LayerNorm(d_model, layer_norm_eps) if cross_attention else None
         self.ffn = PositionWiseFeedForward(d_model, d_ff, activation, dropout=dropout, bias=bias)
         self.norm3 = LayerNorm(d_model, layer_norm_eps)

@@ -48,8 +48,7 @@ def check_mask(mask: torch.Tensor, target_shape: tuple[int, ...], name: str = "m
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
         kind = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
         raise ValueError(
-            f"{name} must be a bool tensor with True = may attend, got {kind}; "
-            "build it with glassformer.masks"
+            f"{name} must be a bool tensor with True = may attend, got {kind}; build it with glassformer.masks"
         )
     ok = mask.dim() <= len(target_shape) and all(
         m in (1, t) for m, t in zip(reversed(mask.shape), reversed(target_shape), strict=False)
