@@ -147,6 +147,13 @@ def test_dropout_only_in_training():
     assert not torch.allclose(model(src, tgt), model(src, tgt))
 
 
+@pytest.mark.parametrize("field", ["attention_dropout", "activation_dropout"])
+def test_extra_dropouts_are_wired(field):
+    model = small_model(**{field: 0.5}).train()
+    src, tgt = random_ids(2, 6, 40), random_ids(2, 4, 40)
+    assert not torch.allclose(model(src, tgt), model(src, tgt))
+
+
 def test_gradients_flow_to_every_parameter():
     model = small_model().train()
     src, tgt = random_ids(2, 6, 40), random_ids(2, 5, 40)

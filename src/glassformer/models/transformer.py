@@ -32,6 +32,10 @@ class TransformerConfig(ModelConfig):
     """Configuration of the seq2seq ``Transformer``. Field names follow the guide; defaults are the paper's
     base model. ``num_layers`` is the depth of the encoder and of the decoder each.
 
+    Dropout: ``dropout`` on every sublayer output and on embeddings + positions (the paper's placement);
+    ``attention_dropout`` on the attention weights and ``activation_dropout`` inside the feed-forward are extra
+    (``torch.nn.Transformer`` sets both to ``dropout``).
+
     Variant options:
         norm_first: False = post-norm (the paper), True = pre-norm.
         activation: "relu" (the paper), "gelu" or "gelu_tanh" in the feed-forward network.
@@ -52,6 +56,8 @@ class TransformerConfig(ModelConfig):
     d_ff: int = 2048
     max_seq_length: int = 512
     dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
     pad_id: int = 0
     norm_first: bool = False
     activation: str = "relu"
@@ -80,8 +86,9 @@ class TransformerConfig(ModelConfig):
                 f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
                 "choose num_heads that divides d_model"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
             raise ValueError(f"pad_id={self.pad_id} is outside the vocabularies; it must be a valid token id")
         check_activation(self.activation)
@@ -112,6 +119,8 @@ class Transformer(PretrainedMixin, nn.Module):
             d_ff=config.d_ff,
             max_seq_length=config.max_seq_length,
             dropout=config.dropout,
+            attention_dropout=config.attention_dropout,
+            activation_dropout=config.activation_dropout,
             activation=config.activation,
             norm_first=config.norm_first,
             final_norm=config.final_norm,

@@ -3,6 +3,10 @@
     post-norm (the paper):  x = LayerNorm(x + Dropout(Sublayer(x)))
     pre-norm (GPT-2 style): x = x + Dropout(Sublayer(LayerNorm(x)))
 
+``dropout`` acts on each sublayer's output and ``attention_dropout`` / ``activation_dropout`` on the attention
+weights / the feed-forward's hidden activations. The paper uses only the first; ``torch.nn.Transformer`` and the
+Annotated Transformer use all three with one rate.
+
 Encoder layer: self-attention, then feed-forward.
 Decoder layer: masked self-attention, cross-attention over the encoder output (skipped when built with
 ``cross_attention=False``, as in a decoder-only model), then feed-forward.
@@ -35,11 +39,13 @@ class EncoderLayer(nn.Module):
         norm_first: bool = False,
         layer_norm_eps: float = 1e-5,
         bias: bool = True,
+        attention_dropout: float = 0.0,
+        activation_dropout: float = 0.0,
     ):
         super().__init__()
         self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout, bias=bias)
-        self.ffn = PositionWiseFeedForward(d_model, d_ff, activation, dropout=dropout, bias=bias)
+        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=attention_dropout, bias=bias)
+        self.ffn = PositionWiseFeedForward(d_model, d_ff, activation, dropout=activation_dropout, bias=bias)
         self.norm1 = LayerNorm(d_model, layer_norm_eps)
         self.norm2 = LayerNorm(d_model, layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
@@ -76,17 +82,19 @@ class DecoderLayer(nn.Module):
         norm_first: bool = False,
         layer_norm_eps: float = 1e-5,
         bias: bool = True,
+        attention_dropout: float = 0.0,
+        activation_dropout: float = 0.0,
         cross_attention: bool = True,
     ):
         super().__init__()
         self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=dropout, bias=bias)
+        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=attention_dropout, bias=bias)
         self.norm1 = LayerNorm(d_model, layer_norm_eps)
         self.cross_attn = (
-            MultiHeadAttention(d_model, num_heads, dropout=dropout, bias=bias) if cross_attention else None
+            MultiHeadAttention(d_model, num_heads, dropout=attention_dropout, bias=bias) if cross_attention else None
         )
         self.norm2 = LayerNorm(d_model, layer_norm_eps) if cross_attention else None
-        self.ffn = PositionWiseFeedForward(d_model, d_ff, activation, dropout=dropout, bias=bias)
+        self.ffn = PositionWiseFeedForward(d_model, d_ff, activation, dropout=activation_dropout, bias=bias)
         self.norm3 = LayerNorm(d_model, layer_norm_eps)
         self.dropout = nn.Dropout(dropout)
 

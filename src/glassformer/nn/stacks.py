@@ -40,6 +40,8 @@ class _Stack(nn.Module):
         pad_id: int | None = None,
         layer_norm_eps: float = 1e-5,
         bias: bool = True,
+        attention_dropout: float = 0.0,
+        activation_dropout: float = 0.0,
     ):
         super().__init__()
         self.vocab_size = vocab_size
@@ -48,7 +50,18 @@ class _Stack(nn.Module):
         self.positions = positional_embedding(positional, d_model, max_seq_length)
         self.dropout = nn.Dropout(dropout)
         self.layers = nn.ModuleList(
-            self.layer_class(d_model, num_heads, d_ff, dropout, activation, norm_first, layer_norm_eps, bias)
+            self.layer_class(
+                d_model,
+                num_heads,
+                d_ff,
+                dropout,
+                activation,
+                norm_first,
+                layer_norm_eps,
+                bias,
+                attention_dropout,
+                activation_dropout,
+            )
             for _ in range(num_layers)
         )
         use_final_norm = norm_first if final_norm is None else final_norm

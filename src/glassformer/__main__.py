@@ -1,0 +1,5 @@
+import sys
+
+from glassformer.cli.main import main
+
+sys.exit(main())
