@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from glassformer import Transformer, TransformerConfig
+from glassformer.masks import padding_mask
 
 PAD = 0
 
@@ -117,8 +118,6 @@ def test_encode_decode_equal_forward():
     model = small_model()
     src = torch.tensor([[5, 6, 7, 0]])
     tgt = torch.tensor([[1, 2, 3]])
-    from glassformer.masks import padding_mask
-
     memory = model.encode(src)
     torch.testing.assert_close(model.decode(tgt, memory, padding_mask(src, PAD)), model(src, tgt))
 
@@ -183,13 +182,28 @@ def test_bad_inputs_raise_value_error(make_inputs, message):
         model(src, tgt)
 
 
-def test_bad_mask_raises():
+def test_bad_mask_raises_before_the_encoder_runs(monkeypatch):
     model = small_model()
     src, tgt = random_ids(2, 6, 40), random_ids(2, 4, 40)
-    with pytest.raises(ValueError, match="does not broadcast"):
+    monkeypatch.setattr(model.encoder, "forward", lambda *a, **k: pytest.fail("encoder ran"))
+    with pytest.raises(ValueError, match="src_mask of shape .* does not broadcast"):
         model(src, tgt, src_mask=torch.ones(2, 1, 1, 5, dtype=torch.bool))
-    with pytest.raises(ValueError, match="bool tensor"):
+    with pytest.raises(ValueError, match="tgt_mask must be a bool tensor"):
         model(src, tgt, tgt_mask=torch.ones(4, 4))
+    with pytest.raises(ValueError, match="memory_mask of shape"):
+        model(src, tgt, memory_mask=torch.ones(2, 1, 4, 4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_with_padding_stays_finite(dtype):
+    """No -1e9 constants: masked scores use the dtype's own minimum, so half precision does not overflow."""
+    model = small_model().to(dtype)
+    src = torch.tensor([[3, 4, 5, 0, 0], [6, 0, 0, 0, 0]])
+    tgt = torch.tensor([[1, 7, 0], [1, 0, 0]])
+    memory = model.encoder(src, padding_mask(src, PAD))
+    memory_reference_path, _ = model.encoder(src, padding_mask(src, PAD), return_attentions=True)
+    assert torch.isfinite(memory).all() and torch.isfinite(memory_reference_path).all()
+    assert torch.isfinite(model(src, tgt)).all()
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from glassformer.models.pretrained import PretrainedMixin
 from glassformer.nn.embedding import POSITIONAL_KINDS, LearnedPositionalEmbedding
 from glassformer.nn.feedforward import check_activation
 from glassformer.nn.stacks import Decoder, Encoder
+from glassformer.nn.validation import check_mask
 
 
 @dataclasses.dataclass
@@ -196,8 +197,17 @@ class Transformer(PretrainedMixin, nn.Module):
         Returns:
             logits ``(batch, tgt_len, tgt_vocab_size)``.
         """
-        if src.dim() == 2 and tgt.dim() == 2 and src.size(0) != tgt.size(0):
-            raise ValueError(f"src has batch size {src.size(0)} but tgt has {tgt.size(0)}; they must match")
+        if src.dim() == 2 and tgt.dim() == 2:  # shapes checked up front, before the encoder runs
+            if src.size(0) != tgt.size(0):
+                raise ValueError(f"src has batch size {src.size(0)} but tgt has {tgt.size(0)}; they must match")
+            (batch, s), t, h = src.shape, tgt.size(1), self.config.num_heads
+            for mask, shape, name in (
+                (src_mask, (batch, h, s, s), "src_mask"),
+                (tgt_mask, (batch, h, t, t), "tgt_mask"),
+                (memory_mask, (batch, h, t, s), "memory_mask"),
+            ):
+                if mask is not None:
+                    check_mask(mask, shape, name)
         src_padding = padding_mask(src, self.config.pad_id)
         memory = self.encoder(src, src_padding if src_mask is None else src_mask)
         return self.decode(tgt, memory, src_padding if memory_mask is None else memory_mask, tgt_mask)
