@@ -12,12 +12,16 @@ attend to returns zeros instead of NaN.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from glassformer.nn.validation import check_hidden, check_mask
+
+if TYPE_CHECKING:
+    from glassformer.generation.cache import LayerCache
 
 
 def scaled_dot_product_attention(
@@ -98,13 +102,17 @@ class MultiHeadAttention(nn.Module):
         value: torch.Tensor,
         mask: torch.Tensor | None = None,
         need_weights: bool = False,
+        cache: LayerCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
         Args:
             query: ``(batch, q_len, d_model)``.
             key, value: ``(batch, k_len, d_model)``.
-            mask: bool, broadcastable to ``(batch, heads, q_len, k_len)``; True = may attend.
+            mask: bool, broadcastable to ``(batch, heads, q_len, k_len)``; True = may attend. With a cache,
+                ``k_len`` counts the cached positions too.
             need_weights: also return the attention weights (uses the reference path).
+            cache: a layer of ``glassformer.generation.KVCache``; the new keys/values are appended to it and the
+                queries attend to all of them.
 
         Returns:
             ``(output, weights)``: output ``(batch, q_len, d_model)``; weights ``(batch, heads, q_len, k_len)``
@@ -116,13 +124,16 @@ class MultiHeadAttention(nn.Module):
             check_hidden(value, self.d_model, "value")
         batch, q_len, k_len = query.size(0), query.size(1), key.size(1)
         if mask is not None:
-            check_mask(mask, (batch, self.num_heads, q_len, k_len))
+            past = cache.cache.length if cache is not None else 0
+            check_mask(mask, (batch, self.num_heads, q_len, past + k_len))
 
         q, k, v = self.project_qkv(query, key, value)
         # split heads: (batch, seq, d_model) -> (batch, heads, seq, d_k)
         q = q.view(batch, q_len, self.num_heads, self.d_k).transpose(1, 2)
         k = k.view(batch, k_len, self.num_heads, self.d_k).transpose(1, 2)
         v = v.view(batch, k_len, self.num_heads, self.d_k).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(k, v)  # (batch, heads, past + k_len, d_k)
 
         dropout_p = self.dropout if self.training else 0.0
         if need_weights:

@@ -87,9 +87,14 @@ class LearnedPositionalEmbedding(nn.Module):
     def weight(self) -> nn.Parameter:
         return self.embedding.weight
 
-    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        _check_positions(x.size(1), offset, self.max_seq_length)
-        return x + self.embedding.weight[offset : offset + x.size(1)]
+    def forward(self, x: torch.Tensor, offset: int = 0, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """``position_ids`` ``(batch, seq)``, when given, replaces ``offset .. offset + seq - 1`` (left-padded
+        batches number each row's positions from its first real token)."""
+        if position_ids is None:
+            _check_positions(x.size(1), offset, self.max_seq_length)
+            return x + self.embedding.weight[offset : offset + x.size(1)]
+        _check_positions(int(position_ids.max()) + 1, 0, self.max_seq_length)
+        return x + self.embedding(position_ids)
 
 
 POSITIONAL_KINDS = ("sinusoidal", "learned")

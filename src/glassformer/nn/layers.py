@@ -14,12 +14,17 @@ Decoder layer: masked self-attention, cross-attention over the encoder output (s
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from glassformer.nn.attention import MultiHeadAttention
 from glassformer.nn.feedforward import PositionWiseFeedForward
 from glassformer.nn.norm import LayerNorm
+
+if TYPE_CHECKING:
+    from glassformer.generation.cache import LayerCache
 
 
 class EncoderLayer(nn.Module):
@@ -105,6 +110,7 @@ class DecoderLayer(nn.Module):
         self_mask: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
         need_weights: bool = False,
+        cache: LayerCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """
         Args:
@@ -112,20 +118,21 @@ class DecoderLayer(nn.Module):
             memory: encoder output ``(batch, src_len, d_model)``; required when the layer has cross-attention.
             self_mask: bool, broadcastable to ``(batch, heads, tgt_len, tgt_len)``: causal & target padding.
             memory_mask: bool, broadcastable to ``(batch, heads, tgt_len, src_len)``: source padding.
+            cache: this layer's key/value cache for the self-attention (decoding one step at a time).
         """
         if self.cross_attn is not None and memory is None:
             raise ValueError("this decoder layer has cross-attention: pass the encoder output as memory")
         cross_weights = None
         if self.norm_first:
             h = self.norm1(x)
-            attn, self_weights = self.self_attn(h, h, h, self_mask, need_weights)
+            attn, self_weights = self.self_attn(h, h, h, self_mask, need_weights, cache)
             x = x + self.dropout(attn)
             if self.cross_attn is not None:
                 attn, cross_weights = self.cross_attn(self.norm2(x), memory, memory, memory_mask, need_weights)
                 x = x + self.dropout(attn)
             x = x + self.dropout(self.ffn(self.norm3(x)))
         else:
-            attn, self_weights = self.self_attn(x, x, x, self_mask, need_weights)
+            attn, self_weights = self.self_attn(x, x, x, self_mask, need_weights, cache)
             x = self.norm1(x + self.dropout(attn))
             if self.cross_attn is not None:
                 attn, cross_weights = self.cross_attn(x, memory, memory, memory_mask, need_weights)

@@ -1,0 +1,273 @@
+"""Greedy decoding, sampling and beam search for a causal language model.
+
+The model is used through a small interface, so any decoder-only model can be decoded:
+
+    model(input_ids, attention_mask=..., cache=..., last_token_only=True) -> logits (batch, 1, vocab)
+    model.make_cache(batch, max_length) -> KVCache
+    model.config.vocab_size, model.config.max_seq_length
+
+The prompt is run once; each later step feeds one token per sequence and reads everything earlier from the
+key/value cache. Batched prompts are left-padded, with ``attention_mask`` 0 at the padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from glassformer.generation.processors import LogitsProcessor, apply_processors, build_processors
+
+NEG = -1.0e9  # a score no real candidate reaches; used to rank candidates out, never added to attention logits
+
+
+def generate(
+    model,
+    input_ids: torch.Tensor,
+    *,
+    max_new_tokens: int | None = None,
+    max_length: int | None = None,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    no_repeat_ngram_size: int = 0,
+    repetition_penalty: float = 1.0,
+    num_beams: int = 1,
+    length_penalty: float = 1.0,
+    eos_token_id: int | None = None,
+    pad_token_id: int | None = None,
+    attention_mask: torch.Tensor | None = None,
+    seed: int | None = None,
+    use_cache: bool = True,
+    on_tokens: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Continue ``input_ids`` ``(batch, prompt)``; returns prompt + new tokens ``(batch, prompt + new)``.
+
+    ``max_length`` counts the prompt (as in ``transformers``); ``max_new_tokens`` does not and wins when both are
+    given; with neither, ``max_length`` is 20. A sequence that emits ``eos_token_id`` stops; the rows that stopped
+    are filled with ``pad_token_id`` (``eos_token_id`` if there is no pad) until all have stopped.
+    ``num_beams > 1`` runs beam search, scoring finished hypotheses by sum of log-probs / length^length_penalty.
+    ``on_tokens`` is called with each step's new tokens ``(batch,)`` (streaming; greedy and sampling only).
+    """
+    config = model.config
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        raise ValueError(
+            "input_ids must be a (batch, prompt) tensor of token ids; add a batch dimension with ids[None]"
+        )
+    if input_ids.size(1) == 0:
+        raise ValueError("the prompt is empty; give at least one token (for example the BOS token)")
+    prompt_length = input_ids.size(1)
+    if max_new_tokens is not None:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        max_length = prompt_length + max_new_tokens
+    elif max_length is None:
+        max_length = 20
+    if prompt_length >= config.max_seq_length:
+        raise ValueError(
+            f"the prompt has {prompt_length} tokens and the model's context is {config.max_seq_length}; "
+            "shorten the prompt"
+        )
+    if max_length <= prompt_length:
+        raise ValueError(
+            f"max_length={max_length} leaves no room after a prompt of {prompt_length} tokens; "
+            "raise max_length or use max_new_tokens"
+        )
+    if max_length > config.max_seq_length:
+        raise ValueError(
+            f"max_length={max_length} exceeds the model's context of {config.max_seq_length} positions; "
+            "generate fewer tokens or shorten the prompt"
+        )
+    if do_sample and temperature <= 0:
+        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}; use do_sample=False for greedy")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be >= 0 (0 or None disables it), got {top_k}")
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be at least 1, got {num_beams}")
+    if num_beams > 1 and do_sample:
+        raise ValueError("beam search with sampling is not supported; use num_beams=1 to sample")
+    if repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
+    if no_repeat_ngram_size < 0:
+        raise ValueError(f"no_repeat_ngram_size must be >= 0, got {no_repeat_ngram_size}")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    elif attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has {tuple(input_ids.shape)}"
+        )
+    attention_mask = attention_mask.long()
+    fill = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
+    processors = build_processors(
+        do_sample=do_sample,
+        temperature_value=temperature,
+        top_k_value=top_k,
+        top_p_value=top_p,
+        no_repeat_ngram_size=no_repeat_ngram_size,
+        repetition_penalty_value=repetition_penalty,
+    )
+    if num_beams > 1:
+        return beam_search(
+            model,
+            input_ids,
+            attention_mask,
+            num_beams,
+            max_length,
+            processors,
+            eos_token_id,
+            fill,
+            length_penalty,
+            use_cache,
+        )
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=input_ids.device).manual_seed(seed)
+    return greedy_or_sample(
+        model,
+        input_ids,
+        attention_mask,
+        max_length,
+        processors,
+        do_sample,
+        generator,
+        eos_token_id,
+        fill,
+        use_cache,
+        on_tokens,
+    )
+
+
+def _next_logits(model, ids, attention_mask, cache) -> torch.Tensor:
+    """Scores for the next token, ``(batch, vocab)`` in float32. With a cache ``ids`` holds only the new tokens."""
+    return model(ids, attention_mask=attention_mask, cache=cache, last_token_only=True)[:, -1].float()
+
+
+def greedy_or_sample(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_length: int,
+    processors: list[LogitsProcessor],
+    do_sample: bool,
+    generator: torch.Generator | None,
+    eos_token_id: int | None,
+    fill: int,
+    use_cache: bool,
+    on_tokens: Callable[[torch.Tensor], None] | None,
+) -> torch.Tensor:
+    """One token per step: the argmax of the processed scores, or a draw from their softmax."""
+    batch = input_ids.size(0)
+    cache = model.make_cache(batch, max_length) if use_cache else None
+    ids = input_ids
+    unfinished = torch.ones(batch, dtype=torch.bool, device=ids.device)
+    logits = _next_logits(model, ids, attention_mask, cache)
+    while True:
+        scores = apply_processors(processors, ids, logits)
+        if do_sample:
+            next_tokens = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
+        else:
+            next_tokens = scores.argmax(-1)
+        next_tokens = torch.where(unfinished, next_tokens, fill)
+        ids = torch.cat([ids, next_tokens[:, None]], dim=1)
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
+        if on_tokens is not None:
+            on_tokens(next_tokens)
+        if eos_token_id is not None:
+            unfinished &= next_tokens != eos_token_id
+        if not unfinished.any() or ids.size(1) >= max_length:
+            return ids
+        step_ids = next_tokens[:, None] if use_cache else ids
+        logits = _next_logits(model, step_ids, attention_mask, cache)
+
+
+def beam_search(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    num_beams: int,
+    max_length: int,
+    processors: list[LogitsProcessor],
+    eos_token_id: int | None,
+    fill: int,
+    length_penalty: float,
+    use_cache: bool,
+) -> torch.Tensor:
+    """Keep the ``num_beams`` best partial sequences by total log-probability; collect finished ones (EOS or
+    ``max_length``) scored by total / generated_length^length_penalty; return each input's best finished one.
+
+    Each step ranks ``2 · num_beams`` candidates so that ``num_beams`` survive even when some end. Only a candidate
+    within the top ``num_beams`` may enter the finished set. The search ends for an input once its ``num_beams``
+    finished hypotheses all score above what its best running beam could still reach at the current length
+    (the stopping rule of ``transformers``' default ``early_stopping=False``), or at ``max_length``.
+    """
+    batch, prompt_length = input_ids.shape
+    device = input_ids.device
+    candidates_per_step = 2 * num_beams
+    in_top_beams = torch.arange(candidates_per_step, device=device) < num_beams
+
+    running = torch.full((batch, num_beams, max_length), fill, dtype=torch.long, device=device)
+    running[:, :, :prompt_length] = input_ids[:, None]
+    running_scores = torch.zeros(batch, num_beams, device=device)
+    running_scores[:, 1:] = NEG  # all beams start identical: only the first may expand at step one
+    finished = running.clone()
+    finished_scores = torch.full((batch, num_beams), NEG, device=device)
+    finished_lengths = torch.zeros(batch, num_beams, dtype=torch.long, device=device)
+    is_finished = torch.zeros(batch, num_beams, dtype=torch.bool, device=device)
+    improvable = torch.ones(batch, 1, dtype=torch.bool, device=device)
+    batch_offset = torch.arange(batch, device=device)[:, None] * num_beams
+
+    flat_mask = attention_mask.repeat_interleave(num_beams, dim=0)
+    cache = model.make_cache(batch * num_beams, max_length) if use_cache else None
+    logits = _next_logits(model, input_ids.repeat_interleave(num_beams, dim=0), flat_mask, cache)
+    length = prompt_length
+    while True:
+        log_probs = apply_processors(processors, running[:, :, :length].flatten(0, 1), F.log_softmax(logits, -1))
+        vocab = log_probs.size(-1)
+        total = (log_probs.view(batch, num_beams, vocab) + running_scores[..., None]).view(batch, -1)
+        top_scores, top_index = total.topk(candidates_per_step)  # (batch, 2 · beams)
+        parent, token = top_index // vocab, top_index % vocab
+        candidates = running.gather(1, parent[..., None].expand(-1, -1, max_length)).clone()
+        candidates[:, :, length] = token
+        ends = torch.full_like(token, length + 1 >= max_length, dtype=torch.bool)
+        if eos_token_id is not None:
+            ends |= token == eos_token_id
+
+        # the running beams for the next step: the best candidates that did not end
+        alive_scores = top_scores + ends.float() * NEG
+        keep = alive_scores.topk(num_beams).indices
+        running = candidates.gather(1, keep[..., None].expand(-1, -1, max_length))
+        running_scores = alive_scores.gather(1, keep)
+        parents = parent.gather(1, keep)
+
+        # the finished set: merge in the candidates that ended within the top beams, keep the best num_beams
+        just_finished = ends & in_top_beams
+        scores = top_scores / ((length + 1 - prompt_length) ** length_penalty)
+        scores = scores + (~just_finished).float() * NEG + (~improvable).float() * NEG
+        merged_scores = torch.cat([finished_scores, scores], dim=1)
+        best = merged_scores.topk(num_beams).indices
+        finished = torch.cat([finished, candidates], 1).gather(1, best[..., None].expand(-1, -1, max_length))
+        finished_scores = merged_scores.gather(1, best)
+        new_lengths = torch.full_like(token, length + 1 - prompt_length)
+        finished_lengths = torch.cat([finished_lengths, new_lengths], 1).gather(1, best)
+        is_finished = torch.cat([is_finished, just_finished], 1).gather(1, best)
+
+        length += 1
+        best_reachable = running_scores[:, :1] / ((length - prompt_length) ** length_penalty)
+        worst_finished = torch.where(is_finished, finished_scores.min(1, keepdim=True).values, NEG)
+        improvable &= (best_reachable > worst_finished).any(-1, keepdim=True)
+        if not improvable.any() or ends.all():
+            break
+        flat_mask = torch.cat([flat_mask, flat_mask.new_ones(batch * num_beams, 1)], dim=1)
+        if use_cache:
+            cache.reorder((parents + batch_offset).flatten())
+            step_ids = running[:, :, length - 1].reshape(-1, 1)
+        else:
+            step_ids = running[:, :, :length].flatten(0, 1)
+        logits = _next_logits(model, step_ids, flat_mask, cache)
+
+    output_length = prompt_length + int(finished_lengths[:, 0].max())
+    return finished[:, 0, :output_length]
