@@ -23,6 +23,21 @@ def build_parser() -> argparse.ArgumentParser:
         "flagging the numbers the guide got wrong.",
     )
     tour.add_argument("--seed", type=int, default=42, help="random seed for the random examples (default 42)")
+
+    from glassformer.cli import generate, train
+
+    train_parser = commands.add_parser("train", help="train a model", description="Train a model.")
+    kinds = train_parser.add_subparsers(dest="kind", metavar="KIND", required=True)
+    train.add_lm_arguments(
+        kinds.add_parser("lm", help="a GPT language model on text", description="Train a GPT language model.")
+    )
+    generate.add_arguments(
+        commands.add_parser(
+            "generate",
+            help="continue a prompt with a GPT model",
+            description="Continue a prompt with a GPT checkpoint, streaming tokens as they come.",
+        )
+    )
     return parser
 
 
@@ -37,7 +52,15 @@ def main(argv: list[str] | None = None) -> int:
             from glassformer.cli.tour import run_tour
 
             run_tour(seed=args.seed)
-    except (ValueError, FileNotFoundError) as error:
+        elif args.command == "train" and args.kind == "lm":
+            from glassformer.cli.train import run_lm
+
+            run_lm(args)
+        elif args.command == "generate":
+            from glassformer.cli.generate import run
+
+            run(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"glassformer: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -29,7 +29,7 @@ from glassformer.nn.validation import check_token_ids
 
 @dataclasses.dataclass
 class GPTConfig(ModelConfig):
-    """Configuration of ``GPT``; defaults are GPT-2 small (124M).
+    """Configuration of ``GPT``; the shape defaults are GPT-2 small (124M).
 
     ``dropout`` acts on embeddings and sublayer outputs (GPT-2's embd_pdrop / resid_pdrop),
     ``attention_dropout`` on the attention weights (attn_pdrop).
@@ -49,8 +49,8 @@ class GPTConfig(ModelConfig):
     layer_norm_eps: float = 1e-5
     bias: bool = True
     tie_embeddings: bool = True
-    bos_id: int | None = 50256
-    eos_id: int | None = 50256
+    bos_id: int | None = None  # GPT-2 uses 50256 (<|endoftext|>) for both
+    eos_id: int | None = None
     pad_id: int | None = None
 
     def __post_init__(self) -> None:

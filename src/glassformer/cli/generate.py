@@ -1,0 +1,87 @@
+"""``glassformer generate``: continue a prompt with a GPT checkpoint, streaming the text as it comes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from glassformer.models.gpt import GPT
+from glassformer.tokenizer import Tokenizer
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="a glassformer GPT run/checkpoint or a Hugging Face GPT-2 dir")
+    parser.add_argument("--prompt", required=True, help="the text to continue")
+    parser.add_argument("--max-length", type=int, default=None, help="total tokens, prompt included")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="new tokens (default 50 if no max length)")
+    parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=0)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+    parser.add_argument("--bf16", action="store_true", help="run the model in bfloat16")
+
+
+def model_directory(path: str) -> Path | str:
+    """A training run directory holds best/ and last/; prefer best/."""
+    for sub in ("best", "last"):
+        if (Path(path) / sub / "config.json").is_file():
+            return Path(path) / sub
+    return path
+
+
+def load_tokenizer(directory, vocab_size: int) -> Tokenizer:
+    try:
+        return Tokenizer.from_pretrained(directory)
+    except FileNotFoundError:
+        if vocab_size == 50257:  # a GPT-2 checkpoint without tokenizer files: GPT-2's own tokenizer
+            return Tokenizer.gpt2()
+        raise
+
+
+def run(args: argparse.Namespace) -> None:
+    directory = model_directory(args.model)
+    model = GPT.from_pretrained(directory, dtype=torch.bfloat16 if args.bf16 else None)
+    tokenizer = load_tokenizer(directory, model.config.vocab_size)
+    if not args.prompt:
+        raise ValueError("the prompt is empty; pass some text with --prompt")
+    ids = tokenizer.encode(args.prompt)
+    if args.max_length is None and args.max_new_tokens is None:
+        args.max_new_tokens = 50
+    generated: list[int] = []
+    shown = ""
+
+    def stream(tokens: torch.Tensor) -> None:
+        nonlocal shown
+        if not generated:  # generate() has checked its options: show the prompt, then the tokens as they come
+            sys.stdout.write(args.prompt)
+        generated.append(int(tokens[0]))
+        text = tokenizer.decode(generated, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+            sys.stdout.write(text[len(shown) :])
+            sys.stdout.flush()
+            shown = text
+
+    output = model.generate(
+        torch.tensor([ids]),
+        max_length=args.max_length,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        no_repeat_ngram_size=args.no_repeat_ngram_size,
+        repetition_penalty=args.repetition_penalty,
+        num_beams=args.num_beams,
+        seed=args.seed,
+        on_tokens=stream if args.num_beams == 1 else None,
+    )
+    if args.num_beams > 1:  # beam search knows its best hypothesis only at the end
+        sys.stdout.write(args.prompt + tokenizer.decode(output[0, len(ids) :].tolist(), skip_special_tokens=True))
+    sys.stdout.write("\n")

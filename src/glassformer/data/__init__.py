@@ -1,0 +1,1 @@
+"""Corpora fetched with pip into a local cache (sha256-checked), and the datasets built from them."""

@@ -1,0 +1,125 @@
+"""Language-model training: next-token prediction on a text corpus, with the shared training loop.
+
+batch: x = ids[s : s + block], y = ids[s + 1 : s + block + 1] for random starts s
+loss:  cross-entropy(GPT(x), y), mean over tokens;  perplexity = exp(loss)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from glassformer.models.gpt import GPT, GPTConfig
+from glassformer.tokenizer import GPT2_END_OF_TEXT, Tokenizer
+from glassformer.training.loop import TrainConfig, Trainer
+
+PRESETS = {  # GPT shapes for `train lm --preset`
+    "tiny": dict(d_model=64, num_layers=2, num_heads=4, d_ff=256, max_seq_length=64),
+    "small": dict(d_model=128, num_layers=4, num_heads=4, d_ff=512, max_seq_length=128),
+    "shakespeare_char": dict(d_model=384, num_layers=6, num_heads=6, d_ff=1536, max_seq_length=256),
+}
+
+
+class LanguageModelingTask:
+    """Random windows of ``block_size + 1`` tokens for training; fixed, non-overlapping windows for validation."""
+
+    def __init__(
+        self,
+        model: GPT,
+        tokenizer: Tokenizer,
+        train_ids: torch.Tensor,
+        valid_ids: torch.Tensor,
+        batch_size: int,
+        eval_batches: int = 20,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.block = model.config.max_seq_length
+        for name, ids in (("training", train_ids), ("validation", valid_ids)):
+            if ids.numel() <= self.block + 1:
+                raise ValueError(
+                    f"the {name} text has {ids.numel()} tokens, not more than block size {self.block} + 1; "
+                    "give more text or a smaller --block-size"
+                )
+        self.train_ids, self.valid_ids = train_ids, valid_ids
+        self.batch_size = batch_size
+        self.eval_batches = eval_batches
+
+    def _windows(self, ids: torch.Tensor, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        offsets = torch.arange(self.block + 1)
+        window = ids[starts[:, None] + offsets]  # (batch, block + 1)
+        return window[:, :-1], window[:, 1:]
+
+    def train_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = torch.randint(self.train_ids.numel() - self.block - 1, (self.batch_size,), generator=generator)
+        return self._windows(self.train_ids, starts)
+
+    def valid_batches(self):
+        starts = torch.arange(0, self.valid_ids.numel() - self.block - 1, self.block)
+        for i in range(0, min(len(starts), self.batch_size * self.eval_batches), self.batch_size):
+            yield self._windows(self.valid_ids, starts[i : i + self.batch_size])
+
+    def loss(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        x, y = batch
+        logits = self.model(x)
+        return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()), y.numel()
+
+    def save(self, directory: Path) -> None:
+        self.model.save_pretrained(directory)
+        self.tokenizer.save(directory)
+
+
+def read_corpus(path: str | Path | None) -> tuple[str, str]:
+    """``(train_text, valid_text)``: the bundled Shakespeare plays (whole plays held out) when ``path`` is None,
+    else the file's text with its last tenth (cut at a line break) held out."""
+    if path is None:
+        from glassformer.data.shakespeare import prepare_shakespeare
+
+        splits = prepare_shakespeare()
+        return splits["train"].read_text(encoding="utf-8"), splits["valid"].read_text(encoding="utf-8")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no text file at {path}")
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        raise ValueError(f"{path} is empty; give a text file to train on")
+    cut = text.rfind("\n", 0, int(len(text) * 0.9)) + 1 or int(len(text) * 0.9)
+    return text[:cut], text[cut:]
+
+
+def train_language_model(
+    out: str | Path,
+    data: str | Path | None = None,
+    tokenizer_kind: str = "char",
+    vocab_size: int = 2000,
+    model_fields: dict | None = None,
+    batch_size: int = 16,
+    train: TrainConfig | None = None,
+    resume: bool = False,
+) -> dict:
+    """Train a GPT on a corpus and write the run to ``out`` (``out/best`` and ``out/last`` hold model +
+    tokenizer). Returns the final validation loss and perplexity."""
+    out = Path(out)
+    train = train or TrainConfig()
+    train_text, valid_text = read_corpus(data)
+    if resume:
+        tokenizer = Tokenizer.from_pretrained(out / "last")
+        model = GPT.from_pretrained(out / "last")  # the trainer restores optimizer, RNG and step beside it
+    else:
+        tokenizer = Tokenizer.train([train_text], vocab_size=vocab_size, kind=tokenizer_kind)
+        eos = tokenizer.token_to_id(GPT2_END_OF_TEXT)
+        fields = {**PRESETS["small"], **(model_fields or {})}
+        config = GPTConfig(vocab_size=tokenizer.vocab_size, bos_id=eos, eos_id=eos, pad_id=None, **fields)
+        model = GPT(config)
+    train_ids = torch.tensor(tokenizer.encode(train_text), dtype=torch.long)
+    valid_ids = torch.tensor(tokenizer.encode(valid_text), dtype=torch.long)
+    task = LanguageModelingTask(model, tokenizer, train_ids, valid_ids, batch_size)
+    summary = Trainer(task, train, out).fit(resume=resume)
+    return {
+        **summary,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "config": dataclasses.asdict(model.config),
+    }

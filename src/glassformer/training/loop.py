@@ -1,0 +1,232 @@
+"""The training loop shared by every model kind.
+
+A *task* tells the loop what it trains; the loop does the rest (optimizer, schedule, clipping, accumulation,
+autocast, evaluation, metrics, checkpoints, resume):
+
+    task.model                          the nn.Module
+    task.train_batch(generator)         the next training batch, drawn with ``generator`` (its state is saved)
+    task.loss(batch) -> (loss, tokens)  mean loss over the batch and the number of tokens it covers
+    task.valid_batches()                an iterable of validation batches
+    task.save(directory)                write the model (and its tokenizer) for inference
+
+A run directory holds ``metrics.jsonl`` (one JSON object per log line), ``last/`` and ``best/`` (the model plus
+``trainer_state.safetensors`` / ``trainer_state.json``: optimizer, RNG states, step). Checkpoints are written to a
+temporary directory and renamed into place, so a crash mid-save leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from glassformer.training.schedules import SCHEDULES, lr_multiplier
+
+STATE_TENSORS, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"
+
+
+class Task(Protocol):
+    model: nn.Module
+
+    def train_batch(self, generator: torch.Generator) -> Any: ...
+    def loss(self, batch: Any) -> tuple[torch.Tensor, int]: ...
+    def valid_batches(self) -> Any: ...
+    def save(self, directory: Path) -> None: ...
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """How to train. ``max_minutes`` stops early on wall-clock time (then evaluates and saves); ``schedule_steps``
+    sets the length of the learning-rate schedule when a run is meant to stop and resume before its end."""
+
+    max_steps: int = 1000
+    max_minutes: float | None = None
+    schedule_steps: int | None = None  # length of the lr schedule; default max_steps
+    lr: float = 1e-3
+    schedule: str = "cosine"
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    optimizer: str = "adamw"
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float | None = 1.0
+    grad_accum: int = 1
+    eval_every: int = 200
+    log_every: int = 10
+    seed: int = 0
+    bf16: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.grad_accum < 1 or self.eval_every < 1 or self.log_every < 1:
+            raise ValueError("max_steps, grad_accum, eval_every and log_every must be at least 1")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose 'adam' or 'adamw'")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam or AdamW; weight decay only on matrices (rank >= 2), never on biases, norms or positions' vectors."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return cls(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=True)
+
+
+class Trainer:
+    def __init__(self, task: Task, config: TrainConfig, run_dir: str | Path):
+        self.task = task
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.optimizer = make_optimizer(task.model, config)
+        self.data_generator = torch.Generator().manual_seed(config.seed)
+        self.step = 0
+        self.best_valid_loss = math.inf
+
+    # --- checkpoints ----------------------------------------------------------------------------------------
+
+    def _write_checkpoint(self, name: str) -> None:
+        final, tmp = self.run_dir / name, self.run_dir / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.task.save(tmp)
+        optimizer = self.optimizer.state_dict()
+        tensors = {"rng.torch": torch.get_rng_state(), "rng.data": self.data_generator.get_state()}
+        state_json: dict[str, Any] = {"param_groups": optimizer["param_groups"], "scalars": {}}
+        for index, state in optimizer["state"].items():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optimizer.{index}.{key}"] = value.contiguous()
+                else:
+                    state_json["scalars"][f"{index}.{key}"] = value
+        state_json.update(step=self.step, best_valid_loss=self.best_valid_loss)
+        save_file(tensors, tmp / STATE_TENSORS)
+        (tmp / STATE_JSON).write_text(json.dumps(state_json, indent=1))
+        old = self.run_dir / f".{name}.old"
+        if final.exists():
+            final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _restore(self, directory: Path) -> None:
+        from glassformer.checkpoints import load_state_dict_checked, read_checkpoint
+
+        _, weights = read_checkpoint(directory)
+        load_state_dict_checked(self.task.model, weights)
+        tensors = load_file(directory / STATE_TENSORS)
+        state_json = json.loads((directory / STATE_JSON).read_text())
+        state: dict[int, dict[str, Any]] = {}
+        for name, value in tensors.items():
+            if name.startswith("optimizer."):
+                _, index, key = name.split(".", 2)
+                state.setdefault(int(index), {})[key] = value
+        for name, value in state_json["scalars"].items():
+            index, key = name.split(".", 1)
+            state.setdefault(int(index), {})[key] = value
+        groups = state_json["param_groups"]
+        for group in groups:
+            group["betas"] = tuple(group["betas"])
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        torch.set_rng_state(tensors["rng.torch"])
+        self.data_generator.set_state(tensors["rng.data"])
+        self.step = state_json["step"]
+        self.best_valid_loss = state_json["best_valid_loss"]
+
+    # --- the loop -------------------------------------------------------------------------------------------
+
+    def evaluate(self) -> float:
+        model = self.task.model
+        model.eval()
+        total, tokens = 0.0, 0
+        with torch.no_grad(), self._autocast():
+            for batch in self.task.valid_batches():
+                loss, n = self.task.loss(batch)
+                total += loss.item() * n
+                tokens += n
+        model.train()
+        if tokens == 0:
+            raise ValueError("the validation split is empty; give more data or a smaller block size")
+        return total / tokens
+
+    def _autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16) if self.config.bf16 else nullcontext()
+
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train until ``max_steps`` (or ``max_minutes``); returns the final metrics."""
+        c = self.config
+        last = self.run_dir / "last"
+        if resume:
+            if not last.is_dir():
+                raise FileNotFoundError(f"nothing to resume: {last} does not exist")
+            self._restore(last)
+        elif last.exists() or (self.run_dir / "metrics.jsonl").exists():
+            raise ValueError(
+                f"{self.run_dir} already holds a training run; pass --resume to continue it or choose another --out"
+            )
+        else:
+            torch.manual_seed(c.seed)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        model = self.task.model
+        model.train()
+        start, window_start, window_tokens = time.perf_counter(), time.perf_counter(), 0
+        bar = tqdm(total=c.max_steps, initial=self.step, disable=not c.progress, desc="train", unit="step")
+        valid_loss = math.nan
+        total_steps = c.schedule_steps or c.max_steps
+        while self.step < c.max_steps:
+            lr = c.lr * lr_multiplier(self.step + 1, c.schedule, c.warmup_steps, total_steps, c.min_lr_ratio)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for _ in range(c.grad_accum):
+                batch = self.task.train_batch(self.data_generator)
+                with self._autocast():
+                    loss, tokens = self.task.loss(batch)
+                (loss / c.grad_accum).backward()
+                step_loss += loss.item() / c.grad_accum
+                window_tokens += tokens
+            if not math.isfinite(step_loss):
+                raise FloatingPointError(f"the loss became {step_loss} at step {self.step + 1}; lower the lr")
+            if c.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+            self.optimizer.step()
+            self.step += 1
+            bar.update(1)
+            out_of_time = c.max_minutes is not None and time.perf_counter() - start > 60 * c.max_minutes
+            done = self.step >= c.max_steps or out_of_time
+            if self.step % c.log_every == 0 or done:
+                elapsed = time.perf_counter() - window_start
+                rate = window_tokens / elapsed if elapsed > 0 else 0.0
+                self._log({"step": self.step, "loss": step_loss, "lr": lr, "tokens_per_s": rate})
+                bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")
+                window_start, window_tokens = time.perf_counter(), 0
+            if self.step % c.eval_every == 0 or done:
+                valid_loss = self.evaluate()
+                self._log({"step": self.step, "valid_loss": valid_loss, "valid_ppl": math.exp(min(valid_loss, 50))})
+                if valid_loss < self.best_valid_loss:
+                    self.best_valid_loss = valid_loss
+                    self._write_checkpoint("best")
+                self._write_checkpoint("last")
+            if done:
+                break
+        bar.close()
+        return {"step": self.step, "valid_loss": valid_loss, "valid_ppl": math.exp(min(valid_loss, 50))}

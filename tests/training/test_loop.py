@@ -1,0 +1,122 @@
+import json
+import math
+
+import pytest
+import torch
+
+from glassformer.models.gpt import GPT, GPTConfig
+from glassformer.tokenizer import Tokenizer
+from glassformer.training.lm import LanguageModelingTask
+from glassformer.training.loop import TrainConfig, Trainer
+from glassformer.training.schedules import lr_multiplier
+
+TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer. " * 30
+
+
+def test_schedules_against_their_formulas():
+    assert lr_multiplier(5, "constant", 10, 100) == 0.5
+    assert lr_multiplier(50, "constant", 10, 100) == 1.0
+    assert lr_multiplier(10, "cosine", 10, 110) == pytest.approx(1.0)
+    assert lr_multiplier(60, "cosine", 10, 110, min_ratio=0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_multiplier(110, "cosine", 10, 110, min_ratio=0.1) == pytest.approx(0.1)
+    d_model, warmup = 512, 4000
+    for step in (1, 100, 4000, 10000):
+        paper = d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
+        peak = d_model**-0.5 * warmup**-0.5
+        assert lr_multiplier(step, "noam", warmup, 0) == pytest.approx(paper / peak)
+
+
+def make_task(seed=0):
+    torch.manual_seed(seed)
+    tokenizer = Tokenizer.train([TEXT], kind="char")
+    config = GPTConfig(
+        vocab_size=tokenizer.vocab_size,
+        max_seq_length=16,
+        d_model=32,
+        num_layers=2,
+        num_heads=4,
+        d_ff=64,
+        dropout=0.1,
+        attention_dropout=0.1,
+    )
+    ids = torch.tensor(tokenizer.encode(TEXT))
+    return LanguageModelingTask(GPT(config), tokenizer, ids[:2000], ids[2000:], batch_size=4, eval_batches=2)
+
+
+def losses(run_dir):
+    return [
+        r
+        for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+        if "valid_loss" in r or "loss" in r
+    ]
+
+
+def config(**overrides):
+    return TrainConfig(
+        **{
+            **dict(max_steps=12, schedule_steps=12, warmup_steps=3, eval_every=6, log_every=1, lr=3e-3, progress=False),
+            **overrides,
+        }
+    )
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = make_task()
+    Trainer(straight, config(), tmp_path / "straight").fit()
+
+    first = make_task()
+    Trainer(first, config(max_steps=6), tmp_path / "split").fit()
+    second = make_task(seed=123)  # fresh weights and RNG: everything must come from the checkpoint
+    summary = Trainer(second, config(), tmp_path / "split").fit(resume=True)
+    assert summary["step"] == 12
+    for (name, a), b in zip(straight.model.state_dict().items(), second.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    keep = ("step", "loss", "valid_loss", "lr")
+    strip = [{k: r[k] for k in keep if k in r} for r in losses(tmp_path / "straight")]
+    split = [{k: r[k] for k in keep if k in r} for r in losses(tmp_path / "split")]
+    assert strip == split
+
+
+def test_the_loss_falls_and_checkpoints_hold_model_and_tokenizer(tmp_path):
+    task = make_task()
+    summary = Trainer(task, config(max_steps=40, schedule_steps=None, eval_every=20), tmp_path).fit()
+    records = losses(tmp_path)
+    valid = [r["valid_loss"] for r in records if "valid_loss" in r]
+    assert valid[-1] < valid[0] < math.log(task.tokenizer.vocab_size) + 0.5
+    assert summary["valid_ppl"] == pytest.approx(math.exp(summary["valid_loss"]))
+    for name in ("best", "last"):
+        model = GPT.from_pretrained(tmp_path / name)
+        assert Tokenizer.from_pretrained(tmp_path / name).vocab_size == model.config.vocab_size
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    Trainer(make_task(), config(max_steps=2, eval_every=2), tmp_path).fit()
+    with pytest.raises(ValueError, match="already holds a training run"):
+        Trainer(make_task(), config(max_steps=2), tmp_path).fit()
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        Trainer(make_task(), config(), tmp_path / "new").fit(resume=True)
+
+
+def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    task = make_task()
+    trainer = Trainer(task, config(max_steps=6, eval_every=6), tmp_path)
+    trainer.fit()
+    before = GPT.from_pretrained(tmp_path / "last").state_dict()
+
+    def crash(directory):
+        directory.mkdir(parents=True)
+        (directory / "config.json").write_text("{half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(task, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        trainer._write_checkpoint("last")
+    after = GPT.from_pretrained(tmp_path / "last").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_bad_train_config():
+    with pytest.raises(ValueError, match="unknown schedule"):
+        TrainConfig(schedule="linear")
+    with pytest.raises(ValueError, match="at least 1"):
+        TrainConfig(max_steps=0)
