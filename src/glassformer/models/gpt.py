@@ -23,6 +23,7 @@ from glassformer.models.pretrained import PretrainedMixin
 from glassformer.nn.embedding import LearnedPositionalEmbedding, TokenEmbedding
 from glassformer.nn.feedforward import check_activation
 from glassformer.nn.layers import DecoderLayer
+from glassformer.nn.linear import Linear
 from glassformer.nn.norm import LayerNorm
 from glassformer.nn.validation import check_token_ids
 
@@ -100,7 +101,7 @@ class GPT(PretrainedMixin, nn.Module):
             for _ in range(config.num_layers)
         )
         self.final_norm = LayerNorm(config.d_model, config.layer_norm_eps)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         self.reset_parameters()
         if config.tie_embeddings:
             self.lm_head.weight = self.embedding.weight

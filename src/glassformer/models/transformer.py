@@ -24,6 +24,7 @@ from glassformer.models.config import ModelConfig
 from glassformer.models.pretrained import PretrainedMixin
 from glassformer.nn.embedding import POSITIONAL_KINDS, LearnedPositionalEmbedding
 from glassformer.nn.feedforward import check_activation
+from glassformer.nn.linear import Linear
 from glassformer.nn.stacks import Decoder, Encoder
 from glassformer.nn.validation import check_mask
 
@@ -132,7 +133,7 @@ class Transformer(PretrainedMixin, nn.Module):
         )
         self.encoder = Encoder(config.src_vocab_size, **stack)
         self.decoder = Decoder(config.tgt_vocab_size, **stack)
-        self.output_projection = nn.Linear(config.d_model, config.tgt_vocab_size, bias=config.bias)
+        self.output_projection = Linear(config.d_model, config.tgt_vocab_size, bias=config.bias)
         self.reset_parameters()
         if config.share_embeddings:
             self.decoder.embedding.embedding.weight = self.encoder.embedding.embedding.weight

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glassformer.nn.linear import Linear, linear
 from glassformer.nn.validation import check_hidden, check_mask
 
 if TYPE_CHECKING:
@@ -76,8 +77,8 @@ class MultiHeadAttention(nn.Module):
         self.num_heads = num_heads
         self.d_k = d_model // num_heads
         self.dropout = dropout
-        self.qkv_proj = nn.Linear(d_model, 3 * d_model, bias=bias)  # [W_Q; W_K; W_V]
-        self.out_proj = nn.Linear(d_model, d_model, bias=bias)  # W_O
+        self.qkv_proj = Linear(d_model, 3 * d_model, bias=bias)  # [W_Q; W_K; W_V]
+        self.out_proj = Linear(d_model, d_model, bias=bias)  # W_O
 
     def project_qkv(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
@@ -87,12 +88,12 @@ class MultiHeadAttention(nn.Module):
         if query is key and key is value:
             return self.qkv_proj(query).split(d, dim=-1)
         w, b = self.qkv_proj.weight, self.qkv_proj.bias
-        q = F.linear(query, w[:d], None if b is None else b[:d])
+        q = linear(query, w[:d], None if b is None else b[:d])
         if key is value:
-            k, v = F.linear(key, w[d:], None if b is None else b[d:]).split(d, dim=-1)
+            k, v = linear(key, w[d:], None if b is None else b[d:]).split(d, dim=-1)
             return q, k, v
-        k = F.linear(key, w[d : 2 * d], None if b is None else b[d : 2 * d])
-        v = F.linear(value, w[2 * d :], None if b is None else b[2 * d :])
+        k = linear(key, w[d : 2 * d], None if b is None else b[d : 2 * d])
+        v = linear(value, w[2 * d :], None if b is None else b[2 * d :])
         return q, k, v
 
     def forward(

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glassformer.nn.linear import Linear
+
 ACTIVATIONS = {
     "relu": F.relu,
     "gelu": F.gelu,  # exact, with erf (BERT)
@@ -33,8 +35,8 @@ class PositionWiseFeedForward(nn.Module):
         check_activation(activation)
         self.activation = activation
         self.act = ACTIVATIONS[activation]
-        self.fc1 = nn.Linear(d_model, d_ff, bias=bias)
-        self.fc2 = nn.Linear(d_ff, d_model, bias=bias)
+        self.fc1 = Linear(d_model, d_ff, bias=bias)
+        self.fc2 = Linear(d_ff, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,83 @@
+"""Decoding speed: glassformer's GPT.generate against transformers' GPT2LMHeadModel.generate.
+
+GPT-2 124M shape with random weights written by transformers (the real weights are not on PyPI), loaded by both
+from the same directory. Greedy decoding of --new-tokens tokens after a --prompt-tokens prompt, no EOS stop, runs
+alternating between the two libraries in one process. Rows: float32 at batch 1 and --batch, and glassformer with
+bfloat16 weights at batch 1 (against transformers' float32), whose greedy tokens are compared with float32's.
+
+    python bench/generate.py [--batch 8] [--repeats 3] [--new-tokens 128] [--prompt-tokens 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+
+import torch
+
+from glassformer.models.gpt import GPT
+
+
+def timed(fn) -> tuple[float, torch.Tensor]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    directory = tempfile.mkdtemp(prefix="gpt2-124m-")
+    transformers.GPT2LMHeadModel(transformers.GPT2Config()).save_pretrained(directory)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(directory).eval()
+    ours = GPT.from_pretrained(directory)
+    ours_bf16 = GPT.from_pretrained(directory, dtype=torch.bfloat16)
+    options = dict(max_new_tokens=args.new_tokens, eos_token_id=None, pad_token_id=0)
+
+    print(
+        f"GPT-2 124M, random weights; prompt {args.prompt_tokens}, greedy {args.new_tokens} new tokens; "
+        f"threads={torch.get_num_threads()}; best of {args.repeats} alternating runs"
+    )
+    print(f"{'batch':>5} {'dtype':>9} {'transformers tok/s':>19} {'glassformer tok/s':>18} {'ratio':>6}  notes")
+    for batch, dtype in ((1, torch.float32), (args.batch, torch.float32), (1, torch.bfloat16)):
+        model = ours if dtype == torch.float32 else ours_bf16
+        ids = torch.randint(0, 50257, (batch, args.prompt_tokens), generator=torch.Generator().manual_seed(batch))
+        best_hf = best_ours = float("inf")
+        with torch.no_grad():
+            for _ in range(args.repeats):
+                seconds, hf_out = timed(lambda: hf.generate(ids, do_sample=False, **options))  # noqa: B023
+                best_hf = min(best_hf, seconds)
+                seconds, our_out = timed(lambda: model.generate(ids, **options))  # noqa: B023
+                best_ours = min(best_ours, seconds)
+        tokens = batch * args.new_tokens
+        new_hf, new_ours = hf_out[:, args.prompt_tokens :], our_out[:, args.prompt_tokens :]
+        if dtype == torch.float32:
+            notes = "tokens identical" if torch.equal(hf_out, our_out) else "TOKENS DIFFER"
+        else:
+            same = (new_hf == new_ours).all(0).long()
+            agree = int(same.cumprod(0).sum())
+            notes = f"first {agree} greedy tokens equal float32's"
+        cache_mb = model.make_cache(batch, args.prompt_tokens + args.new_tokens).nbytes / 2**20
+        notes += f"; KV cache {cache_mb:.0f} MiB"
+        print(
+            f"{batch:>5} {str(dtype).removeprefix('torch.'):>9} {tokens / best_hf:>19.1f} {tokens / best_ours:>18.1f} "
+            f"{best_hf / best_ours:>5.2f}x  {notes}"
+        )
+
+
+if __name__ == "__main__":
+    main()

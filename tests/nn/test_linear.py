@@ -1,0 +1,33 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from glassformer.nn.linear import Linear, linear
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(1, 1, 24), (24,), (3, 24), (2, 4, 24), (17, 24), (64, 24)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fast_path_equals_reference(dtype, shape, bias):
+    torch.manual_seed(0)
+    weight = torch.randn(40, 24).to(dtype)
+    b = torch.randn(40).to(dtype) if bias else None
+    x = torch.randn(shape).to(dtype)
+    with torch.no_grad():
+        fast = linear(x, weight, b)
+    reference = F.linear(x.float(), weight.float(), None if b is None else b.float())
+    assert fast.shape == (*shape[:-1], 40) and fast.dtype == dtype
+    tolerance = 1e-5 if dtype == torch.float32 else 0.1
+    torch.testing.assert_close(fast.float(), reference, atol=tolerance, rtol=0.02 if tolerance > 1e-5 else 0)
+
+
+def test_gradients_take_the_reference_path():
+    layer = Linear(8, 4)
+    x = torch.randn(1, 8, requires_grad=True)
+    layer(x).sum().backward()
+    torch.testing.assert_close(x.grad, layer.weight.sum(0, keepdim=True))
+
+
+def test_is_a_torch_linear():
+    layer = Linear(3, 2)
+    assert isinstance(layer, torch.nn.Linear) and set(layer.state_dict()) == {"weight", "bias"}
