@@ -94,13 +94,13 @@ def generate(
         raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
     if no_repeat_ngram_size < 0:
         raise ValueError(f"no_repeat_ngram_size must be >= 0, got {no_repeat_ngram_size}")
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    elif attention_mask.shape != input_ids.shape:
-        raise ValueError(
-            f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has {tuple(input_ids.shape)}"
-        )
-    attention_mask = attention_mask.long()
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has {tuple(input_ids.shape)}"
+            )
+        # no padding: decode without a mask (the model's cheaper unmasked path)
+        attention_mask = None if bool(attention_mask.all()) else attention_mask.long()
     fill = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
     processors = build_processors(
         do_sample=do_sample,
@@ -149,7 +149,7 @@ def _next_logits(model, ids, attention_mask, cache) -> torch.Tensor:
 def greedy_or_sample(
     model,
     input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     max_length: int,
     processors: list[LogitsProcessor],
     do_sample: bool,
@@ -173,7 +173,8 @@ def greedy_or_sample(
             next_tokens = scores.argmax(-1)
         next_tokens = torch.where(unfinished, next_tokens, fill)
         ids = torch.cat([ids, next_tokens[:, None]], dim=1)
-        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
+        if attention_mask is not None:
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
         if on_tokens is not None:
             on_tokens(next_tokens)
         if eos_token_id is not None:
@@ -187,7 +188,7 @@ def greedy_or_sample(
 def beam_search(
     model,
     input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
     num_beams: int,
     max_length: int,
     processors: list[LogitsProcessor],
@@ -220,7 +221,7 @@ def beam_search(
     improvable = torch.ones(batch, 1, dtype=torch.bool, device=device)
     batch_offset = torch.arange(batch, device=device)[:, None] * num_beams
 
-    flat_mask = attention_mask.repeat_interleave(num_beams, dim=0)
+    flat_mask = None if attention_mask is None else attention_mask.repeat_interleave(num_beams, dim=0)
     cache = model.make_cache(batch * num_beams, max_length) if use_cache else None
     logits = _next_logits(model, input_ids.repeat_interleave(num_beams, dim=0), flat_mask, cache)
     length = prompt_length
@@ -261,7 +262,8 @@ def beam_search(
         improvable &= (best_reachable > worst_finished).any(-1, keepdim=True)
         if not improvable.any() or ends.all():
             break
-        flat_mask = torch.cat([flat_mask, flat_mask.new_ones(batch * num_beams, 1)], dim=1)
+        if flat_mask is not None:
+            flat_mask = torch.cat([flat_mask, flat_mask.new_ones(batch * num_beams, 1)], dim=1)
         if use_cache:
             cache.reorder((parents + batch_offset).flatten())
             step_ids = running[:, :, length - 1].reshape(-1, 1)

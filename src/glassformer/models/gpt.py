@@ -20,6 +20,7 @@ from torch import nn
 from glassformer.generation.cache import KVCache
 from glassformer.models.config import ModelConfig
 from glassformer.models.pretrained import PretrainedMixin
+from glassformer.nn.dropout import Dropout
 from glassformer.nn.embedding import LearnedPositionalEmbedding, TokenEmbedding
 from glassformer.nn.feedforward import check_activation
 from glassformer.nn.layers import DecoderLayer
@@ -84,7 +85,7 @@ class GPT(PretrainedMixin, nn.Module):
         self.config = config
         self.embedding = TokenEmbedding(config.vocab_size, config.d_model, scale=False)
         self.positions = LearnedPositionalEmbedding(config.d_model, config.max_seq_length)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.layers = nn.ModuleList(
             DecoderLayer(
                 config.d_model,

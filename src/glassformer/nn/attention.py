@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glassformer.nn.dropout import dropout
 from glassformer.nn.linear import Linear, linear
 from glassformer.nn.validation import check_hidden, check_mask
 
@@ -45,14 +46,17 @@ def scaled_dot_product_attention(
         ``(output, weights)``: output ``(..., q_len, d_v)`` and weights ``(..., q_len, k_len)``.
     """
     d_k = query.size(-1)
-    scores = torch.matmul(query, key.transpose(-2, -1)) / math.sqrt(d_k)  # Q Kᵀ / sqrt(d_k)
+    query = query / math.sqrt(d_k)  # Q Kᵀ / sqrt(d_k), scaling the smaller tensor
+    scores = torch.matmul(query, key.transpose(-2, -1).to(query.dtype))  # (..., q_len, k_len)
     if mask is not None:
+        # masked scores become exactly 0 after the softmax; a row with nothing to attend to would come out
+        # uniform, so it is zeroed explicitly (and its output is zero, not NaN)
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     weights = torch.softmax(scores, dim=-1)
     if mask is not None:
-        weights = weights.masked_fill(~mask, 0.0)  # a row with nothing to attend to: zeros, not uniform/NaN
+        weights = weights.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
     if dropout_p > 0.0:
-        weights = F.dropout(weights, p=dropout_p)
+        weights = dropout(weights, dropout_p)
     return torch.matmul(weights.to(value.dtype), value), weights
 
 
@@ -137,8 +141,11 @@ class MultiHeadAttention(nn.Module):
             k, v = cache.update(k, v)  # (batch, heads, past + k_len, d_k)
 
         dropout_p = self.dropout if self.training else 0.0
-        if need_weights:
+        if need_weights or (dropout_p > 0.0 and q.device.type == "cpu"):
+            # the reference path; also for attention dropout on the CPU, where the fused kernel has none and
+            # torch falls back to an equivalent math path with slower dropout masks
             out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p)
+            weights = weights if need_weights else None
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
             weights = None

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glassformer.nn.dropout import Dropout
 from glassformer.nn.linear import Linear
 
 ACTIVATIONS = {
@@ -37,7 +38,7 @@ class PositionWiseFeedForward(nn.Module):
         self.act = ACTIVATIONS[activation]
         self.fc1 = Linear(d_model, d_ff, bias=bias)
         self.fc2 = Linear(d_ff, d_model, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.dropout(self.act(self.fc1(x))))

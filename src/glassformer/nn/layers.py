@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from glassformer.nn.attention import MultiHeadAttention
+from glassformer.nn.dropout import Dropout
 from glassformer.nn.feedforward import PositionWiseFeedForward
 from glassformer.nn.norm import LayerNorm
 
@@ -53,7 +54,7 @@ class EncoderLayer(nn.Module):
         self.ffn = PositionWiseFeedForward(d_model, d_ff, activation, dropout=activation_dropout, bias=bias)
         self.norm1 = LayerNorm(d_model, layer_norm_eps)
         self.norm2 = LayerNorm(d_model, layer_norm_eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(
         self, x: torch.Tensor, mask: torch.Tensor | None = None, need_weights: bool = False
@@ -101,7 +102,7 @@ class DecoderLayer(nn.Module):
         self.norm2 = LayerNorm(d_model, layer_norm_eps) if cross_attention else None
         self.ffn = PositionWiseFeedForward(d_model, d_ff, activation, dropout=activation_dropout, bias=bias)
         self.norm3 = LayerNorm(d_model, layer_norm_eps)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(
         self,

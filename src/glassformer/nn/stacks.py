@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from glassformer.nn.dropout import Dropout
 from glassformer.nn.embedding import TokenEmbedding, positional_embedding
 from glassformer.nn.layers import DecoderLayer, EncoderLayer
 from glassformer.nn.norm import LayerNorm
@@ -48,7 +49,7 @@ class _Stack(nn.Module):
         self.max_seq_length = max_seq_length
         self.embedding = TokenEmbedding(vocab_size, d_model, padding_idx=pad_id)
         self.positions = positional_embedding(positional, d_model, max_seq_length)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.layers = nn.ModuleList(
             self.layer_class(
                 d_model,
