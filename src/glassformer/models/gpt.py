@@ -17,6 +17,8 @@ import os
 import torch
 from torch import nn
 
+from glassformer.checkpoints import load_state_dict_checked
+from glassformer.checkpoints.huggingface import load_gpt2, save_gpt2
 from glassformer.generation.cache import KVCache
 from glassformer.models.config import ModelConfig
 from glassformer.models.pretrained import PretrainedMixin
@@ -56,18 +58,9 @@ class GPTConfig(ModelConfig):
     pad_id: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "max_seq_length", "d_model", "num_layers", "num_heads", "d_ff"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.num_heads != 0:
-            raise ValueError(
-                f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
-                "choose num_heads that divides d_model"
-            )
-        for name in ("dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        self.check_positive("vocab_size", "max_seq_length", "d_model", "num_layers", "num_heads", "d_ff")
+        self.check_heads(self.d_model, self.num_heads)
+        self.check_probabilities("dropout", "attention_dropout")
         check_activation(self.activation)
         for name in ("bos_id", "eos_id", "pad_id"):
             value = getattr(self, name)
@@ -199,12 +192,8 @@ class GPT(PretrainedMixin, nn.Module):
         """Load a glassformer GPT checkpoint or a Hugging Face GPT-2 directory (config.json + model.safetensors
         or a weights-only pytorch_model.bin), from a path or, by model name, from the local Hugging Face cache.
         Returned in eval mode; ``dtype`` converts the weights (e.g. ``torch.bfloat16``)."""
-        from glassformer.checkpoints.huggingface import load_gpt2
-
         config_dict, tensors = load_gpt2(path)
         model = cls(cls.config_class.from_dict(config_dict))
-        from glassformer.checkpoints import load_state_dict_checked
-
         load_state_dict_checked(model, tensors)
         return model.eval() if dtype is None else model.to(dtype).eval()
 
@@ -214,7 +203,5 @@ class GPT(PretrainedMixin, nn.Module):
         if format == "glassformer":
             return super().save_pretrained(directory)
         if format == "hf":
-            from glassformer.checkpoints.huggingface import save_gpt2
-
             return save_gpt2(directory, self.config.to_dict(), self.state_dict())
         raise ValueError(f"unknown checkpoint format {format!r}; use 'glassformer' or 'hf'")

@@ -71,26 +71,11 @@ class TransformerConfig(ModelConfig):
     bias: bool = True
 
     def __post_init__(self) -> None:
-        for name in (
-            "src_vocab_size",
-            "tgt_vocab_size",
-            "d_model",
-            "num_layers",
-            "num_heads",
-            "d_ff",
-            "max_seq_length",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.d_model % self.num_heads != 0:
-            raise ValueError(
-                f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
-                "choose num_heads that divides d_model"
-            )
-        for name in ("dropout", "attention_dropout", "activation_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        self.check_positive(
+            "src_vocab_size", "tgt_vocab_size", "d_model", "num_layers", "num_heads", "d_ff", "max_seq_length"
+        )
+        self.check_heads(self.d_model, self.num_heads)
+        self.check_probabilities("dropout", "attention_dropout", "activation_dropout")
         if not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
             raise ValueError(f"pad_id={self.pad_id} is outside the vocabularies; it must be a valid token id")
         check_activation(self.activation)
