@@ -97,6 +97,14 @@ def test_cache_equivalence(model, options):
     assert torch.equal(with_cache, without)
 
 
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_packed_weights_give_the_same_tokens(model, num_beams):
+    ids = prompt(4, 5)
+    packed = model.generate(ids, max_new_tokens=15, num_beams=num_beams, pack_weights=True)
+    plain = model.generate(ids, max_new_tokens=15, num_beams=num_beams, pack_weights=False)
+    assert torch.equal(packed, plain)
+
+
 def test_sampling_with_seed_is_reproducible(model):
     ids = prompt()
     options = dict(max_new_tokens=20, do_sample=True, temperature=0.7, top_k=50, top_p=0.95, seed=7)

@@ -31,3 +31,29 @@ def test_gradients_take_the_reference_path():
 def test_is_a_torch_linear():
     layer = Linear(3, 2)
     assert isinstance(layer, torch.nn.Linear) and set(layer.state_dict()) == {"weight", "bias"}
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not available in this torch build")
+@pytest.mark.parametrize("rows", [1, 2, 8, 64, 65])
+def test_packed_weights_equal_reference(rows):
+    from glassformer.nn.linear import packed_weights
+
+    model = torch.nn.Sequential(Linear(24, 40), torch.nn.ReLU(), Linear(40, 8, bias=False))
+    x = torch.randn(rows, 1, 24)
+    with torch.no_grad():
+        expected = model(x)
+        with packed_weights(model):
+            assert model[0].packed_weight is not None and model[2].packed_weight is not None
+            packed = model(x)
+    assert model[0].packed_weight is None  # dropped on exit
+    torch.testing.assert_close(packed, expected, atol=1e-5, rtol=0)
+
+
+def test_packed_weights_are_not_used_for_training():
+    from glassformer.nn.linear import packed_weights
+
+    layer = Linear(6, 3)
+    x = torch.randn(4, 6, requires_grad=True)
+    with packed_weights(layer):
+        layer(x).sum().backward()
+    torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(4, 6))

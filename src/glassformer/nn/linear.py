@@ -11,16 +11,26 @@ in another order:
 
 Measured on the 2-core development machine with weights streamed from memory (24 GPT-2 MLP matrices in turn):
 1.5-1.7x faster than ``F.linear`` in bfloat16 at 1-16 rows. The same orders gave nothing in float32 once the
-weights no longer fit in cache, so float32 keeps ``F.linear``. Results equal ``F.linear`` up to rounding (tested).
+weights no longer fit in cache.
+
+For float32 at a few rows (batched decoding) the remedy is the weight's memory layout: ``packed_weights(model)``
+reorders every ``Linear`` weight into oneDNN's blocked layout for the duration of a ``with`` block (one extra
+copy of those weights; GPT-2 124M packs in ~0.2 s), and ``Linear`` then multiplies 2-64 rows with oneDNN:
+1.85x faster than ``F.linear`` at 8 rows over GPT-2's weights, 1.4x at 32. Results equal ``F.linear`` up to
+rounding (tested).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 MAX_SMALL_ROWS = 16
+PACKED_ROWS = range(2, 65)  # rows for which a packed float32 weight is faster than F.linear
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -41,7 +51,40 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 class Linear(nn.Linear):
-    """``torch.nn.Linear`` computed by ``linear`` (same parameters and checkpoint names)."""
+    """``torch.nn.Linear`` computed by ``linear`` (same parameters and checkpoint names), or by oneDNN with the
+    packed copy of the weight that ``packed_weights`` provides."""
+
+    packed_weight: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (
+            self.packed_weight is not None
+            and not torch.is_grad_enabled()
+            and x.dtype == torch.float32
+            and x.numel() // x.size(-1) in PACKED_ROWS
+        ):
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
         return linear(x, self.weight, self.bias)
+
+
+def can_pack(module: nn.Module) -> bool:
+    return (
+        isinstance(module, Linear)
+        and module.weight.dtype == torch.float32
+        and module.weight.device.type == "cpu"
+        and torch.backends.mkldnn.is_available()
+    )
+
+
+@contextmanager
+def packed_weights(model: nn.Module) -> Iterator[None]:
+    """Within the block, every float32 CPU ``Linear`` of ``model`` carries a oneDNN-packed copy of its weight
+    (inference only: the copy does not follow later changes to the weight, so it is dropped on exit)."""
+    layers = [m for m in model.modules() if can_pack(m)]
+    try:
+        for layer in layers:
+            layer.packed_weight = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), 8)
+        yield
+    finally:
+        for layer in layers:
+            layer.packed_weight = None
