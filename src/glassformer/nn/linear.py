@@ -41,8 +41,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     rows = x.numel() // x.size(-1)
     out_shape = (*x.shape[:-1], weight.size(0))
     if rows == 1:
-        y = torch.mv(weight, x.reshape(-1))
-        return (y if bias is None else y + bias).view(out_shape)
+        y = torch.mv(weight, x.reshape(-1)) if bias is None else torch.addmv(bias, weight, x.reshape(-1))
+        return y.view(out_shape)
     if rows <= MAX_SMALL_ROWS:
         xt = x.reshape(rows, -1).t()
         y = torch.mm(weight, xt) if bias is None else torch.addmm(bias[:, None], weight, xt)  # (out, rows)
