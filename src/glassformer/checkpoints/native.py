@@ -122,4 +122,4 @@ def load_state_dict_checked(model: nn.Module, tensors: dict[str, torch.Tensor]) 
             f"checkpoint does not fit the model's config — {'; '.join(parts)}; "
             "load it with the config it was saved with"
         )
-    model.load_state_dict({k: v for k, v in tensors.items()}, strict=False)
+    model.load_state_dict(tensors, strict=False)

@@ -3,11 +3,10 @@
 
     dropout(x) = x · m / (1 - p),   m_i ~ Bernoulli(1 - p)
 
-The mask is drawn as ``rand(shape) >= p`` rather than with ``bernoulli_``, which ``torch.nn.functional.dropout``
-uses: on the CPU this draws the same distribution about twice as fast (16 ms against 30 ms for a
-12 x 6 x 256 x 256 attention matrix on the 2-core development machine; 18 ms against 37 ms forward + backward
-with the mask built in place), and dropout's random numbers were the largest single cost of a GPT training step
-there (bench/train_gpt.py).
+The mask is drawn as ``rand(shape) >= p`` and scaled in place, rather than with ``bernoulli_`` as
+``torch.nn.functional.dropout`` does: on the CPU the same distribution costs half the time (forward + backward on a
+12 x 6 x 256 x 256 attention matrix: 16 ms against 35 ms, ``bench/kernels.py``), and dropout's random numbers were
+the largest single cost of a GPT training step (``bench/train_gpt.py``).
 """
 
 from __future__ import annotations

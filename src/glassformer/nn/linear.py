@@ -9,15 +9,15 @@ in another order:
     1 row:        W x        (torch.mv, a matrix-vector product)
     2-16 rows:    (W xᵀ)ᵀ    (a GEMM that reads the weight in its stored order)
 
-Measured on the 2-core development machine with weights streamed from memory (24 GPT-2 MLP matrices in turn):
-1.5-1.7x faster than ``F.linear`` in bfloat16 at 1-16 rows. The same orders gave nothing in float32 once the
-weights no longer fit in cache.
+Measured on the 2-core development machine with ``bench/kernels.py`` (GPT-2 124M's 49 matrices in turn, so the
+weights stream from memory as in decoding): 1.4x faster than ``F.linear`` in bfloat16 at 1 and 8 rows. The same
+orders gave nothing in float32 once the weights no longer fit in cache.
 
 For float32 at a few rows (batched decoding) the remedy is the weight's memory layout: ``packed_weights(model)``
 reorders every ``Linear`` weight into oneDNN's blocked layout for the duration of a ``with`` block (one extra
 copy of those weights; GPT-2 124M packs in ~0.2 s), and ``Linear`` then multiplies 2-64 rows with oneDNN:
-1.85x faster than ``F.linear`` at 8 rows over GPT-2's weights, 1.4x at 32. Results equal ``F.linear`` up to
-rounding (tested).
+1.9x faster than ``F.linear`` at 8 rows over GPT-2's weights (``bench/kernels.py``). Results equal ``F.linear``
+up to rounding (tested).
 """
 
 from __future__ import annotations
