@@ -19,6 +19,7 @@ import math
 import torch
 from torch import nn
 
+from glassformer.generation.cache import KVCache
 from glassformer.masks import decoder_self_attention_mask, padding_mask
 from glassformer.models.config import ModelConfig
 from glassformer.models.pretrained import PretrainedMixin
@@ -69,6 +70,9 @@ class TransformerConfig(ModelConfig):
     tie_output: bool = False
     layer_norm_eps: float = 1e-5
     bias: bool = True
+    bos_id: int | None = None  # the decoder's first input when translating
+    eos_id: int | None = None  # ends a translation
+    unk_id: int | None = None
 
     def __post_init__(self) -> None:
         self.check_positive(
@@ -78,6 +82,10 @@ class TransformerConfig(ModelConfig):
         self.check_probabilities("dropout", "attention_dropout", "activation_dropout")
         if not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
             raise ValueError(f"pad_id={self.pad_id} is outside the vocabularies; it must be a valid token id")
+        for name in ("bos_id", "eos_id", "unk_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.tgt_vocab_size:
+                raise ValueError(f"{name}={value} is outside the target vocabulary of {self.tgt_vocab_size} tokens")
         check_activation(self.activation)
         if self.positional not in POSITIONAL_KINDS:
             raise ValueError(f"unknown positional encoding {self.positional!r}; choose one of {POSITIONAL_KINDS}")
@@ -146,23 +154,50 @@ class Transformer(PretrainedMixin, nn.Module):
             src_mask = padding_mask(src, self.config.pad_id)
         return self.encoder(src, src_mask)
 
+    def make_cache(self, batch: int, max_length: int) -> KVCache:
+        """An empty key/value cache of the decoder's self-attention for ``batch`` translations of up to
+        ``max_length`` target positions."""
+        c, weight = self.config, self.output_projection.weight
+        return KVCache(
+            c.num_layers, batch, c.num_heads, max_length, c.d_model // c.num_heads, weight.dtype, weight.device
+        )
+
+    def cross_attention_kv(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each decoder layer's cross-attention keys and values of ``memory``, computed once per source."""
+        return self.decoder.cross_attention_kv(memory)
+
     def decode(
         self,
         tgt: torch.Tensor,
-        memory: torch.Tensor,
+        memory: torch.Tensor | None,
         memory_mask: torch.Tensor | None,
         tgt_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        cross_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        last_token_only: bool = False,
     ) -> torch.Tensor:
         """``(batch, tgt_len)`` ids and memory -> logits ``(batch, tgt_len, tgt_vocab_size)``.
 
         ``memory_mask`` is the source padding mask, ``padding_mask(src, pad_id)``; it is required so that a
         caller cannot forget it (pass None explicitly only when the source has no padding).
+
+        Decoding one token at a time: pass ``cache`` (from ``make_cache``; ``tgt`` then holds only the new
+        tokens, which must not be padding) and ``cross_kv`` (from ``cross_attention_kv(memory)``; ``memory`` may
+        then be None); ``last_token_only`` computes logits for the last position only, ``(batch, 1, vocab)``.
         """
-        if memory.size(0) != tgt.size(0):
-            raise ValueError(f"tgt has batch size {tgt.size(0)} but memory has {memory.size(0)}; they must match")
+        batch = cross_kv[0][0].size(0) if memory is None and cross_kv else memory.size(0)
+        if batch != tgt.size(0):
+            raise ValueError(f"tgt has batch size {tgt.size(0)} but memory has {batch}; they must match")
         if tgt_mask is None:
-            tgt_mask = decoder_self_attention_mask(tgt, self.config.pad_id)
-        return self.output_projection(self.decoder(tgt, memory, tgt_mask, memory_mask))
+            if cache is None:
+                tgt_mask = decoder_self_attention_mask(tgt, self.config.pad_id)
+            elif tgt.size(1) > 1:  # several new tokens after the cached ones: causal over past + new
+                past, seq = cache.length, tgt.size(1)
+                tgt_mask = torch.ones(seq, past + seq, dtype=torch.bool, device=tgt.device).tril(past)
+        hidden = self.decoder(tgt, memory, tgt_mask, memory_mask, cache=cache, cross_kv=cross_kv)
+        if last_token_only:
+            hidden = hidden[:, -1:]
+        return self.output_projection(hidden)
 
     def forward(
         self,

@@ -100,14 +100,27 @@ class MultiHeadAttention(nn.Module):
         v = linear(value, w[2 * d :], None if b is None else b[2 * d :])
         return q, k, v
 
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """``(batch, seq, d_model)`` -> ``(batch, heads, seq, d_k)``."""
+        return x.view(x.size(0), x.size(1), self.num_heads, self.d_k).transpose(1, 2)
+
+    def project_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of a fixed memory (the encoder output), each ``(batch, heads, src_len, d_k)``: computed
+        once per source and passed back as ``kv`` at every decoding step."""
+        check_hidden(memory, self.d_model, "memory")
+        d, w, b = self.d_model, self.qkv_proj.weight, self.qkv_proj.bias
+        k, v = linear(memory, w[d:], None if b is None else b[d:]).split(d, dim=-1)
+        return self.split_heads(k), self.split_heads(v)
+
     def forward(
         self,
         query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
+        key: torch.Tensor | None,
+        value: torch.Tensor | None,
         mask: torch.Tensor | None = None,
         need_weights: bool = False,
         cache: LayerCache | None = None,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
         Args:
@@ -118,32 +131,37 @@ class MultiHeadAttention(nn.Module):
             need_weights: also return the attention weights (uses the reference path).
             cache: a layer of ``glassformer.generation.KVCache``; the new keys/values are appended to it and the
                 queries attend to all of them.
+            kv: precomputed keys and values from ``project_kv`` (cross-attention while decoding); ``key`` and
+                ``value`` are then not used and may be None.
 
         Returns:
             ``(output, weights)``: output ``(batch, q_len, d_model)``; weights ``(batch, heads, q_len, k_len)``
             or None.
         """
         check_hidden(query, self.d_model, "query")
-        check_hidden(key, self.d_model, "key")
-        if value is not key:
-            check_hidden(value, self.d_model, "value")
-        batch, q_len, k_len = query.size(0), query.size(1), key.size(1)
+        batch, q_len = query.size(0), query.size(1)
+        if kv is not None:
+            d, w, b = self.d_model, self.qkv_proj.weight, self.qkv_proj.bias
+            q = self.split_heads(linear(query, w[:d], None if b is None else b[:d]))
+            k, v = kv
+            k_len = k.size(2)
+        else:
+            check_hidden(key, self.d_model, "key")
+            if value is not key:
+                check_hidden(value, self.d_model, "value")
+            k_len = key.size(1)
+            # split heads: (batch, seq, d_model) -> (batch, heads, seq, d_k)
+            q, k, v = (self.split_heads(t) for t in self.project_qkv(query, key, value))
         if mask is not None:
             past = cache.cache.length if cache is not None else 0
             check_mask(mask, (batch, self.num_heads, q_len, past + k_len))
-
-        q, k, v = self.project_qkv(query, key, value)
-        # split heads: (batch, seq, d_model) -> (batch, heads, seq, d_k)
-        q = q.view(batch, q_len, self.num_heads, self.d_k).transpose(1, 2)
-        k = k.view(batch, k_len, self.num_heads, self.d_k).transpose(1, 2)
-        v = v.view(batch, k_len, self.num_heads, self.d_k).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(k, v)  # (batch, heads, past + k_len, d_k)
 
         dropout_p = self.dropout if self.training else 0.0
-        if need_weights or (dropout_p > 0.0 and q.device.type == "cpu"):
-            # the reference path; also for attention dropout on the CPU, where the fused kernel has none and
-            # torch falls back to an equivalent math path with slower dropout masks
+        if need_weights or (q.device.type == "cpu" and torch.is_grad_enabled()):
+            # the reference path; also for training on the CPU, where torch's fused kernel is slower backwards
+            # (up to 4x in bfloat16) and has no attention dropout of its own (bench/kernels.py)
             out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p)
             weights = weights if need_weights else None
         else:

@@ -112,6 +112,7 @@ class DecoderLayer(nn.Module):
         memory_mask: torch.Tensor | None = None,
         need_weights: bool = False,
         cache: LayerCache | None = None,
+        cross_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """
         Args:
@@ -120,8 +121,10 @@ class DecoderLayer(nn.Module):
             self_mask: bool, broadcastable to ``(batch, heads, tgt_len, tgt_len)``: causal & target padding.
             memory_mask: bool, broadcastable to ``(batch, heads, tgt_len, src_len)``: source padding.
             cache: this layer's key/value cache for the self-attention (decoding one step at a time).
+            cross_kv: the cross-attention's keys and values of ``memory``, precomputed once per source with
+                ``cross_attn.project_kv(memory)`` (decoding); ``memory`` may then be None.
         """
-        if self.cross_attn is not None and memory is None:
+        if self.cross_attn is not None and memory is None and cross_kv is None:
             raise ValueError("this decoder layer has cross-attention: pass the encoder output as memory")
         cross_weights = None
         if self.norm_first:
@@ -129,14 +132,16 @@ class DecoderLayer(nn.Module):
             attn, self_weights = self.self_attn(h, h, h, self_mask, need_weights, cache)
             x = x + self.dropout(attn)
             if self.cross_attn is not None:
-                attn, cross_weights = self.cross_attn(self.norm2(x), memory, memory, memory_mask, need_weights)
+                attn, cross_weights = self.cross_attn(
+                    self.norm2(x), memory, memory, memory_mask, need_weights, kv=cross_kv
+                )
                 x = x + self.dropout(attn)
             x = x + self.dropout(self.ffn(self.norm3(x)))
         else:
             attn, self_weights = self.self_attn(x, x, x, self_mask, need_weights, cache)
             x = self.norm1(x + self.dropout(attn))
             if self.cross_attn is not None:
-                attn, cross_weights = self.cross_attn(x, memory, memory, memory_mask, need_weights)
+                attn, cross_weights = self.cross_attn(x, memory, memory, memory_mask, need_weights, kv=cross_kv)
                 x = self.norm2(x + self.dropout(attn))
             x = self.norm3(x + self.dropout(self.ffn(x)))
         return x, self_weights, cross_weights

@@ -9,6 +9,8 @@ A pre-norm stack ends with a final LayerNorm (its layers leave the residual stre
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -17,6 +19,9 @@ from glassformer.nn.embedding import TokenEmbedding, positional_embedding
 from glassformer.nn.layers import DecoderLayer, EncoderLayer
 from glassformer.nn.norm import LayerNorm
 from glassformer.nn.validation import check_token_ids
+
+if TYPE_CHECKING:
+    from glassformer.generation.cache import KVCache
 
 
 class _Stack(nn.Module):
@@ -68,10 +73,11 @@ class _Stack(nn.Module):
         use_final_norm = norm_first if final_norm is None else final_norm
         self.final_norm = LayerNorm(d_model, layer_norm_eps) if use_final_norm else None
 
-    def embed(self, ids: torch.Tensor, name: str) -> torch.Tensor:
-        """``(batch, seq)`` ids -> ``Dropout(PE(E[ids] · sqrt(d_model)))``, ``(batch, seq, d_model)``."""
+    def embed(self, ids: torch.Tensor, name: str, offset: int = 0) -> torch.Tensor:
+        """``(batch, seq)`` ids -> ``Dropout(PE(E[ids] · sqrt(d_model)))``, ``(batch, seq, d_model)``; positions
+        start at ``offset`` (the number of cached positions while decoding)."""
         check_token_ids(ids, self.vocab_size, self.max_seq_length, name)
-        return self.dropout(self.positions(self.embedding(ids)))
+        return self.dropout(self.positions(self.embedding(ids), offset=offset))
 
 
 class Encoder(_Stack):
@@ -104,24 +110,45 @@ class Decoder(_Stack):
     ``self_mask``: bool, broadcastable to ``(batch, heads, tgt_len, tgt_len)`` (causal & target padding);
     ``memory_mask``: bool, broadcastable to ``(batch, heads, tgt_len, src_len)`` (source padding).
     With ``return_attentions=True`` it returns ``(x, [self weights per layer], [cross weights per layer])``.
+
+    Decoding step by step: ``cache`` (a ``KVCache``) keeps the self-attention keys/values of earlier positions and
+    ``cross_kv`` holds each layer's cross-attention keys/values of the memory, computed once with
+    ``cross_attention_kv(memory)``.
     """
 
     layer_class = DecoderLayer
 
+    def cross_attention_kv(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the keys and values of ``memory`` ``(batch, src_len, d_model)`` for the cross-attention,
+        each ``(batch, heads, src_len, d_k)``."""
+        return [layer.cross_attn.project_kv(memory) for layer in self.layers]
+
     def forward(
         self,
         tgt: torch.Tensor,
-        memory: torch.Tensor,
+        memory: torch.Tensor | None,
         self_mask: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
         return_attentions: bool = False,
+        cache: KVCache | None = None,
+        cross_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        x = self.embed(tgt, "tgt")
+        x = self.embed(tgt, "tgt", offset=cache.length if cache is not None else 0)
         self_attentions, cross_attentions = [], []
-        for layer in self.layers:
-            x, self_weights, cross_weights = layer(x, memory, self_mask, memory_mask, need_weights=return_attentions)
+        for i, layer in enumerate(self.layers):
+            x, self_weights, cross_weights = layer(
+                x,
+                memory,
+                self_mask,
+                memory_mask,
+                need_weights=return_attentions,
+                cache=cache.layer(i) if cache is not None else None,
+                cross_kv=cross_kv[i] if cross_kv is not None else None,
+            )
             self_attentions.append(self_weights)
             cross_attentions.append(cross_weights)
+        if cache is not None:
+            cache.advance(tgt.size(1))
         if self.final_norm is not None:
             x = self.final_norm(x)
         return (x, self_attentions, cross_attentions) if return_attentions else x
