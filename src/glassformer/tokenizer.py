@@ -65,11 +65,11 @@ class Tokenizer:
         data = Path(spec.origin).parent / "data"
         return cls.byte_level_bpe(data / "encoder.json", data / "vocab.bpe")
 
-    def save(self, directory: str | os.PathLike) -> Path:
+    def save(self, directory: str | os.PathLike, filename: str = TOKENIZER_FILE) -> Path:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.backend.save(str(directory / TOKENIZER_FILE))
-        return directory / TOKENIZER_FILE
+        self.backend.save(str(directory / filename))
+        return directory / filename
 
     # --- training -------------------------------------------------------------------------------------------
 
@@ -118,6 +118,13 @@ class Tokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """``encode`` of many texts at once (the backend runs them in parallel)."""
+        return [encoding.ids for encoding in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+    def decode_batch(self, batch: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
+        return self.backend.decode_batch(batch, skip_special_tokens=skip_special_tokens)
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
