@@ -8,6 +8,8 @@ autocast, evaluation, metrics, checkpoints, resume):
     task.loss(batch) -> (loss, tokens)  mean loss over the batch and the number of tokens it covers
     task.valid_batches()                an iterable of validation batches
     task.save(directory)                write the model (and its tokenizer) for inference
+    task.state_dict() / load_state_dict(state)   optional: the data position (e.g. epoch and batch), saved
+                                        in the checkpoint so that ``resume`` continues with the same batches
 
 A run directory holds ``metrics.jsonl`` (one JSON object per log line), ``last/`` and ``best/`` (the model plus
 ``trainer_state.safetensors`` / ``trainer_state.json``: optimizer, RNG states, step). Checkpoints are written to a
@@ -66,6 +68,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     bf16: bool = False
+    compile: bool = False  # torch.compile the model's forward (dynamic shapes)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -115,6 +118,8 @@ class Trainer:
                 else:
                     state_json["scalars"][f"{index}.{key}"] = value
         state_json.update(step=self.step, best_valid_loss=self.best_valid_loss)
+        if hasattr(self.task, "state_dict"):
+            state_json["task"] = self.task.state_dict()
         save_file(tensors, tmp / STATE_TENSORS)
         (tmp / STATE_JSON).write_text(json.dumps(state_json, indent=1))
         old = self.run_dir / f".{name}.old"
@@ -146,6 +151,8 @@ class Trainer:
         self.data_generator.set_state(tensors["rng.data"])
         self.step = state_json["step"]
         self.best_valid_loss = state_json["best_valid_loss"]
+        if "task" in state_json and hasattr(self.task, "load_state_dict"):
+            self.task.load_state_dict(state_json["task"])
 
     # --- the loop -------------------------------------------------------------------------------------------
 
@@ -187,6 +194,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         model = self.task.model
         model.train()
+        if c.compile:
+            model.compile(dynamic=True)  # compiles forward in place; parameter names are unchanged
         start, window_start, window_tokens = time.perf_counter(), time.perf_counter(), 0
         bar = tqdm(total=c.max_steps, initial=self.step, disable=not c.progress, desc="train", unit="step")
         valid_loss = math.nan

@@ -1,0 +1,223 @@
+"""Training the encoder-decoder Transformer to translate, with the shared training loop.
+
+    data        pairs from the Bible corpus (German → English by default) or the user's TSV / two text files
+    tokenizer   byte-level BPE trained on the training split: one joint vocabulary (default) or one per side;
+                special tokens <pad>=0, <s>=1, </s>=2, <unk>=3, recorded in the model's config
+    batches     length-bucketed, capped at ``max_tokens`` padded positions (``glassformer.data.parallel``)
+    loss        label-smoothed cross-entropy over the real target tokens (ε = 0.1)
+    optimizer   Adam(β = (0.9, 0.98), ε = 1e-9) with the paper's warm-up schedule, or AdamW + cosine
+
+A run directory holds ``translation.json`` (where the data came from), ``metrics.jsonl`` and the ``best/`` and
+``last/`` checkpoints: model (config.json + model.safetensors), tokenizer(s) and the trainer's state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glassformer.data.parallel import ParallelDataset, Seq2SeqBatch, TokenBatchSampler, collate
+from glassformer.generation.translator import SOURCE_TOKENIZER_FILE, load_tokenizers
+from glassformer.models.transformer import Transformer, TransformerConfig
+from glassformer.tokenizer import Tokenizer
+from glassformer.training.loop import TrainConfig, Trainer
+from glassformer.training.losses import fused_label_smoothed_cross_entropy
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0, 1, 2, 3
+PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
+RUN_FILE = "translation.json"
+
+# model shapes for `train translate --preset`; all pre-norm with shared, tied embeddings
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(d_model=64, num_layers=2, num_heads=4, d_ff=256, dropout=0.1),
+    "small": dict(d_model=256, num_layers=3, num_heads=4, d_ff=1024, dropout=0.1),
+    "medium": dict(d_model=384, num_layers=4, num_heads=6, d_ff=1536, dropout=0.1),
+    "base": dict(d_model=512, num_layers=6, num_heads=8, d_ff=2048, dropout=0.1),
+}
+
+
+@dataclasses.dataclass
+class DataSpec:
+    """Where a run's sentence pairs come from: ``data`` is "bible" (``source``/``target`` translation codes) or
+    a TSV path, or two aligned text files ``src_path,tgt_path``."""
+
+    data: str = "bible"
+    source: str = "e"
+    target: str = "4"
+    split_seed: int = 0
+
+    def load(self) -> dict[str, list[tuple[str, str]]]:
+        """``{"train": pairs, "valid": pairs, "test": pairs}``."""
+        from glassformer.data.parallel import read_parallel, split_pairs
+
+        if self.data == "bible":
+            from glassformer.data.bible import prepare_bible
+
+            paths = prepare_bible(self.source, self.target)
+            return {split: read_parallel(path) for split, path in paths.items()}
+        if "," in self.data:
+            source_path, target_path = self.data.split(",", 1)
+            return split_pairs(read_parallel(source_path, target_path), self.split_seed)
+        if not Path(self.data).exists():
+            raise ValueError(
+                f"unknown corpus {self.data!r} and no such file; use 'bible', a TSV file or two files 'src,tgt'"
+            )
+        return split_pairs(read_parallel(self.data), self.split_seed)
+
+
+class TranslationTask:
+    """Batches of ``Seq2SeqBatch`` for the training loop; loss = label-smoothed cross-entropy when training,
+    plain cross-entropy (ε = 0) for validation."""
+
+    def __init__(
+        self,
+        model: Transformer,
+        tokenizers: tuple[Tokenizer, Tokenizer] | tuple[None, None],
+        train: ParallelDataset,
+        valid: ParallelDataset,
+        max_tokens: int,
+        label_smoothing: float = 0.1,
+        seed: int = 0,
+    ):
+        self.model = model
+        self.source_tokenizer, self.target_tokenizer = tokenizers
+        self.train_data, self.valid_data = train, valid
+        self.sampler = TokenBatchSampler(train.lengths(), max_tokens, seed=seed)
+        self.valid_sampler = TokenBatchSampler(valid.lengths(), max_tokens, shuffle=False)
+        self.label_smoothing = label_smoothing
+        self.pad_id = model.config.pad_id
+
+    def train_batch(self, generator: torch.Generator) -> Seq2SeqBatch:
+        return collate([self.train_data[i] for i in self.sampler.next_batch()], self.pad_id)
+
+    def valid_batches(self):
+        for batch in self.valid_sampler._epoch_batches(0):
+            yield collate([self.valid_data[i] for i in batch], self.pad_id)
+
+    def loss(self, batch: Seq2SeqBatch) -> tuple[torch.Tensor, int]:
+        logits = self.model(batch.src, batch.tgt_in)  # (batch, tgt_len, vocab)
+        epsilon = self.label_smoothing if self.model.training else 0.0
+        return fused_label_smoothed_cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(), epsilon)
+
+    def save(self, directory: Path) -> None:
+        self.model.save_pretrained(directory)
+        if self.target_tokenizer is None:  # a synthetic task of token ids
+            return
+        self.target_tokenizer.save(directory)
+        if self.source_tokenizer is not self.target_tokenizer:
+            self.source_tokenizer.save(directory, SOURCE_TOKENIZER_FILE)
+
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.load_state_dict(state)
+
+
+def train_tokenizers(pairs: list[tuple[str, str]], vocab_size: int, shared: bool) -> tuple[Tokenizer, Tokenizer]:
+    """Byte-level BPE on the training pairs: one joint vocabulary of ``vocab_size`` or one per side."""
+    if shared:
+        joint = Tokenizer.train(
+            (text for pair in pairs for text in pair), vocab_size, "byte_bpe", special_tokens=SPECIAL_TOKENS
+        )
+        return joint, joint
+    source = Tokenizer.train((s for s, _ in pairs), vocab_size, "byte_bpe", special_tokens=SPECIAL_TOKENS)
+    target = Tokenizer.train((t for _, t in pairs), vocab_size, "byte_bpe", special_tokens=SPECIAL_TOKENS)
+    return source, target
+
+
+def check_run_directory(out: Path, resume: bool) -> None:
+    """Refuse to train into a directory that holds something else, before any work is done."""
+    if not out.exists():
+        if resume:
+            raise FileNotFoundError(f"nothing to resume: {out} does not exist")
+        return
+    run_file = out / RUN_FILE
+    holds_run = (out / "last").exists() or (out / "metrics.jsonl").exists() or (out / "config.json").exists()
+    if holds_run and not run_file.is_file():
+        raise ValueError(f"{out} holds another kind of model or run; choose another --out")
+    if not resume and holds_run:
+        raise ValueError(f"{out} already holds a translation run; pass --resume to continue it or choose another --out")
+
+
+def train_translation(
+    out: str | Path,
+    data: DataSpec | None = None,
+    preset: str = "small",
+    model_fields: dict[str, Any] | None = None,
+    vocab_size: int = 8000,
+    shared_vocab: bool = True,
+    max_length: int = 128,
+    max_tokens: int = 4096,
+    label_smoothing: float = 0.1,
+    train: TrainConfig | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Train a translation model into ``out``; returns the final step, validation loss and model size."""
+    out = Path(out)
+    check_run_directory(out, resume)
+    train = train or TrainConfig()
+    if resume:  # the data and batching of the run being resumed, not the ones passed now
+        record = json.loads((out / RUN_FILE).read_text())
+        spec, max_tokens = DataSpec(**record["data"]), record["max_tokens"]
+        label_smoothing = record.get("label_smoothing", label_smoothing)
+    else:
+        spec = data or DataSpec()
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    splits = spec.load()
+    if resume:
+        source_tokenizer, target_tokenizer = load_tokenizers(out / "last")
+        model = Transformer.from_pretrained(out / "last")
+    else:
+        source_tokenizer, target_tokenizer = train_tokenizers(splits["train"], vocab_size, shared_vocab)
+        fields = {**PRESETS[preset], **(model_fields or {})}
+        config = TransformerConfig(
+            src_vocab_size=source_tokenizer.vocab_size,
+            tgt_vocab_size=target_tokenizer.vocab_size,
+            max_seq_length=max_length,
+            pad_id=PAD_ID,
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            unk_id=UNK_ID,
+            norm_first=True,
+            share_embeddings=shared_vocab,
+            tie_output=True,
+            **fields,
+        )
+        torch.manual_seed(train.seed)  # the initial weights depend on the seed only
+        model = Transformer(config)
+    max_length = model.config.max_seq_length
+    datasets = {
+        split: ParallelDataset(
+            splits[split], source_tokenizer, target_tokenizer, BOS_ID, EOS_ID, max_length, truncate=split != "train"
+        )
+        for split in ("train", "valid")
+    }
+    if len(datasets["train"]) == 0:
+        raise ValueError(f"no training pair fits max_length={max_length}; raise --max-length")
+    task = TranslationTask(
+        model, (source_tokenizer, target_tokenizer), datasets["train"], datasets["valid"], max_tokens,
+        label_smoothing, train.seed,
+    )  # fmt: skip
+    if not resume:
+        out.mkdir(parents=True, exist_ok=True)
+        record = {
+            "data": dataclasses.asdict(spec),
+            "preset": preset,
+            "max_tokens": max_tokens,
+            "label_smoothing": label_smoothing,
+        }
+        (out / RUN_FILE).write_text(json.dumps(record, indent=1))
+    summary = Trainer(task, train, out).fit(resume=resume)
+    return {
+        **summary,
+        "train_pairs": len(datasets["train"]),
+        "dropped_pairs": datasets["train"].dropped,
+        "epochs": task.sampler.epoch + task.sampler.position / max(len(task.sampler), 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }

@@ -1,0 +1,111 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from glassformer import Transformer, TransformerConfig
+from glassformer.data.synthetic import symbol_sequences
+from glassformer.generation.seq2seq import translate_ids
+from glassformer.training import loop
+from glassformer.training.loop import TrainConfig, Trainer
+from glassformer.training.translation import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    DataSpec,
+    TranslationTask,
+    train_translation,
+)
+
+
+def test_reverse_task_is_learned_to_99_percent_exact_match(tmp_path):
+    """The end-to-end check of masks, teacher forcing, loss and decoding: reverse 3-7 random symbols."""
+    torch.manual_seed(0)
+    symbols = dict(num_symbols=10, min_length=3, max_length=7, first_id=3, bos_id=BOS_ID, eos_id=EOS_ID)
+    train = symbol_sequences("reverse", 4000, seed=0, **symbols)
+    test = symbol_sequences("reverse", 200, seed=1, **symbols)
+    config = TransformerConfig(
+        src_vocab_size=13, tgt_vocab_size=13, d_model=64, num_layers=2, num_heads=4, d_ff=128, max_seq_length=16,
+        dropout=0.0, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, norm_first=True,
+        share_embeddings=True, tie_output=True,
+    )  # fmt: skip
+    model = Transformer(config)
+    task = TranslationTask(model, (None, None), train, test, max_tokens=512, label_smoothing=0.0)
+    train_config = TrainConfig(
+        max_steps=400, lr=3e-3, schedule="cosine", warmup_steps=50, betas=(0.9, 0.98), weight_decay=0.0,
+        eval_every=400, log_every=100, progress=False,
+    )  # fmt: skip
+    Trainer(task, train_config, tmp_path / "run").fit()
+    src = torch.nn.utils.rnn.pad_sequence([torch.tensor(s) for s, _ in test.examples], batch_first=True)
+    outputs = translate_ids(model, src, num_beams=1)
+    exact = sum(out == t[1:-1] for out, (_, t) in zip(outputs, test.examples, strict=True)) / len(test)
+    assert exact >= 0.99
+
+
+def train_toy(out, steps, tsv, resume=False, schedule_steps=None):
+    config = TrainConfig(
+        max_steps=steps, schedule_steps=schedule_steps, lr=2e-3, schedule="noam", warmup_steps=5, eval_every=3,
+        log_every=2, progress=False, seed=0,
+    )  # fmt: skip
+    return train_translation(
+        out, DataSpec(str(tsv)), "tiny", vocab_size=300, max_tokens=256, train=config, resume=resume
+    )
+
+
+def test_resume_continues_exactly(tmp_path, write_toy_corpus):
+    tsv = write_toy_corpus(tmp_path / "toy.tsv")
+    train_toy(tmp_path / "straight", 8, tsv)
+    train_toy(tmp_path / "halves", 4, tsv, schedule_steps=8)
+    train_toy(tmp_path / "halves", 8, tsv, resume=True)
+    straight = load_file(tmp_path / "straight" / "last" / "model.safetensors")
+    halves = load_file(tmp_path / "halves" / "last" / "model.safetensors")
+    assert straight.keys() == halves.keys()
+    for name in straight:
+        assert torch.equal(straight[name], halves[name]), name
+
+    def losses(run, key):
+        lines = [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        return {r["step"]: r[key] for r in lines if key in r}
+
+    assert losses("straight", "loss") == losses("halves", "loss")
+    halves_valid = losses("halves", "valid_loss")  # the interrupted run also validated when it stopped at step 4
+    assert losses("straight", "valid_loss") == {step: halves_valid[step] for step in (3, 6, 8)}
+    state = json.loads((tmp_path / "halves" / "last" / "trainer_state.json").read_text())
+    assert state["step"] == 8 and set(state["task"]) == {"epoch", "position", "seed"}
+
+
+def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch, write_toy_corpus):
+    tsv = write_toy_corpus(tmp_path / "toy.tsv")
+    train_toy(tmp_path / "run", 3, tsv)
+    before = load_file(tmp_path / "run" / "last" / "model.safetensors")
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(loop, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        train_toy(tmp_path / "run", 6, tsv, resume=True)
+    model = Transformer.from_pretrained(tmp_path / "run" / "last")  # still loadable, still the old weights
+    for name, tensor in before.items():
+        assert torch.equal(model.state_dict()[name], tensor)
+
+
+def test_run_directory_checks(tmp_path, write_toy_corpus):
+    tsv = write_toy_corpus(tmp_path / "toy.tsv")
+    other = tmp_path / "gpt-run"
+    (other / "last").mkdir(parents=True)
+    (other / "metrics.jsonl").write_text("{}\n")
+    with pytest.raises(ValueError, match="holds another kind of model"):
+        train_toy(other, 2, tsv)
+    assert (other / "metrics.jsonl").read_text() == "{}\n"
+    train_toy(tmp_path / "run", 2, tsv)
+    with pytest.raises(ValueError, match="already holds a translation run"):
+        train_toy(tmp_path / "run", 2, tsv)
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train_toy(tmp_path / "nothing", 2, tsv, resume=True)
+
+
+def test_unknown_corpus_name():
+    with pytest.raises(ValueError, match="unknown corpus 'wikipedia'"):
+        DataSpec("wikipedia").load()
