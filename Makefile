@@ -1,11 +1,11 @@
 # Two commands on a fresh machine:
-#   make demo   create .venv, install glassformer, run its main job
+#   make demo   create .venv, install glassformer, run its main job (train German -> English, evaluate, translate)
 #   make test   create .venv, install the dev extras, run ruff and pytest
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo tour test lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "glassformer needs Python 3.11 or newer"'
@@ -20,7 +20,22 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# the main job: German -> English on the Bible corpus, trained for DEMO_MINUTES on this machine's CPU
+DEMO_MINUTES ?= 10
+ifndef DEMO_RUN
+DEMO_RUN := runs/de-en-$(shell date +%Y%m%d-%H%M%S)
+endif
 demo: $(VENV)/.installed
+	$(BIN)/glassformer data get bible
+	$(BIN)/glassformer train translate --data bible --preset small --max-minutes $(DEMO_MINUTES) --out $(DEMO_RUN)
+	$(BIN)/glassformer evaluate --model $(DEMO_RUN) --beam 4
+	$(BIN)/glassformer translate --model $(DEMO_RUN) \
+		"Im Anfang schuf Gott den Himmel und die Erde." \
+		"Und Gott sprach: Es werde Licht! und es ward Licht." \
+		"Denn also hat Gott die Welt geliebt, daß er seinen eingeborenen Sohn gab."
+	@echo "run directory: $(DEMO_RUN)"
+
+tour: $(VENV)/.installed
 	$(BIN)/glassformer tour
 
 lint: $(VENV)/.installed-dev

@@ -2,6 +2,10 @@
 
 - dropout: ``glassformer.nn.dropout`` (mask from ``rand >= p``, built in place) vs ``torch.nn.functional.dropout``,
   forward + backward on a 12 x 6 x 256 x 256 attention matrix (nanoGPT shakespeare_char shape).
+- attention: ``glassformer.nn.scaled_dot_product_attention`` (the reference formula, which
+  ``MultiHeadAttention`` runs when training on the CPU) vs ``torch.nn.functional.scaled_dot_product_attention``,
+  forward + backward with a causal mask, in float32 and under bfloat16 autocast, at the ``small`` translation
+  preset's shape (64 sentences x 4 heads x 40 tokens x 64) and nanoGPT shakespeare_char's (12 x 6 x 256 x 64).
 - linear: ``glassformer.nn.linear.linear`` vs ``F.linear`` over GPT-2 124M's 49 weight matrices in turn (so the
   weights stream from memory, as in decoding), bfloat16 at 1 and 8 rows; and float32 at 8 rows with the
   oneDNN-packed weights of ``packed_weights``.
@@ -16,6 +20,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from glassformer.masks import causal_mask
+from glassformer.nn.attention import scaled_dot_product_attention
 from glassformer.nn.dropout import dropout
 from glassformer.nn.linear import Linear, linear, packed_weights
 
@@ -47,6 +53,24 @@ def main() -> None:
         best_ms(lambda: F.dropout(x, 0.2).sum().backward()),
         best_ms(lambda: dropout(x, 0.2).sum().backward()),
     )
+
+    for batch, heads, length, d_k in ((64, 4, 40, 64), (12, 6, 256, 64)):
+        q, k, v = (torch.randn(batch, heads, length, d_k, requires_grad=True) for _ in range(3))
+        mask = causal_mask(length)  # bool, True = may attend
+
+        def torch_attention():
+            F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()  # noqa: B023
+
+        def reference_attention():
+            scaled_dot_product_attention(q, k, v, mask)[0].sum().backward()  # noqa: B023
+
+        for dtype in (torch.float32, torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                row(
+                    f"attention {batch}x{heads}x{length}, {str(dtype).removeprefix('torch.')}, fwd + bwd",
+                    best_ms(torch_attention),
+                    best_ms(reference_attention),
+                )
 
     with torch.no_grad():
         for dtype, rows in ((torch.bfloat16, 1), (torch.bfloat16, 8)):

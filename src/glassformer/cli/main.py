@@ -24,12 +24,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tour.add_argument("--seed", type=int, default=42, help="random seed for the random examples (default 42)")
 
-    from glassformer.cli import generate, train
+    from glassformer.cli import data, generate, train, translate
 
     train_parser = commands.add_parser("train", help="train a model", description="Train a model.")
     kinds = train_parser.add_subparsers(dest="kind", metavar="KIND", required=True)
     train.add_lm_arguments(
         kinds.add_parser("lm", help="a GPT language model on text", description="Train a GPT language model.")
+    )
+    translate.add_train_arguments(
+        kinds.add_parser(
+            "translate",
+            help="an encoder-decoder Transformer on sentence pairs",
+            description="Train the encoder-decoder Transformer to translate (German → English Bible by default).",
+        )
+    )
+    translate.add_translate_arguments(
+        commands.add_parser(
+            "translate",
+            help="translate sentences with a trained model",
+            description="Translate sentences (arguments, or lines on stdin) with a `train translate` run.",
+        )
+    )
+    translate.add_evaluate_arguments(
+        commands.add_parser(
+            "evaluate",
+            help="BLEU and chrF of a translation model on its test split",
+            description="Translate a split of the run's corpus and score it with sacrebleu (BLEU, chrF).",
+        )
+    )
+    data.add_arguments(
+        commands.add_parser("data", help="fetch corpora into the cache", description="Fetch and prepare corpora.")
     )
     generate.add_arguments(
         commands.add_parser(
@@ -47,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    from glassformer.cli import data, translate
+
     try:
         if args.command == "tour":
             from glassformer.cli.tour import run_tour
@@ -56,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
             from glassformer.cli.train import run_lm
 
             run_lm(args)
+        elif args.command == "train" and args.kind == "translate":
+            translate.run_train(args)
+        elif args.command == "translate":
+            translate.run_translate(args)
+        elif args.command == "evaluate":
+            translate.run_evaluate(args)
+        elif args.command == "data":
+            data.run(args)
         elif args.command == "generate":
             from glassformer.cli.generate import run
 

