@@ -116,3 +116,4 @@ def test_unknown_corpus_and_foreign_run_directory(tmp_path, run_dir):
 def test_data_list():
     result = cli("data", "list")
     assert "bible" in result.stdout and "shakespeare" in result.stdout
+    assert "  e  German (Elberfelder)" in result.stdout and "  4  English (World English Bible)" in result.stdout

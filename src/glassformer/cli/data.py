@@ -25,8 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     if args.action == "list":
+        from glassformer.data.bible import TRANSLATIONS
+
         for name, text in CORPORA.items():
             print(f"{name:12s} {text}")
+        print("\nBible translations (--source/--target codes):")
+        for code, language in TRANSLATIONS.items():
+            print(f"  {code}  {language}")
         return
     if args.name == "bible":
         from glassformer.data.bible import prepare_bible

@@ -197,7 +197,9 @@ class Trainer:
         if c.compile:
             model.compile(dynamic=True)  # compiles forward in place; parameter names are unchanged
         start, window_start, window_tokens = time.perf_counter(), time.perf_counter(), 0
-        bar = tqdm(total=c.max_steps, initial=self.step, disable=not c.progress, desc="train", unit="step")
+        # under a time limit the step count is not the finish line: no step total, minutes left in the postfix
+        total = c.max_steps if c.max_minutes is None else None
+        bar = tqdm(total=total, initial=self.step, disable=not c.progress, desc="train", unit="step")
         valid_loss = math.nan
         total_steps = c.schedule_steps or c.max_steps
         while self.step < c.max_steps:
@@ -226,7 +228,10 @@ class Trainer:
                 elapsed = time.perf_counter() - window_start
                 rate = window_tokens / elapsed if elapsed > 0 else 0.0
                 self._log({"step": self.step, "loss": step_loss, "lr": lr, "tokens_per_s": rate})
-                bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:.0f}")
+                postfix = {"loss": f"{step_loss:.3f}", "lr": f"{lr:.2e}", "tok_s": f"{rate:.0f}"}
+                if c.max_minutes is not None:
+                    postfix["min_left"] = f"{max(c.max_minutes - (time.perf_counter() - start) / 60, 0):.1f}"
+                bar.set_postfix(postfix)
                 window_start, window_tokens = time.perf_counter(), 0
             if self.step % c.eval_every == 0 or done:
                 valid_loss = self.evaluate()
