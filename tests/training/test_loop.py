@@ -7,7 +7,7 @@ import torch
 from glassformer.models.gpt import GPT, GPTConfig
 from glassformer.tokenizer import Tokenizer
 from glassformer.training.lm import LanguageModelingTask
-from glassformer.training.loop import TrainConfig, Trainer
+from glassformer.training.loop import TrainConfig, Trainer, make_optimizer
 from glassformer.training.schedules import lr_multiplier
 
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer. " * 30
@@ -26,7 +26,7 @@ def test_schedules_against_their_formulas():
         assert lr_multiplier(step, "noam", warmup, 0) == pytest.approx(paper / peak)
 
 
-def make_task(seed=0):
+def make_task(seed=0, dropout=0.1):
     torch.manual_seed(seed)
     tokenizer = Tokenizer.train([TEXT], kind="char")
     config = GPTConfig(
@@ -36,8 +36,8 @@ def make_task(seed=0):
         num_layers=2,
         num_heads=4,
         d_ff=64,
-        dropout=0.1,
-        attention_dropout=0.1,
+        dropout=dropout,
+        attention_dropout=dropout,
     )
     ids = torch.tensor(tokenizer.encode(TEXT))
     return LanguageModelingTask(GPT(config), tokenizer, ids[:2000], ids[2000:], batch_size=4, eval_batches=2)
@@ -120,3 +120,37 @@ def test_bad_train_config():
         TrainConfig(schedule="linear")
     with pytest.raises(ValueError, match="at least 1"):
         TrainConfig(max_steps=0)
+
+
+def test_gradient_accumulation_equals_one_step_on_the_joined_batches(tmp_path):
+    """grad_accum=2 over batches of 4 = one step on the 8 windows together (equal token counts per batch)."""
+    # a large Adam eps: the key bias has a zero gradient in exact arithmetic, and Adam would blow its rounding
+    # noise up to a full-size step
+    train_config = config(max_steps=3, grad_accum=2, grad_clip=None, eval_every=3, eps=1e-4)
+    accumulated = make_task(dropout=0.0)
+    Trainer(accumulated, train_config, tmp_path).fit()
+
+    joined = make_task(dropout=0.0)
+    optimizer = make_optimizer(joined.model, train_config)
+    generator = torch.Generator().manual_seed(train_config.seed)
+    for step in range(1, 4):
+        for group in optimizer.param_groups:
+            group["lr"] = train_config.lr * lr_multiplier(step, "cosine", 3, 12, 0.1)
+        optimizer.zero_grad()
+        (x1, y1), (x2, y2) = joined.train_batch(generator), joined.train_batch(generator)
+        loss, _ = joined.loss((torch.cat([x1, x2]), torch.cat([y1, y2])))
+        loss.backward()
+        optimizer.step()
+    for (name, a), b in zip(accumulated.model.state_dict().items(), joined.model.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_compiled_bf16_training_keeps_the_eager_model_and_its_names(tmp_path):
+    task = make_task(dropout=0.0)
+    summary = Trainer(task, config(max_steps=4, eval_every=4, bf16=True, compile=True), tmp_path).fit()
+    assert math.isfinite(summary["valid_loss"])
+    eager = GPT.from_pretrained(tmp_path / "last")  # the checkpoint's names are the plain module's
+    x, _ = task.train_batch(torch.Generator().manual_seed(1))
+    task.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(task.model(x), eager.eval()(x), atol=1e-4, rtol=1e-4)

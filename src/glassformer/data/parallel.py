@@ -16,9 +16,8 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from glassformer.training.losses import IGNORE_INDEX
-
 Pair = tuple[str, str]
+IGNORE_INDEX = -100  # the label of padded target positions, skipped by the loss (F.cross_entropy's default)
 
 
 def _read_lines(path: Path) -> list[str]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-IGNORE_INDEX = -100
+from glassformer.data.parallel import IGNORE_INDEX  # the label of padded target positions (-100, as in torch)
 
 
 def label_smoothed_cross_entropy(
