@@ -3,9 +3,10 @@
 - dropout: ``glassformer.nn.dropout`` (mask from ``rand >= p``, built in place) vs ``torch.nn.functional.dropout``,
   forward + backward on a 12 x 6 x 256 x 256 attention matrix (nanoGPT shakespeare_char shape).
 - attention: ``glassformer.nn.scaled_dot_product_attention`` (the reference formula, which
-  ``MultiHeadAttention`` runs when training on the CPU) vs ``torch.nn.functional.scaled_dot_product_attention``,
-  forward + backward with a causal mask, in float32 and under bfloat16 autocast, at the ``small`` translation
-  preset's shape (64 sentences x 4 heads x 40 tokens x 64) and nanoGPT shakespeare_char's (12 x 6 x 256 x 64).
+  ``MultiHeadAttention`` runs when training on the CPU with attention dropout or in bfloat16) vs
+  ``torch.nn.functional.scaled_dot_product_attention``, forward + backward with a causal and padding mask, in
+  float32 and under bfloat16 autocast, with and without attention dropout, at the ``small`` translation preset's
+  shape (64 sentences x 4 heads x 40 tokens x 64) and nanoGPT shakespeare_char's (12 x 6 x 256 x 64).
 - linear: ``glassformer.nn.linear.linear`` vs ``F.linear`` over GPT-2 124M's 49 weight matrices in turn (so the
   weights stream from memory, as in decoding), bfloat16 at 1 and 8 rows; and float32 at 8 rows with the
   oneDNN-packed weights of ``packed_weights``.
@@ -39,13 +40,13 @@ def best_ms(fn, repeats: int = 5) -> float:
 
 
 def row(name: str, baseline_ms: float, ours_ms: float) -> None:
-    print(f"{name:<44} {baseline_ms:>10.2f} {ours_ms:>12.2f} {baseline_ms / ours_ms:>6.2f}x")
+    print(f"{name:<48} {baseline_ms:>10.2f} {ours_ms:>12.2f} {baseline_ms / ours_ms:>6.2f}x")
 
 
 def main() -> None:
     torch.manual_seed(0)
     print(f"threads={torch.get_num_threads()}")
-    print(f"{'operation':<44} {'torch (ms)':>10} {'glassformer':>12} {'ratio':>7}")
+    print(f"{'operation':<48} {'torch (ms)':>10} {'glassformer':>12} {'ratio':>7}")
 
     x = torch.randn(12, 6, 256, 256, requires_grad=True)
     row(
@@ -56,21 +57,18 @@ def main() -> None:
 
     for batch, heads, length, d_k in ((64, 4, 40, 64), (12, 6, 256, 64)):
         q, k, v = (torch.randn(batch, heads, length, d_k, requires_grad=True) for _ in range(3))
-        mask = causal_mask(length)  # bool, True = may attend
-
-        def torch_attention():
-            F.scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()  # noqa: B023
-
-        def reference_attention():
-            scaled_dot_product_attention(q, k, v, mask)[0].sum().backward()  # noqa: B023
+        lengths = torch.randint(length // 2, length + 1, (batch,))  # right padding, as in a batch of sentences
+        keys_present = torch.arange(length) < lengths[:, None]  # (batch, length)
+        mask = causal_mask(length) & keys_present[:, None, None, :]  # bool, True = may attend
 
         for dtype in (torch.float32, torch.bfloat16):
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-                row(
-                    f"attention {batch}x{heads}x{length}, {str(dtype).removeprefix('torch.')}, fwd + bwd",
-                    best_ms(torch_attention),
-                    best_ms(reference_attention),
-                )
+            for p in (0.0, 0.1):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                    row(
+                        f"attention {batch}x{heads}x{length}, {str(dtype).removeprefix('torch.')}, dropout {p}",
+                        best_ms(lambda: F.scaled_dot_product_attention(q, k, v, mask, p).sum().backward()),  # noqa: B023
+                        best_ms(lambda: scaled_dot_product_attention(q, k, v, mask, p)[0].sum().backward()),  # noqa: B023
+                    )
 
     with torch.no_grad():
         for dtype, rows in ((torch.bfloat16, 1), (torch.bfloat16, 8)):

@@ -2,13 +2,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from glassformer.nn import linear as linear_module
 from glassformer.nn.linear import Linear, linear
 
 
+@pytest.mark.parametrize("reorder", [True, False])  # the AMX-only reordered products, whatever this CPU has
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("shape", [(1, 1, 24), (24,), (3, 24), (2, 4, 24), (17, 24), (64, 24)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_fast_path_equals_reference(dtype, shape, bias):
+def test_fast_path_equals_reference(dtype, shape, bias, reorder, monkeypatch):
+    monkeypatch.setattr(linear_module, "REORDER_HALF_PRECISION", reorder)
     torch.manual_seed(0)
     weight = torch.randn(40, 24).to(dtype)
     b = torch.randn(40).to(dtype) if bias else None

@@ -145,6 +145,7 @@ def test_gradient_accumulation_equals_one_step_on_the_joined_batches(tmp_path):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
 
 
+@pytest.mark.slow  # torch.compile takes about a minute here
 def test_compiled_bf16_training_keeps_the_eager_model_and_its_names(tmp_path):
     task = make_task(dropout=0.0)
     summary = Trainer(task, config(max_steps=4, eval_every=4, bf16=True, compile=True), tmp_path).fit()

@@ -159,9 +159,10 @@ class MultiHeadAttention(nn.Module):
             k, v = cache.update(k, v)  # (batch, heads, past + k_len, d_k)
 
         dropout_p = self.dropout if self.training else 0.0
-        if need_weights or (q.device.type == "cpu" and torch.is_grad_enabled()):
-            # the reference path; also for training on the CPU, where torch's fused kernel is slower backwards
-            # (up to 4x in bfloat16) and has no attention dropout of its own (bench/kernels.py)
+        cpu_training = q.device.type == "cpu" and torch.is_grad_enabled()
+        if need_weights or (cpu_training and (dropout_p > 0.0 or q.dtype != torch.float32)):
+            # the reference path; also for training on the CPU with attention dropout (torch's kernel has none
+            # there and falls back to slower masks) or in bfloat16, where its backward is slower (bench/kernels.py)
             out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p)
             weights = weights if need_weights else None
         else:

@@ -9,9 +9,10 @@ in another order:
     1 row:        W x        (torch.mv, a matrix-vector product)
     2-16 rows:    (W xᵀ)ᵀ    (a GEMM that reads the weight in its stored order)
 
-Measured on the 2-core development machine with ``bench/kernels.py`` (GPT-2 124M's 49 matrices in turn, so the
-weights stream from memory as in decoding): 1.4x faster than ``F.linear`` in bfloat16 at 1 and 8 rows. The same
-orders gave nothing in float32 once the weights no longer fit in cache.
+Measured with ``bench/kernels.py`` (GPT-2 124M's 49 matrices in turn, so the weights stream from memory as in
+decoding) on a 2-core Intel Xeon with AMX: 1.4x faster than ``F.linear`` in bfloat16 at 1 and 8 rows. On a
+2-core AMD EPYC (AVX512-BF16, no AMX) the same orders were 0.7x-0.85x, so they are used only where the CPU has
+AMX. They gave nothing in float32 once the weights no longer fit in cache.
 
 For float32 at a few rows (batched decoding) the remedy is the weight's memory layout: ``packed_weights(model)``
 reorders every ``Linear`` weight into oneDNN's blocked layout for the duration of a ``with`` block (one extra
@@ -30,13 +31,29 @@ import torch.nn.functional as F
 from torch import nn
 
 MAX_SMALL_ROWS = 16
+
+
+def _cpu_has_amx() -> bool:
+    """Whether the CPU has AMX tiles (Intel Xeon since Sapphire Rapids): there oneDNN's half-precision GEMM is
+    slow for a few rows and the reordered products below win; without AMX (e.g. AMD EPYC with AVX512-BF16)
+    ``F.linear`` is already the faster kernel (``bench/kernels.py``)."""
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(probe is not None and probe())
+
+
+REORDER_HALF_PRECISION = _cpu_has_amx()
 PACKED_ROWS = range(2, 65)  # rows for which a packed float32 weight is faster than F.linear
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x Wᵀ + b`` for ``x`` of shape ``(..., in_features)`` -> ``(..., out_features)``."""
     half = weight.dtype in (torch.bfloat16, torch.float16)
-    if not half or x.device.type != "cpu" or torch.is_grad_enabled() or x.dtype != weight.dtype:
+    if (
+        not (half and REORDER_HALF_PRECISION)
+        or x.device.type != "cpu"
+        or torch.is_grad_enabled()
+        or x.dtype != weight.dtype
+    ):
         return F.linear(x, weight, bias)
     rows = x.numel() // x.size(-1)
     out_shape = (*x.shape[:-1], weight.size(0))
