@@ -29,10 +29,12 @@ demo: $(VENV)/.installed
 	$(BIN)/glassformer data get bible
 	$(BIN)/glassformer train translate --data bible --preset small --max-minutes $(DEMO_MINUTES) --out $(DEMO_RUN)
 	$(BIN)/glassformer evaluate --model $(DEMO_RUN) --beam 4
+	@echo "three held-out verses (test split) and one sentence from outside the Bible:"
 	$(BIN)/glassformer translate --model $(DEMO_RUN) \
-		"Im Anfang schuf Gott den Himmel und die Erde." \
-		"Und Gott sprach: Es werde Licht! und es ward Licht." \
-		"Denn also hat Gott die Welt geliebt, daß er seinen eingeborenen Sohn gab."
+		"Und Jehova Gott rief den Menschen und sprach zu ihm: Wo bist du?" \
+		"Und Jakob küßte Rahel und erhob seine Stimme und weinte." \
+		"Und er sprach: Laß mich doch deine Herrlichkeit sehen!" \
+		"Die Kinder spielen im Garten, und ihre Mutter ruft sie zum Essen."
 	@echo "run directory: $(DEMO_RUN)"
 
 tour: $(VENV)/.installed
