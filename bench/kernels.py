@@ -7,9 +7,10 @@
   ``torch.nn.functional.scaled_dot_product_attention``, forward + backward with a causal and padding mask, in
   float32 and under bfloat16 autocast, with and without attention dropout, at the ``small`` translation preset's
   shape (64 sentences x 4 heads x 40 tokens x 64) and nanoGPT shakespeare_char's (12 x 6 x 256 x 64).
-- linear: ``glassformer.nn.linear.linear`` vs ``F.linear`` over GPT-2 124M's 49 weight matrices in turn (so the
-  weights stream from memory, as in decoding), bfloat16 at 1 and 8 rows; and float32 at 8 rows with the
-  oneDNN-packed weights of ``packed_weights``.
+- linear: glassformer's ``Linear`` while decoding (inside ``packed_weights``, as ``generate`` runs it: oneDNN-packed
+  weights or reordered half-precision products, whichever this CPU gains from) vs ``F.linear``, over GPT-2 124M's
+  49 weight matrices in turn (so the weights stream from memory, as in decoding), float32 and bfloat16, 1 and 8
+  rows.
 
     python bench/kernels.py
 """
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from glassformer.masks import causal_mask
 from glassformer.nn.attention import scaled_dot_product_attention
 from glassformer.nn.dropout import dropout
-from glassformer.nn.linear import Linear, linear, packed_weights
+from glassformer.nn.linear import PACKED_ROWS, REORDER_HALF_PRECISION, Linear, packed_weights
 
 GPT2_SHAPES = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12 + [(50257, 768)]
 
@@ -71,20 +72,18 @@ def main() -> None:
                     )
 
     with torch.no_grad():
-        for dtype, rows in ((torch.bfloat16, 1), (torch.bfloat16, 8)):
-            weights = [(torch.randn(n, k) * 0.02).to(dtype) for n, k in GPT2_SHAPES]
-            inputs = {k: torch.randn(rows, k).to(dtype) for k in (768, 3072)}
-            row(
-                f"GPT-2 linears, {str(dtype).removeprefix('torch.')}, {rows} row(s)",
-                best_ms(lambda: [F.linear(inputs[w.size(1)], w) for w in weights]),  # noqa: B023
-                best_ms(lambda: [linear(inputs[w.size(1)], w) for w in weights]),  # noqa: B023
-            )
-        layers = torch.nn.ModuleList(Linear(k, n, bias=False) for n, k in GPT2_SHAPES)
-        inputs = {k: torch.randn(8, k) for k in (768, 3072)}
-        plain = best_ms(lambda: [layer(inputs[layer.in_features]) for layer in layers])
-        with packed_weights(layers):
-            packed = best_ms(lambda: [layer(inputs[layer.in_features]) for layer in layers])
-        row("GPT-2 linears, float32, 8 rows, packed", plain, packed)
+        print(
+            f"linears below: half-precision reordering {'on' if REORDER_HALF_PRECISION else 'off'} (AMX), "
+            f"packed rows {PACKED_ROWS.start}-{PACKED_ROWS.stop - 1}"
+        )
+        for dtype in (torch.float32, torch.bfloat16):
+            layers = torch.nn.ModuleList(Linear(k, n, bias=False) for n, k in GPT2_SHAPES).to(dtype)
+            for rows in (1, 8):
+                inputs = {k: torch.randn(rows, k).to(dtype) for k in (768, 3072)}
+                plain = best_ms(lambda: [F.linear(inputs[m.in_features], m.weight) for m in layers])  # noqa: B023
+                with packed_weights(layers):  # as generate() does: packed where this CPU gains from it
+                    ours = best_ms(lambda: [m(inputs[m.in_features]) for m in layers])  # noqa: B023
+                row(f"GPT-2 linears, {str(dtype).removeprefix('torch.')}, {rows} row(s), decoding", plain, ours)
 
 
 if __name__ == "__main__":

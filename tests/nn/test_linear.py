@@ -38,18 +38,26 @@ def test_is_a_torch_linear():
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not available in this torch build")
 @pytest.mark.parametrize("rows", [1, 2, 8, 64, 65])
-def test_packed_weights_equal_reference(rows):
+@pytest.mark.parametrize("amx", [True, False])  # which dtypes pack depends on the CPU; test both choices
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_weights_equal_reference(rows, amx, dtype, monkeypatch):
     from glassformer.nn.linear import packed_weights
 
-    model = torch.nn.Sequential(Linear(24, 40), torch.nn.ReLU(), Linear(40, 8, bias=False))
-    x = torch.randn(rows, 1, 24)
+    monkeypatch.setattr(linear_module, "REORDER_HALF_PRECISION", amx)
+    monkeypatch.setattr(linear_module, "PACKED_ROWS", range(2 if amx else 1, 65))
+    model = torch.nn.Sequential(Linear(24, 40), torch.nn.ReLU(), Linear(40, 8, bias=False)).to(dtype)
+    x = torch.randn(rows, 1, 24).to(dtype)
     with torch.no_grad():
-        expected = model(x)
+        expected = torch.nn.functional.linear(
+            torch.relu(torch.nn.functional.linear(x, *model[0].parameters())), model[2].weight
+        )
         with packed_weights(model):
-            assert model[0].packed_weight is not None and model[2].packed_weight is not None
+            packs = dtype == torch.float32 or not amx
+            assert (model[0].packed_weight is not None) == packs and (model[2].packed_weight is not None) == packs
             packed = model(x)
     assert model[0].packed_weight is None  # dropped on exit
-    torch.testing.assert_close(packed, expected, atol=1e-5, rtol=0)
+    tolerance = dict(atol=1e-5, rtol=0) if dtype == torch.float32 else dict(atol=0.05, rtol=0.02)
+    torch.testing.assert_close(packed, expected, **tolerance)
 
 
 def test_packed_weights_are_not_used_for_training():
