@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 
+@torch.compiler.disable  # reads values (min/max): under torch.compile it runs eagerly, between compiled graphs
 def check_token_ids(ids: torch.Tensor, vocab_size: int, max_seq_length: int | None, name: str = "input_ids") -> None:
     """Token ids must be an integer ``(batch, seq)`` tensor with values in ``[0, vocab_size)``."""
     if not isinstance(ids, torch.Tensor):
