@@ -109,3 +109,22 @@ def test_run_directory_checks(tmp_path, write_toy_corpus):
 def test_unknown_corpus_name():
     with pytest.raises(ValueError, match="unknown corpus 'wikipedia'"):
         DataSpec("wikipedia").load()
+
+
+def test_separate_vocabularies_are_saved_and_used(tmp_path, write_toy_corpus):
+    from glassformer.generation.translator import SOURCE_TOKENIZER_FILE, Translator
+
+    tsv = write_toy_corpus(tmp_path / "toy.tsv")
+    config = TrainConfig(max_steps=3, eval_every=3, progress=False)
+    train_translation(tmp_path / "run", DataSpec(str(tsv)), "tiny", vocab_size=280, shared_vocab=False, train=config)
+    best = tmp_path / "run" / "best"
+    assert (best / SOURCE_TOKENIZER_FILE).is_file() and (best / "tokenizer.json").is_file()
+    translator = Translator.load(tmp_path / "run")
+    model_config = translator.model.config
+    assert not model_config.share_embeddings
+    assert model_config.src_vocab_size == translator.source_tokenizer.vocab_size
+    assert model_config.tgt_vocab_size == translator.target_tokenizer.vocab_size
+    assert translator.source_tokenizer is not translator.target_tokenizer
+    german = "Guten Morgen"
+    assert translator.source_tokenizer.encode(german) != translator.target_tokenizer.encode(german)
+    assert all(isinstance(t, str) for t in translator.translate([german, "Danke schön"], num_beams=2))
