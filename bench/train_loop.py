@@ -21,18 +21,16 @@ from pathlib import Path
 
 import torch
 
-from glassformer import Transformer, TransformerConfig
+from glassformer import Transformer
 from glassformer.data.parallel import ParallelDataset
 from glassformer.training.loop import TrainConfig, Trainer, make_optimizer
 from glassformer.training.translation import (
     BOS_ID,
     EOS_ID,
-    PAD_ID,
-    PRESETS,
-    UNK_ID,
     DataSpec,
     TranslationTask,
     train_tokenizers,
+    translation_config,
 )
 
 
@@ -49,12 +47,7 @@ def main() -> None:
     tokenizer, _ = train_tokenizers(splits["train"], 8000, shared=True)
     train = ParallelDataset(splits["train"], tokenizer, tokenizer, BOS_ID, EOS_ID, 256)
     valid = ParallelDataset(splits["valid"][:64], tokenizer, tokenizer, BOS_ID, EOS_ID, 256, truncate=True)
-    config = TransformerConfig(
-        src_vocab_size=tokenizer.vocab_size, tgt_vocab_size=tokenizer.vocab_size, max_seq_length=256,
-        pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, unk_id=UNK_ID, norm_first=True, share_embeddings=True,
-        tie_output=True, **PRESETS["small"],
-    )  # fmt: skip
-    model = Transformer(config)
+    model = Transformer(translation_config("small", tokenizer, tokenizer, 256))  # as `train translate` builds it
     task = TranslationTask(model, (tokenizer, tokenizer), train, valid, args.max_tokens)
     train_config = TrainConfig(
         max_steps=args.steps + 5, lr=1e-3, schedule="noam", warmup_steps=300, optimizer="adam", betas=(0.9, 0.98),

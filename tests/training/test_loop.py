@@ -155,3 +155,20 @@ def test_compiled_bf16_training_keeps_the_eager_model_and_its_names(tmp_path):
     task.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(task.model(x), eager.eval()(x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_run_starts_from_the_same_weights_whatever_ran_before(tmp_path):
+    from safetensors.torch import load_file
+
+    from glassformer.training.lm import train_language_model
+
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(TEXT)
+    fields = dict(d_model=32, num_layers=1, num_heads=4, d_ff=64, max_seq_length=16)
+    runs = []
+    for name in ("first", "second"):
+        torch.rand(100)  # whatever else used the global RNG before the run
+        train_language_model(tmp_path / name, corpus, "char", model_fields=fields, batch_size=4,
+                             train=config(max_steps=2, eval_every=2))  # fmt: skip
+        runs.append(load_file(tmp_path / name / "last" / "model.safetensors"))
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])

@@ -130,6 +130,32 @@ def train_tokenizers(pairs: list[tuple[str, str]], vocab_size: int, shared: bool
     return source, target
 
 
+def translation_config(
+    preset: str,
+    source_tokenizer: Tokenizer,
+    target_tokenizer: Tokenizer,
+    max_length: int,
+    model_fields: dict[str, Any] | None = None,
+) -> TransformerConfig:
+    """The model of a translation run: the preset's shape (overridden by ``model_fields``), pre-norm, the
+    special-token ids, embeddings shared when both sides use one tokenizer, output tied to the target embedding."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    return TransformerConfig(
+        src_vocab_size=source_tokenizer.vocab_size,
+        tgt_vocab_size=target_tokenizer.vocab_size,
+        max_seq_length=max_length,
+        pad_id=PAD_ID,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        unk_id=UNK_ID,
+        norm_first=True,
+        share_embeddings=source_tokenizer is target_tokenizer,
+        tie_output=True,
+        **{**PRESETS[preset], **(model_fields or {})},
+    )
+
+
 def check_run_directory(out: Path, resume: bool) -> None:
     """Refuse to train into a directory that holds something else, before any work is done."""
     if not out.exists():
@@ -175,20 +201,7 @@ def train_translation(
         model = Transformer.from_pretrained(out / "last")
     else:
         source_tokenizer, target_tokenizer = train_tokenizers(splits["train"], vocab_size, shared_vocab)
-        fields = {**PRESETS[preset], **(model_fields or {})}
-        config = TransformerConfig(
-            src_vocab_size=source_tokenizer.vocab_size,
-            tgt_vocab_size=target_tokenizer.vocab_size,
-            max_seq_length=max_length,
-            pad_id=PAD_ID,
-            bos_id=BOS_ID,
-            eos_id=EOS_ID,
-            unk_id=UNK_ID,
-            norm_first=True,
-            share_embeddings=shared_vocab,
-            tie_output=True,
-            **fields,
-        )
+        config = translation_config(preset, source_tokenizer, target_tokenizer, max_length, model_fields)
         torch.manual_seed(train.seed)  # the initial weights depend on the seed only
         model = Transformer(config)
     max_length = model.config.max_seq_length
