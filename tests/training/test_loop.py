@@ -19,6 +19,9 @@ def test_schedules_against_their_formulas():
     assert lr_multiplier(10, "cosine", 10, 110) == pytest.approx(1.0)
     assert lr_multiplier(60, "cosine", 10, 110, min_ratio=0.1) == pytest.approx(0.1 + 0.9 * 0.5)
     assert lr_multiplier(110, "cosine", 10, 110, min_ratio=0.1) == pytest.approx(0.1)
+    assert lr_multiplier(5, "linear", 10, 110, min_ratio=0.0) == pytest.approx(0.5)
+    assert lr_multiplier(60, "linear", 10, 110, min_ratio=0.0) == pytest.approx(0.5)
+    assert lr_multiplier(110, "linear", 10, 110, min_ratio=0.0) == 0.0
     d_model, warmup = 512, 4000
     for step in (1, 100, 4000, 10000):
         paper = d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
@@ -117,7 +120,7 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch)
 
 def test_bad_train_config():
     with pytest.raises(ValueError, match="unknown schedule"):
-        TrainConfig(schedule="linear")
+        TrainConfig(schedule="exponential")
     with pytest.raises(ValueError, match="at least 1"):
         TrainConfig(max_steps=0)
 
@@ -172,3 +175,24 @@ def test_a_run_starts_from_the_same_weights_whatever_ran_before(tmp_path):
                              train=config(max_steps=2, eval_every=2))  # fmt: skip
         runs.append(load_file(tmp_path / name / "last" / "model.safetensors"))
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_best_checkpoint_by_a_higher_is_better_metric_and_early_stopping(tmp_path):
+    """A task's own evaluate(): the best checkpoint follows valid_accuracy, and patience stops the run."""
+    task = make_task(dropout=0.0)
+    scores = iter([0.5, 0.7, 0.6, 0.65, 0.9])  # best at the 2nd evaluation, then 2 without a better one
+
+    def evaluate():
+        return {"valid_loss": 1.0, "valid_accuracy": next(scores)}
+
+    task.evaluate = evaluate
+    summary = Trainer(
+        task, config(max_steps=50, eval_every=2, best_metric="valid_accuracy", patience=2), tmp_path
+    ).fit()
+    assert summary["step"] == 8 and summary["best_valid_accuracy"] == 0.7
+    best = json.loads((tmp_path / "best" / "trainer_state.json").read_text())
+    assert best["step"] == 4
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "valid_ppl" not in records[-2] and "early_stop" in records[-1]
+    with pytest.raises(ValueError, match="patience"):
+        config(patience=0)

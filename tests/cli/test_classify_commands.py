@@ -1,0 +1,76 @@
+"""`train classify`, `classify`, `evaluate`, `embed` and `similarity`, end to end on a tiny labelled file and
+a tiny BERT that the test writes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def cli(*args, check=True, stdin=None):
+    result = subprocess.run(
+        [sys.executable, "-m", "glassformer", *args], capture_output=True, text=True, timeout=300, input=stdin
+    )
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, tiny_classification):
+    tsv, init = tiny_classification
+    out = tmp_path_factory.mktemp("classify-cli") / "run"
+    result = cli(
+        "train", "classify", "--data", str(tsv), "--init", str(init), "--out", str(out), "--epochs", "8",
+        "--patience", "10", "--batch-size", "16", "--max-length", "32", "--lr", "3e-3", "--no-bf16", "--quiet",
+    )  # fmt: skip
+    summary = json.loads(result.stdout.splitlines()[0])
+    assert summary["best_valid_accuracy"] >= 0.9
+    return out
+
+
+def test_train_writes_a_run(run_dir):
+    for name in ("classification.json", "metrics.jsonl", "best/config.json", "best/tokenizer.json", "last"):
+        assert (run_dir / name).exists(), name
+    assert json.loads((run_dir / "classification.json").read_text())["labels"] == ["negative", "positive"]
+
+
+def test_classify_arguments_stdin_and_json(run_dir):
+    out = cli("classify", "--model", str(run_dir), "the film was superb", "the plot was awful").stdout.splitlines()
+    assert [line.split("\t")[0] for line in out] == ["positive", "negative"]
+    assert 0.5 < float(out[0].split("\t")[1]) <= 1.0
+    lines = cli("classify", "--model", str(run_dir), "--json", stdin="a lovely story\n\na dull story\n").stdout
+    records = [json.loads(line) for line in lines.splitlines()]
+    assert [r["label"] for r in records] == ["positive", "negative"]
+    assert sum(records[0]["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_classify_refuses_empty_and_over_long_text(run_dir):
+    result = cli("classify", "--model", str(run_dir), "good", " ", check=False)
+    assert result.returncode == 2 and "empty" in result.stderr
+    long_text = " ".join(["good"] * 40)
+    result = cli("classify", "--model", str(run_dir), "--no-truncation", long_text, check=False)
+    assert result.returncode == 2 and "truncation" in result.stderr
+    assert cli("classify", "--model", str(run_dir), long_text).stdout.startswith("positive")
+
+
+def test_evaluate_reports_the_model_next_to_both_baselines(run_dir):
+    out = cli("evaluate", "--model", str(run_dir)).stdout
+    assert "fine-tuned model" in out and "VADER rules" in out and "TF-IDF + logistic regression" in out
+    record = json.loads((run_dir / "evaluation.jsonl").read_text().splitlines()[-1])
+    assert record["split"] == "test" and record["texts"] == 24
+    assert record["model"]["accuracy"] >= 0.9
+    assert (run_dir / "test.predictions.tsv").is_file()
+
+
+def test_embed_and_similarity(tiny_classification):
+    model = str(tiny_classification[1])
+    out = cli("embed", "--model", model, "--json", "good film", "bad film").stdout.splitlines()
+    vectors = [json.loads(line)["embedding"] for line in out]
+    assert len(vectors) == 2 and len(vectors[0]) == 32
+    assert sum(x * x for x in vectors[0]) == pytest.approx(1.0, abs=1e-4)
+    table = json.loads(cli("similarity", "--model", model, "--json", "good film", "bad film", "good film").stdout)
+    assert table["cosine"][0][2] == pytest.approx(1.0, abs=1e-4)
+    result = cli("similarity", "--model", model, "only one", check=False)
+    assert result.returncode == 2 and "at least two" in result.stderr
