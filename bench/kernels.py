@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from glassformer.masks import causal_mask
 from glassformer.nn.attention import scaled_dot_product_attention
 from glassformer.nn.dropout import dropout
-from glassformer.nn.linear import PACKED_ROWS, REORDER_HALF_PRECISION, Linear, packed_weights
+from glassformer.nn.linear import MAX_PACKED_HALF_ROWS, MIN_PACKED_ROWS, REORDER_HALF_PRECISION, Linear, packed_weights
 
 GPT2_SHAPES = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12 + [(50257, 768)]
 
@@ -74,7 +74,7 @@ def main() -> None:
     with torch.no_grad():
         print(
             f"linears below: half-precision reordering {'on' if REORDER_HALF_PRECISION else 'off'} (AMX), "
-            f"packed rows {PACKED_ROWS.start}-{PACKED_ROWS.stop - 1}"
+            f"packed from {MIN_PACKED_ROWS} row(s) (half precision up to {MAX_PACKED_HALF_ROWS})"
         )
         for dtype in (torch.float32, torch.bfloat16):
             layers = torch.nn.ModuleList(Linear(k, n, bias=False) for n, k in GPT2_SHAPES).to(dtype)

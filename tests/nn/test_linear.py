@@ -44,7 +44,7 @@ def test_packed_weights_equal_reference(rows, amx, dtype, monkeypatch):
     from glassformer.nn.linear import packed_weights
 
     monkeypatch.setattr(linear_module, "REORDER_HALF_PRECISION", amx)
-    monkeypatch.setattr(linear_module, "PACKED_ROWS", range(2 if amx else 1, 65))
+    monkeypatch.setattr(linear_module, "MIN_PACKED_ROWS", 2 if amx else 1)
     model = torch.nn.Sequential(Linear(24, 40), torch.nn.ReLU(), Linear(40, 8, bias=False)).to(dtype)
     x = torch.randn(rows, 1, 24).to(dtype)
     with torch.no_grad():
@@ -68,3 +68,22 @@ def test_packed_weights_are_not_used_for_training():
     with packed_weights(layer):
         layer(x).sum().backward()
     torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(4, 6))
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("rows", [1, 3, 300])
+def test_activation_is_applied_with_and_without_packed_weights(activation, rows):
+    from glassformer.nn.activation import ACTIVATIONS
+    from glassformer.nn.linear import packed_weights
+
+    layer = Linear(16, 48, activation=activation)
+    x = torch.randn(rows, 16)
+    with torch.no_grad():
+        expected = ACTIVATIONS[activation](torch.nn.functional.linear(x, layer.weight, layer.bias))
+        torch.testing.assert_close(layer(x), expected)
+        if torch.backends.mkldnn.is_available():
+            with packed_weights(layer):
+                assert layer.uses_packed_weight(x) == (rows >= linear_module.MIN_PACKED_ROWS)
+                torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="unknown activation"):
+        Linear(2, 2, activation="swish")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from glassformer.generation.processors import LogitsProcessor, apply_processors, build_processors
-from glassformer.nn.linear import PACKED_ROWS, packed_weights
+from glassformer.nn.linear import MIN_PACKED_ROWS, packed_weights
 
 NEG = -1.0e9  # a score no real candidate reaches; used to rank candidates out, never added to attention logits
 
@@ -116,7 +116,7 @@ def generate(
         repetition_penalty_value=repetition_penalty,
     )
     if pack_weights is None:
-        pack_weights = input_ids.device.type == "cpu" and input_ids.size(0) * num_beams in PACKED_ROWS
+        pack_weights = input_ids.device.type == "cpu" and input_ids.size(0) * num_beams >= MIN_PACKED_ROWS
     with packed_weights(model) if pack_weights else nullcontext():
         if num_beams > 1:
             return beam_search(

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from glassformer.checkpoints.huggingface import resolve_model_dir
 from glassformer.models.bert import Bert, mean_pooling
+from glassformer.nn.linear import packed_weights
 from glassformer.tokenizer import Tokenizer
 
 POOLINGS = ("mean", "cls")
@@ -69,13 +70,14 @@ class SentenceEncoder:
         if not texts:
             raise ValueError("no texts to embed")
         out = []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer.batch_encode(
-                texts[start : start + batch_size], max_length=self.max_length, truncation=True
-            )
-            hidden = self.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-            pooled = mean_pooling(hidden, batch["attention_mask"]) if self.pooling == "mean" else hidden[:, 0]
-            out.append(F.normalize(pooled.float(), dim=-1) if self.normalize else pooled.float())
+        with packed_weights(self.model):  # oneDNN's weight layout: faster inference on the CPU (nn/linear.py)
+            for start in range(0, len(texts), batch_size):
+                batch = self.tokenizer.batch_encode(
+                    texts[start : start + batch_size], max_length=self.max_length, truncation=True
+                )
+                hidden = self.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+                pooled = mean_pooling(hidden, batch["attention_mask"]) if self.pooling == "mean" else hidden[:, 0]
+                out.append(F.normalize(pooled.float(), dim=-1) if self.normalize else pooled.float())
         return torch.cat(out)
 
     def similarity(self, texts: list[str]) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The affine map y = x Wᵀ + b, with a fast path for half-precision decoding on the CPU.
+"""The affine map y = x Wᵀ + b (optionally followed by an activation, y = act(x Wᵀ + b)), with fast CPU paths.
 
 ``Linear`` is ``torch.nn.Linear`` (same parameters, same names, weight ``(out_features, in_features)``) whose
 forward calls ``linear`` below. Training, float32 and large batches run ``torch.nn.functional.linear``
@@ -16,9 +16,11 @@ AMX. They gave nothing in float32 once the weights no longer fit in cache.
 
 For float32 at a few rows (batched decoding) the remedy is the weight's memory layout: ``packed_weights(model)``
 reorders every ``Linear`` weight into oneDNN's blocked layout for the duration of a ``with`` block (one extra
-copy of those weights; GPT-2 124M packs in ~0.2 s), and ``Linear`` then multiplies 2-64 rows with oneDNN:
-1.9x faster than ``F.linear`` at 8 rows over GPT-2's weights (``bench/kernels.py``). Results equal ``F.linear``
-up to rounding (tested).
+copy of those weights; GPT-2 124M packs in ~0.2 s), and ``Linear`` then multiplies with oneDNN: 1.9x faster than
+``F.linear`` at 8 rows over GPT-2's weights (``bench/kernels.py``). Packed float32 is faster for many rows too
+(encoding 32 x 128 tokens with BERT's shapes on AMD EPYC: 13-17% per matrix), and oneDNN applies a ``Linear``'s
+activation inside the same kernel (fc1 + GELU: 28 -> 23 ms), so whole-batch inference (``bench/encode.py``)
+uses the packed path as well. Results equal ``F.linear`` up to rounding (tested).
 """
 
 from __future__ import annotations
@@ -30,7 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glassformer.nn.activation import ACTIVATIONS, check_activation
+
 MAX_SMALL_ROWS = 16
+# oneDNN's post-op for each activation: (attr, scalars, algorithm) of torch.ops.mkldnn._linear_pointwise
+ONEDNN_ACTIVATIONS = {
+    None: ("none", [], ""),
+    "relu": ("relu", [], ""),
+    "gelu": ("gelu", [], "none"),
+    "gelu_tanh": ("gelu", [], "tanh"),
+}
 
 
 def _cpu_has_amx() -> bool:
@@ -42,9 +53,11 @@ def _cpu_has_amx() -> bool:
 
 
 REORDER_HALF_PRECISION = _cpu_has_amx()
-# rows for which a packed weight is faster than F.linear: 2-64 on the Intel/AMX machine; 1-64 on AMD EPYC, where
-# over GPT-2's weights one packed row is 1.7x faster than F.linear in float32 and 2x in bfloat16 (bench/kernels.py)
-PACKED_ROWS = range(2 if REORDER_HALF_PRECISION else 1, 65)
+# rows for which a packed weight is faster than F.linear: from 2 on the Intel/AMX machine, from 1 on AMD EPYC, where
+# over GPT-2's weights one packed row is 1.7x faster than F.linear in float32 and 2x in bfloat16 (bench/kernels.py);
+# half precision only up to 64 rows (decoding), the range it was measured in
+MIN_PACKED_ROWS = 2 if REORDER_HALF_PRECISION else 1
+MAX_PACKED_HALF_ROWS = 64
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -71,19 +84,35 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 class Linear(nn.Linear):
     """``torch.nn.Linear`` computed by ``linear`` (same parameters and checkpoint names), or by oneDNN with the
-    packed copy of the weight that ``packed_weights`` provides."""
+    packed copy of the weight that ``packed_weights`` provides. With ``activation`` (a name of
+    ``glassformer.nn.activation.ACTIVATIONS``) the output is act(x Wᵀ + b)."""
 
     packed_weight: torch.Tensor | None = None
 
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str | None = None):
+        super().__init__(in_features, out_features, bias)
+        if activation is not None:
+            check_activation(activation)
+        self.activation = activation
+
+    def uses_packed_weight(self, x: torch.Tensor) -> bool:
+        if self.packed_weight is None or torch.is_grad_enabled() or x.dtype != self.weight.dtype:
+            return False
+        if torch.is_autocast_enabled(x.device.type):  # autocast computes in its own dtype: leave it to F.linear
+            return False
+        rows = x.numel() // x.size(-1)
+        return rows >= MIN_PACKED_ROWS and (x.dtype == torch.float32 or rows <= MAX_PACKED_HALF_ROWS)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if (
-            self.packed_weight is not None
-            and not torch.is_grad_enabled()
-            and x.dtype == self.weight.dtype
-            and x.numel() // x.size(-1) in PACKED_ROWS
-        ):
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
-        return linear(x, self.weight, self.bias)
+        if self.uses_packed_weight(x):
+            return torch.ops.mkldnn._linear_pointwise(
+                x, self.packed_weight, self.bias, *ONEDNN_ACTIVATIONS[self.activation]
+            )
+        y = linear(x, self.weight, self.bias)
+        return y if self.activation is None else ACTIVATIONS[self.activation](y)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", activation={self.activation}" if self.activation else "")
 
 
 def can_pack(module: nn.Module) -> bool:

@@ -1,0 +1,21 @@
+"""Activation functions of the feed-forward networks, by name.
+
+relu(x)      = max(0, x)                                        the paper
+gelu(x)      = x Φ(x) = x · ½ (1 + erf(x / √2))                 BERT
+gelu_tanh(x) = ½ x (1 + tanh(√(2/π) (x + 0.044715 x³)))         GPT-2's approximation
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+ACTIVATIONS = {
+    "relu": F.relu,
+    "gelu": F.gelu,  # exact, with erf (BERT)
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's approximation
+}
+
+
+def check_activation(name: str) -> None:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}")
