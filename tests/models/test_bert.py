@@ -165,3 +165,18 @@ def test_bad_input_is_refused_clearly(bert_dir, tmp_path):
         BertForSequenceClassification(
             BertConfig(vocab_size=VOCAB, d_model=16, num_layers=1, num_heads=2, d_ff=32, classifier_pooling="mean")
         ).save_pretrained(tmp_path / "x", format="hf")
+
+
+def test_weights_only_pytorch_bin_and_old_layer_norm_names(bert_dir, tmp_path):
+    """An old-style checkpoint: pytorch_model.bin (read with weights_only=True) and LayerNorm gamma / beta."""
+    hf, directory = bert_dir
+    renamed = {
+        k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+        for k, v in hf.state_dict().items()
+    }
+    torch.save(renamed, tmp_path / "pytorch_model.bin")
+    (tmp_path / "config.json").write_bytes((directory / "config.json").read_bytes())
+    model = BertForSequenceClassification.from_pretrained(tmp_path)
+    ids, mask, types = batch(True, True)
+    with torch.no_grad():
+        assert (hf(ids, attention_mask=mask, token_type_ids=types).logits - model(ids, mask, types)).abs().max() <= 1e-4

@@ -105,7 +105,7 @@ def run_translate(args: argparse.Namespace) -> None:
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="a `train translate` run directory")
+    parser.add_argument("--model", required=True, help="a `train translate` or `train classify` run directory")
     parser.add_argument("--split", default="test", choices=["train", "valid", "test"], help="default test")
     parser.add_argument("--data", default=None, help="score on this TSV (or 'src.txt,tgt.txt') instead")
     parser.add_argument("--beam", type=int, default=4, help="beam size; 1 = greedy (default 4)")
