@@ -72,3 +72,28 @@ def test_bad_inputs_are_refused_clearly(tiny, tmp_path):
     GPT(GPTConfig(vocab_size=30, max_seq_length=8, d_model=16, num_layers=1, num_heads=2, d_ff=32)).save_pretrained(gpt)
     with pytest.raises(ValueError, match="got model_type 'gpt'; load"):
         BertForSequenceClassification.from_pretrained(gpt)
+
+
+def test_layer_wise_learning_rate_decay(tiny, tmp_path):
+    from glassformer.models.text_classifier import TextClassifier
+    from glassformer.training.classification import ClassificationTask
+    from glassformer.training.loop import Trainer
+
+    tsv, init = tiny
+    model = BertForSequenceClassification.from_pretrained(
+        init, num_labels=2, labels=["negative", "positive"], classifier_pooling="mean"
+    )
+    rows = LabelledData(str(tsv)).load()
+    task = ClassificationTask(TextClassifier(model, Tokenizer.from_pretrained(init)), rows["train"], rows["valid"], 8,
+                              layer_decay=0.5)  # fmt: skip
+    scales = task.lr_scales()
+    assert scales["classifier.weight"] == 1.0 and scales["bert.layers.1.ffn.fc1.weight"] == 1.0
+    assert scales["bert.layers.0.ffn.fc1.weight"] == 0.5 and scales["bert.embedding.embedding.weight"] == 0.25
+    trainer = Trainer(task, classification_train_config(progress=False, lr=1e-3), tmp_path)
+    by_scale = {group["lr_scale"]: group for group in trainer.optimizer.param_groups}
+    assert set(by_scale) == {1.0, 0.5, 0.25}
+    trainer.config = classification_train_config(progress=False, lr=1e-3, max_steps=1, warmup_steps=1)
+    trainer.fit()
+    assert {g["lr_scale"]: g["lr"] for g in trainer.optimizer.param_groups if g["weight_decay"] > 0} == pytest.approx(
+        {1.0: 1e-3, 0.5: 5e-4, 0.25: 2.5e-4}
+    )

@@ -32,6 +32,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=float, default=0.06, help="warm-up as a fraction of all steps")
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--layer-decay", type=float, default=1.0, help="layer-wise lr decay (1 = none)")
     parser.add_argument("--patience", type=int, default=3, help="evaluations without a better accuracy to stop")
     parser.add_argument("--evals-per-epoch", type=int, default=2)
     parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32, not bf16 autocast")
@@ -63,6 +64,7 @@ def run_train(args: argparse.Namespace) -> None:
         dropout=args.dropout,
         warmup=args.warmup,
         evals_per_epoch=args.evals_per_epoch,
+        layer_decay=args.layer_decay,
         train=train,
         resume=args.resume,
     )

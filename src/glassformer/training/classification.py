@@ -93,8 +93,10 @@ class ClassificationTask:
         valid_rows: list[tuple[str, str]],
         batch_size: int,
         seed: int = 0,
+        layer_decay: float = 1.0,
     ):
         self.classifier = classifier
+        self.layer_decay = layer_decay
         self.model = classifier.model
         names = classifier.labels
         self.train_texts, self.train_labels = [t for _, t in train_rows], label_ids(train_rows, names, "training")
@@ -142,6 +144,23 @@ class ClassificationTask:
         labels = torch.tensor(self.valid_labels)
         return {"valid_loss": F.cross_entropy(logits, labels).item(), **classification_scores(logits, labels, "valid_")}
 
+    def lr_scales(self) -> dict[str, float]:
+        """Layer-wise learning-rate decay: the head and the top layer at the full rate, each layer below at
+        ``layer_decay`` times the one above, the embeddings below the lowest layer (Sun et al., 2019)."""
+        if self.layer_decay == 1.0:
+            return {}
+        num_layers = self.model.config.num_layers
+        scales = {}
+        for name, _ in self.model.named_parameters():
+            if name.startswith("bert.layers."):
+                depth = num_layers - 1 - int(name.split(".")[2])  # 0 for the top layer
+            elif name.startswith("bert.") and not name.startswith("bert.pooler."):
+                depth = num_layers  # embeddings
+            else:
+                depth = 0  # pooler and classifier
+            scales[name] = self.layer_decay**depth
+        return scales
+
     def save(self, directory: Path) -> None:
         self.model.save_pretrained(directory)
         self.classifier.tokenizer.save(directory)
@@ -177,6 +196,7 @@ def train_classifier(
     dropout: float = 0.1,
     warmup: float = 0.06,
     evals_per_epoch: int = 2,
+    layer_decay: float = 1.0,
     train: TrainConfig | None = None,
     resume: bool = False,
 ) -> dict[str, Any]:
@@ -226,6 +246,7 @@ def train_classifier(
             "max_length": max_length,
             "batch_size": batch_size,
             "epochs": epochs,
+            "layer_decay": layer_decay,
         }
         (out / RUN_FILE).write_text(json.dumps(record, indent=1))
     summary = Trainer(task, train, out).fit(resume=resume)

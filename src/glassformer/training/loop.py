@@ -12,6 +12,7 @@ autocast, evaluation, metrics, checkpoints, resume):
                                         in the checkpoint so that ``resume`` continues with the same batches
     task.evaluate() -> {"valid_loss": ..., "valid_accuracy": ...}   optional: validation metrics computed by the
                                         task itself (instead of the mean of ``loss`` over ``valid_batches``)
+    task.lr_scales() -> {parameter name: factor}   optional: per-parameter multiples of the learning rate
 
 The ``best/`` checkpoint is the one with the best ``best_metric`` (lowest for a loss or perplexity, highest
 otherwise, e.g. ``valid_accuracy``); with ``patience`` the run stops after that many evaluations without a better
@@ -110,14 +111,24 @@ def check_run_directory(out: Path, resume: bool, run_file: str, kind: str) -> No
         raise ValueError(f"{out} already holds a {kind} run; pass --resume to continue it or choose another --out")
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam or AdamW; weight decay only on matrices (rank >= 2), never on biases, norms or positions' vectors."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def make_optimizer(
+    model: nn.Module, config: TrainConfig, lr_scales: dict[str, float] | None = None
+) -> torch.optim.Optimizer:
+    """Adam or AdamW; weight decay only on matrices (rank >= 2), never on biases, norms or positions' vectors.
+
+    ``lr_scales`` (parameter name -> factor, default 1) gives parameters their own multiple of the scheduled
+    learning rate, e.g. layer-wise decay when fine-tuning a pretrained encoder."""
+    lr_scales = lr_scales or {}
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault((p.dim() >= 2, lr_scales.get(name, 1.0)), []).append(p)
+    param_groups = [
+        {"params": params, "weight_decay": config.weight_decay if decay else 0.0, "lr_scale": scale}
+        for (decay, scale), params in sorted(groups.items(), key=lambda item: (not item[0][0], -item[0][1]))
+    ]
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return cls(groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=True)
+    return cls(param_groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=True)
 
 
 class Trainer:
@@ -125,7 +136,8 @@ class Trainer:
         self.task = task
         self.config = config
         self.run_dir = Path(run_dir)
-        self.optimizer = make_optimizer(task.model, config)
+        scales = task.lr_scales() if hasattr(task, "lr_scales") else None
+        self.optimizer = make_optimizer(task.model, config, scales)
         self.data_generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.best_score = math.inf if config.lower_is_better else -math.inf
@@ -249,7 +261,7 @@ class Trainer:
         while self.step < c.max_steps:
             lr = c.lr * lr_multiplier(self.step + 1, c.schedule, c.warmup_steps, total_steps, c.min_lr_ratio)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             self.optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             for _ in range(c.grad_accum):
