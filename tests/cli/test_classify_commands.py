@@ -2,19 +2,9 @@
 a tiny BERT that the test writes."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-
-
-def cli(*args, check=True, stdin=None):
-    result = subprocess.run(
-        [sys.executable, "-m", "glassformer", *args], capture_output=True, text=True, timeout=300, input=stdin
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
+from run_glassformer import cli
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,11 @@
 """`train lm` and `generate`, end to end on a tiny text file the test writes."""
 
 import json
-import subprocess
-import sys
 
 import pytest
+from run_glassformer import cli
 
 SPEECH = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
-
-
-def cli(*args, check=True):
-    result = subprocess.run([sys.executable, "-m", "glassformer", *args], capture_output=True, text=True, timeout=300)
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
 
 
 @pytest.fixture(scope="module")
