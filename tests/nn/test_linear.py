@@ -87,3 +87,17 @@ def test_activation_is_applied_with_and_without_packed_weights(activation, rows)
                 torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="unknown activation"):
         Linear(2, 2, activation="swish")
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not available in this torch build")
+def test_packed_weights_leave_autocast_to_f_linear():
+    """Under autocast the packed float32 kernel would bypass the bfloat16 compute autocast asks for."""
+    from glassformer.nn.linear import packed_weights
+
+    layer = Linear(16, 8, activation="gelu")
+    x = torch.randn(300, 16)
+    with torch.no_grad(), packed_weights(layer):
+        assert layer.uses_packed_weight(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not layer.uses_packed_weight(x)
+            assert layer(x).dtype == torch.bfloat16

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from glassformer.models.bert import BertForSequenceClassification
 from glassformer.models.text_classifier import TextClassifier
@@ -97,3 +98,19 @@ def test_layer_wise_learning_rate_decay(tiny, tmp_path):
     assert {g["lr_scale"]: g["lr"] for g in trainer.optimizer.param_groups if g["weight_decay"] > 0} == pytest.approx(
         {1.0: 1e-3, 0.5: 5e-4, 0.25: 2.5e-4}
     )
+
+
+def test_validation_batches_give_the_same_loss_as_evaluate(tiny):
+    from glassformer.training.classification import ClassificationTask
+
+    tsv, init = tiny
+    model = BertForSequenceClassification.from_pretrained(
+        init, num_labels=2, labels=["negative", "positive"], classifier_pooling="mean"
+    )
+    rows = LabelledData(str(tsv)).load()
+    task = ClassificationTask(TextClassifier(model, Tokenizer.from_pretrained(init)), rows["train"], rows["valid"], 5)
+    with torch.no_grad():
+        losses = [(task.loss(batch)[0].item(), batch["labels"].numel()) for batch in task.valid_batches()]
+        metrics = task.evaluate()
+    assert sum(n for _, n in losses) == len(rows["valid"])
+    assert sum(loss * n for loss, n in losses) / len(rows["valid"]) == pytest.approx(metrics["valid_loss"], abs=1e-5)

@@ -70,10 +70,11 @@ class TextClassifier:
     @torch.no_grad()
     def predict(self, texts: list[str], batch_size: int = 64) -> list[Prediction]:
         """The most probable label of each text and the probabilities of all labels."""
+        texts = [texts] if isinstance(texts, str) else texts
         self.model.eval()
         probabilities = torch.softmax(self.logits(texts, batch_size), dim=-1)
         labels = self.labels
         return [
             Prediction(text, labels[int(p.argmax())], float(p.max()), dict(zip(labels, map(float, p), strict=True)))
-            for text, p in zip(texts if not isinstance(texts, str) else [texts], probabilities, strict=True)
+            for text, p in zip(texts, probabilities, strict=True)
         ]

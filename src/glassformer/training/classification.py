@@ -126,9 +126,12 @@ class ClassificationTask:
             self.batches = self._epoch_batches(self.epoch)
         index = self.batches[self.position]
         self.position += 1
+        return self._batch([self.train_texts[i] for i in index], [self.train_labels[i] for i in index])
+
+    def _batch(self, texts: list[str], labels: list[int]) -> dict[str, torch.Tensor]:
         c = self.classifier
-        batch = c.tokenizer.batch_encode([self.train_texts[i] for i in index], max_length=c.max_length, truncation=True)
-        batch["labels"] = torch.tensor([self.train_labels[i] for i in index])
+        batch = c.tokenizer.batch_encode(texts, max_length=c.max_length, truncation=True)
+        batch["labels"] = torch.tensor(labels)
         return batch
 
     def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -136,7 +139,10 @@ class ClassificationTask:
         return F.cross_entropy(logits.float(), batch["labels"]), batch["labels"].numel()
 
     def valid_batches(self):
-        raise NotImplementedError("ClassificationTask computes its validation metrics in evaluate()")
+        """The validation split in order, ``batch_size`` texts at a time (``evaluate`` is what the loop uses)."""
+        for start in range(0, len(self.valid_texts), self.batch_size):
+            end = start + self.batch_size
+            yield self._batch(self.valid_texts[start:end], self.valid_labels[start:end])
 
     def evaluate(self) -> dict[str, float]:
         """Loss, accuracy and macro-F1 on the validation split."""
