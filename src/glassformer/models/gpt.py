@@ -1,8 +1,16 @@
-"""GPT: a decoder-only Transformer from the same parts (GPT-2's layout).
+"""GPT: a decoder-only Transformer from the same parts — GPT-2's layout, or Llama's by configuration.
+
+GPT-2 (``GPTConfig()``):
 
     x_0    = E[ids] + P[positions]                             (batch, seq, d_model), no sqrt(d_model) scale
     x_l    = DecoderLayer_l(x_{l-1})                           pre-norm, causal self-attention only, GELU
     logits = LayerNorm(x_N) Eᵀ                                 LM head tied to the token embedding
+
+Llama (``GPTConfig.llama(...)``; SmolLM2, Llama 2/3 shapes): the same model with other options
+
+    x_0    = E[ids]                                            no position added: RoPE rotates Q and K instead
+    x_l    = DecoderLayer_l(x_{l-1})                           RMSNorm, grouped-query attention, SwiGLU, no biases
+    logits = RMSNorm(x_N) W_outᵀ                               W_out tied to E or not
 
 Each layer is ``glassformer.nn.DecoderLayer(cross_attention=False, norm_first=True)``: the same module as the
 seq2seq decoder's, without the cross-attention. ``generate`` decodes with a preallocated key/value cache.
@@ -13,12 +21,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from glassformer.checkpoints import load_state_dict_checked
-from glassformer.checkpoints.huggingface import load_gpt2, save_gpt2
+from glassformer.checkpoints.gguf import find_gguf, read_gguf
+from glassformer.checkpoints.huggingface import load_gpt2, read_config, resolve_model_dir, save_gpt2
+from glassformer.checkpoints.huggingface_llama import load_llama, save_llama
 from glassformer.generation.cache import KVCache
 from glassformer.models.config import ModelConfig
 from glassformer.models.pretrained import PretrainedMixin
@@ -27,7 +38,8 @@ from glassformer.nn.embedding import LearnedPositionalEmbedding, TokenEmbedding
 from glassformer.nn.feedforward import check_activation
 from glassformer.nn.layers import DecoderLayer
 from glassformer.nn.linear import Linear
-from glassformer.nn.norm import LayerNorm
+from glassformer.nn.norm import NORMS, make_norm
+from glassformer.nn.rotary import RotaryEmbedding
 from glassformer.nn.validation import check_token_ids
 
 
@@ -37,6 +49,11 @@ class GPTConfig(ModelConfig):
 
     ``dropout`` acts on embeddings and sublayer outputs (GPT-2's embd_pdrop / resid_pdrop),
     ``attention_dropout`` on the attention weights (attn_pdrop).
+
+    The Llama options: ``norm`` ("layernorm" | "rmsnorm"), ``positional`` ("learned" | "rope", with
+    ``rope_theta``), ``num_kv_heads`` (grouped-query attention; None = ``num_heads``), ``gated_ffn`` (SwiGLU with
+    ``activation="silu"``), ``attention_bias`` / ``ffn_bias`` (None = ``bias``). ``GPTConfig.llama(...)`` sets
+    them all.
     """
 
     model_type = "gpt"
@@ -56,12 +73,57 @@ class GPTConfig(ModelConfig):
     bos_id: int | None = None  # GPT-2 uses 50256 (<|endoftext|>) for both
     eos_id: int | None = None
     pad_id: int | None = None
+    norm: str = "layernorm"
+    positional: str = "learned"
+    rope_theta: float = 10000.0
+    num_kv_heads: int | None = None
+    gated_ffn: bool = False
+    attention_bias: bool | None = None
+    ffn_bias: bool | None = None
+
+    @classmethod
+    def llama(cls, **fields) -> GPTConfig:
+        """A Llama-style config: RMSNorm, rotary embeddings, SwiGLU, no biases, no dropout, untied LM head
+        (override any field, e.g. ``num_kv_heads`` for grouped-query attention)."""
+        llama = dict(
+            norm="rmsnorm",
+            positional="rope",
+            gated_ffn=True,
+            activation="silu",
+            bias=False,
+            attention_bias=False,
+            ffn_bias=False,
+            dropout=0.0,
+            attention_dropout=0.0,
+            layer_norm_eps=1e-5,
+            tie_embeddings=False,
+        )
+        return cls(**{**llama, **fields})
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
 
     def __post_init__(self) -> None:
         self.check_positive("vocab_size", "max_seq_length", "d_model", "num_layers", "num_heads", "d_ff")
         self.check_heads(self.d_model, self.num_heads)
         self.check_probabilities("dropout", "attention_dropout")
         check_activation(self.activation)
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; choose one of {list(NORMS)}")
+        if self.positional not in ("learned", "rope"):
+            raise ValueError(f"unknown positional {self.positional!r}; choose 'learned' or 'rope'")
+        if self.positional == "rope" and self.head_dim % 2:
+            raise ValueError(f"rotary embeddings need an even head dimension; d_model / num_heads = {self.head_dim}")
+        if self.kv_heads < 1 or self.num_heads % self.kv_heads:
+            raise ValueError(
+                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}; "
+                "choose num_kv_heads that divides num_heads"
+            )
         for name in ("bos_id", "eos_id", "pad_id"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < self.vocab_size:
@@ -77,7 +139,9 @@ class GPT(PretrainedMixin, nn.Module):
         super().__init__()
         self.config = config
         self.embedding = TokenEmbedding(config.vocab_size, config.d_model, scale=False)
-        self.positions = LearnedPositionalEmbedding(config.d_model, config.max_seq_length)
+        learned = config.positional == "learned"
+        self.positions = LearnedPositionalEmbedding(config.d_model, config.max_seq_length) if learned else None
+        self.rotary = None if learned else RotaryEmbedding(config.head_dim, config.rope_theta)
         self.dropout = Dropout(config.dropout)
         self.layers = nn.ModuleList(
             DecoderLayer(
@@ -91,10 +155,15 @@ class GPT(PretrainedMixin, nn.Module):
                 bias=config.bias,
                 attention_dropout=config.attention_dropout,
                 cross_attention=False,
+                norm=config.norm,
+                num_kv_heads=config.num_kv_heads,
+                gated_ffn=config.gated_ffn,
+                attention_bias=config.attention_bias,
+                ffn_bias=config.ffn_bias,
             )
             for _ in range(config.num_layers)
         )
-        self.final_norm = LayerNorm(config.d_model, config.layer_norm_eps)
+        self.final_norm = make_norm(config.norm, config.d_model, config.layer_norm_eps)
         self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         self.reset_parameters()
         if config.tie_embeddings:
@@ -116,9 +185,7 @@ class GPT(PretrainedMixin, nn.Module):
         """An empty key/value cache for ``batch`` sequences of up to ``max_length`` positions."""
         c = self.config
         weight = self.lm_head.weight
-        return KVCache(
-            c.num_layers, batch, c.num_heads, max_length, c.d_model // c.num_heads, dtype or weight.dtype, weight.device
-        )
+        return KVCache(c.num_layers, batch, c.kv_heads, max_length, c.head_dim, dtype or weight.dtype, weight.device)
 
     def forward(
         self,
@@ -165,11 +232,19 @@ class GPT(PretrainedMixin, nn.Module):
             causal = torch.ones(seq, past + seq, dtype=torch.bool, device=input_ids.device).tril(past)
             mask = causal if mask is None else mask & causal
 
-        x = self.dropout(self.positions(self.embedding(input_ids), offset=past, position_ids=position_ids))
+        x = self.embedding(input_ids)
+        rotary = None
+        if self.positions is not None:  # GPT-2: a learned vector added per position
+            x = self.positions(x, offset=past, position_ids=position_ids)
+        else:  # rotary: the angles of each position, shared by every layer
+            if position_ids is None:
+                position_ids = torch.arange(past, past + seq, device=input_ids.device)[None]
+            rotary = self.rotary(position_ids, x.dtype)
+        x = self.dropout(x)
         attentions = []
         for i, layer in enumerate(self.layers):
             layer_cache = cache.layer(i) if cache is not None else None
-            x, weights, _ = layer(x, self_mask=mask, need_weights=return_attentions, cache=layer_cache)
+            x, weights, _ = layer(x, self_mask=mask, need_weights=return_attentions, cache=layer_cache, rotary=rotary)
             attentions.append(weights)
         if cache is not None:
             cache.advance(seq)
@@ -189,19 +264,46 @@ class GPT(PretrainedMixin, nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None) -> GPT:
-        """Load a glassformer GPT checkpoint or a Hugging Face GPT-2 directory (config.json + model.safetensors
-        or a weights-only pytorch_model.bin), from a path or, by model name, from the local Hugging Face cache.
+        """Load a decoder-only checkpoint, from a path, a shortcut (``smollm2``) or, by model name, the local Hugging
+        Face cache:
+
+        - a glassformer GPT checkpoint (config.json + model.safetensors);
+        - a Hugging Face GPT-2 or Llama directory (config.json + model.safetensors or a weights-only
+          pytorch_model.bin);
+        - a GGUF file (or a directory holding one): a Llama-architecture model, dequantized to float32.
+
         Returned in eval mode; ``dtype`` converts the weights (e.g. ``torch.bfloat16``)."""
-        config_dict, tensors = load_gpt2(path)
+        config_dict, tensors = load_decoder(path)
         model = cls(cls.config_class.from_dict(config_dict))
         load_state_dict_checked(model, tensors)
         return model.eval() if dtype is None else model.to(dtype).eval()
 
     def save_pretrained(self, directory: str | os.PathLike, format: str = "glassformer"):
         """``format="glassformer"``: config.json + model.safetensors in glassformer's names;
-        ``format="hf"``: a Hugging Face GPT-2 directory that ``GPT2LMHeadModel.from_pretrained`` opens."""
+        ``format="hf"``: a Hugging Face directory that ``transformers`` opens — ``GPT2LMHeadModel`` for a
+        GPT-2-style model, ``LlamaForCausalLM`` for a Llama-style one."""
         if format == "glassformer":
             return super().save_pretrained(directory)
         if format == "hf":
+            if self.config.positional == "rope":
+                return save_llama(directory, self.config.to_dict(), self.state_dict())
             return save_gpt2(directory, self.config.to_dict(), self.state_dict())
         raise ValueError(f"unknown checkpoint format {format!r}; use 'glassformer' or 'hf'")
+
+
+def load_decoder(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(GPTConfig dict, glassformer tensors)`` of any decoder-only checkpoint that ``GPT.from_pretrained`` reads."""
+    location = Path(path) if os.path.isfile(path) else resolve_model_dir(path)  # a shortcut or a cache name too
+    gguf_file = find_gguf(location)
+    if gguf_file is not None:
+        config, tensors, _ = read_gguf(gguf_file)
+        return config, tensors
+    model_type = read_config(location).get("model_type")
+    if model_type == "llama":
+        return load_llama(location)
+    if model_type in ("gpt", "gpt2"):
+        return load_gpt2(location)
+    raise ValueError(
+        f"{path} holds a model of model_type {model_type!r}; GPT.from_pretrained reads glassformer GPT, GPT-2, Llama and GGUF "
+        "checkpoints"
+    )

@@ -3,6 +3,7 @@
 relu(x)      = max(0, x)                                        the paper
 gelu(x)      = x Φ(x) = x · ½ (1 + erf(x / √2))                 BERT
 gelu_tanh(x) = ½ x (1 + tanh(√(2/π) (x + 0.044715 x³)))         GPT-2's approximation
+silu(x)      = x σ(x) = x / (1 + e^(−x))                         Llama's gate (SwiGLU, see feedforward.py)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ ACTIVATIONS = {
     "relu": F.relu,
     "gelu": F.gelu,  # exact, with erf (BERT)
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),  # GPT-2's approximation
+    "silu": F.silu,  # also called swish
 }
 
 

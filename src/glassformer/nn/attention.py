@@ -4,6 +4,9 @@
 
     MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W_O,   head_i = Attention(Q W_Q_i, K W_K_i, V W_V_i)
 
+Grouped-query attention shares each key/value head among a group of query heads (head_i uses W_K_g, W_V_g with
+g = i // group size); rotary position embeddings rotate Q and K by their positions (``glassformer.nn.rotary``).
+
 Masks are boolean, True = may attend (see ``glassformer.masks``). Masked scores are filled with the most
 negative number of their dtype, not ``-1e9`` (which overflows float16), and a query row with nothing to
 attend to returns zeros instead of NaN.
@@ -20,6 +23,7 @@ from torch import nn
 
 from glassformer.nn.dropout import dropout
 from glassformer.nn.linear import Linear, linear
+from glassformer.nn.rotary import apply_rotary
 from glassformer.nn.validation import check_hidden, check_mask
 
 if TYPE_CHECKING:
@@ -63,53 +67,72 @@ def scaled_dot_product_attention(
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with a fused projection for Q, K and V.
 
-    ``qkv_proj.weight`` stacks ``[W_Q; W_K; W_V]`` row-wise, shape ``(3 * d_model, d_model)``; self-attention
-    projects all three with one matrix multiply, cross-attention projects Q from the query and K, V from the
-    memory with the matching slices. ``out_proj`` is W_O.
+    ``qkv_proj.weight`` stacks ``[W_Q; W_K; W_V]`` row-wise, shape ``(d_model + 2 * kv_dim, d_model)`` with
+    ``kv_dim = num_kv_heads * d_k``; self-attention projects all three with one matrix multiply, cross-attention
+    projects Q from the query and K, V from the memory with the matching slices. ``out_proj`` is W_O.
+
+    Grouped-query attention (``num_kv_heads`` < ``num_heads``, Ainslie et al. 2023): the query heads form
+    ``num_kv_heads`` groups, and every head of group g attends with key/value head g — query head h uses key/value
+    head ``h // (num_heads / num_kv_heads)``. Fewer keys and values to project and to cache; with
+    ``num_kv_heads == num_heads`` it is plain multi-head attention.
+
+    Rotary position embeddings (``glassformer.nn.rotary``) rotate the queries and the new keys when ``forward``
+    is given ``rotary=(cos, sin)``; keys go into the cache already rotated.
 
     Without ``need_weights`` it runs ``torch.nn.functional.scaled_dot_product_attention`` (a fused kernel);
     with it, the reference ``scaled_dot_product_attention`` above, which also returns the weights.
     """
 
-    def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0, bias: bool = True):
+    def __init__(
+        self, d_model: int, num_heads: int, dropout: float = 0.0, bias: bool = True, num_kv_heads: int | None = None
+    ):
         super().__init__()
         if num_heads < 1 or d_model % num_heads != 0:
             raise ValueError(
                 f"d_model={d_model} is not divisible by num_heads={num_heads}; choose num_heads that divides d_model"
             )
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if num_kv_heads < 1 or num_heads % num_kv_heads != 0:
+            raise ValueError(
+                f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}; "
+                "choose num_kv_heads that divides num_heads"
+            )
         self.d_model = d_model
         self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
         self.d_k = d_model // num_heads
+        self.kv_dim = num_kv_heads * self.d_k
         self.dropout = dropout
-        self.qkv_proj = Linear(d_model, 3 * d_model, bias=bias)  # [W_Q; W_K; W_V]
+        self.qkv_proj = Linear(d_model, d_model + 2 * self.kv_dim, bias=bias)  # [W_Q; W_K; W_V]
         self.out_proj = Linear(d_model, d_model, bias=bias)  # W_O
 
     def project_qkv(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Q W_Q, K W_K, V W_V, each ``(batch, seq, d_model)``; one matmul when query is key is value."""
-        d = self.d_model
+        """Q W_Q ``(batch, seq, d_model)``, K W_K and V W_V ``(batch, seq, kv_dim)``; one matmul when query is key
+        is value."""
+        d, kv = self.d_model, self.kv_dim
         if query is key and key is value:
-            return self.qkv_proj(query).split(d, dim=-1)
+            return self.qkv_proj(query).split((d, kv, kv), dim=-1)
         w, b = self.qkv_proj.weight, self.qkv_proj.bias
         q = linear(query, w[:d], None if b is None else b[:d])
         if key is value:
-            k, v = linear(key, w[d:], None if b is None else b[d:]).split(d, dim=-1)
+            k, v = linear(key, w[d:], None if b is None else b[d:]).split(kv, dim=-1)
             return q, k, v
-        k = linear(key, w[d : 2 * d], None if b is None else b[d : 2 * d])
-        v = linear(value, w[2 * d :], None if b is None else b[2 * d :])
+        k = linear(key, w[d : d + kv], None if b is None else b[d : d + kv])
+        v = linear(value, w[d + kv :], None if b is None else b[d + kv :])
         return q, k, v
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """``(batch, seq, d_model)`` -> ``(batch, heads, seq, d_k)``."""
-        return x.view(x.size(0), x.size(1), self.num_heads, self.d_k).transpose(1, 2)
+        """``(batch, seq, heads * d_k)`` -> ``(batch, heads, seq, d_k)``."""
+        return x.view(x.size(0), x.size(1), -1, self.d_k).transpose(1, 2)
 
     def project_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of a fixed memory (the encoder output), each ``(batch, heads, src_len, d_k)``: computed
+        """Keys and values of a fixed memory (the encoder output), each ``(batch, kv_heads, src_len, d_k)``: computed
         once per source and passed back as ``kv`` at every decoding step."""
         check_hidden(memory, self.d_model, "memory")
         d, w, b = self.d_model, self.qkv_proj.weight, self.qkv_proj.bias
-        k, v = linear(memory, w[d:], None if b is None else b[d:]).split(d, dim=-1)
+        k, v = linear(memory, w[d:], None if b is None else b[d:]).split(self.kv_dim, dim=-1)
         return self.split_heads(k), self.split_heads(v)
 
     def forward(
@@ -121,6 +144,7 @@ class MultiHeadAttention(nn.Module):
         need_weights: bool = False,
         cache: LayerCache | None = None,
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
         Args:
@@ -133,6 +157,8 @@ class MultiHeadAttention(nn.Module):
                 queries attend to all of them.
             kv: precomputed keys and values from ``project_kv`` (cross-attention while decoding); ``key`` and
                 ``value`` are then not used and may be None.
+            rotary: ``(cos, sin)`` of the query positions from ``glassformer.nn.rotary.RotaryEmbedding``
+                (self-attention only: queries and keys share the positions).
 
         Returns:
             ``(output, weights)``: output ``(batch, q_len, d_model)``; weights ``(batch, heads, q_len, k_len)``
@@ -150,23 +176,29 @@ class MultiHeadAttention(nn.Module):
             if value is not key:
                 check_hidden(value, self.d_model, "value")
             k_len = key.size(1)
-            # split heads: (batch, seq, d_model) -> (batch, heads, seq, d_k)
+            # split heads: (batch, seq, heads * d_k) -> (batch, heads, seq, d_k)
             q, k, v = (self.split_heads(t) for t in self.project_qkv(query, key, value))
+        if rotary is not None:
+            cos, sin = rotary
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if mask is not None:
             past = cache.cache.length if cache is not None else 0
             check_mask(mask, (batch, self.num_heads, q_len, past + k_len))
         if cache is not None:
-            k, v = cache.update(k, v)  # (batch, heads, past + k_len, d_k)
+            k, v = cache.update(k, v)  # (batch, kv_heads, past + k_len, d_k)
 
+        groups = self.num_heads // self.num_kv_heads
         dropout_p = self.dropout if self.training else 0.0
         cpu_training = q.device.type == "cpu" and torch.is_grad_enabled()
         if need_weights or (cpu_training and (dropout_p > 0.0 or q.dtype != torch.float32)):
             # the reference path; also for training on the CPU with attention dropout (torch's kernel has none
             # there and falls back to slower masks) or in bfloat16, where its backward is slower (bench/kernels.py)
+            if groups > 1:  # key/value head g serves query heads g * groups ... (g + 1) * groups - 1
+                k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
             out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p)
             weights = weights if need_weights else None
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=groups > 1)
             weights = None
         # concatenate heads: (batch, heads, q_len, d_k) -> (batch, q_len, d_model)
         out = out.transpose(1, 2).reshape(batch, q_len, self.d_model)

@@ -7,6 +7,10 @@
 weights / the feed-forward's hidden activations. The paper uses only the first; ``torch.nn.Transformer`` and the
 Annotated Transformer use all three with one rate.
 
+Llama-style variants are keyword options of the same layers: ``norm="rmsnorm"``, ``num_kv_heads`` (grouped-query
+attention), ``gated_ffn=True`` with ``activation="silu"`` (SwiGLU), ``attention_bias`` / ``ffn_bias`` (each
+defaults to ``bias``); rotary position embeddings come in through ``forward(rotary=...)``.
+
 Encoder layer: self-attention, then feed-forward.
 Decoder layer: masked self-attention, cross-attention over the encoder output (skipped when built with
 ``cross_attention=False``, as in a decoder-only model), then feed-forward.
@@ -22,7 +26,7 @@ from torch import nn
 from glassformer.nn.attention import MultiHeadAttention
 from glassformer.nn.dropout import Dropout
 from glassformer.nn.feedforward import PositionWiseFeedForward
-from glassformer.nn.norm import LayerNorm
+from glassformer.nn.norm import make_norm
 
 if TYPE_CHECKING:
     from glassformer.generation.cache import LayerCache
@@ -47,13 +51,20 @@ class EncoderLayer(nn.Module):
         bias: bool = True,
         attention_dropout: float = 0.0,
         activation_dropout: float = 0.0,
+        norm: str = "layernorm",
+        num_kv_heads: int | None = None,
+        gated_ffn: bool = False,
+        attention_bias: bool | None = None,
+        ffn_bias: bool | None = None,
     ):
         super().__init__()
         self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=attention_dropout, bias=bias)
-        self.ffn = PositionWiseFeedForward(d_model, d_ff, activation, dropout=activation_dropout, bias=bias)
-        self.norm1 = LayerNorm(d_model, layer_norm_eps)
-        self.norm2 = LayerNorm(d_model, layer_norm_eps)
+        attention_bias = bias if attention_bias is None else attention_bias
+        ffn_bias = bias if ffn_bias is None else ffn_bias
+        self.self_attn = MultiHeadAttention(d_model, num_heads, attention_dropout, attention_bias, num_kv_heads)
+        self.ffn = PositionWiseFeedForward(d_model, d_ff, activation, activation_dropout, ffn_bias, gated_ffn)
+        self.norm1 = make_norm(norm, d_model, layer_norm_eps)
+        self.norm2 = make_norm(norm, d_model, layer_norm_eps)
         self.dropout = Dropout(dropout)
 
     def forward(
@@ -91,17 +102,26 @@ class DecoderLayer(nn.Module):
         attention_dropout: float = 0.0,
         activation_dropout: float = 0.0,
         cross_attention: bool = True,
+        norm: str = "layernorm",
+        num_kv_heads: int | None = None,
+        gated_ffn: bool = False,
+        attention_bias: bool | None = None,
+        ffn_bias: bool | None = None,
     ):
         super().__init__()
         self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(d_model, num_heads, dropout=attention_dropout, bias=bias)
-        self.norm1 = LayerNorm(d_model, layer_norm_eps)
+        attention_bias = bias if attention_bias is None else attention_bias
+        ffn_bias = bias if ffn_bias is None else ffn_bias
+        self.self_attn = MultiHeadAttention(d_model, num_heads, attention_dropout, attention_bias, num_kv_heads)
+        self.norm1 = make_norm(norm, d_model, layer_norm_eps)
         self.cross_attn = (
-            MultiHeadAttention(d_model, num_heads, dropout=attention_dropout, bias=bias) if cross_attention else None
+            MultiHeadAttention(d_model, num_heads, attention_dropout, attention_bias, num_kv_heads)
+            if cross_attention
+            else None
         )
-        self.norm2 = LayerNorm(d_model, layer_norm_eps) if cross_attention else None
-        self.ffn = PositionWiseFeedForward(d_model, d_ff, activation, dropout=activation_dropout, bias=bias)
-        self.norm3 = LayerNorm(d_model, layer_norm_eps)
+        self.norm2 = make_norm(norm, d_model, layer_norm_eps) if cross_attention else None
+        self.ffn = PositionWiseFeedForward(d_model, d_ff, activation, activation_dropout, ffn_bias, gated_ffn)
+        self.norm3 = make_norm(norm, d_model, layer_norm_eps)
         self.dropout = Dropout(dropout)
 
     def forward(
@@ -113,6 +133,7 @@ class DecoderLayer(nn.Module):
         need_weights: bool = False,
         cache: LayerCache | None = None,
         cross_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """
         Args:
@@ -123,13 +144,14 @@ class DecoderLayer(nn.Module):
             cache: this layer's key/value cache for the self-attention (decoding one step at a time).
             cross_kv: the cross-attention's keys and values of ``memory``, precomputed once per source with
                 ``cross_attn.project_kv(memory)`` (decoding); ``memory`` may then be None.
+            rotary: ``(cos, sin)`` of the target positions, for rotary position embeddings in the self-attention.
         """
         if self.cross_attn is not None and memory is None and cross_kv is None:
             raise ValueError("this decoder layer has cross-attention: pass the encoder output as memory")
         cross_weights = None
         if self.norm_first:
             h = self.norm1(x)
-            attn, self_weights = self.self_attn(h, h, h, self_mask, need_weights, cache)
+            attn, self_weights = self.self_attn(h, h, h, self_mask, need_weights, cache, rotary=rotary)
             x = x + self.dropout(attn)
             if self.cross_attn is not None:
                 attn, cross_weights = self.cross_attn(
@@ -138,7 +160,7 @@ class DecoderLayer(nn.Module):
                 x = x + self.dropout(attn)
             x = x + self.dropout(self.ffn(self.norm3(x)))
         else:
-            attn, self_weights = self.self_attn(x, x, x, self_mask, need_weights, cache)
+            attn, self_weights = self.self_attn(x, x, x, self_mask, need_weights, cache, rotary=rotary)
             x = self.norm1(x + self.dropout(attn))
             if self.cross_attn is not None:
                 attn, cross_weights = self.cross_attn(x, memory, memory, memory_mask, need_weights, kv=cross_kv)

@@ -41,6 +41,7 @@ ONEDNN_ACTIVATIONS = {
     "relu": ("relu", [], ""),
     "gelu": ("gelu", [], "none"),
     "gelu_tanh": ("gelu", [], "tanh"),
+    "silu": ("swish", [], ""),
 }
 
 

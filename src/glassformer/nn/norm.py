@@ -1,6 +1,7 @@
-"""Layer normalization over the last dimension.
+"""Normalization over the last dimension: layer norm (the paper, GPT-2, BERT) and RMS norm (Llama).
 
-    LN(x) = γ ⊙ (x − μ) / sqrt(σ² + ε) + β,   μ, σ² the mean and *biased* variance of x's last dimension
+    LN(x)  = γ ⊙ (x − μ) / sqrt(σ² + ε) + β,   μ, σ² the mean and *biased* variance of x's last dimension
+    RMS(x) = γ ⊙ x / sqrt(mean(x²) + ε)       no centring, no β (Zhang & Sennrich 2019)
 
 This is the formula of the paper and of ``torch.nn.LayerNorm``. The guide's worked example used a different
 normalization — the *unbiased* standard deviation with ε outside the root — kept here only as
@@ -47,3 +48,40 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """The RMS-norm formula step by step, in float32 as Llama computes it, cast back to x's dtype."""
+    x32 = x.float()
+    rms = torch.sqrt(x32.pow(2).mean(-1, keepdim=True) + eps)  # sqrt(mean(x²) + ε)
+    return weight * (x32 / rms).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    """``(..., d_model)`` -> same shape. ``weight`` is γ (init 1); there is no bias.
+
+    The statistics are taken in float32 (also for bfloat16 inputs), then ``weight ⊙ normalized`` in the input's
+    dtype, as Llama does; ``rms_norm_reference`` is the formula written out and the test's reference.
+    """
+
+    def __init__(self, d_model: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one kernel
+        return rms_norm_reference(x, self.weight, self.eps)
+
+
+NORMS = ("layernorm", "rmsnorm")
+
+
+def make_norm(kind: str, d_model: int, eps: float) -> LayerNorm | RMSNorm:
+    """``"layernorm"`` -> ``LayerNorm``, ``"rmsnorm"`` -> ``RMSNorm``: the one switch every layer uses."""
+    if kind == "layernorm":
+        return LayerNorm(d_model, eps)
+    if kind == "rmsnorm":
+        return RMSNorm(d_model, eps)
+    raise ValueError(f"unknown norm {kind!r}; choose one of {list(NORMS)}")

@@ -1,0 +1,195 @@
+"""GGUF files (llama.cpp's format): metadata → config, tensors → float32, the tokenizer and chat template.
+
+A GGUF file carries everything in one place: key/value metadata (``llama.block_count``, ``tokenizer.ggml.tokens``,
+``tokenizer.chat_template``, ...) and tensors, often quantized (Q4_1, Q8_0: blocks of 32 weights sharing a scale).
+The ``gguf`` package reads both; ``gguf.quants.dequantize`` turns any tensor into float32.
+
+GGUF names → Hugging Face Llama names (then ``checkpoints.huggingface_llama`` maps those to glassformer's):
+
+    token_embd            model.embed_tokens          output_norm         model.norm
+    output                lm_head (absent: tied)      blk.{i}.attn_norm   model.layers.{i}.input_layernorm
+    blk.{i}.attn_{q,k,v}  self_attn.{q,k,v}_proj      blk.{i}.attn_output self_attn.o_proj
+    blk.{i}.ffn_norm      post_attention_layernorm    blk.{i}.ffn_{gate,up,down}  mlp.{gate,up,down}_proj
+
+llama.cpp rotates neighbouring dimensions (2i, 2i+1) with RoPE where Hugging Face (and glassformer) rotate
+dimension i with i + d/2. Its converter therefore permutes the rows of W_Q and W_K within each head:
+``w.reshape(heads, 2, d/2, in).swapaxes(1, 2)``; ``unpermute_rotary`` undoes it (swapping the axes back).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+GGUF_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+GGUF_TOP_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+CONTROL, USER_DEFINED = 3, 4  # tokenizer.ggml.token_type values of special tokens
+# tokenizer.ggml.pre: how text is split before BPE (llama.cpp's pre-tokenizer types that glassformer knows)
+PRE_TOKENIZERS = ("gpt2", "smollm")
+
+
+def find_gguf(path: str | os.PathLike) -> Path | None:
+    """``path`` itself if it is a .gguf file, the single .gguf file of a directory without config.json, else None."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":
+        return path
+    if path.is_dir() and not (path / "config.json").is_file():
+        files = sorted(path.glob("*.gguf"))
+        if len(files) > 1:
+            raise ValueError(f"{path} holds several GGUF files ({', '.join(f.name for f in files)}); pass one of them")
+        return files[0] if files else None
+    return None
+
+
+def read_metadata(reader) -> dict:
+    """Every key/value of the file as plain Python values (strings, numbers, lists)."""
+    return {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+
+
+def unpermute_rotary(weight: torch.Tensor, heads: int) -> torch.Tensor:
+    """Undo llama.cpp's reordering of W_Q / W_K rows ``(heads * head_dim, in)``: within each head, rows
+    (0, 1, 2, 3, ...) = pairs (2i, 2i+1) go back to the halves (i, i + head_dim / 2)."""
+    out_features = weight.size(0)
+    return weight.reshape(heads, out_features // heads // 2, 2, -1).transpose(1, 2).reshape(out_features, -1)
+
+
+def gguf_config(metadata: dict, tensor_names: set[str]) -> dict:
+    """GGUF metadata → ``GPTConfig`` fields (Llama architecture only)."""
+    arch = metadata.get("general.architecture")
+    if arch != "llama":
+        raise ValueError(f"GGUF architecture {arch!r} is not supported; glassformer reads 'llama' GGUF files")
+
+    def key(name, default=None):
+        return metadata.get(f"{arch}.{name}", default)
+
+    scaling = key("rope.scaling.type", "none")
+    if scaling not in ("none", None) and key("rope.scaling.factor", 1.0) != 1.0:
+        raise ValueError(f"scaled rotary embeddings (rope.scaling.type={scaling!r}) are not supported")
+    d_model, heads = int(key("embedding_length")), int(key("attention.head_count"))
+    if int(key("rope.dimension_count", d_model // heads)) != d_model // heads:
+        raise ValueError("the GGUF file rotates only part of each head (rope.dimension_count); not supported")
+    tokens = metadata.get("tokenizer.ggml.tokens")
+    return {
+        "model_type": "gpt",
+        "vocab_size": int(key("vocab_size", len(tokens) if tokens else 0)),
+        "max_seq_length": int(key("context_length", 2048)),
+        "d_model": d_model,
+        "num_layers": int(key("block_count")),
+        "num_heads": heads,
+        "num_kv_heads": int(key("attention.head_count_kv", heads)),
+        "d_ff": int(key("feed_forward_length")),
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+        "activation": "silu",
+        "layer_norm_eps": float(key("attention.layer_norm_rms_epsilon", 1e-5)),
+        "bias": False,
+        "attention_bias": "blk.0.attn_q.bias" in tensor_names,
+        "ffn_bias": "blk.0.ffn_up.bias" in tensor_names,
+        "tie_embeddings": "output.weight" not in tensor_names,
+        "norm": "rmsnorm",
+        "positional": "rope",
+        "rope_theta": float(key("rope.freq_base", 10000.0)),
+        "gated_ffn": True,
+        "bos_id": metadata.get("tokenizer.ggml.bos_token_id"),
+        "eos_id": metadata.get("tokenizer.ggml.eos_token_id"),
+        "pad_id": metadata.get("tokenizer.ggml.padding_token_id"),
+    }
+
+
+def hf_name(gguf_name: str) -> str:
+    """``blk.3.attn_q.weight`` -> ``model.layers.3.self_attn.q_proj.weight`` (unknown names pass through)."""
+    parts = gguf_name.split(".")
+    if parts[0] == "blk" and len(parts) == 4 and parts[2] in GGUF_LAYER_NAMES:
+        return f"model.layers.{parts[1]}.{GGUF_LAYER_NAMES[parts[2]]}.{parts[3]}"
+    if len(parts) == 2 and parts[0] in GGUF_TOP_NAMES:
+        return f"{GGUF_TOP_NAMES[parts[0]]}.{parts[1]}"
+    return gguf_name
+
+
+def read_gguf(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """``(GPTConfig dict, glassformer tensors in float32, metadata)`` of a Llama GGUF file."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    from glassformer.checkpoints.huggingface_llama import llama_state_dict_from_hf
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no GGUF file at {path}")
+    try:
+        reader = GGUFReader(path)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path} is not a readable GGUF file ({e})") from e
+    metadata = read_metadata(reader)
+    config = gguf_config(metadata, {t.name for t in reader.tensors})
+    heads, kv_heads = config["num_heads"], config["num_kv_heads"]
+    tensors = {}
+    for tensor in reader.tensors:
+        # numpy's shape is GGUF's reversed: (out, in) for a matrix, as nn.Linear stores it
+        weight = torch.from_numpy(np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32))  # a copy
+        if tensor.name.endswith("attn_q.weight") or tensor.name.endswith("attn_q.bias"):
+            weight = unpermute_rotary(weight.reshape(weight.size(0), -1), heads).reshape(weight.shape)
+        elif tensor.name.endswith("attn_k.weight") or tensor.name.endswith("attn_k.bias"):
+            weight = unpermute_rotary(weight.reshape(weight.size(0), -1), kv_heads).reshape(weight.shape)
+        tensors[hf_name(tensor.name)] = weight
+    return config, llama_state_dict_from_hf(tensors, config["num_layers"]), metadata
+
+
+def gguf_tokenizer(metadata: dict):
+    """The byte-level BPE tokenizer of GGUF metadata (``tokenizer.ggml.model == "gpt2"``) as a
+    ``glassformer.Tokenizer``: vocabulary, merges, special tokens (token types CONTROL / USER_DEFINED), the
+    pre-tokenizer named by ``tokenizer.ggml.pre``, and the chat template."""
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors
+    from tokenizers import Tokenizer as BackendTokenizer
+
+    from glassformer.tokenizer import Tokenizer
+
+    kind = metadata.get("tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise ValueError(f"GGUF tokenizer model {kind!r} is not supported; glassformer reads byte-level BPE ('gpt2')")
+    pre = metadata.get("tokenizer.ggml.pre", "gpt2")
+    if pre not in PRE_TOKENIZERS:
+        raise ValueError(f"GGUF pre-tokenizer {pre!r} is not supported; known: {', '.join(PRE_TOKENIZERS)}")
+    tokens = metadata["tokenizer.ggml.tokens"]
+    merges = [tuple(merge.split(" ", 1)) for merge in metadata.get("tokenizer.ggml.merges", [])]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    backend = BackendTokenizer(models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if pre == "smollm":  # SmolLM's training split every digit apart before the GPT-2 rules
+        backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    else:
+        backend.pre_tokenizer = byte_level
+    backend.decoder = decoders.ByteLevel()
+    types = metadata.get("tokenizer.ggml.token_type", [])
+    specials = [tokens[i] for i, kind in enumerate(types) if kind in (CONTROL, USER_DEFINED)]
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+
+    def token(key: str) -> str | None:
+        index = metadata.get(f"tokenizer.ggml.{key}_token_id")
+        return tokens[index] if index is not None and 0 <= index < len(tokens) else None
+
+    if metadata.get("tokenizer.ggml.add_bos_token") and token("bos") is not None:  # Llama 2/3: <s> text
+        bos = token("bos")
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, vocab[bos])]
+        )
+
+    tokenizer = Tokenizer(backend, model_max_length=metadata.get(f"{metadata['general.architecture']}.context_length"))
+    tokenizer.pad_token = token("padding")
+    tokenizer.bos_token = token("bos")
+    tokenizer.eos_token = token("eos")
+    tokenizer.chat_template = metadata.get("tokenizer.chat_template")
+    return tokenizer
