@@ -55,13 +55,15 @@ class Tokenizer:
         from glassformer.checkpoints.gguf import find_gguf, gguf_tokenizer
 
         path = Path(path)
-        gguf_file = find_gguf(path) if path.exists() else None
+        if not path.exists():  # a shortcut (smollm2, minilm) or a model name in the local Hugging Face cache
+            from glassformer.checkpoints.huggingface import resolve_model_dir
+
+            path = resolve_model_dir(path)
+        gguf_file = find_gguf(path)
         if gguf_file is not None:
-            from gguf import GGUFReader
+            from glassformer.checkpoints.gguf import open_gguf
 
-            from glassformer.checkpoints.gguf import read_metadata
-
-            return gguf_tokenizer(read_metadata(GGUFReader(gguf_file)))
+            return gguf_tokenizer(open_gguf(gguf_file)[1])
         if path.is_file():
             return cls(BackendTokenizer.from_file(str(path)))
         if not path.is_dir():

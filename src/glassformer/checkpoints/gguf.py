@@ -19,6 +19,7 @@ dimension i with i + d/2. Its converter therefore permutes the rows of W_Q and W
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,27 @@ def find_gguf(path: str | os.PathLike) -> Path | None:
 def read_metadata(reader) -> dict:
     """Every key/value of the file as plain Python values (strings, numbers, lists)."""
     return {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
+
+
+def open_gguf(path: str | os.PathLike):
+    """``(reader, metadata)`` of a GGUF file. Parsing the metadata (SmolLM2's 49,152 tokens and 48,900 merges)
+    takes seconds, so the last file opened is kept: loading a model and then its tokenizer parses it once."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no GGUF file at {path}")
+    stat = path.stat()
+    return _open_gguf(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=1)
+def _open_gguf(path: str, mtime_ns: int, size: int):
+    from gguf import GGUFReader
+
+    try:
+        reader = GGUFReader(path)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path} is not a readable GGUF file ({e})") from e
+    return reader, read_metadata(reader)
 
 
 def unpermute_rotary(weight: torch.Tensor, heads: int) -> torch.Tensor:
@@ -121,19 +143,11 @@ def hf_name(gguf_name: str) -> str:
 
 def read_gguf(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
     """``(GPTConfig dict, glassformer tensors in float32, metadata)`` of a Llama GGUF file."""
-    from gguf import GGUFReader
     from gguf.quants import dequantize
 
     from glassformer.checkpoints.huggingface_llama import llama_state_dict_from_hf
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no GGUF file at {path}")
-    try:
-        reader = GGUFReader(path)
-    except (ValueError, OSError) as e:
-        raise ValueError(f"{path} is not a readable GGUF file ({e})") from e
-    metadata = read_metadata(reader)
+    reader, metadata = open_gguf(path)
     config = gguf_config(metadata, {t.name for t in reader.tensors})
     heads, kv_heads = config["num_heads"], config["num_kv_heads"]
     tensors = {}

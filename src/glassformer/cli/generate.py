@@ -1,9 +1,11 @@
-"""``glassformer generate``: continue a prompt with a GPT checkpoint, streaming the text as it comes."""
+"""``glassformer generate``: continue a prompt with a decoder-only checkpoint (a GPT run, GPT-2, Llama, GGUF or the
+``smollm2`` shortcut), streaming the text as it comes."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -12,20 +14,30 @@ from glassformer.models.gpt import GPT
 from glassformer.tokenizer import Tokenizer
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="a glassformer GPT run/checkpoint or a Hugging Face GPT-2 dir")
-    parser.add_argument("--prompt", required=True, help="the text to continue")
-    parser.add_argument("--max-length", type=int, default=None, help="total tokens, prompt included")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="new tokens (default 50 if no max length)")
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The decoding flags shared by ``generate`` and ``chat`` (the guide's: --sample --temperature 0.7 --top-k 50
+    --top-p 0.95 --no-repeat-ngram-size 2)."""
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--top-k", type=int, default=None)
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--no-repeat-ngram-size", type=int, default=0)
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--num-beams", type=int, default=1)
     parser.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
     parser.add_argument("--bf16", action="store_true", help="run the model in bfloat16")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="a glassformer GPT run/checkpoint, a Hugging Face GPT-2 or Llama dir, a .gguf file, or 'smollm2'",
+    )
+    parser.add_argument("--prompt", required=True, help="the text to continue")
+    parser.add_argument("--max-length", type=int, default=None, help="total tokens, prompt included")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="new tokens (default 50 if no max length)")
+    parser.add_argument("--num-beams", type=int, default=1)
+    add_sampling_arguments(parser)
 
 
 def model_directory(path: str) -> Path | str:
@@ -45,42 +57,63 @@ def load_tokenizer(directory, vocab_size: int) -> Tokenizer:
         raise
 
 
-def run(args: argparse.Namespace) -> None:
-    directory = model_directory(args.model)
-    model = GPT.from_pretrained(directory, dtype=torch.bfloat16 if args.bf16 else None)
-    tokenizer = load_tokenizer(directory, model.config.vocab_size)
-    if not args.prompt:
-        raise ValueError("the prompt is empty; pass some text with --prompt")
-    ids = tokenizer.encode(args.prompt)
-    if args.max_length is None and args.max_new_tokens is None:
-        args.max_new_tokens = 50
-    generated: list[int] = []
+def load_model_and_tokenizer(path: str, bf16: bool) -> tuple[GPT, Tokenizer]:
+    directory = model_directory(path)
+    model = GPT.from_pretrained(directory, dtype=torch.bfloat16 if bf16 else None)
+    return model, load_tokenizer(directory, model.config.vocab_size)
+
+
+def text_streamer(tokenizer: Tokenizer, write: Callable[[str], object] = sys.stdout.write) -> Callable:
+    """An ``on_tokens`` callback for ``generate`` that writes the new text of row 0 as it grows (waiting for the
+    rest of a multi-byte character); ``streamer.tokens`` holds the ids so far."""
     shown = ""
 
     def stream(tokens: torch.Tensor) -> None:
         nonlocal shown
-        if not generated:  # generate() has checked its options: show the prompt, then the tokens as they come
-            sys.stdout.write(args.prompt)
-        generated.append(int(tokens[0]))
-        text = tokenizer.decode(generated, skip_special_tokens=True)
-        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            sys.stdout.write(text[len(shown) :])
+        stream.tokens.append(int(tokens[0]))
+        text = tokenizer.decode(stream.tokens, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):
+            write(text[len(shown) :])
             sys.stdout.flush()
             shown = text
 
-    output = model.generate(
-        torch.tensor([ids]),
-        max_length=args.max_length,
-        max_new_tokens=args.max_new_tokens,
+    stream.tokens = []
+    return stream
+
+
+def sampling_options(args: argparse.Namespace) -> dict:
+    return dict(
         do_sample=args.sample,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
         no_repeat_ngram_size=args.no_repeat_ngram_size,
         repetition_penalty=args.repetition_penalty,
-        num_beams=args.num_beams,
         seed=args.seed,
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    if not args.prompt:
+        raise ValueError("the prompt is empty; pass some text with --prompt")
+    model, tokenizer = load_model_and_tokenizer(args.model, args.bf16)
+    ids = tokenizer.encode(args.prompt)
+    if args.max_length is None and args.max_new_tokens is None:
+        args.max_new_tokens = 50
+    streamer = text_streamer(tokenizer)
+
+    def stream(tokens: torch.Tensor) -> None:
+        if not streamer.tokens:  # generate() has checked its options: show the prompt, then the tokens as they come
+            sys.stdout.write(args.prompt)
+        streamer(tokens)
+
+    output = model.generate(
+        torch.tensor([ids]),
+        max_length=args.max_length,
+        max_new_tokens=args.max_new_tokens,
+        num_beams=args.num_beams,
         on_tokens=stream if args.num_beams == 1 else None,
+        **sampling_options(args),
     )
     if args.num_beams > 1:  # beam search knows its best hypothesis only at the end
         sys.stdout.write(args.prompt + tokenizer.decode(output[0, len(ids) :].tolist(), skip_special_tokens=True))

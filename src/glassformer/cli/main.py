@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tour.add_argument("--seed", type=int, default=42, help="random seed for the random examples (default 42)")
 
-    from glassformer.cli import classify, data, generate, train, translate
+    from glassformer.cli import chat, classify, data, generate, train, translate
 
     train_parser = commands.add_parser("train", help="train a model", description="Train a model.")
     kinds = train_parser.add_subparsers(dest="kind", metavar="KIND", required=True)
@@ -88,8 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_arguments(
         commands.add_parser(
             "generate",
-            help="continue a prompt with a GPT model",
-            description="Continue a prompt with a GPT checkpoint, streaming tokens as they come.",
+            help="continue a prompt with a GPT or Llama model (smollm2: real pretrained weights)",
+            description="Continue a prompt with a decoder-only checkpoint (a GPT run, Hugging Face GPT-2 or Llama, "
+            "a GGUF file, or the smollm2 shortcut), streaming tokens as they come.",
+        )
+    )
+    chat.add_arguments(
+        commands.add_parser(
+            "chat",
+            help="talk with an instruction-tuned model (SmolLM2-135M-Instruct by default)",
+            description="A multi-turn conversation in the terminal, rendered with the checkpoint's chat template; "
+            "one user message per line (from the keyboard or stdin), /reset to start over, /exit to quit.",
         )
     )
     return parser
@@ -142,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             data.run(args)
         elif args.command == "generate":
             from glassformer.cli.generate import run
+
+            run(args)
+        elif args.command == "chat":
+            from glassformer.cli.chat import run
 
             run(args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:

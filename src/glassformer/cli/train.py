@@ -14,6 +14,13 @@ def add_lm_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="the run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="small", help="model shape (default small)")
+    parser.add_argument(
+        "--arch",
+        choices=["gpt2", "llama"],
+        default="gpt2",
+        help="gpt2: learned positions, LayerNorm, GELU; llama: rotary embeddings, RMSNorm, SwiGLU (default gpt2)",
+    )
+    parser.add_argument("--kv-heads", type=int, default=None, help="grouped-query attention: key/value heads")
     parser.add_argument("--tokenizer", choices=["char", "byte_bpe"], default="char")
     parser.add_argument("--vocab-size", type=int, default=2000, help="byte_bpe vocabulary size")
     for field in ("d_model", "num_layers", "num_heads", "d_ff"):
@@ -39,6 +46,8 @@ def run_lm(args: argparse.Namespace) -> None:
             fields[field] = getattr(args, field)
     if args.block_size is not None:
         fields["max_seq_length"] = args.block_size
+    if args.kv_heads is not None:
+        fields["num_kv_heads"] = args.kv_heads
     train = TrainConfig(
         max_steps=args.max_steps,
         max_minutes=args.max_minutes,
@@ -51,7 +60,7 @@ def run_lm(args: argparse.Namespace) -> None:
         progress=not args.quiet,
     )
     summary = train_language_model(
-        args.out, args.data, args.tokenizer, args.vocab_size, fields, args.batch_size, train, args.resume
+        args.out, args.data, args.tokenizer, args.vocab_size, fields, args.batch_size, train, args.resume, args.arch
     )
     print(json.dumps({k: summary[k] for k in ("step", "valid_loss", "valid_ppl", "parameters")}))
     print(f"run directory: {args.out} (generate with: glassformer generate --model {args.out} --prompt ...)")

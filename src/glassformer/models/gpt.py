@@ -304,6 +304,6 @@ def load_decoder(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]
     if model_type in ("gpt", "gpt2"):
         return load_gpt2(location)
     raise ValueError(
-        f"{path} holds a model of model_type {model_type!r}; GPT.from_pretrained reads glassformer GPT, GPT-2, Llama and GGUF "
-        "checkpoints"
+        f"{path} holds a model of model_type {model_type!r}; GPT.from_pretrained reads glassformer GPT, GPT-2, "
+        "Llama and GGUF checkpoints"
     )

@@ -99,9 +99,14 @@ def train_language_model(
     batch_size: int = 16,
     train: TrainConfig | None = None,
     resume: bool = False,
+    architecture: str = "gpt2",
 ) -> dict:
     """Train a GPT on a corpus and write the run to ``out`` (``out/best`` and ``out/last`` hold model +
-    tokenizer). Returns the final validation loss and perplexity."""
+    tokenizer). ``architecture`` "gpt2" (learned positions, LayerNorm, GELU) or "llama" (``GPTConfig.llama``:
+    rotary embeddings, RMSNorm, SwiGLU; ``model_fields`` may set ``num_kv_heads``). Returns the final validation
+    loss and perplexity."""
+    if architecture not in ("gpt2", "llama"):
+        raise ValueError(f"unknown architecture {architecture!r}; choose 'gpt2' or 'llama'")
     out = Path(out)
     train = train or TrainConfig()
     train_text, valid_text = read_corpus(data)
@@ -112,7 +117,8 @@ def train_language_model(
         tokenizer = Tokenizer.train([train_text], vocab_size=vocab_size, kind=tokenizer_kind)
         eos = tokenizer.token_to_id(GPT2_END_OF_TEXT)
         fields = {**PRESETS["small"], **(model_fields or {})}
-        config = GPTConfig(vocab_size=tokenizer.vocab_size, bos_id=eos, eos_id=eos, pad_id=None, **fields)
+        make_config = GPTConfig.llama if architecture == "llama" else GPTConfig
+        config = make_config(vocab_size=tokenizer.vocab_size, bos_id=eos, eos_id=eos, pad_id=None, **fields)
         torch.manual_seed(train.seed)  # the initial weights depend on the seed only
         model = GPT(config)
     train_ids = torch.tensor(tokenizer.encode(train_text), dtype=torch.long)
