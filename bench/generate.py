@@ -12,18 +12,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 import warnings
 
 import torch
+from decoding import HEADER, agreement, race, row
 
 from glassformer.models.gpt import GPT
-
-
-def timed(fn) -> tuple[float, torch.Tensor]:
-    start = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - start, out
 
 
 def main() -> None:
@@ -52,31 +46,18 @@ def main() -> None:
         f"GPT-2 124M, random weights; prompt {args.prompt_tokens}, greedy {args.new_tokens} new tokens; "
         f"threads={torch.get_num_threads()}; best of {args.repeats} alternating runs"
     )
-    print(f"{'batch':>5} {'dtype':>9} {'transformers tok/s':>19} {'glassformer tok/s':>18} {'ratio':>6}  notes")
+    print(HEADER)
     for batch, dtype in ((1, torch.float32), (args.batch, torch.float32), (1, torch.bfloat16)):
         model = ours if dtype == torch.float32 else ours_bf16
         ids = torch.randint(0, 50257, (batch, args.prompt_tokens), generator=torch.Generator().manual_seed(batch))
-        best_hf = best_ours = float("inf")
-        with torch.no_grad():
-            for _ in range(args.repeats):
-                seconds, hf_out = timed(lambda: hf.generate(ids, do_sample=False, **options))  # noqa: B023
-                best_hf = min(best_hf, seconds)
-                seconds, our_out = timed(lambda: model.generate(ids, **options))  # noqa: B023
-                best_ours = min(best_ours, seconds)
-        tokens = batch * args.new_tokens
-        new_hf, new_ours = hf_out[:, args.prompt_tokens :], our_out[:, args.prompt_tokens :]
+        best_hf, best_ours, hf_out, our_out = race(hf, model, ids, options, args.repeats)
         if dtype == torch.float32:
             notes = "tokens identical" if torch.equal(hf_out, our_out) else "TOKENS DIFFER"
         else:
-            same = (new_hf == new_ours).all(0).long()
-            agree = int(same.cumprod(0).sum())
-            notes = f"first {agree} greedy tokens equal float32's"
+            notes = f"first {agreement(hf_out, our_out, args.prompt_tokens)} greedy tokens equal float32's"
         cache_mb = model.make_cache(batch, args.prompt_tokens + args.new_tokens).nbytes / 2**20
         notes += f"; KV cache {cache_mb:.0f} MiB"
-        print(
-            f"{batch:>5} {str(dtype).removeprefix('torch.'):>9} {tokens / best_hf:>19.1f} {tokens / best_ours:>18.1f} "
-            f"{best_hf / best_ours:>5.2f}x  {notes}"
-        )
+        print(row(batch, str(dtype).removeprefix("torch."), args.new_tokens, best_hf, best_ours, notes))
 
 
 if __name__ == "__main__":
