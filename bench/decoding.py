@@ -3,11 +3,28 @@
 
 from __future__ import annotations
 
+import argparse
 import time
+import warnings
 
 import torch
 
 HEADER = f"{'batch':>5} {'dtype':>9} {'transformers tok/s':>19} {'glassformer tok/s':>18} {'ratio':>6}  notes"
+
+
+def parse_arguments(description: str) -> argparse.Namespace:
+    """The decoding benchmarks' flags; sets the thread count and silences warnings."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompt-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    return args
 
 
 def timed(fn) -> tuple[float, torch.Tensor]:

@@ -10,27 +10,16 @@ bfloat16 weights at batch 1 (against transformers' float32), whose greedy tokens
 
 from __future__ import annotations
 
-import argparse
 import tempfile
-import warnings
 
 import torch
-from decoding import HEADER, agreement, race, row
+from decoding import HEADER, agreement, parse_arguments, race, row
 
 from glassformer.models.gpt import GPT
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--prompt-tokens", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
+    args = parse_arguments(__doc__)
     import transformers
 
     transformers.logging.set_verbosity_error()

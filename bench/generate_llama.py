@@ -12,11 +12,8 @@ compared with glassformer's float32 ones.
 
 from __future__ import annotations
 
-import argparse
-import warnings
-
 import torch
-from decoding import HEADER, agreement, race, row
+from decoding import HEADER, agreement, parse_arguments, race, row
 
 from glassformer.data.pretrained import resolve_shortcut
 from glassformer.models.gpt import GPT
@@ -43,16 +40,7 @@ def prompts(tokenizer: Tokenizer, batch: int, length: int) -> torch.Tensor:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--prompt-tokens", type=int, default=32)
-    parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
+    args = parse_arguments(__doc__)
     import transformers
 
     transformers.logging.set_verbosity_error()
