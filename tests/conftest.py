@@ -3,6 +3,8 @@ import random
 import pytest
 import torch
 
+from glassformer import GPT, GPTConfig, Tokenizer, Transformer, TransformerConfig
+
 
 @pytest.fixture(autouse=True)
 def _seed():
@@ -72,3 +74,40 @@ def tiny_classification(tmp_path_factory):
     WordPiece vocabulary holds their words."""
     folder = tmp_path_factory.mktemp("classify")
     return write_labelled_file(folder / "reviews.tsv"), write_tiny_bert(folder / "tiny-bert")
+
+
+CHAR_TEXT = "the cat sat on the mat. the dog ate the bone. a bird sang in the tree.\n" * 20
+
+
+@pytest.fixture(scope="session")
+def char_tokenizer():
+    """A character vocabulary of a few toy sentences."""
+    return Tokenizer.train([CHAR_TEXT], kind="char")
+
+
+@pytest.fixture(scope="session")
+def gpt_dir(tmp_path_factory, char_tokenizer):
+    """A random 2-layer GPT checkpoint with its character tokenizer."""
+    directory = tmp_path_factory.mktemp("gpt")
+    torch.manual_seed(0)
+    config = GPTConfig(
+        vocab_size=char_tokenizer.vocab_size, max_seq_length=64, d_model=16, num_layers=2, num_heads=2, d_ff=32
+    )
+    GPT(config).save_pretrained(directory)
+    char_tokenizer.save(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def translation_dir(tmp_path_factory, char_tokenizer):
+    """A random encoder-decoder with a joint character vocabulary, saved as a `train translate` run's best/."""
+    directory = tmp_path_factory.mktemp("translation") / "best"
+    torch.manual_seed(0)
+    n = char_tokenizer.vocab_size
+    config = TransformerConfig(
+        src_vocab_size=n, tgt_vocab_size=n, d_model=16, num_layers=2, num_heads=2, d_ff=32, max_seq_length=64,
+        pad_id=1, bos_id=0, eos_id=0,
+    )  # fmt: skip
+    Transformer(config).save_pretrained(directory)
+    char_tokenizer.save(directory)
+    return directory.parent

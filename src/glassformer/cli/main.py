@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tour.add_argument("--seed", type=int, default=42, help="random seed for the random examples (default 42)")
 
-    from glassformer.cli import chat, classify, data, generate, train, translate
+    from glassformer.cli import chat, classify, data, generate, train, translate, visualize
 
     train_parser = commands.add_parser("train", help="train a model", description="Train a model.")
     kinds = train_parser.add_subparsers(dest="kind", metavar="KIND", required=True)
@@ -101,6 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
             "one user message per line (from the keyboard or stdin), /reset to start over, /exit to quit.",
         )
     )
+    visualize.add_visualize_arguments(
+        commands.add_parser(
+            "visualize",
+            help="an attention page (head view + model view) as one self-contained HTML file",
+            description="Run a model on a text and write its attention weights as an HTML page that works offline: "
+            "a head view (lines between tokens, a layer selector, head toggles) and a model view (every layer x "
+            "head; click to enlarge). Translation models show encoder, decoder and cross attention.",
+        )
+    )
+    visualize.add_figures_arguments(
+        commands.add_parser(
+            "figures",
+            help="the guide's figures with matplotlib (PNG or SVG)",
+            description="attention heat maps, the positional-encoding heat map, embedding similarity, padding and "
+            "look-ahead masks, training curves.",
+        )
+    )
     return parser
 
 
@@ -114,7 +131,11 @@ def is_classification_run(path: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "figures" and not any(e.startswith("-") for e in extra):
+        args.texts += extra  # texts given after an option (`figures masks --model M "a b" "c"`)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return 0
@@ -153,6 +174,14 @@ def main(argv: list[str] | None = None) -> int:
             from glassformer.cli.generate import run
 
             run(args)
+        elif args.command == "visualize":
+            from glassformer.cli.visualize import run_visualize
+
+            run_visualize(args)
+        elif args.command == "figures":
+            from glassformer.cli.visualize import run_figures
+
+            run_figures(args)
         elif args.command == "chat":
             from glassformer.cli.chat import run
 

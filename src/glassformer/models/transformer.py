@@ -206,7 +206,8 @@ class Transformer(PretrainedMixin, nn.Module):
         src_mask: torch.Tensor | None = None,
         tgt_mask: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        return_attentions: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
         """
         Args:
             src: ``(batch, src_len)`` source ids.
@@ -214,9 +215,12 @@ class Transformer(PretrainedMixin, nn.Module):
             src_mask: encoder self-attention mask, default ``padding_mask(src, pad_id)``.
             tgt_mask: decoder self-attention mask, default ``causal & padding_mask(tgt, pad_id)``.
             memory_mask: cross-attention mask, default ``padding_mask(src, pad_id)``.
+            return_attentions: also return the attention weights of every layer (the reference path), as
+                ``{"encoder": [(batch, heads, src_len, src_len)], "decoder": [(batch, heads, tgt_len, tgt_len)],
+                "cross": [(batch, heads, tgt_len, src_len)]}``, one tensor per layer.
 
         Returns:
-            logits ``(batch, tgt_len, tgt_vocab_size)``.
+            logits ``(batch, tgt_len, tgt_vocab_size)``, with the attentions when asked.
         """
         if src.dim() == 2 and tgt.dim() == 2:  # shapes checked up front, before the encoder runs
             if src.size(0) != tgt.size(0):
@@ -230,5 +234,12 @@ class Transformer(PretrainedMixin, nn.Module):
                 if mask is not None:
                     check_mask(mask, shape, name)
         src_padding = padding_mask(src, self.config.pad_id)
-        memory = self.encoder(src, src_padding if src_mask is None else src_mask)
-        return self.decode(tgt, memory, src_padding if memory_mask is None else memory_mask, tgt_mask)
+        memory_mask = src_padding if memory_mask is None else memory_mask
+        if not return_attentions:
+            memory = self.encoder(src, src_padding if src_mask is None else src_mask)
+            return self.decode(tgt, memory, memory_mask, tgt_mask)
+        memory, encoder = self.encoder(src, src_padding if src_mask is None else src_mask, return_attentions=True)
+        if tgt_mask is None:
+            tgt_mask = decoder_self_attention_mask(tgt, self.config.pad_id)
+        hidden, decoder, cross = self.decoder(tgt, memory, tgt_mask, memory_mask, return_attentions=True)
+        return self.output_projection(hidden), {"encoder": encoder, "decoder": decoder, "cross": cross}

@@ -1,0 +1,188 @@
+"""The guide's figures, drawn with matplotlib from glassformer's own parts (PNG or SVG, chosen by the suffix).
+
+    attention_figure       one head's attention as a heat map, or all heads of a layer, with token labels
+    positional_encoding_figure   PE(pos, i) over positions × dimensions (the guide's Figure 4)
+    similarity_figure      cosine similarity of word or sentence embeddings (the guide's Figure 3)
+    masks_figure           a batch's padding masks and the look-ahead mask (the guide's Figure 11)
+    training_curves_figure a run's loss, validation loss and learning rate from its metrics.jsonl
+
+Each returns the path written. Figures have a fixed size in inches and ``DPI`` dots per inch, so a PNG's size in
+pixels is known (``figure_size``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from glassformer.visualization.attention import AttentionView
+
+DPI = 100
+FORMATS = (".png", ".svg")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix not in FORMATS:
+        raise ValueError(f"unknown figure format {path.suffix!r} for {path}; use one of {', '.join(FORMATS)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format=path.suffix[1:])
+    _pyplot().close(fig)
+    return path
+
+
+def figure_size(width: float, height: float) -> tuple[int, int]:
+    """Pixels of a PNG of ``width`` × ``height`` inches."""
+    return round(width * DPI), round(height * DPI)
+
+
+def _heat(ax, matrix, x_labels, y_labels, cmap="Blues", vmin=0.0, vmax=1.0, annotate=False):
+    image = ax.imshow(matrix, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
+    small = max(len(x_labels), len(y_labels)) <= 40
+    if small:
+        ax.set_xticks(range(len(x_labels)), x_labels, rotation=90, fontsize=8)
+        ax.set_yticks(range(len(y_labels)), y_labels, fontsize=8)
+    if annotate and small:
+        for (i, j), value in zip(
+            [(i, j) for i in range(len(y_labels)) for j in range(len(x_labels))], matrix.flatten().tolist(), strict=True
+        ):
+            ax.text(
+                j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="black" if value > 0.5 else "white"
+            )
+    return image
+
+
+def attention_figure(view: AttentionView, path: str | Path, layer: int = 0, head: int | None = None) -> Path:
+    """Heat map of one head (``head``) or of every head of ``layer`` (``head=None``): rows are queries, columns
+    keys. 8 × 8 inches for one head; 4 inches per head, 4 per row, for a layer."""
+    plt = _pyplot()
+    layers, heads = view.weights.shape[:2]
+    if not 0 <= layer < layers:
+        raise ValueError(f"layer {layer} does not exist; the model has layers 0 to {layers - 1}")
+    if head is not None and not 0 <= head < heads:
+        raise ValueError(f"head {head} does not exist; the model has heads 0 to {heads - 1}")
+    chosen = [head] if head is not None else list(range(heads))
+    columns = min(4, len(chosen))
+    rows = math.ceil(len(chosen) / columns)
+    size = (8.0, 8.0) if head is not None else (4.0 * columns, 4.0 * rows)
+    fig, axes = plt.subplots(rows, columns, figsize=size, squeeze=False, layout="constrained")
+    for ax, h in zip(axes.flat, chosen, strict=False):
+        _heat(ax, view.weights[layer, h].numpy(), view.key_tokens, view.query_tokens)
+        ax.set_title(f"{view.name}: layer {layer}, head {h}", fontsize=10)
+    for ax in list(axes.flat)[len(chosen) :]:
+        ax.axis("off")
+    return _save(fig, path)
+
+
+def positional_encoding_figure(path: str | Path, max_positions: int = 100, d_model: int = 512) -> Path:
+    """The sinusoidal encoding PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...), 10 × 5 inches."""
+    from glassformer.nn.embedding import sinusoidal_encoding
+
+    plt = _pyplot()
+    pe = sinusoidal_encoding(max_positions, d_model)
+    fig, ax = plt.subplots(figsize=(10, 5), layout="constrained")
+    image = ax.imshow(pe.numpy(), cmap="RdBu", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
+    ax.set_xlabel("dimension i")
+    ax.set_ylabel("position")
+    ax.set_title(f"Positional encoding (d_model = {d_model}, {max_positions} positions)")
+    fig.colorbar(image, ax=ax)
+    return _save(fig, path)
+
+
+def embedding_similarity(model: str | Path | None, texts: list[str]) -> tuple[torch.Tensor, str]:
+    """Cosine similarities ``(n, n)`` of ``texts`` and how they were embedded: sentence embeddings of a BERT model
+    (``minilm`` by default), else the mean of each text's token embeddings in the model's embedding table."""
+    if len(texts) < 2 or any(not t.strip() for t in texts):
+        raise ValueError("give at least two non-empty words or sentences to compare")
+    from glassformer.visualization.attention import model_kind
+
+    model = model or "minilm"
+    if model_kind(model) == "bert":
+        from glassformer.models.sentence_encoder import SentenceEncoder
+
+        vectors = SentenceEncoder.from_pretrained(model).embed(texts)
+        how = "sentence embeddings (mean-pooled BERT)"
+    else:
+        from glassformer.cli.generate import load_model_and_tokenizer
+
+        decoder, tokenizer = load_model_and_tokenizer(str(model), bf16=False)
+        table = decoder.embedding.embedding.weight.detach()
+        vectors = torch.stack([table[tokenizer.encode(text)].mean(0) for text in texts])
+        how = "mean token embeddings"
+    vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
+    return vectors @ vectors.t(), how
+
+
+def similarity_figure(texts: list[str], path: str | Path, model: str | Path | None = None) -> Path:
+    """The cosine-similarity matrix of ``texts`` with values written in, 8 × 7 inches."""
+    plt = _pyplot()
+    similarity, how = embedding_similarity(model, texts)
+    labels = [t if len(t) <= 30 else t[:29] + "…" for t in texts]
+    fig, ax = plt.subplots(figsize=(8, 7), layout="constrained")
+    image = _heat(ax, similarity.numpy(), labels, labels, cmap="viridis", vmin=-1, vmax=1, annotate=True)
+    ax.set_title(f"Cosine similarity of {how}")
+    fig.colorbar(image, ax=ax)
+    return _save(fig, path)
+
+
+def masks_figure(batch: list[list[str]], path: str | Path, pad: str = "<pad>") -> Path:
+    """For tokenized sentences of different lengths, padded to the longest: each one's padding mask as the
+    attention sees it (keys that may be attended), and the look-ahead mask; True = may attend, as in
+    ``glassformer.masks``. 4 inches per panel, 4.5 high."""
+    from glassformer.masks import causal_mask, padding_mask
+
+    if not batch or any(not tokens for tokens in batch):
+        raise ValueError("give at least one non-empty tokenized sentence")
+    plt = _pyplot()
+    length = max(len(tokens) for tokens in batch)
+    ids = torch.tensor([[1] * len(tokens) + [0] * (length - len(tokens)) for tokens in batch])
+    padded = padding_mask(ids, pad_id=0)[:, 0, 0]  # (batch, length): the key positions that are real
+    panels = len(batch) + 1
+    fig, axes = plt.subplots(1, panels, figsize=(4.0 * panels, 4.5), squeeze=False, layout="constrained")
+    for b, tokens in enumerate(batch):
+        labels = tokens + [pad] * (length - len(tokens))
+        matrix = padded[b][None, :].expand(length, length).float().numpy()
+        _heat(axes[0, b], matrix, labels, labels, cmap="Greens")
+        axes[0, b].set_title(f"padding mask, sentence {b + 1}", fontsize=10)
+    positions = [str(i) for i in range(length)]
+    _heat(axes[0, -1], causal_mask(length).float().numpy(), positions, positions, cmap="Oranges")
+    axes[0, -1].set_title("look-ahead mask (query row sees key column)", fontsize=10)
+    return _save(fig, path)
+
+
+def training_curves_figure(run: str | Path, path: str | Path) -> Path:
+    """Training loss, validation loss (and accuracy or perplexity when logged) and learning rate against the
+    step, from ``run/metrics.jsonl``; 12 × 4 inches."""
+    metrics_file = Path(run) / "metrics.jsonl"
+    if not metrics_file.is_file():
+        raise FileNotFoundError(f"no metrics.jsonl in {run}; pass a training run directory")
+    records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    train = [r for r in records if "loss" in r]
+    valid = [r for r in records if "valid_loss" in r]
+    if not train and not valid:
+        raise ValueError(f"{metrics_file} has no loss values yet; train for a few steps first")
+    plt = _pyplot()
+    fig, (loss_ax, lr_ax) = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
+    loss_ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="training loss", lw=1)
+    loss_ax.plot([r["step"] for r in valid], [r["valid_loss"] for r in valid], "o-", label="validation loss")
+    loss_ax.set_xlabel("step")
+    loss_ax.set_ylabel("loss")
+    loss_ax.legend()
+    loss_ax.set_title(Path(run).name)
+    lr_ax.plot([r["step"] for r in train], [r.get("lr", float("nan")) for r in train], color="tab:green")
+    lr_ax.set_xlabel("step")
+    lr_ax.set_ylabel("learning rate")
+    lr_ax.set_title("schedule")
+    return _save(fig, path)
