@@ -35,3 +35,18 @@ def test_eval_p0_p1_seed_and_dtype():
     assert dropout(x.bfloat16(), 0.5).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="probability"):
         Dropout(1.5)
+
+
+@pytest.mark.parametrize("shape", [(400_000,), (7, 9, 11)])
+def test_every_word_of_a_random_draw_drops_at_rate_p(shape):
+    """Four mask entries come from one 64-bit draw: each of the four positions must drop at rate p (the draw's
+    top bit is always 0, so an unmasked top word would never drop), and neighbours must be independent."""
+    torch.manual_seed(1)
+    x = torch.ones(400_000 * 4)
+    dropped = (dropout(x, 0.5) == 0).view(-1, 4).float()
+    for position in range(4):
+        assert dropped[:, position].mean().item() == pytest.approx(0.5, abs=0.005)
+    both = (dropped[:, 0] * dropped[:, 1]).mean().item()
+    assert both == pytest.approx(0.25, abs=0.005)
+    odd = torch.ones(shape)
+    assert dropout(odd, 0.3).shape == odd.shape

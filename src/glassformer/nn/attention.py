@@ -55,10 +55,12 @@ def scaled_dot_product_attention(
     if mask is not None:
         # masked scores become exactly 0 after the softmax; a row with nothing to attend to would come out
         # uniform, so it is zeroed explicitly (and its output is zero, not NaN)
-        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)  # in place: scores is a new tensor
     weights = torch.softmax(scores, dim=-1)
     if mask is not None:
-        weights = weights.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
+        nothing_to_attend = ~mask.any(dim=-1, keepdim=True)  # small: the mask, not the scores
+        if nothing_to_attend.any():  # a causal mask never has such a row: skip a pass over the weights
+            weights = weights.masked_fill(nothing_to_attend, 0.0)
     if dropout_p > 0.0:
         weights = dropout(weights, dropout_p)
     return torch.matmul(weights.to(value.dtype), value), weights
