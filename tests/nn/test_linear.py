@@ -70,7 +70,7 @@ def test_packed_weights_are_not_used_for_training():
     torch.testing.assert_close(x.grad, layer.weight.sum(0).expand(4, 6))
 
 
-@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh", "silu"])
 @pytest.mark.parametrize("rows", [1, 3, 300])
 def test_activation_is_applied_with_and_without_packed_weights(activation, rows):
     from glassformer.nn.activation import ACTIVATIONS
@@ -87,6 +87,21 @@ def test_activation_is_applied_with_and_without_packed_weights(activation, rows)
                 torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="unknown activation"):
         Linear(2, 2, activation="swish")
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not available in this torch build")
+@pytest.mark.parametrize("activation", ["gelu_tanh", "silu"])
+def test_half_precision_packed_weights_apply_the_activation_apart(activation):
+    from glassformer.nn.activation import ACTIVATIONS
+    from glassformer.nn.linear import can_pack, packed_weights
+
+    layer = Linear(64, 96, activation=activation).to(torch.bfloat16)
+    x = torch.randn(4, 64, dtype=torch.bfloat16)
+    with torch.no_grad():
+        expected = ACTIVATIONS[activation](torch.nn.functional.linear(x, layer.weight, layer.bias))
+        with packed_weights(layer):
+            assert layer.uses_packed_weight(x) == can_pack(layer)
+            torch.testing.assert_close(layer(x), expected)
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not available in this torch build")
