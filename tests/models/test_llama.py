@@ -187,3 +187,17 @@ def test_gpt2_style_model_is_not_saved_as_llama_and_config_checks():
         GPTConfig(norm="batchnorm")
     with pytest.raises(ValueError, match="even head dimension"):
         GPTConfig.llama(d_model=36, num_heads=4)
+
+
+def test_incomplete_gguf_metadata_is_refused(tmp_path):
+    from glassformer.checkpoints.gguf import gguf_config
+
+    (tmp_path / "broken.gguf").write_bytes(b"not a gguf file at all" * 10)
+    with pytest.raises(ValueError, match="not a readable GGUF file"):
+        GPT.from_pretrained(tmp_path / "broken.gguf")
+
+    with pytest.raises(ValueError, match="architecture 'gpt2'"):
+        gguf_config({"general.architecture": "gpt2"}, set())
+    with pytest.raises(ValueError, match="lacks the metadata llama.block_count"):
+        gguf_config({"general.architecture": "llama", "llama.embedding_length": 8, "llama.attention.head_count": 2,
+                     "llama.feed_forward_length": 16}, set())  # fmt: skip

@@ -97,6 +97,11 @@ def gguf_config(metadata: dict, tensor_names: set[str]) -> dict:
     def key(name, default=None):
         return metadata.get(f"{arch}.{name}", default)
 
+    required = ("embedding_length", "attention.head_count", "block_count", "feed_forward_length")
+    missing = [f"{arch}.{name}" for name in required if key(name) is None]
+    if missing:
+        raise ValueError(f"the GGUF file lacks the metadata {', '.join(missing)}; it is incomplete or not a model")
+
     scaling = key("rope.scaling.type", "none")
     if scaling not in ("none", None) and key("rope.scaling.factor", 1.0) != 1.0:
         raise ValueError(f"scaled rotary embeddings (rope.scaling.type={scaling!r}) are not supported")
