@@ -51,4 +51,4 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/train_step.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache src/*.egg-info test-artifacts

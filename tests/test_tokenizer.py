@@ -61,3 +61,65 @@ def test_errors(tmp_path):
         Tokenizer.train(["abc"], kind="words")
     with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
         Tokenizer.from_pretrained(tmp_path)
+
+
+TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
+
+
+def test_chat_template_and_named_tokens_survive_save_and_load(tmp_path):
+    tokenizer = Tokenizer.train(["hello there, general kenobi"], kind="char")
+    tokenizer.chat_template, tokenizer.eos_token = TEMPLATE, "<|endoftext|>"
+    tokenizer.save(tmp_path)
+    again = Tokenizer.from_pretrained(tmp_path)
+    assert again.chat_template == TEMPLATE and again.eos_token == "<|endoftext|>"
+    messages = [{"role": "user", "content": "hi"}]
+    assert again.apply_chat_template(messages) == "<|user|>hi<|endoftext|>"
+    (tmp_path / "tokenizer_config.json").unlink()  # transformers' newer layout: the template in its own file
+    (tmp_path / "chat_template.jinja").write_text(TEMPLATE)
+    assert Tokenizer.from_pretrained(tmp_path).chat_template == TEMPLATE
+
+
+def test_chat_template_errors():
+    tokenizer = Tokenizer.train(["hello"], kind="char")
+    with pytest.raises(ValueError, match="no chat template"):
+        tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
+    tokenizer.chat_template = "{{ raise_exception('only one message') }}"
+    with pytest.raises(ValueError, match="refused the conversation: only one message"):
+        tokenizer.apply_chat_template([{"role": "user", "content": "hi"}])
+    tokenizer.chat_template = TEMPLATE
+    with pytest.raises(ValueError, match="conversation is empty"):
+        tokenizer.apply_chat_template([])
+    with pytest.raises(ValueError, match="message 0 must be a dict with a role"):
+        tokenizer.apply_chat_template([{"role": "robot", "content": "hi"}])
+
+
+def gguf_metadata(**overrides) -> dict:
+    """The tokenizer keys of a GGUF file: a byte-level BPE over 'a', 'b', 'ab' plus two control tokens."""
+    metadata = {
+        "general.architecture": "llama",
+        "llama.context_length": 64,
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": "gpt2",
+        "tokenizer.ggml.tokens": ["<s>", "</s>", "a", "b", "ab", "Ġ", "Ġa"],
+        "tokenizer.ggml.token_type": [3, 3, 1, 1, 1, 1, 1],
+        "tokenizer.ggml.merges": ["a b", "Ġ a"],
+        "tokenizer.ggml.bos_token_id": 0,
+        "tokenizer.ggml.eos_token_id": 1,
+        "tokenizer.chat_template": TEMPLATE,
+    }
+    return {**metadata, **overrides}
+
+
+def test_gguf_tokenizer_from_metadata():
+    from glassformer.checkpoints.gguf import gguf_tokenizer
+
+    tokenizer = gguf_tokenizer(gguf_metadata())
+    assert tokenizer.encode("ab a</s>") == [4, 6, 1]  # merges applied, the control token matched whole
+    assert (tokenizer.bos_token, tokenizer.eos_token, tokenizer.chat_template) == ("<s>", "</s>", TEMPLATE)
+    assert tokenizer.model_max_length == 64
+    with_bos = gguf_tokenizer(gguf_metadata(**{"tokenizer.ggml.add_bos_token": True}))
+    assert with_bos.encode("ab") == [0, 4]  # Llama 2/3 files ask for <s> first
+    with pytest.raises(ValueError, match="pre-tokenizer 'llama-bpe' is not supported"):
+        gguf_tokenizer(gguf_metadata(**{"tokenizer.ggml.pre": "llama-bpe"}))
+    with pytest.raises(ValueError, match="tokenizer model 'llama' is not supported"):
+        gguf_tokenizer(gguf_metadata(**{"tokenizer.ggml.model": "llama"}))

@@ -58,3 +58,19 @@ def test_errors(tmp_path, args, message):
     extra = ["--data", str(tmp_path / "t.txt")] if args[0] == "train" else []
     result = cli(*[a if a != "r" else str(tmp_path / "r") for a in args], *extra, check=False)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_chat_drops_the_oldest_turns_when_the_context_fills():
+    from glassformer.cli.chat import fit_context
+
+    messages = [
+        {"role": "system", "content": "s"},
+        {"role": "user", "content": "u1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "u2"},
+    ]
+    assert fit_context(messages, list(range(10)), limit=10) and len(messages) == 4
+    assert not fit_context(messages, list(range(11)), limit=10)  # too long: the first exchange goes, system stays
+    assert [m["content"] for m in messages] == ["s", "u2"]
+    with pytest.raises(ValueError, match="more than the model's context allows"):
+        fit_context(messages, list(range(11)), limit=10)  # only the new message is left: it alone is too long

@@ -100,10 +100,8 @@ def llama_config_from_hf(hf: dict) -> dict:
 
 def llama_config_to_hf(config: dict) -> dict:
     """``GPTConfig`` fields of a Llama-style model → a Hugging Face ``LlamaConfig`` dict."""
-    llama_style = (config["norm"] == "rmsnorm" and config["positional"] == "rope" and config["gated_ffn"]) and config[
-        "activation"
-    ] == "silu"
-    if not llama_style:
+    llama_style = (config["norm"], config["positional"], config["gated_ffn"], config["activation"])
+    if llama_style != ("rmsnorm", "rope", True, "silu"):
         raise ValueError(
             "only a Llama-style GPT (rmsnorm, rope, gated silu feed-forward) can be saved as a Hugging Face Llama; "
             "save GPT-2-style models with format='hf' as GPT-2"
@@ -158,11 +156,8 @@ def llama_state_dict_from_hf(tensors: dict[str, torch.Tensor], num_layers: int) 
 
 def llama_state_dict_to_hf(state_dict: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
     """glassformer names → ``LlamaForCausalLM`` names, splitting the stacked matrices."""
-    d, kv_dim, d_ff = (
-        config["d_model"],
-        (config["num_kv_heads"] or config["num_heads"]) * (config["d_model"] // config["num_heads"]),
-        config["d_ff"],
-    )
+    d, d_ff = config["d_model"], config["d_ff"]
+    kv_dim = (config["num_kv_heads"] or config["num_heads"]) * (d // config["num_heads"])
     sizes = {"self_attn.qkv_proj": (d, kv_dim, kv_dim), "ffn.fc1": (d_ff, d_ff)}
     aliases = tied_aliases(state_dict)
     theirs = {hf: state_dict[mine] for mine, hf in TOP.items() if mine in state_dict and mine not in aliases}

@@ -13,7 +13,8 @@ import sys
 
 import torch
 
-from glassformer.cli.generate import add_sampling_arguments, load_model_and_tokenizer, sampling_options, text_streamer
+from glassformer.cli.generate import add_sampling_arguments, sampling_options, text_streamer
+from glassformer.models.language_model import load_language_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +36,7 @@ def fit_context(messages: list[dict], prompt_ids, limit: int) -> bool:
 
 
 def run(args: argparse.Namespace) -> None:
-    model, tokenizer = load_model_and_tokenizer(args.model, args.bf16)
+    model, tokenizer = load_language_model(args.model, torch.bfloat16 if args.bf16 else None)
     if not tokenizer.chat_template:
         raise ValueError(f"{args.model} has no chat template; chat needs an instruction-tuned checkpoint")
     if model.config.eos_id is None:

@@ -6,11 +6,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-from glassformer.models.gpt import GPT
+from glassformer.models.language_model import load_language_model
 from glassformer.tokenizer import Tokenizer
 
 
@@ -38,29 +37,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None, help="new tokens (default 50 if no max length)")
     parser.add_argument("--num-beams", type=int, default=1)
     add_sampling_arguments(parser)
-
-
-def model_directory(path: str) -> Path | str:
-    """A training run directory holds best/ and last/; prefer best/."""
-    for sub in ("best", "last"):
-        if (Path(path) / sub / "config.json").is_file():
-            return Path(path) / sub
-    return path
-
-
-def load_tokenizer(directory, vocab_size: int) -> Tokenizer:
-    try:
-        return Tokenizer.from_pretrained(directory)
-    except FileNotFoundError:
-        if vocab_size == 50257:  # a GPT-2 checkpoint without tokenizer files: GPT-2's own tokenizer
-            return Tokenizer.gpt2()
-        raise
-
-
-def load_model_and_tokenizer(path: str, bf16: bool) -> tuple[GPT, Tokenizer]:
-    directory = model_directory(path)
-    model = GPT.from_pretrained(directory, dtype=torch.bfloat16 if bf16 else None)
-    return model, load_tokenizer(directory, model.config.vocab_size)
 
 
 def text_streamer(tokenizer: Tokenizer, write: Callable[[str], object] = sys.stdout.write) -> Callable:
@@ -96,7 +72,7 @@ def sampling_options(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> None:
     if not args.prompt:
         raise ValueError("the prompt is empty; pass some text with --prompt")
-    model, tokenizer = load_model_and_tokenizer(args.model, args.bf16)
+    model, tokenizer = load_language_model(args.model, torch.bfloat16 if args.bf16 else None)
     ids = tokenizer.encode(args.prompt)
     if args.max_length is None and args.max_new_tokens is None:
         args.max_new_tokens = 50

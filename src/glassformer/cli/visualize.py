@@ -68,10 +68,10 @@ def run_figures(args: argparse.Namespace) -> None:
         if not args.texts:
             raise ValueError("figures masks needs sentences, e.g. 'I love cats' 'Hello'")
         if args.model:
-            from glassformer.cli.generate import load_model_and_tokenizer
+            from glassformer.models.language_model import load_language_model
             from glassformer.visualization.attention import readable_tokens
 
-            _, tokenizer = load_model_and_tokenizer(args.model, bf16=False)
+            _, tokenizer = load_language_model(args.model)
             batch = [readable_tokens(tokenizer, tokenizer.encode(text))[0] for text in args.texts]
         else:
             batch = [text.split() for text in args.texts]

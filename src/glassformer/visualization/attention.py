@@ -81,9 +81,9 @@ def model_kind(path: str | Path) -> str:
     """ "translation", "bert" or "decoder" for a model path (a run directory, a checkpoint, a shortcut)."""
     from glassformer.checkpoints.gguf import find_gguf
     from glassformer.checkpoints.huggingface import resolve_model_dir
-    from glassformer.cli.generate import model_directory
+    from glassformer.models.language_model import run_checkpoint
 
-    location = Path(path) if Path(path).is_file() else resolve_model_dir(model_directory(str(path)))
+    location = Path(path) if Path(path).is_file() else resolve_model_dir(run_checkpoint(path))
     if find_gguf(location) is not None:
         return "decoder"
     config = json.loads((location / "config.json").read_text())
@@ -108,27 +108,20 @@ def attention_views(model_path: str | Path, text: str, target: str | None = None
     if target is not None:
         raise ValueError("--target is only for translation models (encoder-decoder)")
     if kind == "bert":
-        from glassformer.models.bert import BertForSequenceClassification
         from glassformer.models.text_classifier import TextClassifier
 
-        classifier = TextClassifier.load(model_path) if _is_run(model_path) else None
-        if classifier is None:
-            from glassformer.checkpoints.huggingface import resolve_model_dir
-
-            directory = resolve_model_dir(model_path)
-            bert = BertForSequenceClassification.from_pretrained(directory).bert.eval()
-            tokenizer = Tokenizer.from_pretrained(directory)
-        else:
-            bert, tokenizer = classifier.model.bert.eval(), classifier.tokenizer
+        # a classifier run or any BERT directory (an encoder gets a head it does not use here)
+        classifier = TextClassifier.load(model_path)
+        bert, tokenizer = classifier.model.bert.eval(), classifier.tokenizer
         ids = tokenizer.encode(text)
         _check_length(ids, "text")
         with torch.no_grad():
             output = bert(torch.tensor([ids]), output_attentions=True)
         tokens, special = readable_tokens(tokenizer, ids)
         return [AttentionView("self", tokens, tokens, _stack(output.attentions), special, special)]
-    from glassformer.cli.generate import load_model_and_tokenizer
+    from glassformer.models.language_model import load_language_model
 
-    model, tokenizer = load_model_and_tokenizer(str(model_path), bf16=False)
+    model, tokenizer = load_language_model(model_path)
     ids = tokenizer.encode(text)
     _check_length(ids, "text")
     if len(ids) > model.config.max_seq_length:
@@ -137,10 +130,6 @@ def attention_views(model_path: str | Path, text: str, target: str | None = None
         _, attentions = model(torch.tensor([ids]), return_attentions=True)
     tokens, special = readable_tokens(tokenizer, ids)
     return [AttentionView("self", tokens, tokens, _stack(attentions), special, special)]
-
-
-def _is_run(path: str | Path) -> bool:
-    return (Path(path) / "best" / "config.json").is_file()
 
 
 def _translation_views(model_path: str | Path, text: str, target: str | None) -> list[AttentionView]:

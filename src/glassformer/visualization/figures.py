@@ -115,9 +115,9 @@ def embedding_similarity(model: str | Path | None, texts: list[str]) -> tuple[to
         vectors = SentenceEncoder.from_pretrained(model).embed(texts)
         how = "sentence embeddings (mean-pooled BERT)"
     else:
-        from glassformer.cli.generate import load_model_and_tokenizer
+        from glassformer.models.language_model import load_language_model
 
-        decoder, tokenizer = load_model_and_tokenizer(str(model), bf16=False)
+        decoder, tokenizer = load_language_model(model)
         table = decoder.embedding.embedding.weight.detach()
         vectors = torch.stack([table[tokenizer.encode(text)].mean(0) for text in texts])
         how = "mean token embeddings"

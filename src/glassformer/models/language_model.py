@@ -1,0 +1,43 @@
+"""A decoder-only model together with its tokenizer: what ``generate``, ``chat``, the attention page and the
+figures open.
+
+``load_language_model(path)`` accepts a ``train lm`` run (its ``best/`` checkpoint, else ``last/``), a glassformer
+GPT checkpoint, a Hugging Face GPT-2 or Llama directory, a GGUF file, or a shortcut (``smollm2``), and loads the
+tokenizer saved beside the weights — GPT-2's own when a GPT-2-sized checkpoint ships none.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from glassformer.models.gpt import GPT
+from glassformer.tokenizer import Tokenizer
+
+GPT2_VOCAB_SIZE = 50257
+
+
+def run_checkpoint(path: str | os.PathLike) -> Path | str:
+    """A training run directory holds best/ and last/: prefer best/. Anything else is returned as given."""
+    for sub in ("best", "last"):
+        if (Path(path) / sub / "config.json").is_file():
+            return Path(path) / sub
+    return path
+
+
+def load_tokenizer(directory: str | os.PathLike, vocab_size: int) -> Tokenizer:
+    try:
+        return Tokenizer.from_pretrained(directory)
+    except FileNotFoundError:
+        if vocab_size == GPT2_VOCAB_SIZE:  # a GPT-2 checkpoint without tokenizer files: GPT-2's own tokenizer
+            return Tokenizer.gpt2()
+        raise
+
+
+def load_language_model(path: str | os.PathLike, dtype: torch.dtype | None = None) -> tuple[GPT, Tokenizer]:
+    """``(model in eval mode, tokenizer)``; ``dtype`` converts the weights (e.g. ``torch.bfloat16``)."""
+    directory = run_checkpoint(path)
+    model = GPT.from_pretrained(directory, dtype=dtype)
+    return model, load_tokenizer(directory, model.config.vocab_size)
