@@ -2,8 +2,26 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from glassformer import runtime
 from glassformer.nn import linear as linear_module
-from glassformer.nn.linear import Linear, linear
+from glassformer.nn.linear import Linear, can_pack, linear, packed_weights
+
+
+def needs_packing(dtype: torch.dtype) -> None:
+    """Skip, naming the reason, where this CPU cannot pack ``dtype`` weights (the probe's verdict)."""
+    name = {torch.float32: "onednn_packed_fp32", torch.bfloat16: "onednn_packed_bf16"}[dtype]
+    if not runtime.kernel_works(name):
+        pytest.skip(f"oneDNN cannot pack {dtype} weights on this CPU: {runtime.kernel_status(name)}")
+
+
+@pytest.fixture
+def restore_kernels():
+    """Tests that break a kernel on purpose: probes and switches are back as they were afterwards."""
+    saved = dict(runtime._disabled)
+    yield
+    runtime._disabled.clear()
+    runtime._disabled.update(saved)
+    runtime._probe.cache_clear()
 
 
 @pytest.mark.parametrize("reorder", [True, False])  # the AMX-only reordered products, whatever this CPU has
@@ -36,13 +54,12 @@ def test_is_a_torch_linear():
     assert isinstance(layer, torch.nn.Linear) and set(layer.state_dict()) == {"weight", "bias"}
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not available in this torch build")
 @pytest.mark.parametrize("rows", [1, 2, 8, 64, 65])
 @pytest.mark.parametrize("amx", [True, False])  # which dtypes pack depends on the CPU; test both choices
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_packed_weights_equal_reference(rows, amx, dtype, monkeypatch):
-    from glassformer.nn.linear import packed_weights
-
+    if dtype == torch.float32 or not amx:  # these cases pack: only where the CPU can
+        needs_packing(dtype)
     monkeypatch.setattr(linear_module, "REORDER_HALF_PRECISION", amx)
     monkeypatch.setattr(linear_module, "MIN_PACKED_ROWS", 2 if amx else 1)
     model = torch.nn.Sequential(Linear(24, 40), torch.nn.ReLU(), Linear(40, 8, bias=False)).to(dtype)
@@ -61,8 +78,6 @@ def test_packed_weights_equal_reference(rows, amx, dtype, monkeypatch):
 
 
 def test_packed_weights_are_not_used_for_training():
-    from glassformer.nn.linear import packed_weights
-
     layer = Linear(6, 3)
     x = torch.randn(4, 6, requires_grad=True)
     with packed_weights(layer):
@@ -74,14 +89,13 @@ def test_packed_weights_are_not_used_for_training():
 @pytest.mark.parametrize("rows", [1, 3, 300])
 def test_activation_is_applied_with_and_without_packed_weights(activation, rows):
     from glassformer.nn.activation import ACTIVATIONS
-    from glassformer.nn.linear import packed_weights
 
     layer = Linear(16, 48, activation=activation)
     x = torch.randn(rows, 16)
     with torch.no_grad():
         expected = ACTIVATIONS[activation](torch.nn.functional.linear(x, layer.weight, layer.bias))
         torch.testing.assert_close(layer(x), expected)
-        if torch.backends.mkldnn.is_available():
+        if runtime.packed_linear_works(torch.float32):
             with packed_weights(layer):
                 assert layer.uses_packed_weight(x) == (rows >= linear_module.MIN_PACKED_ROWS)
                 torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=0)
@@ -89,26 +103,24 @@ def test_activation_is_applied_with_and_without_packed_weights(activation, rows)
         Linear(2, 2, activation="swish")
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not available in this torch build")
 @pytest.mark.parametrize("activation", ["gelu_tanh", "silu"])
-def test_half_precision_packed_weights_apply_the_activation_apart(activation):
+def test_half_precision_packed_weights_apply_the_activation_apart(activation, monkeypatch):
     from glassformer.nn.activation import ACTIVATIONS
-    from glassformer.nn.linear import can_pack, packed_weights
 
+    needs_packing(torch.bfloat16)
+    monkeypatch.setattr(linear_module, "REORDER_HALF_PRECISION", False)  # bfloat16 packs (as without AMX)
     layer = Linear(64, 96, activation=activation).to(torch.bfloat16)
     x = torch.randn(4, 64, dtype=torch.bfloat16)
     with torch.no_grad():
         expected = ACTIVATIONS[activation](torch.nn.functional.linear(x, layer.weight, layer.bias))
         with packed_weights(layer):
-            assert layer.uses_packed_weight(x) == can_pack(layer)
+            assert can_pack(layer) and layer.uses_packed_weight(x)
             torch.testing.assert_close(layer(x), expected)
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN is not available in this torch build")
 def test_packed_weights_leave_autocast_to_f_linear():
     """Under autocast the packed float32 kernel would bypass the bfloat16 compute autocast asks for."""
-    from glassformer.nn.linear import packed_weights
-
+    needs_packing(torch.float32)
     layer = Linear(16, 8, activation="gelu")
     x = torch.randn(300, 16)
     with torch.no_grad(), packed_weights(layer):
@@ -116,3 +128,55 @@ def test_packed_weights_leave_autocast_to_f_linear():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not layer.uses_packed_weight(x)
             assert layer(x).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_failing_probe_leaves_the_plain_path(dtype, monkeypatch, restore_kernels):
+    """A CPU whose oneDNN cannot pack (simulated: the probe raises, as bfloat16 packing does on AVX2-only CPUs)
+    packs nothing, and every call gives F.linear's result."""
+    name = {torch.float32: "onednn_packed_fp32", torch.bfloat16: "onednn_packed_bf16"}[dtype]
+
+    def broken():
+        raise RuntimeError("mkldnn_reorder_linear_weight: simulated missing CPU support")
+
+    monkeypatch.setitem(runtime.KERNELS, name, broken)
+    runtime._probe.cache_clear()
+    monkeypatch.setattr(linear_module, "REORDER_HALF_PRECISION", False)
+    assert not runtime.kernel_works(name) and "simulated" in runtime.kernel_status(name)
+    layer = Linear(16, 8, activation="relu").to(dtype)
+    x = torch.randn(4, 16).to(dtype)
+    with torch.no_grad(), packed_weights(layer):
+        assert not can_pack(layer) and layer.packed_weight is None
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias).relu())
+
+
+def test_a_kernel_failing_at_run_time_is_switched_off(monkeypatch, restore_kernels):
+    """The probe passed but a call fails (a shape the probe did not try): that call and every later one take the
+    plain path, and ``glassformer env`` says why."""
+    needs_packing(torch.float32)
+
+    def broken(self, x):
+        raise RuntimeError("could not create a primitive")
+
+    monkeypatch.setattr(Linear, "_packed_forward", broken)
+    layer = Linear(16, 8)
+    x = torch.randn(4, 16)
+    with torch.no_grad(), packed_weights(layer):
+        assert layer.packed_weight is not None
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
+        assert layer.packed_weight is None
+    assert not runtime.kernel_works("onednn_packed_fp32")
+    assert "could not create a primitive" in runtime.kernel_status("onednn_packed_fp32")
+    with torch.no_grad(), packed_weights(layer):
+        assert layer.packed_weight is None  # not packed again in this process
+
+
+def test_bfloat16_models_run_on_every_cpu():
+    """bfloat16 weights work whether or not this CPU packs them (on AVX2-only CPUs the plain path, slowly)."""
+    model = torch.nn.Sequential(Linear(16, 32, activation="gelu"), Linear(32, 4)).to(torch.bfloat16)
+    x = torch.randn(3, 16, dtype=torch.bfloat16)
+    with torch.no_grad(), packed_weights(model):
+        y = model(x)
+    expected = F.linear(F.gelu(F.linear(x.float(), model[0].weight.float(), model[0].bias.float())),
+                        model[1].weight.float(), model[1].bias.float())  # fmt: skip
+    torch.testing.assert_close(y.float(), expected, atol=0.05, rtol=0.05)

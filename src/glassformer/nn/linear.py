@@ -1,26 +1,25 @@
 """The affine map y = x Wᵀ + b (optionally followed by an activation, y = act(x Wᵀ + b)), with fast CPU paths.
 
 ``Linear`` is ``torch.nn.Linear`` (same parameters, same names, weight ``(out_features, in_features)``) whose
-forward calls ``linear`` below. Training, float32 and large batches run ``torch.nn.functional.linear``
-unchanged. With bfloat16/float16 weights, no gradient recorded and only a few rows — one token per sequence
-while generating — the CPU kernel for ``x Wᵀ`` runs well below memory bandwidth, so the same product is computed
-in another order:
+forward calls ``linear`` below. Training, GPUs and large batches run ``torch.nn.functional.linear`` unchanged.
+Two inference paths for the CPU, each used only where ``glassformer.runtime`` says the hardware has what it needs,
+each tested against ``F.linear``:
 
-    1 row:        W x        (torch.mv, a matrix-vector product)
-    2-16 rows:    (W xᵀ)ᵀ    (a GEMM that reads the weight in its stored order)
+- **Reordered half-precision products** (CPUs with AMX tiles, whose oneDNN kernels cost more to start than one
+  token per sequence needs): with bfloat16/float16 weights, no gradient and a few rows, the same product in
+  another order —
 
-Measured with ``bench/kernels.py`` (GPT-2 124M's 49 matrices in turn, so the weights stream from memory as in
-decoding) on a 2-core Intel Xeon with AMX: 1.4x faster than ``F.linear`` in bfloat16 at 1 and 8 rows. On a
-2-core AMD EPYC (AVX512-BF16, no AMX) the same orders were 0.7x-0.85x, so they are used only where the CPU has
-AMX. They gave nothing in float32 once the weights no longer fit in cache.
+      1 row:        W x        (torch.mv, a matrix-vector product)
+      2-16 rows:    (W xᵀ)ᵀ    (a GEMM that reads the weight in its stored order)
 
-For float32 at a few rows (batched decoding) the remedy is the weight's memory layout: ``packed_weights(model)``
-reorders every ``Linear`` weight into oneDNN's blocked layout for the duration of a ``with`` block (one extra
-copy of those weights; GPT-2 124M packs in ~0.2 s), and ``Linear`` then multiplies with oneDNN: 1.9x faster than
-``F.linear`` at 8 rows over GPT-2's weights (``bench/kernels.py``). Packed float32 is faster for many rows too
-(encoding 32 x 128 tokens with BERT's shapes on AMD EPYC: 13-17% per matrix), and oneDNN applies a ``Linear``'s
-activation inside the same kernel (fc1 + GELU: 28 -> 23 ms), so whole-batch inference (``bench/encode.py``)
-uses the packed path as well. Results equal ``F.linear`` up to rounding (tested).
+- **Packed weights**: ``packed_weights(model)`` reorders every ``Linear`` weight into oneDNN's blocked layout for
+  the duration of a ``with`` block (one extra copy of those weights), and ``Linear`` then multiplies with oneDNN,
+  applying its activation inside the same kernel in float32. Used for float32 always and for bfloat16 where the
+  CPU packs it (not where AMX serves bfloat16 through the reordered products). Each dtype's packing is probed once
+  (``runtime.packed_linear_works``); a CPU that cannot pack a dtype (bfloat16 on an AVX2-only CPU) keeps
+  ``F.linear``, and a kernel that fails at run time is switched off and the plain path runs.
+
+``bench/kernels.py`` measures both against ``F.linear`` on the machine at hand.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glassformer import runtime
 from glassformer.nn.activation import ACTIVATIONS, check_activation
 
 MAX_SMALL_ROWS = 16
@@ -44,19 +44,9 @@ ONEDNN_ACTIVATIONS = {
     "silu": ("swish", [], ""),
 }
 
-
-def _cpu_has_amx() -> bool:
-    """Whether the CPU has AMX tiles (Intel Xeon since Sapphire Rapids): there oneDNN's half-precision GEMM is
-    slow for a few rows and the reordered products below win; without AMX (e.g. AMD EPYC with AVX512-BF16)
-    ``F.linear`` is already the faster kernel (``bench/kernels.py``)."""
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(probe is not None and probe())
-
-
-REORDER_HALF_PRECISION = _cpu_has_amx()
-# rows for which a packed weight is faster than F.linear: from 2 on the Intel/AMX machine, from 1 on AMD EPYC, where
-# over GPT-2's weights one packed row is 1.7x faster than F.linear in float32 and 2x in bfloat16 (bench/kernels.py);
-# half precision only up to 64 rows (decoding), the range it was measured in
+REORDER_HALF_PRECISION = runtime.cpu_has_amx()
+# the fewest rows for which packed weights are used: with AMX one row goes through the reordered products (or
+# plain float32), elsewhere packing pays from one row; half precision up to 64 rows (decoding)
 MIN_PACKED_ROWS = 2 if REORDER_HALF_PRECISION else 1
 MAX_PACKED_HALF_ROWS = 64
 
@@ -106,31 +96,41 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.uses_packed_weight(x):
-            if x.dtype == torch.float32 or self.activation is None:
-                return torch.ops.mkldnn._linear_pointwise(
-                    x, self.packed_weight, self.bias, *ONEDNN_ACTIVATIONS[self.activation]
-                )
-            # half precision (decoding, at most 64 rows): the activation apart, as on the unpacked path, so that
-            # packing changes no result; fused, it saved nothing measurable at these row counts
-            y = torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, *ONEDNN_ACTIVATIONS[None])
-            return ACTIVATIONS[self.activation](y)
+            try:
+                return self._packed_forward(x)
+            except RuntimeError as error:  # a kernel the probe passed but this shape does not: never again
+                runtime.disable_kernel(_packed_kernel(self.weight.dtype), f"failed at run time: {error}")
+                self.packed_weight = None
         y = linear(x, self.weight, self.bias)
         return y if self.activation is None else ACTIVATIONS[self.activation](y)
+
+    def _packed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 or self.activation is None:
+            return torch.ops.mkldnn._linear_pointwise(
+                x, self.packed_weight, self.bias, *ONEDNN_ACTIVATIONS[self.activation]
+            )
+        # half precision (decoding, at most 64 rows): the activation apart, as on the unpacked path, so that
+        # packing changes no result
+        y = torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, *ONEDNN_ACTIVATIONS[None])
+        return ACTIVATIONS[self.activation](y)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (f", activation={self.activation}" if self.activation else "")
 
 
+def _packed_kernel(dtype: torch.dtype) -> str:
+    return "onednn_packed_bf16" if dtype == torch.bfloat16 else "onednn_packed_fp32"
+
+
 def can_pack(module: nn.Module) -> bool:
-    """float32 weights always; bfloat16 ones where the CPU has no AMX (with AMX the reordered products of
-    ``linear`` serve bfloat16 instead)."""
-    packable = (torch.float32,) if REORDER_HALF_PRECISION else (torch.float32, torch.bfloat16)
-    return (
-        isinstance(module, Linear)
-        and module.weight.dtype in packable
-        and module.weight.device.type == "cpu"
-        and torch.backends.mkldnn.is_available()
-    )
+    """A CPU ``Linear`` whose dtype this CPU packs (``runtime.packed_linear_works``): float32, and bfloat16 where the
+    CPU has no AMX (with AMX the reordered products of ``linear`` serve bfloat16 instead)."""
+    if not isinstance(module, Linear) or module.weight.device.type != "cpu":
+        return False
+    dtype = module.weight.dtype
+    if dtype == torch.bfloat16 and REORDER_HALF_PRECISION:
+        return False
+    return dtype in (torch.float32, torch.bfloat16) and runtime.packed_linear_works(dtype)
 
 
 @contextmanager
@@ -140,7 +140,10 @@ def packed_weights(model: nn.Module) -> Iterator[None]:
     layers = [m for m in model.modules() if can_pack(m)]
     try:
         for layer in layers:
-            layer.packed_weight = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), 8)
+            try:
+                layer.packed_weight = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), 8)
+            except RuntimeError as error:  # this shape or dtype does not pack here: the plain path for it
+                runtime.disable_kernel(_packed_kernel(layer.weight.dtype), f"failed at run time: {error}")
         yield
     finally:
         for layer in layers:

@@ -1,0 +1,395 @@
+"""What this machine can do: the device to run on, which precisions are fast there, which optional kernels work.
+
+Everything here is asked of torch (never decided by a vendor or model name), probed once per process and
+remembered. Every command, the training loop, generation and the benchmarks ask here; nothing else probes hardware.
+
+    device       --device auto|cpu|cuda|cuda:N|mps     auto: cuda if torch sees a GPU, else mps, else cpu
+    precision    --precision auto|fp32|bf16|fp16       auto: the fastest correct choice on that device
+
+A half precision is *native* where the hardware computes in it:
+
+    CUDA   bf16: torch.cuda.is_bf16_supported() without emulation (Ampere and newer); fp16: compute capability ≥ 7
+    CPU    bf16: AVX512-BF16, AMX, or AVX-NE-CONVERT; fp16: AMX-FP16, AVX512-FP16 or AVX-NE-CONVERT (what oneDNN
+           reports through torch). Elsewhere a bfloat16 matrix product is emulated: ~100x slower than float32 on
+           an AVX2-only CPU, so ``auto`` never picks it there.
+    MPS    fp16
+
+``auto`` picks bf16 where it is native, else fp16 on a GPU where that is native (training then scales the loss),
+else fp32. A precision asked for explicitly is used as asked, with a warning when it is emulated.
+
+Optional kernels (oneDNN-packed weights per dtype, the fused optimizer) are tried once on tiny inputs, their
+result compared with the plain computation; a kernel that raises or disagrees is switched off and the plain path
+runs instead (``kernel_works``). ``disable_kernel`` switches one off for the rest of the process (after a failure
+at run time, or in tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.util
+import os
+import platform
+import shutil
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
+
+
+# --- the device -------------------------------------------------------------------------------------------------
+
+
+def mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (or None) -> the best device torch sees; ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"`` are checked
+    to exist, with a one-line error naming the fix."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("mps") if mps_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {name!r}; choose {DEVICE_CHOICES}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: torch sees no CUDA GPU on this machine; use --device cpu (or auto)")
+        count = torch.cuda.device_count()
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        if index >= count:
+            raise ValueError(f"device {name!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+        return torch.device("cuda", index)
+    if device.type == "mps" and not mps_available():
+        raise ValueError(f"device {name!r}: torch has no MPS (Apple GPU) backend here; use --device cpu (or auto)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {name!r}; choose {DEVICE_CHOICES}")
+    return device
+
+
+def to_device(batch, device: torch.device):
+    """``batch`` (a tensor, or a dict / list / tuple / dataclass of them) on ``device``. To a GPU the tensors travel
+    from pinned memory without blocking, so the copy overlaps the work already queued there."""
+    if isinstance(batch, torch.Tensor):
+        if batch.device == device:
+            return batch
+        if device.type == "cuda" and batch.device.type == "cpu":
+            return batch.pin_memory().to(device, non_blocking=True)
+        return batch.to(device)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, list | tuple) and not hasattr(batch, "_fields"):
+        return type(batch)(to_device(value, device) for value in batch)
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        fields = {f.name: to_device(getattr(batch, f.name), device) for f in dataclasses.fields(batch) if f.init}
+        return dataclasses.replace(batch, **fields)
+    return batch
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's parameters (the CPU for a module without any)."""
+    parameter = next(module.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+# --- what the CPU can do ----------------------------------------------------------------------------------------
+
+
+def _torch_cpu_flag(name: str) -> bool:
+    probe = getattr(torch.cpu, name, None)
+    try:
+        return bool(probe is not None and probe())
+    except RuntimeError:
+        return False
+
+
+def _onednn_flag(name: str) -> bool:
+    try:
+        return bool(getattr(torch.ops.mkldnn, name)())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@functools.cache
+def cpu_features() -> dict[str, bool | str]:
+    """What torch reports of this CPU: its vector capability (``DEFAULT``, ``AVX2``, ``AVX512``, ...) and the
+    half-precision instructions that make bfloat16/float16 fast."""
+    avx512 = _torch_cpu_flag("_is_avx512_supported")
+    # oneDNN's bf16 check: AVX512 BW/VL/DQ (which only emulate bf16 arithmetic) or AVX-NE-CONVERT on x86, the
+    # BF16 extension on ARM. Without AVX512 a yes can only come from the native instructions.
+    onednn_bf16 = _onednn_flag("_is_mkldnn_bf16_supported")
+    return {
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "avx512": avx512,
+        "avx512_bf16": _torch_cpu_flag("_is_avx512_bf16_supported"),
+        "amx": _torch_cpu_flag("_is_amx_tile_supported"),
+        "amx_fp16": _torch_cpu_flag("_is_amx_fp16_supported"),
+        "bf16_convert": onednn_bf16 and not avx512,  # AVX-NE-CONVERT (x86) or ARM's BF16 instructions
+        "onednn_fp16": _onednn_flag("_is_mkldnn_fp16_supported"),  # AVX512-FP16, AVX-NE-CONVERT or ARM FP16
+    }
+
+
+def cpu_name() -> str:
+    """The processor's name, for display only (never used to choose anything)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_has_amx() -> bool:
+    """AMX tiles: oneDNN then multiplies half precision with tile kernels that cost more to start than a few rows
+    need, so ``glassformer.nn.linear`` reorders those products (see there)."""
+    return bool(cpu_features()["amx"])
+
+
+# --- precisions -------------------------------------------------------------------------------------------------
+
+
+@functools.cache
+def native_precisions(device_type: str, index: int | None = None) -> tuple[str, ...]:
+    """The precisions the hardware of ``device_type`` computes in natively, fastest-first wins ties: always fp32,
+    plus bf16 / fp16 where they are native."""
+    native = ["fp32"]
+    if device_type == "cuda":
+        device = torch.device("cuda", index if index is not None else torch.cuda.current_device())
+        with torch.cuda.device(device):
+            if torch.cuda.is_bf16_supported(including_emulation=False):
+                native.append("bf16")
+        if torch.cuda.get_device_capability(device)[0] >= 7:
+            native.append("fp16")
+    elif device_type == "mps":
+        native.append("fp16")
+    elif device_type == "cpu":
+        f = cpu_features()
+        if f["avx512_bf16"] or f["amx"] or f["bf16_convert"]:
+            native.append("bf16")
+        if f["amx_fp16"] or f["onednn_fp16"]:
+            native.append("fp16")
+    return tuple(native)
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where and in what precision a model runs: ``device``, ``precision`` (``fp32``/``bf16``/``fp16``), its
+    ``dtype``, and ``reason``, a short sentence saying why (printed by every command)."""
+
+    device: torch.device
+    precision: str
+    reason: str
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return PRECISIONS[self.precision]
+
+    @property
+    def half(self) -> bool:
+        return self.precision != "fp32"
+
+    def describe(self) -> str:
+        return f"device {self.device}, precision {self.precision} ({self.reason})"
+
+
+def place(device: str | torch.device | None = "auto", precision: str | None = "auto") -> Placement:
+    """Resolve ``--device`` and ``--precision``. ``auto`` precision: bf16 where native, else fp16 on a GPU where
+    native, else fp32. An explicit half precision that the hardware only emulates is kept, with a warning."""
+    resolved = resolve_device(device)
+    precision = (precision or "auto").strip().lower()
+    if precision not in ("auto", *PRECISIONS):
+        raise ValueError(f"unknown precision {precision!r}; choose auto, fp32, bf16 or fp16")
+    native = native_precisions(resolved.type, resolved.index)
+    where = describe_hardware(resolved)
+    if precision == "auto":
+        if "bf16" in native:
+            return Placement(resolved, "bf16", f"auto: bfloat16 is native on {where}")
+        if "fp16" in native and resolved.type != "cpu":
+            return Placement(resolved, "fp16", f"auto: float16 is native on {where}, bfloat16 is not")
+        return Placement(resolved, "fp32", f"auto: half precision is emulated on {where}, float32 is faster")
+    if precision not in native:
+        warnings.warn(
+            f"{precision} is emulated on {where} and much slower than fp32 there; use --precision auto or fp32",
+            stacklevel=2,
+        )
+        return Placement(resolved, precision, f"as asked; emulated on {where}")
+    return Placement(resolved, precision, "as asked")
+
+
+def place_model(model: torch.nn.Module, device=None, precision: str | None = None) -> Placement:
+    """Move an inference model to ``device`` in ``precision`` (its weights converted: decoding reads every weight
+    once per token, so half-precision weights halve the bytes read). None means torch's default, ``cpu`` / ``fp32``;
+    ``auto`` asks ``place``. Returns the placement used."""
+    placement = place(device or "cpu", precision or "fp32")
+    model.to(device=placement.device, dtype=placement.dtype)
+    return placement
+
+
+def describe_hardware(device: torch.device) -> str:
+    """A few words on the device: ``this CPU (AVX2)``, ``NVIDIA H100 (compute 9.0)``."""
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"{torch.cuda.get_device_name(device)} (compute {major}.{minor})"
+    if device.type == "mps":
+        return "the Apple GPU (MPS)"
+    f = cpu_features()
+    extras = [name for name in ("avx512_bf16", "amx", "bf16_convert") if f[name]]
+    return f"this CPU ({f['capability']}{'+' + '+'.join(extras) if extras else ''})"
+
+
+# --- optional kernels -------------------------------------------------------------------------------------------
+
+_disabled: dict[str, str] = {}
+
+
+def disable_kernel(name: str, reason: str) -> None:
+    """Switch an optional kernel off for the rest of the process; ``kernel_works(name)`` is then False."""
+    _disabled[name] = reason
+
+
+def _probe_packed_linear(dtype: torch.dtype) -> None:
+    """oneDNN's packed weight layout (``nn.linear.packed_weights``): pack a small weight and multiply, fused ReLU
+    included; the result must equal ``F.linear``."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(24, 16, generator=generator).to(dtype)
+    bias = torch.randn(24, generator=generator).to(dtype)
+    x = torch.randn(3, 16, generator=generator).to(dtype)
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight, 3)
+    y = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "relu", [], "")
+    expected = F.linear(x.float(), weight.float(), bias.float()).relu()
+    tolerance = 1e-4 if dtype == torch.float32 else 0.1
+    if not torch.allclose(y.float(), expected, atol=tolerance, rtol=0.02):
+        raise RuntimeError("packed product differs from F.linear")
+
+
+def _probe_fused_adamw(device: str) -> None:
+    p = torch.nn.Parameter(torch.ones(4, device=device))
+    optimizer = torch.optim.AdamW([p], lr=0.1, fused=True)
+    p.grad = torch.ones_like(p)
+    optimizer.step()
+    if not torch.all(p < 1):
+        raise RuntimeError("fused AdamW did not step")
+
+
+KERNELS = {
+    "onednn_packed_fp32": lambda: _probe_packed_linear(torch.float32),
+    "onednn_packed_bf16": lambda: _probe_packed_linear(torch.bfloat16),
+    "fused_adamw_cpu": lambda: _probe_fused_adamw("cpu"),
+    "fused_adamw_cuda": lambda: _probe_fused_adamw("cuda"),
+    "fused_adamw_mps": lambda: _probe_fused_adamw("mps"),
+}
+
+
+@functools.cache
+def _probe(name: str) -> str | None:
+    """None if kernel ``name`` works here, else why not (the probe's error, one line)."""
+    if name.startswith("onednn_") and not torch.backends.mkldnn.is_available():
+        return "this torch build has no oneDNN"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            KERNELS[name]()
+    except Exception as error:  # noqa: BLE001 — any failure means: use the plain path
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'failed'}"[:200]
+    return None
+
+
+def kernel_works(name: str) -> bool:
+    """Whether the optional kernel ``name`` (a key of ``KERNELS``) works on this machine: probed once."""
+    if name not in KERNELS:
+        raise ValueError(f"unknown kernel {name!r}; choose one of {sorted(KERNELS)}")
+    return name not in _disabled and _probe(name) is None
+
+
+def kernel_status(name: str) -> str:
+    """``on``, or ``off (why)``."""
+    if name in _disabled:
+        return f"off ({_disabled[name]})"
+    reason = _probe(name)
+    return "on" if reason is None else f"off ({reason})"
+
+
+def packed_linear_works(dtype: torch.dtype) -> bool:
+    name = {torch.float32: "onednn_packed_fp32", torch.bfloat16: "onednn_packed_bf16"}.get(dtype)
+    return name is not None and kernel_works(name)
+
+
+def fused_optimizer_works(device: torch.device) -> bool:
+    name = f"fused_adamw_{device.type}"
+    return name in KERNELS and kernel_works(name)
+
+
+def compile_status(device: torch.device) -> str:
+    """Whether ``torch.compile`` has what it needs: a C++ compiler on the CPU, Triton on a GPU."""
+    if device.type == "cuda":
+        return "ready (triton)" if importlib.util.find_spec("triton") else "off (triton is not installed)"
+    if device.type == "cpu":
+        compiler = os.environ.get("CXX") or next((c for c in ("g++", "c++", "clang++") if shutil.which(c)), None)
+        return f"ready ({compiler})" if compiler else "off (no C++ compiler found)"
+    return "untested on this device"
+
+
+# --- the summary ------------------------------------------------------------------------------------------------
+
+
+def environment(device: str | torch.device | None = "auto") -> dict[str, str]:
+    """Everything a bug report needs, as ``{name: value}`` lines (``glassformer env`` prints them)."""
+    from glassformer import __version__
+
+    resolved = resolve_device(device)
+    f = cpu_features()
+    auto = place(resolved, "auto")
+    info = {
+        "glassformer version": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(resolved) + ("" if resolved.type == "cpu" else f" — {describe_hardware(resolved)}"),
+        "cpu": f"{cpu_name()}; capability {f['capability']}; "
+        + ", ".join(f"{k} {'yes' if f[k] else 'no'}" for k in ("avx512_bf16", "amx", "bf16_convert", "amx_fp16")),
+        "threads": str(torch.get_num_threads()),
+        "native precisions": ", ".join(native_precisions(resolved.type, resolved.index)),
+        "auto precision": f"{auto.precision} ({auto.reason})",
+        "packed fp32 weights (oneDNN)": kernel_status("onednn_packed_fp32"),
+        "packed bf16 weights (oneDNN)": kernel_status("onednn_packed_bf16"),
+        "reordered half-precision products": "on (AMX)" if cpu_has_amx() else "off (no AMX)",
+        "fused AdamW": "on" if fused_optimizer_works(resolved) else "off (plain AdamW)",
+        "torch.compile": compile_status(resolved),
+    }
+    if resolved.type == "cuda":
+        info["attention kernels"] = ", ".join(
+            name
+            for name, ok in (
+                ("flash", torch.backends.cuda.is_flash_attention_available()),
+                ("memory-efficient", torch.backends.cuda.mem_efficient_sdp_enabled()),
+                ("math", True),
+            )
+            if ok
+        )
+        info["cuda"] = f"{torch.version.cuda}; {torch.cuda.device_count()} GPU(s)"
+    return info
+
+
+def env_line(device: str | torch.device | None = "auto") -> str:
+    """One line for bench headers and closing notes: torch, device, CPU capability, precisions, threads."""
+    resolved = resolve_device(device)
+    auto = place(resolved, "auto")
+    f = cpu_features()
+    packed = [p for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16)) if packed_linear_works(d)]
+    return (
+        f"glassformer env: torch {torch.__version__} | device {resolved} ({describe_hardware(resolved)}) | "
+        f"cpu {cpu_name()} {f['capability']} | native {'/'.join(native_precisions(resolved.type, resolved.index))} "
+        f"| auto {auto.precision} | threads {torch.get_num_threads()} | packed {'/'.join(packed) or 'none'}"
+        f"{' | amx' if cpu_has_amx() else ''}"
+    )
