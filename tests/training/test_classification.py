@@ -17,7 +17,7 @@ from glassformer.training.classification import (
 
 
 def fit(out, tsv, init, **options):
-    train = classification_train_config(progress=False, bf16=False, lr=3e-3, patience=None)
+    train = classification_train_config(progress=False, precision="fp32", lr=3e-3, patience=None)
     options = {"epochs": 6, "batch_size": 16, "max_length": 32, "train": train, **options}
     return train_classifier(out, LabelledData(str(tsv)), init=str(init), **options)
 

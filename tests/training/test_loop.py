@@ -63,14 +63,15 @@ def config(**overrides):
     )
 
 
-def test_resume_continues_exactly(tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])  # fp16: the loss scaler's state resumes too
+def test_resume_continues_exactly(tmp_path, precision):
     straight = make_task()
-    Trainer(straight, config(), tmp_path / "straight").fit()
+    Trainer(straight, config(precision=precision), tmp_path / "straight").fit()
 
     first = make_task()
-    Trainer(first, config(max_steps=6), tmp_path / "split").fit()
+    Trainer(first, config(max_steps=6, precision=precision), tmp_path / "split").fit()
     second = make_task(seed=123)  # fresh weights and RNG: everything must come from the checkpoint
-    summary = Trainer(second, config(), tmp_path / "split").fit(resume=True)
+    summary = Trainer(second, config(precision=precision), tmp_path / "split").fit(resume=True)
     assert summary["step"] == 12
     for (name, a), b in zip(straight.model.state_dict().items(), second.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
@@ -118,7 +119,42 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch)
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_the_loss_runs_under_the_autocast_the_precision_asks_for(tmp_path, precision):
+    """fp32: no autocast; bf16 and fp16: autocast on the device, weights kept float32; fp16 scales the loss."""
+    task = make_task()
+    seen = []
+    loss = task.loss
+
+    def watched(batch):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return loss(batch)
+
+    task.loss = watched
+    trainer = Trainer(task, config(max_steps=2, eval_every=2, device="cpu", precision=precision), tmp_path)
+    trainer.fit()
+    half = precision != "fp32"
+    assert all(enabled == half for enabled, _ in seen)
+    if half:
+        assert all(dtype == trainer.placement.dtype for _, dtype in seen)
+    assert all(p.dtype == torch.float32 for p in task.model.parameters())
+    assert (trainer.scaler is not None) == (precision == "fp16")
+    state = json.loads((tmp_path / "last" / "trainer_state.json").read_text())
+    assert ("grad_scaler" in state) == (precision == "fp16")
+
+
+def test_the_old_bf16_flag_still_works():
+    with pytest.warns(DeprecationWarning, match="precision"):
+        assert TrainConfig(bf16=True).precision == "bf16"
+    with pytest.warns(DeprecationWarning):
+        assert TrainConfig(bf16=False).precision == "fp32"
+
+
 def test_bad_train_config():
+    with pytest.raises(ValueError, match="unknown precision"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(ValueError, match="unknown device"):
+        TrainConfig(device="tpu")
     with pytest.raises(ValueError, match="unknown schedule"):
         TrainConfig(schedule="exponential")
     with pytest.raises(ValueError, match="at least 1"):
@@ -151,7 +187,7 @@ def test_gradient_accumulation_equals_one_step_on_the_joined_batches(tmp_path):
 @pytest.mark.slow  # torch.compile takes about a minute here
 def test_compiled_bf16_training_keeps_the_eager_model_and_its_names(tmp_path):
     task = make_task(dropout=0.0)
-    summary = Trainer(task, config(max_steps=4, eval_every=4, bf16=True, compile=True), tmp_path).fit()
+    summary = Trainer(task, config(max_steps=4, eval_every=4, precision="bf16", compile=True), tmp_path).fit()
     assert math.isfinite(summary["valid_loss"])
     eager = GPT.from_pretrained(tmp_path / "last")  # the checkpoint's names are the plain module's
     x, _ = task.train_batch(torch.Generator().manual_seed(1))

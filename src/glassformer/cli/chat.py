@@ -14,6 +14,7 @@ import sys
 import torch
 
 from glassformer.cli.generate import add_sampling_arguments, sampling_options, text_streamer
+from glassformer.cli.options import report_placement
 from glassformer.models.language_model import load_language_model
 
 
@@ -36,7 +37,8 @@ def fit_context(messages: list[dict], prompt_ids, limit: int) -> bool:
 
 
 def run(args: argparse.Namespace) -> None:
-    model, tokenizer = load_language_model(args.model, torch.bfloat16 if args.bf16 else None)
+    placement = report_placement(args)
+    model, tokenizer = load_language_model(args.model, device=placement.device, precision=placement.precision)
     if not tokenizer.chat_template:
         raise ValueError(f"{args.model} has no chat template; chat needs an instruction-tuned checkpoint")
     if model.config.eos_id is None:

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from glassformer.cli.options import add_device_arguments, report_placement
 from glassformer.data.sentiment import DOMAINS
 
 
@@ -35,7 +36,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer-decay", type=float, default=1.0, help="layer-wise lr decay (1 = none)")
     parser.add_argument("--patience", type=int, default=3, help="evaluations without a better accuracy to stop")
     parser.add_argument("--evals-per-epoch", type=int, default=2)
-    parser.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32, not bf16 autocast")
+    add_device_arguments(parser, training=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -48,7 +49,8 @@ def run_train(args: argparse.Namespace) -> None:
         lr=args.lr,
         weight_decay=args.weight_decay,
         patience=args.patience,
-        bf16=args.bf16,
+        device=args.device,
+        precision=args.precision,
         seed=args.seed,
         progress=not args.quiet,
     )
@@ -77,13 +79,15 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("texts", nargs="*", help="texts to classify (default: one per line on stdin)")
     parser.add_argument("--json", action="store_true", help="one JSON object per text")
     parser.add_argument("--no-truncation", dest="truncation", action="store_false", help="refuse over-long texts")
+    add_device_arguments(parser)
 
 
 def run_classify(args: argparse.Namespace) -> None:
     from glassformer.models.text_classifier import TextClassifier
 
-    classifier = TextClassifier.load(args.model)
     texts = read_texts(args, "classify")
+    placement = report_placement(args)
+    classifier = TextClassifier.load(args.model, placement.device, placement.precision)
     if not args.truncation:  # check lengths before any work
         classifier.tokenizer.batch_encode(texts, max_length=classifier.max_length)
     for p in classifier.predict(texts):
@@ -108,13 +112,15 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("texts", nargs="*", help="sentences (default: one per line on stdin)")
     parser.add_argument("--model", default="minilm", help="'minilm' or a sentence-transformers / BERT directory")
     parser.add_argument("--json", action="store_true", help="print the full vectors as JSON lines")
+    add_device_arguments(parser)
 
 
 def run_embed(args: argparse.Namespace) -> None:
     from glassformer.models.sentence_encoder import SentenceEncoder
 
     texts = read_texts(args, "embed")
-    embeddings = SentenceEncoder.from_pretrained(args.model).embed(texts)
+    placement = report_placement(args)
+    embeddings = SentenceEncoder.from_pretrained(args.model, placement.device, placement.precision).embed(texts)
     for text, vector in zip(texts, embeddings, strict=True):
         if args.json:
             print(json.dumps({"text": text, "embedding": [round(x, 6) for x in vector.tolist()]}))
@@ -127,6 +133,7 @@ def add_similarity_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("texts", nargs="*", help="two or more sentences (default: lines on stdin)")
     parser.add_argument("--model", default="minilm", help="'minilm' or a sentence-transformers / BERT directory")
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
+    add_device_arguments(parser)
 
 
 def run_similarity(args: argparse.Namespace) -> None:
@@ -135,7 +142,8 @@ def run_similarity(args: argparse.Namespace) -> None:
     texts = read_texts(args, "compare")
     if len(texts) < 2:
         raise ValueError("give at least two sentences to compare")
-    table = SentenceEncoder.from_pretrained(args.model).similarity(texts)
+    placement = report_placement(args)
+    table = SentenceEncoder.from_pretrained(args.model, placement.device, placement.precision).similarity(texts)
     if args.json:
         print(json.dumps({"texts": texts, "cosine": [[round(x, 4) for x in row] for row in table.tolist()]}))
     else:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import torch
 
+from glassformer.cli.options import add_device_arguments, report_placement
 from glassformer.models.language_model import load_language_model
 from glassformer.tokenizer import Tokenizer
 
@@ -23,7 +24,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-repeat-ngram-size", type=int, default=0)
     parser.add_argument("--repetition-penalty", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
-    parser.add_argument("--bf16", action="store_true", help="run the model in bfloat16")
+    add_device_arguments(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,9 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_sampling_arguments(parser)
 
 
-def text_streamer(tokenizer: Tokenizer, write: Callable[[str], object] = sys.stdout.write) -> Callable:
+def text_streamer(tokenizer: Tokenizer, write: Callable[[str], object] | None = None) -> Callable:
     """An ``on_tokens`` callback for ``generate`` that writes the new text of row 0 as it grows (waiting for the
-    rest of a multi-byte character); ``streamer.tokens`` holds the ids so far."""
+    rest of a multi-byte character) to ``write`` (default: whatever ``sys.stdout`` is when it writes);
+    ``streamer.tokens`` holds the ids so far."""
     shown = ""
 
     def stream(tokens: torch.Tensor) -> None:
@@ -49,7 +51,7 @@ def text_streamer(tokenizer: Tokenizer, write: Callable[[str], object] = sys.std
         stream.tokens.append(int(tokens[0]))
         text = tokenizer.decode(stream.tokens, skip_special_tokens=True)
         if not text.endswith("\ufffd"):
-            write(text[len(shown) :])
+            (write or sys.stdout.write)(text[len(shown) :])
             sys.stdout.flush()
             shown = text
 
@@ -72,7 +74,8 @@ def sampling_options(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> None:
     if not args.prompt:
         raise ValueError("the prompt is empty; pass some text with --prompt")
-    model, tokenizer = load_language_model(args.model, torch.bfloat16 if args.bf16 else None)
+    placement = report_placement(args)
+    model, tokenizer = load_language_model(args.model, device=placement.device, precision=placement.precision)
     ids = tokenizer.encode(args.prompt)
     if args.max_length is None and args.max_new_tokens is None:
         args.max_new_tokens = 50

@@ -24,7 +24,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tour.add_argument("--seed", type=int, default=42, help="random seed for the random examples (default 42)")
 
-    from glassformer.cli import chat, classify, data, generate, train, translate, visualize
+    from glassformer.cli import chat, classify, data, env, generate, train, translate, visualize
+
+    env.add_arguments(
+        commands.add_parser(
+            "env",
+            help="what this machine can do: device, precisions, fast paths (paste it into bug reports)",
+            description="Print the torch version, the device glassformer picks, the CPU's capabilities, which "
+            "precisions are native, which optional kernels work here, and a one-line summary.",
+        )
+    )
 
     train_parser = commands.add_parser("train", help="train a model", description="Train a model.")
     kinds = train_parser.add_subparsers(dest="kind", metavar="KIND", required=True)
@@ -139,10 +148,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from glassformer.cli import classify, data, translate
+    from glassformer.cli import classify, data, env, translate
 
     try:
-        if args.command == "tour":
+        if args.command == "env":
+            env.run(args)
+        elif args.command == "tour":
             from glassformer.cli.tour import run_tour
 
             run_tour(seed=args.seed)
@@ -157,9 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "translate":
             translate.run_translate(args)
         elif args.command == "evaluate" and is_classification_run(args.model):
+            from glassformer.cli.options import report_placement
             from glassformer.training.classification import evaluate_classifier
 
-            classify.print_classification_evaluation(evaluate_classifier(args.model, args.split, args.data))
+            placement = report_placement(args)
+            result = evaluate_classifier(args.model, args.split, args.data, True, placement.device, placement.precision)
+            classify.print_classification_evaluation(result)
         elif args.command == "evaluate":
             translate.run_evaluate(args)
         elif args.command == "classify":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from glassformer.cli.options import add_device_arguments
 from glassformer.training.lm import PRESETS, train_language_model
 from glassformer.training.loop import TrainConfig
 
@@ -34,7 +35,7 @@ def add_lm_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup-steps", type=int, default=100)
     parser.add_argument("--eval-every", type=int, default=200)
     parser.add_argument("--grad-accum", type=int, default=1)
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    add_device_arguments(parser, training=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -55,7 +56,8 @@ def run_lm(args: argparse.Namespace) -> None:
         warmup_steps=args.warmup_steps,
         eval_every=args.eval_every,
         grad_accum=args.grad_accum,
-        bf16=args.bf16,
+        device=args.device,
+        precision=args.precision,
         seed=args.seed,
         progress=not args.quiet,
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from glassformer.cli.options import add_device_arguments, report_placement
+
 FIGURES = ("attention", "positional-encoding", "similarity", "masks", "curves")
 
 
@@ -16,6 +18,7 @@ def add_visualize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default="attention.html", help="the HTML file (default attention.html)")
     parser.add_argument("--target", default=None, help="translation models: the target sentence (default: translate)")
     parser.add_argument("--figures", default=None, help="also write one PNG heat map per layer into this folder")
+    add_device_arguments(parser)
 
 
 def add_figures_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,13 +34,15 @@ def add_figures_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", default=None, help="curves: the training run directory")
     parser.add_argument("--positions", type=int, default=100, help="positional-encoding: positions (default 100)")
     parser.add_argument("--d-model", type=int, default=512, help="positional-encoding: dimensions (default 512)")
+    add_device_arguments(parser)  # attention and similarity run a model
 
 
 def run_visualize(args: argparse.Namespace) -> None:
     from glassformer.visualization import attention_views, save_attention_html
     from glassformer.visualization.figures import attention_figure
 
-    views = attention_views(args.model, args.text, args.target)
+    placement = report_placement(args)
+    views = attention_views(args.model, args.text, args.target, placement.device, placement.precision)
     title = f"Attention of {Path(args.model).name}: {args.text[:60]}"
     print(f"wrote {save_attention_html(views, args.output, title)} (open it in a browser; it works offline)")
     if args.figures:
@@ -55,7 +60,9 @@ def run_figures(args: argparse.Namespace) -> None:
 
         if not args.model or len(args.texts) != 1:
             raise ValueError("figures attention needs --model and one text")
-        views = {view.name: view for view in attention_views(args.model, args.texts[0])}
+        placement = report_placement(args)
+        views = attention_views(args.model, args.texts[0], None, placement.device, placement.precision)
+        views = {view.name: view for view in views}
         name = args.view or next(iter(views))
         if name not in views:
             raise ValueError(f"no {name!r} attention in this model; choose one of {', '.join(views)}")
@@ -63,7 +70,8 @@ def run_figures(args: argparse.Namespace) -> None:
     elif args.figure == "positional-encoding":
         path = figures.positional_encoding_figure(args.output, args.positions, args.d_model)
     elif args.figure == "similarity":
-        path = figures.similarity_figure(args.texts, args.output, args.model)
+        placement = report_placement(args)
+        path = figures.similarity_figure(args.texts, args.output, args.model, placement.device, placement.precision)
     elif args.figure == "masks":
         if not args.texts:
             raise ValueError("figures masks needs sentences, e.g. 'I love cats' 'Hello'")

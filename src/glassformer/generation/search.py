@@ -18,6 +18,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
+from glassformer import runtime
 from glassformer.generation.processors import LogitsProcessor, apply_processors, build_processors
 from glassformer.nn.linear import MIN_PACKED_ROWS, packed_weights
 
@@ -63,6 +64,10 @@ def generate(
         )
     if input_ids.size(1) == 0:
         raise ValueError("the prompt is empty; give at least one token (for example the BOS token)")
+    device = runtime.module_device(model)  # the prompt goes where the model is; the output stays there
+    input_ids = input_ids.to(device)
+    if attention_mask is not None:
+        attention_mask = attention_mask.to(device)
     prompt_length = input_ids.size(1)
     if max_new_tokens is not None:
         if max_new_tokens < 1:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from glassformer import runtime
 from glassformer.data.parallel import token_batches
 from glassformer.generation.seq2seq import translate_ids
 from glassformer.models.transformer import Transformer
@@ -44,14 +45,18 @@ class Translator:
         self.target_tokenizer = target_tokenizer
 
     @classmethod
-    def load(cls, path: str | Path) -> Translator:
+    def load(cls, path: str | Path, device: str | None = None, precision: str | None = None) -> Translator:
+        """A run (its best checkpoint) or model directory with its tokenizers, on ``device`` in ``precision``
+        (default the CPU in float32; ``"auto"`` for what ``glassformer.runtime`` picks on this machine)."""
         directory = resolve_model_directory(path)
         model_type = json.loads((directory / "config.json").read_text()).get("model_type")
         if model_type != "transformer":
             raise ValueError(
                 f"{directory} holds a {model_type!r} model, not a translation model; pass a `train translate` run"
             )
-        return cls(Transformer.from_pretrained(directory), *load_tokenizers(directory))
+        model = Transformer.from_pretrained(directory)
+        runtime.place_model(model, device, precision)
+        return cls(model, *load_tokenizers(directory))
 
     def encode_sources(self, texts: list[str]) -> list[list[int]]:
         c = self.model.config
@@ -85,6 +90,7 @@ class Translator:
             src = torch.full((len(batch), max(len(sources[i]) for i in batch)), self.model.config.pad_id)
             for row, i in enumerate(batch):
                 src[row, : len(sources[i])] = torch.tensor(sources[i])
+            src = runtime.to_device(src, runtime.module_device(self.model))
             outputs = translate_ids(self.model, src, num_beams=num_beams, length_penalty=length_penalty)
             for i, text in zip(batch, self.target_tokenizer.decode_batch(outputs), strict=True):
                 results[i] = text.strip()

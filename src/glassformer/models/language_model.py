@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from glassformer import runtime
 from glassformer.models.gpt import GPT
 from glassformer.tokenizer import Tokenizer
 
@@ -36,8 +37,18 @@ def load_tokenizer(directory: str | os.PathLike, vocab_size: int) -> Tokenizer:
         raise
 
 
-def load_language_model(path: str | os.PathLike, dtype: torch.dtype | None = None) -> tuple[GPT, Tokenizer]:
-    """``(model in eval mode, tokenizer)``; ``dtype`` converts the weights (e.g. ``torch.bfloat16``)."""
+def load_language_model(
+    path: str | os.PathLike,
+    dtype: torch.dtype | None = None,
+    *,
+    device: str | None = None,
+    precision: str | None = None,
+) -> tuple[GPT, Tokenizer]:
+    """``(model in eval mode, tokenizer)`` on ``device`` in ``precision`` (default the CPU in float32; ``"auto"`` for
+    what ``glassformer.runtime`` picks on this machine). ``dtype`` (e.g. ``torch.bfloat16``) is the older spelling
+    of ``precision``."""
     directory = run_checkpoint(path)
     model = GPT.from_pretrained(directory, dtype=dtype)
+    if device is not None or precision is not None:
+        runtime.place_model(model, device, precision)
     return model, load_tokenizer(directory, model.config.vocab_size)

@@ -15,6 +15,7 @@ import os
 import torch
 import torch.nn.functional as F
 
+from glassformer import runtime
 from glassformer.checkpoints.huggingface import resolve_model_dir
 from glassformer.models.bert import Bert, mean_pooling
 from glassformer.nn.linear import packed_weights
@@ -38,11 +39,15 @@ class SentenceEncoder:
         self.max_length = min(max_length, model.config.max_seq_length)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> SentenceEncoder:
+    def from_pretrained(
+        cls, path: str | os.PathLike, device: str | None = None, precision: str | None = None
+    ) -> SentenceEncoder:
         """A sentence-transformers directory (or ``minilm``), or any BERT directory (then: mean pooling,
-        normalized, texts cut to the model's maximum length)."""
+        normalized, texts cut to the model's maximum length); on ``device`` in ``precision`` (default the CPU in
+        float32; ``"auto"`` for what ``glassformer.runtime`` picks on this machine)."""
         directory = resolve_model_dir(path)
         model = Bert.from_pretrained(directory)
+        runtime.place_model(model, device, precision)
         pooling, normalize, max_length = "mean", True, model.config.max_seq_length
         pooling_file = directory / "1_Pooling" / "config.json"
         if pooling_file.is_file():
@@ -72,15 +77,18 @@ class SentenceEncoder:
         # similar lengths together: less padding; the rows are put back in order at the end
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = torch.empty(len(texts), self.model.config.d_model)
+        device = runtime.module_device(self.model)
         with packed_weights(self.model):  # oneDNN's weight layout: faster inference on the CPU (nn/linear.py)
             for start in range(0, len(texts), batch_size):
                 index = order[start : start + batch_size]
                 batch = self.tokenizer.batch_encode(
                     [texts[i] for i in index], max_length=self.max_length, truncation=True
                 )
+                batch = runtime.to_device(batch, device)
                 hidden = self.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
                 pooled = mean_pooling(hidden, batch["attention_mask"]) if self.pooling == "mean" else hidden[:, 0]
-                out[index] = F.normalize(pooled.float(), dim=-1) if self.normalize else pooled.float()
+                pooled = pooled.float().cpu()
+                out[index] = F.normalize(pooled, dim=-1) if self.normalize else pooled
         return out
 
     def similarity(self, texts: list[str]) -> torch.Tensor:

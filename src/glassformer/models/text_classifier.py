@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from glassformer import runtime
 from glassformer.checkpoints.huggingface import resolve_model_dir
 from glassformer.models.bert import BertForSequenceClassification
 from glassformer.nn.linear import packed_weights
@@ -36,10 +37,14 @@ class TextClassifier:
         self.max_length = max_length or min(tokenizer.model_max_length or 512, model.config.max_seq_length)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> TextClassifier:
+    def load(cls, path: str | os.PathLike, device: str | None = None, precision: str | None = None) -> TextClassifier:
+        """A run (its best checkpoint) or classifier directory with its tokenizer, on ``device`` in ``precision``
+        (default the CPU in float32; ``"auto"`` for what ``glassformer.runtime`` picks on this machine)."""
         path = Path(path)
         directory = path / "best" if (path / "best" / "config.json").is_file() else resolve_model_dir(path)
-        return cls(BertForSequenceClassification.from_pretrained(directory), Tokenizer.from_pretrained(directory))
+        model = BertForSequenceClassification.from_pretrained(directory)
+        runtime.place_model(model, device, precision)
+        return cls(model, Tokenizer.from_pretrained(directory))
 
     @property
     def labels(self) -> list[str]:
@@ -58,13 +63,16 @@ class TextClassifier:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = torch.empty(len(texts), self.model.config.num_labels)
         inference = not torch.is_grad_enabled()  # then oneDNN's weight layout is faster (nn/linear.py)
+        device = runtime.module_device(self.model)
         with packed_weights(self.model) if inference else nullcontext():
             for start in range(0, len(texts), batch_size):
                 index = order[start : start + batch_size]
                 batch = self.tokenizer.batch_encode(
                     [texts[i] for i in index], max_length=self.max_length, truncation=truncation
                 )
-                out[index] = self.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]).float()
+                batch = runtime.to_device(batch, device)
+                logits = self.model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+                out[index] = logits.float().cpu()
         return out
 
     @torch.no_grad()

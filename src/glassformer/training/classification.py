@@ -266,19 +266,26 @@ def train_classifier(
 
 def classification_train_config(**overrides) -> TrainConfig:
     """Fine-tuning defaults: AdamW lr 1e-4, weight decay 0.01, warm-up 6% of the steps, linear decay to 0,
-    clip 1.0, bf16 autocast, early stopping after 3 evaluations (1.5 epochs) without a better accuracy."""
+    clip 1.0, early stopping after 3 evaluations (1.5 epochs) without a better accuracy; the device and precision
+    ``auto`` (bf16 autocast where the hardware computes in it natively)."""
     defaults = dict(
         lr=1e-4, schedule="linear", min_lr_ratio=0.0, weight_decay=0.01, betas=(0.9, 0.999),
-        grad_clip=1.0, bf16=True, patience=3, log_every=10,
+        grad_clip=1.0, patience=3, log_every=10,
     )  # fmt: skip
     return TrainConfig(**{**defaults, **overrides})
 
 
 def evaluate_classifier(
-    run: str | Path, split: str = "test", data: str | None = None, baselines: bool = True
+    run: str | Path,
+    split: str = "test",
+    data: str | None = None,
+    baselines: bool = True,
+    device: str | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Accuracy and F1 of a ``train classify`` run on a split of its data (or every row of the TSV ``data``),
-    next to VADER's rules and TF-IDF + logistic regression fitted on the run's training split."""
+    next to VADER's rules and TF-IDF + logistic regression fitted on the run's training split. The model runs on
+    ``device`` in ``precision`` (default the CPU in float32)."""
     import time
 
     from glassformer.training.baselines import label_scores, tfidf_logistic_regression_labels, vader_labels
@@ -286,7 +293,7 @@ def evaluate_classifier(
     run = Path(run)
     if not (run / RUN_FILE).is_file():
         raise FileNotFoundError(f"{run} has no {RUN_FILE}; pass the run directory of `train classify`")
-    classifier = TextClassifier.load(run)
+    classifier = TextClassifier.load(run, device, precision)
     record = json.loads((run / RUN_FILE).read_text())
     splits = LabelledData(**record["data"]).load()
     if data is not None:

@@ -35,10 +35,13 @@ def evaluate_translation(
     length_penalty: float = 1.0,
     limit: int | None = None,
     progress: bool = True,
+    device: str | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
-    """Translate a split of the run's corpus (or every pair of the file ``data``) and score it."""
+    """Translate a split of the run's corpus (or every pair of the file ``data``) and score it; the model runs on
+    ``device`` in ``precision`` (default the CPU in float32; ``auto`` for ``glassformer.runtime``'s choice)."""
     run = Path(run)
-    translator = Translator.load(run)  # checks that the run holds a translation model
+    translator = Translator.load(run, device, precision)  # checks that the run holds a translation model
     if data is not None:
         paths = data.split(",", 1)
         pairs, split = read_parallel(*paths), Path(paths[0]).stem

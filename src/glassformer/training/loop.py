@@ -18,6 +18,11 @@ The ``best/`` checkpoint is the one with the best ``best_metric`` (lowest for a 
 otherwise, e.g. ``valid_accuracy``); with ``patience`` the run stops after that many evaluations without a better
 value (early stopping).
 
+The loop runs where ``device`` and ``precision`` say (``glassformer.runtime.place``; both ``auto`` by default: a GPU
+if there is one, bfloat16 autocast where it is native, float32 where it is emulated, float16 autocast with a
+gradient scaler when asked for): the model, every batch and the optimizer state live on that device, and the
+weights stay float32 (mixed precision).
+
 A run directory holds ``metrics.jsonl`` (one JSON object per log line), ``last/`` and ``best/`` (the model plus
 ``trainer_state.safetensors`` / ``trainer_state.json``: optimizer, RNG states, step). Checkpoints are written to a
 temporary directory and renamed into place, so a crash mid-save leaves the previous one intact.
@@ -29,8 +34,9 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 import time
-from contextlib import nullcontext
+import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +45,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from glassformer import runtime
 from glassformer.training.schedules import SCHEDULES, lr_multiplier
 
 STATE_TENSORS, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"
@@ -76,11 +83,19 @@ class TrainConfig:
     best_metric: str = "valid_loss"  # lower is better for *loss / *ppl, higher for anything else
     patience: int | None = None  # stop after this many evaluations without a better best_metric
     seed: int = 0
-    bf16: bool = False
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    precision: str = "auto"  # auto, fp32, bf16 (autocast), fp16 (autocast + gradient scaling)
     compile: bool = False  # torch.compile the model's forward (dynamic shapes)
     progress: bool = True
+    bf16: bool | None = None  # deprecated: precision="bf16" (True) or "fp32" (False)
 
     def __post_init__(self) -> None:
+        if self.bf16 is not None:
+            warnings.warn("TrainConfig(bf16=...) is deprecated; use precision='bf16' or 'fp32'", DeprecationWarning, 2)
+            self.precision, self.bf16 = ("bf16" if self.bf16 else "fp32"), None
+        if self.precision not in ("auto", *runtime.PRECISIONS):
+            raise ValueError(f"unknown precision {self.precision!r}; choose auto, fp32, bf16 or fp16")
+        runtime.resolve_device(self.device)  # a device that is not there: refused before any work
         if self.max_steps < 1 or self.grad_accum < 1 or self.eval_every < 1 or self.log_every < 1:
             raise ValueError("max_steps, grad_accum, eval_every and log_every must be at least 1")
         if self.schedule not in SCHEDULES:
@@ -112,12 +127,13 @@ def check_run_directory(out: Path, resume: bool, run_file: str, kind: str) -> No
 
 
 def make_optimizer(
-    model: nn.Module, config: TrainConfig, lr_scales: dict[str, float] | None = None
+    model: nn.Module, config: TrainConfig, lr_scales: dict[str, float] | None = None, fused: bool = True
 ) -> torch.optim.Optimizer:
     """Adam or AdamW; weight decay only on matrices (rank >= 2), never on biases, norms or positions' vectors.
 
     ``lr_scales`` (parameter name -> factor, default 1) gives parameters their own multiple of the scheduled
-    learning rate, e.g. layer-wise decay when fine-tuning a pretrained encoder."""
+    learning rate, e.g. layer-wise decay when fine-tuning a pretrained encoder. ``fused``: one kernel for the whole
+    update (where ``runtime.fused_optimizer_works`` on the parameters' device)."""
     lr_scales = lr_scales or {}
     groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, p in model.named_parameters():
@@ -128,7 +144,7 @@ def make_optimizer(
         for (decay, scale), params in sorted(groups.items(), key=lambda item: (not item[0][0], -item[0][1]))
     ]
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return cls(param_groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=True)
+    return cls(param_groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=fused)
 
 
 class Trainer:
@@ -136,8 +152,13 @@ class Trainer:
         self.task = task
         self.config = config
         self.run_dir = Path(run_dir)
+        self.placement = runtime.place(config.device, config.precision)
+        device = self.placement.device
+        task.model.to(device)  # before the optimizer, so that its state is created on the device
         scales = task.lr_scales() if hasattr(task, "lr_scales") else None
-        self.optimizer = make_optimizer(task.model, config, scales)
+        self.optimizer = make_optimizer(task.model, config, scales, fused=runtime.fused_optimizer_works(device))
+        # float16's narrow range: scale the loss so that small gradients do not underflow (bfloat16 needs none)
+        self.scaler = torch.amp.GradScaler(device.type) if self.placement.precision == "fp16" else None
         self.data_generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.best_score = math.inf if config.lower_is_better else -math.inf
@@ -151,6 +172,8 @@ class Trainer:
         self.task.save(tmp)
         optimizer = self.optimizer.state_dict()
         tensors = {"rng.torch": torch.get_rng_state(), "rng.data": self.data_generator.get_state()}
+        if self.placement.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.placement.device)
         state_json: dict[str, Any] = {"param_groups": optimizer["param_groups"], "scalars": {}}
         for index, state in optimizer["state"].items():
             for key, value in state.items():
@@ -165,6 +188,8 @@ class Trainer:
         )
         if hasattr(self.task, "state_dict"):
             state_json["task"] = self.task.state_dict()
+        if self.scaler is not None:
+            state_json["grad_scaler"] = self.scaler.state_dict()
         save_file(tensors, tmp / STATE_TENSORS)
         (tmp / STATE_JSON).write_text(json.dumps(state_json, indent=1))
         old = self.run_dir / f".{name}.old"
@@ -193,6 +218,10 @@ class Trainer:
             group["betas"] = tuple(group["betas"])
         self.optimizer.load_state_dict({"state": state, "param_groups": groups})
         torch.set_rng_state(tensors["rng.torch"])
+        if "rng.cuda" in tensors and self.placement.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.placement.device)
+        if self.scaler is not None and "grad_scaler" in state_json:
+            self.scaler.load_state_dict(state_json["grad_scaler"])
         self.data_generator.set_state(tensors["rng.data"])
         self.step = state_json["step"]
         self.best_score = state_json.get("best_score", state_json.get("best_valid_loss"))
@@ -201,6 +230,47 @@ class Trainer:
             self.task.load_state_dict(state_json["task"])
 
     # --- the loop -------------------------------------------------------------------------------------------
+
+    def _train_step(self) -> tuple[float, int]:
+        """One optimizer step over ``grad_accum`` batches at the learning rate already set: ``(loss, tokens)``."""
+        c, model = self.config, self.task.model
+        self.optimizer.zero_grad(set_to_none=True)
+        step_loss, step_tokens = 0.0, 0
+        for _ in range(c.grad_accum):
+            batch = runtime.to_device(self.task.train_batch(self.data_generator), self.placement.device)
+            with self._autocast():
+                loss, tokens = self.task.loss(batch)
+            loss = loss / c.grad_accum
+            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+            step_loss = step_loss + loss.detach().float()
+            step_tokens += tokens
+        step_loss = float(step_loss)  # one synchronization per step
+        if not math.isfinite(step_loss):
+            raise FloatingPointError(f"the loss became {step_loss} at step {self.step + 1}; lower the lr")
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients
+        if c.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+        if self.scaler is None:
+            self.optimizer.step()
+        else:  # skips the update when a gradient overflowed, and adapts the scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return step_loss, step_tokens
+
+    def measure_steps(self, steps: int = 2) -> tuple[float, float]:
+        """``(seconds per step, tokens per second)`` of ``steps`` real training steps after one untimed step: for
+        planning a run, or a benchmark, on a throwaway model and task (weights and data position change)."""
+        self.task.model.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr * group.get("lr_scale", 1.0) * 1e-3  # small: these steps are not a run
+        self._train_step()
+        tokens = 0
+        start = time.perf_counter()
+        for _ in range(steps):
+            tokens += self._train_step()[1]
+        seconds = time.perf_counter() - start
+        return seconds / steps, tokens / seconds
 
     def evaluate(self) -> dict[str, float]:
         """Validation metrics: ``{"valid_loss": mean loss per token, ...}`` (more if the task computes them)."""
@@ -212,7 +282,7 @@ class Trainer:
             else:
                 total, tokens = 0.0, 0
                 for batch in self.task.valid_batches():
-                    loss, n = self.task.loss(batch)
+                    loss, n = self.task.loss(runtime.to_device(batch, self.placement.device))
                     total += loss.item() * n
                     tokens += n
                 if tokens == 0:
@@ -227,7 +297,9 @@ class Trainer:
         return score < self.best_score if self.config.lower_is_better else score > self.best_score
 
     def _autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16) if self.config.bf16 else nullcontext()
+        """Mixed precision: matrix products in bfloat16/float16 on the device, weights and reductions in float32."""
+        p = self.placement
+        return torch.autocast(p.device.type, dtype=p.dtype, enabled=p.half)
 
     def _log(self, record: dict[str, Any]) -> None:
         with open(self.run_dir / "metrics.jsonl", "a") as f:
@@ -248,6 +320,9 @@ class Trainer:
         else:
             torch.manual_seed(c.seed)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if c.progress:
+            tqdm.write(f"training on {self.placement.describe()}", file=sys.stderr)
+        self._log({"step": self.step, "device": str(self.placement.device), "precision": self.placement.precision})
         model = self.task.model
         model.train()
         if c.compile:
@@ -262,20 +337,8 @@ class Trainer:
             lr = c.lr * lr_multiplier(self.step + 1, c.schedule, c.warmup_steps, total_steps, c.min_lr_ratio)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            self.optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for _ in range(c.grad_accum):
-                batch = self.task.train_batch(self.data_generator)
-                with self._autocast():
-                    loss, tokens = self.task.loss(batch)
-                (loss / c.grad_accum).backward()
-                step_loss += loss.item() / c.grad_accum
-                window_tokens += tokens
-            if not math.isfinite(step_loss):
-                raise FloatingPointError(f"the loss became {step_loss} at step {self.step + 1}; lower the lr")
-            if c.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
-            self.optimizer.step()
+            step_loss, tokens = self._train_step()
+            window_tokens += tokens
             self.step += 1
             bar.update(1)
             out_of_time = c.max_minutes is not None and time.perf_counter() - start > 60 * c.max_minutes

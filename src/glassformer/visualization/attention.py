@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from glassformer import runtime
 from glassformer.tokenizer import Tokenizer
 
 MAX_TOKENS = 512  # per sequence: beyond this the page (and a heat map) is no longer readable; refused clearly
@@ -74,7 +75,7 @@ def _check_length(ids: list[int], what: str) -> None:
 
 def _stack(per_layer: list[torch.Tensor]) -> torch.Tensor:
     """Per-layer ``(1, heads, q, k)`` -> ``(layers, heads, q, k)`` in float32."""
-    return torch.cat([w.float() for w in per_layer]).detach()
+    return torch.cat([w.float().cpu() for w in per_layer]).detach()
 
 
 def model_kind(path: str | Path) -> str:
@@ -95,47 +96,56 @@ def model_kind(path: str | Path) -> str:
     return "decoder"
 
 
-def attention_views(model_path: str | Path, text: str, target: str | None = None) -> list[AttentionView]:
+def attention_views(
+    model_path: str | Path,
+    text: str,
+    target: str | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+) -> list[AttentionView]:
     """Run the model at ``model_path`` on ``text`` and return its attention views.
 
     For a translation run ``text`` is the source sentence and ``target`` its translation; without one the model
-    translates first (greedy) and the views show the attention while it wrote its own translation."""
+    translates first (greedy) and the views show the attention while it wrote its own translation. ``device`` and
+    ``precision`` say where the model runs (``glassformer.runtime.place_model``; default the CPU in float32)."""
     if not text or not text.strip():
         raise ValueError("the text is empty; give a sentence to look at")
     kind = model_kind(model_path)
     if kind == "translation":
-        return _translation_views(model_path, text, target)
+        return _translation_views(model_path, text, target, device, precision)
     if target is not None:
         raise ValueError("--target is only for translation models (encoder-decoder)")
     if kind == "bert":
         from glassformer.models.text_classifier import TextClassifier
 
         # a classifier run or any BERT directory (an encoder gets a head it does not use here)
-        classifier = TextClassifier.load(model_path)
+        classifier = TextClassifier.load(model_path, device, precision)
         bert, tokenizer = classifier.model.bert.eval(), classifier.tokenizer
         ids = tokenizer.encode(text)
         _check_length(ids, "text")
         with torch.no_grad():
-            output = bert(torch.tensor([ids]), output_attentions=True)
+            output = bert(torch.tensor([ids], device=runtime.module_device(bert)), output_attentions=True)
         tokens, special = readable_tokens(tokenizer, ids)
         return [AttentionView("self", tokens, tokens, _stack(output.attentions), special, special)]
     from glassformer.models.language_model import load_language_model
 
-    model, tokenizer = load_language_model(model_path)
+    model, tokenizer = load_language_model(model_path, device=device, precision=precision)
     ids = tokenizer.encode(text)
     _check_length(ids, "text")
     if len(ids) > model.config.max_seq_length:
         raise ValueError(f"the text has {len(ids)} tokens, more than the model's {model.config.max_seq_length}")
     with torch.no_grad():
-        _, attentions = model(torch.tensor([ids]), return_attentions=True)
+        _, attentions = model(torch.tensor([ids], device=runtime.module_device(model)), return_attentions=True)
     tokens, special = readable_tokens(tokenizer, ids)
     return [AttentionView("self", tokens, tokens, _stack(attentions), special, special)]
 
 
-def _translation_views(model_path: str | Path, text: str, target: str | None) -> list[AttentionView]:
+def _translation_views(
+    model_path: str | Path, text: str, target: str | None, device: str | None, precision: str | None
+) -> list[AttentionView]:
     from glassformer.generation.translator import Translator
 
-    translator = Translator.load(model_path)
+    translator = Translator.load(model_path, device, precision)
     model, config = translator.model, translator.model.config
     source_ids = translator.encode_sources([text])[0]
     _check_length(source_ids, "source text")
@@ -144,7 +154,9 @@ def _translation_views(model_path: str | Path, text: str, target: str | None) ->
     target_ids = [config.bos_id, *translator.target_tokenizer.encode(target)]  # the decoder's input: BOS y_1 ...
     _check_length(target_ids, "target text")
     with torch.no_grad():
-        _, attentions = model(torch.tensor([source_ids]), torch.tensor([target_ids]), return_attentions=True)
+        where = runtime.module_device(model)
+        src, tgt = torch.tensor([source_ids], device=where), torch.tensor([target_ids], device=where)
+        _, attentions = model(src, tgt, return_attentions=True)
     src_tokens, src_special = readable_tokens(translator.source_tokenizer, source_ids)
     tgt_tokens, tgt_special = readable_tokens(translator.target_tokenizer, target_ids)
     return [

@@ -101,9 +101,12 @@ def positional_encoding_figure(path: str | Path, max_positions: int = 100, d_mod
     return _save(fig, path)
 
 
-def embedding_similarity(model: str | Path | None, texts: list[str]) -> tuple[torch.Tensor, str]:
+def embedding_similarity(
+    model: str | Path | None, texts: list[str], device: str | None = None, precision: str | None = None
+) -> tuple[torch.Tensor, str]:
     """Cosine similarities ``(n, n)`` of ``texts`` and how they were embedded: sentence embeddings of a BERT model
-    (``minilm`` by default), else the mean of each text's token embeddings in the model's embedding table."""
+    (``minilm`` by default; run on ``device`` in ``precision``), else the mean of each text's token embeddings in
+    the model's embedding table."""
     if len(texts) < 2 or any(not t.strip() for t in texts):
         raise ValueError("give at least two non-empty words or sentences to compare")
     from glassformer.visualization.attention import model_kind
@@ -112,23 +115,29 @@ def embedding_similarity(model: str | Path | None, texts: list[str]) -> tuple[to
     if model_kind(model) == "bert":
         from glassformer.models.sentence_encoder import SentenceEncoder
 
-        vectors = SentenceEncoder.from_pretrained(model).embed(texts)
+        vectors = SentenceEncoder.from_pretrained(model, device, precision).embed(texts)
         how = "sentence embeddings (mean-pooled BERT)"
     else:
         from glassformer.models.language_model import load_language_model
 
         decoder, tokenizer = load_language_model(model)
-        table = decoder.embedding.embedding.weight.detach()
+        table = decoder.embedding.embedding.weight.detach()  # a lookup: no model run, so on the CPU
         vectors = torch.stack([table[tokenizer.encode(text)].mean(0) for text in texts])
         how = "mean token embeddings"
     vectors = torch.nn.functional.normalize(vectors.float(), dim=-1)
     return vectors @ vectors.t(), how
 
 
-def similarity_figure(texts: list[str], path: str | Path, model: str | Path | None = None) -> Path:
+def similarity_figure(
+    texts: list[str],
+    path: str | Path,
+    model: str | Path | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+) -> Path:
     """The cosine-similarity matrix of ``texts`` with values written in, 8 × 7 inches."""
     plt = _pyplot()
-    similarity, how = embedding_similarity(model, texts)
+    similarity, how = embedding_similarity(model, texts, device, precision)
     labels = [t if len(t) <= 30 else t[:29] + "…" for t in texts]
     fig, ax = plt.subplots(figsize=(8, 7), layout="constrained")
     image = _heat(ax, similarity.numpy(), labels, labels, cmap="viridis", vmin=-1, vmax=1, annotate=True)

@@ -1,0 +1,21 @@
+"""``glassformer env``: what this machine can do, as glassformer sees it — the first thing to paste into a bug
+report. Every ``bench/`` script prints the same one-line summary as its header."""
+
+from __future__ import annotations
+
+import argparse
+
+from glassformer import runtime
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="describe this device (default auto: the one commands pick)")
+
+
+def run(args: argparse.Namespace) -> None:
+    info = runtime.environment(args.device)
+    width = max(len(name) for name in info)
+    for name, value in info.items():
+        print(f"{name + ':':<{width + 1}} {value}")
+    print()
+    print(runtime.env_line(args.device))
