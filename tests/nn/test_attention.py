@@ -124,3 +124,30 @@ def test_bad_inputs():
         mha(x, x, x, torch.ones(2, 1, 3, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="does not broadcast"):
         mha(x, x, x, torch.ones(1, 2, 1, 3, 3, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_is_causal_equals_the_causal_mask_on_both_paths(kv_heads):
+    """``is_causal=True`` (the fused kernel's own causal mode: flash attention on a GPU) gives what the explicit
+    causal mask gives, on the fast path and on the reference path, forward and backward."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4, num_kv_heads=kv_heads)
+    x = torch.randn(2, 7, 16, requires_grad=True)
+    expected, _ = mha(x, x, x, causal_mask(7))
+    (grad_expected,) = torch.autograd.grad(expected.sum(), x)
+    out, _ = mha(x, x, x, is_causal=True)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad, grad_expected, atol=1e-5, rtol=1e-5)
+    reference, weights = mha(x, x, x, is_causal=True, need_weights=True)
+    torch.testing.assert_close(reference, expected, atol=1e-5, rtol=1e-5)
+    assert torch.all(weights.triu(1) == 0)
+
+
+def test_is_causal_is_only_for_a_whole_sequence():
+    mha = MultiHeadAttention(8, 2)
+    x = torch.randn(1, 3, 8)
+    with pytest.raises(ValueError, match="is_causal"):
+        mha(x, x, x, causal_mask(3), is_causal=True)
+    with pytest.raises(ValueError, match="is_causal"):
+        mha(x, torch.randn(1, 5, 8), torch.randn(1, 5, 8), is_causal=True)

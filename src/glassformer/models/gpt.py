@@ -228,7 +228,9 @@ class GPT(PretrainedMixin, nn.Module):
             real = attention_mask.bool()
             position_ids = (real.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
             mask = real[:, None, None, :]
-        if seq > 1 or mask is not None:
+        # a whole unpadded sequence: causal without a mask tensor (the fused kernel skips the masked half)
+        is_causal = mask is None and past == 0 and seq > 1
+        if (seq > 1 or mask is not None) and not is_causal:
             causal = torch.ones(seq, past + seq, dtype=torch.bool, device=input_ids.device).tril(past)
             mask = causal if mask is None else mask & causal
 
@@ -244,7 +246,9 @@ class GPT(PretrainedMixin, nn.Module):
         attentions = []
         for i, layer in enumerate(self.layers):
             layer_cache = cache.layer(i) if cache is not None else None
-            x, weights, _ = layer(x, self_mask=mask, need_weights=return_attentions, cache=layer_cache, rotary=rotary)
+            x, weights, _ = layer(
+                x, self_mask=mask, need_weights=return_attentions, cache=layer_cache, rotary=rotary, is_causal=is_causal
+            )
             attentions.append(weights)
         if cache is not None:
             cache.advance(seq)

@@ -147,6 +147,7 @@ class MultiHeadAttention(nn.Module):
         cache: LayerCache | None = None,
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        is_causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
         Args:
@@ -161,6 +162,9 @@ class MultiHeadAttention(nn.Module):
                 ``value`` are then not used and may be None.
             rotary: ``(cos, sin)`` of the query positions from ``glassformer.nn.rotary.RotaryEmbedding``
                 (self-attention only: queries and keys share the positions).
+            is_causal: the causal mask (query i sees keys j <= i) without building it, for a self-attention over
+                a whole sequence with no padding and nothing cached; the fused kernel then skips the masked half
+                (flash attention on a GPU). Not together with ``mask``.
 
         Returns:
             ``(output, weights)``: output ``(batch, q_len, d_model)``; weights ``(batch, heads, q_len, k_len)``
@@ -183,6 +187,8 @@ class MultiHeadAttention(nn.Module):
         if rotary is not None:
             cos, sin = rotary
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if is_causal and (mask is not None or q_len != k_len or (cache is not None and cache.cache.length > 0)):
+            raise ValueError("is_causal is for a whole sequence attending to itself: pass a mask instead")
         if mask is not None:
             past = cache.cache.length if cache is not None else 0
             check_mask(mask, (batch, self.num_heads, q_len, past + k_len))
@@ -197,10 +203,14 @@ class MultiHeadAttention(nn.Module):
             # there and falls back to slower masks) or in bfloat16, where its backward is slower (bench/kernels.py)
             if groups > 1:  # key/value head g serves query heads g * groups ... (g + 1) * groups - 1
                 k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+            if is_causal:  # query i may attend to keys j <= i
+                mask = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril()
             out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p)
             weights = weights if need_weights else None
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=groups > 1)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, enable_gqa=groups > 1
+            )
             weights = None
         # concatenate heads: (batch, heads, q_len, d_k) -> (batch, q_len, d_model)
         out = out.transpose(1, 2).reshape(batch, q_len, self.d_model)

@@ -3,27 +3,30 @@
 
     dropout(x) = x · m / (1 - p),   m_i ~ Bernoulli(1 - p)
 
-Dropout's random numbers were the largest single cost of a GPT training step after the matrix products
-(``bench/train_gpt.py``), so the mask is drawn cheaply rather than with ``bernoulli_`` as
-``torch.nn.functional.dropout`` does. Each 64-bit draw of the generator gives four 15-bit uniform integers u
-(its four 16-bit words, sign bit cleared: the generator's top bit is always 0), and
+On the CPU, drawing the mask is the largest single cost of a training step after the matrix products, so it is
+drawn cheaply rather than with ``bernoulli_`` as ``torch.nn.functional.dropout`` does. Each 64-bit draw of the
+generator gives four 15-bit uniform integers u (its four 16-bit words, sign bit cleared: the generator's top bit
+is always 0), and
 
     m_i = [u_i >= t],   t = round(p · 2¹⁵),   so P(m_i = 0) = t / 2¹⁵ (p to within 1.5e-5)
 
-with the survivors scaled by 1 / (1 − p) as the formula says (the expectation is then off by at most 2e-5). On the
-CPU a 12 x 6 x 256 x 256 attention matrix's mask and product cost 7 ms, against 19 ms for ``rand >= p`` (one
-float per element) and 36 ms for ``bernoulli_`` (``bench/kernels.py``).
+with the survivors scaled by 1 / (1 − p) as the formula says (the expectation is then off by at most 2e-5).
+``bench/kernels.py`` compares it with ``F.dropout``. On a GPU ``F.dropout`` draws and applies the mask in one
+fused kernel, and is used there.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     if not training or p == 0.0:
         return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, training=True)
     threshold = round(p * 2**15)  # t
     if threshold >= 2**15:
         return torch.zeros_like(x)

@@ -134,6 +134,7 @@ class DecoderLayer(nn.Module):
         cache: LayerCache | None = None,
         cross_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        is_causal: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """
         Args:
@@ -145,13 +146,16 @@ class DecoderLayer(nn.Module):
             cross_kv: the cross-attention's keys and values of ``memory``, precomputed once per source with
                 ``cross_attn.project_kv(memory)`` (decoding); ``memory`` may then be None.
             rotary: ``(cos, sin)`` of the target positions, for rotary position embeddings in the self-attention.
+            is_causal: a causal self-attention without a mask tensor (``MultiHeadAttention``'s ``is_causal``).
         """
         if self.cross_attn is not None and memory is None and cross_kv is None:
             raise ValueError("this decoder layer has cross-attention: pass the encoder output as memory")
         cross_weights = None
         if self.norm_first:
             h = self.norm1(x)
-            attn, self_weights = self.self_attn(h, h, h, self_mask, need_weights, cache, rotary=rotary)
+            attn, self_weights = self.self_attn(
+                h, h, h, self_mask, need_weights, cache, rotary=rotary, is_causal=is_causal
+            )
             x = x + self.dropout(attn)
             if self.cross_attn is not None:
                 attn, cross_weights = self.cross_attn(
@@ -160,7 +164,9 @@ class DecoderLayer(nn.Module):
                 x = x + self.dropout(attn)
             x = x + self.dropout(self.ffn(self.norm3(x)))
         else:
-            attn, self_weights = self.self_attn(x, x, x, self_mask, need_weights, cache, rotary=rotary)
+            attn, self_weights = self.self_attn(
+                x, x, x, self_mask, need_weights, cache, rotary=rotary, is_causal=is_causal
+            )
             x = self.norm1(x + self.dropout(attn))
             if self.cross_attn is not None:
                 attn, cross_weights = self.cross_attn(x, memory, memory, memory_mask, need_weights, kv=cross_kv)

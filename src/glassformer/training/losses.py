@@ -87,4 +87,6 @@ def fused_label_smoothed_cross_entropy(
     if not 0.0 <= epsilon < 1.0:
         raise ValueError(f"label smoothing must be in [0, 1), got {epsilon}")
     count = int((target != ignore_index).sum())
+    if logits.device.type != "cpu":  # a GPU takes the whole (tokens, vocab) block in one pass
+        block_rows = max(block_rows, logits.size(0))
     return _FusedLabelSmoothedCrossEntropy.apply(logits, target, epsilon, ignore_index, block_rows), count
