@@ -128,3 +128,73 @@ def test_separate_vocabularies_are_saved_and_used(tmp_path, write_toy_corpus):
     german = "Guten Morgen"
     assert translator.source_tokenizer.encode(german) != translator.target_tokenizer.encode(german)
     assert all(isinstance(t, str) for t in translator.translate([german, "Danke schön"], num_beams=2))
+
+
+def fake_rates(monkeypatch, steps_in_budget: dict[str, float]):
+    """Make ``Trainer.measure_steps`` report, per preset (known by its model's shape), a rate that gives
+    ``steps_in_budget[preset]`` steps in the run's time; records which presets were timed."""
+    from glassformer.training import translation
+
+    timed = []
+    shapes = {(p["d_model"], p["num_layers"], p["d_ff"]): name for name, p in translation.PRESETS.items()}
+
+    def measure(self, steps=2):
+        c = self.task.model.config
+        preset = shapes[(c.d_model, c.num_layers, c.d_ff)]
+        timed.append(preset)
+        seconds = 60 * self.config.max_minutes / steps_in_budget[preset]
+        return seconds, self.task.mean_batch_tokens() / seconds
+
+    monkeypatch.setattr(Trainer, "measure_steps", measure)
+    return timed
+
+
+@pytest.mark.parametrize(
+    "steps, chosen, timed",
+    [
+        ({"compact": 780, "small": 215}, "compact", ["compact", "small"]),  # AVX2-only CPU, float32
+        ({"compact": 2000, "small": 690, "medium": 280}, "small", ["compact", "small", "medium"]),  # AVX512-BF16
+        ({"compact": 9e4, "small": 5e4, "medium": 2e4, "base": 8e3}, "base", ["compact", "small", "medium", "base"]),
+        ({"compact": 100, "small": 20}, "compact", ["compact"]),  # nothing fits: the cheapest, timed alone
+    ],
+)
+def test_auto_preset_trains_the_largest_recipe_that_fits_the_time(
+    tmp_path, write_toy_corpus, monkeypatch, steps, chosen, timed
+):
+    from glassformer.training.translation import AUTO_RECIPES
+
+    seen = fake_rates(monkeypatch, steps)
+    tsv = write_toy_corpus(tmp_path / "toy.tsv")
+    reports = []
+    config = TrainConfig(max_steps=1, max_minutes=10, eval_every=1, progress=False)
+    summary = train_translation(
+        tmp_path / "run", DataSpec(str(tsv)), "auto", vocab_size=300, train=config, report=reports.append
+    )
+    record = json.loads((tmp_path / "run" / "translation.json").read_text())
+    max_tokens = dict(AUTO_RECIPES)[chosen]
+    assert seen == timed and summary["preset"] == record["preset"] == chosen
+    assert record["max_tokens"] == summary["max_tokens"] == max_tokens
+    assert reports == [record["auto_preset"]] and f"-> {chosen} with {max_tokens}-token batches" in reports[0]
+    assert "device cpu" in reports[0] or "device cuda" in reports[0]
+
+
+def test_auto_preset_without_a_time_limit_is_small(tmp_path, write_toy_corpus, monkeypatch):
+    seen = fake_rates(monkeypatch, {})
+    tsv = write_toy_corpus(tmp_path / "toy.tsv")
+    config = TrainConfig(max_steps=1, eval_every=1, progress=False)
+    summary = train_translation(tmp_path / "run", DataSpec(str(tsv)), "auto", vocab_size=300, train=config)
+    assert summary["preset"] == "small" and summary["max_tokens"] == 4096 and seen == []
+
+
+def test_auto_preset_times_real_steps(tmp_path, write_toy_corpus):
+    """Unfaked: the recipes are timed for real on this machine and one of them is trained."""
+    from glassformer.training.translation import AUTO_RECIPES
+
+    tsv = write_toy_corpus(tmp_path / "toy.tsv")
+    config = TrainConfig(max_steps=1, max_minutes=0.05, eval_every=1, progress=False)
+    summary = train_translation(tmp_path / "run", DataSpec(str(tsv)), "auto", vocab_size=300, train=config)
+    assert (summary["preset"], summary["max_tokens"]) in AUTO_RECIPES
+    assert (
+        "measured compact with 2048-token batches"
+        in json.loads((tmp_path / "run" / "translation.json").read_text())["auto_preset"]
+    )
