@@ -4,17 +4,17 @@ import glassformer
 from glassformer.cli.main import main
 
 
-def run_cli(*args: str):
-    return cli(*args, check=False, timeout=120)
+def run_cli(*args: str, subprocess: bool = False):
+    return cli(*args, check=False, timeout=120, subprocess=subprocess)
 
 
 def test_help_lists_commands():
-    result = run_cli("--help")
-    assert result.returncode == 0 and "tour" in result.stdout
+    result = run_cli("--help", subprocess=True)  # the entry point, in a new process
+    assert result.returncode == 0 and "tour" in result.stdout and "env" in result.stdout
 
 
 def test_version():
-    result = run_cli("--version")
+    result = run_cli("--version", subprocess=True)
     assert result.returncode == 0 and result.stdout.strip() == f"glassformer {glassformer.__version__}"
 
 

@@ -6,9 +6,11 @@ from __future__ import annotations
 import torch
 
 
-@torch.compiler.disable  # reads values (min/max): under torch.compile it runs eagerly, between compiled graphs
 def check_token_ids(ids: torch.Tensor, vocab_size: int, max_seq_length: int | None, name: str = "input_ids") -> None:
-    """Token ids must be an integer ``(batch, seq)`` tensor with values in ``[0, vocab_size)``."""
+    """Token ids must be an integer ``(batch, seq)`` tensor with values in ``[0, vocab_size)``.
+
+    Inside a ``torch.compile``d model only the shape is checked: reading the values would split the graph, and a
+    compiled model trains on batches of its own tokenizer's ids."""
     if not isinstance(ids, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of token ids, got {type(ids).__name__}")
     if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
@@ -24,7 +26,7 @@ def check_token_ids(ids: torch.Tensor, vocab_size: int, max_seq_length: int | No
             f"{name} has {ids.size(1)} positions but the model allows at most max_seq_length={max_seq_length}; "
             "truncate the input or build the model with a larger max_seq_length"
         )
-    if ids.numel() > 0:
+    if ids.numel() > 0 and not torch.compiler.is_compiling():
         low, high = int(ids.min()), int(ids.max())
         if low < 0 or high >= vocab_size:
             bad = low if low < 0 else high
