@@ -9,6 +9,8 @@ import warnings
 
 import torch
 
+from glassformer import runtime
+
 HEADER = f"{'batch':>5} {'dtype':>9} {'transformers tok/s':>19} {'glassformer tok/s':>18} {'ratio':>6}  notes"
 
 
@@ -24,6 +26,7 @@ def parse_arguments(description: str) -> argparse.Namespace:
     if args.threads:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
+    print(runtime.env_line(), flush=True)
     return args
 
 

@@ -19,6 +19,7 @@ from contextlib import nullcontext
 
 import torch
 
+from glassformer import runtime
 from glassformer.data.pretrained import resolve_shortcut
 from glassformer.models.bert import Bert
 from glassformer.nn.linear import packed_weights
@@ -38,6 +39,7 @@ def best_rate(fn, batches: list[dict], repeats: int, autocast: bool) -> float:
 
 
 def main() -> None:
+    print(runtime.env_line(), flush=True)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=128)

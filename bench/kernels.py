@@ -23,6 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from glassformer import runtime
 from glassformer.masks import causal_mask
 from glassformer.nn.attention import scaled_dot_product_attention
 from glassformer.nn.dropout import dropout
@@ -46,6 +47,7 @@ def row(name: str, baseline_ms: float, ours_ms: float) -> None:
 
 
 def main() -> None:
+    print(runtime.env_line(), flush=True)
     torch.manual_seed(0)
     print(f"threads={torch.get_num_threads()}")
     print(f"{'operation':<48} {'torch (ms)':>10} {'glassformer':>12} {'ratio':>7}")

@@ -18,10 +18,12 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from glassformer import runtime
 from glassformer.models.gpt import GPT, GPTConfig
 
 
 def main() -> None:
+    print(runtime.env_line(), flush=True)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glassformer import Transformer, TransformerConfig
+from glassformer import Transformer, TransformerConfig, runtime
 from glassformer.nn import PositionalEncoding
 
 PAD = 0
@@ -83,6 +83,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, src: torch.Te
 
 
 def main() -> None:
+    print(runtime.env_line(), flush=True)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6, help="timed steps per model")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per model first")
