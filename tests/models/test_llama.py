@@ -79,7 +79,8 @@ def test_logits_match_transformers(tmp_path, overrides):
     ids = prompt(2, 20)
     with torch.no_grad():
         assert (hf(ids).logits - model(ids)).abs().max() <= 1e-4
-        ours, attentions = model(ids, return_attentions=True)  # the reference path, GQA by repeating K and V
+        out = model(ids, output_attentions=True)  # the reference path, GQA by repeating K and V
+        ours, attentions = out.logits, out.attentions
         assert (hf(ids).logits - ours).abs().max() <= 1e-4
     assert attentions[0].shape == (2, 6, 20, 20)
 

@@ -125,8 +125,8 @@ def test_encode_decode_equal_forward():
 def test_output_attentions_shapes():
     model = small_model()
     src, tgt = random_ids(2, 6, 40), random_ids(2, 4, 40)
-    memory, enc = model.encoder(src, return_attentions=True)
-    _, self_w, cross_w = model.decoder(tgt, memory, return_attentions=True)
+    memory, enc = model.encoder(src, output_attentions=True)
+    _, self_w, cross_w = model.decoder(tgt, memory, output_attentions=True)
     assert [w.shape for w in enc] == [(2, 4, 6, 6)] * 2
     assert [w.shape for w in self_w] == [(2, 4, 4, 4)] * 2
     assert [w.shape for w in cross_w] == [(2, 4, 4, 6)] * 2
@@ -201,7 +201,7 @@ def test_half_precision_with_padding_stays_finite(dtype):
     src = torch.tensor([[3, 4, 5, 0, 0], [6, 0, 0, 0, 0]])
     tgt = torch.tensor([[1, 7, 0], [1, 0, 0]])
     memory = model.encoder(src, padding_mask(src, PAD))
-    memory_reference_path, _ = model.encoder(src, padding_mask(src, PAD), return_attentions=True)
+    memory_reference_path, _ = model.encoder(src, padding_mask(src, PAD), output_attentions=True)
     assert torch.isfinite(memory).all() and torch.isfinite(memory_reference_path).all()
     assert torch.isfinite(model(src, tgt)).all()
 

@@ -14,7 +14,7 @@ def test_one_layer_gpt_attention_equals_the_hand_computation():
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=20, max_seq_length=8, d_model=8, num_layers=1, num_heads=2, d_ff=16)).eval()
     ids = torch.tensor([[3, 7, 1, 9, 4]])
-    _, attentions = model(ids, return_attentions=True)
+    attentions = model(ids, output_attentions=True).attentions
     layer = model.layers[0]
     x = model.embedding.embedding.weight[ids[0]] + model.positions.embedding.weight[:5]  # E[ids] + P[positions]
     h = torch.nn.functional.layer_norm(x, (8,), layer.norm1.weight, layer.norm1.bias, 1e-5)  # pre-norm
@@ -29,7 +29,7 @@ def test_one_layer_gpt_attention_equals_the_hand_computation():
 def test_shapes_for_the_three_model_kinds():
     torch.manual_seed(1)
     gpt = GPT(GPTConfig(vocab_size=30, max_seq_length=16, d_model=12, num_layers=3, num_heads=3, d_ff=24)).eval()
-    _, gpt_attentions = gpt(torch.randint(0, 30, (2, 7)), return_attentions=True)
+    gpt_attentions = gpt(torch.randint(0, 30, (2, 7)), output_attentions=True).attentions
     assert [tuple(a.shape) for a in gpt_attentions] == [(2, 3, 7, 7)] * 3
     bert = Bert(BertConfig(vocab_size=30, max_seq_length=16, d_model=12, num_layers=2, num_heads=4, d_ff=24)).eval()
     out = bert(torch.randint(0, 30, (2, 6)), output_attentions=True)
@@ -37,12 +37,18 @@ def test_shapes_for_the_three_model_kinds():
     config = TransformerConfig(src_vocab_size=30, tgt_vocab_size=25, d_model=12, num_layers=2, num_heads=2, d_ff=24)
     seq2seq = Transformer(config).eval()
     src, tgt = torch.randint(1, 30, (2, 9)), torch.randint(1, 25, (2, 5))
-    logits, attentions = seq2seq(src, tgt, return_attentions=True)
-    torch.testing.assert_close(logits, seq2seq(src, tgt))  # the reference path gives the same logits
-    assert [tuple(a.shape) for a in attentions["encoder"]] == [(2, 2, 9, 9)] * 2
-    assert [tuple(a.shape) for a in attentions["decoder"]] == [(2, 2, 5, 5)] * 2
-    assert [tuple(a.shape) for a in attentions["cross"]] == [(2, 2, 5, 9)] * 2
-    assert torch.all(attentions["decoder"][0][:, :, 0, 1:] == 0)  # causal: the first target token sees itself only
+    out = seq2seq(src, tgt, output_attentions=True)
+    torch.testing.assert_close(out.logits, seq2seq(src, tgt))  # the reference path gives the same logits
+    assert [tuple(a.shape) for a in out.encoder_attentions] == [(2, 2, 9, 9)] * 2
+    assert [tuple(a.shape) for a in out.decoder_attentions] == [(2, 2, 5, 5)] * 2
+    assert [tuple(a.shape) for a in out.cross_attentions] == [(2, 2, 5, 9)] * 2
+    assert torch.all(out.decoder_attentions[0][:, :, 0, 1:] == 0)  # causal: the first target token sees itself only
+    with pytest.warns(DeprecationWarning, match="output_attentions"):  # the older spelling still works
+        logits, attentions = seq2seq(src, tgt, return_attentions=True)
+    assert torch.equal(logits, out.logits) and set(attentions) == {"encoder", "decoder", "cross"}
+    with pytest.warns(DeprecationWarning, match="output_attentions"):
+        _, old_gpt = gpt(torch.randint(0, 30, (2, 7)), return_attentions=True)
+    assert len(old_gpt) == 3
 
 
 def test_views_of_a_gpt_directory(gpt_dir):

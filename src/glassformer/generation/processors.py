@@ -77,6 +77,19 @@ def top_p(p: float) -> LogitsProcessor:
     return apply
 
 
+def min_new_tokens(minimum: int, prompt_length: int, eos_token_id: int) -> LogitsProcessor:
+    """Ban the end-of-sequence token until ``minimum`` tokens follow the prompt."""
+
+    def apply(input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.size(1) - prompt_length >= minimum:
+            return scores
+        scores = scores.clone()
+        scores[:, eos_token_id] = float("-inf")
+        return scores
+
+    return apply
+
+
 def build_processors(
     *,
     do_sample: bool,
@@ -85,6 +98,9 @@ def build_processors(
     top_p_value: float | None = None,
     no_repeat_ngram_size: int = 0,
     repetition_penalty_value: float = 1.0,
+    min_new_tokens_value: int = 0,
+    prompt_length: int = 0,
+    eos_token_id: int | None = None,
 ) -> list[LogitsProcessor]:
     """The processors a set of decoding options asks for, in application order."""
     processors: list[LogitsProcessor] = []
@@ -92,6 +108,8 @@ def build_processors(
         processors.append(repetition_penalty(repetition_penalty_value))
     if no_repeat_ngram_size > 0:
         processors.append(no_repeat_ngram(no_repeat_ngram_size))
+    if min_new_tokens_value > 0 and eos_token_id is not None:
+        processors.append(min_new_tokens(min_new_tokens_value, prompt_length, eos_token_id))
     if do_sample:
         if temperature_value != 1.0:
             processors.append(temperature(temperature_value))

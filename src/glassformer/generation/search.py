@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from glassformer import runtime
+from glassformer.generation.config import GenerationConfig
 from glassformer.generation.processors import LogitsProcessor, apply_processors, build_processors
 from glassformer.nn.linear import MIN_PACKED_ROWS, packed_weights
 
@@ -28,36 +29,24 @@ NEG = -1.0e9  # a score no real candidate reaches; used to rank candidates out, 
 def generate(
     model,
     input_ids: torch.Tensor,
+    generation_config: GenerationConfig | None = None,
     *,
-    max_new_tokens: int | None = None,
-    max_length: int | None = None,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    no_repeat_ngram_size: int = 0,
-    repetition_penalty: float = 1.0,
-    num_beams: int = 1,
-    length_penalty: float = 1.0,
-    eos_token_id: int | None = None,
-    pad_token_id: int | None = None,
     attention_mask: torch.Tensor | None = None,
-    seed: int | None = None,
-    use_cache: bool = True,
-    pack_weights: bool | None = None,
     on_tokens: Callable[[torch.Tensor], None] | None = None,
+    pack_weights: bool | None = None,
+    **options,
 ) -> torch.Tensor:
     """Continue ``input_ids`` ``(batch, prompt)``; returns prompt + new tokens ``(batch, prompt + new)``.
 
-    ``max_length`` counts the prompt (as in ``transformers``); ``max_new_tokens`` does not and wins when both are
-    given; with neither, ``max_length`` is 20. A sequence that emits ``eos_token_id`` stops; the rows that stopped
-    are filled with ``pad_token_id`` (``eos_token_id`` if there is no pad) until all have stopped.
-    ``num_beams > 1`` runs beam search, scoring finished hypotheses by sum of log-probs / length^length_penalty.
-    ``on_tokens`` is called with each step's new tokens ``(batch,)`` (streaming; greedy and sampling only).
-    ``pack_weights`` packs float32 weights for oneDNN while decoding (see ``glassformer.nn.linear``); by default
-    when each step feeds 2 to 64 rows on the CPU, where it is faster.
+    ``generation_config`` (a ``GenerationConfig``; its defaults if None) says how, and ``options`` — its field
+    names as keywords, e.g. ``max_new_tokens=20, num_beams=4`` — override it. ``attention_mask`` ``(batch,
+    prompt)``, 0 at padding, for left-padded batches. ``on_tokens`` is called with each step's new tokens
+    ``(batch,)`` (streaming; greedy and sampling only). ``pack_weights`` packs float32 weights for oneDNN while
+    decoding (see ``glassformer.nn.linear``); by default when each step feeds 2 to 64 rows on the CPU, where it is
+    faster.
     """
-    config = model.config
+    config = (generation_config or GenerationConfig()).updated(**options)
+    config.validate(model.config.vocab_size)
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
         raise ValueError(
             "input_ids must be a (batch, prompt) tensor of token ids; add a batch dimension with ids[None]"
@@ -66,74 +55,42 @@ def generate(
         raise ValueError("the prompt is empty; give at least one token (for example the BOS token)")
     device = runtime.module_device(model)  # the prompt goes where the model is; the output stays there
     input_ids = input_ids.to(device)
-    if attention_mask is not None:
-        attention_mask = attention_mask.to(device)
     prompt_length = input_ids.size(1)
-    if max_new_tokens is not None:
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-        max_length = prompt_length + max_new_tokens
-    elif max_length is None:
-        max_length = 20
-    if prompt_length >= config.max_seq_length:
-        raise ValueError(
-            f"the prompt has {prompt_length} tokens and the model's context is {config.max_seq_length}; "
-            "shorten the prompt"
-        )
-    if max_length <= prompt_length:
-        raise ValueError(
-            f"max_length={max_length} leaves no room after a prompt of {prompt_length} tokens; "
-            "raise max_length or use max_new_tokens"
-        )
-    if max_length > config.max_seq_length:
-        raise ValueError(
-            f"max_length={max_length} exceeds the model's context of {config.max_seq_length} positions; "
-            "generate fewer tokens or shorten the prompt"
-        )
-    if do_sample and temperature <= 0:
-        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}; use do_sample=False for greedy")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if top_k is not None and top_k < 0:
-        raise ValueError(f"top_k must be >= 0 (0 or None disables it), got {top_k}")
-    if num_beams < 1:
-        raise ValueError(f"num_beams must be at least 1, got {num_beams}")
-    if num_beams > 1 and do_sample:
-        raise ValueError("beam search with sampling is not supported; use num_beams=1 to sample")
-    if repetition_penalty <= 0:
-        raise ValueError(f"repetition_penalty must be > 0, got {repetition_penalty}")
-    if no_repeat_ngram_size < 0:
-        raise ValueError(f"no_repeat_ngram_size must be >= 0, got {no_repeat_ngram_size}")
+    max_length = config.total_length(prompt_length, model.config.max_seq_length)
     if attention_mask is not None:
         if attention_mask.shape != input_ids.shape:
             raise ValueError(
                 f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has {tuple(input_ids.shape)}"
             )
         # no padding: decode without a mask (the model's cheaper unmasked path)
-        attention_mask = None if bool(attention_mask.all()) else attention_mask.long()
-    fill = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
+        attention_mask = None if bool(attention_mask.all()) else attention_mask.to(device).long()
+    eos = config.eos_token_id
+    fill = config.pad_token_id if config.pad_token_id is not None else (eos if eos is not None else 0)
     processors = build_processors(
-        do_sample=do_sample,
-        temperature_value=temperature,
-        top_k_value=top_k,
-        top_p_value=top_p,
-        no_repeat_ngram_size=no_repeat_ngram_size,
-        repetition_penalty_value=repetition_penalty,
+        do_sample=config.do_sample,
+        temperature_value=config.temperature,
+        top_k_value=config.top_k,
+        top_p_value=config.top_p,
+        no_repeat_ngram_size=config.no_repeat_ngram_size,
+        repetition_penalty_value=config.repetition_penalty,
+        min_new_tokens_value=config.min_new_tokens,
+        prompt_length=prompt_length,
+        eos_token_id=eos,
     )
     if pack_weights is None:
-        pack_weights = input_ids.device.type == "cpu" and input_ids.size(0) * num_beams >= MIN_PACKED_ROWS
+        pack_weights = device.type == "cpu" and input_ids.size(0) * config.num_beams >= MIN_PACKED_ROWS
     with packed_weights(model) if pack_weights else nullcontext():
-        if num_beams > 1:
+        if config.num_beams > 1:
             return beam_search(
-                model, input_ids, attention_mask, num_beams, max_length, processors, eos_token_id, fill,
-                length_penalty, use_cache,
+                model, input_ids, attention_mask, config.num_beams, max_length, processors, eos, fill,
+                config.length_penalty, config.use_cache,
             )  # fmt: skip
         generator = None
-        if seed is not None:
-            generator = torch.Generator(device=input_ids.device).manual_seed(seed)
+        if config.seed is not None:
+            generator = torch.Generator(device=device).manual_seed(config.seed)
         return greedy_or_sample(
-            model, input_ids, attention_mask, max_length, processors, do_sample, generator, eos_token_id, fill,
-            use_cache, on_tokens,
+            model, input_ids, attention_mask, max_length, processors, config.do_sample, generator, eos, fill,
+            config.use_cache, on_tokens,
         )  # fmt: skip
 
 

@@ -20,9 +20,10 @@ import math
 import torch
 from torch import nn
 
-from glassformer.generation.cache import KVCache
+from glassformer.generation.config import GenerationConfig
 from glassformer.generation.search import generate
 from glassformer.masks import padding_mask
+from glassformer.nn.cache import KVCache
 
 
 @dataclasses.dataclass
@@ -38,15 +39,25 @@ class SourceConditionedDecoder(nn.Module):
     ``forward(ids, attention_mask, cache, last_token_only)`` -> next-token logits, ``make_cache``.
 
     The sources are repeated ``copies`` times (one per beam, ``repeat_interleave`` order, as beam search lays
-    out its hypotheses); beams of one source share its cross-attention keys/values.
+    out its hypotheses); beams of one source share its cross-attention keys/values. ``attention_mask`` ``(batch,
+    src_len)`` marks the real source tokens (default: those that are not ``pad_id``).
     """
 
-    def __init__(self, model: nn.Module, src: torch.Tensor, copies: int = 1):
+    def __init__(
+        self, model: nn.Module, src: torch.Tensor, copies: int = 1, attention_mask: torch.Tensor | None = None
+    ):
         super().__init__()
         self.model = model
         c = model.config
         self.config = _DecoderView(c.tgt_vocab_size, c.max_seq_length)
-        memory_mask = padding_mask(src, c.pad_id)  # (batch, 1, 1, src_len)
+        if attention_mask is None:
+            memory_mask = padding_mask(src, c.pad_id)  # (batch, 1, 1, src_len)
+        else:
+            if attention_mask.shape != src.shape:
+                raise ValueError(
+                    f"attention_mask has shape {tuple(attention_mask.shape)} but the source has {tuple(src.shape)}"
+                )
+            memory_mask = attention_mask.to(src.device).bool()[:, None, None, :]
         memory = model.encode(src, memory_mask)
         self.cross_kv = [
             (k.repeat_interleave(copies, 0), v.repeat_interleave(copies, 0))
@@ -74,6 +85,42 @@ class SourceConditionedDecoder(nn.Module):
         )
 
 
+def generate_seq2seq(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    generation_config: GenerationConfig | None = None,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    decoder_start_token_id: int | None = None,
+    **options,
+) -> torch.Tensor:
+    """``Transformer.generate``: encode ``input_ids`` ``(batch, src_len)`` once, then decode from the start token
+    with the shared search. Returns the decoder's tokens ``(batch, 1 + new)``, beginning with the start token
+    (``decoder_start_token_id``, default the config's ``bos_id``), as ``transformers`` does for T5; finished rows
+    are padded with ``pad_token_id``."""
+    c = model.config
+    start_id = c.bos_id if decoder_start_token_id is None else decoder_start_token_id
+    if start_id is None:
+        raise ValueError("the model's config has no bos_id to start decoding from; pass decoder_start_token_id")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.size(1) == 0:
+        raise ValueError("input_ids must be a non-empty (batch, src_len) tensor of token ids")
+    config = (generation_config or GenerationConfig()).updated(**options)
+    if config.eos_token_id is None and "eos_token_id" not in options:
+        config.eos_token_id = c.eos_id
+    if config.pad_token_id is None and "pad_token_id" not in options:
+        config.pad_token_id = c.pad_id
+    device = next(model.parameters()).device
+    input_ids = input_ids.to(device)
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        decoder = SourceConditionedDecoder(model, input_ids, config.num_beams, attention_mask)
+        start = torch.full((input_ids.size(0), 1), start_id, dtype=torch.long, device=device)
+        out = generate(decoder, start, config, pack_weights=False)
+    model.train(was_training)
+    return out
+
+
 def translate_ids(
     model: nn.Module,
     src: torch.Tensor,
@@ -98,22 +145,7 @@ def translate_ids(
         raise ValueError(f"num_beams must be at least 1, got {num_beams}")
     src_len = int((src != c.pad_id).sum(1).max())
     max_length = min(c.max_seq_length, 1 + math.ceil(max_len_a * src_len + max_len_b))
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode():
-        decoder = SourceConditionedDecoder(model, src, copies=num_beams)
-        start = torch.full((src.size(0), 1), c.bos_id, dtype=torch.long, device=src.device)
-        out = generate(
-            decoder,
-            start,
-            max_length=max_length,
-            num_beams=num_beams,
-            length_penalty=length_penalty,
-            eos_token_id=c.eos_id,
-            pad_token_id=c.pad_id,
-            pack_weights=False,
-        )
-    model.train(was_training)
+    out = generate_seq2seq(model, src, max_length=max_length, num_beams=num_beams, length_penalty=length_penalty)
     results = []
     for row in out[:, 1:].tolist():
         if c.eos_id in row:

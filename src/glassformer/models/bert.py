@@ -25,10 +25,11 @@ from torch import nn
 from glassformer.checkpoints import load_state_dict_checked
 from glassformer.checkpoints.huggingface_bert import load_bert, save_bert
 from glassformer.models.config import ModelConfig
+from glassformer.models.outputs import BertOutput
 from glassformer.models.pretrained import PretrainedMixin
+from glassformer.nn.config import BlockConfig
 from glassformer.nn.dropout import Dropout
 from glassformer.nn.embedding import LearnedPositionalEmbedding, TokenEmbedding
-from glassformer.nn.feedforward import check_activation
 from glassformer.nn.layers import EncoderLayer
 from glassformer.nn.linear import Linear
 from glassformer.nn.norm import LayerNorm
@@ -69,12 +70,17 @@ class BertConfig(ModelConfig):
     classifier_dropout: float | None = None  # None: the same as dropout
     flavor: str = "bert"  # "bert" or "distilbert": the Hugging Face layout it is exported to
 
+    def block(self) -> BlockConfig:
+        """Every layer's block: post-norm self-attention over the padding mask, GELU."""
+        return BlockConfig(
+            d_model=self.d_model, num_heads=self.num_heads, d_ff=self.d_ff, norm_first=False,
+            layer_norm_eps=self.layer_norm_eps, activation=self.activation, dropout=self.dropout,
+            attention_dropout=self.attention_dropout,
+        )  # fmt: skip
+
     def __post_init__(self) -> None:
-        self.check_positive("vocab_size", "max_seq_length", "d_model", "num_layers", "num_heads", "d_ff")
-        self.check_positive("num_labels")
-        self.check_heads(self.d_model, self.num_heads)
-        self.check_probabilities("dropout", "attention_dropout")
-        check_activation(self.activation)
+        self.check_positive("vocab_size", "max_seq_length", "num_layers", "num_labels")
+        self.block()  # validates every block option once, in nn.config
         if self.type_vocab_size < 0:
             raise ValueError(f"type_vocab_size must be >= 0, got {self.type_vocab_size}")
         if self.pooler_activation not in POOLER_ACTIVATIONS:
@@ -93,21 +99,6 @@ class BertConfig(ModelConfig):
     @property
     def label_names(self) -> list[str]:
         return self.labels or [f"LABEL_{i}" for i in range(self.num_labels)]
-
-
-@dataclasses.dataclass
-class BertOutput:
-    """What ``Bert`` returns when more than the last hidden states is asked for.
-
-    last_hidden_state: ``(batch, seq, d_model)``; pooled_output: ``(batch, d_model)`` or None;
-    hidden_states: the embeddings' output and every layer's, ``num_layers + 1`` tensors ``(batch, seq, d_model)``;
-    attentions: every layer's weights ``(batch, heads, seq, seq)``.
-    """
-
-    last_hidden_state: torch.Tensor
-    pooled_output: torch.Tensor | None = None
-    hidden_states: list[torch.Tensor] | None = None
-    attentions: list[torch.Tensor] | None = None
 
 
 def mean_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -135,19 +126,8 @@ class Bert(PretrainedMixin, nn.Module):
         self.segments = nn.Embedding(c.type_vocab_size, c.d_model) if c.type_vocab_size > 0 else None
         self.embedding_norm = LayerNorm(c.d_model, c.layer_norm_eps)
         self.dropout = Dropout(c.dropout)
-        self.layers = nn.ModuleList(
-            EncoderLayer(
-                c.d_model,
-                c.num_heads,
-                c.d_ff,
-                dropout=c.dropout,
-                activation=c.activation,
-                norm_first=False,
-                layer_norm_eps=c.layer_norm_eps,
-                attention_dropout=c.attention_dropout,
-            )
-            for _ in range(c.num_layers)
-        )
+        block = c.block()
+        self.layers = nn.ModuleList(EncoderLayer(block) for _ in range(c.num_layers))
         self.pooler = Linear(c.d_model, c.d_model) if c.pooler else None
         self.reset_parameters()
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -30,15 +31,18 @@ from glassformer.checkpoints import load_state_dict_checked
 from glassformer.checkpoints.gguf import find_gguf, read_gguf
 from glassformer.checkpoints.huggingface import load_gpt2, read_config, resolve_model_dir, save_gpt2
 from glassformer.checkpoints.huggingface_llama import load_llama, save_llama
-from glassformer.generation.cache import KVCache
+from glassformer.generation.config import GenerationConfig
+from glassformer.generation.search import generate
 from glassformer.models.config import ModelConfig
+from glassformer.models.outputs import CausalLMOutput
 from glassformer.models.pretrained import PretrainedMixin
+from glassformer.nn.cache import KVCache
+from glassformer.nn.config import BlockConfig
 from glassformer.nn.dropout import Dropout
 from glassformer.nn.embedding import LearnedPositionalEmbedding, TokenEmbedding
-from glassformer.nn.feedforward import check_activation
 from glassformer.nn.layers import DecoderLayer
 from glassformer.nn.linear import Linear
-from glassformer.nn.norm import NORMS, make_norm
+from glassformer.nn.norm import make_norm
 from glassformer.nn.rotary import RotaryEmbedding
 from glassformer.nn.validation import check_token_ids
 
@@ -108,22 +112,23 @@ class GPTConfig(ModelConfig):
     def kv_heads(self) -> int:
         return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
 
+    def block(self) -> BlockConfig:
+        """Every layer's block: pre-norm, causal self-attention only (the decoder layer without cross-attention)."""
+        return BlockConfig(
+            d_model=self.d_model, num_heads=self.num_heads, d_ff=self.d_ff, num_kv_heads=self.num_kv_heads,
+            norm=self.norm, norm_first=True, layer_norm_eps=self.layer_norm_eps,
+            attention_bias=self.bias if self.attention_bias is None else self.attention_bias,
+            position="rope" if self.positional == "rope" else "absolute", rope_theta=self.rope_theta,
+            activation=self.activation, gated_ffn=self.gated_ffn,
+            ffn_bias=self.bias if self.ffn_bias is None else self.ffn_bias, dropout=self.dropout,
+            attention_dropout=self.attention_dropout,
+        )  # fmt: skip
+
     def __post_init__(self) -> None:
-        self.check_positive("vocab_size", "max_seq_length", "d_model", "num_layers", "num_heads", "d_ff")
-        self.check_heads(self.d_model, self.num_heads)
-        self.check_probabilities("dropout", "attention_dropout")
-        check_activation(self.activation)
-        if self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}; choose one of {list(NORMS)}")
+        self.check_positive("vocab_size", "max_seq_length", "num_layers")
         if self.positional not in ("learned", "rope"):
             raise ValueError(f"unknown positional {self.positional!r}; choose 'learned' or 'rope'")
-        if self.positional == "rope" and self.head_dim % 2:
-            raise ValueError(f"rotary embeddings need an even head dimension; d_model / num_heads = {self.head_dim}")
-        if self.kv_heads < 1 or self.num_heads % self.kv_heads:
-            raise ValueError(
-                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}; "
-                "choose num_kv_heads that divides num_heads"
-            )
+        self.block()  # validates every block option once, in nn.config
         for name in ("bos_id", "eos_id", "pad_id"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < self.vocab_size:
@@ -143,26 +148,8 @@ class GPT(PretrainedMixin, nn.Module):
         self.positions = LearnedPositionalEmbedding(config.d_model, config.max_seq_length) if learned else None
         self.rotary = None if learned else RotaryEmbedding(config.head_dim, config.rope_theta)
         self.dropout = Dropout(config.dropout)
-        self.layers = nn.ModuleList(
-            DecoderLayer(
-                config.d_model,
-                config.num_heads,
-                config.d_ff,
-                dropout=config.dropout,
-                activation=config.activation,
-                norm_first=True,
-                layer_norm_eps=config.layer_norm_eps,
-                bias=config.bias,
-                attention_dropout=config.attention_dropout,
-                cross_attention=False,
-                norm=config.norm,
-                num_kv_heads=config.num_kv_heads,
-                gated_ffn=config.gated_ffn,
-                attention_bias=config.attention_bias,
-                ffn_bias=config.ffn_bias,
-            )
-            for _ in range(config.num_layers)
-        )
+        block = config.block()
+        self.layers = nn.ModuleList(DecoderLayer(block, cross_attention=False) for _ in range(config.num_layers))
         self.final_norm = make_norm(config.norm, config.d_model, config.layer_norm_eps)
         self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         self.reset_parameters()
@@ -193,8 +180,9 @@ class GPT(PretrainedMixin, nn.Module):
         attention_mask: torch.Tensor | None = None,
         cache: KVCache | None = None,
         last_token_only: bool = False,
-        return_attentions: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
+        output_attentions: bool = False,
+        return_attentions: bool | None = None,
+    ) -> torch.Tensor | CausalLMOutput:
         """
         Args:
             input_ids: ``(batch, seq)`` token ids (with a cache: only the new tokens).
@@ -202,11 +190,19 @@ class GPT(PretrainedMixin, nn.Module):
                 batched prompts); positions are counted from each row's first real token.
             cache: a ``KVCache`` from ``make_cache``; filled and advanced by ``seq`` positions.
             last_token_only: compute logits for the last position only (decoding).
-            return_attentions: also return each layer's weights ``(batch, heads, seq, past + seq)``.
+            output_attentions: return a ``CausalLMOutput`` with each layer's weights ``(batch, heads, seq,
+                past + seq)``.
+            return_attentions: the older spelling; returns ``(logits, [weights per layer])``.
 
         Returns:
-            logits ``(batch, seq, vocab_size)`` (``(batch, 1, vocab_size)`` with ``last_token_only``).
+            logits ``(batch, seq, vocab_size)`` (``(batch, 1, vocab_size)`` with ``last_token_only``), or a
+            ``CausalLMOutput`` with ``output_attentions``.
         """
+        if return_attentions is not None:
+            warnings.warn("return_attentions is deprecated; use output_attentions", DeprecationWarning, 2)
+            if return_attentions:
+                out = self.forward(input_ids, attention_mask, cache, last_token_only, output_attentions=True)
+                return out.logits, out.attentions
         c = self.config
         check_token_ids(input_ids, c.vocab_size, None)
         batch, seq = input_ids.shape
@@ -247,7 +243,7 @@ class GPT(PretrainedMixin, nn.Module):
         for i, layer in enumerate(self.layers):
             layer_cache = cache.layer(i) if cache is not None else None
             x, weights, _ = layer(
-                x, self_mask=mask, need_weights=return_attentions, cache=layer_cache, rotary=rotary, is_causal=is_causal
+                x, self_mask=mask, need_weights=output_attentions, cache=layer_cache, rotary=rotary, is_causal=is_causal
             )
             attentions.append(weights)
         if cache is not None:
@@ -255,16 +251,21 @@ class GPT(PretrainedMixin, nn.Module):
         if last_token_only:
             x = x[:, -1:]
         logits = self.lm_head(self.final_norm(x))
-        return (logits, attentions) if return_attentions else logits
+        return CausalLMOutput(logits, attentions) if output_attentions else logits
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, **options) -> torch.Tensor:
-        """Prompt + new tokens, ``(batch, prompt + new)``; see ``glassformer.generation.generate`` for options."""
-        from glassformer.generation.search import generate
-
-        options.setdefault("eos_token_id", self.config.eos_id)
-        options.setdefault("pad_token_id", self.config.pad_id)
-        return generate(self, input_ids, **options)
+    def generate(
+        self, input_ids: torch.Tensor, generation_config: GenerationConfig | None = None, **options
+    ) -> torch.Tensor:
+        """Prompt + new tokens, ``(batch, prompt + new)``. ``generation_config`` and ``options`` (its fields as
+        keywords, plus ``attention_mask``, ``on_tokens``) as ``glassformer.generation.generate`` takes them;
+        ``eos_token_id`` / ``pad_token_id`` default to the config's ``eos_id`` / ``pad_id``."""
+        config = generation_config or GenerationConfig()
+        if config.eos_token_id is None:
+            options.setdefault("eos_token_id", self.config.eos_id)
+        if config.pad_token_id is None:
+            options.setdefault("pad_token_id", self.config.pad_id)
+        return generate(self, input_ids, config, **options)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None) -> GPT:

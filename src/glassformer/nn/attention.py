@@ -1,11 +1,12 @@
 """Attention: the reference formula and the multi-head module built on it.
 
-    Attention(Q, K, V) = softmax(Q Kᵀ / sqrt(d_k)) V
+    Attention(Q, K, V) = softmax(Q Kᵀ · s + B) V          s = 1/sqrt(d_k) (the paper), B = 0 unless a bias is given
 
     MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W_O,   head_i = Attention(Q W_Q_i, K W_K_i, V W_V_i)
 
 Grouped-query attention shares each key/value head among a group of query heads (head_i uses W_K_g, W_V_g with
-g = i // group size); rotary position embeddings rotate Q and K by their positions (``glassformer.nn.rotary``).
+g = i // group size); rotary position embeddings rotate Q and K by their positions (``glassformer.nn.rotary``); a
+relative position bias B (``glassformer.nn.relative_position``, T5) is added to the logits, and T5 uses s = 1.
 
 Masks are boolean, True = may attend (see ``glassformer.masks``). Masked scores are filled with the most
 negative number of their dtype, not ``-1e9`` (which overflows float16), and a query row with nothing to
@@ -15,19 +16,17 @@ attend to returns zeros instead of NaN.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glassformer.nn.cache import LayerCache
+from glassformer.nn.config import BlockConfig
 from glassformer.nn.dropout import dropout
 from glassformer.nn.linear import Linear, linear
 from glassformer.nn.rotary import apply_rotary
-from glassformer.nn.validation import check_hidden, check_mask
-
-if TYPE_CHECKING:
-    from glassformer.generation.cache import LayerCache
+from glassformer.nn.validation import check_bias, check_hidden, check_mask
 
 
 def scaled_dot_product_attention(
@@ -36,6 +35,8 @@ def scaled_dot_product_attention(
     value: torch.Tensor,
     mask: torch.Tensor | None = None,
     dropout_p: float = 0.0,
+    scale: float | None = None,
+    bias: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The plain formula, the reference every fast path is tested against.
 
@@ -45,13 +46,17 @@ def scaled_dot_product_attention(
         value: ``(..., k_len, d_v)``.
         mask: bool, broadcastable to ``(..., q_len, k_len)``; True = may attend.
         dropout_p: dropout on the attention weights (training only; pass 0 in evaluation).
+        scale: s in softmax(Q Kᵀ · s + B); default 1/sqrt(d_k).
+        bias: B, added to the logits, broadcastable to ``(..., q_len, k_len)`` (a relative position bias).
 
     Returns:
         ``(output, weights)``: output ``(..., q_len, d_v)`` and weights ``(..., q_len, k_len)``.
     """
-    d_k = query.size(-1)
-    query = query / math.sqrt(d_k)  # Q Kᵀ / sqrt(d_k), scaling the smaller tensor
+    scale = 1 / math.sqrt(query.size(-1)) if scale is None else scale
+    query = query * scale  # Q Kᵀ · s, scaling the smaller tensor
     scores = torch.matmul(query, key.transpose(-2, -1).to(query.dtype))  # (..., q_len, k_len)
+    if bias is not None:
+        scores = scores + bias.to(scores.dtype)
     if mask is not None:
         # masked scores become exactly 0 after the softmax; a row with nothing to attend to would come out
         # uniform, so it is zeroed explicitly (and its output is zero, not NaN)
@@ -66,12 +71,21 @@ def scaled_dot_product_attention(
     return torch.matmul(weights.to(value.dtype), value), weights
 
 
-class MultiHeadAttention(nn.Module):
-    """Multi-head attention with a fused projection for Q, K and V.
+def _additive_mask(mask: torch.Tensor | None, bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bias and a boolean mask as one additive float mask for the fused kernel (masked: the dtype's minimum)."""
+    bias = bias.to(dtype)
+    if mask is None:
+        return bias
+    return bias.masked_fill(~mask, torch.finfo(dtype).min)
 
-    ``qkv_proj.weight`` stacks ``[W_Q; W_K; W_V]`` row-wise, shape ``(d_model + 2 * kv_dim, d_model)`` with
-    ``kv_dim = num_kv_heads * d_k``; self-attention projects all three with one matrix multiply, cross-attention
-    projects Q from the query and K, V from the memory with the matching slices. ``out_proj`` is W_O.
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention with a fused projection for Q, K and V, built from a ``BlockConfig``.
+
+    ``qkv_proj.weight`` stacks ``[W_Q; W_K; W_V]`` row-wise, shape ``(inner + 2 * kv_dim, d_model)`` with
+    ``inner = num_heads * head_dim`` and ``kv_dim = num_kv_heads * head_dim``; self-attention projects all three
+    with one matrix multiply, cross-attention projects Q from the query and K, V from the memory with the
+    matching slices. ``out_proj`` is W_O, ``(d_model, inner)``.
 
     Grouped-query attention (``num_kv_heads`` < ``num_heads``, Ainslie et al. 2023): the query heads form
     ``num_kv_heads`` groups, and every head of group g attends with key/value head g — query head h uses key/value
@@ -79,51 +93,60 @@ class MultiHeadAttention(nn.Module):
     ``num_kv_heads == num_heads`` it is plain multi-head attention.
 
     Rotary position embeddings (``glassformer.nn.rotary``) rotate the queries and the new keys when ``forward``
-    is given ``rotary=(cos, sin)``; keys go into the cache already rotated.
+    is given ``rotary=(cos, sin)``; keys go into the cache already rotated. A relative position bias comes in as
+    ``position_bias``.
 
     Without ``need_weights`` it runs ``torch.nn.functional.scaled_dot_product_attention`` (a fused kernel);
     with it, the reference ``scaled_dot_product_attention`` above, which also returns the weights.
+
+    ``MultiHeadAttention(d_model, num_heads, dropout=0.0, bias=True, num_kv_heads=None)`` is short for the
+    ``BlockConfig`` with those fields (``dropout`` is the attention weights' dropout).
     """
 
     def __init__(
-        self, d_model: int, num_heads: int, dropout: float = 0.0, bias: bool = True, num_kv_heads: int | None = None
+        self,
+        config: BlockConfig | int,
+        num_heads: int | None = None,
+        dropout: float = 0.0,
+        bias: bool = True,
+        num_kv_heads: int | None = None,
     ):
         super().__init__()
-        if num_heads < 1 or d_model % num_heads != 0:
-            raise ValueError(
-                f"d_model={d_model} is not divisible by num_heads={num_heads}; choose num_heads that divides d_model"
-            )
-        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-        if num_kv_heads < 1 or num_heads % num_kv_heads != 0:
-            raise ValueError(
-                f"num_heads={num_heads} is not a multiple of num_kv_heads={num_kv_heads}; "
-                "choose num_kv_heads that divides num_heads"
-            )
-        self.d_model = d_model
-        self.num_heads = num_heads
-        self.num_kv_heads = num_kv_heads
-        self.d_k = d_model // num_heads
-        self.kv_dim = num_kv_heads * self.d_k
-        self.dropout = dropout
-        self.qkv_proj = Linear(d_model, d_model + 2 * self.kv_dim, bias=bias)  # [W_Q; W_K; W_V]
-        self.out_proj = Linear(d_model, d_model, bias=bias)  # W_O
+        if not isinstance(config, BlockConfig):
+            config = BlockConfig(
+                d_model=config, num_heads=num_heads or 1, num_kv_heads=num_kv_heads, attention_bias=bias,
+                attention_dropout=dropout,
+            )  # fmt: skip
+        self.config = config
+        self.d_model = config.d_model
+        self.num_heads = config.num_heads
+        self.num_kv_heads = config.kv_heads
+        self.d_k = config.dim_per_head
+        self.inner = self.num_heads * self.d_k
+        self.kv_dim = self.num_kv_heads * self.d_k
+        self.scale = config.scale
+        self.dropout = config.attention_dropout
+        self.qkv_proj = Linear(config.d_model, self.inner + 2 * self.kv_dim, bias=config.attention_bias)
+        self.out_proj = Linear(self.inner, config.d_model, bias=config.attention_bias)  # W_O
+
+    def _slice(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rows ``start:end`` of [W_Q; W_K; W_V] and of its bias."""
+        w, b = self.qkv_proj.weight, self.qkv_proj.bias
+        return w[start:end], None if b is None else b[start:end]
 
     def project_qkv(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Q W_Q ``(batch, seq, d_model)``, K W_K and V W_V ``(batch, seq, kv_dim)``; one matmul when query is key
+        """Q W_Q ``(batch, seq, inner)``, K W_K and V W_V ``(batch, seq, kv_dim)``; one matmul when query is key
         is value."""
-        d, kv = self.d_model, self.kv_dim
+        q_dim, kv = self.inner, self.kv_dim
         if query is key and key is value:
-            return self.qkv_proj(query).split((d, kv, kv), dim=-1)
-        w, b = self.qkv_proj.weight, self.qkv_proj.bias
-        q = linear(query, w[:d], None if b is None else b[:d])
+            return self.qkv_proj(query).split((q_dim, kv, kv), dim=-1)
+        q = linear(query, *self._slice(0, q_dim))
         if key is value:
-            k, v = linear(key, w[d:], None if b is None else b[d:]).split(kv, dim=-1)
+            k, v = linear(key, *self._slice(q_dim, q_dim + 2 * kv)).split(kv, dim=-1)
             return q, k, v
-        k = linear(key, w[d : d + kv], None if b is None else b[d : d + kv])
-        v = linear(value, w[d + kv :], None if b is None else b[d + kv :])
-        return q, k, v
+        return q, linear(key, *self._slice(q_dim, q_dim + kv)), linear(value, *self._slice(q_dim + kv, q_dim + 2 * kv))
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """``(batch, seq, heads * d_k)`` -> ``(batch, heads, seq, d_k)``."""
@@ -133,8 +156,7 @@ class MultiHeadAttention(nn.Module):
         """Keys and values of a fixed memory (the encoder output), each ``(batch, kv_heads, src_len, d_k)``: computed
         once per source and passed back as ``kv`` at every decoding step."""
         check_hidden(memory, self.d_model, "memory")
-        d, w, b = self.d_model, self.qkv_proj.weight, self.qkv_proj.bias
-        k, v = linear(memory, w[d:], None if b is None else b[d:]).split(self.kv_dim, dim=-1)
+        k, v = linear(memory, *self._slice(self.inner, self.inner + 2 * self.kv_dim)).split(self.kv_dim, dim=-1)
         return self.split_heads(k), self.split_heads(v)
 
     def forward(
@@ -148,6 +170,7 @@ class MultiHeadAttention(nn.Module):
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         is_causal: bool = False,
+        position_bias: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """
         Args:
@@ -156,7 +179,7 @@ class MultiHeadAttention(nn.Module):
             mask: bool, broadcastable to ``(batch, heads, q_len, k_len)``; True = may attend. With a cache,
                 ``k_len`` counts the cached positions too.
             need_weights: also return the attention weights (uses the reference path).
-            cache: a layer of ``glassformer.generation.KVCache``; the new keys/values are appended to it and the
+            cache: a layer of ``glassformer.nn.cache.KVCache``; the new keys/values are appended to it and the
                 queries attend to all of them.
             kv: precomputed keys and values from ``project_kv`` (cross-attention while decoding); ``key`` and
                 ``value`` are then not used and may be None.
@@ -165,6 +188,8 @@ class MultiHeadAttention(nn.Module):
             is_causal: the causal mask (query i sees keys j <= i) without building it, for a self-attention over
                 a whole sequence with no padding and nothing cached; the fused kernel then skips the masked half
                 (flash attention on a GPU). Not together with ``mask``.
+            position_bias: added to the logits, broadcastable to ``(batch, heads, q_len, k_len)`` (cached positions
+                included), e.g. T5's relative position bias.
 
         Returns:
             ``(output, weights)``: output ``(batch, q_len, d_model)``; weights ``(batch, heads, q_len, k_len)``
@@ -173,8 +198,7 @@ class MultiHeadAttention(nn.Module):
         check_hidden(query, self.d_model, "query")
         batch, q_len = query.size(0), query.size(1)
         if kv is not None:
-            d, w, b = self.d_model, self.qkv_proj.weight, self.qkv_proj.bias
-            q = self.split_heads(linear(query, w[:d], None if b is None else b[:d]))
+            q = self.split_heads(linear(query, *self._slice(0, self.inner)))
             k, v = kv
             k_len = k.size(2)
         else:
@@ -187,31 +211,37 @@ class MultiHeadAttention(nn.Module):
         if rotary is not None:
             cos, sin = rotary
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        if is_causal and (mask is not None or q_len != k_len or (cache is not None and cache.cache.length > 0)):
+        past = cache.cache.length if cache is not None else 0
+        if is_causal and (mask is not None or q_len != k_len or past > 0):
             raise ValueError("is_causal is for a whole sequence attending to itself: pass a mask instead")
         if mask is not None:
-            past = cache.cache.length if cache is not None else 0
             check_mask(mask, (batch, self.num_heads, q_len, past + k_len))
+        if position_bias is not None:
+            check_bias(position_bias, (batch, self.num_heads, q_len, past + k_len))
         if cache is not None:
             k, v = cache.update(k, v)  # (batch, kv_heads, past + k_len, d_k)
 
         groups = self.num_heads // self.num_kv_heads
         dropout_p = self.dropout if self.training else 0.0
         cpu_training = q.device.type == "cpu" and torch.is_grad_enabled()
+        if is_causal and (position_bias is not None or need_weights):
+            mask, is_causal = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(), False
         if need_weights or (cpu_training and (dropout_p > 0.0 or q.dtype != torch.float32)):
             # the reference path; also for training on the CPU with attention dropout (torch's kernel has none
-            # there and falls back to slower masks) or in bfloat16, where its backward is slower (bench/kernels.py)
+            # there and falls back to slower masks) or in half precision, where its backward is slower
             if groups > 1:  # key/value head g serves query heads g * groups ... (g + 1) * groups - 1
                 k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
             if is_causal:  # query i may attend to keys j <= i
                 mask = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril()
-            out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p)
+            out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p, self.scale, position_bias)
             weights = weights if need_weights else None
         else:
+            attn_mask = mask if position_bias is None else _additive_mask(mask, position_bias, q.dtype)
             out = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, enable_gqa=groups > 1
-            )
+                q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=self.scale,
+                enable_gqa=groups > 1,
+            )  # fmt: skip
             weights = None
-        # concatenate heads: (batch, heads, q_len, d_k) -> (batch, q_len, d_model)
-        out = out.transpose(1, 2).reshape(batch, q_len, self.d_model)
+        # concatenate heads: (batch, heads, q_len, d_k) -> (batch, q_len, heads * d_k)
+        out = out.transpose(1, 2).reshape(batch, q_len, self.inner)
         return self.out_proj(out), weights

@@ -1,15 +1,12 @@
-"""Encoder and decoder layers: each sublayer is wrapped in dropout, a residual connection and a layer norm.
+"""Encoder and decoder layers: each sublayer is wrapped in dropout, a residual connection and a norm.
 
-    post-norm (the paper):  x = LayerNorm(x + Dropout(Sublayer(x)))
-    pre-norm (GPT-2 style): x = x + Dropout(Sublayer(LayerNorm(x)))
+    post-norm (the paper):        x = Norm(x + Dropout(Sublayer(x)))
+    pre-norm (GPT-2, Llama, T5):  x = x + Dropout(Sublayer(Norm(x)))
 
-``dropout`` acts on each sublayer's output and ``attention_dropout`` / ``activation_dropout`` on the attention
-weights / the feed-forward's hidden activations. The paper uses only the first; ``torch.nn.Transformer`` and the
-Annotated Transformer use all three with one rate.
-
-Llama-style variants are keyword options of the same layers: ``norm="rmsnorm"``, ``num_kv_heads`` (grouped-query
-attention), ``gated_ffn=True`` with ``activation="silu"`` (SwiGLU), ``attention_bias`` / ``ffn_bias`` (each
-defaults to ``bias``); rotary position embeddings come in through ``forward(rotary=...)``.
+``residual`` writes this once; every layer takes one ``BlockConfig`` (``glassformer.nn.config``), which names the
+norm and its placement, the attention and the feed-forward. Positions that are not added to the embeddings come in
+through ``forward``: ``rotary=(cos, sin)`` (RoPE) or ``position_bias`` (T5's relative bias), both for the
+self-attention only.
 
 Encoder layer: self-attention, then feed-forward.
 Decoder layer: masked self-attention, cross-attention over the encoder output (skipped when built with
@@ -18,68 +15,74 @@ Decoder layer: masked self-attention, cross-attention over the encoder output (s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from glassformer.nn.attention import MultiHeadAttention
+from glassformer.nn.cache import LayerCache
+from glassformer.nn.config import BlockConfig
 from glassformer.nn.dropout import Dropout
 from glassformer.nn.feedforward import PositionWiseFeedForward
 from glassformer.nn.norm import make_norm
 
-if TYPE_CHECKING:
-    from glassformer.generation.cache import LayerCache
+Weights = torch.Tensor | None
+
+
+def residual(
+    x: torch.Tensor,
+    sublayer: Callable[[torch.Tensor], tuple[torch.Tensor, Weights]],
+    norm: nn.Module,
+    dropout: nn.Module,
+    norm_first: bool,
+) -> tuple[torch.Tensor, Weights]:
+    """One sublayer with its residual connection and norm: ``(new x, the sublayer's attention weights)``."""
+    if norm_first:
+        out, weights = sublayer(norm(x))
+        return x + dropout(out), weights  # x + Dropout(Sublayer(Norm(x)))
+    out, weights = sublayer(x)
+    return norm(x + dropout(out)), weights  # Norm(x + Dropout(Sublayer(x)))
+
+
+def _norm(config: BlockConfig) -> nn.Module:
+    return make_norm(config.norm, config.d_model, config.layer_norm_eps)
 
 
 class EncoderLayer(nn.Module):
     """``(batch, src_len, d_model)`` -> same shape.
 
     ``forward`` returns ``(x, self_attention_weights)``; the weights, ``(batch, heads, src_len, src_len)``,
-    are None unless ``need_weights``.
+    are None unless ``need_weights``. ``EncoderLayer(d_model, num_heads, d_ff, **fields)`` is short for the
+    ``BlockConfig`` with those fields.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        num_heads: int,
-        d_ff: int,
-        dropout: float = 0.1,
-        activation: str = "relu",
-        norm_first: bool = False,
-        layer_norm_eps: float = 1e-5,
-        bias: bool = True,
-        attention_dropout: float = 0.0,
-        activation_dropout: float = 0.0,
-        norm: str = "layernorm",
-        num_kv_heads: int | None = None,
-        gated_ffn: bool = False,
-        attention_bias: bool | None = None,
-        ffn_bias: bool | None = None,
-    ):
+    def __init__(self, config: BlockConfig | int, num_heads: int | None = None, d_ff: int | None = None, **fields):
         super().__init__()
-        self.norm_first = norm_first
-        attention_bias = bias if attention_bias is None else attention_bias
-        ffn_bias = bias if ffn_bias is None else ffn_bias
-        self.self_attn = MultiHeadAttention(d_model, num_heads, attention_dropout, attention_bias, num_kv_heads)
-        self.ffn = PositionWiseFeedForward(d_model, d_ff, activation, activation_dropout, ffn_bias, gated_ffn)
-        self.norm1 = make_norm(norm, d_model, layer_norm_eps)
-        self.norm2 = make_norm(norm, d_model, layer_norm_eps)
-        self.dropout = Dropout(dropout)
+        config = BlockConfig.of(config, num_heads, d_ff, **fields)
+        self.config = config
+        self.norm_first = config.norm_first
+        self.self_attn = MultiHeadAttention(config)
+        self.ffn = PositionWiseFeedForward(config)
+        self.norm1 = _norm(config)
+        self.norm2 = _norm(config)
+        self.dropout = Dropout(config.dropout)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None = None, need_weights: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        need_weights: bool = False,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        position_bias: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, Weights]:
         """``mask``: bool, broadcastable to ``(batch, heads, src_len, src_len)``, True = may attend."""
-        if self.norm_first:
-            h = self.norm1(x)
-            attn, weights = self.self_attn(h, h, h, mask, need_weights)
-            x = x + self.dropout(attn)
-            x = x + self.dropout(self.ffn(self.norm2(x)))
-        else:
-            attn, weights = self.self_attn(x, x, x, mask, need_weights)
-            x = self.norm1(x + self.dropout(attn))
-            x = self.norm2(x + self.dropout(self.ffn(x)))
+
+        def attend(h: torch.Tensor) -> tuple[torch.Tensor, Weights]:
+            return self.self_attn(h, h, h, mask, need_weights, rotary=rotary, position_bias=position_bias)
+
+        x, weights = residual(x, attend, self.norm1, self.dropout, self.norm_first)
+        x, _ = residual(x, lambda h: (self.ffn(h), None), self.norm2, self.dropout, self.norm_first)
         return x, weights
 
 
@@ -87,42 +90,29 @@ class DecoderLayer(nn.Module):
     """``(batch, tgt_len, d_model)`` and encoder output ``(batch, src_len, d_model)`` -> ``(batch, tgt_len, d_model)``.
 
     ``forward`` returns ``(x, self_weights, cross_weights)``, the weights None unless ``need_weights``.
+    ``DecoderLayer(d_model, num_heads, d_ff, cross_attention=True, **fields)`` is short for the ``BlockConfig``
+    with those fields.
     """
 
     def __init__(
         self,
-        d_model: int,
-        num_heads: int,
-        d_ff: int,
-        dropout: float = 0.1,
-        activation: str = "relu",
-        norm_first: bool = False,
-        layer_norm_eps: float = 1e-5,
-        bias: bool = True,
-        attention_dropout: float = 0.0,
-        activation_dropout: float = 0.0,
+        config: BlockConfig | int,
+        num_heads: int | None = None,
+        d_ff: int | None = None,
         cross_attention: bool = True,
-        norm: str = "layernorm",
-        num_kv_heads: int | None = None,
-        gated_ffn: bool = False,
-        attention_bias: bool | None = None,
-        ffn_bias: bool | None = None,
+        **fields,
     ):
         super().__init__()
-        self.norm_first = norm_first
-        attention_bias = bias if attention_bias is None else attention_bias
-        ffn_bias = bias if ffn_bias is None else ffn_bias
-        self.self_attn = MultiHeadAttention(d_model, num_heads, attention_dropout, attention_bias, num_kv_heads)
-        self.norm1 = make_norm(norm, d_model, layer_norm_eps)
-        self.cross_attn = (
-            MultiHeadAttention(d_model, num_heads, attention_dropout, attention_bias, num_kv_heads)
-            if cross_attention
-            else None
-        )
-        self.norm2 = make_norm(norm, d_model, layer_norm_eps) if cross_attention else None
-        self.ffn = PositionWiseFeedForward(d_model, d_ff, activation, activation_dropout, ffn_bias, gated_ffn)
-        self.norm3 = make_norm(norm, d_model, layer_norm_eps)
-        self.dropout = Dropout(dropout)
+        config = BlockConfig.of(config, num_heads, d_ff, **fields)
+        self.config = config
+        self.norm_first = config.norm_first
+        self.self_attn = MultiHeadAttention(config)
+        self.norm1 = _norm(config)
+        self.cross_attn = MultiHeadAttention(config) if cross_attention else None
+        self.norm2 = _norm(config) if cross_attention else None
+        self.ffn = PositionWiseFeedForward(config)
+        self.norm3 = _norm(config)
+        self.dropout = Dropout(config.dropout)
 
     def forward(
         self,
@@ -135,7 +125,8 @@ class DecoderLayer(nn.Module):
         cross_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         is_causal: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        position_bias: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, Weights, Weights]:
         """
         Args:
             x: ``(batch, tgt_len, d_model)``.
@@ -147,29 +138,24 @@ class DecoderLayer(nn.Module):
                 ``cross_attn.project_kv(memory)`` (decoding); ``memory`` may then be None.
             rotary: ``(cos, sin)`` of the target positions, for rotary position embeddings in the self-attention.
             is_causal: a causal self-attention without a mask tensor (``MultiHeadAttention``'s ``is_causal``).
+            position_bias: added to the self-attention's logits (T5's relative bias).
         """
         if self.cross_attn is not None and memory is None and cross_kv is None:
             raise ValueError("this decoder layer has cross-attention: pass the encoder output as memory")
+
+        def attend(h: torch.Tensor) -> tuple[torch.Tensor, Weights]:
+            return self.self_attn(
+                h, h, h, self_mask, need_weights, cache, rotary=rotary, is_causal=is_causal,
+                position_bias=position_bias,
+            )  # fmt: skip
+
+        x, self_weights = residual(x, attend, self.norm1, self.dropout, self.norm_first)
         cross_weights = None
-        if self.norm_first:
-            h = self.norm1(x)
-            attn, self_weights = self.self_attn(
-                h, h, h, self_mask, need_weights, cache, rotary=rotary, is_causal=is_causal
-            )
-            x = x + self.dropout(attn)
-            if self.cross_attn is not None:
-                attn, cross_weights = self.cross_attn(
-                    self.norm2(x), memory, memory, memory_mask, need_weights, kv=cross_kv
-                )
-                x = x + self.dropout(attn)
-            x = x + self.dropout(self.ffn(self.norm3(x)))
-        else:
-            attn, self_weights = self.self_attn(
-                x, x, x, self_mask, need_weights, cache, rotary=rotary, is_causal=is_causal
-            )
-            x = self.norm1(x + self.dropout(attn))
-            if self.cross_attn is not None:
-                attn, cross_weights = self.cross_attn(x, memory, memory, memory_mask, need_weights, kv=cross_kv)
-                x = self.norm2(x + self.dropout(attn))
-            x = self.norm3(x + self.dropout(self.ffn(x)))
+        if self.cross_attn is not None:
+
+            def attend_memory(h: torch.Tensor) -> tuple[torch.Tensor, Weights]:
+                return self.cross_attn(h, memory, memory, memory_mask, need_weights, kv=cross_kv)
+
+            x, cross_weights = residual(x, attend_memory, self.norm2, self.dropout, self.norm_first)
+        x, _ = residual(x, lambda h: (self.ffn(h), None), self.norm3, self.dropout, self.norm_first)
         return x, self_weights, cross_weights

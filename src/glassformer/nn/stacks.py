@@ -3,104 +3,135 @@
     Encoder(src)         = Layer_N(... Layer_1(Dropout(PE(E_src[src] · sqrt(d_model)))))
     Decoder(tgt, memory) = Layer_N(... Layer_1(Dropout(PE(E_tgt[tgt] · sqrt(d_model))), memory))
 
-A pre-norm stack ends with a final LayerNorm (its layers leave the residual stream un-normalized);
-``final_norm`` can also be set explicitly, e.g. to match ``torch.nn.Transformer``, which always has one.
+Each stack takes one ``StackConfig`` (``glassformer.nn.config``). Positions enter in one of three ways, set by its
+``BlockConfig.position``: added to the embeddings (sinusoidal or learned, the paper), rotated into queries and keys
+(rotary: the angles computed once per forward and shared by the layers), or added to the self-attention logits
+(relative: T5's bias, computed once per stack — bidirectional in the encoder, causal buckets in the decoder — and
+shared by its layers). A pre-norm stack ends with a final norm (its layers leave the residual stream
+un-normalized); ``final_norm`` can also be set explicitly, e.g. to match ``torch.nn.Transformer``, which always
+has one.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
 
 import torch
 from torch import nn
 
+from glassformer.nn.cache import KVCache
+from glassformer.nn.config import BlockConfig, StackConfig
 from glassformer.nn.dropout import Dropout
 from glassformer.nn.embedding import TokenEmbedding, positional_embedding
 from glassformer.nn.layers import DecoderLayer, EncoderLayer
-from glassformer.nn.norm import LayerNorm
+from glassformer.nn.norm import make_norm
+from glassformer.nn.relative_position import RelativePositionBias
+from glassformer.nn.rotary import RotaryEmbedding
 from glassformer.nn.validation import check_token_ids
 
-if TYPE_CHECKING:
-    from glassformer.generation.cache import KVCache
+_STACK_FIELDS = {f.name for f in dataclasses.fields(StackConfig)} - {"block", "vocab_size"}
+
+
+def stack_config(config: StackConfig | int, **fields) -> StackConfig:
+    """``config`` itself, or the stack of ``vocab_size=config`` with the given stack and block fields (the short
+    form of ``Encoder(vocab_size, d_model=..., num_layers=..., ...)``)."""
+    if isinstance(config, StackConfig):
+        if fields:
+            raise ValueError("pass either a StackConfig or vocab_size with options, not both")
+        return config
+    stack = {k: v for k, v in fields.items() if k in _STACK_FIELDS}
+    block = {k: v for k, v in fields.items() if k not in _STACK_FIELDS}
+    d_model = block.pop("d_model")
+    return StackConfig(block=BlockConfig.of(d_model, **block), vocab_size=config, **stack)
 
 
 class _Stack(nn.Module):
     """What the encoder and decoder share: token embedding, positions, dropout, the layers and the
-    optional final norm. Subclasses name their ``layer_class``."""
+    optional final norm. Subclasses make their layers and say whether their relative positions look both ways."""
 
-    layer_class: type[nn.Module]
+    bidirectional: bool
 
-    def __init__(
-        self,
-        vocab_size: int,
-        d_model: int,
-        num_layers: int,
-        num_heads: int,
-        d_ff: int,
-        max_seq_length: int,
-        dropout: float = 0.1,
-        activation: str = "relu",
-        norm_first: bool = False,
-        final_norm: bool | None = None,
-        positional: str = "sinusoidal",
-        pad_id: int | None = None,
-        layer_norm_eps: float = 1e-5,
-        bias: bool = True,
-        attention_dropout: float = 0.0,
-        activation_dropout: float = 0.0,
-    ):
+    def __init__(self, config: StackConfig | int, **fields):
         super().__init__()
-        self.vocab_size = vocab_size
-        self.max_seq_length = max_seq_length
-        self.embedding = TokenEmbedding(vocab_size, d_model, padding_idx=pad_id)
-        self.positions = positional_embedding(positional, d_model, max_seq_length)
-        self.dropout = Dropout(dropout)
-        self.layers = nn.ModuleList(
-            self.layer_class(
-                d_model,
-                num_heads,
-                d_ff,
-                dropout,
-                activation,
-                norm_first,
-                layer_norm_eps,
-                bias,
-                attention_dropout,
-                activation_dropout,
-            )
-            for _ in range(num_layers)
+        config = stack_config(config, **fields)
+        block = config.block
+        self.config = config
+        self.vocab_size = config.vocab_size
+        self.max_seq_length = config.max_seq_length
+        self.embedding = TokenEmbedding(
+            config.vocab_size, block.d_model, padding_idx=config.pad_id, scale=config.scale_embeddings
         )
-        use_final_norm = norm_first if final_norm is None else final_norm
-        self.final_norm = LayerNorm(d_model, layer_norm_eps) if use_final_norm else None
+        self.positions = (
+            positional_embedding(config.positional, block.d_model, config.max_seq_length)
+            if config.positional != "none"
+            else None
+        )
+        self.rotary = RotaryEmbedding(block.dim_per_head, block.rope_theta) if block.position == "rope" else None
+        self.relative_bias = (
+            RelativePositionBias(
+                block.num_heads, block.relative_buckets, block.relative_max_distance, self.bidirectional
+            )
+            if block.position == "relative"
+            else None
+        )
+        self.dropout = Dropout(block.dropout)
+        self.layers = nn.ModuleList(self.make_layer(block) for _ in range(config.num_layers))
+        self.final_norm = make_norm(block.norm, block.d_model, block.layer_norm_eps) if config.has_final_norm else None
+
+    def make_layer(self, block: BlockConfig) -> nn.Module:
+        raise NotImplementedError
 
     def embed(self, ids: torch.Tensor, name: str, offset: int = 0) -> torch.Tensor:
         """``(batch, seq)`` ids -> ``Dropout(PE(E[ids] · sqrt(d_model)))``, ``(batch, seq, d_model)``; positions
         start at ``offset`` (the number of cached positions while decoding)."""
         check_token_ids(ids, self.vocab_size, self.max_seq_length, name)
-        return self.dropout(self.positions(self.embedding(ids), offset=offset))
+        x = self.embedding(ids)
+        if self.positions is not None:
+            x = self.positions(x, offset=offset)
+        elif offset + ids.size(1) > self.max_seq_length:
+            raise ValueError(
+                f"positions up to {offset + ids.size(1)} requested but max_seq_length is {self.max_seq_length}; "
+                "shorten the input or build the model with a larger max_seq_length"
+            )
+        return self.dropout(x)
+
+    def position_inputs(self, x: torch.Tensor, offset: int = 0) -> dict:
+        """The rotary angles or the relative bias of positions ``offset .. offset + seq - 1`` (keys from 0), as
+        keyword arguments for every layer; empty for positions added to the embeddings."""
+        seq = x.size(1)
+        if self.rotary is not None:
+            positions = torch.arange(offset, offset + seq, device=x.device)[None]
+            return {"rotary": self.rotary(positions, x.dtype)}
+        if self.relative_bias is not None:
+            return {"position_bias": self.relative_bias(seq, offset + seq, offset)}
+        return {}
 
 
 class Encoder(_Stack):
     """``forward(src, mask)``: ``(batch, src_len)`` token ids -> ``(batch, src_len, d_model)``.
 
     ``mask`` is bool, broadcastable to ``(batch, heads, src_len, src_len)``, True = may attend: usually
-    ``glassformer.masks.padding_mask(src, pad_id)``. With ``return_attentions=True`` it returns
+    ``glassformer.masks.padding_mask(src, pad_id)``. With ``output_attentions=True`` it returns
     ``(x, [weights of each layer, (batch, heads, src_len, src_len)])``.
     """
 
-    layer_class = EncoderLayer
+    bidirectional = True
+
+    def make_layer(self, block: BlockConfig) -> nn.Module:
+        return EncoderLayer(block)
 
     def forward(
-        self, src: torch.Tensor, mask: torch.Tensor | None = None, return_attentions: bool = False
+        self, src: torch.Tensor, mask: torch.Tensor | None = None, output_attentions: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.embed(src, "src")
+        positions = self.position_inputs(x)
         attentions = []
         for layer in self.layers:
-            x, weights = layer(x, mask, need_weights=return_attentions)
+            x, weights = layer(x, mask, need_weights=output_attentions, **positions)
             attentions.append(weights)
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return (x, attentions) if return_attentions else x
+        return (x, attentions) if output_attentions else x
 
 
 class Decoder(_Stack):
@@ -109,18 +140,21 @@ class Decoder(_Stack):
 
     ``self_mask``: bool, broadcastable to ``(batch, heads, tgt_len, tgt_len)`` (causal & target padding);
     ``memory_mask``: bool, broadcastable to ``(batch, heads, tgt_len, src_len)`` (source padding).
-    With ``return_attentions=True`` it returns ``(x, [self weights per layer], [cross weights per layer])``.
+    With ``output_attentions=True`` it returns ``(x, [self weights per layer], [cross weights per layer])``.
 
     Decoding step by step: ``cache`` (a ``KVCache``) keeps the self-attention keys/values of earlier positions and
     ``cross_kv`` holds each layer's cross-attention keys/values of the memory, computed once with
     ``cross_attention_kv(memory)``.
     """
 
-    layer_class = DecoderLayer
+    bidirectional = False
+
+    def make_layer(self, block: BlockConfig) -> nn.Module:
+        return DecoderLayer(block)
 
     def cross_attention_kv(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per layer, the keys and values of ``memory`` ``(batch, src_len, d_model)`` for the cross-attention,
-        each ``(batch, heads, src_len, d_k)``."""
+        each ``(batch, kv_heads, src_len, d_k)``."""
         return [layer.cross_attn.project_kv(memory) for layer in self.layers]
 
     def forward(
@@ -129,11 +163,13 @@ class Decoder(_Stack):
         memory: torch.Tensor | None,
         self_mask: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
-        return_attentions: bool = False,
+        output_attentions: bool = False,
         cache: KVCache | None = None,
         cross_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-        x = self.embed(tgt, "tgt", offset=cache.length if cache is not None else 0)
+        offset = cache.length if cache is not None else 0
+        x = self.embed(tgt, "tgt", offset=offset)
+        positions = self.position_inputs(x, offset)
         self_attentions, cross_attentions = [], []
         for i, layer in enumerate(self.layers):
             x, self_weights, cross_weights = layer(
@@ -141,9 +177,10 @@ class Decoder(_Stack):
                 memory,
                 self_mask,
                 memory_mask,
-                need_weights=return_attentions,
+                need_weights=output_attentions,
                 cache=cache.layer(i) if cache is not None else None,
                 cross_kv=cross_kv[i] if cross_kv is not None else None,
+                **positions,
             )
             self_attentions.append(self_weights)
             cross_attentions.append(cross_weights)
@@ -151,4 +188,4 @@ class Decoder(_Stack):
             cache.advance(tgt.size(1))
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return (x, self_attentions, cross_attentions) if return_attentions else x
+        return (x, self_attentions, cross_attentions) if output_attentions else x

@@ -61,3 +61,19 @@ def check_mask(mask: torch.Tensor, target_shape: tuple[int, ...], name: str = "m
             f"{name} of shape {tuple(mask.shape)} does not broadcast to attention scores of shape "
             f"{tuple(target_shape)} (batch, heads, q_len, k_len)"
         )
+
+
+def check_bias(bias: torch.Tensor, target_shape: tuple[int, ...], name: str = "position_bias") -> None:
+    """An additive attention bias must be floating and broadcast to ``target_shape`` = ``(batch, heads, q_len,
+    k_len)``."""
+    if not isinstance(bias, torch.Tensor) or not bias.is_floating_point():
+        kind = bias.dtype if isinstance(bias, torch.Tensor) else type(bias).__name__
+        raise ValueError(f"{name} must be a floating-point tensor added to the attention logits, got {kind}")
+    ok = bias.dim() <= len(target_shape) and all(
+        m in (1, t) for m, t in zip(reversed(bias.shape), reversed(target_shape), strict=False)
+    )
+    if not ok:
+        raise ValueError(
+            f"{name} of shape {tuple(bias.shape)} does not broadcast to attention scores of shape "
+            f"{tuple(target_shape)} (batch, heads, q_len, k_len)"
+        )

@@ -135,7 +135,7 @@ def attention_views(
     if len(ids) > model.config.max_seq_length:
         raise ValueError(f"the text has {len(ids)} tokens, more than the model's {model.config.max_seq_length}")
     with torch.no_grad():
-        _, attentions = model(torch.tensor([ids], device=runtime.module_device(model)), return_attentions=True)
+        attentions = model(torch.tensor([ids], device=runtime.module_device(model)), output_attentions=True).attentions
     tokens, special = readable_tokens(tokenizer, ids)
     return [AttentionView("self", tokens, tokens, _stack(attentions), special, special)]
 
@@ -156,11 +156,11 @@ def _translation_views(
     with torch.no_grad():
         where = runtime.module_device(model)
         src, tgt = torch.tensor([source_ids], device=where), torch.tensor([target_ids], device=where)
-        _, attentions = model(src, tgt, return_attentions=True)
+        out = model(src, tgt, output_attentions=True)
     src_tokens, src_special = readable_tokens(translator.source_tokenizer, source_ids)
     tgt_tokens, tgt_special = readable_tokens(translator.target_tokenizer, target_ids)
     return [
-        AttentionView("encoder", src_tokens, src_tokens, _stack(attentions["encoder"]), src_special, src_special),
-        AttentionView("decoder", tgt_tokens, tgt_tokens, _stack(attentions["decoder"]), tgt_special, tgt_special),
-        AttentionView("cross", tgt_tokens, src_tokens, _stack(attentions["cross"]), tgt_special, src_special),
+        AttentionView("encoder", src_tokens, src_tokens, _stack(out.encoder_attentions), src_special, src_special),
+        AttentionView("decoder", tgt_tokens, tgt_tokens, _stack(out.decoder_attentions), tgt_special, tgt_special),
+        AttentionView("cross", tgt_tokens, src_tokens, _stack(out.cross_attentions), tgt_special, src_special),
     ]
