@@ -111,7 +111,9 @@ def gguf_metadata(**overrides) -> dict:
 
 
 def test_gguf_tokenizer_from_metadata():
-    from glassformer.checkpoints.gguf import gguf_tokenizer
+    from glassformer import Tokenizer
+
+    gguf_tokenizer = Tokenizer.from_gguf_metadata
 
     tokenizer = gguf_tokenizer(gguf_metadata())
     assert tokenizer.encode("ab a</s>") == [4, 6, 1]  # merges applied, the control token matched whole

@@ -5,8 +5,7 @@ classifier), their configs and the ``Tokenizer``; the
 parts live in ``glassformer.nn``, the masks in ``glassformer.masks``, decoding in ``glassformer.generation``.
 """
 
-__version__ = "0.1.0"
-
+from glassformer._version import __version__
 from glassformer.models.bert import Bert, BertConfig, BertForSequenceClassification  # noqa: E402
 from glassformer.models.gpt import GPT, GPTConfig  # noqa: E402
 from glassformer.models.transformer import Transformer, TransformerConfig  # noqa: E402

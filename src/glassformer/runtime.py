@@ -346,7 +346,7 @@ def compile_status(device: torch.device) -> str:
 
 def environment(device: str | torch.device | None = "auto") -> dict[str, str]:
     """Everything a bug report needs, as ``{name: value}`` lines (``glassformer env`` prints them)."""
-    from glassformer import __version__
+    from glassformer._version import __version__
 
     resolved = resolve_device(device)
     f = cpu_features()

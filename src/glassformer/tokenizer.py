@@ -7,7 +7,7 @@ Tokenizer.gpt2()                 GPT-2's own byte-level BPE, shipped by the ``gp
 Tokenizer.train(texts, ...)      a new byte-level BPE or character vocabulary
 encode(text) -> list[int],  decode(ids) -> str,  save(dir) -> tokenizer.json
 batch_encode(texts, pairs)       padded tensors for an encoder: input_ids, attention_mask, token_type_ids
-apply_chat_template(messages)    a conversation as the model was trained to read it (``generation.chat``)
+apply_chat_template(messages)    a conversation as the model was trained to read it (``glassformer.chat_template``)
 
 ``encode`` adds the special tokens the tokenizer's template names, as ``transformers`` does by default:
 ``[CLS] text [SEP]`` for BERT, nothing for GPT-2 and the byte-level BPEs trained here.
@@ -52,7 +52,7 @@ class Tokenizer:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> Tokenizer:
         """Load from a directory (or a ``tokenizer.json`` file)."""
-        from glassformer.checkpoints.gguf import find_gguf, gguf_tokenizer
+        from glassformer.checkpoints.gguf import find_gguf
 
         path = Path(path)
         if not path.exists():  # a shortcut (smollm2, minilm) or a model name in the local Hugging Face cache
@@ -63,7 +63,7 @@ class Tokenizer:
         if gguf_file is not None:
             from glassformer.checkpoints.gguf import open_gguf
 
-            return gguf_tokenizer(open_gguf(gguf_file)[1])
+            return cls.from_gguf_metadata(open_gguf(gguf_file)[1])
         if path.is_file():
             return cls(BackendTokenizer.from_file(str(path)))
         if not path.is_dir():
@@ -92,6 +92,54 @@ class Tokenizer:
             f"{path} has no {TOKENIZER_FILE}, no vocab.json + merges.txt and no vocab.txt; "
             "save the tokenizer with the model"
         )
+
+    @classmethod
+    def from_gguf_metadata(cls, metadata: dict) -> Tokenizer:
+        """The byte-level BPE tokenizer of GGUF metadata (``tokenizer.ggml.model == "gpt2"``): vocabulary, merges,
+        special tokens (token types CONTROL / USER_DEFINED), the pre-tokenizer named by ``tokenizer.ggml.pre``,
+        and the chat template."""
+        from tokenizers import AddedToken
+
+        from glassformer.checkpoints.gguf import CONTROL, PRE_TOKENIZERS, USER_DEFINED
+
+        kind = metadata.get("tokenizer.ggml.model")
+        if kind != "gpt2":
+            raise ValueError(
+                f"GGUF tokenizer model {kind!r} is not supported; glassformer reads byte-level BPE ('gpt2')"
+            )
+        pre = metadata.get("tokenizer.ggml.pre", "gpt2")
+        if pre not in PRE_TOKENIZERS:
+            raise ValueError(f"GGUF pre-tokenizer {pre!r} is not supported; known: {', '.join(PRE_TOKENIZERS)}")
+        tokens = metadata["tokenizer.ggml.tokens"]
+        merges = [tuple(merge.split(" ", 1)) for merge in metadata.get("tokenizer.ggml.merges", [])]
+        vocab = {token: i for i, token in enumerate(tokens)}
+        backend = BackendTokenizer(models.BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        if pre == "smollm":  # SmolLM's training split every digit apart before the GPT-2 rules
+            backend.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        else:
+            backend.pre_tokenizer = byte_level
+        backend.decoder = decoders.ByteLevel()
+        types = metadata.get("tokenizer.ggml.token_type", [])
+        specials = [tokens[i] for i, kind in enumerate(types) if kind in (CONTROL, USER_DEFINED)]
+        backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+
+        def token(key: str) -> str | None:
+            index = metadata.get(f"tokenizer.ggml.{key}_token_id")
+            return tokens[index] if index is not None and 0 <= index < len(tokens) else None
+
+        if metadata.get("tokenizer.ggml.add_bos_token") and token("bos") is not None:  # Llama 2/3: <s> text
+            bos = token("bos")
+            backend.post_processor = processors.TemplateProcessing(
+                single=f"{bos} $A", pair=f"{bos} $A $B", special_tokens=[(bos, vocab[bos])]
+            )
+
+        tokenizer = cls(backend, model_max_length=metadata.get(f"{metadata['general.architecture']}.context_length"))
+        tokenizer.pad_token = token("padding")
+        tokenizer.bos_token = token("bos")
+        tokenizer.eos_token = token("eos")
+        tokenizer.chat_template = metadata.get("tokenizer.chat_template")
+        return tokenizer
 
     @classmethod
     def wordpiece(
@@ -263,7 +311,7 @@ class Tokenizer:
     def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         """The conversation ``[{"role": "user", "content": ...}, ...]`` rendered with the checkpoint's chat template,
         ending with the assistant's turn opened (``add_generation_prompt``); encode the result to prompt the model."""
-        from glassformer.generation.chat import render_chat_template
+        from glassformer.chat_template import render_chat_template
 
         if not self.chat_template:
             raise ValueError("this tokenizer has no chat template; chat needs an instruction-tuned checkpoint")

@@ -4,6 +4,7 @@ a tiny BERT that the test writes."""
 import json
 
 import pytest
+import torch
 from run_glassformer import cli
 
 
@@ -64,3 +65,31 @@ def test_embed_and_similarity(tiny_classification):
     assert table["cosine"][0][2] == pytest.approx(1.0, abs=1e-4)
     result = cli("similarity", "--model", model, "only one", check=False)
     assert result.returncode == 2 and "at least two" in result.stderr
+
+
+def test_layer_decay_and_seed_reach_the_optimizer(tiny_classification, tmp_path):
+    """--layer-decay scales each layer's learning rate (head 1, top layer 1, each lower layer by the factor, the
+    embeddings below the lowest), kept on --resume; --seed changes the batches."""
+    tsv, init = tiny_classification
+    common = ("--data", str(tsv), "--init", str(init), "--batch-size", "16", "--max-length", "16", "--quiet")
+
+    def train(out, *flags):
+        cli("train", "classify", *common, "--out", str(out), "--epochs", "0.25", *flags)
+        return json.loads((out / "last" / "trainer_state.json").read_text())
+
+    decayed = train(tmp_path / "decayed", "--layer-decay", "0.5")
+    scales = sorted({group["lr_scale"] for group in decayed["param_groups"]})
+    assert scales == [0.25, 0.5, 1.0]  # 2 layers: embeddings 0.5², layer 0 0.5, layer 1 and the head 1
+    plain = train(tmp_path / "plain")
+    assert {group["lr_scale"] for group in plain["param_groups"]} == {1.0}
+    cli("train", "classify", "--out", str(tmp_path / "decayed"), "--resume", "--epochs", "0.5", "--quiet")
+    resumed = json.loads((tmp_path / "decayed" / "last" / "trainer_state.json").read_text())
+    assert sorted({group["lr_scale"] for group in resumed["param_groups"]}) == [0.25, 0.5, 1.0]
+    from safetensors.torch import load_file
+
+    train(tmp_path / "seeded", "--seed", "7")
+    train(tmp_path / "plain-again")
+    weights = {name: load_file(tmp_path / name / "last" / "model.safetensors") for name in ("plain", "plain-again",
+                                                                                           "seeded")}  # fmt: skip
+    assert all(torch.equal(weights["plain"][k], weights["plain-again"][k]) for k in weights["plain"])
+    assert not torch.equal(weights["plain"]["classifier.weight"], weights["seeded"]["classifier.weight"])

@@ -6,7 +6,7 @@ import torch
 
 from glassformer.data.pretrained import resolve_shortcut
 from glassformer.models.bert import Bert
-from glassformer.models.sentence_encoder import SentenceEncoder
+from glassformer.pipelines.sentence_encoder import SentenceEncoder
 from glassformer.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")

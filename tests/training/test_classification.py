@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from glassformer.models.bert import BertForSequenceClassification
-from glassformer.models.text_classifier import TextClassifier
+from glassformer.pipelines.text_classifier import TextClassifier
 from glassformer.tokenizer import Tokenizer
 from glassformer.training.classification import (
     LabelledData,
@@ -76,7 +76,7 @@ def test_bad_inputs_are_refused_clearly(tiny, tmp_path):
 
 
 def test_layer_wise_learning_rate_decay(tiny, tmp_path):
-    from glassformer.models.text_classifier import TextClassifier
+    from glassformer.pipelines.text_classifier import TextClassifier
     from glassformer.training.classification import ClassificationTask
     from glassformer.training.loop import Trainer
 

@@ -112,7 +112,7 @@ def test_unknown_corpus_name():
 
 
 def test_separate_vocabularies_are_saved_and_used(tmp_path, write_toy_corpus):
-    from glassformer.generation.translator import SOURCE_TOKENIZER_FILE, Translator
+    from glassformer.pipelines.translator import SOURCE_TOKENIZER_FILE, Translator
 
     tsv = write_toy_corpus(tmp_path / "toy.tsv")
     config = TrainConfig(max_steps=3, eval_every=3, progress=False)

@@ -15,7 +15,18 @@ import torch
 
 from glassformer.cli.generate import add_sampling_arguments, sampling_options, text_streamer
 from glassformer.cli.options import report_placement
-from glassformer.models.language_model import load_language_model
+from glassformer.pipelines.language_model import load_language_model
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "chat",
+        help="talk with an instruction-tuned model (SmolLM2-135M-Instruct by default)",
+        description="A multi-turn conversation in the terminal, rendered with the checkpoint's chat template; one "
+        "user message per line (from the keyboard or stdin), /reset to start over, /exit to quit.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,4 +1,4 @@
-"""``glassformer train classify``, ``classify``, ``embed`` and ``similarity`` (the BERT commands)."""
+"""``glassformer classify``, ``embed`` and ``similarity`` (the BERT commands; training is ``train classify``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,20 @@ import json
 import sys
 
 from glassformer.cli.options import add_device_arguments, report_placement
-from glassformer.data.sentiment import DOMAINS
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    for name, add, run, help, description in (
+        ("classify", add_classify_arguments, run_classify, "label texts with a trained classifier",
+         "Print each text's label and its probability (texts as arguments or lines on stdin)."),
+        ("embed", add_embed_arguments, run_embed, "sentence embeddings (all-MiniLM-L6-v2 by default)",
+         "Mean-pooled, L2-normalized sentence embeddings from a BERT encoder."),
+        ("similarity", add_similarity_arguments, run_similarity, "cosine similarity table of sentences",
+         "Cosine similarity of every pair of sentences, from their embeddings."),
+    ):  # fmt: skip
+        parser = commands.add_parser(name, help=help, description=description)
+        add(parser)
+        parser.set_defaults(func=run)
 
 
 def read_texts(args: argparse.Namespace, what: str) -> list[str]:
@@ -15,63 +28,6 @@ def read_texts(args: argparse.Namespace, what: str) -> list[str]:
     if not texts:
         raise ValueError(f"nothing to {what}; pass texts as arguments or lines on stdin")
     return texts
-
-
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", default="sentiment", help="'sentiment' or a TSV of label<TAB>text lines")
-    parser.add_argument("--domain", default="movies", choices=list(DOMAINS), help="sentiment: which sentences")
-    parser.add_argument("--init", default="minilm", help="pretrained encoder: 'minilm' or a BERT/DistilBERT dir")
-    parser.add_argument("--out", required=True, help="the run directory")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    parser.add_argument("--pooling", choices=["mean", "pooler"], default="mean", help="what the head reads")
-    parser.add_argument("--num-labels", type=int, default=None, help="for integer labels: how many classes")
-    parser.add_argument("--epochs", type=float, default=4.0)
-    parser.add_argument("--max-minutes", type=float, default=15.0, help="stop after this much wall-clock time")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=128, help="texts are cut to this many tokens")
-    parser.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
-    parser.add_argument("--warmup", type=float, default=0.06, help="warm-up as a fraction of all steps")
-    parser.add_argument("--weight-decay", type=float, default=0.01)
-    parser.add_argument("--dropout", type=float, default=0.1)
-    parser.add_argument("--layer-decay", type=float, default=1.0, help="layer-wise lr decay (1 = none)")
-    parser.add_argument("--patience", type=int, default=3, help="evaluations without a better accuracy to stop")
-    parser.add_argument("--evals-per-epoch", type=int, default=2)
-    add_device_arguments(parser, training=True)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def run_train(args: argparse.Namespace) -> None:
-    from glassformer.training.classification import LabelledData, classification_train_config, train_classifier
-
-    train = classification_train_config(
-        max_minutes=args.max_minutes,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        patience=args.patience,
-        device=args.device,
-        precision=args.precision,
-        seed=args.seed,
-        progress=not args.quiet,
-    )
-    summary = train_classifier(
-        args.out,
-        LabelledData(args.data, args.domain),
-        init=args.init,
-        pooling=args.pooling,
-        num_labels=args.num_labels,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        dropout=args.dropout,
-        warmup=args.warmup,
-        evals_per_epoch=args.evals_per_epoch,
-        layer_decay=args.layer_decay,
-        train=train,
-        resume=args.resume,
-    )
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}))
-    print(f"run directory: {args.out} (evaluate with: glassformer evaluate --model {args.out})")
 
 
 def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +39,7 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_classify(args: argparse.Namespace) -> None:
-    from glassformer.models.text_classifier import TextClassifier
+    from glassformer.pipelines.text_classifier import TextClassifier
 
     texts = read_texts(args, "classify")
     placement = report_placement(args)
@@ -116,7 +72,7 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_embed(args: argparse.Namespace) -> None:
-    from glassformer.models.sentence_encoder import SentenceEncoder
+    from glassformer.pipelines.sentence_encoder import SentenceEncoder
 
     texts = read_texts(args, "embed")
     placement = report_placement(args)
@@ -137,7 +93,7 @@ def add_similarity_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_similarity(args: argparse.Namespace) -> None:
-    from glassformer.models.sentence_encoder import SentenceEncoder, format_similarity_table
+    from glassformer.pipelines.sentence_encoder import SentenceEncoder, format_similarity_table
 
     texts = read_texts(args, "compare")
     if len(texts) < 2:

@@ -13,6 +13,12 @@ CORPORA = {
 }
 
 
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("data", help="fetch corpora into the cache", description="Fetch and prepare corpora.")
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     get = actions.add_parser(

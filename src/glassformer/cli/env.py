@@ -8,6 +8,17 @@ import argparse
 from glassformer import runtime
 
 
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "env",
+        help="what this machine can do: device, precisions, fast paths (paste it into bug reports)",
+        description="Print the torch version, the device glassformer picks, the CPU's capabilities, which precisions "
+        "are native, which optional kernels work here, and a one-line summary.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="describe this device (default auto: the one commands pick)")
 

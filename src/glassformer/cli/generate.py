@@ -10,20 +10,35 @@ from collections.abc import Callable
 import torch
 
 from glassformer.cli.options import add_device_arguments, report_placement
-from glassformer.models.language_model import load_language_model
+from glassformer.generation.config import GenerationConfig
+from glassformer.pipelines.language_model import load_language_model
 from glassformer.tokenizer import Tokenizer
+
+DEFAULT_NEW_TOKENS = 50  # when neither --max-length nor --max-new-tokens is given: a paragraph, not 20 tokens
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "generate",
+        help="continue a prompt with a GPT or Llama model (smollm2: real pretrained weights)",
+        description="Continue a prompt with a decoder-only checkpoint (a GPT run, Hugging Face GPT-2 or Llama, a GGUF "
+        "file, or the smollm2 shortcut), streaming tokens as they come.",
+    )
+    add_arguments(parser)
+    parser.set_defaults(func=run)
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """The decoding flags shared by ``generate`` and ``chat`` (the guide's: --sample --temperature 0.7 --top-k 50
-    --top-p 0.95 --no-repeat-ngram-size 2)."""
+    """The decoding flags shared by ``generate`` and ``chat``, defaults ``GenerationConfig``'s (the guide's
+    settings: --sample --temperature 0.7 --top-k 50 --top-p 0.95 --no-repeat-ngram-size 2)."""
+    defaults = GenerationConfig()
     parser.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--top-p", type=float, default=None)
-    parser.add_argument("--no-repeat-ngram-size", type=int, default=0)
-    parser.add_argument("--repetition-penalty", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=None, help="makes sampling reproducible")
+    parser.add_argument("--temperature", type=float, default=defaults.temperature)
+    parser.add_argument("--top-k", type=int, default=defaults.top_k)
+    parser.add_argument("--top-p", type=float, default=defaults.top_p)
+    parser.add_argument("--no-repeat-ngram-size", type=int, default=defaults.no_repeat_ngram_size)
+    parser.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="makes sampling reproducible")
     add_device_arguments(parser)
 
 
@@ -35,8 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--prompt", required=True, help="the text to continue")
     parser.add_argument("--max-length", type=int, default=None, help="total tokens, prompt included")
-    parser.add_argument("--max-new-tokens", type=int, default=None, help="new tokens (default 50 if no max length)")
-    parser.add_argument("--num-beams", type=int, default=1)
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help=f"new tokens (default {DEFAULT_NEW_TOKENS} if no max length)"
+    )
+    parser.add_argument("--min-new-tokens", type=int, default=GenerationConfig().min_new_tokens)
+    parser.add_argument("--num-beams", type=int, default=GenerationConfig().num_beams)
+    parser.add_argument("--length-penalty", type=float, default=GenerationConfig().length_penalty, help="beam search")
     add_sampling_arguments(parser)
 
 
@@ -78,7 +97,7 @@ def run(args: argparse.Namespace) -> None:
     model, tokenizer = load_language_model(args.model, device=placement.device, precision=placement.precision)
     ids = tokenizer.encode(args.prompt)
     if args.max_length is None and args.max_new_tokens is None:
-        args.max_new_tokens = 50
+        args.max_new_tokens = DEFAULT_NEW_TOKENS
     streamer = text_streamer(tokenizer)
 
     def stream(tokens: torch.Tensor) -> None:
@@ -90,7 +109,9 @@ def run(args: argparse.Namespace) -> None:
         torch.tensor([ids]),
         max_length=args.max_length,
         max_new_tokens=args.max_new_tokens,
+        min_new_tokens=args.min_new_tokens,
         num_beams=args.num_beams,
+        length_penalty=args.length_penalty,
         on_tokens=stream if args.num_beams == 1 else None,
         **sampling_options(args),
     )

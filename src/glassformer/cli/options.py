@@ -5,6 +5,7 @@ float32 where it would be emulated). What was chosen, and why, is printed on std
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 
 from glassformer import runtime
@@ -33,3 +34,9 @@ def report_placement(args: argparse.Namespace) -> runtime.Placement:
     placement = runtime.place(args.device, args.precision)
     print(f"glassformer: {placement.describe()}", file=sys.stderr)
     return placement
+
+
+def default_of(function, name: str):
+    """The default of ``function``'s parameter ``name``: flags take their defaults from the library, never restate
+    them."""
+    return inspect.signature(function).parameters[name].default

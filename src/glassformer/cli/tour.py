@@ -171,3 +171,14 @@ def run_tour(seed: int = 42, out: Callable[[str], None] = print) -> None:
     for step in STEPS:
         step(out)
     print("\nEvery part above lives in src/glassformer/nn/, one file per idea; the model in src/glassformer/models/.")
+
+
+def register(commands) -> None:
+    parser = commands.add_parser(
+        "tour",
+        help="walk through the guide's sections with glassformer's parts",
+        description="Run the guide's worked examples with glassformer's parts and print each result, flagging the "
+        "numbers the guide got wrong.",
+    )
+    parser.add_argument("--seed", type=int, default=42, help="random seed for the random examples (default 42)")
+    parser.set_defaults(func=lambda args: run_tour(seed=args.seed))

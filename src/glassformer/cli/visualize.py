@@ -10,6 +10,26 @@ from glassformer.cli.options import add_device_arguments, report_placement
 FIGURES = ("attention", "positional-encoding", "similarity", "masks", "curves")
 
 
+def register(commands: argparse._SubParsersAction) -> None:
+    visualize = commands.add_parser(
+        "visualize",
+        help="an attention page (head view + model view) as one self-contained HTML file",
+        description="Run a model on a text and write its attention weights as an HTML page that works offline: a "
+        "head view (lines between tokens, a layer selector, head toggles) and a model view (every layer x head; "
+        "click to enlarge). Translation models show encoder, decoder and cross attention.",
+    )
+    add_visualize_arguments(visualize)
+    visualize.set_defaults(func=run_visualize)
+    figures = commands.add_parser(
+        "figures",
+        help="the guide's figures with matplotlib (PNG or SVG)",
+        description="attention heat maps, the positional-encoding heat map, embedding similarity, padding and "
+        "look-ahead masks, training curves.",
+    )
+    add_figures_arguments(figures)
+    figures.set_defaults(func=run_figures)
+
+
 def add_visualize_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("text", help="the text to look at (for a translation model: the source sentence)")
     parser.add_argument(
@@ -76,7 +96,7 @@ def run_figures(args: argparse.Namespace) -> None:
         if not args.texts:
             raise ValueError("figures masks needs sentences, e.g. 'I love cats' 'Hello'")
         if args.model:
-            from glassformer.models.language_model import load_language_model
+            from glassformer.pipelines.language_model import load_language_model
             from glassformer.visualization.attention import readable_tokens
 
             _, tokenizer = load_language_model(args.model)

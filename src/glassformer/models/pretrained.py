@@ -18,7 +18,7 @@ class PretrainedMixin:
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``config.json`` + ``model.safetensors`` into ``directory``."""
-        from glassformer import __version__
+        from glassformer._version import __version__
 
         config = {**self.config.to_dict(), "glassformer_version": __version__}
         return write_checkpoint(directory, config, self.state_dict())

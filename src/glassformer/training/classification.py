@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from glassformer.checkpoints.huggingface import resolve_model_dir
 from glassformer.data.sentiment import LABELS, prepare_sentiment, read_tsv, split_rows
 from glassformer.models.bert import BertForSequenceClassification
-from glassformer.models.text_classifier import TextClassifier
+from glassformer.pipelines.text_classifier import TextClassifier
 from glassformer.tokenizer import Tokenizer
 from glassformer.training.loop import TrainConfig, Trainer, check_run_directory
 
@@ -216,6 +216,7 @@ def train_classifier(
     if resume:
         record = json.loads((out / RUN_FILE).read_text())
         data, max_length, batch_size = LabelledData(**record["data"]), record["max_length"], record["batch_size"]
+        layer_decay = record.get("layer_decay", layer_decay)
     data = data or LabelledData()
     splits = data.load()
     if resume:
@@ -233,8 +234,9 @@ def train_classifier(
     if max_length > model.config.max_seq_length:
         raise ValueError(f"max_length={max_length} exceeds the model's {model.config.max_seq_length} positions")
     task = ClassificationTask(
-        TextClassifier(model, tokenizer, max_length), splits["train"], splits["valid"], batch_size
-    )
+        TextClassifier(model, tokenizer, max_length), splits["train"], splits["valid"], batch_size, train.seed,
+        layer_decay,
+    )  # fmt: skip
     steps = max(1, math.ceil(epochs * task.batches_per_epoch))
     train = dataclasses.replace(
         train,
@@ -266,11 +268,11 @@ def train_classifier(
 
 def classification_train_config(**overrides) -> TrainConfig:
     """Fine-tuning defaults: AdamW lr 1e-4, weight decay 0.01, warm-up 6% of the steps, linear decay to 0,
-    clip 1.0, early stopping after 3 evaluations (1.5 epochs) without a better accuracy; the device and precision
-    ``auto`` (bf16 autocast where the hardware computes in it natively)."""
+    clip 1.0, early stopping after 3 evaluations (1.5 epochs) without a better accuracy, at most 15 minutes; the
+    device and precision ``auto`` (bf16 autocast where the hardware computes in it natively)."""
     defaults = dict(
         lr=1e-4, schedule="linear", min_lr_ratio=0.0, weight_decay=0.01, betas=(0.9, 0.999),
-        grad_clip=1.0, patience=3, log_every=10,
+        grad_clip=1.0, patience=3, log_every=10, max_minutes=15.0,
     )  # fmt: skip
     return TrainConfig(**{**defaults, **overrides})
 

@@ -16,7 +16,7 @@ import sacrebleu
 from tqdm import tqdm
 
 from glassformer.data.parallel import read_parallel
-from glassformer.generation.translator import Translator
+from glassformer.pipelines.translator import Translator
 from glassformer.training.translation import RUN_FILE, DataSpec
 
 

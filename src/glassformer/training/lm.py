@@ -23,6 +23,11 @@ PRESETS = {  # GPT shapes for `train lm --preset`
 }
 
 
+def lm_train_config(**overrides) -> TrainConfig:
+    """How a language model trains unless told otherwise: AdamW, warm-up then cosine to 1e-3 · 0.1, 2,000 steps."""
+    return TrainConfig(**{"max_steps": 2000, **overrides})
+
+
 class LanguageModelingTask:
     """Random windows of ``block_size + 1`` tokens for training; fixed, non-overlapping windows for validation."""
 
@@ -108,7 +113,7 @@ def train_language_model(
     if architecture not in ("gpt2", "llama"):
         raise ValueError(f"unknown architecture {architecture!r}; choose 'gpt2' or 'llama'")
     out = Path(out)
-    train = train or TrainConfig()
+    train = train or lm_train_config()
     train_text, valid_text = read_corpus(data)
     if resume:
         tokenizer = Tokenizer.from_pretrained(out / "last")

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from glassformer.data.parallel import ParallelDataset, Seq2SeqBatch, TokenBatchSampler, collate
-from glassformer.generation.translator import SOURCE_TOKENIZER_FILE, load_tokenizers
 from glassformer.models.transformer import Transformer, TransformerConfig
+from glassformer.pipelines.translator import SOURCE_TOKENIZER_FILE, load_tokenizers
 from glassformer.tokenizer import Tokenizer
 from glassformer.training.loop import TrainConfig, Trainer, check_run_directory
 from glassformer.training.losses import fused_label_smoothed_cross_entropy
@@ -45,7 +45,25 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# the model's other choices, one field set of TransformerConfig each (README: BLEU after equal time for each)
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "paper": {},  # LayerNorm, sinusoidal positions added to sqrt(d)-scaled embeddings, ReLU, biases
+    "t5": dict(  # relative position bias, RMSNorm, unscaled logits, gated GELU, no biases, scaled tied output
+        norm="rmsnorm",
+        positional="relative",
+        attention_scale=1.0,
+        bias=False,
+        activation="gelu_tanh",
+        gated_ffn=True,
+        layer_norm_eps=1e-6,
+        scale_embeddings=False,
+        scale_output=True,
+    ),  # fmt: skip
+    "llama": dict(norm="rmsnorm", positional="rope", activation="silu", gated_ffn=True, bias=False),
+}
 DEFAULT_MAX_TOKENS = 4096  # padded tokens per batch
+DEFAULT_MAX_LENGTH = 256  # tokens per sentence, longer training pairs are left out
+DEFAULT_VOCAB_SIZE = 8000
 # `--preset auto`: these (preset, tokens per batch), cheapest first, are timed on the machine at hand, and the last
 # one whose measured step time still gives AUTO_MIN_STEPS optimizer steps within --max-minutes is trained. Fewer
 # steps than that leave a run in or near the learning-rate warm-up: on a 2-core AVX2 CPU in float32, `small`
@@ -149,17 +167,31 @@ def train_tokenizers(pairs: list[tuple[str, str]], vocab_size: int, shared: bool
     return source, target
 
 
+def translation_train_config(**overrides) -> TrainConfig:
+    """How translation trains unless told otherwise: the paper's Adam(β = (0.9, 0.98), ε = 1e-9) and warm-up
+    schedule (noam, peaking at 1.5e-3 after 300 steps), no weight decay, gradients clipped at 1.0."""
+    defaults = dict(
+        max_steps=100_000, lr=1.5e-3, schedule="noam", warmup_steps=300, optimizer="adam", betas=(0.9, 0.98),
+        eps=1e-9, weight_decay=0.0, grad_clip=1.0, eval_every=500, log_every=50,
+    )  # fmt: skip
+    return TrainConfig(**{**defaults, **overrides})
+
+
 def translation_config(
     preset: str,
     source_tokenizer: Tokenizer,
     target_tokenizer: Tokenizer,
     max_length: int,
     model_fields: dict[str, Any] | None = None,
+    architecture: str = "paper",
 ) -> TransformerConfig:
-    """The model of a translation run: the preset's shape (overridden by ``model_fields``), pre-norm, the
-    special-token ids, embeddings shared when both sides use one tokenizer, output tied to the target embedding."""
+    """The model of a translation run: the preset's shape and the architecture's choices (``ARCHITECTURES``),
+    overridden by ``model_fields``; pre-norm, the special-token ids, embeddings shared when both sides use one
+    tokenizer, output tied to the target embedding."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of auto, {', '.join(PRESETS)}")
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
     return TransformerConfig(
         src_vocab_size=source_tokenizer.vocab_size,
         tgt_vocab_size=target_tokenizer.vocab_size,
@@ -171,7 +203,7 @@ def translation_config(
         norm_first=True,
         share_embeddings=source_tokenizer is target_tokenizer,
         tie_output=True,
-        **{**PRESETS[preset], **(model_fields or {})},
+        **{**PRESETS[preset], **ARCHITECTURES[architecture], **(model_fields or {})},
     )
 
 
@@ -207,23 +239,28 @@ def train_translation(
     data: DataSpec | None = None,
     preset: str = "small",
     model_fields: dict[str, Any] | None = None,
-    vocab_size: int = 8000,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
     shared_vocab: bool = True,
-    max_length: int = 128,
+    max_length: int = DEFAULT_MAX_LENGTH,
     max_tokens: int | None = None,
     label_smoothing: float = 0.1,
     train: TrainConfig | None = None,
     resume: bool = False,
     report: Callable[[str], None] | None = None,
+    architecture: str = "paper",
 ) -> dict[str, Any]:
     """Train a translation model into ``out``; returns the final step, validation loss and model size.
 
     ``preset`` names a shape of ``PRESETS``, or ``auto`` to time ``AUTO_RECIPES`` on this machine and pick the one
     that fits ``train.max_minutes`` (``choose_recipe``; ``report`` is called with what it measured and chose).
-    ``max_tokens`` (padded tokens per batch) defaults to 4096, or to the recipe's with ``auto``."""
+    ``max_tokens`` (padded tokens per batch) defaults to 4096, or to the recipe's with ``auto``. ``architecture``
+    picks the model's choices (``ARCHITECTURES``: the paper's, T5's or Llama's); ``train`` defaults to
+    ``translation_train_config()``."""
     out = Path(out)
     check_run_directory(out, resume, RUN_FILE, "translation")
-    train = train or TrainConfig()
+    train = train or translation_train_config()
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
     if resume:  # the data and batching of the run being resumed, not the ones passed now
         record = json.loads((out / RUN_FILE).read_text())
         spec, max_tokens = DataSpec(**record["data"]), record["max_tokens"]
@@ -249,7 +286,7 @@ def train_translation(
     tokenizers = (source_tokenizer, target_tokenizer)
 
     def make_task(preset: str, max_tokens: int) -> TranslationTask:
-        model = Transformer(translation_config(preset, *tokenizers, max_length, model_fields))
+        model = Transformer(translation_config(preset, *tokenizers, max_length, model_fields, architecture))
         return TranslationTask(
             model, tokenizers, datasets["train"], datasets["valid"], max_tokens, label_smoothing, train.seed
         )
@@ -274,6 +311,7 @@ def train_translation(
         record = {
             "data": dataclasses.asdict(spec),
             "preset": preset,
+            "architecture": architecture,
             "max_tokens": max_tokens,
             "label_smoothing": label_smoothing,
         }

@@ -81,10 +81,9 @@ def _stack(per_layer: list[torch.Tensor]) -> torch.Tensor:
 def model_kind(path: str | Path) -> str:
     """ "translation", "bert" or "decoder" for a model path (a run directory, a checkpoint, a shortcut)."""
     from glassformer.checkpoints.gguf import find_gguf
-    from glassformer.checkpoints.huggingface import resolve_model_dir
-    from glassformer.models.language_model import run_checkpoint
+    from glassformer.pipelines.resolve import resolve_model
 
-    location = Path(path) if Path(path).is_file() else resolve_model_dir(run_checkpoint(path))
+    location = resolve_model(path)
     if find_gguf(location) is not None:
         return "decoder"
     config = json.loads((location / "config.json").read_text())
@@ -116,7 +115,7 @@ def attention_views(
     if target is not None:
         raise ValueError("--target is only for translation models (encoder-decoder)")
     if kind == "bert":
-        from glassformer.models.text_classifier import TextClassifier
+        from glassformer.pipelines.text_classifier import TextClassifier
 
         # a classifier run or any BERT directory (an encoder gets a head it does not use here)
         classifier = TextClassifier.load(model_path, device, precision)
@@ -127,7 +126,7 @@ def attention_views(
             output = bert(torch.tensor([ids], device=runtime.module_device(bert)), output_attentions=True)
         tokens, special = readable_tokens(tokenizer, ids)
         return [AttentionView("self", tokens, tokens, _stack(output.attentions), special, special)]
-    from glassformer.models.language_model import load_language_model
+    from glassformer.pipelines.language_model import load_language_model
 
     model, tokenizer = load_language_model(model_path, device=device, precision=precision)
     ids = tokenizer.encode(text)
@@ -143,7 +142,7 @@ def attention_views(
 def _translation_views(
     model_path: str | Path, text: str, target: str | None, device: str | None, precision: str | None
 ) -> list[AttentionView]:
-    from glassformer.generation.translator import Translator
+    from glassformer.pipelines.translator import Translator
 
     translator = Translator.load(model_path, device, precision)
     model, config = translator.model, translator.model.config

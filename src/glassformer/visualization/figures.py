@@ -113,12 +113,12 @@ def embedding_similarity(
 
     model = model or "minilm"
     if model_kind(model) == "bert":
-        from glassformer.models.sentence_encoder import SentenceEncoder
+        from glassformer.pipelines.sentence_encoder import SentenceEncoder
 
         vectors = SentenceEncoder.from_pretrained(model, device, precision).embed(texts)
         how = "sentence embeddings (mean-pooled BERT)"
     else:
-        from glassformer.models.language_model import load_language_model
+        from glassformer.pipelines.language_model import load_language_model
 
         decoder, tokenizer = load_language_model(model)
         table = decoder.embedding.embedding.weight.detach()  # a lookup: no model run, so on the CPU

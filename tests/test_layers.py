@@ -1,0 +1,41 @@
+"""The floors of the house (DESIGN.md) as a contract that import-linter checks: nothing imports upward.
+
+The contract lives in pyproject.toml (``[tool.importlinter]``); the second test proves it bites, by adding an
+upward import to a copy of the package and watching the check fail.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT = Path(sys.executable).with_name("lint-imports")
+pytestmark = pytest.mark.skipif(not LINT.exists(), reason="import-linter is not installed (pip install -e '.[dev]')")
+
+
+def lint(config: Path, package_parent: Path, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(package_parent)}
+    return subprocess.run(
+        [str(LINT), "--no-cache", str(config)], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
+
+
+def test_nothing_imports_upward():
+    result = lint(ROOT / "pyproject.toml", ROOT / "src", ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 kept, 0 broken" in result.stdout
+
+
+def test_an_upward_import_breaks_the_contract(tmp_path):
+    copy = tmp_path / "src"
+    shutil.copytree(ROOT / "src" / "glassformer", copy / "glassformer", ignore=shutil.ignore_patterns("__pycache__"))
+    attention = copy / "glassformer" / "nn" / "attention.py"
+    attention.write_text(attention.read_text() + "\nfrom glassformer.generation import search  # upward\n")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    result = lint(tmp_path / "pyproject.toml", copy, tmp_path)
+    assert result.returncode != 0
+    assert "BROKEN" in result.stdout and "glassformer.nn.attention -> glassformer.generation.search" in result.stdout
