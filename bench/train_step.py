@@ -106,7 +106,7 @@ def main() -> None:
         num_heads=8,
         d_ff=4 * args.d_model,
         dropout=0.1,
-        pad_id=PAD,
+        pad_token_id=PAD,
     )
     torch_dropout = dataclasses.replace(config, attention_dropout=0.1, activation_dropout=0.1)
     models = {

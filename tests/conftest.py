@@ -106,7 +106,7 @@ def translation_dir(tmp_path_factory, char_tokenizer):
     n = char_tokenizer.vocab_size
     config = TransformerConfig(
         src_vocab_size=n, tgt_vocab_size=n, d_model=16, num_layers=2, num_heads=2, d_ff=32, max_seq_length=64,
-        pad_id=1, bos_id=0, eos_id=0,
+        pad_token_id=1, bos_token_id=0, eos_token_id=0,
     )  # fmt: skip
     Transformer(config).save_pretrained(directory)
     char_tokenizer.save(directory)

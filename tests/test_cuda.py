@@ -40,7 +40,7 @@ def tiny_transformer() -> Transformer:
     torch.manual_seed(0)
     config = TransformerConfig(
         src_vocab_size=40, tgt_vocab_size=40, d_model=32, num_layers=2, num_heads=4, d_ff=64, max_seq_length=32,
-        pad_id=0, bos_id=1, eos_id=2, norm_first=True, dropout=0.0,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, norm_first=True, dropout=0.0,
     )  # fmt: skip
     return Transformer(config).eval()
 

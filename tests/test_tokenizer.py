@@ -125,3 +125,17 @@ def test_gguf_tokenizer_from_metadata():
         gguf_tokenizer(gguf_metadata(**{"tokenizer.ggml.pre": "llama-bpe"}))
     with pytest.raises(ValueError, match="tokenizer model 'llama' is not supported"):
         gguf_tokenizer(gguf_metadata(**{"tokenizer.ggml.model": "llama"}))
+
+
+def test_one_encode_one_batch_encode_and_decode_defaults(char_tokenizer):
+    texts = ["the cat", "a dog sat"]
+    ids = char_tokenizer.encode(texts)
+    assert ids == [char_tokenizer.encode(t) for t in texts]
+    batch = char_tokenizer.batch_encode(texts) if char_tokenizer.pad_token_id is not None else None
+    if batch is not None:
+        assert batch["input_ids"].shape == (2, max(len(i) for i in ids))
+    assert char_tokenizer.batch_decode(ids) == [char_tokenizer.decode(i) for i in ids] == texts
+    with pytest.warns(DeprecationWarning, match="encode"):
+        assert char_tokenizer.encode_batch(texts) == ids
+    with pytest.warns(DeprecationWarning, match="batch_decode"):
+        assert char_tokenizer.decode_batch(ids) == texts

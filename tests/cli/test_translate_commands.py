@@ -32,7 +32,12 @@ def test_train_writes_a_run(run_dir):
     ):
         assert (run_dir / name).is_file(), name
     config = json.loads((run_dir / "best" / "config.json").read_text())
-    assert (config["pad_id"], config["bos_id"], config["eos_id"], config["unk_id"]) == (0, 1, 2, 3)
+    assert (config["pad_token_id"], config["bos_token_id"], config["eos_token_id"], config["unk_token_id"]) == (
+        0,
+        1,
+        2,
+        3,
+    )
     valid = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in valid if "loss" in r]
     assert losses[-1] < losses[0]

@@ -76,7 +76,7 @@ def test_sampler_epoch_covers_every_example_once_within_the_token_cap():
         counts = Counter(i for batch in epoch for i in batch)
         assert set(counts) == set(range(len(data))) and set(counts.values()) == {1}
         for batch in epoch:
-            b = collate([data[i] for i in batch], pad_id=0)
+            b = collate([data[i] for i in batch], pad_token_id=0)
             assert b.src.numel() <= 200 and b.tgt_in.numel() <= 200
     assert sampler.epoch == 2
 
@@ -107,7 +107,7 @@ def test_sampler_refuses_an_example_larger_than_the_cap():
 
 
 def test_collate_pads_only_at_the_end():
-    batch = collate([([7, 8, 2], [1, 9, 2]), ([7, 2], [1, 9, 9, 9, 2])], pad_id=0)
+    batch = collate([([7, 8, 2], [1, 9, 2]), ([7, 2], [1, 9, 9, 9, 2])], pad_token_id=0)
     assert batch.src.tolist() == [[7, 8, 2], [7, 2, 0]]
     assert batch.tgt_in.tolist() == [[1, 9, 0, 0], [1, 9, 9, 9]]
     assert batch.tgt_out.tolist() == [[9, 2, IGNORE_INDEX, IGNORE_INDEX], [9, 9, 9, 2]]
@@ -115,13 +115,14 @@ def test_collate_pads_only_at_the_end():
 
 
 class FakeTokenizer:
-    def encode_batch(self, texts):
+    def encode(self, texts, add_special_tokens=True):
+        assert not add_special_tokens  # the dataset adds BOS and EOS itself
         return [[10 + len(word) for word in text.split()] for text in texts]
 
 
 def test_dataset_adds_bos_eos_and_drops_or_truncates_long_pairs():
     pairs = [("a bb", "ccc"), ("a " * 10, "b")]
-    kept = ParallelDataset(pairs, FakeTokenizer(), FakeTokenizer(), bos_id=1, eos_id=2, max_length=5)
+    kept = ParallelDataset(pairs, FakeTokenizer(), FakeTokenizer(), bos_token_id=1, eos_token_id=2, max_length=5)
     assert kept.examples == [([11, 12, 2], [1, 13, 2])] and kept.dropped == 1
     cut = ParallelDataset(pairs, FakeTokenizer(), FakeTokenizer(), 1, 2, max_length=5, truncate=True)
     assert cut.examples[1] == ([11, 11, 11, 11, 2], [1, 11, 2])

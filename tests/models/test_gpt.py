@@ -97,7 +97,7 @@ def test_sampling_with_seed_is_reproducible(model):
 
 
 def test_export_round_trip_opens_in_transformers(tmp_path):
-    config = GPTConfig(vocab_size=80, max_seq_length=32, d_model=24, num_layers=2, num_heads=3, d_ff=48, eos_id=1)
+    config = GPTConfig(vocab_size=80, max_seq_length=32, d_model=24, num_layers=2, num_heads=3, d_ff=48, eos_token_id=1)
     model = GPT(config).eval()
     model.save_pretrained(tmp_path, format="hf")
     hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path).eval()

@@ -53,7 +53,7 @@ def hf(directory):
 def test_config_read_from_the_gguf_metadata(model):
     c = model.config
     assert (c.num_layers, c.d_model, c.num_heads, c.num_kv_heads, c.d_ff, c.vocab_size) == (30, 576, 9, 3, 1536, 49152)
-    assert (c.rope_theta, c.tie_embeddings, c.norm, c.eos_id) == (100000.0, True, "rmsnorm", 2)
+    assert (c.rope_theta, c.tie_embeddings, c.norm, c.eos_token_id) == (100000.0, True, "rmsnorm", 2)
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
 
 

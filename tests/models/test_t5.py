@@ -55,7 +55,7 @@ def batch(padded: bool):
 def test_the_config_is_t5s(checkpoint):
     _, model, _ = checkpoint
     c = model.config
-    assert (c.positional, c.norm, c.attention_scale, c.bias, c.bos_id) == ("relative", "rmsnorm", 1.0, False, PAD)
+    assert (c.positional, c.norm, c.attention_scale, c.bias, c.bos_token_id) == ("relative", "rmsnorm", 1.0, False, PAD)
     assert model.encoder.relative_bias.bidirectional and not model.decoder.relative_bias.bidirectional
 
 
@@ -79,7 +79,7 @@ def test_encoder_states_and_logits_match_transformers(checkpoint, padded):
 )
 def test_decoding_matches_transformers(checkpoint, padded, options):
     hf, model, _ = checkpoint
-    eos = model.config.eos_id
+    eos = model.config.eos_token_id
     src, mask = batch(padded)
     # transformers sizes its decoding cache by the encoder's depth: without it where the decoder is deeper
     cache = hf.config.num_decoder_layers == hf.config.num_layers
@@ -102,7 +102,9 @@ def test_decoding_meets_the_end_of_sequence(checkpoint):
         for src, mask in (batch(False), batch(True))
         for options in ({}, {"num_beams": 4}, {"num_beams": 4, "length_penalty": 0.6})
     ]
-    assert any((out[:, 1:] == model.config.eos_id).any() for out in outputs), "no row ended: nothing tested the end"
+    assert any((out[:, 1:] == model.config.eos_token_id).any() for out in outputs), (
+        "no row ended: nothing tested the end"
+    )
 
 
 def until_the_end(ids: torch.Tensor, eos: int) -> list[list[int]]:

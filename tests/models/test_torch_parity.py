@@ -58,7 +58,7 @@ def test_matches_torch_nn_transformer(norm_first):
             d_ff=d_ff,
             max_seq_length=16,
             dropout=0.0,
-            pad_id=PAD,
+            pad_token_id=PAD,
             norm_first=norm_first,
             final_norm=True,
         )

@@ -17,7 +17,7 @@ def small_model(**overrides) -> Transformer:
         d_ff=64,
         max_seq_length=24,
         dropout=0.0,
-        pad_id=PAD,
+        pad_token_id=PAD,
     )
     config.update(overrides)
     return Transformer(TransformerConfig(**config)).eval()
@@ -215,7 +215,7 @@ def test_half_precision_with_padding_stays_finite(dtype):
         ({"activation": "tanh"}, "unknown activation"),
         ({"positional": "rotary"}, "unknown positional"),
         ({"share_embeddings": True}, "share_embeddings needs"),
-        ({"pad_id": 40}, "pad_id=40"),
+        ({"pad_token_id": 40}, "pad_token_id=40"),
     ],
 )
 def test_bad_config(fields, message):

@@ -22,12 +22,12 @@ from glassformer.training.translation import (
 def test_reverse_task_is_learned_to_99_percent_exact_match(tmp_path):
     """The end-to-end check of masks, teacher forcing, loss and decoding: reverse 3-7 random symbols."""
     torch.manual_seed(0)
-    symbols = dict(num_symbols=10, min_length=3, max_length=7, first_id=3, bos_id=BOS_ID, eos_id=EOS_ID)
+    symbols = dict(num_symbols=10, min_length=3, max_length=7, first_id=3, bos_token_id=BOS_ID, eos_token_id=EOS_ID)
     train = symbol_sequences("reverse", 4000, seed=0, **symbols)
     test = symbol_sequences("reverse", 200, seed=1, **symbols)
     config = TransformerConfig(
         src_vocab_size=13, tgt_vocab_size=13, d_model=64, num_layers=2, num_heads=4, d_ff=128, max_seq_length=16,
-        dropout=0.0, pad_id=PAD_ID, bos_id=BOS_ID, eos_id=EOS_ID, norm_first=True,
+        dropout=0.0, pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID, norm_first=True,
         share_embeddings=True, tie_output=True,
     )  # fmt: skip
     model = Transformer(config)

@@ -130,9 +130,9 @@ def gguf_config(metadata: dict, tensor_names: set[str]) -> dict:
         "positional": "rope",
         "rope_theta": float(key("rope.freq_base", 10000.0)),
         "gated_ffn": True,
-        "bos_id": metadata.get("tokenizer.ggml.bos_token_id"),
-        "eos_id": metadata.get("tokenizer.ggml.eos_token_id"),
-        "pad_id": metadata.get("tokenizer.ggml.padding_token_id"),
+        "bos_token_id": metadata.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": metadata.get("tokenizer.ggml.eos_token_id"),
+        "pad_token_id": metadata.get("tokenizer.ggml.padding_token_id"),
     }
 
 

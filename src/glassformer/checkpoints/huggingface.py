@@ -132,9 +132,9 @@ def gpt2_config_from_hf(hf: dict) -> dict:
         "activation": HF_ACTIVATIONS[activation],
         "layer_norm_eps": hf.get("layer_norm_epsilon", 1e-5),
         "tie_embeddings": hf.get("tie_word_embeddings", True),
-        "bos_id": hf.get("bos_token_id"),
-        "eos_id": hf.get("eos_token_id"),
-        "pad_id": hf.get("pad_token_id"),
+        "bos_token_id": hf.get("bos_token_id"),
+        "eos_token_id": hf.get("eos_token_id"),
+        "pad_token_id": hf.get("pad_token_id"),
     }
 
 
@@ -186,9 +186,9 @@ def save_gpt2(directory: str | os.PathLike, config: dict, state_dict: dict[str, 
         "activation_function": activation,
         "layer_norm_epsilon": config["layer_norm_eps"],
         "tie_word_embeddings": config["tie_embeddings"],
-        "bos_token_id": config["bos_id"],
-        "eos_token_id": config["eos_id"],
-        "pad_token_id": config["pad_id"],
+        "bos_token_id": config["bos_token_id"],
+        "eos_token_id": config["eos_token_id"],
+        "pad_token_id": config["pad_token_id"],
     }
     aliases = tied_aliases(state_dict)
     theirs = {}

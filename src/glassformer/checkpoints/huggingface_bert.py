@@ -133,7 +133,7 @@ def bert_config_from_hf(hf: dict) -> dict:
     return {
         "model_type": "bert",
         **fields,
-        "pad_id": hf.get("pad_token_id") or 0,
+        "pad_token_id": hf.get("pad_token_id") or 0,
         "num_labels": len(hf.get("id2label") or {}) or hf.get("num_labels", 2),
         "labels": labels,
     }
@@ -245,7 +245,7 @@ def _hf_config(config: dict, head: bool) -> dict:
     common = {
         "vocab_size": config["vocab_size"],
         "max_position_embeddings": config["max_seq_length"],
-        "pad_token_id": config["pad_id"],
+        "pad_token_id": config["pad_token_id"],
         "id2label": dict(enumerate(labels)),
         "label2id": {label: i for i, label in enumerate(labels)},
     }

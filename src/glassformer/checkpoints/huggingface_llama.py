@@ -92,9 +92,9 @@ def llama_config_from_hf(hf: dict) -> dict:
         "positional": "rope",
         "rope_theta": float(rope.get("rope_theta") or hf.get("rope_theta") or 10000.0),
         "gated_ffn": True,
-        "bos_id": _first(hf.get("bos_token_id")),
-        "eos_id": _first(hf.get("eos_token_id")),
-        "pad_id": _first(hf.get("pad_token_id")),
+        "bos_token_id": _first(hf.get("bos_token_id")),
+        "eos_token_id": _first(hf.get("eos_token_id")),
+        "pad_token_id": _first(hf.get("pad_token_id")),
     }
 
 
@@ -127,9 +127,9 @@ def llama_config_to_hf(config: dict) -> dict:
         "attention_dropout": config["attention_dropout"],
         "mlp_bias": ffn_bias,
         "tie_word_embeddings": config["tie_embeddings"],
-        "bos_token_id": config["bos_id"],
-        "eos_token_id": config["eos_id"],
-        "pad_token_id": config["pad_id"],
+        "bos_token_id": config["bos_token_id"],
+        "eos_token_id": config["eos_token_id"],
+        "pad_token_id": config["pad_token_id"],
     }
 
 

@@ -104,9 +104,9 @@ def t5_config_from_hf(hf: dict, tied: bool = True) -> dict:
         "tie_output": tied,
         "scale_output": scaled,
         "scale_embeddings": False,
-        "pad_id": pad,
-        "bos_id": hf.get("decoder_start_token_id", pad),
-        "eos_id": hf.get("eos_token_id", 1),
+        "pad_token_id": pad,
+        "bos_token_id": hf.get("decoder_start_token_id", pad),
+        "eos_token_id": hf.get("eos_token_id", 1),
     }
 
 
@@ -150,9 +150,9 @@ def t5_config_to_hf(config: dict) -> dict:
         "feed_forward_proj": projection,
         "tie_word_embeddings": config["scale_output"],  # what T5 v1.0 / v1.1 configs say (the scaling)
         "scale_decoder_outputs": config["scale_output"],
-        "pad_token_id": config["pad_id"],
-        "eos_token_id": config["eos_id"],
-        "decoder_start_token_id": config["bos_id"],
+        "pad_token_id": config["pad_token_id"],
+        "eos_token_id": config["eos_token_id"],
+        "decoder_start_token_id": config["bos_token_id"],
     }
 
 

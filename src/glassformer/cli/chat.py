@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> None:
     model, tokenizer = load_language_model(args.model, device=placement.device, precision=placement.precision)
     if not tokenizer.chat_template:
         raise ValueError(f"{args.model} has no chat template; chat needs an instruction-tuned checkpoint")
-    if model.config.eos_id is None:
+    if model.config.eos_token_id is None:
         raise ValueError(f"{args.model} names no end-of-sequence token, so a reply would never end")
     start = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(start)
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> None:
         model.generate(
             torch.tensor([ids]),
             max_new_tokens=args.max_new_tokens,
-            eos_token_id=model.config.eos_id,
+            eos_token_id=model.config.eos_token_id,
             on_tokens=streamer,
             **sampling_options(args),
         )

@@ -90,25 +90,25 @@ class ParallelDataset(Dataset):
         pairs: Sequence[Pair],
         source_tokenizer,
         target_tokenizer,
-        bos_id: int,
-        eos_id: int,
+        bos_token_id: int,
+        eos_token_id: int,
         max_length: int,
         truncate: bool = False,
     ):
-        sources = source_tokenizer.encode_batch([s for s, _ in pairs])
-        targets = target_tokenizer.encode_batch([t for _, t in pairs])
+        sources = source_tokenizer.encode([s for s, _ in pairs], add_special_tokens=False)
+        targets = target_tokenizer.encode([t for _, t in pairs], add_special_tokens=False)
         self.examples: list[tuple[list[int], list[int]]] = []
         self.dropped = 0
         for src, tgt in zip(sources, targets, strict=True):
-            src, tgt = src + [eos_id], [bos_id] + tgt + [eos_id]
+            src, tgt = src + [eos_token_id], [bos_token_id] + tgt + [eos_token_id]
             if len(src) > max_length or len(tgt) > max_length:
                 if not truncate:
                     self.dropped += 1
                     continue
                 if len(src) > max_length:
-                    src = src[: max_length - 1] + [eos_id]
+                    src = src[: max_length - 1] + [eos_token_id]
                 if len(tgt) > max_length:
-                    tgt = tgt[: max_length - 1] + [eos_id]
+                    tgt = tgt[: max_length - 1] + [eos_token_id]
             self.examples.append((src, tgt))
 
     @classmethod
@@ -131,8 +131,8 @@ class ParallelDataset(Dataset):
 
 @dataclasses.dataclass
 class Seq2SeqBatch:
-    """``src`` ``(batch, src_len)`` padded with pad_id; ``tgt_in`` ``(batch, tgt_len)`` = [BOS] y_1 .. y_n padded
-    with pad_id; ``tgt_out`` = y_1 .. y_n [EOS], padded with ``IGNORE_INDEX``; ``tokens``: real target tokens."""
+    """``src`` ``(batch, src_len)`` padded with pad_token_id; ``tgt_in`` ``(batch, tgt_len)`` = [BOS] y_1 .. y_n padded
+    with pad_token_id; ``tgt_out`` = y_1 .. y_n [EOS], padded with ``IGNORE_INDEX``; ``tokens``: real target tokens."""
 
     src: torch.Tensor
     tgt_in: torch.Tensor
@@ -140,12 +140,12 @@ class Seq2SeqBatch:
     tokens: int
 
 
-def collate(examples: Sequence[tuple[list[int], list[int]]], pad_id: int) -> Seq2SeqBatch:
+def collate(examples: Sequence[tuple[list[int], list[int]]], pad_token_id: int) -> Seq2SeqBatch:
     """Right-pad a list of examples to the batch's longest source and target."""
     src_len = max(len(s) for s, _ in examples)
     tgt_len = max(len(t) for _, t in examples) - 1
-    src = torch.full((len(examples), src_len), pad_id, dtype=torch.long)
-    tgt_in = torch.full((len(examples), tgt_len), pad_id, dtype=torch.long)
+    src = torch.full((len(examples), src_len), pad_token_id, dtype=torch.long)
+    tgt_in = torch.full((len(examples), tgt_len), pad_token_id, dtype=torch.long)
     tgt_out = torch.full((len(examples), tgt_len), IGNORE_INDEX, dtype=torch.long)
     for row, (s, t) in enumerate(examples):
         src[row, : len(s)] = torch.tensor(s)

@@ -23,8 +23,8 @@ def symbol_sequences(
     min_length: int,
     max_length: int,
     first_id: int,
-    bos_id: int,
-    eos_id: int,
+    bos_token_id: int,
+    eos_token_id: int,
     seed: int = 0,
 ) -> ParallelDataset:
     """``count`` pairs of random sequences of ids ``first_id .. first_id + num_symbols - 1``."""
@@ -35,5 +35,5 @@ def symbol_sequences(
     for _ in range(count):
         symbols = [first_id + rng.randrange(num_symbols) for _ in range(rng.randint(min_length, max_length))]
         output = symbols[::-1] if task == "reverse" else symbols
-        examples.append((symbols + [eos_id], [bos_id] + output + [eos_id]))
+        examples.append((symbols + [eos_token_id], [bos_token_id] + output + [eos_token_id]))
     return ParallelDataset.from_examples(examples)

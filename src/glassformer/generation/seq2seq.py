@@ -40,7 +40,7 @@ class SourceConditionedDecoder(nn.Module):
 
     The sources are repeated ``copies`` times (one per beam, ``repeat_interleave`` order, as beam search lays
     out its hypotheses); beams of one source share its cross-attention keys/values. ``attention_mask`` ``(batch,
-    src_len)`` marks the real source tokens (default: those that are not ``pad_id``).
+    src_len)`` marks the real source tokens (default: those that are not ``pad_token_id``).
     """
 
     def __init__(
@@ -51,7 +51,7 @@ class SourceConditionedDecoder(nn.Module):
         c = model.config
         self.config = _DecoderView(c.tgt_vocab_size, c.max_seq_length)
         if attention_mask is None:
-            memory_mask = padding_mask(src, c.pad_id)  # (batch, 1, 1, src_len)
+            memory_mask = padding_mask(src, c.pad_token_id)  # (batch, 1, 1, src_len)
         else:
             if attention_mask.shape != src.shape:
                 raise ValueError(
@@ -96,19 +96,19 @@ def generate_seq2seq(
 ) -> torch.Tensor:
     """``Transformer.generate``: encode ``input_ids`` ``(batch, src_len)`` once, then decode from the start token
     with the shared search. Returns the decoder's tokens ``(batch, 1 + new)``, beginning with the start token
-    (``decoder_start_token_id``, default the config's ``bos_id``), as ``transformers`` does for T5; finished rows
+    (``decoder_start_token_id``, default the config's ``bos_token_id``), as ``transformers`` does for T5; finished rows
     are padded with ``pad_token_id``."""
     c = model.config
-    start_id = c.bos_id if decoder_start_token_id is None else decoder_start_token_id
+    start_id = c.bos_token_id if decoder_start_token_id is None else decoder_start_token_id
     if start_id is None:
-        raise ValueError("the model's config has no bos_id to start decoding from; pass decoder_start_token_id")
+        raise ValueError("the model's config has no bos_token_id to start decoding from; pass decoder_start_token_id")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.size(1) == 0:
         raise ValueError("input_ids must be a non-empty (batch, src_len) tensor of token ids")
     config = (generation_config or GenerationConfig()).updated(**options)
     if config.eos_token_id is None and "eos_token_id" not in options:
-        config.eos_token_id = c.eos_id
+        config.eos_token_id = c.eos_token_id
     if config.pad_token_id is None and "pad_token_id" not in options:
-        config.pad_token_id = c.pad_id
+        config.pad_token_id = c.pad_token_id
     device = next(model.parameters()).device
     input_ids = input_ids.to(device)
     was_training = model.training
@@ -129,7 +129,7 @@ def translate_ids(
     max_len_a: float = 1.5,
     max_len_b: int = 10,
 ) -> list[list[int]]:
-    """Translate a batch of token-id sources ``(batch, src_len)`` (right-padded with ``pad_id``).
+    """Translate a batch of token-id sources ``(batch, src_len)`` (right-padded with ``pad_token_id``).
 
     ``num_beams=1`` is greedy search; otherwise beam search scores finished hypotheses by
     ``sum of log-probabilities / length^length_penalty`` (length counts the generated tokens, EOS included), so
@@ -137,18 +137,20 @@ def translate_ids(
     Returns each source's best translation as a list of ids, without BOS and EOS.
     """
     c = model.config
-    if c.bos_id is None or c.eos_id is None:
-        raise ValueError("the model's config has no bos_id/eos_id; set them to the tokenizer's <s> and </s> ids")
+    if c.bos_token_id is None or c.eos_token_id is None:
+        raise ValueError(
+            "the model's config has no bos_token_id/eos_token_id; set them to the tokenizer's <s> and </s> ids"
+        )
     if src.dim() != 2 or src.size(1) == 0:
         raise ValueError("src must be a non-empty (batch, src_len) tensor of token ids")
     if num_beams < 1:
         raise ValueError(f"num_beams must be at least 1, got {num_beams}")
-    src_len = int((src != c.pad_id).sum(1).max())
+    src_len = int((src != c.pad_token_id).sum(1).max())
     max_length = min(c.max_seq_length, 1 + math.ceil(max_len_a * src_len + max_len_b))
     out = generate_seq2seq(model, src, max_length=max_length, num_beams=num_beams, length_penalty=length_penalty)
     results = []
     for row in out[:, 1:].tolist():
-        if c.eos_id in row:
-            row = row[: row.index(c.eos_id)]
+        if c.eos_token_id in row:
+            row = row[: row.index(c.eos_token_id)]
         results.append(row)
     return results

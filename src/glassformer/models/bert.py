@@ -15,7 +15,6 @@ models such as all-MiniLM-L6-v2 were trained to be read).
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import torch
@@ -24,7 +23,7 @@ from torch import nn
 
 from glassformer.checkpoints import load_state_dict_checked
 from glassformer.checkpoints.huggingface_bert import load_bert, save_bert
-from glassformer.models.config import ModelConfig
+from glassformer.models.config import ModelConfig, model_config
 from glassformer.models.outputs import BertOutput
 from glassformer.models.pretrained import PretrainedMixin
 from glassformer.nn.config import BlockConfig
@@ -39,7 +38,7 @@ POOLER_ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu}
 CLASSIFIER_POOLINGS = ("pooler", "mean")
 
 
-@dataclasses.dataclass
+@model_config
 class BertConfig(ModelConfig):
     """Configuration of ``Bert`` and ``BertForSequenceClassification``; the shape defaults are BERT-base.
 
@@ -63,7 +62,7 @@ class BertConfig(ModelConfig):
     type_vocab_size: int = 2
     pooler: bool = True
     pooler_activation: str = "tanh"
-    pad_id: int = 0
+    pad_token_id: int = 0
     num_labels: int = 2
     labels: list[str] | None = None  # label names, index = class id
     classifier_pooling: str = "pooler"
@@ -93,8 +92,8 @@ class BertConfig(ModelConfig):
             raise ValueError(f"{len(self.labels)} label names given for num_labels={self.num_labels}")
         if self.flavor not in ("bert", "distilbert"):
             raise ValueError(f"unknown flavor {self.flavor!r}; choose 'bert' or 'distilbert'")
-        if not 0 <= self.pad_id < self.vocab_size:
-            raise ValueError(f"pad_id={self.pad_id} is outside the vocabulary [0, {self.vocab_size})")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"pad_token_id={self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})")
 
     @property
     def label_names(self) -> list[str]:
@@ -121,7 +120,7 @@ class Bert(PretrainedMixin, nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.embedding = TokenEmbedding(c.vocab_size, c.d_model, padding_idx=c.pad_id, scale=False)
+        self.embedding = TokenEmbedding(c.vocab_size, c.d_model, padding_idx=c.pad_token_id, scale=False)
         self.positions = LearnedPositionalEmbedding(c.d_model, c.max_seq_length)
         self.segments = nn.Embedding(c.type_vocab_size, c.d_model) if c.type_vocab_size > 0 else None
         self.embedding_norm = LayerNorm(c.d_model, c.layer_norm_eps)
@@ -139,7 +138,7 @@ class Bert(PretrainedMixin, nn.Module):
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
         with torch.no_grad():
-            self.embedding.weight[self.config.pad_id].zero_()
+            self.embedding.weight[self.config.pad_token_id].zero_()
 
     def forward(
         self,

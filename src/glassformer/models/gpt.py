@@ -18,7 +18,6 @@ seq2seq decoder's, without the cross-attention. ``generate`` decodes with a prea
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import warnings
@@ -33,7 +32,7 @@ from glassformer.checkpoints.huggingface import load_gpt2, read_config, resolve_
 from glassformer.checkpoints.huggingface_llama import load_llama, save_llama
 from glassformer.generation.config import GenerationConfig
 from glassformer.generation.search import generate
-from glassformer.models.config import ModelConfig
+from glassformer.models.config import ModelConfig, model_config
 from glassformer.models.outputs import CausalLMOutput
 from glassformer.models.pretrained import PretrainedMixin
 from glassformer.nn.cache import KVCache
@@ -47,7 +46,7 @@ from glassformer.nn.rotary import RotaryEmbedding
 from glassformer.nn.validation import check_token_ids
 
 
-@dataclasses.dataclass
+@model_config
 class GPTConfig(ModelConfig):
     """Configuration of ``GPT``; the shape defaults are GPT-2 small (124M).
 
@@ -74,9 +73,9 @@ class GPTConfig(ModelConfig):
     layer_norm_eps: float = 1e-5
     bias: bool = True
     tie_embeddings: bool = True
-    bos_id: int | None = None  # GPT-2 uses 50256 (<|endoftext|>) for both
-    eos_id: int | None = None
-    pad_id: int | None = None
+    bos_token_id: int | None = None  # GPT-2 uses 50256 (<|endoftext|>) for both
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
     norm: str = "layernorm"
     positional: str = "learned"
     rope_theta: float = 10000.0
@@ -129,7 +128,7 @@ class GPTConfig(ModelConfig):
         if self.positional not in ("learned", "rope"):
             raise ValueError(f"unknown positional {self.positional!r}; choose 'learned' or 'rope'")
         self.block()  # validates every block option once, in nn.config
-        for name in ("bos_id", "eos_id", "pad_id"):
+        for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < self.vocab_size:
                 raise ValueError(f"{name}={value} is outside the vocabulary [0, {self.vocab_size})")
@@ -259,12 +258,12 @@ class GPT(PretrainedMixin, nn.Module):
     ) -> torch.Tensor:
         """Prompt + new tokens, ``(batch, prompt + new)``. ``generation_config`` and ``options`` (its fields as
         keywords, plus ``attention_mask``, ``on_tokens``) as ``glassformer.generation.generate`` takes them;
-        ``eos_token_id`` / ``pad_token_id`` default to the config's ``eos_id`` / ``pad_id``."""
+        ``eos_token_id`` / ``pad_token_id`` default to the config's ``eos_token_id`` / ``pad_token_id``."""
         config = generation_config or GenerationConfig()
         if config.eos_token_id is None:
-            options.setdefault("eos_token_id", self.config.eos_id)
+            options.setdefault("eos_token_id", self.config.eos_token_id)
         if config.pad_token_id is None:
-            options.setdefault("pad_token_id", self.config.pad_id)
+            options.setdefault("pad_token_id", self.config.pad_token_id)
         return generate(self, input_ids, config, **options)
 
     @classmethod

@@ -4,13 +4,13 @@
     hidden = Decoder(tgt, memory)                      (batch, tgt_len, d_model)
     logits = hidden W_out + b_out                      (batch, tgt_len, tgt_vocab_size)
 
-Masks are built from ``pad_id`` unless given (bool, True = may attend):
+Masks are built from ``pad_token_id`` unless given (bool, True = may attend):
     encoder self-attention   padding_mask(src)              (batch, 1, 1, src_len)
     decoder self-attention   causal & padding_mask(tgt)     (batch, 1, tgt_len, tgt_len)
     decoder cross-attention  padding_mask(src)              (batch, 1, 1, src_len)
 The cross-attention mask hides source padding from the decoder (the guide passed None there). When the decoder
-starts from the padding id itself (T5: ``bos_id == pad_id``) the target mask is causal only: right padding after
-the real tokens cannot reach them through a causal mask, and the loss ignores it.
+starts from the padding id itself (T5: ``bos_token_id == pad_token_id``) the target mask is causal only: right
+padding after the real tokens cannot reach them through a causal mask, and the loss ignores it.
 
 Every option of the shared block is a field (``TransformerConfig.block``): RMSNorm, grouped-query attention,
 gated feed-forward, rotary or relative positions, per-part biases. T5 (``TransformerConfig.t5(...)``) is
@@ -22,7 +22,6 @@ gated feed-forward, rotary or relative positions, per-part biases. T5 (``Transfo
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import warnings
@@ -36,7 +35,7 @@ from glassformer.checkpoints.huggingface_t5 import load_t5, save_t5
 from glassformer.generation.config import GenerationConfig
 from glassformer.generation.seq2seq import generate_seq2seq
 from glassformer.masks import causal_mask, decoder_self_attention_mask, padding_mask
-from glassformer.models.config import ModelConfig
+from glassformer.models.config import ModelConfig, model_config
 from glassformer.models.outputs import Seq2SeqLMOutput
 from glassformer.models.pretrained import PretrainedMixin
 from glassformer.nn.cache import KVCache
@@ -49,7 +48,7 @@ from glassformer.nn.validation import check_mask
 POSITIONAL = ("sinusoidal", "learned", "rope", "relative")
 
 
-@dataclasses.dataclass
+@model_config
 class TransformerConfig(ModelConfig):
     """Configuration of the seq2seq ``Transformer``. Field names follow the guide; defaults are the paper's
     base model. ``num_layers`` is the depth of the encoder (and of the decoder unless ``num_decoder_layers``).
@@ -85,7 +84,7 @@ class TransformerConfig(ModelConfig):
     dropout: float = 0.1
     attention_dropout: float = 0.0
     activation_dropout: float = 0.0
-    pad_id: int = 0
+    pad_token_id: int = 0
     norm_first: bool = False
     activation: str = "relu"
     positional: str = "sinusoidal"
@@ -94,9 +93,9 @@ class TransformerConfig(ModelConfig):
     tie_output: bool = False
     layer_norm_eps: float = 1e-5
     bias: bool = True
-    bos_id: int | None = None  # the decoder's first input when translating
-    eos_id: int | None = None  # ends a translation
-    unk_id: int | None = None
+    bos_token_id: int | None = None  # the decoder's first input when translating
+    eos_token_id: int | None = None  # ends a translation
+    unk_token_id: int | None = None
     norm: str = "layernorm"
     num_kv_heads: int | None = None
     head_dim: int | None = None
@@ -117,7 +116,7 @@ class TransformerConfig(ModelConfig):
         t5 = dict(
             norm="rmsnorm", norm_first=True, positional="relative", attention_scale=1.0, bias=False,
             activation="relu", layer_norm_eps=1e-6, share_embeddings=True, tie_output=True, scale_output=True,
-            scale_embeddings=False, dropout=0.1, pad_id=0, bos_id=0, eos_id=1,
+            scale_embeddings=False, dropout=0.1, pad_token_id=0, bos_token_id=0, eos_token_id=1,
         )  # fmt: skip
         return cls(**{**t5, **fields})
 
@@ -146,13 +145,13 @@ class TransformerConfig(ModelConfig):
             positional=self.positional if self.positional in ("sinusoidal", "learned") else "none",
             scale_embeddings=self.scale_embeddings,
             final_norm=self.final_norm,
-            pad_id=None if self.pad_is_start else self.pad_id,
+            pad_token_id=None if self.pad_is_start else self.pad_token_id,
         )
 
     @property
     def pad_is_start(self) -> bool:
         """The decoder starts from the padding id (T5): that row is a real, trained embedding then."""
-        return self.bos_id is not None and self.bos_id == self.pad_id
+        return self.bos_token_id is not None and self.bos_token_id == self.pad_token_id
 
     def __post_init__(self) -> None:
         self.check_positive("src_vocab_size", "tgt_vocab_size", "max_seq_length")
@@ -162,9 +161,11 @@ class TransformerConfig(ModelConfig):
             self.check_positive("num_decoder_layers")
         for side in ("encoder", "decoder"):
             self.stack(side)  # validates every block and stack option once, in nn.config
-        if not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
-            raise ValueError(f"pad_id={self.pad_id} is outside the vocabularies; it must be a valid token id")
-        for name in ("bos_id", "eos_id", "unk_id"):
+        if not 0 <= self.pad_token_id < min(self.src_vocab_size, self.tgt_vocab_size):
+            raise ValueError(
+                f"pad_token_id={self.pad_token_id} is outside the vocabularies; it must be a valid token id"
+            )
+        for name in ("bos_token_id", "eos_token_id", "unk_token_id"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < self.tgt_vocab_size:
                 raise ValueError(f"{name}={value} is outside the target vocabulary of {self.tgt_vocab_size} tokens")
@@ -197,10 +198,10 @@ class Transformer(PretrainedMixin, nn.Module):
             self.output_projection.weight = self.decoder.embedding.embedding.weight
 
     def reset_parameters(self) -> None:
-        """Xavier-uniform matrices and zero biases (as ``torch.nn.Transformer``); token embeddings
-        N(0, 1/d_model), so that after the sqrt(d_model) scale they have unit variance (N(0, 1) unscaled); the
-        padding row zero. Without the 1/sqrt(head_dim) logit scale (T5) W_Q carries it; a relative bias starts
-        at 0."""
+        """Xavier-uniform matrices and zero biases (as ``torch.nn.Transformer``); token embeddings with unit
+        variance where the first layer reads them: N(0, 1/d_model) under the sqrt(d_model) scale, N(0, 1) without
+        it (T5); the padding row zero. Without the 1/sqrt(head_dim) logit scale (T5) W_Q carries it; a relative
+        bias starts at 0."""
         c = self.config
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -208,11 +209,10 @@ class Transformer(PretrainedMixin, nn.Module):
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
         for stack in (self.encoder, self.decoder):
-            std = 1 / math.sqrt(c.d_model) if c.scale_embeddings else 1.0
-            nn.init.normal_(stack.embedding.weight, std=std)
+            nn.init.normal_(stack.embedding.weight, std=1 / math.sqrt(c.d_model) if c.scale_embeddings else 1.0)
             with torch.no_grad():
                 if not c.pad_is_start:
-                    stack.embedding.weight[c.pad_id].zero_()
+                    stack.embedding.weight[c.pad_token_id].zero_()
                 if c.attention_scale is not None:  # W_Q's rows scaled as the missing 1/sqrt(d_k) would scale Q
                     factor = c.attention_scale * math.sqrt(c.block().dim_per_head)
                     for layer in stack.layers:
@@ -226,9 +226,9 @@ class Transformer(PretrainedMixin, nn.Module):
 
     def source_mask(self, src: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``(batch, 1, 1, src_len)``: the real source tokens, from ``attention_mask`` (1 real, 0 padding) if given,
-        else every token that is not ``pad_id``."""
+        else every token that is not ``pad_token_id``."""
         if attention_mask is None:
-            return padding_mask(src, self.config.pad_id)
+            return padding_mask(src, self.config.pad_token_id)
         if attention_mask.shape != src.shape:
             raise ValueError(
                 f"attention_mask has shape {tuple(attention_mask.shape)} but the source has {tuple(src.shape)}"
@@ -240,7 +240,7 @@ class Transformer(PretrainedMixin, nn.Module):
         padding id, see the module's docstring)."""
         if self.config.pad_is_start:
             return causal_mask(tgt.size(1), tgt.device)
-        return decoder_self_attention_mask(tgt, self.config.pad_id)
+        return decoder_self_attention_mask(tgt, self.config.pad_token_id)
 
     def encode(self, src: torch.Tensor, src_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``(batch, src_len)`` ids -> memory ``(batch, src_len, d_model)``; mask defaults to source padding."""
@@ -276,7 +276,7 @@ class Transformer(PretrainedMixin, nn.Module):
     ) -> torch.Tensor:
         """``(batch, tgt_len)`` ids and memory -> logits ``(batch, tgt_len, tgt_vocab_size)``.
 
-        ``memory_mask`` is the source padding mask, ``padding_mask(src, pad_id)``; it is required so that a
+        ``memory_mask`` is the source padding mask, ``padding_mask(src, pad_token_id)``; it is required so that a
         caller cannot forget it (pass None explicitly only when the source has no padding).
 
         Decoding one token at a time: pass ``cache`` (from ``make_cache``; ``tgt`` then holds only the new
@@ -314,12 +314,12 @@ class Transformer(PretrainedMixin, nn.Module):
             tgt: ``(batch, tgt_len)`` target ids, the decoder's input, e.g. ``[BOS] y_1 .. y_{n-1}``
                 (``decoder_input_ids``).
             src_mask: encoder self-attention mask, default the source padding.
-            tgt_mask: decoder self-attention mask, default ``causal & padding_mask(tgt, pad_id)``.
+            tgt_mask: decoder self-attention mask, default ``causal & padding_mask(tgt, pad_token_id)``.
             memory_mask: cross-attention mask, default the source padding.
             output_attentions: return a ``Seq2SeqLMOutput`` with every layer's attention weights (the reference
                 path): encoder ``(batch, heads, src_len, src_len)``, decoder ``(batch, heads, tgt_len, tgt_len)``,
                 cross ``(batch, heads, tgt_len, src_len)``.
-            attention_mask: ``(batch, src_len)``, 1 at real source tokens, 0 at padding (default: ``pad_id``).
+            attention_mask: ``(batch, src_len)``, 1 at real source tokens, 0 at padding (default: ``pad_token_id``).
             return_attentions: the older spelling; returns ``(logits, {"encoder", "decoder", "cross"})``.
 
         Returns:
@@ -358,10 +358,10 @@ class Transformer(PretrainedMixin, nn.Module):
         self, input_ids: torch.Tensor, generation_config: GenerationConfig | None = None, **options
     ) -> torch.Tensor:
         """Decode for a batch of sources ``(batch, src_len)``: the decoder's tokens ``(batch, 1 + new)`` beginning
-        with its start token (``bos_id``), as ``transformers``' ``generate`` returns for T5. ``options``:
+        with its start token (``bos_token_id``), as ``transformers``' ``generate`` returns for T5. ``options``:
         ``attention_mask``, ``decoder_start_token_id`` and any ``GenerationConfig`` field (``max_new_tokens``,
         ``min_new_tokens``, ``num_beams``, ``length_penalty``, ...). ``eos_token_id`` / ``pad_token_id`` default to
-        the config's ``eos_id`` / ``pad_id``."""
+        the config's ``eos_token_id`` / ``pad_token_id``."""
         return generate_seq2seq(self, input_ids, generation_config, **options)
 
     @classmethod

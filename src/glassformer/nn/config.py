@@ -156,7 +156,7 @@ class StackConfig:
     ``positional``: the vectors added to the embeddings — "sinusoidal" (the paper), "learned", or "none" (with
     rotary or relative positions in the blocks); ``scale_embeddings``: E[ids] · sqrt(d_model) as in the paper;
     ``final_norm``: a norm after the last block (None = with pre-norm, whose blocks leave the residual stream
-    un-normalized); ``pad_id``: the embedding row kept at zero.
+    un-normalized); ``pad_token_id``: the embedding row kept at zero.
     """
 
     block: BlockConfig
@@ -166,7 +166,7 @@ class StackConfig:
     positional: str = "sinusoidal"
     scale_embeddings: bool = True
     final_norm: bool | None = None
-    pad_id: int | None = None
+    pad_token_id: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "vocab_size", "max_seq_length"):
@@ -179,8 +179,8 @@ class StackConfig:
             )
         if self.positional == "none" and self.block.position == "absolute":
             raise ValueError("positional='none' needs rotary or relative positions in the blocks")
-        if self.pad_id is not None and not 0 <= self.pad_id < self.vocab_size:
-            raise ValueError(f"pad_id={self.pad_id} is outside the vocabulary [0, {self.vocab_size})")
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"pad_token_id={self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})")
 
     @property
     def has_final_norm(self) -> bool:

@@ -59,7 +59,7 @@ class _Stack(nn.Module):
         self.vocab_size = config.vocab_size
         self.max_seq_length = config.max_seq_length
         self.embedding = TokenEmbedding(
-            config.vocab_size, block.d_model, padding_idx=config.pad_id, scale=config.scale_embeddings
+            config.vocab_size, block.d_model, padding_idx=config.pad_token_id, scale=config.scale_embeddings
         )
         self.positions = (
             positional_embedding(config.positional, block.d_model, config.max_seq_length)
@@ -111,7 +111,7 @@ class Encoder(_Stack):
     """``forward(src, mask)``: ``(batch, src_len)`` token ids -> ``(batch, src_len, d_model)``.
 
     ``mask`` is bool, broadcastable to ``(batch, heads, src_len, src_len)``, True = may attend: usually
-    ``glassformer.masks.padding_mask(src, pad_id)``. With ``output_attentions=True`` it returns
+    ``glassformer.masks.padding_mask(src, pad_token_id)``. With ``output_attentions=True`` it returns
     ``(x, [weights of each layer, (batch, heads, src_len, src_len)])``.
     """
 

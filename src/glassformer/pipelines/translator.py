@@ -57,7 +57,7 @@ class Translator:
 
     def encode_sources(self, texts: list[str]) -> list[list[int]]:
         c = self.model.config
-        encoded = self.source_tokenizer.encode_batch(texts)
+        encoded = self.source_tokenizer.encode(texts, add_special_tokens=False)
         for number, (text, ids) in enumerate(zip(texts, encoded, strict=True), 1):
             if not text.strip():
                 raise ValueError(f"text {number} is empty; give a sentence to translate")
@@ -66,7 +66,7 @@ class Translator:
                     f"text {number} has {len(ids)} tokens and the model reads at most {c.max_seq_length - 1}; "
                     "split it into shorter sentences"
                 )
-        return [ids + [c.eos_id] for ids in encoded]
+        return [ids + [c.eos_token_id] for ids in encoded]
 
     def translate(
         self,
@@ -84,12 +84,13 @@ class Translator:
         costs = [len(ids) * num_beams for ids in sources]  # rows of the decoder per sentence, times their length
         results: list[str] = [""] * len(texts)
         for batch in token_batches(costs, order, max(batch_tokens, max(costs))):
-            src = torch.full((len(batch), max(len(sources[i]) for i in batch)), self.model.config.pad_id)
+            src = torch.full((len(batch), max(len(sources[i]) for i in batch)), self.model.config.pad_token_id)
             for row, i in enumerate(batch):
                 src[row, : len(sources[i])] = torch.tensor(sources[i])
             src = runtime.to_device(src, runtime.module_device(self.model))
             outputs = translate_ids(self.model, src, num_beams=num_beams, length_penalty=length_penalty)
-            for i, text in zip(batch, self.target_tokenizer.decode_batch(outputs), strict=True):
+            texts = self.target_tokenizer.batch_decode(outputs, skip_special_tokens=True)
+            for i, text in zip(batch, texts, strict=True):
                 results[i] = text.strip()
             if progress is not None:
                 progress.update(len(batch))

@@ -101,7 +101,7 @@ class ClassificationTask:
         names = classifier.labels
         self.train_texts, self.train_labels = [t for _, t in train_rows], label_ids(train_rows, names, "training")
         self.valid_texts, self.valid_labels = [t for _, t in valid_rows], label_ids(valid_rows, names, "validation")
-        self.lengths = [len(ids) for ids in classifier.tokenizer.encode_batch(self.train_texts)]
+        self.lengths = [len(ids) for ids in classifier.tokenizer.encode(self.train_texts)]
         self.batch_size, self.seed = batch_size, seed
         self.epoch, self.position = 0, 0
         self.batches = self._epoch_batches(0)

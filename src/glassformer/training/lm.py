@@ -123,7 +123,9 @@ def train_language_model(
         eos = tokenizer.token_to_id(GPT2_END_OF_TEXT)
         fields = {**PRESETS["small"], **(model_fields or {})}
         make_config = GPTConfig.llama if architecture == "llama" else GPTConfig
-        config = make_config(vocab_size=tokenizer.vocab_size, bos_id=eos, eos_id=eos, pad_id=None, **fields)
+        config = make_config(
+            vocab_size=tokenizer.vocab_size, bos_token_id=eos, eos_token_id=eos, pad_token_id=None, **fields
+        )
         torch.manual_seed(train.seed)  # the initial weights depend on the seed only
         model = GPT(config)
     train_ids = torch.tensor(tokenizer.encode(train_text), dtype=torch.long)

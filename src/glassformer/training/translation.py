@@ -33,9 +33,8 @@ PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
 RUN_FILE = "translation.json"
 
 # model shapes for `train translate --preset`; all pre-norm with shared, tied embeddings. `compact` is for runs that
-# see the data only once or twice (a slow machine, a short time): no dropout, which there costs a quarter of each
-# CPU step and regularizes what is not yet overfitting (2-core AVX2 CPU, 10 minutes: BLEU 16.4 with dropout 0.1 in
-# 611 steps, 21.4 without in 768)
+# see the data only once or twice (a slow machine, a short time): no dropout, whose mask costs a good part of a CPU
+# step and which regularizes what is not yet overfitting (README: the main job's measurements)
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(d_model=64, num_layers=2, num_heads=4, d_ff=256, dropout=0.1),
     "compact": dict(d_model=256, num_layers=2, num_heads=4, d_ff=512, dropout=0.0),
@@ -66,8 +65,7 @@ DEFAULT_MAX_LENGTH = 256  # tokens per sentence, longer training pairs are left 
 DEFAULT_VOCAB_SIZE = 8000
 # `--preset auto`: these (preset, tokens per batch), cheapest first, are timed on the machine at hand, and the last
 # one whose measured step time still gives AUTO_MIN_STEPS optimizer steps within --max-minutes is trained. Fewer
-# steps than that leave a run in or near the learning-rate warm-up: on a 2-core AVX2 CPU in float32, `small`
-# makes ~215 steps in 10 minutes and reaches BLEU 4, `compact` on half-size batches ~770 steps and BLEU 21 (README).
+# steps than that leave a run in or near the learning-rate warm-up (README: what each machine picked and reached).
 AUTO_RECIPES = (("compact", 2048), ("small", DEFAULT_MAX_TOKENS), ("medium", DEFAULT_MAX_TOKENS), ("base", 8192))
 AUTO_MIN_STEPS = 600
 AUTO_WITHOUT_TIME_LIMIT = "small"
@@ -122,18 +120,18 @@ class TranslationTask:
         self.sampler = TokenBatchSampler(train.lengths(), max_tokens, seed=seed)
         self.valid_sampler = TokenBatchSampler(valid.lengths(), max_tokens, shuffle=False)
         self.label_smoothing = label_smoothing
-        self.pad_id = model.config.pad_id
+        self.pad_token_id = model.config.pad_token_id
 
     def mean_batch_tokens(self) -> float:
         """Target tokens in an average training batch (one epoch's worth over its number of batches)."""
         return sum(len(t) - 1 for _, t in self.train_data.examples) / len(self.sampler)
 
     def train_batch(self, generator: torch.Generator) -> Seq2SeqBatch:
-        return collate([self.train_data[i] for i in self.sampler.next_batch()], self.pad_id)
+        return collate([self.train_data[i] for i in self.sampler.next_batch()], self.pad_token_id)
 
     def valid_batches(self):
         for batch in self.valid_sampler._epoch_batches(0):
-            yield collate([self.valid_data[i] for i in batch], self.pad_id)
+            yield collate([self.valid_data[i] for i in batch], self.pad_token_id)
 
     def loss(self, batch: Seq2SeqBatch) -> tuple[torch.Tensor, int]:
         logits = self.model(batch.src, batch.tgt_in)  # (batch, tgt_len, vocab)
@@ -196,10 +194,10 @@ def translation_config(
         src_vocab_size=source_tokenizer.vocab_size,
         tgt_vocab_size=target_tokenizer.vocab_size,
         max_seq_length=max_length,
-        pad_id=PAD_ID,
-        bos_id=BOS_ID,
-        eos_id=EOS_ID,
-        unk_id=UNK_ID,
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
+        unk_token_id=UNK_ID,
         norm_first=True,
         share_embeddings=source_tokenizer is target_tokenizer,
         tie_output=True,

@@ -150,7 +150,7 @@ def _translation_views(
     _check_length(source_ids, "source text")
     if target is None:
         target = translator.translate([text])[0]
-    target_ids = [config.bos_id, *translator.target_tokenizer.encode(target)]  # the decoder's input: BOS y_1 ...
+    target_ids = [config.bos_token_id, *translator.target_tokenizer.encode(target)]  # the decoder's input: BOS y_1 ...
     _check_length(target_ids, "target text")
     with torch.no_grad():
         where = runtime.module_device(model)

@@ -157,7 +157,7 @@ def masks_figure(batch: list[list[str]], path: str | Path, pad: str = "<pad>") -
     plt = _pyplot()
     length = max(len(tokens) for tokens in batch)
     ids = torch.tensor([[1] * len(tokens) + [0] * (length - len(tokens)) for tokens in batch])
-    padded = padding_mask(ids, pad_id=0)[:, 0, 0]  # (batch, length): the key positions that are real
+    padded = padding_mask(ids, pad_token_id=0)[:, 0, 0]  # (batch, length): the key positions that are real
     panels = len(batch) + 1
     fig, axes = plt.subplots(1, panels, figsize=(4.0 * panels, 4.5), squeeze=False, layout="constrained")
     for b, tokens in enumerate(batch):
