@@ -10,20 +10,45 @@ from glassformer.generation.seq2seq import SourceConditionedDecoder, translate_i
 PAD, BOS, EOS = 0, 1, 2
 
 
-def make_model(norm_first=True, seed=0):
+def make_model(norm_first=True, seed=0, **fields):
     torch.manual_seed(seed)
     config = TransformerConfig(
         src_vocab_size=30, tgt_vocab_size=30, d_model=32, num_layers=2, num_heads=4, d_ff=64, max_seq_length=48,
-        dropout=0.0, pad_id=PAD, bos_id=BOS, eos_id=EOS, norm_first=norm_first,
+        dropout=0.0, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, norm_first=norm_first, **fields,
     )  # fmt: skip
-    return Transformer(config).eval()
+    model = Transformer(config).eval()
+    if config.positional == "relative":  # a relative bias starts at zero: make it matter
+        with torch.no_grad():
+            for stack in (model.encoder, model.decoder):
+                stack.relative_bias.embedding.weight.normal_(std=1.0)
+    return model
+
+
+# every option of the shared block the seq2seq model takes, one at a time and as T5 and Llama combine them
+OPTIONS = {
+    "rope": dict(positional="rope"),
+    "learned": dict(positional="learned"),
+    "relative": dict(positional="relative", relative_buckets=8, relative_max_distance=12),
+    "rmsnorm": dict(norm="rmsnorm"),
+    "grouped_query": dict(num_kv_heads=2),
+    "multi_query": dict(num_kv_heads=1),
+    "gated_silu": dict(gated_ffn=True, activation="silu"),
+    "head_dim": dict(head_dim=16),
+    "unscaled_logits": dict(attention_scale=1.0),
+    "no_bias": dict(bias=False),
+    "llama": dict(norm="rmsnorm", positional="rope", gated_ffn=True, activation="silu", bias=False, num_kv_heads=2),
+    "t5": dict(norm="rmsnorm", positional="relative", attention_scale=1.0, bias=False, gated_ffn=True,
+               activation="gelu_tanh", scale_embeddings=False, scale_output=True),
+}  # fmt: skip
 
 
 def greedy_by_full_recompute(model, src, max_length):
-    """Greedy decoding without any cache: the whole prefix through the whole model at every step."""
+    """Greedy decoding without any cache: the whole prefix through the whole model at every step (causal mask
+    only: a random model may emit the padding id, and what it emitted stays visible, as in the cache)."""
     ys = torch.tensor([[BOS]])
     while ys.size(1) < max_length:
-        token = model(src, ys)[0, -1].argmax().item()
+        causal = torch.ones(ys.size(1), ys.size(1), dtype=torch.bool).tril()
+        token = model(src, ys, tgt_mask=causal)[0, -1].argmax().item()
         ys = torch.cat([ys, torch.tensor([[token]])], dim=1)
         if token == EOS:
             break
@@ -51,6 +76,23 @@ def test_incremental_decoder_logits_equal_the_full_pass():
     with torch.no_grad():
         steps = [decoder(tgt[:, i : i + 1], cache=cache) for i in range(5)]
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_every_block_option_decodes_with_the_cache_as_without(option):
+    model = make_model(seed=2, **OPTIONS[option])
+    src, tgt = torch.randint(3, 30, (2, 9)), torch.randint(3, 30, (2, 14))
+    src[1, 5:] = PAD  # the second source is padded: the cache must keep its mask
+    full = model(src, tgt)
+    decoder = SourceConditionedDecoder(model, src)
+    cache = decoder.make_cache(2, 16)
+    with torch.no_grad():  # a prompt of 3 tokens at once, then one token a step: offsets 3, 4, ...
+        steps = [decoder(tgt[:, :3], cache=cache)] + [decoder(tgt[:, i : i + 1], cache=cache) for i in range(3, 14)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-4, rtol=1e-4)
+    outputs = translate_ids(model, src, num_beams=1, max_len_a=1.0, max_len_b=4)
+    for row in range(2):
+        alone = src[row : row + 1, : int((src[row] != PAD).sum())]
+        assert outputs[row] == greedy_by_full_recompute(model, alone, max_length=1 + 9 + 4)
 
 
 def test_beam_of_one_is_greedy():
@@ -128,6 +170,6 @@ def test_length_penalty_as_documented():
 
 def test_translate_ids_needs_bos_and_eos():
     model = make_model()
-    model.config.bos_id = None
-    with pytest.raises(ValueError, match="no bos_id/eos_id"):
+    model.config.bos_token_id = None
+    with pytest.raises(ValueError, match="no bos_token_id/eos_token_id"):
         translate_ids(model, torch.randint(3, 30, (1, 4)))
