@@ -106,6 +106,17 @@ GPT2_TOP_NAMES = {
 }
 
 
+def write_hf_directory(directory: str | os.PathLike, hf_config: dict, tensors: dict[str, torch.Tensor]) -> Path:
+    """Write a Hugging Face model directory: ``config.json`` and the tensors in ``model.safetensors``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in tensors.items()}, directory / WEIGHTS_NAME, {"format": "pt"}
+    )
+    (directory / CONFIG_NAME).write_text(json.dumps(hf_config, indent=2) + "\n")
+    return directory
+
+
 def gpt2_config_from_hf(hf: dict) -> dict:
     """A Hugging Face GPT-2 config → ``GPTConfig`` fields. Unsupported GPT-2 options are refused."""
     if hf.get("model_type") != "gpt2":
@@ -168,8 +179,6 @@ def load_gpt2(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
 
 def save_gpt2(directory: str | os.PathLike, config: dict, state_dict: dict[str, torch.Tensor]) -> Path:
     """Write a Hugging Face GPT-2 directory (``GPT2LMHeadModel``) from a glassformer GPT's config and weights."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     activation = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[config["activation"]]
     hf_config = {
         "model_type": "gpt2",
@@ -200,6 +209,4 @@ def save_gpt2(directory: str | os.PathLike, config: dict, state_dict: dict[str, 
             theirs[f"transformer.h.{i}.{hf_name}"] = tensor.t() if transposed else tensor
     if "lm_head.weight" not in aliases:
         theirs["lm_head.weight"] = state_dict["lm_head.weight"]
-    save_file({k: v.detach().contiguous().cpu() for k, v in theirs.items()}, directory / WEIGHTS_NAME, {"format": "pt"})
-    (directory / CONFIG_NAME).write_text(json.dumps(hf_config, indent=2) + "\n")
-    return directory
+    return write_hf_directory(directory, hf_config, theirs)

@@ -11,15 +11,19 @@ for a classifier, ``classifier.weight`` / ``classifier.bias``.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from glassformer.checkpoints.huggingface import HF_ACTIVATIONS, read_config, read_hf_weights, resolve_model_dir
-from glassformer.checkpoints.native import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint
+from glassformer.checkpoints.huggingface import (
+    HF_ACTIVATIONS,
+    read_config,
+    read_hf_weights,
+    resolve_model_dir,
+    write_hf_directory,
+)
+from glassformer.checkpoints.native import read_checkpoint
 
 LAYOUTS = {
     "bert": {
@@ -232,11 +236,7 @@ def save_bert(directory: str | os.PathLike, config: dict, state_dict: dict[str, 
             parts = state_dict[f"layers.{i}.self_attn.qkv_proj{suffix}"].split(d)  # W_Q, W_K, W_V
             for name, part in zip(layout["qkv"], parts, strict=True):
                 theirs[layer + name + suffix] = part
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in theirs.items()}, directory / WEIGHTS_NAME, {"format": "pt"})
-    (directory / CONFIG_NAME).write_text(json.dumps(_hf_config(config, head), indent=2) + "\n")
-    return directory
+    return write_hf_directory(directory, _hf_config(config, head), theirs)
 
 
 def _hf_config(config: dict, head: bool) -> dict:

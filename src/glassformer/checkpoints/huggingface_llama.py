@@ -18,15 +18,13 @@ pairing in both, so Q and K load as they are (GGUF files need a permutation undo
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from glassformer.checkpoints.huggingface import read_config, read_hf_weights, resolve_model_dir
-from glassformer.checkpoints.native import CONFIG_NAME, WEIGHTS_NAME, tied_aliases
+from glassformer.checkpoints.huggingface import read_config, read_hf_weights, resolve_model_dir, write_hf_directory
+from glassformer.checkpoints.native import tied_aliases
 
 STACKED = {  # glassformer name in layers.{i} -> the Llama names stacked into it, in order
     "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
@@ -185,9 +183,5 @@ def load_llama(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
 def save_llama(directory: str | os.PathLike, config: dict, state_dict: dict[str, torch.Tensor]) -> Path:
     """Write a Hugging Face Llama directory (``LlamaForCausalLM``) from a Llama-style glassformer GPT."""
     hf_config = llama_config_to_hf(config)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     theirs = llama_state_dict_to_hf(state_dict, config)
-    save_file({k: v.detach().contiguous().cpu() for k, v in theirs.items()}, directory / WEIGHTS_NAME, {"format": "pt"})
-    (directory / CONFIG_NAME).write_text(json.dumps(hf_config, indent=2) + "\n")
-    return directory
+    return write_hf_directory(directory, hf_config, theirs)

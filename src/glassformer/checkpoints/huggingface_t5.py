@@ -21,15 +21,13 @@ Both store ``nn.Linear`` weights ``(out, in)``: nothing is transposed.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from glassformer.checkpoints.huggingface import read_config, read_hf_weights, resolve_model_dir
-from glassformer.checkpoints.native import CONFIG_NAME, WEIGHTS_NAME, tied_aliases
+from glassformer.checkpoints.huggingface import read_config, read_hf_weights, resolve_model_dir, write_hf_directory
+from glassformer.checkpoints.native import tied_aliases
 
 # feed_forward_proj's activation (after "gated-") -> glassformer's activation name; T5's "gated-gelu" is GELU-tanh
 T5_ACTIVATIONS = {"relu": "relu", "gelu": "gelu", "gelu_new": "gelu_tanh", "silu": "silu"}
@@ -216,9 +214,5 @@ def load_t5(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
 def save_t5(directory: str | os.PathLike, config: dict, state_dict: dict[str, torch.Tensor]) -> Path:
     """Write a Hugging Face T5 directory (``T5ForConditionalGeneration``) from a T5-style glassformer Transformer."""
     hf_config = t5_config_to_hf(config)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     theirs = t5_state_dict_to_hf(state_dict, config)
-    save_file({k: v.detach().contiguous().cpu() for k, v in theirs.items()}, directory / WEIGHTS_NAME, {"format": "pt"})
-    (directory / CONFIG_NAME).write_text(json.dumps(hf_config, indent=2) + "\n")
-    return directory
+    return write_hf_directory(directory, hf_config, theirs)

@@ -53,14 +53,7 @@ def check_mask(mask: torch.Tensor, target_shape: tuple[int, ...], name: str = "m
         raise ValueError(
             f"{name} must be a bool tensor with True = may attend, got {kind}; build it with glassformer.masks"
         )
-    ok = mask.dim() <= len(target_shape) and all(
-        m in (1, t) for m, t in zip(reversed(mask.shape), reversed(target_shape), strict=False)
-    )
-    if not ok:
-        raise ValueError(
-            f"{name} of shape {tuple(mask.shape)} does not broadcast to attention scores of shape "
-            f"{tuple(target_shape)} (batch, heads, q_len, k_len)"
-        )
+    check_broadcasts(mask, target_shape, name)
 
 
 def check_bias(bias: torch.Tensor, target_shape: tuple[int, ...], name: str = "position_bias") -> None:
@@ -69,11 +62,16 @@ def check_bias(bias: torch.Tensor, target_shape: tuple[int, ...], name: str = "p
     if not isinstance(bias, torch.Tensor) or not bias.is_floating_point():
         kind = bias.dtype if isinstance(bias, torch.Tensor) else type(bias).__name__
         raise ValueError(f"{name} must be a floating-point tensor added to the attention logits, got {kind}")
-    ok = bias.dim() <= len(target_shape) and all(
-        m in (1, t) for m, t in zip(reversed(bias.shape), reversed(target_shape), strict=False)
+    check_broadcasts(bias, target_shape, name)
+
+
+def check_broadcasts(tensor: torch.Tensor, target_shape: tuple[int, ...], name: str) -> None:
+    """``tensor`` must broadcast to the attention scores' ``target_shape`` = ``(batch, heads, q_len, k_len)``."""
+    ok = tensor.dim() <= len(target_shape) and all(
+        m in (1, t) for m, t in zip(reversed(tensor.shape), reversed(target_shape), strict=False)
     )
     if not ok:
         raise ValueError(
-            f"{name} of shape {tuple(bias.shape)} does not broadcast to attention scores of shape "
+            f"{name} of shape {tuple(tensor.shape)} does not broadcast to attention scores of shape "
             f"{tuple(target_shape)} (batch, heads, q_len, k_len)"
         )
