@@ -173,3 +173,13 @@ def test_translate_ids_needs_bos_and_eos():
     model.config.bos_token_id = None
     with pytest.raises(ValueError, match="no bos_token_id/eos_token_id"):
         translate_ids(model, torch.randint(3, 30, (1, 4)))
+
+
+@pytest.mark.parametrize("options", [dict(num_beams=0), dict(max_new_tokens=100), dict(eos_token_id=99)])
+def test_bad_generation_options_are_refused_before_the_encoder_runs(options, monkeypatch):
+    model = make_model().train()
+    calls = []
+    monkeypatch.setattr(model, "encode", lambda *args: calls.append(args))
+    with pytest.raises(ValueError):
+        model.generate(torch.randint(3, 30, (2, 5)), **options)
+    assert calls == [] and model.training  # no work done, and the model is left as it was

@@ -22,7 +22,6 @@ from torch import nn
 
 from glassformer.generation.config import GenerationConfig
 from glassformer.generation.search import generate
-from glassformer.masks import padding_mask
 from glassformer.nn.cache import KVCache
 
 
@@ -50,14 +49,9 @@ class SourceConditionedDecoder(nn.Module):
         self.model = model
         c = model.config
         self.config = _DecoderView(c.tgt_vocab_size, c.max_seq_length)
-        if attention_mask is None:
-            memory_mask = padding_mask(src, c.pad_token_id)  # (batch, 1, 1, src_len)
-        else:
-            if attention_mask.shape != src.shape:
-                raise ValueError(
-                    f"attention_mask has shape {tuple(attention_mask.shape)} but the source has {tuple(src.shape)}"
-                )
-            memory_mask = attention_mask.to(src.device).bool()[:, None, None, :]
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(src.device)
+        memory_mask = model.source_mask(src, attention_mask)  # (batch, 1, 1, src_len)
         memory = model.encode(src, memory_mask)
         self.cross_kv = [
             (k.repeat_interleave(copies, 0), v.repeat_interleave(copies, 0))
@@ -109,16 +103,19 @@ def generate_seq2seq(
         config.eos_token_id = c.eos_token_id
     if config.pad_token_id is None and "pad_token_id" not in options:
         config.pad_token_id = c.pad_token_id
+    config.validate(c.tgt_vocab_size)  # before the encoder runs
+    config.total_length(1, c.max_seq_length)
     device = next(model.parameters()).device
     input_ids = input_ids.to(device)
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
-        decoder = SourceConditionedDecoder(model, input_ids, config.num_beams, attention_mask)
-        start = torch.full((input_ids.size(0), 1), start_id, dtype=torch.long, device=device)
-        out = generate(decoder, start, config, pack_weights=False)
-    model.train(was_training)
-    return out
+    try:
+        with torch.inference_mode():
+            decoder = SourceConditionedDecoder(model, input_ids, config.num_beams, attention_mask)
+            start = torch.full((input_ids.size(0), 1), start_id, dtype=torch.long, device=device)
+            return generate(decoder, start, config, pack_weights=False)
+    finally:
+        model.train(was_training)
 
 
 def translate_ids(
@@ -143,8 +140,6 @@ def translate_ids(
         )
     if src.dim() != 2 or src.size(1) == 0:
         raise ValueError("src must be a non-empty (batch, src_len) tensor of token ids")
-    if num_beams < 1:
-        raise ValueError(f"num_beams must be at least 1, got {num_beams}")
     src_len = int((src != c.pad_token_id).sum(1).max())
     max_length = min(c.max_seq_length, 1 + math.ceil(max_len_a * src_len + max_len_b))
     out = generate_seq2seq(model, src, max_length=max_length, num_beams=num_beams, length_penalty=length_penalty)
