@@ -19,6 +19,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
+import secrets
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +28,8 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+from glassformer.files import read_json
 
 TOKENIZER_FILE = "tokenizer.json"
 GPT2_END_OF_TEXT = "<|endoftext|>"
@@ -67,14 +71,14 @@ class Tokenizer:
 
             return cls.from_gguf_metadata(open_gguf(gguf_file)[1])
         if path.is_file():
-            return cls(BackendTokenizer.from_file(str(path)))
+            return cls(read_tokenizer_file(path))
         if not path.is_dir():
             raise FileNotFoundError(f"no tokenizer at {path}; pass a directory holding {TOKENIZER_FILE}")
-        settings = json.loads((path / TOKENIZER_CONFIG).read_text()) if (path / TOKENIZER_CONFIG).is_file() else {}
+        settings = read_json(path / TOKENIZER_CONFIG, "tokenizer config") if (path / TOKENIZER_CONFIG).is_file() else {}
         max_length = settings.get("model_max_length")
         max_length = max_length if isinstance(max_length, int) and max_length < 1_000_000 else None
         if (path / TOKENIZER_FILE).is_file():
-            tokenizer = cls(BackendTokenizer.from_file(str(path / TOKENIZER_FILE)), max_length)
+            tokenizer = cls(read_tokenizer_file(path / TOKENIZER_FILE), max_length)
             for name in ("pad_token", "bos_token", "eos_token"):
                 token = settings.get(name)
                 token = token.get("content") if isinstance(token, dict) else token
@@ -256,12 +260,47 @@ class Tokenizer:
         warnings.warn("Tokenizer.pad_id is now called pad_token_id", DeprecationWarning, stacklevel=2)
         return self.pad_token_id
 
-    def encode(self, text: str | list[str], add_special_tokens: bool = True) -> list[int] | list[list[int]]:
+    def encode(
+        self, text: str | list[str], add_special_tokens: bool = True, split_special_tokens: bool = False
+    ) -> list[int] | list[list[int]]:
         """Token ids of ``text``, with the template's special tokens (``[CLS] ... [SEP]`` for BERT); for a list of
-        texts, a list of id lists (the backend encodes them in parallel). ``batch_encode`` pads them into tensors."""
-        if isinstance(text, str):
-            return self.backend.encode(text, add_special_tokens=add_special_tokens).ids
-        return [encoding.ids for encoding in self.backend.encode_batch(text, add_special_tokens=add_special_tokens)]
+        texts, a list of id lists (the backend encodes them in parallel). ``batch_encode`` pads them into tensors.
+        ``split_special_tokens``: a control token written in the text (``<|im_start|>``) is encoded as the plain
+        text it is, never as the control token (for text a user typed)."""
+        texts = [text] if isinstance(text, str) else text
+        if not isinstance(texts, list | tuple):
+            raise ValueError(f"encode takes a string or a list of strings, got {type(text).__name__}")
+        for number, item in enumerate(texts, 1):
+            check_text(item, f"text {number}")
+        if not split_special_tokens:
+            encodings = self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        else:
+            self.backend.encode_special_tokens = True
+            try:
+                encodings = self.backend.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+            finally:
+                self.backend.encode_special_tokens = False
+        ids = [encoding.ids for encoding in encodings]
+        return ids[0] if isinstance(text, str) else ids
+
+    def encode_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+        """The conversation rendered with the chat template and encoded, each message's content as plain text: a
+        control token typed in a message cannot open a turn of another role (role injection)."""
+        if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        ):
+            raise ValueError('messages must be a list of {"role": str, "content": str} dicts')
+        nonce = secrets.token_hex(8)
+        marked = [{**m, "content": f"\ue000{nonce}:{i}\ue001"} for i, m in enumerate(messages)]
+        pieces = re.split(f"\ue000{nonce}:(\\d+)\ue001", self.apply_chat_template(marked, add_generation_prompt))
+        ids: list[int] = []
+        for number, piece in enumerate(pieces):
+            if number % 2:  # a message's content
+                ids += self.encode(messages[int(piece)]["content"], add_special_tokens=False, split_special_tokens=True)
+            elif piece:  # the template's own text and control tokens
+                ids += self.encode(piece, add_special_tokens=False)
+        return ids
 
     def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[list[int]]:
         """Deprecated: ``encode(texts, add_special_tokens=False)``."""
@@ -315,11 +354,21 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """The text of ``ids``; special tokens kept unless ``skip_special_tokens`` (as in ``transformers``)."""
-        return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        return self.backend.decode(self._checked_ids(ids), skip_special_tokens=skip_special_tokens)
 
     def batch_decode(self, batch: list[list[int]], skip_special_tokens: bool = False) -> list[str]:
         """``decode`` of each id list, with the same default."""
-        return self.backend.decode_batch([list(ids) for ids in batch], skip_special_tokens=skip_special_tokens)
+        checked = [self._checked_ids(ids) for ids in batch]
+        return self.backend.decode_batch(checked, skip_special_tokens=skip_special_tokens)
+
+    def _checked_ids(self, ids: Iterable[int]) -> list[int]:
+        """``ids`` as a list of ints inside the vocabulary (a tensor's too), or one ``ValueError``."""
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        size = self.vocab_size
+        bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < size]
+        if bad:
+            raise ValueError(f"token id {bad[0]!r} is outside the vocabulary [0, {size}); decode this tokenizer's ids")
+        return ids
 
     def decode_batch(self, batch: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
         """Deprecated: ``batch_decode`` (whose default keeps special tokens, as ``decode``'s does)."""
@@ -336,3 +385,21 @@ class Tokenizer:
         return render_chat_template(
             self.chat_template, messages, add_generation_prompt, bos_token=self.bos_token, eos_token=self.eos_token
         )
+
+
+def check_text(text: object, name: str = "text") -> None:
+    """Text to encode: a ``str`` of valid Unicode (no lone surrogates, which undecodable bytes become)."""
+    if not isinstance(text, str):
+        raise ValueError(f"{name} must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{name} holds characters that are not valid Unicode at {e.start}; give UTF-8 text") from None
+
+
+def read_tokenizer_file(path: Path) -> BackendTokenizer:
+    """A ``tokenizer.json``; a damaged or foreign file is one ``ValueError`` naming it."""
+    try:
+        return BackendTokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises its own exception type, with serde's message
+        raise ValueError(f"{path} is not a valid tokenizer file ({str(e)[:200]}); replace it") from None

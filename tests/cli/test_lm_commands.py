@@ -98,7 +98,10 @@ def test_generate_with_seed_is_reproducible(run_dir):
     [
         (["generate", "--prompt", ""], "prompt is empty"),
         (["generate", "--prompt", "x", "--max-new-tokens", "200"], "exceeds the model's context"),
-        (["generate", "--prompt", "x", "--top-p", "2", "--sample", "--max-new-tokens", "3"], "top_p"),
+        (
+            ["generate", "--prompt", "x", "--top-p", "2", "--sample", "--max-new-tokens", "3"],
+            "--top-p must be a number in (0, 1]",
+        ),
     ],
 )
 def test_generate_errors(run_dir, args, message):

@@ -102,7 +102,7 @@ def test_unknown_corpus_and_foreign_run_directory(tmp_path, run_dir):
     result = cli("translate", "--model", str(gpt), "hallo", check=False)
     assert result.returncode == 2 and "holds a 'gpt' model, not a translation model" in result.stderr
     result = cli("train", "translate", "--data", str(run_dir.parent / "toy.tsv"), "--out", str(gpt), check=False)
-    assert result.returncode == 2 and "holds another kind of model" in result.stderr
+    assert result.returncode == 2 and "files glassformer did not write" in result.stderr
     assert (gpt / "metrics.jsonl").read_text() == "{}\n"
     result = cli("translate", "--model", str(run_dir), "   ", check=False)
     assert result.returncode == 2 and "text 1 is empty" in result.stderr

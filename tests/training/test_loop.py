@@ -8,6 +8,7 @@ from glassformer.models.gpt import GPT, GPTConfig
 from glassformer.tokenizer import Tokenizer
 from glassformer.training.lm import LanguageModelingTask
 from glassformer.training.loop import TrainConfig, Trainer, make_optimizer
+from glassformer.training.run_directory import RunDirectory
 from glassformer.training.schedules import lr_multiplier
 
 TEXT = "To be, or not to be, that is the question: whether 'tis nobler in the mind to suffer. " * 30
@@ -108,13 +109,19 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch)
     before = GPT.from_pretrained(tmp_path / "last").state_dict()
 
     def crash(directory):
-        directory.mkdir(parents=True)
         (directory / "config.json").write_text("{half")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(task, "save", crash)
-    with pytest.raises(KeyboardInterrupt):
+    with RunDirectory(tmp_path, "training", resume=True) as trainer.run, pytest.raises(KeyboardInterrupt):
         trainer._write_checkpoint("last")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".lock",
+        "best",
+        "glassformer-run.json",
+        "last",
+        "metrics.jsonl",
+    ]
     after = GPT.from_pretrained(tmp_path / "last").state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -157,7 +164,7 @@ def test_bad_train_config():
         TrainConfig(device="tpu")
     with pytest.raises(ValueError, match="unknown schedule"):
         TrainConfig(schedule="exponential")
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ValueError, match="max_steps must be a positive integer"):
         TrainConfig(max_steps=0)
 
 

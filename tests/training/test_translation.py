@@ -96,7 +96,7 @@ def test_run_directory_checks(tmp_path, write_toy_corpus):
     other = tmp_path / "gpt-run"
     (other / "last").mkdir(parents=True)
     (other / "metrics.jsonl").write_text("{}\n")
-    with pytest.raises(ValueError, match="holds another kind of model"):
+    with pytest.raises(ValueError, match="files glassformer did not write"):
         train_toy(other, 2, tsv)
     assert (other / "metrics.jsonl").read_text() == "{}\n"
     train_toy(tmp_path / "run", 2, tsv)

@@ -76,9 +76,9 @@ def _open_gguf(path: str, mtime_ns: int, size: int):
 
     try:
         reader = GGUFReader(path)
-    except (ValueError, OSError) as e:
-        raise ValueError(f"{path} is not a readable GGUF file ({e})") from e
-    return reader, read_metadata(reader)
+        return reader, read_metadata(reader)
+    except Exception as e:  # gguf raises what numpy and struct raise on a damaged file
+        raise ValueError(f"{path} is not a readable GGUF file ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def unpermute_rotary(weight: torch.Tensor, heads: int) -> torch.Tensor:
@@ -148,12 +148,21 @@ def hf_name(gguf_name: str) -> str:
 
 def read_gguf(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
     """``(GPTConfig dict, glassformer tensors in float32, metadata)`` of a Llama GGUF file."""
-    from gguf.quants import dequantize
-
-    from glassformer.checkpoints.huggingface_llama import llama_state_dict_from_hf
+    from glassformer.checkpoints.huggingface import reading
 
     reader, metadata = open_gguf(path)
+    with reading(path):
+        return _read_gguf(reader, metadata)
+
+
+def _read_gguf(reader, metadata: dict) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    from gguf.quants import dequantize
+
+    from glassformer.checkpoints.huggingface import check_layer_count
+    from glassformer.checkpoints.huggingface_llama import llama_state_dict_from_hf
+
     config = gguf_config(metadata, {t.name for t in reader.tensors})
+    check_layer_count(config["num_layers"], reader.tensors, "the GGUF file")
     heads, kv_heads = config["num_heads"], config["num_kv_heads"]
     tensors = {}
     for tensor in reader.tensors:

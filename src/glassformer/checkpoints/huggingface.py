@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from glassformer.checkpoints.native import CONFIG_NAME, WEIGHTS_NAME, read_checkpoint, tied_aliases
+from glassformer.checkpoints.native import CONFIG_NAME, WEIGHTS_NAME, load_safetensors, read_checkpoint, tied_aliases
+from glassformer.files import inside, read_json
 
 HF_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu", "relu": "relu"}
 
@@ -56,30 +59,56 @@ def read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
     """All tensors of a Hugging Face directory: safetensors (single or sharded) first, else a weights-only .bin."""
     single, index = directory / WEIGHTS_NAME, directory / f"{WEIGHTS_NAME}.index.json"
     if single.is_file():
-        return load_file(single)
+        return load_safetensors(single)
     if index.is_file():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        weight_map = read_json(index, "weights index").get("weight_map")
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise ValueError(f"{index} has no weight_map of tensor name -> shard file; replace the index")
         tensors: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            tensors.update(load_file(directory / shard))
+        for shard in sorted(set(weight_map.values())):
+            tensors.update(load_safetensors(inside(shard, directory)))  # never a file outside the directory
         return tensors
     pickle_path = directory / "pytorch_model.bin"
     if pickle_path.is_file():
         try:
-            return torch.load(pickle_path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's note on pickle protocols is not the user's business
+                warnings.simplefilter("ignore")
+                return torch.load(pickle_path, map_location="cpu", weights_only=True)
         except Exception as e:  # an UnpicklingError names the refused object
+            reason = str(e).split("WeightsUnpickler error:")[-1].split(" Check the documentation")[0].strip()
             raise ValueError(
-                f"{pickle_path} holds more than plain tensors and was refused by weights_only loading ({e}); "
-                "convert it to model.safetensors"
-            ) from e
+                f"{pickle_path} holds more than plain tensors and was refused by weights_only loading "
+                f"({reason[:200]}); nothing in it was run — convert it to model.safetensors"
+            ) from None
     raise FileNotFoundError(f"{directory} has no model.safetensors or pytorch_model.bin")
+
+
+@contextmanager
+def reading(source: str | os.PathLike):
+    """Turn what a malformed config or weights file raises while it is converted (a missing key, a string where a
+    number belongs) into one ``ValueError`` naming the file."""
+    try:
+        yield
+    except (KeyError, TypeError, IndexError, AttributeError, OverflowError) as e:
+        raise ValueError(
+            f"{source} does not hold a model glassformer can read ({type(e).__name__}: {e}); check its config.json"
+        ) from None
+
+
+def check_layer_count(num_layers: object, tensors: dict, source: str | os.PathLike) -> None:
+    """A config that asks for more layers than the file has tensors is refused before any loop over its layers."""
+    if not isinstance(num_layers, int) or isinstance(num_layers, bool) or not 0 < num_layers <= len(tensors):
+        raise ValueError(
+            f"{source} asks for {num_layers!r} layers but holds {len(tensors)} tensors; the config does not belong "
+            "to these weights"
+        )
 
 
 def read_config(directory: Path) -> dict:
     config_path = directory / CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; it is not a model directory")
-    return json.loads(config_path.read_text())
+    return read_json(config_path, "model config")
 
 
 # --- GPT-2 ------------------------------------------------------------------------------------------------
@@ -173,8 +202,14 @@ def load_gpt2(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     config = read_config(directory)
     if config.get("model_type") == "gpt":
         return read_checkpoint(directory)
-    ours = gpt2_config_from_hf(config)
-    return ours, gpt2_state_dict_from_hf(read_hf_weights(directory), ours["num_layers"])
+    with reading(directory):
+        return _load_gpt2(directory, config)
+
+
+def _load_gpt2(directory: Path, config: dict) -> tuple[dict, dict[str, torch.Tensor]]:
+    ours, tensors = gpt2_config_from_hf(config), read_hf_weights(directory)
+    check_layer_count(ours["num_layers"], tensors, directory)
+    return ours, gpt2_state_dict_from_hf(tensors, ours["num_layers"])
 
 
 def save_gpt2(directory: str | os.PathLike, config: dict, state_dict: dict[str, torch.Tensor]) -> Path:

@@ -18,8 +18,10 @@ import torch
 
 from glassformer.checkpoints.huggingface import (
     HF_ACTIVATIONS,
+    check_layer_count,
     read_config,
     read_hf_weights,
+    reading,
     resolve_model_dir,
     write_hf_directory,
 )
@@ -204,8 +206,10 @@ def load_bert(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     if config.get("model_type") == "bert" and "glassformer_version" in config:
         config, tensors = read_checkpoint(directory)
         return config, {k.removeprefix("bert."): v for k, v in tensors.items()}
-    ours = bert_config_from_hf(config)
-    tensors = bert_state_dict_from_hf(read_hf_weights(directory), ours)
+    with reading(directory):
+        ours, weights = bert_config_from_hf(config), read_hf_weights(directory)
+        check_layer_count(ours["num_layers"], weights, directory)
+        tensors = bert_state_dict_from_hf(weights, ours)
     ours["pooler"] = "pooler.weight" in tensors  # transformers' add_pooling_layer is not in its config
     return ours, tensors
 

@@ -23,7 +23,14 @@ from pathlib import Path
 
 import torch
 
-from glassformer.checkpoints.huggingface import read_config, read_hf_weights, resolve_model_dir, write_hf_directory
+from glassformer.checkpoints.huggingface import (
+    check_layer_count,
+    read_config,
+    read_hf_weights,
+    reading,
+    resolve_model_dir,
+    write_hf_directory,
+)
 from glassformer.checkpoints.native import tied_aliases
 
 STACKED = {  # glassformer name in layers.{i} -> the Llama names stacked into it, in order
@@ -176,8 +183,11 @@ def llama_state_dict_to_hf(state_dict: dict[str, torch.Tensor], config: dict) ->
 def load_llama(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     """``(GPTConfig dict, glassformer tensors)`` from a Hugging Face Llama directory."""
     directory = resolve_model_dir(path)
-    ours = llama_config_from_hf(read_config(directory))
-    return ours, llama_state_dict_from_hf(read_hf_weights(directory), ours["num_layers"])
+    config = read_config(directory)
+    with reading(directory):
+        ours, tensors = llama_config_from_hf(config), read_hf_weights(directory)
+        check_layer_count(ours["num_layers"], tensors, directory)
+        return ours, llama_state_dict_from_hf(tensors, ours["num_layers"])
 
 
 def save_llama(directory: str | os.PathLike, config: dict, state_dict: dict[str, torch.Tensor]) -> Path:

@@ -26,7 +26,14 @@ from pathlib import Path
 
 import torch
 
-from glassformer.checkpoints.huggingface import read_config, read_hf_weights, resolve_model_dir, write_hf_directory
+from glassformer.checkpoints.huggingface import (
+    check_layer_count,
+    read_config,
+    read_hf_weights,
+    reading,
+    resolve_model_dir,
+    write_hf_directory,
+)
 from glassformer.checkpoints.native import tied_aliases
 
 # feed_forward_proj's activation (after "gated-") -> glassformer's activation name; T5's "gated-gelu" is GELU-tanh
@@ -206,9 +213,11 @@ def t5_state_dict_to_hf(state_dict: dict[str, torch.Tensor], config: dict) -> di
 def load_t5(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     """``(TransformerConfig dict, glassformer tensors)`` from a Hugging Face T5 directory."""
     directory = resolve_model_dir(path)
-    tensors = read_hf_weights(directory)
-    ours = t5_config_from_hf(read_config(directory), tied="lm_head.weight" not in tensors)
-    return ours, t5_state_dict_from_hf(tensors, ours)
+    tensors, config = read_hf_weights(directory), read_config(directory)
+    with reading(directory):
+        ours = t5_config_from_hf(config, tied="lm_head.weight" not in tensors)
+        check_layer_count(max(ours["num_layers"], ours.get("num_decoder_layers") or 0), tensors, directory)
+        return ours, t5_state_dict_from_hf(tensors, ours)
 
 
 def save_t5(directory: str | os.PathLike, config: dict, state_dict: dict[str, torch.Tensor]) -> Path:

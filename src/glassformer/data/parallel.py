@@ -16,14 +16,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from glassformer.files import read_text
+
 Pair = tuple[str, str]
 IGNORE_INDEX = -100  # the label of padded target positions, skipped by the loss (F.cross_entropy's default)
 
 
 def _read_lines(path: Path) -> list[str]:
-    if not path.is_file():
-        raise FileNotFoundError(f"no file at {path}; check the path")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "sentence file")
     if not text.strip():
         raise ValueError(f"{path} is empty; give a file with one sentence (pair) per line")
     return text.splitlines()

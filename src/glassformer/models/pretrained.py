@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 from typing import Self
 
+import torch
+
 from glassformer.checkpoints import load_state_dict_checked, read_checkpoint, write_checkpoint
 from glassformer.models.config import ModelConfig
 
@@ -27,6 +29,30 @@ class PretrainedMixin:
     def from_pretrained(cls, directory: str | os.PathLike) -> Self:
         """Build the model from ``directory``'s config and load its weights; returned in eval mode."""
         config_dict, tensors = read_checkpoint(directory)
-        model = cls(cls.config_class.from_dict(config_dict))
+        model = build_for_weights(cls, cls.config_class.from_dict(config_dict), tensors)
         load_state_dict_checked(model, tensors)
         return model.eval()
+
+
+def build_for_weights(cls, config: ModelConfig, tensors: dict[str, torch.Tensor]):
+    """``cls(config)`` — after checking, on the ``meta`` device (shapes only, no memory), that the config describes
+    about as many weights as the file holds: a small file whose config asks for a huge model is refused before
+    anything is allocated, naming what was asked for. (``load_state_dict_checked`` then names every missing,
+    unexpected or mis-shaped tensor.)"""
+    layers = max(getattr(config, name, None) or 0 for name in ("num_layers", "num_decoder_layers"))
+    if layers > len(tensors):
+        raise ValueError(
+            f"the config asks for {layers} layers but the weights hold only {len(tensors)} tensors; "
+            "the config does not belong to these weights"
+        )
+    with torch.device("meta"):
+        probe = cls(config)
+    declared = sum(p.numel() for p in probe.parameters())
+    present = sum(t.numel() for t in tensors.values())
+    if declared > 2 * present + (1 << 20):  # room for a new classification head, never for a different model
+        raise ValueError(
+            f"the config asks for {declared:,} parameters but the weights hold {present:,} values; "
+            "the config does not belong to these weights"
+        )
+    del probe
+    return cls(config)

@@ -37,13 +37,14 @@ from glassformer.generation.seq2seq import generate_seq2seq
 from glassformer.masks import causal_mask, decoder_self_attention_mask, padding_mask
 from glassformer.models.config import ModelConfig, model_config
 from glassformer.models.outputs import Seq2SeqLMOutput
-from glassformer.models.pretrained import PretrainedMixin
+from glassformer.models.pretrained import PretrainedMixin, build_for_weights
 from glassformer.nn.cache import KVCache
 from glassformer.nn.config import BlockConfig, StackConfig
 from glassformer.nn.embedding import LearnedPositionalEmbedding
 from glassformer.nn.linear import Linear
 from glassformer.nn.stacks import Decoder, Encoder
 from glassformer.nn.validation import check_mask
+from glassformer.options import check_fields
 
 POSITIONAL = ("sinusoidal", "learned", "rope", "relative")
 
@@ -154,11 +155,9 @@ class TransformerConfig(ModelConfig):
         return self.bos_token_id is not None and self.bos_token_id == self.pad_token_id
 
     def __post_init__(self) -> None:
-        self.check_positive("src_vocab_size", "tgt_vocab_size", "max_seq_length")
+        check_fields(self)  # every field's type and range (glassformer.options)
         if self.positional not in POSITIONAL:
             raise ValueError(f"unknown positional encoding {self.positional!r}; choose one of {', '.join(POSITIONAL)}")
-        if self.num_decoder_layers is not None:
-            self.check_positive("num_decoder_layers")
         for side in ("encoder", "decoder"):
             self.stack(side)  # validates every block and stack option once, in nn.config
         if not 0 <= self.pad_token_id < min(self.src_vocab_size, self.tgt_vocab_size):
@@ -372,7 +371,7 @@ class Transformer(PretrainedMixin, nn.Module):
         if read_config(directory).get("model_type") != "t5":
             return super().from_pretrained(directory)
         config_dict, tensors = load_t5(directory)
-        model = cls(cls.config_class.from_dict(config_dict))
+        model = build_for_weights(cls, cls.config_class.from_dict(config_dict), tensors)
         load_state_dict_checked(model, tensors)
         return model.eval()
 

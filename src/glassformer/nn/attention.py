@@ -205,6 +205,13 @@ class MultiHeadAttention(nn.Module):
             check_hidden(key, self.d_model, "key")
             if value is not key:
                 check_hidden(value, self.d_model, "value")
+                if value.shape[:2] != key.shape[:2]:
+                    raise ValueError(
+                        f"key and value must have the same batch and length, got {tuple(key.shape)} and "
+                        f"{tuple(value.shape)}"
+                    )
+            if key.size(0) != batch:
+                raise ValueError(f"query has batch {batch} but key has batch {key.size(0)}")
             k_len = key.size(1)
             # split heads: (batch, seq, heads * d_k) -> (batch, heads, seq, d_k)
             q, k, v = (self.split_heads(t) for t in self.project_qkv(query, key, value))

@@ -24,24 +24,10 @@ import math
 
 from glassformer.nn.activation import ACTIVATIONS
 from glassformer.nn.norm import NORMS
+from glassformer.options import check_fields
 
 POSITIONS = ("absolute", "rope", "relative")
 POSITIONAL_EMBEDDINGS = ("sinusoidal", "learned", "none")
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _check_probability(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-
-
-def _check_positive_number(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
 
 def _check_choice(name: str, value, choices: tuple[str, ...]) -> None:
@@ -86,11 +72,7 @@ class BlockConfig:
     activation_dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("d_model", "num_heads", "relative_buckets", "relative_max_distance"):
-            _check_positive_int(name, getattr(self, name))
-        for name in ("d_ff", "num_kv_heads", "head_dim"):
-            if getattr(self, name) is not None:
-                _check_positive_int(name, getattr(self, name))
+        check_fields(self)  # types and ranges (glassformer.options.RULES); the relations between fields below
         if self.head_dim is None and self.d_model % self.num_heads:
             raise ValueError(
                 f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; choose num_heads that "
@@ -104,16 +86,8 @@ class BlockConfig:
         _check_choice("norm", self.norm, NORMS)
         _check_choice("position", self.position, POSITIONS)
         _check_choice("activation", self.activation, tuple(ACTIVATIONS))
-        _check_positive_number("layer_norm_eps", self.layer_norm_eps)
-        _check_positive_number("rope_theta", self.rope_theta)
-        if self.attention_scale is not None:
-            _check_positive_number("attention_scale", self.attention_scale)
         if self.position == "rope" and self.dim_per_head % 2:
             raise ValueError(f"rotary embeddings need an even head dimension, got {self.dim_per_head}")
-        if self.relative_buckets < 2:
-            raise ValueError(f"relative_buckets must be at least 2, got {self.relative_buckets}")
-        for name in ("dropout", "attention_dropout", "activation_dropout"):
-            _check_probability(name, getattr(self, name))
 
     @classmethod
     def of(cls, config: BlockConfig | int, num_heads: int | None = None, d_ff: int | None = None, **fields):
@@ -169,8 +143,7 @@ class StackConfig:
     pad_token_id: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("num_layers", "vocab_size", "max_seq_length"):
-            _check_positive_int(name, getattr(self, name))
+        check_fields(self)
         _check_choice("positional embedding", self.positional, POSITIONAL_EMBEDDINGS)
         if self.positional != "none" and self.block.position != "absolute":
             raise ValueError(

@@ -21,6 +21,8 @@ def check_token_ids(ids: torch.Tensor, vocab_size: int, max_seq_length: int | No
         )
     if ids.size(1) == 0:
         raise ValueError(f"{name} is empty (sequence length 0); give at least one token")
+    if ids.size(0) == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(ids.shape)}); give at least one sequence")
     if max_seq_length is not None and ids.size(1) > max_seq_length:
         raise ValueError(
             f"{name} has {ids.size(1)} positions but the model allows at most max_seq_length={max_seq_length}; "

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from glassformer import runtime
+from glassformer.files import read_json
 from glassformer.models.bert import Bert, mean_pooling
 from glassformer.nn.linear import packed_weights
 from glassformer.pipelines.resolve import resolve_model
@@ -51,7 +52,7 @@ class SentenceEncoder:
         pooling, normalize, max_length = "mean", True, model.config.max_seq_length
         pooling_file = directory / "1_Pooling" / "config.json"
         if pooling_file.is_file():
-            settings = json.loads(pooling_file.read_text())
+            settings = read_json(pooling_file, "pooling config")
             modes = [
                 k.removeprefix("pooling_mode_") for k, v in settings.items() if k.startswith("pooling_mode_") and v
             ]
@@ -61,10 +62,12 @@ class SentenceEncoder:
             pooling = modes[0]
         modules_file = directory / "modules.json"
         if modules_file.is_file():
-            normalize = any(m.get("type", "").endswith("Normalize") for m in json.loads(modules_file.read_text()))
+            normalize = any(
+                m.get("type", "").endswith("Normalize") for m in json.loads(modules_file.read_text(encoding="utf-8"))
+            )
         config_file = directory / "sentence_bert_config.json"
         if config_file.is_file():
-            max_length = json.loads(config_file.read_text()).get("max_seq_length", max_length)
+            max_length = read_json(config_file, "sentence-transformers config").get("max_seq_length", max_length)
         return cls(model, Tokenizer.from_pretrained(directory), pooling, normalize, max_length)
 
     @torch.no_grad()

@@ -8,13 +8,13 @@ in their order. Each translation is decoded back to plain text (byte-level BPE i
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from glassformer import runtime
 from glassformer.data.parallel import token_batches
+from glassformer.files import read_json
 from glassformer.generation.seq2seq import translate_ids
 from glassformer.models.transformer import Transformer
 from glassformer.pipelines.resolve import resolve_model
@@ -46,7 +46,7 @@ class Translator:
         """A run (its best checkpoint) or model directory with its tokenizers, on ``device`` in ``precision``
         (default the CPU in float32; ``"auto"`` for what ``glassformer.runtime`` picks on this machine)."""
         directory = resolve_model(path)
-        model_type = json.loads((directory / "config.json").read_text()).get("model_type")
+        model_type = read_json(directory / "config.json", "model config").get("model_type")
         if model_type != "transformer":
             raise ValueError(
                 f"{directory} holds a {model_type!r} model, not a translation model; pass a `train translate` run"

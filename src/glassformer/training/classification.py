@@ -27,9 +27,17 @@ import torch.nn.functional as F
 from glassformer.checkpoints.huggingface import resolve_model_dir
 from glassformer.data.sentiment import LABELS, prepare_sentiment, read_tsv, split_rows
 from glassformer.models.bert import BertForSequenceClassification
+from glassformer.options import check_options
 from glassformer.pipelines.text_classifier import TextClassifier
 from glassformer.tokenizer import Tokenizer
-from glassformer.training.loop import TrainConfig, Trainer, check_run_directory
+from glassformer.training.loop import TrainConfig, Trainer
+from glassformer.training.run_directory import (
+    RunDirectory,
+    check_data_fingerprint,
+    data_fingerprint,
+    read_run_record,
+    write_json_atomically,
+)
 
 RUN_FILE = "classification.json"
 SORT_CHUNK = 50  # batches per length-sorted chunk
@@ -211,59 +219,67 @@ def train_classifier(
     ``train`` sets the optimizer and schedule; its ``max_steps``, ``warmup_steps`` and ``eval_every`` are derived
     here from ``epochs``, the ``warmup`` fraction of all steps and ``evals_per_epoch``."""
     out = Path(out)
-    check_run_directory(out, resume, RUN_FILE, "classification")
-    train = train or classification_train_config()
-    if resume:
-        record = json.loads((out / RUN_FILE).read_text())
-        data, max_length, batch_size = LabelledData(**record["data"]), record["max_length"], record["batch_size"]
-        layer_decay = record.get("layer_decay", layer_decay)
-    data = data or LabelledData()
-    splits = data.load()
-    if resume:
-        model = BertForSequenceClassification.from_pretrained(out / "last")
-        tokenizer = Tokenizer.from_pretrained(out / "last")
-    else:
-        names = label_names(splits["train"] + splits["valid"] + splits["test"], num_labels)
-        directory = resolve_model_dir(init)
-        torch.manual_seed(train.seed)  # the new head's weights depend on the seed only
-        model = BertForSequenceClassification.from_pretrained(
-            directory, num_labels=len(names), labels=names, classifier_pooling=pooling,
-            dropout=dropout, attention_dropout=dropout, classifier_dropout=None,
-        )  # fmt: skip
-        tokenizer = Tokenizer.from_pretrained(directory)
-    if max_length > model.config.max_seq_length:
-        raise ValueError(f"max_length={max_length} exceeds the model's {model.config.max_seq_length} positions")
-    task = ClassificationTask(
-        TextClassifier(model, tokenizer, max_length), splits["train"], splits["valid"], batch_size, train.seed,
-        layer_decay,
+    check_options(
+        num_labels=num_labels, epochs=epochs, batch_size=batch_size, max_length=max_length, dropout=dropout,
+        warmup=warmup, evals_per_epoch=evals_per_epoch, layer_decay=layer_decay,
     )  # fmt: skip
-    steps = max(1, math.ceil(epochs * task.batches_per_epoch))
-    train = dataclasses.replace(
-        train,
-        max_steps=steps,
-        warmup_steps=max(1, round(warmup * steps)),
-        eval_every=max(task.batches_per_epoch // max(evals_per_epoch, 1), 1),
-        best_metric="valid_accuracy",
-    )
-    if not resume:
-        out.mkdir(parents=True, exist_ok=True)
-        record = {
-            "data": dataclasses.asdict(data),
-            "init": str(init),
-            "labels": model.config.label_names,
-            "max_length": max_length,
-            "batch_size": batch_size,
-            "epochs": epochs,
-            "layer_decay": layer_decay,
+    if pooling not in ("mean", "pooler"):
+        raise ValueError(f"unknown pooling {pooling!r}; choose 'mean' or 'pooler'")
+    with RunDirectory(out, "classification", resume) as run:
+        resume = resume and run.resumable  # a run killed before its first checkpoint starts from the beginning
+        train = train or classification_train_config()
+        if resume:
+            record = read_run_record(out / RUN_FILE)
+            data, max_length, batch_size = LabelledData(**record["data"]), record["max_length"], record["batch_size"]
+            layer_decay = record.get("layer_decay", layer_decay)
+            check_data_fingerprint(record.get("data_sha256"), data.data)
+        data = data or LabelledData()
+        splits = data.load()
+        if resume:
+            model = BertForSequenceClassification.from_pretrained(out / "last")
+            tokenizer = Tokenizer.from_pretrained(out / "last")
+        else:
+            names = label_names(splits["train"] + splits["valid"] + splits["test"], num_labels)
+            directory = resolve_model_dir(init)
+            torch.manual_seed(train.seed)  # the new head's weights depend on the seed only
+            model = BertForSequenceClassification.from_pretrained(
+                directory, num_labels=len(names), labels=names, classifier_pooling=pooling,
+                dropout=dropout, attention_dropout=dropout, classifier_dropout=None,
+            )  # fmt: skip
+            tokenizer = Tokenizer.from_pretrained(directory)
+        if max_length > model.config.max_seq_length:
+            raise ValueError(f"max_length={max_length} exceeds the model's {model.config.max_seq_length} positions")
+        task = ClassificationTask(
+            TextClassifier(model, tokenizer, max_length), splits["train"], splits["valid"], batch_size, train.seed,
+            layer_decay,
+        )  # fmt: skip
+        steps = max(1, math.ceil(epochs * task.batches_per_epoch))
+        train = dataclasses.replace(
+            train,
+            max_steps=steps,
+            warmup_steps=max(1, round(warmup * steps)),
+            eval_every=max(task.batches_per_epoch // max(evals_per_epoch, 1), 1),
+            best_metric="valid_accuracy",
+        )
+        if not resume:
+            record = {
+                "data": dataclasses.asdict(data),
+                "init": str(init),
+                "labels": model.config.label_names,
+                "max_length": max_length,
+                "batch_size": batch_size,
+                "epochs": epochs,
+                "layer_decay": layer_decay,
+                "data_sha256": data_fingerprint(data.data),
+            }
+            write_json_atomically(out / RUN_FILE, record)
+        summary = Trainer(task, train, run).fit(resume=resume)
+        return {
+            **summary,
+            "epochs": task.epoch + task.position / task.batches_per_epoch,
+            "train_texts": len(task.train_texts),
+            "parameters": sum(p.numel() for p in model.parameters()),
         }
-        (out / RUN_FILE).write_text(json.dumps(record, indent=1))
-    summary = Trainer(task, train, out).fit(resume=resume)
-    return {
-        **summary,
-        "epochs": task.epoch + task.position / task.batches_per_epoch,
-        "train_texts": len(task.train_texts),
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
 
 
 def classification_train_config(**overrides) -> TrainConfig:
@@ -296,7 +312,8 @@ def evaluate_classifier(
     if not (run / RUN_FILE).is_file():
         raise FileNotFoundError(f"{run} has no {RUN_FILE}; pass the run directory of `train classify`")
     classifier = TextClassifier.load(run, device, precision)
-    record = json.loads((run / RUN_FILE).read_text())
+    record = read_run_record(run / RUN_FILE)
+    check_data_fingerprint(record.get("data_sha256"), record["data"]["data"])
     splits = LabelledData(**record["data"]).load()
     if data is not None:
         rows, split = read_tsv(data), Path(data).stem

@@ -16,7 +16,9 @@ import sacrebleu
 from tqdm import tqdm
 
 from glassformer.data.parallel import read_parallel
+from glassformer.options import check_options
 from glassformer.pipelines.translator import Translator
+from glassformer.training.run_directory import check_data_fingerprint, read_run_record
 from glassformer.training.translation import RUN_FILE, DataSpec
 
 
@@ -41,6 +43,7 @@ def evaluate_translation(
     """Translate a split of the run's corpus (or every pair of the file ``data``) and score it; the model runs on
     ``device`` in ``precision`` (default the CPU in float32; ``auto`` for ``glassformer.runtime``'s choice)."""
     run = Path(run)
+    check_options(num_beams=num_beams, length_penalty=length_penalty, limit=limit)
     translator = Translator.load(run, device, precision)  # checks that the run holds a translation model
     if data is not None:
         paths = data.split(",", 1)
@@ -48,7 +51,9 @@ def evaluate_translation(
     else:
         if not (run / RUN_FILE).is_file():
             raise FileNotFoundError(f"{run} has no {RUN_FILE}; pass the run directory of `train translate` or --data")
-        spec = DataSpec(**json.loads((run / RUN_FILE).read_text())["data"])
+        record = read_run_record(run / RUN_FILE)
+        spec = DataSpec(**record["data"])
+        check_data_fingerprint(record.get("data_sha256"), spec.data)
         splits = spec.load()
         if split not in splits:
             raise ValueError(f"unknown split {split!r}; choose train, valid or test")
@@ -61,7 +66,7 @@ def evaluate_translation(
     seconds = time.perf_counter() - start
     result = {"split": split, "pairs": len(pairs), "beam": num_beams, "length_penalty": length_penalty}
     result.update(score_translations(hypotheses, references), seconds=round(seconds, 1))
-    if run.is_dir():
+    if (run / RUN_FILE).is_file():  # beside the run's own files; never into a directory glassformer did not write
         outputs = run / f"{split}.beam{num_beams}.tsv"
         rows = (f"{s}\t{r}\t{h}\n" for s, r, h in zip(sources, references, hypotheses, strict=True))
         outputs.write_text("source\treference\thypothesis\n" + "".join(rows), encoding="utf-8")

@@ -12,10 +12,20 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from glassformer.files import read_text
 from glassformer.models.gpt import GPT, GPTConfig
+from glassformer.options import check_options
 from glassformer.tokenizer import GPT2_END_OF_TEXT, Tokenizer
 from glassformer.training.loop import TrainConfig, Trainer
+from glassformer.training.run_directory import (
+    RunDirectory,
+    check_data_fingerprint,
+    data_fingerprint,
+    read_run_record,
+    write_json_atomically,
+)
 
+RUN_FILE = "language_model.json"  # where the data came from (path and sha256) and the batch size
 PRESETS = {  # GPT shapes for `train lm --preset`
     "tiny": dict(d_model=64, num_layers=2, num_heads=4, d_ff=256, max_seq_length=64),
     "small": dict(d_model=128, num_layers=4, num_heads=4, d_ff=512, max_seq_length=128),
@@ -86,9 +96,7 @@ def read_corpus(path: str | Path | None) -> tuple[str, str]:
         splits = prepare_shakespeare()
         return splits["train"].read_text(encoding="utf-8"), splits["valid"].read_text(encoding="utf-8")
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no text file at {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     if not text.strip():
         raise ValueError(f"{path} is empty; give a text file to train on")
     cut = text.rfind("\n", 0, int(len(text) * 0.9)) + 1 or int(len(text) * 0.9)
@@ -112,26 +120,37 @@ def train_language_model(
     loss and perplexity."""
     if architecture not in ("gpt2", "llama"):
         raise ValueError(f"unknown architecture {architecture!r}; choose 'gpt2' or 'llama'")
+    check_options(vocab_size=vocab_size, batch_size=batch_size)
     out = Path(out)
     train = train or lm_train_config()
-    train_text, valid_text = read_corpus(data)
-    if resume:
-        tokenizer = Tokenizer.from_pretrained(out / "last")
-        model = GPT.from_pretrained(out / "last")  # the trainer restores optimizer, RNG and step beside it
-    else:
-        tokenizer = Tokenizer.train([train_text], vocab_size=vocab_size, kind=tokenizer_kind)
-        eos = tokenizer.token_to_id(GPT2_END_OF_TEXT)
-        fields = {**PRESETS["small"], **(model_fields or {})}
-        make_config = GPTConfig.llama if architecture == "llama" else GPTConfig
-        config = make_config(
-            vocab_size=tokenizer.vocab_size, bos_token_id=eos, eos_token_id=eos, pad_token_id=None, **fields
-        )
-        torch.manual_seed(train.seed)  # the initial weights depend on the seed only
-        model = GPT(config)
-    train_ids = torch.tensor(tokenizer.encode(train_text), dtype=torch.long)
-    valid_ids = torch.tensor(tokenizer.encode(valid_text), dtype=torch.long)
-    task = LanguageModelingTask(model, tokenizer, train_ids, valid_ids, batch_size)
-    summary = Trainer(task, train, out).fit(resume=resume)
+    with RunDirectory(out, "language model", resume) as run:
+        resume = resume and run.resumable  # a run killed before its first checkpoint starts from the beginning
+        if resume and (out / RUN_FILE).is_file():  # the data of the run being resumed (older runs: the data given)
+            record = read_run_record(out / RUN_FILE)
+            if data is not None and record["data"] != str(Path(data).resolve()):
+                raise ValueError(f"this run was trained on {record['data']}; resume it without --data")
+            data, batch_size = record["data"], record.get("batch_size", batch_size)
+            check_data_fingerprint(record.get("data_sha256"), data)
+        train_text, valid_text = read_corpus(data)
+        if resume:
+            tokenizer = Tokenizer.from_pretrained(out / "last")
+            model = GPT.from_pretrained(out / "last")  # the trainer restores optimizer, RNG and step beside it
+        else:
+            tokenizer = Tokenizer.train([train_text], vocab_size=vocab_size, kind=tokenizer_kind)
+            eos = tokenizer.token_to_id(GPT2_END_OF_TEXT)
+            fields = {**PRESETS["small"], **(model_fields or {})}
+            make_config = GPTConfig.llama if architecture == "llama" else GPTConfig
+            config = make_config(
+                vocab_size=tokenizer.vocab_size, bos_token_id=eos, eos_token_id=eos, pad_token_id=None, **fields
+            )
+            torch.manual_seed(train.seed)  # the initial weights depend on the seed only
+            model = GPT(config)
+            record = {"data": None if data is None else str(Path(data).resolve()), "batch_size": batch_size}
+            write_json_atomically(out / RUN_FILE, {**record, "data_sha256": data_fingerprint(data)})
+        train_ids = torch.tensor(tokenizer.encode(train_text), dtype=torch.long)
+        valid_ids = torch.tensor(tokenizer.encode(valid_text), dtype=torch.long)
+        task = LanguageModelingTask(model, tokenizer, train_ids, valid_ids, batch_size)
+        summary = Trainer(task, train, run).fit(resume=resume)
     return {
         **summary,
         "parameters": sum(p.numel() for p in model.parameters()),

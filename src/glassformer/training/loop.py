@@ -23,9 +23,10 @@ if there is one, bfloat16 autocast where it is native, float32 where it is emula
 gradient scaler when asked for): the model, every batch and the optimizer state live on that device, and the
 weights stay float32 (mixed precision).
 
-A run directory holds ``metrics.jsonl`` (one JSON object per log line), ``last/`` and ``best/`` (the model plus
-``trainer_state.safetensors`` / ``trainer_state.json``: optimizer, RNG states, step). Checkpoints are written to a
-temporary directory and renamed into place, so a crash mid-save leaves the previous one intact.
+A run directory (``glassformer.training.run_directory``: owned, locked, crash-proof) holds ``metrics.jsonl`` (one
+JSON object per log line), ``last/`` and ``best/`` (the model plus ``trainer_state.safetensors`` /
+``trainer_state.json``: optimizer, RNG states, step). A kill at any moment leaves the last complete checkpoint to
+resume from; Ctrl-C or SIGTERM saves ``last/`` after the current step and raises ``TrainingInterrupted``.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -46,6 +48,9 @@ from torch import nn
 from tqdm import tqdm
 
 from glassformer import runtime
+from glassformer.files import read_json
+from glassformer.options import check_fields
+from glassformer.training.run_directory import RunDirectory
 from glassformer.training.schedules import SCHEDULES, lr_multiplier
 
 STATE_TENSORS, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"
@@ -95,35 +100,22 @@ class TrainConfig:
             self.precision, self.bf16 = ("bf16" if self.bf16 else "fp32"), None
         if self.precision not in ("auto", *runtime.PRECISIONS):
             raise ValueError(f"unknown precision {self.precision!r}; choose auto, fp32, bf16 or fp16")
+        check_fields(self)  # every field's type and range (glassformer.options.RULES)
         runtime.resolve_device(self.device)  # a device that is not there: refused before any work
-        if self.max_steps < 1 or self.grad_accum < 1 or self.eval_every < 1 or self.log_every < 1:
-            raise ValueError("max_steps, grad_accum, eval_every and log_every must be at least 1")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose 'adam' or 'adamw'")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"patience must be at least 1 evaluation, got {self.patience}")
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
 
     @property
     def lower_is_better(self) -> bool:
         return self.best_metric.endswith(("loss", "ppl"))
 
 
-def check_run_directory(out: Path, resume: bool, run_file: str, kind: str) -> None:
-    """Refuse to train into a directory that holds something else (no ``run_file``) or, without ``resume``, an
-    earlier run — before any work is done."""
-    if not out.exists():
-        if resume:
-            raise FileNotFoundError(f"nothing to resume: {out} does not exist")
-        return
-    holds_run = (out / "last").exists() or (out / "metrics.jsonl").exists() or (out / "config.json").exists()
-    if holds_run and not (out / run_file).is_file():
-        raise ValueError(f"{out} holds another kind of model or run; choose another --out")
-    if holds_run and not resume:
-        raise ValueError(f"{out} already holds a {kind} run; pass --resume to continue it or choose another --out")
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C or SIGTERM after ``last/`` was saved; ``--resume`` continues it."""
 
 
 def make_optimizer(
@@ -148,10 +140,13 @@ def make_optimizer(
 
 
 class Trainer:
-    def __init__(self, task: Task, config: TrainConfig, run_dir: str | Path):
+    def __init__(self, task: Task, config: TrainConfig, run_dir: str | Path | RunDirectory):
+        """``run_dir``: a path (``fit`` opens it as a ``RunDirectory``) or a ``RunDirectory`` the caller opened."""
         self.task = task
         self.config = config
-        self.run_dir = Path(run_dir)
+        self.run = run_dir if isinstance(run_dir, RunDirectory) else None
+        self.run_dir = run_dir.path if isinstance(run_dir, RunDirectory) else Path(run_dir)
+        self._stop_signal: int | None = None
         self.placement = runtime.place(config.device, config.precision)
         device = self.placement.device
         task.model.to(device)  # before the optimizer, so that its state is created on the device
@@ -167,8 +162,10 @@ class Trainer:
     # --- checkpoints ----------------------------------------------------------------------------------------
 
     def _write_checkpoint(self, name: str) -> None:
-        final, tmp = self.run_dir / name, self.run_dir / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
+        self.run.write_checkpoint(name, self._fill_checkpoint, self.step)
+
+    def _fill_checkpoint(self, tmp: Path) -> None:
+        """The model (``task.save``) and the trainer's state, written into the new folder ``tmp``."""
         self.task.save(tmp)
         optimizer = self.optimizer.state_dict()
         tensors = {"rng.torch": torch.get_rng_state(), "rng.data": self.data_generator.get_state()}
@@ -192,11 +189,6 @@ class Trainer:
             state_json["grad_scaler"] = self.scaler.state_dict()
         save_file(tensors, tmp / STATE_TENSORS)
         (tmp / STATE_JSON).write_text(json.dumps(state_json, indent=1))
-        old = self.run_dir / f".{name}.old"
-        if final.exists():
-            final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
 
     def _restore(self, directory: Path) -> None:
         from glassformer.checkpoints import load_state_dict_checked, read_checkpoint
@@ -204,7 +196,7 @@ class Trainer:
         _, weights = read_checkpoint(directory)
         load_state_dict_checked(self.task.model, weights)
         tensors = load_file(directory / STATE_TENSORS)
-        state_json = json.loads((directory / STATE_JSON).read_text())
+        state_json = read_json(directory / STATE_JSON, "trainer state")
         state: dict[int, dict[str, Any]] = {}
         for name, value in tensors.items():
             if name.startswith("optimizer."):
@@ -302,24 +294,56 @@ class Trainer:
         return torch.autocast(p.device.type, dtype=p.dtype, enabled=p.half)
 
     def _log(self, record: dict[str, Any]) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.run.log(record)
 
     def fit(self, resume: bool = False) -> dict[str, Any]:
-        """Train until ``max_steps`` (or ``max_minutes``); returns the final metrics."""
+        """Train until ``max_steps`` (or ``max_minutes``); returns the final metrics. ``resume``: continue from
+        ``last/`` (a run killed before its first checkpoint starts again from the beginning)."""
+        if self.run is not None:
+            return self._fit(resume)
+        with RunDirectory(self.run_dir, "training", resume) as self.run:
+            try:
+                return self._fit(resume)
+            finally:
+                self.run = None
+
+    def _fit(self, resume: bool) -> dict[str, Any]:
         c = self.config
-        last = self.run_dir / "last"
-        if resume:
-            if not last.is_dir():
-                raise FileNotFoundError(f"nothing to resume: {last} does not exist")
-            self._restore(last)
-        elif last.exists() or (self.run_dir / "metrics.jsonl").exists():
-            raise ValueError(
-                f"{self.run_dir} already holds a training run; pass --resume to continue it or choose another --out"
-            )
+        if resume and self.run.resumable:
+            self._restore(self.run_dir / "last")
+            self.run.truncate_metrics(self.step)  # what a killed run logged after its last checkpoint goes
         else:
+            self.run.truncate_metrics(None)
             torch.manual_seed(c.seed)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        previous_handlers = self._catch_stop_signals()
+        try:
+            return self._loop()
+        finally:
+            for number, handler in previous_handlers.items():
+                signal.signal(number, handler)
+
+    def _catch_stop_signals(self) -> dict[int, Any]:
+        """Ctrl-C and SIGTERM set a flag that the loop reads after each step (a second Ctrl-C stops at once)."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(number: int, frame: Any) -> None:
+            if self._stop_signal is not None and number == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._stop_signal = number
+
+        return {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
+
+    def _stop_for_signal(self) -> None:
+        name = signal.Signals(self._stop_signal).name
+        self._write_checkpoint("last")
+        self._log({"step": self.step, "interrupted": name})
+        raise TrainingInterrupted(
+            f"stopped by {name} at step {self.step}; last/ is saved in {self.run_dir} — continue with --resume"
+        )
+
+    def _loop(self) -> dict[str, Any]:
+        c = self.config
         if c.progress:
             tqdm.write(f"training on {self.placement.describe()}", file=sys.stderr)
         self._log({"step": self.step, "device": str(self.placement.device), "precision": self.placement.precision})
@@ -372,5 +396,8 @@ class Trainer:
                 done = done or stop_early
             if done:
                 break
+            if self._stop_signal is not None:
+                bar.close()
+                self._stop_for_signal()
         bar.close()
         return {"step": self.step, **metrics, f"best_{c.best_metric}": self.best_score}

@@ -14,7 +14,6 @@ A run directory holds ``translation.json`` (where the data came from), ``metrics
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,20 @@ from typing import Any
 import torch
 
 from glassformer.data.parallel import ParallelDataset, Seq2SeqBatch, TokenBatchSampler, collate
+from glassformer.files import read_json
 from glassformer.models.transformer import Transformer, TransformerConfig
+from glassformer.options import check_options
 from glassformer.pipelines.translator import SOURCE_TOKENIZER_FILE, load_tokenizers
 from glassformer.tokenizer import Tokenizer
-from glassformer.training.loop import TrainConfig, Trainer, check_run_directory
+from glassformer.training.loop import TrainConfig, Trainer
 from glassformer.training.losses import fused_label_smoothed_cross_entropy
+from glassformer.training.run_directory import (
+    RunDirectory,
+    check_data_fingerprint,
+    data_fingerprint,
+    read_run_record,
+    write_json_atomically,
+)
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0, 1, 2, 3
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
@@ -255,74 +263,77 @@ def train_translation(
     picks the model's choices (``ARCHITECTURES``: the paper's, T5's or Llama's); ``train`` defaults to
     ``translation_train_config()``."""
     out = Path(out)
-    check_run_directory(out, resume, RUN_FILE, "translation")
-    train = train or translation_train_config()
+    check_options(vocab_size=vocab_size, max_length=max_length, max_tokens=max_tokens, label_smoothing=label_smoothing)
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
-    if resume:  # the data and batching of the run being resumed, not the ones passed now
-        record = json.loads((out / RUN_FILE).read_text())
-        spec, max_tokens = DataSpec(**record["data"]), record["max_tokens"]
-        label_smoothing = record.get("label_smoothing", label_smoothing)
-    else:
-        spec = data or DataSpec()
     if preset not in PRESETS and preset != "auto":
         raise ValueError(f"unknown preset {preset!r}; choose one of auto, {', '.join(PRESETS)}")
-    splits = spec.load()
-    if resume:
-        source_tokenizer, target_tokenizer = load_tokenizers(out / "last")
-        max_length = json.loads((out / "last" / "config.json").read_text())["max_seq_length"]
-    else:
-        source_tokenizer, target_tokenizer = train_tokenizers(splits["train"], vocab_size, shared_vocab)
-    datasets = {
-        split: ParallelDataset(
-            splits[split], source_tokenizer, target_tokenizer, BOS_ID, EOS_ID, max_length, truncate=split != "train"
-        )
-        for split in ("train", "valid")
-    }
-    if len(datasets["train"]) == 0:
-        raise ValueError(f"no training pair fits max_length={max_length}; raise --max-length")
-    tokenizers = (source_tokenizer, target_tokenizer)
-
-    def make_task(preset: str, max_tokens: int) -> TranslationTask:
-        model = Transformer(translation_config(preset, *tokenizers, max_length, model_fields, architecture))
-        return TranslationTask(
-            model, tokenizers, datasets["train"], datasets["valid"], max_tokens, label_smoothing, train.seed
-        )
-
-    recipe = None
-    if resume:
-        model = Transformer.from_pretrained(out / "last")
-        task = TranslationTask(
-            model, tokenizers, datasets["train"], datasets["valid"], max_tokens, label_smoothing, train.seed
-        )
-    else:
-        if preset == "auto":
-            preset, auto_max_tokens, recipe = choose_recipe(make_task, train)
-            max_tokens = max_tokens or auto_max_tokens
-            if report is not None:
-                report(recipe)
-        max_tokens = max_tokens or DEFAULT_MAX_TOKENS
-        torch.manual_seed(train.seed)  # the initial weights depend on the seed only
-        task = make_task(preset, max_tokens)
-        model = task.model
-        out.mkdir(parents=True, exist_ok=True)
-        record = {
-            "data": dataclasses.asdict(spec),
-            "preset": preset,
-            "architecture": architecture,
-            "max_tokens": max_tokens,
-            "label_smoothing": label_smoothing,
+    with RunDirectory(out, "translation", resume) as run:
+        resume = resume and run.resumable  # a run killed before its first checkpoint starts from the beginning
+        train = train or translation_train_config()
+        if resume:  # the data and batching of the run being resumed, not the ones passed now
+            record = read_run_record(out / RUN_FILE)
+            spec, max_tokens = DataSpec(**record["data"]), record["max_tokens"]
+            label_smoothing = record.get("label_smoothing", label_smoothing)
+            check_data_fingerprint(record.get("data_sha256"), spec.data)
+        else:
+            spec = data or DataSpec()
+        splits = spec.load()
+        if resume:
+            source_tokenizer, target_tokenizer = load_tokenizers(out / "last")
+            max_length = read_json(out / "last" / "config.json", "checkpoint config")["max_seq_length"]
+        else:
+            source_tokenizer, target_tokenizer = train_tokenizers(splits["train"], vocab_size, shared_vocab)
+        datasets = {
+            split: ParallelDataset(
+                splits[split], source_tokenizer, target_tokenizer, BOS_ID, EOS_ID, max_length, truncate=split != "train"
+            )
+            for split in ("train", "valid")
         }
-        if recipe is not None:
-            record["auto_preset"] = recipe
-        (out / RUN_FILE).write_text(json.dumps(record, indent=1))
-    summary = Trainer(task, train, out).fit(resume=resume)
-    return {
-        **summary,
-        "preset": record["preset"],
-        "max_tokens": max_tokens,
-        "train_pairs": len(datasets["train"]),
-        "dropped_pairs": datasets["train"].dropped,
-        "epochs": task.sampler.epoch + task.sampler.position / max(len(task.sampler), 1),
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
+        if len(datasets["train"]) == 0:
+            raise ValueError(f"no training pair fits max_length={max_length}; raise --max-length")
+        tokenizers = (source_tokenizer, target_tokenizer)
+
+        def make_task(preset: str, max_tokens: int) -> TranslationTask:
+            model = Transformer(translation_config(preset, *tokenizers, max_length, model_fields, architecture))
+            return TranslationTask(
+                model, tokenizers, datasets["train"], datasets["valid"], max_tokens, label_smoothing, train.seed
+            )
+
+        recipe = None
+        if resume:
+            model = Transformer.from_pretrained(out / "last")
+            task = TranslationTask(
+                model, tokenizers, datasets["train"], datasets["valid"], max_tokens, label_smoothing, train.seed
+            )
+        else:
+            if preset == "auto":
+                preset, auto_max_tokens, recipe = choose_recipe(make_task, train)
+                max_tokens = max_tokens or auto_max_tokens
+                if report is not None:
+                    report(recipe)
+            max_tokens = max_tokens or DEFAULT_MAX_TOKENS
+            torch.manual_seed(train.seed)  # the initial weights depend on the seed only
+            task = make_task(preset, max_tokens)
+            model = task.model
+            record = {
+                "data": dataclasses.asdict(spec),
+                "preset": preset,
+                "architecture": architecture,
+                "max_tokens": max_tokens,
+                "label_smoothing": label_smoothing,
+                "data_sha256": data_fingerprint(spec.data),
+            }
+            if recipe is not None:
+                record["auto_preset"] = recipe
+            write_json_atomically(out / RUN_FILE, record)
+        summary = Trainer(task, train, run).fit(resume=resume)
+        return {
+            **summary,
+            "preset": record["preset"],
+            "max_tokens": max_tokens,
+            "train_pairs": len(datasets["train"]),
+            "dropped_pairs": datasets["train"].dropped,
+            "epochs": task.sampler.epoch + task.sampler.position / max(len(task.sampler), 1),
+            "parameters": sum(p.numel() for p in model.parameters()),
+        }

@@ -14,12 +14,12 @@ which returns every layer's weights. Each ``AttentionView`` is one kind of atten
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
 
 from glassformer import runtime
+from glassformer.files import read_json
 from glassformer.tokenizer import Tokenizer
 
 MAX_TOKENS = 512  # per sequence: beyond this the page (and a heat map) is no longer readable; refused clearly
@@ -86,7 +86,7 @@ def model_kind(path: str | Path) -> str:
     location = resolve_model(path)
     if find_gguf(location) is not None:
         return "decoder"
-    config = json.loads((location / "config.json").read_text())
+    config = read_json(location / "config.json", "model config")
     kind = config.get("model_type")
     if kind == "transformer":
         return "translation"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from glassformer.options import check_options
 from glassformer.visualization.attention import AttentionView
 
 DPI = 100
@@ -41,6 +42,19 @@ def _save(fig, path: str | Path) -> Path:
     fig.savefig(path, dpi=DPI, format=path.suffix[1:])
     _pyplot().close(fig)
     return path
+
+
+MAX_CELLS = 4_000_000  # values drawn in one heat map: beyond this a figure is unreadable and its memory unbounded
+MAX_PANELS = 16  # sentences in the masks figure (4 inches each)
+
+
+def check_figure_size(cells: int, what: str, panels: int = 1) -> None:
+    """Refuse a figure whose heat maps would hold more than ``MAX_CELLS`` values (or more than ``MAX_PANELS``
+    panels), naming what was asked for."""
+    if cells > MAX_CELLS:
+        raise ValueError(f"{what} would draw {cells:,} values; at most {MAX_CELLS:,} make a readable figure")
+    if panels > MAX_PANELS:
+        raise ValueError(f"{what} would draw {panels} panels; give at most {MAX_PANELS}")
 
 
 def figure_size(width: float, height: float) -> tuple[int, int]:
@@ -74,6 +88,8 @@ def attention_figure(view: AttentionView, path: str | Path, layer: int = 0, head
     if head is not None and not 0 <= head < heads:
         raise ValueError(f"head {head} does not exist; the model has heads 0 to {heads - 1}")
     chosen = [head] if head is not None else list(range(heads))
+    cells = len(chosen) * view.weights.shape[-1] * view.weights.shape[-2]
+    check_figure_size(cells, f"{len(chosen)} heads over {view.weights.shape[-1]} tokens", math.ceil(len(chosen) / 4))
     columns = min(4, len(chosen))
     rows = math.ceil(len(chosen) / columns)
     size = (8.0, 8.0) if head is not None else (4.0 * columns, 4.0 * rows)
@@ -90,6 +106,8 @@ def positional_encoding_figure(path: str | Path, max_positions: int = 100, d_mod
     """The sinusoidal encoding PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...), 10 × 5 inches."""
     from glassformer.nn.embedding import sinusoidal_encoding
 
+    check_options(max_seq_length=max_positions, d_model=d_model)
+    check_figure_size(max_positions * d_model, f"{max_positions} positions × {d_model} dimensions")
     plt = _pyplot()
     pe = sinusoidal_encoding(max_positions, d_model)
     fig, ax = plt.subplots(figsize=(10, 5), layout="constrained")
@@ -154,8 +172,9 @@ def masks_figure(batch: list[list[str]], path: str | Path, pad: str = "<pad>") -
 
     if not batch or any(not tokens for tokens in batch):
         raise ValueError("give at least one non-empty tokenized sentence")
-    plt = _pyplot()
     length = max(len(tokens) for tokens in batch)
+    check_figure_size(length * length * (len(batch) + 1), f"{len(batch)} sentences of {length} tokens", len(batch))
+    plt = _pyplot()
     ids = torch.tensor([[1] * len(tokens) + [0] * (length - len(tokens)) for tokens in batch])
     padded = padding_mask(ids, pad_token_id=0)[:, 0, 0]  # (batch, length): the key positions that are real
     panels = len(batch) + 1
