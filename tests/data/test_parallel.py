@@ -45,7 +45,7 @@ def test_bad_parallel_files_are_named(tmp_path, files, message):
 
 
 def test_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no file at"):
+    with pytest.raises(FileNotFoundError, match="no sentence file at"):
         read_parallel(tmp_path / "nope.tsv")
 
 

@@ -165,6 +165,9 @@ class RunDirectory:
             for leftover in [*new, old]:
                 if leftover.exists():
                     shutil.rmtree(leftover)
+        for partial in self.path.glob(".*.tmp"):  # a metrics or record file a kill cut short before its rename
+            if partial.is_file():
+                partial.unlink()
 
     @property
     def resumable(self) -> bool:
@@ -234,12 +237,16 @@ class RunDirectory:
             if step is not None and isinstance(record, dict) and record.get("step", 0) <= step:
                 kept.append(line + "\n")
         fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{METRICS}.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.writelines(kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, metrics)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.writelines(kept)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, metrics)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def _checkpoint_step(checkpoint: Path) -> int:
