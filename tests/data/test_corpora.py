@@ -137,7 +137,7 @@ def test_two_processes_preparing_at_once_both_get_the_whole_folder(tmp_path, res
         "import sys, time; from pathlib import Path; time.sleep(max(0.0, float(sys.argv[1]) - time.time())); "
         + RACERS[resource].replace("DIGEST", repr(digest)).replace("CACHE", "Path(sys.argv[2])")
     )
-    start = str(time.time() + 3)
+    start = str(time.time() + 2)
     runs = [
         subprocess.Popen([sys.executable, "-c", script, start, str(tmp_path)], stdout=subprocess.PIPE, text=True)
         for _ in range(2)
