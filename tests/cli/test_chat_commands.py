@@ -23,10 +23,13 @@ def test_generate_with_the_guide_s_sampling_flags_is_reproducible():
 
 
 def test_chat_holds_a_multi_turn_conversation():
-    lines = "What is the capital of France?\n/reset\n\nWhat is the capital of Germany?\nAnd of Italy?\n"
+    too_long = "word " * 9000  # past SmolLM2's 8192 positions: refused, and the conversation goes on
+    lines = f"What is the capital of France?\n{too_long}\n/reset\n\nWhat is the capital of Germany?\nAnd of Italy?\n"
     result = cli("chat", "--model", "smollm2", "--max-new-tokens", "24", stdin=lines)
     replies = [line for line in result.stdout.splitlines() if line.startswith("assistant> ")]
     assert len(replies) == 3, result.stdout
+    errors = [line for line in result.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "more than the model's context allows" in errors[0], result.stderr
     assert "Paris" in replies[0] and "Berlin" in replies[1] and "Rome" in replies[2]
 
 

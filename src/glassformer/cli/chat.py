@@ -15,6 +15,7 @@ import torch
 
 from glassformer.cli.generate import add_sampling_arguments, sampling_options, text_streamer
 from glassformer.cli.options import report_placement
+from glassformer.options import check_options
 from glassformer.pipelines.language_model import load_language_model
 
 
@@ -54,6 +55,12 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.model} has no chat template; chat needs an instruction-tuned checkpoint")
     if model.config.eos_token_id is None:
         raise ValueError(f"{args.model} names no end-of-sequence token, so a reply would never end")
+    check_options(max_new_tokens=args.max_new_tokens)
+    if args.max_new_tokens >= model.config.max_seq_length:
+        raise ValueError(
+            f"--max-new-tokens {args.max_new_tokens} leaves no room for a message in the model's context of "
+            f"{model.config.max_seq_length} tokens; lower it"
+        )
     start = [{"role": "system", "content": args.system}] if args.system else []
     messages = list(start)
     interactive = sys.stdin.isatty()
