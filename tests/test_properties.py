@@ -179,3 +179,33 @@ def test_any_command_line_ends_in_output_or_one_line(model_dir, tmp_path_factory
     assert "Traceback" not in err
     if code == 2:
         assert err.strip().splitlines()[-1].startswith(("glassformer: error:", "usage:", "glassformer ")), err
+
+
+TRAIN_FLAGS = {
+    "--lr": st.one_of(st.floats(allow_nan=True, allow_infinity=True).map(str), st.just("1e-3")),
+    "--warmup-steps": st.integers(-3, 3).map(str),
+    "--batch-size": st.integers(-1, 4).map(str),
+    "--dropout": st.floats(-0.5, 1.5).map(str),
+    "--block-size": st.integers(-1, 40).map(str),
+    "--grad-accum": st.integers(-1, 2).map(str),
+    "--kv-heads": st.integers(-1, 3).map(str),
+    "--max-minutes": st.floats(allow_nan=True, allow_infinity=True).map(str),
+}
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(flags=st.dictionaries(st.sampled_from(sorted(TRAIN_FLAGS)), st.just(None), max_size=4), data=st.data())
+def test_any_training_flags_train_or_end_in_one_line(tmp_path_factory, capsys, flags, data):
+    corpus = tmp_path_factory.mktemp("corpus") / "text.txt"
+    corpus.write_text("the quick brown fox jumps over the lazy dog\n" * 60)
+    argv = ["train", "lm", "--data", str(corpus), "--out", str(tmp_path_factory.mktemp("run") / "r"), "--quiet",
+            "--preset", "tiny", "--d-model", "16", "--num-heads", "2", "--num-layers", "1", "--d-ff", "32",
+            "--max-steps", "1", "--eval-every", "1", "--device", "cpu"]  # fmt: skip
+    for name in flags:
+        argv += [name, data.draw(TRAIN_FLAGS[name])]
+    try:
+        code = main(argv)
+    except SystemExit as exit:
+        code = exit.code
+    err = capsys.readouterr().err
+    assert code in (0, 2) and "Traceback" not in err, err
