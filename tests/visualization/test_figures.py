@@ -57,3 +57,16 @@ def test_training_curves(tmp_path):
     assert png_size(training_curves_figure(tmp_path, tmp_path / "curves.png")) == figure_size(12, 4)
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         training_curves_figure(tmp_path / "nothing", tmp_path / "c.png")
+
+
+def test_training_curves_skip_a_line_a_killed_run_cut_short(tmp_path):
+    lines = [{"step": 1, "loss": 3.0, "lr": 1e-3}, {"step": 2, "loss": 2.5, "lr": 1e-3}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + '{"step": 3, "lo')
+    assert png_size(training_curves_figure(tmp_path, tmp_path / "curves.png")) == figure_size(12, 4)
+
+
+def test_figures_too_large_to_read_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="409,600,000 values"):
+        positional_encoding_figure(tmp_path / "pe.png", 100_000, 4096)
+    with pytest.raises(ValueError, match="at most 16"):
+        masks_figure([["a"]] * 17, tmp_path / "masks.png")

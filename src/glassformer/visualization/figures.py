@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from glassformer.files import read_text
 from glassformer.options import check_options
 from glassformer.visualization.attention import AttentionView
 
@@ -196,9 +197,16 @@ def training_curves_figure(run: str | Path, path: str | Path) -> Path:
     metrics_file = Path(run) / "metrics.jsonl"
     if not metrics_file.is_file():
         raise FileNotFoundError(f"no metrics.jsonl in {run}; pass a training run directory")
-    records = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-    train = [r for r in records if "loss" in r]
-    valid = [r for r in records if "valid_loss" in r]
+    records = []
+    for line in read_text(metrics_file, "metrics file").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line a killed run cut short
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+    train = [r for r in records if isinstance(r.get("loss"), int | float)]
+    valid = [r for r in records if isinstance(r.get("valid_loss"), int | float)]
     if not train and not valid:
         raise ValueError(f"{metrics_file} has no loss values yet; train for a few steps first")
     plt = _pyplot()
