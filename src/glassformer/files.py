@@ -3,14 +3,20 @@
 read_text(path)            a UTF-8 text file; missing or non-UTF-8: one error naming the file
 read_json(path)            a JSON object from a UTF-8 file; missing, unreadable, non-UTF-8, malformed or
                            not-an-object files are a ``ValueError`` / ``FileNotFoundError`` naming the path
+write_atomically(path, write)  ``write(tmp)`` fills a temporary file beside ``path``, which is fsynced, given the
+                           permissions of a new file and renamed over ``path``: a crash leaves the old file or the
+                           new one, never half of one
 inside(path, root)         ``root / path`` resolved, refused if it leaves ``root`` (``../``, absolute paths,
                            symbolic links pointing out): for file names read from untrusted indexes
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +47,29 @@ def read_text(path: str | os.PathLike, what: str = "text file") -> str:
         raise ValueError(
             f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); convert the {what} to UTF-8"
         ) from None
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; a saved file gets the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@functools.cache
+def umask() -> int:
+    """The process's umask (read once: reading it means setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def inside(path: str, root: Path) -> Path:

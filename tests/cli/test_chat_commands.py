@@ -54,6 +54,7 @@ def test_chat_needs_a_chat_template(tmp_path):
     [
         (["generate", "--model", "no/such-model", "--prompt", "x"], "local Hugging Face cache"),
         (["train", "lm", "--arch", "llama", "--kv-heads", "3", "--preset", "tiny", "--out", "r"], "num_kv_heads"),
+        (["chat", "--model", "smollm2", "--max-new-tokens", "9000"], "leaves no room for a message"),
     ],
 )
 def test_errors(tmp_path, args, message):

@@ -70,3 +70,28 @@ def test_sampling_follows_the_processed_distribution():
     processed = top_p(0.8)(None, scores)
     probs = processed.softmax(-1)
     assert math.isclose(probs[0, 0].item(), 0.5 / 0.8, rel_tol=1e-5) and probs[0, 2:].sum() == 0
+
+
+@pytest.fixture
+def three_token_model():
+    from glassformer import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=3, max_seq_length=16, d_model=8, num_layers=1, num_heads=2, d_ff=16)).eval()
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_decoding_refuses_when_every_token_is_banned(three_token_model, num_beams):
+    """Every token of the 3 already in the prompt, no_repeat_ngram_size=1: argmax would silently return 0."""
+    with pytest.raises(ValueError, match="no token is allowed"):
+        three_token_model.generate(
+            torch.tensor([[0, 1, 2]]), max_new_tokens=2, no_repeat_ngram_size=1, num_beams=num_beams
+        )
+
+
+@pytest.mark.parametrize("options", [{}, {"do_sample": True, "seed": 0}, {"num_beams": 2}])
+def test_decoding_refuses_nan_scores(three_token_model, options):
+    with torch.no_grad():
+        three_token_model.layers[0].ffn.fc2.bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="NaN scores"):
+        three_token_model.generate(torch.tensor([[0, 1]]), max_new_tokens=2, **options)

@@ -157,6 +157,8 @@ def test_bad_input_is_refused_clearly(bert_dir, tmp_path):
         model(torch.tensor([[VOCAB]]))
     with pytest.raises(ValueError, match="token_type_ids"):
         model(torch.ones(1, 3, dtype=torch.long), token_type_ids=torch.full((1, 3), 2))
+    with pytest.raises(ValueError, match="token_type_ids has shape"):
+        model(torch.ones(2, 3, dtype=torch.long), token_type_ids=torch.zeros(1, 3, dtype=torch.long))
     gpt2 = tmp_path / "gpt2"
     transformers.GPT2Model(transformers.GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=20)).save_pretrained(gpt2)
     with pytest.raises(ValueError, match="BERT or DistilBERT"):

@@ -151,3 +151,13 @@ def test_is_causal_is_only_for_a_whole_sequence():
         mha(x, x, x, causal_mask(3), is_causal=True)
     with pytest.raises(ValueError, match="is_causal"):
         mha(x, torch.randn(1, 5, 8), torch.randn(1, 5, 8), is_causal=True)
+
+
+def test_mha_refuses_keys_and_values_that_do_not_pair():
+    """Different lengths used to run on the fast path and give a different output on each call."""
+    mha = MultiHeadAttention(16, 2)
+    query = torch.randn(2, 3, 16)
+    with pytest.raises(ValueError, match="key and value must have the same batch and length"):
+        mha(query, torch.randn(2, 4, 16), torch.randn(2, 5, 16))
+    with pytest.raises(ValueError, match="query has batch 2 but key has batch 1"):
+        mha(query, torch.randn(1, 4, 16), torch.randn(1, 4, 16))

@@ -1,15 +1,14 @@
 """glassformer's own checkpoint: a directory with ``config.json`` and ``model.safetensors``.
 
 Weights are only ever read with ``safetensors`` — never unpickled: a pickle file can run arbitrary code when
-loaded. Files are written to a temporary name and renamed into place, so an interrupted save never leaves a
-half-written checkpoint behind the old one.
+loaded. Files are written to a temporary name, fsynced and renamed into place (``glassformer.files.write_atomically``),
+so an interrupted save never leaves a half-written file behind the old one.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -17,24 +16,11 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from glassformer.files import read_json
+from glassformer.files import read_json, write_atomically
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file over ``path`` (atomic on POSIX)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def tied_aliases(state_dict: dict[str, torch.Tensor]) -> dict[str, str]:
@@ -59,14 +45,14 @@ def write_checkpoint(directory: str | os.PathLike, config: dict, state_dict: dic
     directory.mkdir(parents=True, exist_ok=True)
     aliases = tied_aliases(state_dict)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items() if k not in aliases}
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_atomically(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
 
     def write_config(tmp: str) -> None:
         with open(tmp, "w") as f:
             json.dump(config, f, indent=2, sort_keys=True)
             f.write("\n")
 
-    _atomic_write(directory / CONFIG_NAME, write_config)
+    write_atomically(directory / CONFIG_NAME, write_config)
     return directory
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from glassformer import __version__
+from glassformer.files import umask, write_atomically
 
 MARKER = "glassformer-run.json"
 LOCK = ".lock"
@@ -62,23 +63,7 @@ def is_complete(checkpoint: Path) -> bool:
 
 
 def write_json_atomically(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    write_atomically(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=1)))
 
 
 class RunDirectory:
@@ -198,7 +183,7 @@ class RunDirectory:
     def write_checkpoint(self, name: str, write: Callable[[Path], None], step: int) -> None:
         """``write(folder)`` fills a new folder, which then replaces ``NAME`` as described in the module's doc."""
         tmp = Path(tempfile.mkdtemp(dir=self.path, prefix=f".{name}.", suffix=".tmp"))
-        os.chmod(tmp, 0o777 & ~_umask())
+        os.chmod(tmp, 0o777 & ~umask())
         try:
             write(tmp)
             fsync_tree(tmp)
@@ -236,17 +221,7 @@ class RunDirectory:
                 continue
             if step is not None and isinstance(record, dict) and record.get("step", 0) <= step:
                 kept.append(line + "\n")
-        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{METRICS}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.writelines(kept)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, metrics)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(metrics, lambda tmp: Path(tmp).write_text("".join(kept)))
 
 
 def _checkpoint_step(checkpoint: Path) -> int:
