@@ -63,7 +63,7 @@ MAX_CONTEXT = 1 << 20  # positions a model may have: beyond, its position tables
 
 
 def _number(value: float) -> str:
-    return f"{value:,}" if float(value).is_integer() and abs(value) >= 10_000 else f"{value:g}"
+    return f"{value:,}" if float(value).is_integer() and abs(value) >= 100_000 else f"{value:g}"
 
 
 POSITIVE_INT = Rule(low=1, integer=True)
@@ -138,6 +138,10 @@ RULES: dict[str, Rule] = {
     "repetition_penalty": POSITIVE,
     "no_repeat_ngram_size": COUNT,
     "length_penalty": Rule(),
+    # serving
+    **dict.fromkeys(("max_batch", "max_context", "max_queue"), POSITIVE_INT),
+    "request_timeout": POSITIVE,
+    "port": Rule(low=0, high=65535, integer=True),
     # token ids (the vocabulary's upper bound is checked where the vocabulary is known)
     **dict.fromkeys(("pad_token_id", "bos_token_id", "eos_token_id", "unk_token_id"), COUNT),
 }

@@ -180,3 +180,14 @@ def test_bfloat16_models_run_on_every_cpu():
     expected = F.linear(F.gelu(F.linear(x.float(), model[0].weight.float(), model[0].bias.float())),
                         model[1].weight.float(), model[1].bias.float())  # fmt: skip
     torch.testing.assert_close(y.float(), expected, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.skipif(not can_pack(Linear(4, 4)), reason="this CPU packs no float32 weights")
+def test_an_inner_packed_block_leaves_the_outer_one_packed():
+    layer = Linear(16, 8)
+    with packed_weights(layer):
+        outer = layer.packed_weight
+        with packed_weights(layer):  # generate() inside a server that holds the model packed
+            assert layer.packed_weight is outer  # not packed a second time
+        assert layer.packed_weight is outer  # and still packed for the server
+    assert layer.packed_weight is None

@@ -35,7 +35,7 @@ from glassformer.generation.search import generate
 from glassformer.models.config import ModelConfig, model_config
 from glassformer.models.outputs import CausalLMOutput
 from glassformer.models.pretrained import PretrainedMixin, build_for_weights
-from glassformer.nn.cache import KVCache
+from glassformer.nn.cache import KVCache, SlotCache
 from glassformer.nn.config import BlockConfig
 from glassformer.nn.dropout import Dropout
 from glassformer.nn.embedding import LearnedPositionalEmbedding, TokenEmbedding
@@ -174,6 +174,12 @@ class GPT(PretrainedMixin, nn.Module):
         weight = self.lm_head.weight
         return KVCache(c.num_layers, batch, c.kv_heads, max_length, c.head_dim, dtype or weight.dtype, weight.device)
 
+    def make_slot_cache(self, slots: int, max_length: int, dtype: torch.dtype | None = None) -> SlotCache:
+        """An empty cache of ``slots`` independent sequences of up to ``max_length`` positions (serving)."""
+        c = self.config
+        weight = self.lm_head.weight
+        return SlotCache(c.num_layers, slots, c.kv_heads, max_length, c.head_dim, dtype or weight.dtype, weight.device)
+
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -188,7 +194,8 @@ class GPT(PretrainedMixin, nn.Module):
             input_ids: ``(batch, seq)`` token ids (with a cache: only the new tokens).
             attention_mask: ``(batch, past + seq)``, 1/True at real tokens, 0 at padding (left padding for
                 batched prompts); positions are counted from each row's first real token.
-            cache: a ``KVCache`` from ``make_cache``; filled and advanced by ``seq`` positions.
+            cache: a ``KVCache`` from ``make_cache``, filled and advanced by ``seq`` positions; or a ``SlotView`` of
+                a ``make_slot_cache`` cache, whose rows of different lengths need their ``attention_mask(seq)``.
             last_token_only: compute logits for the last position only (decoding).
             output_attentions: return a ``CausalLMOutput`` with each layer's weights ``(batch, heads, seq,
                 past + seq)``.

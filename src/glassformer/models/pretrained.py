@@ -38,7 +38,8 @@ def build_for_weights(cls, config: ModelConfig, tensors: dict[str, torch.Tensor]
     """``cls(config)`` — after checking, on the ``meta`` device (shapes only, no memory), that the config describes
     about as many weights as the file holds: a small file whose config asks for a huge model is refused before
     anything is allocated, naming what was asked for. (``load_state_dict_checked`` then names every missing,
-    unexpected or mis-shaped tensor.)"""
+    unexpected or mis-shaped tensor.) When the file holds every weight, the model is not initialized at random
+    first: its parameters are uninitialized memory until ``load_state_dict_checked`` fills them."""
     layers = max(getattr(config, name, None) or 0 for name in ("num_layers", "num_decoder_layers"))
     if layers > len(tensors):
         raise ValueError(
@@ -54,5 +55,20 @@ def build_for_weights(cls, config: ModelConfig, tensors: dict[str, torch.Tensor]
             f"the config asks for {declared:,} parameters but the weights hold {present:,} values; "
             "the config does not belong to these weights"
         )
-    del probe
-    return cls(config)
+    first: dict[int, str] = {}  # a tied parameter's first name
+    tied = {
+        n: first[id(p)] for n, p in probe.named_parameters(remove_duplicate=False) if first.setdefault(id(p), n) != n
+    }
+    needed = {name: t for name, t in probe.state_dict().items() if name not in tied}
+    if any(name not in tensors or tensors[name].shape != t.shape for name, t in needed.items()):
+        return cls(config)  # some weights are new (a classification head): they need their initialization
+    # every weight comes from the file: skip the random initialization (seconds for a 100M-parameter model) —
+    # give the shapes memory, and recompute the tables that are not stored (rotary angles, sinusoids)
+    probe.to_empty(device="cpu")
+    for alias, original in tied.items():  # to_empty gives each module a parameter of its own: tie them again
+        owner, _, attribute = alias.rpartition(".")
+        setattr(probe.get_submodule(owner), attribute, probe.get_parameter(original))
+    for module in probe.modules():
+        if hasattr(module, "reset_buffers"):
+            module.reset_buffers()
+    return probe

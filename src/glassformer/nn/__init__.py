@@ -1,7 +1,7 @@
 """The parts of the Transformer, one idea per file, each with its formula in the docstring."""
 
 from glassformer.nn.attention import MultiHeadAttention, scaled_dot_product_attention
-from glassformer.nn.cache import KVCache
+from glassformer.nn.cache import KVCache, SlotCache
 from glassformer.nn.config import BlockConfig, StackConfig
 from glassformer.nn.embedding import (
     LearnedPositionalEmbedding,
@@ -23,6 +23,7 @@ __all__ = [
     "Encoder",
     "EncoderLayer",
     "KVCache",
+    "SlotCache",
     "LayerNorm",
     "LearnedPositionalEmbedding",
     "MultiHeadAttention",

@@ -66,8 +66,12 @@ class PositionalEncoding(nn.Module):
 
     def __init__(self, d_model: int, max_seq_length: int = 5000):
         super().__init__()
-        self.max_seq_length = max_seq_length
+        self.max_seq_length, self.d_model = max_seq_length, d_model
         self.register_buffer("pe", sinusoidal_encoding(max_seq_length, d_model), persistent=False)
+
+    def reset_buffers(self) -> None:
+        """Recompute the table (after the module was built on the ``meta`` device and given memory)."""
+        self.pe = sinusoidal_encoding(self.max_seq_length, self.d_model).to(self.pe.device)
 
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
         _check_positions(x.size(1), offset, self.max_seq_length)

@@ -136,8 +136,10 @@ def can_pack(module: nn.Module) -> bool:
 @contextmanager
 def packed_weights(model: nn.Module) -> Iterator[None]:
     """Within the block, every packable (``can_pack``) ``Linear`` of ``model`` carries a oneDNN-packed copy of its
-    weight (inference only: the copy does not follow later changes to the weight, so it is dropped on exit)."""
-    layers = [m for m in model.modules() if can_pack(m)]
+    weight (inference only: the copy does not follow later changes to the weight, so it is dropped on exit).
+    Layers already packed by an enclosing block (a server holding the model packed while ``generate`` runs) are
+    left as they are, and stay packed when this block ends."""
+    layers = [m for m in model.modules() if can_pack(m) and m.packed_weight is None]
     try:
         for layer in layers:
             try:

@@ -47,8 +47,15 @@ class RotaryEmbedding(nn.Module):
             raise ValueError(f"rotary embeddings need an even head dimension, got {head_dim}")
         self.head_dim = head_dim
         self.base = base
-        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))  # θ_i
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", self.angles_per_position(), persistent=False)
+
+    def angles_per_position(self) -> torch.Tensor:
+        """θ_i = base^(−2i / d), ``(head_dim / 2,)`` in float32."""
+        return 1.0 / (self.base ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32) / self.head_dim))
+
+    def reset_buffers(self) -> None:
+        """Recompute θ (after the module was built on the ``meta`` device and given memory)."""
+        self.inv_freq = self.angles_per_position().to(self.inv_freq.device)
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """``position_ids`` ``(batch | 1, seq)`` -> ``(cos, sin)``, each ``(batch | 1, 1, seq, head_dim)`` in ``dtype``.

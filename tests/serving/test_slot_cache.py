@@ -1,0 +1,69 @@
+"""The serving cache: rows of different lengths decoded together give each row's own one-at-a-time result."""
+
+import pytest
+import torch
+
+from glassformer import GPT, GPTConfig
+from glassformer.nn.cache import SlotCache
+
+VARIANTS = {
+    "gpt2": dict(),
+    "llama": dict(positional="rope", norm="rmsnorm", gated_ffn=True, activation="silu", num_kv_heads=1, bias=False),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_rows_of_different_lengths_decode_together_as_they_would_alone(variant):
+    torch.manual_seed(0)
+    config = GPTConfig(
+        vocab_size=50, max_seq_length=40, d_model=32, num_layers=2, num_heads=4, d_ff=64, **VARIANTS[variant]
+    )
+    model = GPT(config).eval()
+    prompts = [torch.randint(0, 50, (n,)) for n in (5, 9, 2)]
+    steps = 6
+    # alone: the usual cache, one sequence at a time, greedy
+    expected = [model.generate(p[None], max_new_tokens=steps)[0, len(p) :] for p in prompts]
+    # together: slot 1 stays free (it rides along masked), slots 0, 2 and 3 hold the prompts
+    cache = model.make_slot_cache(4, 40)
+    slots = [0, 2, 3]
+    tokens = {}
+    with torch.no_grad():
+        for slot, prompt in zip(slots, prompts, strict=True):
+            logits = model(prompt[None], cache=cache.view(slot, slot + 1), last_token_only=True)
+            tokens[slot] = [int(logits[0, -1].argmax())]
+        for _ in range(steps - 1):
+            view = cache.view(0, 4, active=[True, False, True, True])
+            ids = torch.tensor([[tokens[s][-1] if s in tokens else 0] for s in range(4)])
+            logits = model(ids, attention_mask=view.attention_mask(1), cache=view, last_token_only=True)
+            for s in slots:
+                tokens[s].append(int(logits[s, -1].argmax()))
+    assert [tokens[s] for s in slots] == [e.tolist() for e in expected]
+    assert cache.lengths == [5 + steps - 1, 0, 9 + steps - 1, 2 + steps - 1]
+
+
+def test_logits_of_a_batched_step_equal_the_single_row_step():
+    torch.manual_seed(1)
+    config = GPTConfig(vocab_size=30, max_seq_length=32, d_model=16, num_layers=2, num_heads=2, d_ff=32)
+    model = GPT(config).eval()
+    a, b = torch.randint(0, 30, (1, 7)), torch.randint(0, 30, (1, 3))
+    together, alone = model.make_slot_cache(2, 32), model.make_slot_cache(1, 32)
+    with torch.no_grad():
+        model(a, cache=together.view(0, 1))
+        model(b, cache=together.view(1, 2))
+        model(a, cache=alone.view(0, 1))
+        view = together.view(0, 2)
+        both = model(torch.tensor([[4], [5]]), attention_mask=view.attention_mask(1), cache=view)
+        single = model(torch.tensor([[4]]), cache=alone.view(0, 1))
+    torch.testing.assert_close(both[0], single[0], atol=1e-5, rtol=1e-5)
+
+
+def test_a_slot_refuses_positions_past_its_length():
+    cache = SlotCache(num_layers=1, slots=2, num_heads=1, max_length=4, head_dim=2)
+    layer = cache.view(0, 1).layer(0)
+    with pytest.raises(ValueError, match="holds 4 positions per slot"):
+        layer.update(torch.zeros(1, 1, 5, 2), torch.zeros(1, 1, 5, 2))
+    with pytest.raises(ValueError, match="not within the cache's 2 slots"):
+        cache.view(1, 3)
+    cache.lengths[:] = [1, 2]
+    with pytest.raises(ValueError, match="rows of equal length"):
+        cache.view(0, 2).layer(0).update(torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 2, 2))
