@@ -75,10 +75,13 @@ COMMANDS = {
                  {"glassformer.data.bible.prepare_bible": {}, "glassformer.data.sentiment.prepare_sentiment": {}}),
     "env": ([], {"glassformer.runtime.environment": {"torch": "x"}, "glassformer.runtime.env_line": "line"}),
     "tour": ([], {"glassformer.cli.tour.run_tour": None}),
+    "serve": ([], {"glassformer.cli.serve.resolve_model": "m", "glassformer.serving.app.Server": "server",
+                   "glassformer.serving.app.create_app": None, "uvicorn.Config": None, "uvicorn.Server": "uvicorn"}),
 }  # fmt: skip
 RETURNS = {"translator": lambda: mock.MagicMock(**{"translate.return_value": ["hello"]}),
            "language model": fake_model_and_tokenizer, "classifier": classifier, "encoder": encoder,
-           "views": lambda: [view("encoder"), view("cross")]}  # fmt: skip
+           "views": lambda: [view("encoder"), view("cross")], "server": lambda: mock.MagicMock(error=None),
+           "uvicorn": mock.MagicMock}  # fmt: skip
 # flags that act only with another first argument
 BASES = {("figures", "--layer"): ["attention", "the", "--model", "m", "-o", "a.png"],
          ("figures", "--head"): ["attention", "the", "--model", "m", "-o", "a.png"],

@@ -13,10 +13,10 @@ import sys
 from safetensors import SafetensorError
 
 from glassformer import __version__
-from glassformer.cli import chat, classify, data, env, generate, tour, train, translate, visualize
+from glassformer.cli import chat, classify, data, env, generate, serve, tour, train, translate, visualize
 from glassformer.options import OptionError
 
-COMMANDS = (tour, env, data, train, translate, generate, chat, classify, visualize)
+COMMANDS = (tour, env, data, train, translate, generate, chat, serve, classify, visualize)
 
 
 def build_parser() -> argparse.ArgumentParser:

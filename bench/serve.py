@@ -1,0 +1,157 @@
+"""Serving speed: `glassformer serve` under 1, 4 and 8 concurrent streaming clients, against `glassformer generate`.
+
+Starts `glassformer serve --model MODEL` in a subprocess (or measures a server already running at --url), then for
+each number of clients sends that many streaming /v1/completions requests at once through the official `openai`
+client, --rounds times, each greedy for --new-tokens tokens (no stop). Per row: aggregate generated tokens/s (all
+tokens of the round / its wall time), time to first token p50/p95, and the mean time between tokens of one stream.
+The baseline is `generate`'s own tokens/s at batch 1 (same model, same prompt, same number of tokens, measured in
+this process while the server is idle). Goals: 8 clients >= 4x the aggregate tokens/s of 1 client; 1 client >= 0.9x
+generate's tokens/s.
+
+    python bench/serve.py [--model smollm2] [--new-tokens 128] [--rounds 2] [--url http://127.0.0.1:8000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+import torch
+
+from glassformer import runtime
+from glassformer.pipelines.language_model import load_language_model
+
+PROMPTS = [
+    "The history of the printing press begins",
+    "In a small village by the sea, there lived",
+    "The main ideas of thermodynamics are",
+    "A recipe for bread needs",
+    "The capital of France is",
+    "def quicksort(items):",
+    "The planets of the solar system, in order,",
+    "Once upon a time",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not become ready")
+
+
+async def one_stream(client, model: str, prompt: str, new_tokens: int) -> tuple[float, list[float], int]:
+    """``(time to first token, times between chunks, completion tokens)`` of one streamed completion."""
+    start = time.perf_counter()
+    stamps, tokens = [], 0
+    stream = await client.completions.create(
+        model=model, prompt=prompt, max_tokens=new_tokens, temperature=0, stream=True,
+        stream_options={"include_usage": True},
+    )  # fmt: skip
+    async for chunk in stream:
+        if chunk.usage is not None:
+            tokens = chunk.usage.completion_tokens
+        elif chunk.choices and chunk.choices[0].text:
+            stamps.append(time.perf_counter())
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    return stamps[0] - start, gaps, tokens
+
+
+async def round_of(url: str, model: str, clients: int, new_tokens: int) -> tuple[float, list[float], list[float]]:
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="bench", max_retries=0, timeout=600)
+    start = time.perf_counter()
+    results = await asyncio.gather(*(one_stream(client, model, PROMPTS[i % 8], new_tokens) for i in range(clients)))
+    wall = time.perf_counter() - start
+    await client.close()
+    tokens = sum(r[2] for r in results)
+    return tokens / wall, [r[0] for r in results], [g for r in results for g in r[1]]
+
+
+def generate_speed(model_name: str, new_tokens: int, rounds: int) -> float:
+    model, tokenizer = load_language_model(model_name)
+    ids = torch.tensor([tokenizer.encode(PROMPTS[0])])
+    best = 0.0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=new_tokens, eos_token_id=None)
+        best = max(best, (out.size(1) - ids.size(1)) / (time.perf_counter() - start))
+    return best
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--url", default=None, help="a server already running (default: start one)")
+    args = parser.parse_args()
+    print(runtime.env_line("cpu"))
+    server = None
+    url = args.url
+    if url is None:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        command = [sys.executable, "-m", "glassformer", "serve", "--model", args.model, "--port", str(port),
+                   "--max-batch", "8", "--max-context", "512", "--device", "cpu", "--precision", "fp32"]  # fmt: skip
+        server = subprocess.Popen(command, stderr=subprocess.DEVNULL, env={**os.environ})
+    try:
+        wait_ready(url)
+        served = args.model
+        if server is None:
+            import json
+
+            with urllib.request.urlopen(url + "/v1/models") as response:
+                served = json.load(response)["data"][0]["id"]
+        asyncio.run(round_of(url, served, 1, 8))  # warm up: the first request packs nothing twice, but pays imports
+        rows = []
+        for clients in (1, 4, 8):
+            best = None
+            for _ in range(args.rounds):
+                result = asyncio.run(round_of(url, served, clients, args.new_tokens))
+                best = result if best is None or result[0] > best[0] else best
+            rows.append((clients, *best))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(30)
+    baseline = generate_speed(args.model, args.new_tokens, args.rounds)
+    print(f"{args.model}, greedy {args.new_tokens} new tokens per request, streaming; best of {args.rounds} rounds")
+    print(f"baseline: glassformer generate, batch 1: {baseline:.1f} tokens/s")
+    print(f"{'clients':>7} | {'aggregate tok/s':>15} | {'vs 1 client':>11} | {'vs generate':>11} | "
+          f"{'TTFT p50':>9} | {'TTFT p95':>9} | {'per token':>9}")  # fmt: skip
+    single = rows[0][1]
+    for clients, rate, first, gaps in rows:
+        print(
+            f"{clients:>7} | {rate:>15.1f} | {rate / single:>10.2f}x | {rate / baseline:>10.2f}x | "
+            f"{percentile(first, 50) * 1e3:>7.0f}ms | {percentile(first, 95) * 1e3:>7.0f}ms | "
+            f"{statistics.mean(gaps) * 1e3:>7.1f}ms"
+        )
+
+
+if __name__ == "__main__":
+    main()

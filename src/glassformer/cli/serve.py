@@ -1,0 +1,110 @@
+"""``glassformer serve``: the OpenAI HTTP API (completions, chat, embeddings; streamed or whole) for a decoder-only
+model, serving many clients at once by batching their decoding steps (``glassformer.serving``), and a chat page."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+
+from glassformer.cli.options import add_device_arguments, report_placement
+from glassformer.options import check_options
+from glassformer.pipelines.resolve import resolve_model
+
+API_KEY_VARIABLE = "GLASSFORMER_API_KEY"
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    from glassformer.serving.app import ServeConfig
+
+    defaults = ServeConfig()
+    parser = commands.add_parser(
+        "serve",
+        help="serve a model over the OpenAI HTTP API (completions, chat, embeddings) with a chat page at /",
+        description="An OpenAI-compatible HTTP server: GET /health, /v1/models; POST /v1/completions, "
+        '/v1/chat/completions (streamed with "stream": true), /v1/embeddings (with --embedding-model). Requests '
+        "are batched together while they decode; a chat page is at /.",
+    )
+    parser.add_argument("--model", default="smollm2", help="any model `glassformer generate` opens (default smollm2)")
+    parser.add_argument("--name", default=None, help="the model's id in /v1/models (default: --model as given)")
+    parser.add_argument("--embedding-model", default=None, help="a sentence encoder for /v1/embeddings, e.g. minilm")
+    parser.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="the port to listen on (default 8000)")
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=defaults.max_batch,
+        help=f"sequences decoded together, each with a cache slot (default {defaults.max_batch})",
+    )
+    parser.add_argument("--max-context", type=int, default=defaults.max_context,
+                        help=f"positions per slot, prompt and answer (default {defaults.max_context}, at most the "
+                        "model's context)")  # fmt: skip
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=defaults.max_queue,
+        help=f"requests that may wait for a slot; past it, 503 (default {defaults.max_queue})",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=defaults.request_timeout,
+        help=f"seconds a request may take, waiting included (default {defaults.request_timeout:g})",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get(API_KEY_VARIABLE),
+        help=f"require 'Authorization: Bearer KEY' on /v1/* (default: ${API_KEY_VARIABLE} if set)",
+    )
+    add_device_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from glassformer.serving.app import ServeConfig, Server, create_app
+    from glassformer.serving.loading import describe_memory, load_served
+
+    check_options(
+        max_batch=args.max_batch, max_context=args.max_context, max_queue=args.max_queue,
+        request_timeout=args.request_timeout, port=args.port,
+    )  # fmt: skip
+    resolve_model(args.model)  # a missing model is an error now, not after the server has started
+    if args.embedding_model is not None:
+        resolve_model(args.embedding_model)
+    placement = report_placement(args)
+    config = ServeConfig(args.max_batch, args.max_context, args.max_queue, args.request_timeout, args.api_key)
+    uv: uvicorn.Server | None = None
+
+    load = functools.partial(
+        load_served, args.model, args.max_batch, args.max_context, name=args.name,
+        embedding_model=args.embedding_model, device=placement.device, precision=placement.precision,
+    )  # fmt: skip
+
+    def ready(server: Server) -> None:
+        if server.error:
+            print(f"glassformer: error: the model failed to load: {server.error}", file=sys.stderr, flush=True)
+            uv.should_exit = True
+            return
+        scheduler = server.scheduler
+        print(
+            f"glassformer: serving {server.served.name} on http://{args.host}:{args.port} — up to "
+            f"{scheduler.max_batch} sequences of {scheduler.max_context} positions at once, "
+            f"{scheduler.max_queue} waiting",
+            file=sys.stderr,
+        )
+        print(f"glassformer: {describe_memory(server.served.memory)}", file=sys.stderr, flush=True)
+
+    server = Server(load, config, on_ready=ready)
+    uv = uvicorn.Server(uvicorn.Config(create_app(server), host=args.host, port=args.port, log_level="warning"))
+    print(f"glassformer: loading {args.model}; /health answers 503 until it is ready", file=sys.stderr, flush=True)
+    try:
+        uv.run()  # until Ctrl-C (uvicorn finishes the requests in flight, then raises it again)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("stopped by Ctrl-C; the server shut down cleanly") from None
+    if server.error:
+        raise RuntimeError(f"the model failed to load: {server.error}")
+    if not uv.started:
+        raise OSError(f"could not listen on {args.host}:{args.port}; is the port in use? choose another with --port")

@@ -1,0 +1,17 @@
+"""The HTTP server: OpenAI's API over a continuous-batching scheduler, and a chat page (``glassformer serve``)."""
+
+from glassformer.serving.app import ServeConfig, Server, create_app
+from glassformer.serving.loading import Served, load_served
+from glassformer.serving.scheduler import Event, Overloaded, Request, Scheduler
+
+__all__ = [
+    "Event",
+    "Overloaded",
+    "Request",
+    "Scheduler",
+    "ServeConfig",
+    "Served",
+    "Server",
+    "create_app",
+    "load_served",
+]

@@ -1,0 +1,109 @@
+"""What the server serves: a decoder-only model with its tokenizer (and, optionally, a sentence encoder), and the
+memory it will need, worked out before the first request.
+
+    weights        every parameter once (a tied output layer is the embedding)
+    packed copy    on the CPU, oneDNN's packed layout of each float weight (``glassformer.nn.linear``): one more copy
+    cache          2 · layers · max_batch · kv_heads · max_context · head_dim · element size (``SlotCache``)
+    activations    one prompt of max_context tokens at a time: ~ max_context · (16 · d_model + 4 · d_ff) · 4 bytes,
+                   plus heads · max_context² · 4 bytes where attention scores are materialized
+    budget         resident memory after loading + packed copy + cache + activations + 128 MiB for the rest
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from glassformer.models.gpt import GPT
+from glassformer.nn.linear import can_pack
+from glassformer.pipelines.language_model import load_language_model
+from glassformer.pipelines.sentence_encoder import SentenceEncoder
+from glassformer.tokenizer import Tokenizer
+
+MIB = 1 << 20
+OTHER_BYTES = 128 * MIB  # the HTTP stack, Python objects, allocator slack
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>")  # chat templates' end-of-turn tokens (ChatML, Llama 3)
+
+
+@dataclasses.dataclass
+class Served:
+    """A loaded model ready to serve: ``name`` is its id in ``/v1/models``."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    name: str
+    eos_token_ids: tuple[int, ...]
+    encoder: SentenceEncoder | None = None
+    embedding_name: str | None = None
+    created: float = dataclasses.field(default_factory=time.time)
+    memory: dict = dataclasses.field(default_factory=dict)
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (Linux ``/proc/self/status``; 0 where there is none)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def end_tokens(model: GPT, tokenizer: Tokenizer) -> tuple[int, ...]:
+    """The tokens that end an answer: the model's end-of-sequence token and, for chat models, the template's
+    end-of-turn token (``<|im_end|>``, ``<|eot_id|>``) where the vocabulary has one."""
+    ids = {model.config.eos_token_id} if model.config.eos_token_id is not None else set()
+    for token in END_OF_TURN:
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            ids.add(token_id)
+    return tuple(sorted(ids))
+
+
+def memory_plan(model: GPT, max_batch: int, max_context: int, resident: int, encoder=None) -> dict:
+    """The memory figures of the module docstring, in bytes."""
+    c = model.config
+    context = min(max_context, c.max_seq_length)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    packed = sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if can_pack(m))
+    element = next(model.parameters()).element_size()
+    cache = 2 * c.num_layers * max_batch * c.kv_heads * context * c.head_dim * element
+    activations = context * (16 * c.d_model + 4 * c.d_ff) * 4 + c.num_heads * context * context * 4
+    if encoder is not None:
+        e = encoder.model.config
+        activations += 32 * encoder.max_length * (16 * e.d_model + 4 * e.d_ff) * 4
+    budget = resident + packed + cache + activations + OTHER_BYTES
+    return {"weights": weights, "packed_copy": packed, "cache": cache, "activations": activations,
+            "resident_after_load": resident, "budget": budget}  # fmt: skip
+
+
+def describe_memory(memory: dict) -> str:
+    m = {k: v / MIB for k, v in memory.items()}
+    return (
+        f"memory: weights {m['weights']:.0f} MiB (+ {m['packed_copy']:.0f} MiB packed copy), key/value cache "
+        f"{m['cache']:.0f} MiB, activations ≤ {m['activations']:.0f} MiB; resident after loading "
+        f"{m['resident_after_load']:.0f} MiB, budget {m['budget']:.0f} MiB"
+    )
+
+
+def load_served(
+    model: str,
+    max_batch: int,
+    max_context: int,
+    *,
+    name: str | None = None,
+    embedding_model: str | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+) -> Served:
+    """Load ``model`` (any decoder-only checkpoint ``glassformer generate`` opens) and, if given, the sentence
+    encoder ``embedding_model``, placed as ``device`` / ``precision`` ask (``auto``: what this machine does best)."""
+    lm, tokenizer = load_language_model(model, device=device, precision=precision)
+    encoder = None
+    if embedding_model is not None:
+        encoder = SentenceEncoder.from_pretrained(embedding_model, device=device, precision=precision)
+    served = Served(lm, tokenizer, name or str(model), end_tokens(lm, tokenizer), encoder, embedding_model)
+    served.memory = memory_plan(lm, max_batch, max_context, resident_bytes(), encoder)
+    return served

@@ -1,0 +1,306 @@
+"""Continuous batching: one thread owns the model and decodes every running request together.
+
+    waiting (bounded: --max-queue)  ──admit──▶  running (≤ --max-batch slots)  ──finish──▶  slot freed
+                                      prompt run alone,        one decoding step for all
+                                      first token picked       running rows, then each row
+                                                               picks its own next token
+
+Between two decoding steps the loop admits waiting requests into free slots (each prompt runs once, alone, into
+its slot of a ``SlotCache``), drops the ones cancelled (a client gone) or past their deadline, and runs one step
+for all the others: a batch of the consecutive slots ``lo:hi`` that hold them, each row masked to its own
+positions, so requests of any lengths decode together and leave as soon as they are done. Every request keeps
+its own sampling settings (temperature, top-p, seed) and stop conditions (end of sequence, stop strings,
+``max_tokens``, the context). Memory is fixed when the server starts: the cache holds ``max_batch`` slots of
+``max_context`` positions.
+
+A request sees its output as ``Event``s through the ``deliver`` function it came with (called on the scheduler's
+thread; the HTTP layer hands them to its event loop).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from contextlib import nullcontext
+
+import torch
+
+from glassformer import runtime
+from glassformer.generation.processors import apply_processors, build_processors
+from glassformer.generation.search import check_scores
+from glassformer.nn.linear import packed_weights
+from glassformer.serving.text import TextStream
+from glassformer.tokenizer import Tokenizer
+
+
+class Overloaded(Exception):
+    """The waiting queue is full: the caller should answer 503 and ask the client to retry later."""
+
+
+@dataclasses.dataclass
+class Event:
+    """What a request receives: ``text`` (a settled piece), ``done`` (with ``finish_reason`` ``stop`` or
+    ``length`` and the token counts) or ``error`` (with an HTTP ``status`` and a one-line ``message``)."""
+
+    kind: str
+    text: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    status: int = 0
+    message: str = ""
+
+
+@dataclasses.dataclass(eq=False)
+class Request:
+    """One generation: the prompt's token ids and how to continue it (``temperature`` 0: greedy)."""
+
+    prompt: list[int]
+    max_tokens: int
+    deliver: Callable[[Event], None]
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    timeout: float | None = None
+    # the scheduler's bookkeeping
+    tokens: list[int] = dataclasses.field(default_factory=list)
+    slot: int | None = None
+    cancelled: bool = False
+    deadline: float = float("inf")
+    text: TextStream | None = None
+    generator: torch.Generator | None = None
+    processors: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class Counters:
+    finished: int = 0
+    cancelled: int = 0
+    timed_out: int = 0
+    rejected: int = 0
+    failed: int = 0
+    steps: int = 0
+    generated_tokens: int = 0
+
+
+class Scheduler:
+    """Owns ``model`` on a thread of its own; ``submit`` requests from any thread, ``cancel`` them, read
+    ``active`` / ``waiting`` / ``counters``. ``max_context`` positions per slot (prompt + answer)."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer: Tokenizer,
+        max_batch: int = 8,
+        max_context: int = 2048,
+        max_queue: int = 64,
+        eos_token_ids: tuple[int, ...] = (),
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.max_context = min(max_context, model.config.max_seq_length)
+        self.eos_token_ids = frozenset(eos_token_ids)
+        self.device = runtime.module_device(model)
+        self.cache = model.make_slot_cache(max_batch, self.max_context)
+        self.free_slots = list(range(max_batch))  # a heap: the lowest free slot first keeps the batch compact
+        self.running: dict[int, Request] = {}
+        self.queue: deque[Request] = deque()
+        self.counters = Counters()
+        self.condition = threading.Condition()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._loop, name="glassformer-scheduler", daemon=True)
+
+    # --- the other threads' side ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self.condition:
+            self.stopping = True
+            self.condition.notify()
+        self.thread.join(timeout=30)
+
+    def submit(self, request: Request) -> None:
+        """Queue ``request``; ``Overloaded`` if ``max_queue`` requests already wait."""
+        if not request.prompt:
+            raise ValueError("the prompt is empty")
+        if len(request.prompt) + request.max_tokens > self.max_context:
+            raise ValueError(
+                f"the prompt ({len(request.prompt)} tokens) and max_tokens ({request.max_tokens}) exceed the "
+                f"context of {self.max_context} tokens"
+            )
+        request.text = TextStream(self.tokenizer, request.stop)
+        request.deadline = time.monotonic() + request.timeout if request.timeout else float("inf")
+        if request.temperature > 0:
+            request.generator = torch.Generator(device=self.device)
+            if request.seed is not None:
+                request.generator.manual_seed(request.seed)
+            else:
+                request.generator.seed()
+            request.processors = build_processors(
+                do_sample=True, temperature_value=request.temperature, top_p_value=request.top_p
+            )
+        with self.condition:
+            if len(self.queue) >= self.max_queue:
+                self.counters.rejected += 1
+                raise Overloaded(f"{len(self.queue)} requests are waiting already (--max-queue {self.max_queue})")
+            self.queue.append(request)
+            self.condition.notify()
+
+    def cancel(self, request: Request) -> None:
+        """The client is gone: its slot is freed before the next decoding step."""
+        with self.condition:
+            request.cancelled = True
+            self.condition.notify()
+
+    @property
+    def active(self) -> int:
+        return len(self.running)
+
+    @property
+    def waiting(self) -> int:
+        return len(self.queue)
+
+    # --- the scheduler's thread ---------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        pack = self.device.type == "cpu"
+        with torch.inference_mode(), packed_weights(self.model) if pack else nullcontext():
+            while True:
+                with self.condition:
+                    while not self.stopping and not self.queue and not self.running:
+                        self.condition.wait()
+                    if self.stopping:
+                        break
+                    admitted = []
+                    while self.queue and self.free_slots:
+                        request = self.queue.popleft()
+                        if not request.cancelled:
+                            request.slot = heapq.heappop(self.free_slots)
+                            admitted.append(request)
+                        else:
+                            self.counters.cancelled += 1
+                self._expire()
+                for request in admitted:
+                    self._guarded([request], self._prefill, request)
+                self._expire()
+                if self.running:
+                    self._guarded(list(self.running.values()), self._decode_step)
+        for request in [*self.running.values(), *self.queue]:
+            request.deliver(Event("error", status=503, message="the server is shutting down"))
+
+    def _guarded(self, requests: list[Request], step: Callable, *args) -> None:
+        """Run ``step``; if it fails, the requests in it end with an error and the server goes on."""
+        try:
+            step(*args)
+        except Exception as error:  # noqa: BLE001 — one bad step must not stop the server
+            message = f"generation failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            for request in requests:
+                if request.slot is not None:
+                    self.counters.failed += 1
+                    self._release(request)
+                    request.deliver(Event("error", status=500, message=message[:300]))
+
+    def _expire(self) -> None:
+        """Free the slots of cancelled requests and end the ones past their deadline (waiting ones too)."""
+        now = time.monotonic()
+        for request in list(self.running.values()):
+            if request.cancelled:
+                self.counters.cancelled += 1
+                self._release(request)
+            elif now > request.deadline:
+                self._time_out(request)
+        with self.condition:
+            late = [r for r in self.queue if now > r.deadline or r.cancelled]
+            for request in late:
+                self.queue.remove(request)
+        for request in late:
+            if request.cancelled:
+                self.counters.cancelled += 1
+            else:
+                self._time_out(request)
+
+    def _time_out(self, request: Request) -> None:
+        self.counters.timed_out += 1
+        self._release(request)
+        message = f"the request took longer than its timeout of {request.timeout:g} s"
+        request.deliver(Event("error", status=504, message=message))
+
+    def _release(self, request: Request) -> None:
+        if request.slot is not None:
+            self.running.pop(request.slot, None)
+            self.cache.free(request.slot)
+            heapq.heappush(self.free_slots, request.slot)
+            request.slot = None
+
+    def _prefill(self, request: Request) -> None:
+        """Run the prompt into the request's slot and pick its first token."""
+        self.running[request.slot] = request
+        self.cache.free(request.slot)
+        view = self.cache.view(request.slot, request.slot + 1)
+        ids = torch.tensor([request.prompt], device=self.device)
+        logits = self.model(ids, cache=view, last_token_only=True)[:, -1].float()
+        self._next_token(request, logits)
+
+    def _decode_step(self) -> None:
+        """One token for every running request: the slots ``lo:hi`` as one batch (a free slot inside rides
+        along, masked and discarded)."""
+        slots = sorted(self.running)
+        lo, hi = slots[0], slots[-1] + 1
+        rows = [self.running.get(slot) for slot in range(lo, hi)]
+        view = self.cache.view(lo, hi, active=[r is not None for r in rows])
+        ids = torch.tensor([[r.tokens[-1] if r is not None else 0] for r in rows], device=self.device)
+        logits = self.model(ids, attention_mask=view.attention_mask(1), cache=view, last_token_only=True)
+        logits = logits[:, -1].float()  # (rows, vocab)
+        self.counters.steps += 1
+        for row, request in enumerate(rows):
+            if request is not None:
+                self._next_token(request, logits[row : row + 1])
+
+    def _next_token(self, request: Request, logits: torch.Tensor) -> None:
+        """Pick the request's next token from ``logits`` ``(1, vocab)``, send the text it settles, and end the
+        request if it is done."""
+        if request.temperature > 0:
+            history = torch.tensor([request.prompt + request.tokens], device=self.device)
+            scores = apply_processors(request.processors, history, logits)
+            check_scores(scores)
+            token = int(torch.multinomial(scores.softmax(-1), 1, generator=request.generator))
+        else:
+            check_scores(logits)
+            token = int(logits.argmax(-1))
+        request.tokens.append(token)
+        self.counters.generated_tokens += 1
+        finish = None
+        if token in self.eos_token_ids:
+            finish = "stop"
+        else:
+            piece, stopped = request.text.push(token)
+            if piece:
+                request.deliver(Event("text", text=piece))
+            if stopped:
+                finish = "stop"
+        if finish is None and (
+            len(request.tokens) >= request.max_tokens or len(request.prompt) + len(request.tokens) >= self.max_context
+        ):
+            finish = "length"
+        if finish is not None:
+            rest = request.text.finish() if finish == "length" or token in self.eos_token_ids else ""
+            if rest:
+                request.deliver(Event("text", text=rest))
+            self.counters.finished += 1
+            self._release(request)
+            request.deliver(
+                Event(
+                    "done",
+                    finish_reason=finish,
+                    prompt_tokens=len(request.prompt),
+                    completion_tokens=len(request.tokens),
+                )
+            )

@@ -1,0 +1,220 @@
+"""``glassformer serve`` with real weights (SmolLM2-135M-Instruct, all-MiniLM-L6-v2) through the official ``openai``
+client against a live server: the answers are the ones ``generate`` and ``SentenceEncoder`` give, streamed or whole,
+one request at a time or eight at once; bad requests get OpenAI's error shape; the chat page works in a browser."""
+
+import base64
+import concurrent.futures
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import call, live_server, served
+
+from glassformer import GPT, Tokenizer
+from glassformer.data.pretrained import resolve_shortcut
+from glassformer.nn.linear import packed_weights
+from glassformer.pipelines.sentence_encoder import SentenceEncoder
+from glassformer.serving import ServeConfig
+
+openai = pytest.importorskip("openai", reason="the openai client is a test dependency (pip install -e '.[dev]')")
+
+CONTEXT = 512
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village",
+    "The three primary colours are",
+    "Water boils at",
+    "import numpy as np\n",
+    "The largest planet in the solar system is",
+    "Dear Sir or Madam,",
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    directory = resolve_shortcut("smollm2")
+    return GPT.from_pretrained(directory), Tokenizer.from_pretrained(directory)
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    return SentenceEncoder.from_pretrained(resolve_shortcut("minilm"))
+
+
+@pytest.fixture(scope="module")
+def server(smollm2, minilm):
+    def load():
+        s = served(*smollm2, name="smollm2", max_batch=8, max_context=CONTEXT)
+        s.encoder, s.embedding_name = minilm, "minilm"
+        return s
+
+    with live_server(load, ServeConfig(max_batch=8, max_context=CONTEXT)) as (base, state):
+        yield base, state
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key="unused", max_retries=0)
+
+
+def greedy(smollm2, ids, n):
+    model, tokenizer = smollm2
+    out = model.generate(torch.tensor([ids]), max_new_tokens=n, eos_token_id=model.config.eos_token_id)
+    new = out[0, len(ids) :].tolist()
+    return tokenizer.decode(new, skip_special_tokens=True)
+
+
+def test_models_lists_the_model_and_the_encoder(client):
+    assert [m.id for m in client.models.list().data] == ["smollm2", "minilm"]
+
+
+def test_a_completion_is_generate_s_greedy_answer(client, smollm2):
+    answer = client.completions.create(model="smollm2", prompt=PROMPTS[0], max_tokens=8, temperature=0)
+    choice = answer.choices[0]
+    assert "Paris" in choice.text and choice.finish_reason == "length"
+    assert choice.text == greedy(smollm2, smollm2[1].encode(PROMPTS[0]), 8)
+    assert answer.usage.completion_tokens == 8 and answer.usage.prompt_tokens == len(smollm2[1].encode(PROMPTS[0]))
+
+
+def test_chat_answers_and_its_stream_reassembles_to_the_same_answer(client, smollm2):
+    messages = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+    whole = client.chat.completions.create(model="smollm2", messages=messages, temperature=0, max_tokens=40)
+    content = whole.choices[0].message.content
+    assert "Paris" in content and whole.choices[0].finish_reason == "stop"  # ended by <|im_end|>, not the length
+    assert content == greedy(smollm2, smollm2[1].encode_chat(messages), 40)
+    chunks = list(
+        client.chat.completions.create(model="smollm2", messages=messages, temperature=0, max_tokens=40, stream=True)
+    )
+    assert chunks[0].choices[0].delta.role == "assistant" and len(chunks) > 3
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == content
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_streamed_completion_reports_usage_when_asked(client):
+    chunks = list(
+        client.completions.create(
+            model="smollm2", prompt="Water boils at", max_tokens=6, temperature=0, stream=True,
+            stream_options={"include_usage": True},
+        )
+    )  # fmt: skip
+    assert chunks[-1].usage.completion_tokens == 6 and chunks[-2].choices[0].finish_reason == "length"
+
+
+def test_embeddings_equal_the_sentence_encoder(client, minilm):
+    texts = ["A man is eating food.", "Someone is having a meal.", "The sky is blue."]
+    for encoding in (None, "float", "base64"):  # None: the client asks for base64 and decodes it itself
+        options = {"encoding_format": encoding} if encoding else {}
+        answer = client.embeddings.create(model="minilm", input=texts, **options)
+        if encoding == "base64":  # asked for explicitly, the client hands the string over as it came
+            got = np.stack([np.frombuffer(base64.b64decode(d.embedding), dtype="<f4") for d in answer.data])
+        else:
+            got = np.array([d.embedding for d in answer.data], dtype=np.float32)
+        np.testing.assert_allclose(got, minilm.embed(texts).numpy(), atol=1e-6)
+        assert answer.usage.prompt_tokens > len(texts)
+
+
+def test_eight_prompts_at_once_each_get_their_one_at_a_time_greedy_answer(client, smollm2, server):
+    n = 10
+    with packed_weights(smollm2[0]):  # packed once for the eight generate calls, as the server holds it packed
+        expected = [greedy(smollm2, smollm2[1].encode(p), n) for p in PROMPTS]
+
+    def ask(prompt):
+        return client.completions.create(model="smollm2", prompt=prompt, max_tokens=n, temperature=0).choices[0].text
+
+    steps_before = server[1].scheduler.counters.steps
+    with concurrent.futures.ThreadPoolExecutor(len(PROMPTS)) as pool:
+        answers = list(pool.map(ask, PROMPTS))
+    assert answers == expected
+    # they shared decoding steps: far fewer than one step per token per request
+    assert server[1].scheduler.counters.steps - steps_before < len(PROMPTS) * (n - 1)
+
+
+BAD_REQUESTS = [
+    ("/v1/completions", b"{not json", "not valid JSON"),
+    ("/v1/completions", b"[1, 2]", "must be a JSON object"),
+    ("/v1/completions", {"prompt": "Hi", "max_tokens": -3}, "max_tokens must be >= 1"),
+    ("/v1/completions", {"prompt": "Hi", "max_tokens": "ten"}, "max_tokens must be an integer"),
+    ("/v1/completions", {"prompt": "Hi", "temperature": -0.5}, "temperature must be between 0 and 2"),
+    ("/v1/completions", {"prompt": "Hi", "top_p": 1.5}, "top_p must be between 0 and 1"),
+    ("/v1/completions", {"prompt": "Hi", "stream": "yes"}, "stream must be true or false"),
+    ("/v1/completions", {"prompt": "Hi", "n": 2}, "n=2 is not supported"),
+    ("/v1/completions", {"prompt": "Hi", "stop": [1]}, "stop must be a string"),
+    ("/v1/completions", {"prompt": ""}, "prompt is empty"),
+    ("/v1/completions", {"prompt": [10**9]}, "outside the vocabulary"),
+    ("/v1/completions", {"prompt": "word " * 600}, "this server's context is 512"),
+    ("/v1/completions", {"prompt": "Hi", "max_tokens": 600}, "exceeds this server's context of 512"),
+    ("/v1/chat/completions", {"messages": []}, "messages must be a non-empty list"),
+    ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "x"}]}, "must have a role"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": 5}]}, "content must be a string"),
+    ("/v1/embeddings", {"input": []}, "input must be a non-empty string"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "message"), BAD_REQUESTS, ids=[m for _, _, m in BAD_REQUESTS])
+def test_bad_requests_get_a_400_in_openai_s_error_shape(server, path, body, message):
+    status, answer, _ = call("POST", server[0] + path, body)
+    assert status == 400, answer
+    assert set(answer["error"]) == {"message", "type", "code", "param"} and message in answer["error"]["message"]
+
+
+def test_unknown_fields_are_ignored_and_unknown_models_named(server):
+    status, answer, _ = call(
+        "POST", server[0] + "/v1/completions", {"prompt": "Hi", "max_tokens": 2, "user": "x", "foo": 1}
+    )
+    assert status == 200 and answer["choices"][0]["finish_reason"] == "length"
+    status, answer, _ = call("POST", server[0] + "/v1/completions", {"model": "gpt-4", "prompt": "Hi"})
+    assert status == 404 and "serves 'smollm2'" in answer["error"]["message"]
+
+
+def test_the_chat_page_streams_a_reply_in_a_browser(server):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("no Chromium at /usr/bin/chromium (apt-get install -y chromium; .ci/run does)")
+    base = server[0]
+    with sync_api.sync_playwright() as playwright:
+        try:
+            browser = playwright.chromium.launch(executable_path=str(chromium), headless=True)
+        except Exception as error:  # e.g. a Chromium that cannot start in this container
+            pytest.skip(f"Chromium did not start: {error}")
+        outside, errors = [], []
+        context = browser.new_context()
+
+        def route(route):
+            if route.request.url.startswith(base):
+                route.continue_()
+            else:
+                outside.append(route.request.url)
+                route.abort()
+
+        context.route("**/*", route)
+        page = context.new_page()
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(base + "/")
+        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+        assert page.inner_text("#model") == "smollm2"
+        page.fill("#input", "What is the capital of France?")
+        page.press("#input", "Enter")
+        page.wait_for_selector(".assistant[data-streaming=false]", timeout=60_000)
+        reply = page.inner_text(".assistant")
+        ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "chat_page.png"))
+        browser.close()
+    assert "Paris" in reply and page_user_text_ok(reply)
+    assert outside == [] and errors == []
+
+
+def page_user_text_ok(reply: str) -> bool:
+    return "<|im_end|>" not in reply and "<|im_start|>" not in reply
+
+
+def test_health_and_metrics_count_the_work(server):
+    time.sleep(0.05)
+    status, health, _ = call("GET", server[0] + "/health")
+    assert status == 200 and health["status"] == "ok" and health["active"] == 0
+    status, metrics, _ = call("GET", server[0] + "/metrics")
+    assert status == 200 and metrics["finished"] >= 1 and metrics["memory"]["budget"] > metrics["memory"]["weights"]

@@ -1,0 +1,112 @@
+"""The continuous-batching scheduler without HTTP: requests joining and leaving a running batch each get the
+tokens they would get alone; sampling per request; stop strings, cancellation, timeouts and the queue bound."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from glassformer.serving.scheduler import Overloaded, Request, Scheduler
+
+
+class Collector:
+    """A request's ``deliver``: gathers the events; ``done`` is set at the last one."""
+
+    def __init__(self):
+        self.events, self.done = [], threading.Event()
+
+    def __call__(self, event):
+        self.events.append(event)
+        if event.kind != "text":
+            self.done.set()
+
+    @property
+    def text(self):
+        return "".join(e.text for e in self.events if e.kind == "text")
+
+    @property
+    def last(self):
+        return self.events[-1]
+
+
+def greedy_text(model, tokenizer, prompt, n):
+    ids = tokenizer.encode(prompt)
+    out = model.generate(torch.tensor([ids]), max_new_tokens=n)
+    return tokenizer.decode(out[0, len(ids) :].tolist(), skip_special_tokens=True)
+
+
+@pytest.fixture
+def scheduler(tiny_lm):
+    model, tokenizer = tiny_lm
+    s = Scheduler(model, tokenizer, max_batch=3, max_context=64, max_queue=8)
+    s.start()
+    yield s
+    s.stop()
+
+
+def submit(scheduler, tokenizer, prompt, max_tokens, **options):
+    collector = Collector()
+    request = Request(tokenizer.encode(prompt), max_tokens, collector, **options)
+    scheduler.submit(request)
+    return request, collector
+
+
+def test_requests_of_any_length_arriving_at_any_time_get_their_greedy_tokens(tiny_lm, scheduler):
+    model, tokenizer = tiny_lm
+    prompts = ["the cat", "a bird sang in the", "the dog ate", "mat", "the tree.", "sat on the mat. the"]
+    lengths = [12, 5, 20, 9, 15, 7]
+    collectors = []
+    for prompt, n in zip(prompts, lengths, strict=True):  # more requests than slots, arriving while others decode
+        collectors.append(submit(scheduler, tokenizer, prompt, n)[1])
+        time.sleep(0.01)
+    for c in collectors:
+        assert c.done.wait(30)
+    for prompt, n, c in zip(prompts, lengths, collectors, strict=True):
+        assert c.last.kind == "done" and c.last.finish_reason == "length" and c.last.completion_tokens == n
+        assert c.text == greedy_text(model, tokenizer, prompt, n), prompt
+    assert scheduler.active == 0 and sorted(scheduler.free_slots) == [0, 1, 2]
+
+
+def test_sampling_is_per_request_and_reproducible_with_a_seed(tiny_lm, scheduler):
+    _, tokenizer = tiny_lm
+    runs = []
+    for _ in range(2):
+        a = submit(scheduler, tokenizer, "the cat", 15, temperature=1.5, seed=7)[1]
+        b = submit(scheduler, tokenizer, "the cat", 15, temperature=1.5, seed=8)[1]
+        assert a.done.wait(30) and b.done.wait(30)
+        runs.append((a.text, b.text))
+    assert runs[0] == runs[1] and runs[0][0] != runs[0][1]
+
+
+def test_a_stop_string_ends_the_request_without_it(tiny_lm, scheduler):
+    model, tokenizer = tiny_lm
+    full = greedy_text(model, tokenizer, "the dog", 20)
+    stop = full[5:7]
+    collector = submit(scheduler, tokenizer, "the dog", 20, stop=(stop,))[1]
+    assert collector.done.wait(30)
+    assert collector.last.finish_reason == "stop" and collector.text == full[: full.index(stop)]
+
+
+def test_cancelled_and_timed_out_requests_free_their_slots(tiny_lm, scheduler):
+    _, tokenizer = tiny_lm
+    request, collector = submit(scheduler, tokenizer, "the cat", 50)
+    scheduler.cancel(request)
+    late, late_collector = submit(scheduler, tokenizer, "the cat", 50, timeout=1e-9)
+    assert late_collector.done.wait(30) and late_collector.last.status == 504
+    deadline = time.monotonic() + 10
+    while scheduler.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert scheduler.active == 0 and scheduler.counters.cancelled == 1 and scheduler.counters.timed_out == 1
+    assert not collector.done.is_set()  # a cancelled request gets no answer: its client is gone
+
+
+def test_the_queue_is_bounded(tiny_lm):
+    model, tokenizer = tiny_lm
+    scheduler = Scheduler(model, tokenizer, max_batch=1, max_context=64, max_queue=2)  # not started: nothing leaves
+    for _ in range(2):
+        scheduler.submit(Request(tokenizer.encode("the"), 5, lambda e: None))
+    with pytest.raises(Overloaded, match="--max-queue 2"):
+        scheduler.submit(Request(tokenizer.encode("the"), 5, lambda e: None))
+    with pytest.raises(ValueError, match="exceed the context of 64"):
+        scheduler.submit(Request(tokenizer.encode("the"), 62, lambda e: None))
