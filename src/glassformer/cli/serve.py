@@ -4,6 +4,7 @@ model, serving many clients at once by batching their decoding steps (``glassfor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import sys
@@ -100,11 +101,12 @@ def run(args: argparse.Namespace) -> None:
     server = Server(load, config, on_ready=ready)
     uv = uvicorn.Server(uvicorn.Config(create_app(server), host=args.host, port=args.port, log_level="warning"))
     print(f"glassformer: loading {args.model}; /health answers 503 until it is ready", file=sys.stderr, flush=True)
-    try:
-        uv.run()  # until Ctrl-C (uvicorn finishes the requests in flight, then raises it again)
-    except KeyboardInterrupt:
-        raise KeyboardInterrupt("stopped by Ctrl-C; the server shut down cleanly") from None
+    # until Ctrl-C or SIGTERM: uvicorn finishes the requests in flight, stops, and raises the signal again where
+    # Python handles SIGINT (not where the parent ignores it): either way, a clean stop
+    with contextlib.suppress(KeyboardInterrupt):
+        uv.run()
     if server.error:
         raise RuntimeError(f"the model failed to load: {server.error}")
     if not uv.started:
         raise OSError(f"could not listen on {args.host}:{args.port}; is the port in use? choose another with --port")
+    print("glassformer: the server stopped (Ctrl-C or SIGTERM) and shut down cleanly", file=sys.stderr)
