@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import functools
 import os
+import socket
 import sys
 
 from glassformer.cli.options import add_device_arguments, report_placement
@@ -62,6 +63,23 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def check_port(host: str, port: int) -> None:
+    """That ``host`` resolves and ``port`` is free there, or one ``OSError`` naming the fix."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as error:
+        raise OSError(f"--host {host!r} is not an address of this machine ({error.strerror})") from None
+    with socket.socket(family, kind) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise OSError(
+                f"cannot listen on {host}:{port} ({error.strerror}); is another server running there? "
+                "choose another --port"
+            ) from None
+
+
 def run(args: argparse.Namespace) -> None:
     import uvicorn
 
@@ -72,7 +90,8 @@ def run(args: argparse.Namespace) -> None:
         max_batch=args.max_batch, max_context=args.max_context, max_queue=args.max_queue,
         request_timeout=args.request_timeout, port=args.port,
     )  # fmt: skip
-    resolve_model(args.model)  # a missing model is an error now, not after the server has started
+    check_port(args.host, args.port)  # a port in use, a bad host, a missing model: errors now, not after starting
+    resolve_model(args.model)
     if args.embedding_model is not None:
         resolve_model(args.embedding_model)
     placement = report_placement(args)
@@ -103,8 +122,11 @@ def run(args: argparse.Namespace) -> None:
     print(f"glassformer: loading {args.model}; /health answers 503 until it is ready", file=sys.stderr, flush=True)
     # until Ctrl-C or SIGTERM: uvicorn finishes the requests in flight, stops, and raises the signal again where
     # Python handles SIGINT (not where the parent ignores it): either way, a clean stop
-    with contextlib.suppress(KeyboardInterrupt):
-        uv.run()
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            uv.run()
+    except SystemExit:  # uvicorn could not start (it has logged why): the port was taken after check_port
+        raise OSError(f"could not listen on {args.host}:{args.port}; choose another with --port") from None
     if server.error:
         raise RuntimeError(f"the model failed to load: {server.error}")
     if not uv.started:
