@@ -4,6 +4,8 @@ one request at a time or eight at once; bad requests get OpenAI's error shape; t
 
 import base64
 import concurrent.futures
+import http.client
+import json
 import time
 from pathlib import Path
 
@@ -158,6 +160,19 @@ def test_bad_requests_get_a_400_in_openai_s_error_shape(server, path, body, mess
     status, answer, _ = call("POST", server[0] + path, body)
     assert status == 400, answer
     assert set(answer["error"]) == {"message", "type", "code", "param"} and message in answer["error"]["message"]
+
+
+def test_a_body_past_16_mib_is_refused_with_a_413_before_it_is_read(server):
+    host, port = server[0].removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.putrequest("POST", "/v1/completions")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(17 << 20))
+    connection.endheaders()
+    connection.send(b'{"prompt": "' + b"a" * 1000)  # the rest never comes: the answer must not wait for it
+    response = connection.getresponse()
+    assert response.status == 413 and "larger than 16 MiB" in json.loads(response.read())["error"]["message"]
+    connection.close()
 
 
 def test_unknown_fields_are_ignored_and_unknown_models_named(server):

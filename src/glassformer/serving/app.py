@@ -45,6 +45,7 @@ from glassformer.serving.protocol import (
 from glassformer.serving.scheduler import Event, Overloaded, Request, Scheduler
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat answers until done
+MAX_BODY_BYTES = 16 << 20  # a request body larger than this is refused (413) before it is all in memory
 
 
 @dataclasses.dataclass
@@ -180,7 +181,7 @@ def create_app(server: Server) -> Starlette:
     async def read(request: HTTPRequest) -> tuple[dict, str, Sampling]:
         """What both completion routes read first: the key, the JSON body, the model's name, the sampling fields."""
         server.check(request)
-        body = parse_json(await request.body())
+        body = parse_json(await read_body(request))
         return body, server.check_model(body), read_sampling(body)
 
     @_api
@@ -306,7 +307,7 @@ def create_app(server: Server) -> Starlette:
     @_api
     async def embeddings(request: HTTPRequest) -> Response:
         server.check(request)
-        body = parse_json(await request.body())
+        body = parse_json(await read_body(request))
         name = server.check_model(body, embedding=True)
         texts = read_embedding_input(body)
         encoder = server.served.encoder
@@ -354,6 +355,21 @@ def create_app(server: Server) -> Starlette:
         Route("/v1/embeddings", embeddings, methods=["POST"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: wrong_method})
+
+
+async def read_body(request: HTTPRequest) -> bytes:
+    """The request's body, read as it arrives; past ``MAX_BODY_BYTES`` a 413 (declared or not)."""
+    declared = request.headers.get("content-length", "")
+    too_large = APIError(413, f"the request body is larger than {MAX_BODY_BYTES >> 20} MiB", code="body_too_large")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _client_gone(request: HTTPRequest) -> None:
