@@ -22,7 +22,6 @@ import dataclasses
 import json
 import secrets
 import threading
-import time
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 
@@ -37,15 +36,16 @@ from glassformer.serving.protocol import (
     APIError,
     Sampling,
     parse_json,
+    read_body,
     read_embedding_input,
     read_messages,
     read_prompt,
     read_sampling,
 )
+from glassformer.serving.responses import Reply
 from glassformer.serving.scheduler import Event, Overloaded, Request, Scheduler
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat answers until done
-MAX_BODY_BYTES = 16 << 20  # a request body larger than this is refused (413) before it is all in memory
 
 
 @dataclasses.dataclass
@@ -357,73 +357,9 @@ def create_app(server: Server) -> Starlette:
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={404: not_found, 405: wrong_method})
 
 
-async def read_body(request: HTTPRequest) -> bytes:
-    """The request's body, read as it arrives; past ``MAX_BODY_BYTES`` a 413 (declared or not)."""
-    declared = request.headers.get("content-length", "")
-    too_large = APIError(413, f"the request body is larger than {MAX_BODY_BYTES >> 20} MiB", code="body_too_large")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def _client_gone(request: HTTPRequest) -> None:
     """Returns when the client disconnects."""
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
-
-
-class Reply:
-    """OpenAI's response objects for one request: ``text_completion`` or ``chat.completion`` (and their chunks)."""
-
-    def __init__(self, kind: str, model: str):
-        self.kind, self.model = kind, model
-        self.id = ("chatcmpl-" if kind == "chat" else "cmpl-") + secrets.token_hex(12)
-        self.created = int(time.time())
-
-    def _envelope(self, chunk: bool) -> dict:
-        kind = {"chat": "chat.completion", "completion": "text_completion"}[self.kind]
-        return {"id": self.id, "object": kind + (".chunk" if chunk and self.kind == "chat" else ""),
-                "created": self.created, "model": self.model}  # fmt: skip
-
-    def first_chunk(self) -> dict | None:
-        if self.kind != "chat":
-            return None
-        choice = {"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-        return {**self._envelope(True), "choices": [choice]}
-
-    def chunk(self, text: str, finish_reason: str | None = None) -> dict:
-        if self.kind == "chat":
-            choice = {"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish_reason}
-        else:
-            choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
-        return {**self._envelope(True), "choices": [choice]}
-
-    def usage_chunk(self, event: Event) -> dict:
-        return {**self._envelope(True), "choices": [], "usage": _usage(event)}
-
-    def whole(self, text: str, event: Event) -> dict:
-        if self.kind == "chat":
-            choice = {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": event.finish_reason,
-            }
-        else:
-            choice = {"index": 0, "text": text, "finish_reason": event.finish_reason, "logprobs": None}
-        return {**self._envelope(False), "choices": [choice], "usage": _usage(event)}
-
-
-def _usage(event: Event) -> dict:
-    return {
-        "prompt_tokens": event.prompt_tokens,
-        "completion_tokens": event.completion_tokens,
-        "total_tokens": event.prompt_tokens + event.completion_tokens,
-    }

@@ -12,7 +12,10 @@ import json
 import math
 from typing import Any
 
+from starlette.requests import Request
+
 MAX_STOP_STRINGS = 4  # as OpenAI
+MAX_BODY_BYTES = 16 << 20  # a request body larger than this is refused (413) before it is all in memory
 
 
 class APIError(Exception):
@@ -33,6 +36,21 @@ class APIError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "code": self.code, "param": self.param}}
+
+
+async def read_body(request: Request) -> bytes:
+    """The request's body, read as it arrives; past ``MAX_BODY_BYTES`` a 413 (declared or not)."""
+    declared = request.headers.get("content-length", "")
+    too_large = APIError(413, f"the request body is larger than {MAX_BODY_BYTES >> 20} MiB", code="body_too_large")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def parse_json(raw: bytes) -> dict:
