@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from glassformer import Transformer, TransformerConfig
+from glassformer import GPT, GPTConfig, Transformer, TransformerConfig
 from glassformer.checkpoints import read_checkpoint, write_checkpoint
 
 
@@ -123,3 +123,54 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     after = read_checkpoint(tmp_path)[1]
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def tiny_gpt_rope():
+    return GPT(GPTConfig(vocab_size=40, max_seq_length=32, d_model=16, num_layers=2, num_heads=2, d_ff=32,
+                         positional="rope", tie_embeddings=True))  # fmt: skip
+
+
+def tiny_transformer():  # sinusoidal positions, source and target embeddings tied to the output layer
+    return Transformer(TransformerConfig(src_vocab_size=40, tgt_vocab_size=40, d_model=16, num_layers=2,
+                                         num_heads=2, d_ff=32, max_seq_length=32, share_embeddings=True,
+                                         tie_output=True))  # fmt: skip
+
+
+@pytest.mark.parametrize("build", [tiny_gpt_rope, tiny_transformer], ids=["gpt-rope-tied", "transformer-sinusoidal"])
+def test_loading_every_weight_skips_the_random_initialization_and_keeps_ties_and_tables(tmp_path, build, monkeypatch):
+    model = build().eval()
+    model.save_pretrained(tmp_path)
+
+    def no_initialization(name):
+        original = getattr(torch.Tensor, name)
+
+        def initialize(tensor, *args, **kwargs):  # on the meta device (shapes only) it costs nothing: allowed
+            if tensor.device.type != "meta":
+                raise AssertionError("a weight read from the file was first initialized at random")
+            return original(tensor, *args, **kwargs)
+
+        return initialize
+
+    for name in ("normal_", "uniform_"):
+        monkeypatch.setattr(torch.Tensor, name, no_initialization(name))
+    loaded = type(model).from_pretrained(tmp_path)
+    monkeypatch.undo()
+    shared = lambda m: len(list(m.named_parameters(remove_duplicate=False))) - len(list(m.parameters()))  # noqa: E731
+    assert shared(loaded) == shared(model) > 0  # tied weights are still one tensor
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    for (name, a), b in zip(model.named_buffers(), loaded.buffers(), strict=True):  # the tables not stored
+        assert torch.equal(a, b), name
+    ids = torch.randint(0, 40, (2, 9))
+    args = (ids,) if isinstance(model, GPT) else (ids, ids)
+    torch.testing.assert_close(loaded(*args), model(*args))
+
+
+def test_a_new_classification_head_is_still_initialized(tmp_path):
+    from glassformer.models.bert import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=30, max_seq_length=16, d_model=16, num_layers=1, num_heads=2, d_ff=32)
+    BertForSequenceClassification(config).bert.save_pretrained(tmp_path)
+    torch.manual_seed(3)
+    head = BertForSequenceClassification.from_pretrained(tmp_path, num_labels=3).classifier.weight
+    assert torch.isfinite(head).all() and 0 < head.std() < 0.2  # a real initialization, not leftover memory
