@@ -48,14 +48,16 @@ def view(name: str = "self"):
 
 
 EVALUATION = dict(split="test", pairs=1, beam=1, bleu=1.0, chrf=1.0, seconds=1, bleu_detail="BLEU")
+TORCHRUN = "glassformer.training.launch.run_torchrun"  # --nproc-per-node N: the command again, on N processes
 LANGUAGE_MODEL = ("glassformer.cli.generate.load_language_model", "glassformer.cli.chat.load_language_model")
 
 # command -> (its arguments when only the required ones are given, {entry point: what the recorder returns})
 COMMANDS = {
     "train lm": (["--out", "runs/x"], {"glassformer.training.lm.train_language_model": dict(
-        step=1, valid_loss=1, valid_ppl=2, parameters=3)}),
-    "train translate": (["--out", "runs/x"], {"glassformer.training.translation.train_translation": {}}),
-    "train classify": (["--out", "runs/x"], {"glassformer.training.classification.train_classifier": {}}),
+        step=1, valid_loss=1, valid_ppl=2, parameters=3), TORCHRUN: 0}),
+    "train translate": (["--out", "runs/x"], {"glassformer.training.translation.train_translation": {}, TORCHRUN: 0}),
+    "train classify": (["--out", "runs/x"], {"glassformer.training.classification.train_classifier": {},
+                                             TORCHRUN: 0}),
     "translate": (["--model", "m", "hallo"], {"glassformer.pipelines.translator.Translator.load": "translator"}),
     "evaluate": (["--model", "m"], {"glassformer.training.evaluation.evaluate_translation": EVALUATION}),
     "generate": (["--model", "m", "--prompt", "p"], {LANGUAGE_MODEL[0]: "language model"}),

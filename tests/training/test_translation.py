@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 from glassformer import Transformer, TransformerConfig
 from glassformer.data.synthetic import symbol_sequences
 from glassformer.generation.seq2seq import translate_ids
-from glassformer.training import loop
+from glassformer.training import trainer_state
 from glassformer.training.loop import TrainConfig, Trainer
 from glassformer.training.translation import (
     BOS_ID,
@@ -83,7 +83,7 @@ def test_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatch,
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(loop, "save_file", crash)
+    monkeypatch.setattr(trainer_state, "save_file", crash)
     with pytest.raises(OSError, match="disk full"):
         train_toy(tmp_path / "run", 6, tsv, resume=True)
     model = Transformer.from_pretrained(tmp_path / "run" / "last")  # still loadable, still the old weights

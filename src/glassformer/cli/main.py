@@ -43,19 +43,26 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if hasattr(sys.stdin, "reconfigure"):
         sys.stdin.reconfigure(errors="strict")  # bytes that are not UTF-8: an error, never lone surrogates
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that relaunch themselves (torchrun)
     try:
-        args.func(args)
+        status = args.func(args)
     except KeyboardInterrupt as interrupt:
         if args.debug:
             raise
-        print(f"glassformer: {interrupt or 'interrupted'}", file=sys.stderr)
+        if rank() == 0:  # every rank of a torchrun job stops alike: rank 0 says so
+            print(f"glassformer: {interrupt or 'interrupted'}", file=sys.stderr)
         return 130
     except Exception as error:
         if args.debug:
             raise
-        print(f"glassformer: {describe(error, vars(args))}", file=sys.stderr)
+        print(f"glassformer{f' (rank {rank()})' if rank() else ''}: {describe(error, vars(args))}", file=sys.stderr)
         return 2 if isinstance(error, EXPECTED) else 1
-    return 0
+    return status or 0
+
+
+def rank() -> int:
+    """This process's rank in a torchrun job (0 outside one)."""
+    return int(os.environ.get("RANK", "0") or 0)
 
 
 # what a user can cause and fix: bad options, files and data (ValueError, with JSON and UTF-8 errors), missing or

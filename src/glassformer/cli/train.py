@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from glassformer.cli.options import add_device_arguments, default_of
 from glassformer.data.sentiment import DOMAINS
-from glassformer.training import classification, lm, translation
+from glassformer.options import check_options
+from glassformer.training import classification, distributed, launch, lm, translation
+from glassformer.training.loop import TrainConfig
 
 MODEL_FIELDS = ("d_model", "num_layers", "num_heads", "d_ff")
 
@@ -37,12 +40,41 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """What every training command takes: the run directory, resuming, the seed, the machine, quiet."""
+    """What every training command takes: the run directory, resuming, the seed, the machine, processes, quiet."""
     parser.add_argument("--out", required=True, help="the run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     parser.add_argument("--seed", type=int, default=0)
     add_device_arguments(parser, training=True)
+    parser.add_argument(
+        "--nproc-per-node",
+        type=int,
+        default=1,
+        help="train on N processes of this machine (torchrun; one per GPU, or N CPU processes); the batch size "
+        "stays the global one. Several machines: run torchrun -m glassformer train ... on each (README)",
+    )
+    parser.add_argument(
+        "--parallel",
+        choices=list(distributed.PARALLEL),
+        default=TrainConfig.parallel,
+        help="with several processes: ddp (default; each holds the whole model) or fsdp (parameters, gradients and "
+        "optimizer state sharded over the processes, FSDP2)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def relaunched(args: argparse.Namespace) -> int | None:
+    """``--nproc-per-node N`` (N > 1) outside torchrun: run this same command under torchrun on N processes and
+    return its exit status; None when this process is to train (one process, or a torchrun worker)."""
+    check_options(nproc_per_node=args.nproc_per_node)
+    if args.nproc_per_node == 1 or distributed.launched_by_torchrun():
+        return None
+    argv, skip = [], False
+    for token in args.argv:  # the command line without --nproc-per-node (the workers must not launch again)
+        if skip or token.startswith("--nproc"):
+            skip = not skip and "=" not in token
+            continue
+        argv.append(token)
+    return launch.run_torchrun(args.nproc_per_node, argv)
 
 
 def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +87,8 @@ def shape_fields(args: argparse.Namespace) -> dict:
 
 
 def print_summary(summary: dict, keys: tuple[str, ...] | None, out: str, next_step: str) -> None:
+    if int(os.environ.get("RANK", 0)) > 0:
+        return  # with several processes, rank 0 reports
     shown = {k: summary[k] for k in keys} if keys else summary
     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in shown.items()}))
     print(f"run directory: {out} ({next_step})")
@@ -89,7 +123,9 @@ def add_lm_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
 
 
-def run_lm(args: argparse.Namespace) -> None:
+def run_lm(args: argparse.Namespace) -> int | None:
+    if (status := relaunched(args)) is not None:
+        return status
     fields = {**lm.PRESETS[args.preset], **shape_fields(args)}
     if args.dropout is not None:
         fields.update(dropout=args.dropout, attention_dropout=args.dropout)
@@ -100,7 +136,7 @@ def run_lm(args: argparse.Namespace) -> None:
     train = lm.lm_train_config(
         max_steps=args.max_steps, max_minutes=args.max_minutes, lr=args.lr, warmup_steps=args.warmup_steps,
         eval_every=args.eval_every, grad_accum=args.grad_accum, device=args.device, precision=args.precision,
-        seed=args.seed, progress=not args.quiet,
+        seed=args.seed, progress=not args.quiet, parallel=args.parallel,
     )  # fmt: skip
     summary = lm.train_language_model(
         args.out, args.data, args.tokenizer, args.vocab_size, fields, args.batch_size, train, args.resume, args.arch
@@ -155,7 +191,9 @@ def add_translate_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
 
 
-def run_translate(args: argparse.Namespace) -> None:
+def run_translate(args: argparse.Namespace) -> int | None:
+    if (status := relaunched(args)) is not None:
+        return status
     fields = shape_fields(args)
     if args.dropout is not None:
         fields["dropout"] = args.dropout
@@ -164,7 +202,7 @@ def run_translate(args: argparse.Namespace) -> None:
         warmup_steps=args.warmup_steps, optimizer=args.optimizer, weight_decay=args.weight_decay,
         grad_clip=args.grad_clip or None, grad_accum=args.grad_accum, eval_every=args.eval_every,
         log_every=args.log_every, seed=args.seed, device=args.device, precision=args.precision,
-        compile=args.compile, progress=not args.quiet,
+        compile=args.compile, progress=not args.quiet, parallel=args.parallel,
     )  # fmt: skip
     summary = translation.train_translation(
         args.out, translation.DataSpec(args.data, args.source, args.target), args.preset, fields,
@@ -201,10 +239,13 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
     add_run_arguments(parser)
 
 
-def run_classify(args: argparse.Namespace) -> None:
+def run_classify(args: argparse.Namespace) -> int | None:
+    if (status := relaunched(args)) is not None:
+        return status
     train = classification.classification_train_config(
         max_minutes=args.max_minutes, lr=args.lr, weight_decay=args.weight_decay, patience=args.patience,
         device=args.device, precision=args.precision, seed=args.seed, progress=not args.quiet,
+        parallel=args.parallel,
     )  # fmt: skip
     summary = classification.train_classifier(
         args.out, classification.LabelledData(args.data, args.domain), init=args.init, pooling=args.pooling,

@@ -221,11 +221,11 @@ class Bert(PretrainedMixin, nn.Module):
         load_state_dict_checked(model, encoder)
         return model.eval()
 
-    def save_pretrained(self, directory: str | os.PathLike, format: str = "glassformer"):
+    def save_pretrained(self, directory: str | os.PathLike, format: str = "glassformer", state_dict=None):
         """``format="glassformer"``: config.json + model.safetensors in glassformer's names; ``format="hf"``: a
         Hugging Face ``BertModel`` (or ``DistilBertModel``) directory that ``transformers`` opens."""
         if format == "glassformer":
-            return super().save_pretrained(directory)
+            return super().save_pretrained(directory, state_dict)
         if format == "hf":
             return save_bert(directory, self.config.to_dict(), self.state_dict(), head=False)
         raise ValueError(f"unknown checkpoint format {format!r}; use 'glassformer' or 'hf'")
@@ -290,11 +290,11 @@ class BertForSequenceClassification(PretrainedMixin, nn.Module):
         load_state_dict_checked(model, tensors)
         return model.eval()
 
-    def save_pretrained(self, directory: str | os.PathLike, format: str = "glassformer"):
+    def save_pretrained(self, directory: str | os.PathLike, format: str = "glassformer", state_dict=None):
         """``format="hf"`` writes a ``transformers`` BertForSequenceClassification (or DistilBERT) directory;
         only a classifier over the pooler has such a form (``classifier_pooling="pooler"``)."""
         if format == "glassformer":
-            return super().save_pretrained(directory)
+            return super().save_pretrained(directory, state_dict)
         if format == "hf":
             if self.config.classifier_pooling != "pooler":
                 raise ValueError(

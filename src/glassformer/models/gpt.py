@@ -290,12 +290,12 @@ class GPT(PretrainedMixin, nn.Module):
         load_state_dict_checked(model, tensors)
         return model.eval() if dtype is None else model.to(dtype).eval()
 
-    def save_pretrained(self, directory: str | os.PathLike, format: str = "glassformer"):
+    def save_pretrained(self, directory: str | os.PathLike, format: str = "glassformer", state_dict=None):
         """``format="glassformer"``: config.json + model.safetensors in glassformer's names;
         ``format="hf"``: a Hugging Face directory that ``transformers`` opens — ``GPT2LMHeadModel`` for a
         GPT-2-style model, ``LlamaForCausalLM`` for a Llama-style one."""
         if format == "glassformer":
-            return super().save_pretrained(directory)
+            return super().save_pretrained(directory, state_dict)
         if format == "hf":
             if self.config.positional == "rope":
                 return save_llama(directory, self.config.to_dict(), self.state_dict())

@@ -18,12 +18,13 @@ class PretrainedMixin:
     config_class: type[ModelConfig]
     config: ModelConfig
 
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` into ``directory``."""
+    def save_pretrained(self, directory: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` into ``directory``: the model's weights, or ``state_dict``
+        (e.g. the whole weights of a model sharded over processes, gathered by ``distributed.full_state_dict``)."""
         from glassformer._version import __version__
 
         config = {**self.config.to_dict(), "glassformer_version": __version__}
-        return write_checkpoint(directory, config, self.state_dict())
+        return write_checkpoint(directory, config, self.state_dict() if state_dict is None else state_dict)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> Self:

@@ -375,11 +375,11 @@ class Transformer(PretrainedMixin, nn.Module):
         load_state_dict_checked(model, tensors)
         return model.eval()
 
-    def save_pretrained(self, directory: str | os.PathLike, format: str = "glassformer"):
+    def save_pretrained(self, directory: str | os.PathLike, format: str = "glassformer", state_dict=None):
         """``format="glassformer"``: config.json + model.safetensors; ``format="hf"``: a Hugging Face
         ``T5ForConditionalGeneration`` directory (for a T5-style config) that ``transformers`` opens."""
         if format == "glassformer":
-            return super().save_pretrained(directory)
+            return super().save_pretrained(directory, state_dict)
         if format == "hf":
             return save_t5(directory, self.config.to_dict(), self.state_dict())
         raise ValueError(f"unknown checkpoint format {format!r}; use 'glassformer' or 'hf'")

@@ -30,6 +30,7 @@ from glassformer.models.bert import BertForSequenceClassification
 from glassformer.options import check_options
 from glassformer.pipelines.text_classifier import TextClassifier
 from glassformer.tokenizer import Tokenizer
+from glassformer.training import distributed
 from glassformer.training.loop import TrainConfig, Trainer
 from glassformer.training.run_directory import (
     RunDirectory,
@@ -92,7 +93,10 @@ def label_ids(rows: list[tuple[str, str]], names: list[str], split: str) -> list
 
 
 class ClassificationTask:
-    """Batches of tokenized texts and their class ids for the training loop."""
+    """Batches of tokenized texts and their class ids for the training loop; ``batch_size`` texts per step in
+    all, of which each process trains on its ``shard``."""
+
+    shard = distributed.Shard()  # this process's part of each batch (the Trainer sets it)
 
     def __init__(
         self,
@@ -106,6 +110,8 @@ class ClassificationTask:
         self.classifier = classifier
         self.layer_decay = layer_decay
         self.model = classifier.model
+        if self.model.config.classifier_pooling == "mean" and self.model.bert.pooler is not None:
+            self.model.bert.pooler.requires_grad_(False)  # unused by mean pooling (DDP wants every parameter used)
         names = classifier.labels
         self.train_texts, self.train_labels = [t for _, t in train_rows], label_ids(train_rows, names, "training")
         self.valid_texts, self.valid_labels = [t for _, t in valid_rows], label_ids(valid_rows, names, "validation")
@@ -132,7 +138,7 @@ class ClassificationTask:
         if self.position >= len(self.batches):
             self.epoch, self.position = self.epoch + 1, 0
             self.batches = self._epoch_batches(self.epoch)
-        index = self.batches[self.position]
+        index = self.shard.take(self.batches[self.position])
         self.position += 1
         return self._batch([self.train_texts[i] for i in index], [self.train_labels[i] for i in index])
 
@@ -175,8 +181,8 @@ class ClassificationTask:
             scales[name] = self.layer_decay**depth
         return scales
 
-    def save(self, directory: Path) -> None:
-        self.model.save_pretrained(directory)
+    def save(self, directory: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+        self.model.save_pretrained(directory, state_dict=weights)
         self.classifier.tokenizer.save(directory)
 
     def state_dict(self) -> dict[str, int]:
@@ -225,7 +231,10 @@ def train_classifier(
     )  # fmt: skip
     if pooling not in ("mean", "pooler"):
         raise ValueError(f"unknown pooling {pooling!r}; choose 'mean' or 'pooler'")
-    with RunDirectory(out, "classification", resume) as run:
+    with (
+        distributed.process_group((train or classification_train_config()).device) as world,
+        RunDirectory.open(out, "classification", resume, world) as run,
+    ):
         resume = resume and run.resumable  # a run killed before its first checkpoint starts from the beginning
         train = train or classification_train_config()
         if resume:
@@ -233,6 +242,7 @@ def train_classifier(
             data, max_length, batch_size = LabelledData(**record["data"]), record["max_length"], record["batch_size"]
             layer_decay = record.get("layer_decay", layer_decay)
             check_data_fingerprint(record.get("data_sha256"), data.data)
+        distributed.check_divisible("batch_size", batch_size, world)
         data = data or LabelledData()
         splits = data.load()
         if resume:
@@ -272,7 +282,8 @@ def train_classifier(
                 "layer_decay": layer_decay,
                 "data_sha256": data_fingerprint(data.data),
             }
-            write_json_atomically(out / RUN_FILE, record)
+            if run.owner:
+                write_json_atomically(out / RUN_FILE, record)
         summary = Trainer(task, train, run).fit(resume=resume)
         return {
             **summary,

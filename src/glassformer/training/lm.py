@@ -16,6 +16,7 @@ from glassformer.files import read_text
 from glassformer.models.gpt import GPT, GPTConfig
 from glassformer.options import check_options
 from glassformer.tokenizer import GPT2_END_OF_TEXT, Tokenizer
+from glassformer.training import distributed
 from glassformer.training.loop import TrainConfig, Trainer
 from glassformer.training.run_directory import (
     RunDirectory,
@@ -39,7 +40,10 @@ def lm_train_config(**overrides) -> TrainConfig:
 
 
 class LanguageModelingTask:
-    """Random windows of ``block_size + 1`` tokens for training; fixed, non-overlapping windows for validation."""
+    """Random windows of ``block_size + 1`` tokens for training; fixed, non-overlapping windows for validation.
+    ``batch_size`` windows per step in all, of which each process trains on its ``shard``."""
+
+    shard = distributed.Shard()  # this process's part of each batch (the Trainer sets it)
 
     def __init__(
         self,
@@ -70,7 +74,7 @@ class LanguageModelingTask:
 
     def train_batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         starts = torch.randint(self.train_ids.numel() - self.block - 1, (self.batch_size,), generator=generator)
-        return self._windows(self.train_ids, starts)
+        return self._windows(self.train_ids, self.shard.take(starts))
 
     def valid_batches(self):
         starts = torch.arange(0, self.valid_ids.numel() - self.block - 1, self.block)
@@ -82,8 +86,8 @@ class LanguageModelingTask:
         logits = self.model(x)
         return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten()), y.numel()
 
-    def save(self, directory: Path) -> None:
-        self.model.save_pretrained(directory)
+    def save(self, directory: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+        self.model.save_pretrained(directory, state_dict=weights)
         self.tokenizer.save(directory)
 
 
@@ -123,7 +127,10 @@ def train_language_model(
     check_options(vocab_size=vocab_size, batch_size=batch_size)
     out = Path(out)
     train = train or lm_train_config()
-    with RunDirectory(out, "language model", resume) as run:
+    with (
+        distributed.process_group(train.device) as world,
+        RunDirectory.open(out, "language model", resume, world) as run,
+    ):
         resume = resume and run.resumable  # a run killed before its first checkpoint starts from the beginning
         if resume and (out / RUN_FILE).is_file():  # the data of the run being resumed (older runs: the data given)
             record = read_run_record(out / RUN_FILE)
@@ -131,12 +138,15 @@ def train_language_model(
                 raise ValueError(f"this run was trained on {record['data']}; resume it without --data")
             data, batch_size = record["data"], record.get("batch_size", batch_size)
             check_data_fingerprint(record.get("data_sha256"), data)
+        distributed.check_divisible("batch_size", batch_size, world)
         train_text, valid_text = read_corpus(data)
         if resume:
             tokenizer = Tokenizer.from_pretrained(out / "last")
             model = GPT.from_pretrained(out / "last")  # the trainer restores optimizer, RNG and step beside it
         else:
-            tokenizer = Tokenizer.train([train_text], vocab_size=vocab_size, kind=tokenizer_kind)
+            tokenizer = world.from_main(
+                lambda: Tokenizer.train([train_text], vocab_size=vocab_size, kind=tokenizer_kind)
+            )
             eos = tokenizer.token_to_id(GPT2_END_OF_TEXT)
             fields = {**PRESETS["small"], **(model_fields or {})}
             make_config = GPTConfig.llama if architecture == "llama" else GPTConfig
@@ -146,7 +156,8 @@ def train_language_model(
             torch.manual_seed(train.seed)  # the initial weights depend on the seed only
             model = GPT(config)
             record = {"data": None if data is None else str(Path(data).resolve()), "batch_size": batch_size}
-            write_json_atomically(out / RUN_FILE, {**record, "data_sha256": data_fingerprint(data)})
+            if run.owner:
+                write_json_atomically(out / RUN_FILE, {**record, "data_sha256": data_fingerprint(data)})
         train_ids = torch.tensor(tokenizer.encode(train_text), dtype=torch.long)
         valid_ids = torch.tensor(tokenizer.encode(valid_text), dtype=torch.long)
         task = LanguageModelingTask(model, tokenizer, train_ids, valid_ids, batch_size)

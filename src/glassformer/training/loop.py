@@ -31,29 +31,24 @@ resume from; Ctrl-C or SIGTERM saves ``last/`` after the current step and raises
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import contextlib
 import math
 import signal
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
 from glassformer import runtime
-from glassformer.files import read_json
-from glassformer.options import check_fields
+from glassformer.training import distributed, trainer_state
+from glassformer.training.config import TrainConfig
 from glassformer.training.run_directory import RunDirectory
-from glassformer.training.schedules import SCHEDULES, lr_multiplier
-
-STATE_TENSORS, STATE_JSON = "trainer_state.safetensors", "trainer_state.json"
+from glassformer.training.schedules import lr_multiplier
 
 
 class Task(Protocol):
@@ -63,55 +58,6 @@ class Task(Protocol):
     def loss(self, batch: Any) -> tuple[torch.Tensor, int]: ...
     def valid_batches(self) -> Any: ...
     def save(self, directory: Path) -> None: ...
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """How to train. ``max_minutes`` stops early on wall-clock time (then evaluates and saves); ``schedule_steps``
-    sets the length of the learning-rate schedule when a run is meant to stop and resume before its end."""
-
-    max_steps: int = 1000
-    max_minutes: float | None = None
-    schedule_steps: int | None = None  # length of the lr schedule; default max_steps
-    lr: float = 1e-3
-    schedule: str = "cosine"
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.1
-    optimizer: str = "adamw"
-    betas: tuple[float, float] = (0.9, 0.99)
-    eps: float = 1e-8
-    weight_decay: float = 0.1
-    grad_clip: float | None = 1.0
-    grad_accum: int = 1
-    eval_every: int = 200
-    log_every: int = 10
-    best_metric: str = "valid_loss"  # lower is better for *loss / *ppl, higher for anything else
-    patience: int | None = None  # stop after this many evaluations without a better best_metric
-    seed: int = 0
-    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
-    precision: str = "auto"  # auto, fp32, bf16 (autocast), fp16 (autocast + gradient scaling)
-    compile: bool = False  # torch.compile the model's forward (dynamic shapes)
-    progress: bool = True
-    bf16: bool | None = None  # deprecated: precision="bf16" (True) or "fp32" (False)
-
-    def __post_init__(self) -> None:
-        if self.bf16 is not None:
-            warnings.warn("TrainConfig(bf16=...) is deprecated; use precision='bf16' or 'fp32'", DeprecationWarning, 2)
-            self.precision, self.bf16 = ("bf16" if self.bf16 else "fp32"), None
-        if self.precision not in ("auto", *runtime.PRECISIONS):
-            raise ValueError(f"unknown precision {self.precision!r}; choose auto, fp32, bf16 or fp16")
-        check_fields(self)  # every field's type and range (glassformer.options.RULES)
-        runtime.resolve_device(self.device)  # a device that is not there: refused before any work
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
-        if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose 'adam' or 'adamw'")
-        if len(self.betas) != 2:
-            raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
-
-    @property
-    def lower_is_better(self) -> bool:
-        return self.best_metric.endswith(("loss", "ppl"))
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -141,114 +87,132 @@ def make_optimizer(
 
 class Trainer:
     def __init__(self, task: Task, config: TrainConfig, run_dir: str | Path | RunDirectory):
-        """``run_dir``: a path (``fit`` opens it as a ``RunDirectory``) or a ``RunDirectory`` the caller opened."""
+        """``run_dir``: a path (``fit`` opens it as a ``RunDirectory``) or a ``RunDirectory`` the caller opened.
+
+        Under torchrun (a process group joined, ``glassformer.training.distributed``) the model is wrapped for
+        ``config.parallel``, and the task (which must have a ``shard``) trains on this rank's part of each batch."""
         self.task = task
         self.config = config
         self.run = run_dir if isinstance(run_dir, RunDirectory) else None
         self.run_dir = run_dir.path if isinstance(run_dir, RunDirectory) else Path(run_dir)
         self._stop_signal: int | None = None
-        self.placement = runtime.place(config.device, config.precision)
+        self.world = distributed.current()
+        self.placement = runtime.place(distributed.device_for(config.device, self.world), config.precision)
         device = self.placement.device
         task.model.to(device)  # before the optimizer, so that its state is created on the device
+        self._sharded = self.world.distributed and config.parallel == "fsdp"
+        if self._sharded and self.placement.precision == "fp16":
+            raise ValueError("--parallel fsdp does not scale float16 gradients; use --precision bf16 or fp32")
+        if self.world.distributed and not hasattr(task, "shard"):
+            raise ValueError(f"{type(task).__name__} has no `shard`: it cannot share its batches between processes")
+        if hasattr(task, "shard"):
+            task.shard = distributed.Shard(self.world.rank, self.world.size)
+        self.wrapped = distributed.wrap(task.model, config.parallel, self.world, device)  # what forward runs through
         scales = task.lr_scales() if hasattr(task, "lr_scales") else None
         self.optimizer = make_optimizer(task.model, config, scales, fused=runtime.fused_optimizer_works(device))
         # float16's narrow range: scale the loss so that small gradients do not underflow (bfloat16 needs none)
         self.scaler = torch.amp.GradScaler(device.type) if self.placement.precision == "fp16" else None
-        self.data_generator = torch.Generator().manual_seed(config.seed)
+        self.data_generator = torch.Generator().manual_seed(config.seed)  # the same on every rank: global batches
         self.step = 0
         self.best_score = math.inf if config.lower_is_better else -math.inf
         self.evaluations_without_improvement = 0
 
-    # --- checkpoints ----------------------------------------------------------------------------------------
+    # --- checkpoints ---------------------------------------------------------------------------------------------
 
     def _write_checkpoint(self, name: str) -> None:
-        self.run.write_checkpoint(name, self._fill_checkpoint, self.step)
+        """Every rank takes part (sharded state, gathered weights); rank 0 owns the folder and renames it."""
+        full = distributed.full_state_dict(self.task.model) if self._sharded else None
+        if self.world.is_main:
+            self.run.write_checkpoint(name, lambda tmp: self._fill_checkpoint(tmp, full), self.step)
+        else:
+            self._fill_checkpoint(None, full)
 
-    def _fill_checkpoint(self, tmp: Path) -> None:
-        """The model (``task.save``) and the trainer's state, written into the new folder ``tmp``."""
-        self.task.save(tmp)
-        optimizer = self.optimizer.state_dict()
-        tensors = {"rng.torch": torch.get_rng_state(), "rng.data": self.data_generator.get_state()}
-        if self.placement.device.type == "cuda":
-            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.placement.device)
-        state_json: dict[str, Any] = {"param_groups": optimizer["param_groups"], "scalars": {}}
-        for index, state in optimizer["state"].items():
-            for key, value in state.items():
-                if isinstance(value, torch.Tensor):
-                    tensors[f"optimizer.{index}.{key}"] = value.contiguous()
-                else:
-                    state_json["scalars"][f"{index}.{key}"] = value
-        state_json.update(
-            step=self.step,
-            best_score=self.best_score,
-            evaluations_without_improvement=self.evaluations_without_improvement,
-        )
+    def _fill_checkpoint(self, tmp: Path | None, full_weights: dict | None) -> None:
+        """The model (``task.save``, by rank 0) and the trainer's state (``trainer_state``), written into ``tmp``."""
+        tmp = Path(self.world.from_main(lambda: str(tmp)))  # the folder rank 0 made, for every rank
+        if self.world.is_main:
+            self.task.save(tmp) if full_weights is None else self.task.save(tmp, full_weights)
+        record: dict[str, Any] = {
+            "step": self.step,
+            "best_score": self.best_score,
+            "evaluations_without_improvement": self.evaluations_without_improvement,
+        }
         if hasattr(self.task, "state_dict"):
-            state_json["task"] = self.task.state_dict()
+            record["task"] = self.task.state_dict()
         if self.scaler is not None:
-            state_json["grad_scaler"] = self.scaler.state_dict()
-        save_file(tensors, tmp / STATE_TENSORS)
-        (tmp / STATE_JSON).write_text(json.dumps(state_json, indent=1))
+            record["grad_scaler"] = self.scaler.state_dict()
+        trainer_state.write(tmp, self.world, self.task.model, self.optimizer, self.data_generator, record)
+        self.world.barrier()  # every rank's files are written before rank 0 marks the folder complete
 
     def _restore(self, directory: Path) -> None:
-        from glassformer.checkpoints import load_state_dict_checked, read_checkpoint
+        if not (directory / trainer_state.STATE_SHARDS).is_dir():  # one process wrote it: its model file is whole
+            from glassformer.checkpoints import load_state_dict_checked, read_checkpoint
 
-        _, weights = read_checkpoint(directory)
-        load_state_dict_checked(self.task.model, weights)
-        tensors = load_file(directory / STATE_TENSORS)
-        state_json = read_json(directory / STATE_JSON, "trainer state")
-        state: dict[int, dict[str, Any]] = {}
-        for name, value in tensors.items():
-            if name.startswith("optimizer."):
-                _, index, key = name.split(".", 2)
-                state.setdefault(int(index), {})[key] = value
-        for name, value in state_json["scalars"].items():
-            index, key = name.split(".", 1)
-            state.setdefault(int(index), {})[key] = value
-        groups = state_json["param_groups"]
-        for group in groups:
-            group["betas"] = tuple(group["betas"])
-        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
-        torch.set_rng_state(tensors["rng.torch"])
-        if "rng.cuda" in tensors and self.placement.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng.cuda"], self.placement.device)
-        if self.scaler is not None and "grad_scaler" in state_json:
-            self.scaler.load_state_dict(state_json["grad_scaler"])
-        self.data_generator.set_state(tensors["rng.data"])
-        self.step = state_json["step"]
-        self.best_score = state_json.get("best_score", state_json.get("best_valid_loss"))
-        self.evaluations_without_improvement = state_json.get("evaluations_without_improvement", 0)
-        if "task" in state_json and hasattr(self.task, "load_state_dict"):
-            self.task.load_state_dict(state_json["task"])
+            _, weights = read_checkpoint(directory)
+            if self._sharded:  # each rank keeps its part of the whole weights
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+                options = StateDictOptions(full_state_dict=True, strict=False)  # tied weights are stored once
+                set_model_state_dict(self.task.model, weights, options=options)
+            else:
+                load_state_dict_checked(self.task.model, weights)
+        record = trainer_state.read(directory, self.world, self.task.model, self.optimizer, self.data_generator)
+        if self.scaler is not None and "grad_scaler" in record:
+            self.scaler.load_state_dict(record["grad_scaler"])
+        self.step = record["step"]
+        self.best_score = record.get("best_score", record.get("best_valid_loss"))
+        self.evaluations_without_improvement = record.get("evaluations_without_improvement", 0)
+        if "task" in record and hasattr(self.task, "load_state_dict"):
+            self.task.load_state_dict(record["task"])
 
     # --- the loop -------------------------------------------------------------------------------------------
 
     def _train_step(self) -> tuple[float, int]:
-        """One optimizer step over ``grad_accum`` batches at the learning rate already set: ``(loss, tokens)``."""
-        c, model = self.config, self.task.model
+        """One optimizer step over ``grad_accum`` batches at the learning rate already set: ``(loss, tokens)``, both
+        over the global batch (every rank's share).
+
+        Each rank's mean loss over its ``count`` tokens is weighted by ``world size · count / global count`` before
+        the backward pass: the gradients' average over ranks is then the gradient of the global batch's mean loss
+        (module doc of ``glassformer.training.distributed``); with one process the weight is 1."""
+        c, world = self.config, self.world
         self.optimizer.zero_grad(set_to_none=True)
-        step_loss, step_tokens = 0.0, 0
-        for _ in range(c.grad_accum):
+        step_loss, step_tokens = torch.zeros((), device=self.placement.device), 0
+        shard = getattr(self.task, "shard", None)
+        for micro in range(c.grad_accum):
             batch = runtime.to_device(self.task.train_batch(self.data_generator), self.placement.device)
-            with self._autocast():
-                loss, tokens = self.task.loss(batch)
-            loss = loss / c.grad_accum
-            (loss if self.scaler is None else self.scaler.scale(loss)).backward()
-            step_loss = step_loss + loss.detach().float()
-            step_tokens += tokens
-        step_loss = float(step_loss)  # one synchronization per step
+            with self._forward_through_wrapper(), distributed.gradient_sync(self.wrapped, micro == c.grad_accum - 1):
+                with self._autocast():
+                    loss, count = self.task.loss(batch)
+                count = 0 if shard is not None and shard.idle else count
+                (total,) = world.sum([count]) if world.distributed else (count,)
+                weight = world.size * count / total / c.grad_accum
+                (loss * weight if self.scaler is None else self.scaler.scale(loss * weight)).backward()
+            step_loss = step_loss + loss.detach().float() * (count / total / c.grad_accum)
+            step_tokens += int(total)
+        (step_loss,) = world.sum([float(step_loss)])  # one synchronization per step (and one all-reduce)
         if not math.isfinite(step_loss):
             raise FloatingPointError(f"the loss became {step_loss} at step {self.step + 1}; lower the lr")
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients
         if c.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip)
+            nn.utils.clip_grad_norm_(self.task.model.parameters(), c.grad_clip)
         if self.scaler is None:
             self.optimizer.step()
         else:  # skips the update when a gradient overflowed, and adapts the scale
             self.scaler.step(self.optimizer)
             self.scaler.update()
         return step_loss, step_tokens
+
+    @contextlib.contextmanager
+    def _forward_through_wrapper(self):
+        """The task's ``loss`` calls ``task.model``: for a training step that is the DDP wrapper, whose forward
+        pass prepares the gradients' all-reduce (FSDP shards the model in place: nothing to swap)."""
+        model = self.task.model
+        self.task.model = self.wrapped
+        try:
+            yield
+        finally:
+            self.task.model = model
 
     def measure_steps(self, steps: int = 2) -> tuple[float, float]:
         """``(seconds per step, tokens per second)`` of ``steps`` real training steps after one untimed step: for
@@ -301,20 +265,30 @@ class Trainer:
         ``last/`` (a run killed before its first checkpoint starts again from the beginning)."""
         if self.run is not None:
             return self._fit(resume)
-        with RunDirectory(self.run_dir, "training", resume) as self.run:
+        with RunDirectory.open(self.run_dir, "training", resume, self.world) as self.run:
             try:
                 return self._fit(resume)
             finally:
                 self.run = None
 
     def _fit(self, resume: bool) -> dict[str, Any]:
+        try:
+            return self._fit_here(resume)
+        except torch.distributed.DistError as e:  # a peer died or hung: say so in a line, not in gloo's words
+            cause = str(e).strip().splitlines()[0][:300]
+            raise RuntimeError(
+                f"rank {self.world.rank} lost contact with the other processes at step {self.step} ({cause}); "
+                "the job stops — the last complete checkpoint is kept, continue with --resume"
+            ) from e
+
+    def _fit_here(self, resume: bool) -> dict[str, Any]:
         c = self.config
         if resume and self.run.resumable:
             self._restore(self.run_dir / "last")
             self.run.truncate_metrics(self.step)  # what a killed run logged after its last checkpoint goes
         else:
             self.run.truncate_metrics(None)
-            torch.manual_seed(c.seed)
+            torch.manual_seed(c.seed + self.world.rank)  # dropout: each rank its own masks
         previous_handlers = self._catch_stop_signals()
         try:
             return self._loop()
@@ -344,8 +318,10 @@ class Trainer:
 
     def _loop(self) -> dict[str, Any]:
         c = self.config
-        if c.progress:
-            tqdm.write(f"training on {self.placement.describe()}", file=sys.stderr)
+        progress = c.progress and self.world.is_main  # one progress bar, on rank 0
+        if progress:
+            where = f" × {self.world.size} processes ({c.parallel})" if self.world.distributed else ""
+            tqdm.write(f"training on {self.placement.describe()}{where}", file=sys.stderr)
         self._log({"step": self.step, "device": str(self.placement.device), "precision": self.placement.precision})
         model = self.task.model
         model.train()
@@ -354,7 +330,7 @@ class Trainer:
         start, window_start, window_tokens = time.perf_counter(), time.perf_counter(), 0
         # under a time limit the step count is not the finish line: no step total, minutes left in the postfix
         total = c.max_steps if c.max_minutes is None else None
-        bar = tqdm(total=total, initial=self.step, disable=not c.progress, desc="train", unit="step")
+        bar = tqdm(total=total, initial=self.step, disable=not progress, desc="train", unit="step")
         metrics: dict[str, float] = {"valid_loss": math.nan}
         total_steps = c.schedule_steps or c.max_steps
         while self.step < c.max_steps:
@@ -366,6 +342,10 @@ class Trainer:
             self.step += 1
             bar.update(1)
             out_of_time = c.max_minutes is not None and time.perf_counter() - start > 60 * c.max_minutes
+            if self.world.distributed:  # every rank stops at the same step: one rank's clock or signal stops all
+                out_of_time, stop = (v > 0 for v in self.world.sum([out_of_time, self._stop_signal is not None]))
+                if stop and self._stop_signal is None:
+                    self._stop_signal = signal.SIGTERM
             done = self.step >= c.max_steps or out_of_time
             if self.step % c.log_every == 0 or done:
                 elapsed = time.perf_counter() - window_start
@@ -377,7 +357,8 @@ class Trainer:
                 bar.set_postfix(postfix)
                 window_start, window_tokens = time.perf_counter(), 0
             if self.step % c.eval_every == 0 or done:
-                metrics = self.evaluate()
+                metrics = self.evaluate()  # every rank evaluates (FSDP needs all of them); rank 0's numbers count
+                metrics = self.world.from_main(lambda metrics=metrics: metrics)
                 if not hasattr(self.task, "evaluate"):  # a language model's loss per token: also as perplexity
                     metrics["valid_ppl"] = math.exp(min(metrics["valid_loss"], 50))
                 self._log({"step": self.step, **metrics})

@@ -28,6 +28,7 @@ from filelock import FileLock, Timeout
 
 from glassformer import __version__
 from glassformer.files import umask, write_atomically
+from glassformer.training.distributed import World
 
 MARKER = "glassformer-run.json"
 LOCK = ".lock"
@@ -70,14 +71,31 @@ class RunDirectory:
     """An opened run directory: owned (marker), locked, recovered. Use as a context manager (releases the lock).
 
     ``kind`` names what trains here ("translation", "language model", ...): a directory made for another kind is
-    refused. ``resumable``: whether a complete ``last/`` checkpoint is there to resume from."""
+    refused. ``resumable``: whether a complete ``last/`` checkpoint is there to resume from.
 
-    def __init__(self, path: str | os.PathLike, kind: str, resume: bool):
+    With several processes (``open``), rank 0 is the ``owner``: it claims, locks, recovers and writes; the other
+    ranks open the directory after it, as readers (``log`` and ``truncate_metrics`` do nothing there)."""
+
+    def __init__(self, path: str | os.PathLike, kind: str, resume: bool, owner: bool = True):
         self.path = Path(path)
         self.kind = kind
+        self.owner = owner
         self._lock: FileLock | None = None
         self._created = False
-        self._claim(resume)
+        if owner:
+            self._claim(resume)
+        else:
+            self._check_owner()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, kind: str, resume: bool, world: World) -> RunDirectory:
+        """Rank 0 opens the directory as its owner, then the other ranks as readers of what it recovered; an error
+        on rank 0 (a directory in use, a run without --resume, ...) is raised on every rank."""
+        if not world.distributed:
+            return cls(path, kind, resume)
+        owned: list[RunDirectory] = []
+        world.from_main(lambda: owned.append(cls(path, kind, resume)))  # rank 0 claims; the others learn how it went
+        return owned[0] if world.is_main else cls(path, kind, resume, owner=False)
 
     # --- opening ------------------------------------------------------------------------------------------
 
@@ -204,6 +222,8 @@ class RunDirectory:
             shutil.rmtree(old)
 
     def log(self, record: dict[str, Any]) -> None:
+        if not self.owner:
+            return
         with open(self.path / METRICS, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -211,7 +231,7 @@ class RunDirectory:
         """Keep the metrics up to ``step`` (None: none), dropping what a run killed after its last checkpoint logged,
         and any line a kill cut short."""
         metrics = self.path / METRICS
-        if not metrics.exists():
+        if not self.owner or not metrics.exists():
             return
         kept = []
         for line in metrics.read_text().splitlines():

@@ -26,6 +26,7 @@ from glassformer.models.transformer import Transformer, TransformerConfig
 from glassformer.options import check_options
 from glassformer.pipelines.translator import SOURCE_TOKENIZER_FILE, load_tokenizers
 from glassformer.tokenizer import Tokenizer
+from glassformer.training import distributed
 from glassformer.training.loop import TrainConfig, Trainer
 from glassformer.training.losses import fused_label_smoothed_cross_entropy
 from glassformer.training.run_directory import (
@@ -110,7 +111,10 @@ class DataSpec:
 
 class TranslationTask:
     """Batches of ``Seq2SeqBatch`` for the training loop; loss = label-smoothed cross-entropy when training,
-    plain cross-entropy (ε = 0) for validation."""
+    plain cross-entropy (ε = 0) for validation. Each batch of at most ``max_tokens`` padded tokens is the global
+    batch: with several processes each trains on its ``shard`` of the batch's sentences."""
+
+    shard = distributed.Shard()  # this process's part of each batch (the Trainer sets it)
 
     def __init__(
         self,
@@ -135,7 +139,8 @@ class TranslationTask:
         return sum(len(t) - 1 for _, t in self.train_data.examples) / len(self.sampler)
 
     def train_batch(self, generator: torch.Generator) -> Seq2SeqBatch:
-        return collate([self.train_data[i] for i in self.sampler.next_batch()], self.pad_token_id)
+        batch = self.shard.take(self.sampler.next_batch())  # sorted by length: every rank gets a similar share
+        return collate([self.train_data[i] for i in batch], self.pad_token_id)
 
     def valid_batches(self):
         for batch in self.valid_sampler._epoch_batches(0):
@@ -146,8 +151,8 @@ class TranslationTask:
         epsilon = self.label_smoothing if self.model.training else 0.0
         return fused_label_smoothed_cross_entropy(logits.flatten(0, 1), batch.tgt_out.flatten(), epsilon)
 
-    def save(self, directory: Path) -> None:
-        self.model.save_pretrained(directory)
+    def save(self, directory: Path, weights: dict[str, torch.Tensor] | None = None) -> None:
+        self.model.save_pretrained(directory, state_dict=weights)
         if self.target_tokenizer is None:  # a synthetic task of token ids
             return
         self.target_tokenizer.save(directory)
@@ -268,7 +273,10 @@ def train_translation(
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
     if preset not in PRESETS and preset != "auto":
         raise ValueError(f"unknown preset {preset!r}; choose one of auto, {', '.join(PRESETS)}")
-    with RunDirectory(out, "translation", resume) as run:
+    with (
+        distributed.process_group((train or translation_train_config()).device) as world,
+        RunDirectory.open(out, "translation", resume, world) as run,
+    ):
         resume = resume and run.resumable  # a run killed before its first checkpoint starts from the beginning
         train = train or translation_train_config()
         if resume:  # the data and batching of the run being resumed, not the ones passed now
@@ -283,7 +291,9 @@ def train_translation(
             source_tokenizer, target_tokenizer = load_tokenizers(out / "last")
             max_length = read_json(out / "last" / "config.json", "checkpoint config")["max_seq_length"]
         else:
-            source_tokenizer, target_tokenizer = train_tokenizers(splits["train"], vocab_size, shared_vocab)
+            source_tokenizer, target_tokenizer = world.from_main(
+                lambda: train_tokenizers(splits["train"], vocab_size, shared_vocab)
+            )
         datasets = {
             split: ParallelDataset(
                 splits[split], source_tokenizer, target_tokenizer, BOS_ID, EOS_ID, max_length, truncate=split != "train"
@@ -307,10 +317,15 @@ def train_translation(
                 model, tokenizers, datasets["train"], datasets["valid"], max_tokens, label_smoothing, train.seed
             )
         else:
+            if preset == "auto" and world.distributed and train.max_minutes is not None:
+                raise ValueError(
+                    "--preset auto times this machine in one process; with several processes name a preset "
+                    f"({', '.join(PRESETS)})"
+                )
             if preset == "auto":
                 preset, auto_max_tokens, recipe = choose_recipe(make_task, train)
                 max_tokens = max_tokens or auto_max_tokens
-                if report is not None:
+                if report is not None and world.is_main:
                     report(recipe)
             max_tokens = max_tokens or DEFAULT_MAX_TOKENS
             torch.manual_seed(train.seed)  # the initial weights depend on the seed only
@@ -326,7 +341,8 @@ def train_translation(
             }
             if recipe is not None:
                 record["auto_preset"] = recipe
-            write_json_atomically(out / RUN_FILE, record)
+            if run.owner:
+                write_json_atomically(out / RUN_FILE, record)
         summary = Trainer(task, train, run).fit(resume=resume)
         return {
             **summary,

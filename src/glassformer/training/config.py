@@ -1,0 +1,63 @@
+"""How to train: ``TrainConfig``, every choice of the training loop in one dataclass, checked when it is made."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+from glassformer import runtime
+from glassformer.options import check_fields
+from glassformer.training import distributed
+from glassformer.training.schedules import SCHEDULES
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """How to train. ``max_minutes`` stops early on wall-clock time (then evaluates and saves); ``schedule_steps``
+    sets the length of the learning-rate schedule when a run is meant to stop and resume before its end."""
+
+    max_steps: int = 1000
+    max_minutes: float | None = None
+    schedule_steps: int | None = None  # length of the lr schedule; default max_steps
+    lr: float = 1e-3
+    schedule: str = "cosine"
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    optimizer: str = "adamw"
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float | None = 1.0
+    grad_accum: int = 1
+    eval_every: int = 200
+    log_every: int = 10
+    best_metric: str = "valid_loss"  # lower is better for *loss / *ppl, higher for anything else
+    patience: int | None = None  # stop after this many evaluations without a better best_metric
+    seed: int = 0
+    device: str = "auto"  # auto, cpu, cuda, cuda:N, mps
+    precision: str = "auto"  # auto, fp32, bf16 (autocast), fp16 (autocast + gradient scaling)
+    compile: bool = False  # torch.compile the model's forward (dynamic shapes)
+    parallel: str = "ddp"  # with several processes (torchrun): ddp (replicas) or fsdp (sharded, FSDP2)
+    progress: bool = True
+    bf16: bool | None = None  # deprecated: precision="bf16" (True) or "fp32" (False)
+
+    def __post_init__(self) -> None:
+        if self.bf16 is not None:
+            warnings.warn("TrainConfig(bf16=...) is deprecated; use precision='bf16' or 'fp32'", DeprecationWarning, 2)
+            self.precision, self.bf16 = ("bf16" if self.bf16 else "fp32"), None
+        if self.precision not in ("auto", *runtime.PRECISIONS):
+            raise ValueError(f"unknown precision {self.precision!r}; choose auto, fp32, bf16 or fp16")
+        check_fields(self)  # every field's type and range (glassformer.options.RULES)
+        runtime.resolve_device(self.device)  # a device that is not there: refused before any work
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
+        if self.parallel not in distributed.PARALLEL:
+            raise ValueError(f"unknown parallel strategy {self.parallel!r}; choose one of {distributed.PARALLEL}")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose 'adam' or 'adamw'")
+        if len(self.betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.best_metric.endswith(("loss", "ppl"))

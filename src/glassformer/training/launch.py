@@ -1,0 +1,48 @@
+"""``glassformer train ... --nproc-per-node N``: the same command on N processes of this machine, through torchrun.
+
+It is what ``torchrun --standalone --nproc-per-node N -m glassformer train ...`` does (PyTorch's launcher, run in
+this process): a rendezvous on a free local port, N workers with ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` set,
+and a watch over them. When a worker dies, torchrun stops the others and this prints one line naming the rank
+and the cause. For several machines run torchrun itself on each (README: "Train on several processes").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+
+def run_torchrun(nproc_per_node: int, argv: list[str]) -> int:
+    """Run ``glassformer *argv`` on ``nproc_per_node`` local processes; returns the exit status (0: every worker
+    finished; else the failing worker's status, 1 for a signal, 130 when stopped by Ctrl-C or SIGTERM)."""
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    args = torchrun.parse_args(
+        ["--standalone", "--nproc-per-node", str(nproc_per_node), "--monitor-interval", "0.5",
+         "-m", "glassformer", *argv]
+    )  # fmt: skip
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)  # the workers speak for themselves
+    # the machine's cores shared among the processes (torchrun would set 1 thread each, with a warning)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc_per_node)))
+    started = time.monotonic()
+    try:
+        torchrun.run(args)
+    except ChildFailedError as failed:
+        rank, failure = failed.get_first_failure()
+        cause = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with {failure.exitcode}"
+        print(
+            f"glassformer: error: rank {rank} of {nproc_per_node} (pid {failure.pid}) {cause} after "
+            f"{time.monotonic() - started:.0f} s; torchrun stopped the other ranks — the last complete checkpoint is "
+            "kept: continue with --resume",
+            file=sys.stderr,
+        )
+        return failure.exitcode if failure.exitcode > 0 else 1
+    except SignalException as stop:
+        print(f"glassformer: stopped by {stop.sigval.name}; continue with --resume", file=sys.stderr)
+        return 130
+    return 0

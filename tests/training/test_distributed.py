@@ -1,0 +1,197 @@
+"""Training on two processes (gloo, CPU, launched by torchrun) equals training on one: DDP and FSDP2, for the
+language-model, translation and classification tasks with gradient accumulation; checkpoints written at 2 processes
+resume at 1 and back; two torchrun "machines" meeting at a c10d rendezvous; a killed rank stops the job with one
+line naming it, and the run resumes.
+
+Every job of the 2-process side runs in ONE torchrun launch (``distributed_jobs.py``): starting processes that
+import torch is most of the cost here."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from glassformer.cli.main import main
+
+sys.path.insert(0, str(Path(__file__).parent))
+from distributed_jobs import LM_MODEL, run_job  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
+JOBS = Path(__file__).parent / "distributed_jobs.py"
+TEXT = "".join(f"line {i}: the quick brown fox jumps over the lazy dog, then naps.\n" for i in range(120))
+
+
+def torchrun(*args: str, **kwargs) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", *args]
+
+
+def worker_env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "last" / "model.safetensors")
+
+
+def without_key_biases(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the key third of each attention's q/k/v bias: softmax ignores a constant added to every key's score,
+    so the key bias's true gradient is 0 and what it gets is rounding noise — which Adam, dividing by that noise's
+    own size, turns into full-sized steps whose sign depends on the order of the sums (1e-5 to 5e-2 relative here).
+    Every other parameter must agree to 1e-5."""
+    kept = dict(tensors)
+    for name, tensor in tensors.items():
+        if name.endswith("qkv_proj.bias"):
+            query, _, value = tensor.chunk(3)
+            kept[name] = torch.cat([query, value])
+    return kept
+
+
+def assert_same_weights(a: Path, b: Path, rtol: float = 1e-5) -> None:
+    first, second = without_key_biases(weights(a)), without_key_biases(weights(b))
+    assert first.keys() == second.keys()
+    for name in first:
+        difference = (first[name] - second[name]).norm() / first[name].norm().clamp_min(1e-12)
+        assert difference <= rtol, f"{name}: relative difference {difference:.2e} between {a.name} and {b.name}"
+
+
+def losses(run: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, write_toy_corpus, tiny_classification):
+    """Every job: the one-process references here, the two-process ones in one torchrun launch."""
+    base = tmp_path_factory.mktemp("distributed")
+    text = base / "text.txt"
+    text.write_text(TEXT)
+    pairs = write_toy_corpus(base / "pairs.tsv")
+    labelled, init = tiny_classification
+    data = {"lm": str(text), "translate": str(pairs), "classify": str(labelled)}
+
+    def job(task: str, name: str, **fields) -> dict:
+        return {"task": task, "out": str(base / name), "data": data[task], "init": str(init), **fields}
+
+    for task in data:  # one process, whole batches
+        run_job(job(task, f"{task}-1"))
+    run_job(job("lm", "lm-1to2", max_steps=2, schedule_steps=4))  # the first half, resumed on 2 processes below
+    plan = [job(task, f"{task}-{parallel}", parallel=parallel) for task in data for parallel in ("ddp", "fsdp")]
+    plan += [
+        job("lm", "lm-1to2", parallel="fsdp", resume=True, schedule_steps=4),
+        job("lm", "lm-2to1", parallel="fsdp", max_steps=2, schedule_steps=4),  # resumed on 1 process below
+    ]
+    (base / "plan.json").write_text(json.dumps(plan))
+    launch = torchrun("--standalone", "--nproc-per-node", "2", str(JOBS), str(base / "plan.json"))
+    result = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=worker_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_job(job("lm", "lm-2to1", resume=True, schedule_steps=4))
+    return base
+
+
+@pytest.mark.parametrize("task", ["lm", "translate", "classify"])
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_train_the_same_model_as_one(runs, task, parallel):
+    """Same seed, same global batches, half of each per process, 2 accumulated micro-batches per step: the same
+    weights after 4 steps (FSDP2 averages, not sums, the gradients on gloo — pytorch#162338 would show here), the
+    same global loss logged at each step, and a plain model.safetensors that one process opens."""
+    one, two = runs / f"{task}-1", runs / f"{task}-{parallel}"
+    assert_same_weights(one, two)
+    assert losses(two) == pytest.approx(losses(one), rel=1e-5)
+    state = json.loads((two / "last" / "trainer_state.json").read_text())
+    assert (
+        state["processes"] == 2
+        and state["step"] == json.loads((one / "last" / "trainer_state.json").read_text())["step"]
+    )
+    assert (two / "last" / "trainer_state" / ".metadata").is_file()  # the sharded state, through DCP
+
+
+def test_resume_at_another_number_of_processes(runs):
+    """Saved by 1 process and continued by 2 (FSDP), saved by 2 (FSDP) and continued by 1: both end where the
+    uninterrupted one-process run ends."""
+    for resumed in ("lm-1to2", "lm-2to1"):
+        assert_same_weights(runs / "lm-1", runs / resumed)
+        assert losses(runs / resumed)[4] == pytest.approx(losses(runs / "lm-1")[4], rel=1e-5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+LM_FLAGS = ["--preset", "tiny", "--d-model", "32", "--d-ff", "64", "--block-size", "16", "--dropout", "0",
+            "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "1", "--device", "cpu", "--precision", "fp32",
+            "--seed", "3", "--quiet"]  # fmt: skip
+
+
+def test_two_machines_meet_at_a_rendezvous_and_train_the_one_process_model(runs, tmp_path):
+    """Two torchrun launches, ``--nnodes 2`` with a c10d rendezvous on 127.0.0.1, one process each: the same
+    ``glassformer train lm`` command trains together and ends with the one-process weights."""
+    assert LM_MODEL["num_layers"] == 2 and LM_MODEL["num_heads"] == 4  # the tiny preset's, the flags give the rest
+    endpoint = f"127.0.0.1:{free_port()}"
+    command = ["-m", "glassformer", "train", "lm", "--data", str(runs / "text.txt"), "--out", str(tmp_path / "run"),
+               "--max-steps", "4", "--grad-accum", "2", "--eval-every", "4", *LM_FLAGS]  # fmt: skip
+    nodes = [
+        subprocess.Popen(
+            torchrun(
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                "--node-rank",
+                str(rank),
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                endpoint,
+                "--rdzv-id",
+                "glassformer-test",
+                *command,
+            ),  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=worker_env(),
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=240) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    assert sum('"step": 4' in out for out, _ in outputs) == 1  # rank 0 alone prints the summary
+    assert_same_weights(runs / "lm-1", tmp_path / "run")
+
+
+def test_a_killed_rank_ends_the_job_with_one_line_and_the_run_resumes(runs, tmp_path):
+    import psutil
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "glassformer", "train", "lm", "--data", str(runs / "text.txt"), "--out", str(out),
+               "--max-steps", "100000", "--eval-every", "3", "--nproc-per-node", "2", *LM_FLAGS]  # fmt: skip
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=worker_env())
+    deadline = time.monotonic() + 120
+    while not (out / "last" / "COMPLETE").is_file():  # a checkpoint to resume from
+        assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()[1][-2000:]
+        time.sleep(0.2)
+    workers = [
+        p for p in psutil.Process(launcher.pid).children(recursive=True) if "glassformer" in " ".join(p.cmdline())
+    ]
+    victim = next(p for p in workers if p.environ().get("RANK") == "1")
+    victim.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    _, stderr = launcher.communicate(timeout=90)
+    assert time.monotonic() - killed < 60
+    assert launcher.returncode != 0
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("glassformer: error: rank 1 of 2") and "SIGKILL" in last and "--resume" in last
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers)
+    step = json.loads((out / "last" / "trainer_state.json").read_text())["step"]
+    assert main(["train", "lm", "--out", str(out), "--resume", "--max-steps", str(step + 2), *LM_FLAGS]) == 0
+    assert json.loads((out / "last" / "trainer_state.json").read_text())["step"] == step + 2

@@ -1,0 +1,78 @@
+"""The parts of multi-process training that need no second process: how a global batch is shared, the refusals of
+impossible setups, and the command line's relaunch under torchrun."""
+
+import pytest
+import torch
+
+from glassformer.cli.main import main
+from glassformer.training import distributed
+from glassformer.training.config import TrainConfig
+
+
+def test_each_rank_takes_every_nth_item_and_together_they_take_all():
+    items = list(range(7))
+    shares = [distributed.Shard(rank, 3).take(items) for rank in range(3)]
+    assert shares == [[0, 3, 6], [1, 4], [2, 5]]
+    assert sorted(sum(shares, [])) == items
+    starts = torch.arange(8)
+    assert distributed.Shard(1, 2).take(starts).tolist() == [1, 3, 5, 7]
+
+
+def test_a_rank_without_items_trains_on_one_with_weight_zero():
+    shard = distributed.Shard(2, 3)
+    assert shard.take([10, 11]) == [10] and shard.idle  # the loop weights its loss by 0
+    assert shard.take([10, 11, 12]) == [12] and not shard.idle
+
+
+def test_a_global_batch_that_does_not_split_evenly_is_refused():
+    distributed.check_divisible("batch_size", 8, distributed.World(0, 2))
+    with pytest.raises(ValueError, match="--batch-size 9 is the global batch and must be divisible by the 2 proc"):
+        distributed.check_divisible("batch_size", 9, distributed.World(0, 2))
+
+
+def test_one_process_is_a_world_of_one():
+    world = distributed.current()
+    assert (world.rank, world.size, world.is_main, world.distributed) == (0, 1, True, False)
+    assert world.sum([1.5, 2]) == [1.5, 2]
+    assert world.from_main(lambda: "tokenizer") == "tokenizer"
+    with distributed.process_group("cpu") as joined:  # no torchrun: nothing joined
+        assert joined == world and not torch.distributed.is_initialized()
+
+
+def test_nccl_without_gpus_and_unknown_strategies_are_refused(monkeypatch):
+    with pytest.raises(ValueError, match="parallel strategy 'zero'"):
+        TrainConfig(parallel="zero")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    with pytest.raises(ValueError, match="no CUDA GPU"), distributed.process_group("cuda"):
+        pass
+
+
+def test_fsdp_shards_each_layer_of_every_model_family():
+    from glassformer import GPT, GPTConfig, Transformer, TransformerConfig
+    from glassformer.models.bert import Bert, BertConfig
+
+    small = dict(d_model=16, num_heads=2, d_ff=32, max_seq_length=8)
+    assert len(distributed.blocks(GPT(GPTConfig(vocab_size=11, num_layers=3, **small)))) == 3
+    assert len(distributed.blocks(Transformer(TransformerConfig(src_vocab_size=11, tgt_vocab_size=11, num_layers=2,
+                                                                 **small)))) == 4  # fmt: skip
+    assert len(distributed.blocks(Bert(BertConfig(vocab_size=11, num_layers=2, **small)))) == 2
+
+
+@pytest.mark.parametrize("value", ["0", "-2"])
+def test_a_bad_process_count_is_one_line(value, tmp_path, capsys):
+    assert main(["train", "lm", "--out", str(tmp_path / "run"), "--nproc-per-node", value]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "--nproc-per-node" in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_relaunch_drops_only_its_own_flag(monkeypatch, tmp_path):
+    seen = []
+    monkeypatch.setattr("glassformer.training.launch.run_torchrun", lambda n, argv: seen.append((n, argv)) or 3)
+    out = str(tmp_path / "run")
+    for flag in (["--nproc-per-node", "2"], ["--nproc-per-node=2"]):
+        assert main(["train", "lm", "--out", out, *flag, "--max-steps", "5"]) == 3  # the workers' exit status
+    assert seen == [(2, ["train", "lm", "--out", out, "--max-steps", "5"])] * 2
