@@ -1,10 +1,10 @@
 """Training on two processes (gloo, CPU, launched by torchrun) equals training on one: DDP and FSDP2, for the
 language-model, translation and classification tasks with gradient accumulation; checkpoints written at 2 processes
-resume at 1 and back; two torchrun "machines" meeting at a c10d rendezvous; a killed rank stops the job with one
-line naming it, and the run resumes.
+resume at 1 and back; a killed rank stops the job with one line naming it, and the run resumes.
 
-Every job of the 2-process side runs in ONE torchrun launch (``distributed_jobs.py``): starting processes that
-import torch is most of the cost here."""
+The two processes are two torchrun "machines" (``--nnodes 2``, a c10d rendezvous on 127.0.0.1), and every job of
+the 2-process side runs in that ONE launch (``distributed_jobs.py``): starting processes that import torch is most
+of the cost here. The kill test launches ``glassformer train lm --nproc-per-node 2`` (torchrun -m glassformer)."""
 
 import json
 import os
@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from glassformer.cli.main import main
 
 sys.path.insert(0, str(Path(__file__).parent))
-from distributed_jobs import LM_MODEL, run_job  # noqa: E402
+from distributed_jobs import run_job  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch has no torch.distributed")
 JOBS = Path(__file__).parent / "distributed_jobs.py"
@@ -67,9 +67,48 @@ def losses(run: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in records if "loss" in r}
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_machines(*command: str) -> None:
+    """Two torchrun launches as two "machines": ``--nnodes 2``, one process each, meeting at a c10d rendezvous on
+    127.0.0.1 — what two hosts do, with the same flags (README). Both must finish."""
+    endpoint = f"127.0.0.1:{free_port()}"
+    nodes = [
+        subprocess.Popen(
+            torchrun(
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                "--node-rank",
+                str(rank),
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                endpoint,
+                "--rdzv-id",
+                "glassformer-test",
+                *command,
+            ),  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=worker_env(),
+        )
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, write_toy_corpus, tiny_classification):
-    """Every job: the one-process references here, the two-process ones in one torchrun launch."""
+    """Every job: the one-process references here, the two-process ones on two torchrun "machines" (one process
+    each) that meet at a rendezvous and run the whole plan in one process group."""
     base = tmp_path_factory.mktemp("distributed")
     text = base / "text.txt"
     text.write_text(TEXT)
@@ -89,9 +128,7 @@ def runs(tmp_path_factory, write_toy_corpus, tiny_classification):
         job("lm", "lm-2to1", parallel="fsdp", max_steps=2, schedule_steps=4),  # resumed on 1 process below
     ]
     (base / "plan.json").write_text(json.dumps(plan))
-    launch = torchrun("--standalone", "--nproc-per-node", "2", str(JOBS), str(base / "plan.json"))
-    result = subprocess.run(launch, capture_output=True, text=True, timeout=300, env=worker_env())
-    assert result.returncode == 0, result.stderr[-3000:]
+    two_machines(str(JOBS), str(base / "plan.json"))
     run_job(job("lm", "lm-2to1", resume=True, schedule_steps=4))
     return base
 
@@ -121,52 +158,9 @@ def test_resume_at_another_number_of_processes(runs):
         assert losses(runs / resumed)[4] == pytest.approx(losses(runs / "lm-1")[4], rel=1e-5)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 LM_FLAGS = ["--preset", "tiny", "--d-model", "32", "--d-ff", "64", "--block-size", "16", "--dropout", "0",
             "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "1", "--device", "cpu", "--precision", "fp32",
             "--seed", "3", "--quiet"]  # fmt: skip
-
-
-def test_two_machines_meet_at_a_rendezvous_and_train_the_one_process_model(runs, tmp_path):
-    """Two torchrun launches, ``--nnodes 2`` with a c10d rendezvous on 127.0.0.1, one process each: the same
-    ``glassformer train lm`` command trains together and ends with the one-process weights."""
-    assert LM_MODEL["num_layers"] == 2 and LM_MODEL["num_heads"] == 4  # the tiny preset's, the flags give the rest
-    endpoint = f"127.0.0.1:{free_port()}"
-    command = ["-m", "glassformer", "train", "lm", "--data", str(runs / "text.txt"), "--out", str(tmp_path / "run"),
-               "--max-steps", "4", "--grad-accum", "2", "--eval-every", "4", *LM_FLAGS]  # fmt: skip
-    nodes = [
-        subprocess.Popen(
-            torchrun(
-                "--nnodes",
-                "2",
-                "--nproc-per-node",
-                "1",
-                "--node-rank",
-                str(rank),
-                "--rdzv-backend",
-                "c10d",
-                "--rdzv-endpoint",
-                endpoint,
-                "--rdzv-id",
-                "glassformer-test",
-                *command,
-            ),  # fmt: skip
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=worker_env(),
-        )
-        for rank in (0, 1)
-    ]
-    outputs = [node.communicate(timeout=240) for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
-    assert sum('"step": 4' in out for out, _ in outputs) == 1  # rank 0 alone prints the summary
-    assert_same_weights(runs / "lm-1", tmp_path / "run")
 
 
 def test_a_killed_rank_ends_the_job_with_one_line_and_the_run_resumes(runs, tmp_path):

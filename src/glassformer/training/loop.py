@@ -7,7 +7,10 @@ autocast, evaluation, metrics, checkpoints, resume):
     task.train_batch(generator)         the next training batch, drawn with ``generator`` (its state is saved)
     task.loss(batch) -> (loss, tokens)  mean loss over the batch and the number of tokens it covers
     task.valid_batches()                an iterable of validation batches
-    task.save(directory)                write the model (and its tokenizer) for inference
+    task.save(directory, weights=None)  write the model (and its tokenizer) for inference; ``weights``: the whole
+                                        state dict of a model sharded over processes (FSDP), gathered for rank 0
+    task.shard                          optional (required with several processes): a ``distributed.Shard`` the
+                                        loop sets; ``train_batch`` draws the global batch and keeps ``shard.take``
     task.state_dict() / load_state_dict(state)   optional: the data position (e.g. epoch and batch), saved
                                         in the checkpoint so that ``resume`` continues with the same batches
     task.evaluate() -> {"valid_loss": ..., "valid_accuracy": ...}   optional: validation metrics computed by the
@@ -23,9 +26,14 @@ if there is one, bfloat16 autocast where it is native, float32 where it is emula
 gradient scaler when asked for): the model, every batch and the optimizer state live on that device, and the
 weights stay float32 (mixed precision).
 
+Under torchrun (``glassformer.training.distributed``) every process runs this same loop in step: the model wrapped
+by DDP or sharded by FSDP2 (``config.parallel``), each rank on its share of each global batch with its loss weighted
+so that N processes compute the one-process gradient, one all-reduce of the loss (and of stop flags) per step,
+rank 0 alone logging and owning the run directory, every rank writing its part of each checkpoint.
+
 A run directory (``glassformer.training.run_directory``: owned, locked, crash-proof) holds ``metrics.jsonl`` (one
-JSON object per log line), ``last/`` and ``best/`` (the model plus ``trainer_state.safetensors`` /
-``trainer_state.json``: optimizer, RNG states, step). A kill at any moment leaves the last complete checkpoint to
+JSON object per log line), ``last/`` and ``best/`` (the model plus the trainer's state: optimizer, RNG states, step —
+``glassformer.training.trainer_state``). A kill at any moment leaves the last complete checkpoint to
 resume from; Ctrl-C or SIGTERM saves ``last/`` after the current step and raises ``TrainingInterrupted``.
 """
 

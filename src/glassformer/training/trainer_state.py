@@ -24,13 +24,6 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 
 from glassformer.files import read_json
 from glassformer.training.distributed import World
@@ -67,6 +60,8 @@ def write(
     record: dict[str, Any],
 ) -> None:
     """Every rank calls this with the same ``folder``; ``record`` (step, scores, task position) goes to the JSON."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
     optimizer_state = get_optimizer_state_dict(model, optimizer)
     tensors, scalars = _split(optimizer_state)
     cuda = next(model.parameters()).device.type == "cuda"
@@ -95,6 +90,8 @@ def read(
     """Load what ``write`` wrote (by any number of processes) into ``model`` (the sharded state only; a one-process
     checkpoint's model is the one ``from_pretrained`` already read), ``optimizer`` and the random generators.
     Returns the JSON record."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
     record = read_json(folder / STATE_JSON, "trainer state")
     groups = record["param_groups"]
     for group in groups:
@@ -129,6 +126,7 @@ def _read_shards(path: Path, world: World, model, optimizer, cuda: bool) -> dict
     """The DCP checkpoint read into tensors shaped (and sharded) like this run's own: DCP fills each from the
     shards that hold its part, whatever the number of processes that wrote them."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
     tensors, _ = _split(get_optimizer_state_dict(model, optimizer))  # creates the state to fill, if none yet
