@@ -1,3 +1,4 @@
+import pytest
 from run_glassformer import cli
 
 import glassformer
@@ -13,9 +14,10 @@ def test_help_lists_commands():
     assert result.returncode == 0 and "tour" in result.stdout and "env" in result.stdout
 
 
-def test_version():
-    result = run_cli("--version", subprocess=True)
-    assert result.returncode == 0 and result.stdout.strip() == f"glassformer {glassformer.__version__}"
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit:  # argparse's version action (the entry point: test_help_lists_commands)
+        main(["--version"])
+    assert exit.value.code == 0 and capsys.readouterr().out.strip() == f"glassformer {glassformer.__version__}"
 
 
 def test_no_command_prints_help(capsys):

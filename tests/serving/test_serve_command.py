@@ -1,6 +1,6 @@
 """``glassformer serve`` as a user starts it (a real process), then a bounded load test: 16 clients streaming for
 ``GLASSFORMER_LOAD_SECONDS`` seconds; every request ends with ``[DONE]`` or an error status, none is lost, and the
-server's resident memory stays within the budget it printed when it started. 20 s by default, to keep the suite
+server's resident memory stays within the budget it printed when it started. 12 s by default, to keep the suite
 within its time; ``GLASSFORMER_LOAD_SECONDS=60 pytest tests/serving/test_serve_command.py`` for a minute."""
 
 import asyncio
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import call, free_port, wait_until_ready
 
-LOAD_SECONDS = float(os.environ.get("GLASSFORMER_LOAD_SECONDS", "20"))
+LOAD_SECONDS = float(os.environ.get("GLASSFORMER_LOAD_SECONDS", "12"))
 CLIENTS = 16
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 

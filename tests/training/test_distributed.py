@@ -62,9 +62,16 @@ def assert_same_weights(a: Path, b: Path, rtol: float = 1e-5) -> None:
         assert difference <= rtol, f"{name}: relative difference {difference:.2e} between {a.name} and {b.name}"
 
 
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 def losses(run: Path) -> dict[int, float]:
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in records if "loss" in r}
+    return {r["step"]: r["loss"] for r in records(run) if "loss" in r}
+
+
+def evaluations(run: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if k.startswith("valid_")} for r in records(run) if "valid_loss" in r]
 
 
 def free_port() -> int:
@@ -142,6 +149,10 @@ def test_two_processes_train_the_same_model_as_one(runs, task, parallel):
     one, two = runs / f"{task}-1", runs / f"{task}-{parallel}"
     assert_same_weights(one, two)
     assert losses(two) == pytest.approx(losses(one), rel=1e-5)
+    assert [e.keys() for e in evaluations(two)] == [e.keys() for e in evaluations(one)]
+    for mine, reference in zip(evaluations(two), evaluations(one), strict=True):
+        assert mine == pytest.approx(reference, rel=1e-5)  # rank 0's validation on the whole split
+    assert len(records(two)) == len(records(one))  # one metrics.jsonl, written by rank 0 alone
     state = json.loads((two / "last" / "trainer_state.json").read_text())
     assert (
         state["processes"] == 2
