@@ -1,6 +1,8 @@
 """The parts of multi-process training that need no second process: how a global batch is shared, the refusals of
 impossible setups, and the command line's relaunch under torchrun."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -76,3 +78,21 @@ def test_the_relaunch_drops_only_its_own_flag(monkeypatch, tmp_path):
     for flag in (["--nproc-per-node", "2"], ["--nproc-per-node=2"]):
         assert main(["train", "lm", "--out", out, *flag, "--max-steps", "5"]) == 3  # the workers' exit status
     assert seen == [(2, ["train", "lm", "--out", out, "--max-steps", "5"])] * 2
+
+
+class Unsharded:
+    """A task without ``shard``: it cannot split its batches."""
+
+    def __init__(self):
+        self.model = torch.nn.Linear(2, 2)
+
+
+def test_setups_that_cannot_work_on_several_processes_are_refused_before_training(monkeypatch, tmp_path):
+    from glassformer.training.loop import Trainer
+
+    monkeypatch.setattr(distributed, "current", lambda: distributed.World(0, 2))  # as rank 0 of 2 would see it
+    with pytest.raises(ValueError, match="Unsharded has no `shard`"):
+        Trainer(Unsharded(), TrainConfig(device="cpu", precision="fp32"), tmp_path)
+    with warnings.catch_warnings(), pytest.raises(ValueError, match="fsdp does not scale float16"):
+        warnings.simplefilter("ignore")  # float16 is emulated on most CPUs: place() says so
+        Trainer(Unsharded(), TrainConfig(device="cpu", precision="fp16", parallel="fsdp"), tmp_path)
