@@ -80,34 +80,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def two_machines(*command: str) -> None:
+def two_machines(*command: str) -> list[subprocess.Popen]:
     """Two torchrun launches as two "machines": ``--nnodes 2``, one process each, meeting at a c10d rendezvous on
-    127.0.0.1 — what two hosts do, with the same flags (README). Both must finish."""
-    endpoint = f"127.0.0.1:{free_port()}"
-    nodes = [
+    127.0.0.1 — what two hosts do, with the same flags (README)."""
+    rendezvous = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-id", "glassformer-test",
+                  "--rdzv-endpoint", f"127.0.0.1:{free_port()}"]  # fmt: skip
+    return [
         subprocess.Popen(
-            torchrun(
-                "--nnodes",
-                "2",
-                "--nproc-per-node",
-                "1",
-                "--node-rank",
-                str(rank),
-                "--rdzv-backend",
-                "c10d",
-                "--rdzv-endpoint",
-                endpoint,
-                "--rdzv-id",
-                "glassformer-test",
-                *command,
-            ),  # fmt: skip
+            torchrun(*rendezvous, "--node-rank", str(rank), *command),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=worker_env(),
-        )
+        )  # fmt: skip
         for rank in (0, 1)
     ]
+
+
+def finished(nodes: list[subprocess.Popen]) -> None:
     outputs = [node.communicate(timeout=300) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-3000:] + outputs[1][1][-3000:]
 
@@ -126,8 +116,6 @@ def runs(tmp_path_factory, write_toy_corpus, tiny_classification):
     def job(task: str, name: str, **fields) -> dict:
         return {"task": task, "out": str(base / name), "data": data[task], "init": str(init), **fields}
 
-    for task in data:  # one process, whole batches
-        run_job(job(task, f"{task}-1"))
     run_job(job("lm", "lm-1to2", max_steps=2, schedule_steps=4))  # the first half, resumed on 2 processes below
     plan = [job(task, f"{task}-{parallel}", parallel=parallel) for task in data for parallel in ("ddp", "fsdp")]
     plan += [
@@ -135,7 +123,10 @@ def runs(tmp_path_factory, write_toy_corpus, tiny_classification):
         job("lm", "lm-2to1", parallel="fsdp", max_steps=2, schedule_steps=4),  # resumed on 1 process below
     ]
     (base / "plan.json").write_text(json.dumps(plan))
-    two_machines(str(JOBS), str(base / "plan.json"))
+    nodes = two_machines(str(JOBS), str(base / "plan.json"))
+    for task in data:  # meanwhile, one process on whole batches
+        run_job(job(task, f"{task}-1"))
+    finished(nodes)
     run_job(job("lm", "lm-2to1", resume=True, schedule_steps=4))
     return base
 
