@@ -96,3 +96,30 @@ def test_setups_that_cannot_work_on_several_processes_are_refused_before_trainin
     with warnings.catch_warnings(), pytest.raises(ValueError, match="fsdp does not scale float16"):
         warnings.simplefilter("ignore")  # float16 is emulated on most CPUs: place() says so
         Trainer(Unsharded(), TrainConfig(device="cpu", precision="fp16", parallel="fsdp"), tmp_path)
+
+
+def test_a_global_batch_that_cannot_be_shared_is_refused_before_any_process_starts(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr("glassformer.training.launch.run_torchrun", lambda *_: pytest.fail("launched"))
+    assert main(["train", "lm", "--out", str(tmp_path / "run"), "--batch-size", "7", "--nproc-per-node", "2"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "glassformer: error: --batch-size 7 is the global batch and must be divisible by the 2 processes; "
+        "use a multiple of 2"
+    )
+
+
+@pytest.mark.parametrize(("exitcode", "says"), [(-9, "was killed by SIGKILL"), (2, "stopped with exit status 2")])
+def test_the_launcher_names_the_rank_that_failed_and_how(monkeypatch, capsys, exitcode, says):
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from glassformer.training.launch import run_torchrun
+
+    def fail(args):
+        raise ChildFailedError("glassformer", {1: ProcessFailure(local_rank=1, pid=4242, exitcode=exitcode,
+                                                                 error_file="")})  # fmt: skip
+
+    monkeypatch.setattr(torchrun, "run", fail)
+    assert run_torchrun(2, ["train", "lm", "--out", "x"]) == (1 if exitcode < 0 else exitcode)
+    line = capsys.readouterr().err.strip()
+    assert line.startswith(f"glassformer: error: rank 1 of 2 (pid 4242) {says} after ")
+    assert ("--resume" in line) == (exitcode < 0)  # a signal leaves a checkpoint to resume; an error explains itself

@@ -68,6 +68,8 @@ def relaunched(args: argparse.Namespace) -> int | None:
     check_options(nproc_per_node=args.nproc_per_node)
     if args.nproc_per_node == 1 or distributed.launched_by_torchrun():
         return None
+    if getattr(args, "batch_size", None) and not args.resume:  # refused here, before N processes start to say it
+        distributed.check_divisible("batch_size", args.batch_size, distributed.World(0, args.nproc_per_node))
     argv, skip = [], False
     for token in args.argv:  # the command line without --nproc-per-node (the workers must not launch again)
         if skip or token.startswith("--nproc"):

@@ -34,13 +34,14 @@ def run_torchrun(nproc_per_node: int, argv: list[str]) -> int:
         torchrun.run(args)
     except ChildFailedError as failed:
         rank, failure = failed.get_first_failure()
-        cause = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with {failure.exitcode}"
-        print(
-            f"glassformer: error: rank {rank} of {nproc_per_node} (pid {failure.pid}) {cause} after "
-            f"{time.monotonic() - started:.0f} s; torchrun stopped the other ranks — the last complete checkpoint is "
-            "kept: continue with --resume",
-            file=sys.stderr,
-        )
+        where = f"rank {rank} of {nproc_per_node} (pid {failure.pid})"
+        took = f"after {time.monotonic() - started:.0f} s; torchrun stopped the other ranks"
+        if failure.exitcode < 0:  # killed: the run's last complete checkpoint is what is left
+            message = f"{where} was killed by {failure.signal_name()} {took} — the last complete checkpoint is kept: "
+            message += "continue with --resume"
+        else:  # it said why itself, in the line above
+            message = f"{where} stopped with exit status {failure.exitcode} {took} (its error is above)"
+        print(f"glassformer: error: {message}", file=sys.stderr)
         return failure.exitcode if failure.exitcode > 0 else 1
     except SignalException as stop:
         print(f"glassformer: stopped by {stop.sigval.name}; continue with --resume", file=sys.stderr)
