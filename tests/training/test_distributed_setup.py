@@ -1,6 +1,7 @@
 """The parts of multi-process training that need no second process: how a global batch is shared, the refusals of
 impossible setups, and the command line's relaunch under torchrun."""
 
+import os
 import warnings
 
 import pytest
@@ -119,7 +120,9 @@ def test_the_launcher_names_the_rank_that_failed_and_how(monkeypatch, capsys, ex
                                                                  error_file="")})  # fmt: skip
 
     monkeypatch.setattr(torchrun, "run", fail)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert run_torchrun(2, ["train", "lm", "--out", "x"]) == (1 if exitcode < 0 else exitcode)
+    assert "OMP_NUM_THREADS" not in os.environ  # set for the workers only, not left behind in the caller
     line = capsys.readouterr().err.strip()
     assert line.startswith(f"glassformer: error: rank 1 of 2 (pid 4242) {says} after ")
     assert ("--resume" in line) == (exitcode < 0)  # a signal leaves a checkpoint to resume; an error explains itself

@@ -28,7 +28,8 @@ def run_torchrun(nproc_per_node: int, argv: list[str]) -> int:
     logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)  # the workers speak for themselves
     # the machine's cores shared among the processes (torchrun would set 1 thread each, with a warning)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // nproc_per_node)))
+    threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = threads or str(max(1, cores // nproc_per_node))  # the workers inherit it
     started = time.monotonic()
     try:
         torchrun.run(args)
@@ -46,4 +47,7 @@ def run_torchrun(nproc_per_node: int, argv: list[str]) -> int:
     except SignalException as stop:
         print(f"glassformer: stopped by {stop.sigval.name}; continue with --resume", file=sys.stderr)
         return 130
+    finally:  # this process's own setting as it was (a caller's later subprocesses must not inherit ours)
+        if threads is None:
+            del os.environ["OMP_NUM_THREADS"]
     return 0
