@@ -165,22 +165,63 @@ LM_FLAGS = ["--preset", "tiny", "--d-model", "32", "--d-ff", "64", "--block-size
             "--seed", "3", "--quiet"]  # fmt: skip
 
 
-def test_a_killed_rank_ends_the_job_with_one_line_and_the_run_resumes(runs, tmp_path):
+def launch_and_wait_for_a_checkpoint(out: Path, *flags: str, after: int = 0) -> tuple[subprocess.Popen, list]:
+    """``glassformer train lm --nproc-per-node 2`` running until ``last/`` holds a step past ``after``; the launcher
+    and its two workers."""
     import psutil
 
-    out = tmp_path / "run"
-    command = [sys.executable, "-m", "glassformer", "train", "lm", "--data", str(runs / "text.txt"), "--out", str(out),
-               "--max-steps", "100000", "--eval-every", "3", "--nproc-per-node", "2", *LM_FLAGS]  # fmt: skip
+    command = [sys.executable, "-m", "glassformer", "train", "lm", "--out", str(out), "--max-steps", "100000",
+               "--eval-every", "3", "--nproc-per-node", "2", *flags, *LM_FLAGS]  # fmt: skip
     launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=worker_env())
     deadline = time.monotonic() + 120
-    while not (out / "last" / "COMPLETE").is_file():  # a checkpoint to resume from
+    while not ((out / "last" / "COMPLETE").is_file() and saved_step(out) > after):
         assert launcher.poll() is None and time.monotonic() < deadline, launcher.communicate()[1][-2000:]
         time.sleep(0.2)
     workers = [
         p for p in psutil.Process(launcher.pid).children(recursive=True) if "glassformer" in " ".join(p.cmdline())
     ]
-    victim = next(p for p in workers if p.environ().get("RANK") == "1")
-    victim.send_signal(signal.SIGKILL)
+    return launcher, workers
+
+
+def saved_step(out: Path) -> int:
+    try:
+        return json.loads((out / "last" / "trainer_state.json").read_text())["step"]
+    except (OSError, ValueError):
+        return -1
+
+
+def rank(workers: list, number: int):
+    return next(p for p in workers if p.environ().get("RANK") == str(number))
+
+
+def test_a_signal_or_a_killed_rank_ends_the_job_with_one_line_and_the_run_resumes(runs, tmp_path):
+    """SIGTERM to rank 1 alone: the ranks agree to stop at the same step, `last/` is saved there, exit 130 and one
+    line. Then, resumed on 2 processes, rank 1 SIGKILLed: the job ends within 60 s, one line names the rank and the
+    signal, no worker is left; the run resumes again (1 process)."""
+    import psutil
+
+    out = tmp_path / "run"
+    try:
+        signal_then_kill(out, runs / "text.txt", psutil)
+    finally:  # a failed check leaves no process behind
+        for process in psutil.Process().children(recursive=True):
+            process.kill()
+    step = saved_step(out)
+    assert main(["train", "lm", "--out", str(out), "--resume", "--max-steps", str(step + 2), *LM_FLAGS]) == 0
+    assert saved_step(out) == step + 2
+
+
+def signal_then_kill(out: Path, text: Path, psutil) -> None:
+    launcher, workers = launch_and_wait_for_a_checkpoint(out, "--data", str(text))
+    rank(workers, 1).send_signal(signal.SIGTERM)
+    _, stderr = launcher.communicate(timeout=90)
+    assert launcher.returncode == 130, stderr[-2000:]
+    assert "last/ is saved — continue with --resume" in stderr.strip().splitlines()[-1]
+    stopped = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert stopped == {"step": saved_step(out), "interrupted": "SIGTERM"}  # logged once, at the step of last/
+
+    launcher, workers = launch_and_wait_for_a_checkpoint(out, "--resume", after=saved_step(out))
+    rank(workers, 1).send_signal(signal.SIGKILL)
     killed = time.monotonic()
     _, stderr = launcher.communicate(timeout=90)
     assert time.monotonic() - killed < 60
@@ -188,6 +229,3 @@ def test_a_killed_rank_ends_the_job_with_one_line_and_the_run_resumes(runs, tmp_
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("glassformer: error: rank 1 of 2") and "SIGKILL" in last and "--resume" in last
     assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in workers)
-    step = json.loads((out / "last" / "trainer_state.json").read_text())["step"]
-    assert main(["train", "lm", "--out", str(out), "--resume", "--max-steps", str(step + 2), *LM_FLAGS]) == 0
-    assert json.loads((out / "last" / "trainer_state.json").read_text())["step"] == step + 2

@@ -76,7 +76,11 @@ class World:
         status, value = box[0]
         if status == "error":
             kind, message = value
-            raise (kind if issubclass(kind, Exception) else RuntimeError)(message)
+            try:
+                error = kind(message)  # the same kind, so the command line reports it the same way
+            except TypeError:  # a kind whose constructor wants more than a message
+                error = (ValueError if issubclass(kind, ValueError) else RuntimeError)(message)
+            raise error
         return value
 
     def barrier(self) -> None:

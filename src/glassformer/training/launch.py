@@ -40,6 +40,8 @@ def run_torchrun(nproc_per_node: int, argv: list[str]) -> int:
         if failure.exitcode < 0:  # killed: the run's last complete checkpoint is what is left
             message = f"{where} was killed by {failure.signal_name()} {took} — the last complete checkpoint is kept: "
             message += "continue with --resume"
+        elif failure.exitcode == 130:  # Ctrl-C or SIGTERM reached a worker: every rank saved last/ at one step
+            message = f"{where} was stopped by a signal {took}; last/ is saved — continue with --resume"
         else:  # it said why itself, in the line above
             message = f"{where} stopped with exit status {failure.exitcode} {took} (its error is above)"
         print(f"glassformer: error: {message}", file=sys.stderr)

@@ -65,7 +65,7 @@ class Task(Protocol):
     def train_batch(self, generator: torch.Generator) -> Any: ...
     def loss(self, batch: Any) -> tuple[torch.Tensor, int]: ...
     def valid_batches(self) -> Any: ...
-    def save(self, directory: Path) -> None: ...
+    def save(self, directory: Path, weights: dict[str, torch.Tensor] | None = None) -> None: ...
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -191,11 +191,15 @@ class Trainer:
             with self._forward_through_wrapper(), distributed.gradient_sync(self.wrapped, micro == c.grad_accum - 1):
                 with self._autocast():
                     loss, count = self.task.loss(batch)
-                count = 0 if shard is not None and shard.idle else count
-                (total,) = world.sum([count]) if world.distributed else (count,)
-                weight = world.size * count / total / c.grad_accum
+                if world.distributed:  # this rank's part of the global batch's tokens (none when idle)
+                    mine = 0 if shard is not None and shard.idle else count
+                    (total,) = world.sum([mine])
+                    share = mine / total
+                else:
+                    total, share = count, 1.0
+                weight = world.size * share / c.grad_accum
                 (loss * weight if self.scaler is None else self.scaler.scale(loss * weight)).backward()
-            step_loss = step_loss + loss.detach().float() * (count / total / c.grad_accum)
+            step_loss = step_loss + loss.detach().float() * (share / c.grad_accum)
             step_tokens += int(total)
         (step_loss,) = world.sum([float(step_loss)])  # one synchronization per step (and one all-reduce)
         if not math.isfinite(step_loss):
@@ -317,7 +321,7 @@ class Trainer:
         return {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
 
     def _stop_for_signal(self) -> None:
-        name = signal.Signals(self._stop_signal).name
+        name = signal.Signals(self._stop_signal or signal.SIGTERM).name  # SIGTERM: another rank's
         self._write_checkpoint("last")
         self._log({"step": self.step, "interrupted": name})
         raise TrainingInterrupted(
@@ -350,10 +354,9 @@ class Trainer:
             self.step += 1
             bar.update(1)
             out_of_time = c.max_minutes is not None and time.perf_counter() - start > 60 * c.max_minutes
+            stop = self._stop_signal is not None  # read once: a signal may arrive at any moment of this step
             if self.world.distributed:  # every rank stops at the same step: one rank's clock or signal stops all
-                out_of_time, stop = (v > 0 for v in self.world.sum([out_of_time, self._stop_signal is not None]))
-                if stop and self._stop_signal is None:
-                    self._stop_signal = signal.SIGTERM
+                out_of_time, stop = (v > 0 for v in self.world.sum([out_of_time, stop]))
             done = self.step >= c.max_steps or out_of_time
             if self.step % c.log_every == 0 or done:
                 elapsed = time.perf_counter() - window_start
@@ -385,7 +388,7 @@ class Trainer:
                 done = done or stop_early
             if done:
                 break
-            if self._stop_signal is not None:
+            if stop:  # what every rank agreed on, not a signal that came after the agreement
                 bar.close()
                 self._stop_for_signal()
         bar.close()
