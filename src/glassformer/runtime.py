@@ -292,6 +292,11 @@ KERNELS = {
 }
 
 
+def register_kernel(name: str, probe) -> None:
+    """Add an optional kernel that a part defines (``nn.quantization``): ``probe()`` raises where it does not work."""
+    KERNELS[name] = probe
+
+
 @functools.cache
 def _probe(name: str) -> str | None:
     """None if kernel ``name`` works here, else why not (the probe's error, one line)."""

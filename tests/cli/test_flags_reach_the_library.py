@@ -95,6 +95,11 @@ BASES = {("figures", "--layer"): ["attention", "the", "--model", "m", "-o", "a.p
          ("figures", "--device"): ["attention", "the", "--model", "m", "-o", "a.png"],
          ("data get", "--domain"): ["sentiment"]}  # fmt: skip
 
+# --group-size and --quantize-embeddings refine --quantize
+for _command in ("translate", "generate", "chat", "classify", "embed", "similarity", "serve"):
+    for _flag in ("--group-size", "--quantize-embeddings"):
+        BASES[_command, _flag] = [*COMMANDS[_command][0], "--quantize", "int4"]
+
 
 VALUES = {("figures", "--view"): "cross"}  # a value the fake views accept
 VALUES.update({(command, "--device"): "cpu" for command in ("train lm", "train translate", "train classify")})

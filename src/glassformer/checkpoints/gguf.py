@@ -11,6 +11,17 @@ GGUF names → Hugging Face Llama names (then ``checkpoints.huggingface_llama`` 
     blk.{i}.attn_{q,k,v}  self_attn.{q,k,v}_proj      blk.{i}.attn_output self_attn.o_proj
     blk.{i}.ffn_norm      post_attention_layernorm    blk.{i}.ffn_{gate,up,down}  mlp.{gate,up,down}_proj
 
+Quantized tensors either become float32 (``gguf.quants.dequantize``, the default) or, when the model is loaded
+quantized, go straight into glassformer's int8/int4 layouts where the block format maps exactly
+(``glassformer.nn.quantization``), one tensor at a time, so that no float32 model is ever built:
+
+    Q8_0   blocks of 32: fp16 d, 32 int8 q           w = d q            → int8, group 32, scale d
+    Q4_0   blocks of 32: fp16 d, 16 bytes of codes   w = d (q − 8)      → int4, group 32, scale d, offset −8 d
+    Q4_1   blocks of 32: fp16 d, fp16 m, 16 bytes    w = d q + m        → int4, group 32, scale d, offset m
+
+(the 16 bytes hold code j in the low nibble of byte j and code j + 16 in its high nibble, as glassformer's int4
+does). Other tensors are dequantized and, if a quantized kind was asked for, quantized to it.
+
 llama.cpp rotates neighbouring dimensions (2i, 2i+1) with RoPE where Hugging Face (and glassformer) rotate
 dimension i with i + d/2. Its converter therefore permutes the rows of W_Q and W_K within each head:
 ``w.reshape(heads, 2, d/2, in).swapaxes(1, 2)``; ``unpermute_rotary`` undoes it (swapping the axes back).
@@ -146,31 +157,80 @@ def hf_name(gguf_name: str) -> str:
     return gguf_name
 
 
-def read_gguf(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor], dict]:
-    """``(GPTConfig dict, glassformer tensors in float32, metadata)`` of a Llama GGUF file."""
+def read_gguf(
+    path: str | os.PathLike, quantize: str | None = None, group_size: int | None = None, embeddings: str | None = None
+) -> tuple[dict, dict[str, torch.Tensor], dict]:
+    """``(GPTConfig dict, glassformer tensors, metadata)`` of a Llama GGUF file: float32 tensors, or with
+    ``quantize`` ("int8" / "int4") the matrices as ``<name>.quantized.{codes,scales,offsets}`` (module docstring);
+    ``embeddings`` (None: as the file stores them, "float", "int8", "int4") for the token table and output layer."""
     from glassformer.checkpoints.huggingface import reading
 
     reader, metadata = open_gguf(path)
     with reading(path):
-        return _read_gguf(reader, metadata)
+        return _read_gguf(reader, metadata, quantize, group_size, embeddings)
 
 
-def _read_gguf(reader, metadata: dict) -> tuple[dict, dict[str, torch.Tensor], dict]:
-    from gguf.quants import dequantize
-
+def _read_gguf(reader, metadata: dict, quantize=None, group_size=None, embeddings=None):
     from glassformer.checkpoints.huggingface import check_layer_count
     from glassformer.checkpoints.huggingface_llama import llama_state_dict_from_hf
 
     config = gguf_config(metadata, {t.name for t in reader.tensors})
     check_layer_count(config["num_layers"], reader.tensors, "the GGUF file")
-    heads, kv_heads = config["num_heads"], config["num_kv_heads"]
+    heads = {"attn_q": config["num_heads"], "attn_k": config["num_kv_heads"]}
     tensors = {}
     for tensor in reader.tensors:
-        # numpy's shape is GGUF's reversed: (out, in) for a matrix, as nn.Linear stores it
-        weight = torch.from_numpy(np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32))  # a copy
-        if tensor.name.endswith("attn_q.weight") or tensor.name.endswith("attn_q.bias"):
-            weight = unpermute_rotary(weight.reshape(weight.size(0), -1), heads).reshape(weight.shape)
-        elif tensor.name.endswith("attn_k.weight") or tensor.name.endswith("attn_k.bias"):
-            weight = unpermute_rotary(weight.reshape(weight.size(0), -1), kv_heads).reshape(weight.shape)
-        tensors[hf_name(tensor.name)] = weight
+        table = tensor.name.split(".")[0] in ("token_embd", "output")
+        matrix = tensor.name.endswith(".weight") and len(tensor.shape) == 2
+        target = (embeddings if table else quantize) if quantize is not None and matrix else None
+        rotated = heads.get(tensor.name.split(".")[-2]) if tensor.name.startswith("blk.") else None
+        for name, value in _tensor(tensor, target, group_size, table and embeddings is None).items():
+            if rotated is not None:  # rows of a matrix, or of its codes, scales and offsets
+                value = unpermute_rotary(value.reshape(value.size(0), -1), rotated).reshape(value.shape)
+            tensors[hf_name(tensor.name).removesuffix(".weight") + name] = value
     return config, llama_state_dict_from_hf(tensors, config["num_layers"]), metadata
+
+
+def _tensor(tensor, target: str | None, group_size: int | None, as_stored: bool) -> dict[str, torch.Tensor]:
+    """One GGUF tensor as ``{".weight": float32}`` or ``{".quantized.codes": ..., ...}`` for the ``target`` kind
+    (``as_stored``: the kind its blocks map to, if any)."""
+    from gguf.quants import dequantize
+
+    from glassformer.nn.quantization import quantize_tensor
+
+    direct = blocks_to_quantized(tensor)
+    if direct is not None and (as_stored or (direct[0] == target and group_size in (None, 32))):
+        kind, codes, scales, offsets = direct
+    elif target is None or target == "float":
+        # numpy's shape is GGUF's reversed: (out, in) for a matrix, as nn.Linear stores it
+        return {".weight": torch.from_numpy(np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32))}
+    else:
+        weight = torch.from_numpy(np.array(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32))
+        codes, scales, offsets = quantize_tensor(weight, target, group_size)
+    out = {".quantized.codes": codes, ".quantized.scales": scales}
+    if offsets is not None:
+        out[".quantized.offsets"] = offsets
+    return out
+
+
+def blocks_to_quantized(tensor) -> tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+    """``(kind, codes, scales, offsets)`` of a Q8_0 / Q4_0 / Q4_1 matrix, copied out of its blocks (module
+    docstring); None for any other type."""
+    from gguf import GGMLQuantizationType as Type
+
+    kind = {Type.Q8_0: "int8", Type.Q4_0: "int4", Type.Q4_1: "int4"}.get(tensor.tensor_type)
+    if kind is None or tensor.data.ndim != 2:
+        return None
+    header = 4 if tensor.tensor_type == Type.Q4_1 else 2  # fp16 d (and m)
+    rows = tensor.data.shape[0]
+    blocks = np.asarray(tensor.data).reshape(rows, -1, header + (32 if kind == "int8" else 16))
+
+    def half(column: int) -> torch.Tensor:
+        values = np.ascontiguousarray(blocks[..., column : column + 2]).view(np.float16)[..., 0]
+        return torch.from_numpy(values.astype(np.float32))
+
+    codes = np.ascontiguousarray(blocks[..., header:]).reshape(rows, -1)
+    scales = half(0)
+    if kind == "int8":
+        return kind, torch.from_numpy(codes.view(np.int8)), scales, None
+    offsets = half(2) if tensor.tensor_type == Type.Q4_1 else -8 * scales
+    return kind, torch.from_numpy(codes), scales, offsets

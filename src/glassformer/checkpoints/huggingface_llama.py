@@ -52,6 +52,10 @@ TOP = {
 }
 
 
+QUANTIZED_TOP = {"embedding": "model.embed_tokens", "lm_head": "lm_head"}  # module names (nn.quantization)
+QUANTIZED_PARTS = ("quantized.codes", "quantized.scales", "quantized.offsets")
+
+
 def _first(value):
     """Llama 3 configs list several end-of-sequence ids; glassformer stops at one (the first)."""
     return value[0] if isinstance(value, list) else value
@@ -144,16 +148,24 @@ def llama_state_dict_from_hf(tensors: dict[str, torch.Tensor], num_layers: int) 
     if not any(k.startswith("model.") for k in tensors):  # a bare LlamaModel
         tensors = {f"model.{k}": v for k, v in tensors.items()}
     ours = {mine: tensors.pop(theirs) for mine, theirs in TOP.items() if theirs in tensors}
+    for mine, theirs in QUANTIZED_TOP.items():  # quantized tables (a GGUF file loaded quantized)
+        for part in QUANTIZED_PARTS:
+            if f"{theirs}.{part}" in tensors:
+                ours[f"{mine}.{part}"] = tensors.pop(f"{theirs}.{part}")
     for i in range(num_layers):
         prefix = f"model.layers.{i}."
         for mine, parts in STACKED.items():
-            for kind in ("weight", "bias"):
+            for kind in ("weight", "bias", *QUANTIZED_PARTS):
                 names = [f"{prefix}{part}.{kind}" for part in parts]
                 if all(name in tensors for name in names):
                     ours[f"layers.{i}.{mine}.{kind}"] = torch.cat([tensors.pop(name) for name in names])
         for mine, theirs in SINGLE.items():
             if prefix + theirs in tensors:
                 ours[f"layers.{i}.{mine}"] = tensors.pop(prefix + theirs)
+            for part in QUANTIZED_PARTS if mine.endswith(".weight") else ():
+                name = prefix + theirs.removesuffix("weight") + part
+                if name in tensors:
+                    ours[f"layers.{i}.{mine.removesuffix('weight')}{part}"] = tensors.pop(name)
     leftover = {k: v for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}  # a buffer, not a weight
     ours.update(leftover)  # left for load_state_dict_checked to name as unexpected
     return ours

@@ -14,7 +14,7 @@ import sys
 import torch
 
 from glassformer.cli.generate import add_sampling_arguments, sampling_options, text_streamer
-from glassformer.cli.options import report_placement
+from glassformer.cli.options import quantization_of, report_placement
 from glassformer.options import check_options
 from glassformer.pipelines.language_model import load_language_model
 
@@ -50,7 +50,9 @@ def fit_context(messages: list[dict], prompt_ids, limit: int) -> bool:
 
 def run(args: argparse.Namespace) -> None:
     placement = report_placement(args)
-    model, tokenizer = load_language_model(args.model, device=placement.device, precision=placement.precision)
+    model, tokenizer = load_language_model(
+        args.model, device=placement.device, precision=placement.precision, quantization=quantization_of(args)
+    )
     if not tokenizer.chat_template:
         raise ValueError(f"{args.model} has no chat template; chat needs an instruction-tuned checkpoint")
     if model.config.eos_token_id is None:

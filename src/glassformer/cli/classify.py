@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from glassformer.cli.options import add_device_arguments, report_placement
+from glassformer.cli.options import add_device_arguments, add_quantize_arguments, quantization_of, report_placement
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -36,6 +36,7 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per text")
     parser.add_argument("--no-truncation", dest="truncation", action="store_false", help="refuse over-long texts")
     add_device_arguments(parser)
+    add_quantize_arguments(parser)
 
 
 def run_classify(args: argparse.Namespace) -> None:
@@ -43,7 +44,7 @@ def run_classify(args: argparse.Namespace) -> None:
 
     texts = read_texts(args, "classify")
     placement = report_placement(args)
-    classifier = TextClassifier.load(args.model, placement.device, placement.precision)
+    classifier = TextClassifier.load(args.model, placement.device, placement.precision, quantization_of(args))
     if not args.truncation:  # check lengths before any work
         classifier.tokenizer.batch_encode(texts, max_length=classifier.max_length)
     for p in classifier.predict(texts):
@@ -69,6 +70,7 @@ def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="minilm", help="'minilm' or a sentence-transformers / BERT directory")
     parser.add_argument("--json", action="store_true", help="print the full vectors as JSON lines")
     add_device_arguments(parser)
+    add_quantize_arguments(parser)
 
 
 def run_embed(args: argparse.Namespace) -> None:
@@ -76,7 +78,8 @@ def run_embed(args: argparse.Namespace) -> None:
 
     texts = read_texts(args, "embed")
     placement = report_placement(args)
-    embeddings = SentenceEncoder.from_pretrained(args.model, placement.device, placement.precision).embed(texts)
+    encoder = SentenceEncoder.from_pretrained(args.model, placement.device, placement.precision, quantization_of(args))
+    embeddings = encoder.embed(texts)
     for text, vector in zip(texts, embeddings, strict=True):
         if args.json:
             print(json.dumps({"text": text, "embedding": [round(x, 6) for x in vector.tolist()]}))
@@ -90,6 +93,7 @@ def add_similarity_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="minilm", help="'minilm' or a sentence-transformers / BERT directory")
     parser.add_argument("--json", action="store_true", help="print the table as JSON")
     add_device_arguments(parser)
+    add_quantize_arguments(parser)
 
 
 def run_similarity(args: argparse.Namespace) -> None:
@@ -99,7 +103,8 @@ def run_similarity(args: argparse.Namespace) -> None:
     if len(texts) < 2:
         raise ValueError("give at least two sentences to compare")
     placement = report_placement(args)
-    table = SentenceEncoder.from_pretrained(args.model, placement.device, placement.precision).similarity(texts)
+    encoder = SentenceEncoder.from_pretrained(args.model, placement.device, placement.precision, quantization_of(args))
+    table = encoder.similarity(texts)
     if args.json:
         print(json.dumps({"texts": texts, "cosine": [[round(x, 4) for x in row] for row in table.tolist()]}))
     else:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from glassformer import runtime
+from glassformer.nn.quantization import describe_kernels
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     info = runtime.environment(args.device)
+    info["quantized weights (decoding)"] = describe_kernels()
     width = max(len(name) for name in info)
     for name, value in info.items():
         print(f"{name + ':':<{width + 1}} {value}")

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from glassformer.cli.options import add_device_arguments, report_placement
+from glassformer.cli.options import add_device_arguments, add_quantize_arguments, quantization_of, report_placement
 from glassformer.generation.config import GenerationConfig
 from glassformer.pipelines.language_model import load_language_model
 from glassformer.tokenizer import Tokenizer
@@ -40,6 +40,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
     parser.add_argument("--seed", type=int, default=defaults.seed, help="makes sampling reproducible")
     add_device_arguments(parser)
+    add_quantize_arguments(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,7 +95,9 @@ def run(args: argparse.Namespace) -> None:
     if not args.prompt:
         raise ValueError("the prompt is empty; pass some text with --prompt")
     placement = report_placement(args)
-    model, tokenizer = load_language_model(args.model, device=placement.device, precision=placement.precision)
+    model, tokenizer = load_language_model(
+        args.model, device=placement.device, precision=placement.precision, quantization=quantization_of(args)
+    )
     ids = tokenizer.encode(args.prompt)
     if args.max_length is None and args.max_new_tokens is None:
         args.max_new_tokens = DEFAULT_NEW_TOKENS

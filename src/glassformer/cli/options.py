@@ -9,6 +9,7 @@ import inspect
 import sys
 
 from glassformer import runtime
+from glassformer.models.quantization import Quantization
 
 
 def add_device_arguments(parser: argparse.ArgumentParser, training: bool = False) -> None:
@@ -29,9 +30,45 @@ def add_device_arguments(parser: argparse.ArgumentParser, training: bool = False
     parser.add_argument("--no-bf16", dest="precision", action="store_const", const="fp32", help=argparse.SUPPRESS)
 
 
+def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--quantize``, ``--group-size``, ``--quantize-embeddings``: weight-only quantization of the loaded model."""
+    parser.add_argument(
+        "--quantize",
+        choices=["int8", "int4"],
+        default=None,
+        help="keep the weights as 8- or 4-bit integers with a float scale per group (faster decoding on a CPU, "
+        "4-8x less memory); a GGUF file's Q8_0/Q4_0/Q4_1 tensors are used as they are",
+    )
+    parser.add_argument(
+        "--group-size",
+        type=int,
+        default=None,
+        help="weights per scale along the input (default: int8 one per output row, int4 32)",
+    )
+    parser.add_argument(
+        "--quantize-embeddings",
+        choices=["float", "int8", "int4"],
+        default=None,
+        help="the token embeddings and the output layer (default: as the checkpoint stores them)",
+    )
+
+
+def quantization_of(args: argparse.Namespace) -> Quantization | None:
+    """The ``Quantization`` the flags ask for (None without ``--quantize``)."""
+    if getattr(args, "quantize", None) is None:
+        if getattr(args, "group_size", None) or getattr(args, "quantize_embeddings", None):
+            raise ValueError("--group-size and --quantize-embeddings go with --quantize int8|int4")
+        return None
+    return Quantization(args.quantize, args.group_size, args.quantize_embeddings)
+
+
 def report_placement(args: argparse.Namespace) -> runtime.Placement:
-    """Resolve the flags (a one-line error for a device that is not there) and say what was chosen, on stderr."""
-    placement = runtime.place(args.device, args.precision)
+    """Resolve the flags (a one-line error for a device that is not there) and say what was chosen, on stderr.
+    With ``--quantize`` on the CPU, ``auto`` precision is float32: the quantized kernels take float32 activations."""
+    precision = args.precision
+    if getattr(args, "quantize", None) and precision == "auto" and runtime.resolve_device(args.device).type == "cpu":
+        precision = "fp32"
+    placement = runtime.place(args.device, precision)
     print(f"glassformer: {placement.describe()}", file=sys.stderr)
     return placement
 

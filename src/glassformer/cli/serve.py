@@ -10,7 +10,7 @@ import os
 import socket
 import sys
 
-from glassformer.cli.options import add_device_arguments, report_placement
+from glassformer.cli.options import add_device_arguments, add_quantize_arguments, quantization_of, report_placement
 from glassformer.options import check_options
 from glassformer.pipelines.resolve import resolve_model
 
@@ -60,6 +60,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         help=f"require 'Authorization: Bearer KEY' on /v1/* (default: ${API_KEY_VARIABLE} if set)",
     )
     add_device_arguments(parser)
+    add_quantize_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace) -> None:
     load = functools.partial(
         load_served, args.model, args.max_batch, args.max_context, name=args.name,
         embedding_model=args.embedding_model, device=placement.device, precision=placement.precision,
+        quantization=quantization_of(args),
     )  # fmt: skip
 
     def ready(server: Server) -> None:

@@ -6,7 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from glassformer.cli.options import add_device_arguments, default_of, report_placement
+from glassformer.cli.options import (
+    add_device_arguments,
+    add_quantize_arguments,
+    default_of,
+    quantization_of,
+    report_placement,
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -37,13 +43,14 @@ def add_translate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--length-penalty", type=float, default=default_of(Translator.translate, "length_penalty"))
     add_device_arguments(parser)
+    add_quantize_arguments(parser)
 
 
 def run_translate(args: argparse.Namespace) -> None:
     from glassformer.pipelines.translator import Translator
 
     placement = report_placement(args)
-    translator = Translator.load(args.model, placement.device, placement.precision)
+    translator = Translator.load(args.model, placement.device, placement.precision, quantization_of(args))
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise ValueError("nothing to translate; pass sentences as arguments or lines on stdin")

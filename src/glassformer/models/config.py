@@ -54,6 +54,7 @@ class ModelConfig:
                 f"this checkpoint holds a {kind!r} model, not a {cls.model_type!r}; load it with that model's class"
             )
         data.pop("glassformer_version", None)
+        data.pop("quantization", None)  # describes the weights (models.quantization), not the architecture
         data = {OLD_NAMES.get(k, k): v for k, v in data.items()}  # checkpoints saved before the renaming
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)

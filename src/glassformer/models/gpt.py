@@ -28,6 +28,7 @@ from torch import nn
 
 from glassformer.checkpoints import load_state_dict_checked
 from glassformer.checkpoints.gguf import find_gguf, read_gguf
+from glassformer.checkpoints.gguf_export import write_gguf
 from glassformer.checkpoints.huggingface import load_gpt2, read_config, resolve_model_dir, save_gpt2
 from glassformer.checkpoints.huggingface_llama import load_llama, save_llama
 from glassformer.generation.config import GenerationConfig
@@ -35,6 +36,7 @@ from glassformer.generation.search import generate
 from glassformer.models.config import ModelConfig, model_config
 from glassformer.models.outputs import CausalLMOutput
 from glassformer.models.pretrained import PretrainedMixin, build_for_weights
+from glassformer.models.quantization import Quantization, dequantized_state_dict
 from glassformer.nn.cache import KVCache, SlotCache
 from glassformer.nn.config import BlockConfig
 from glassformer.nn.dropout import Dropout
@@ -139,6 +141,7 @@ class GPT(PretrainedMixin, nn.Module):
     """Decoder-only language model. ``model(input_ids)`` -> logits ``(batch, seq, vocab_size)``."""
 
     config_class = GPTConfig
+    output_layers = ("lm_head",)  # quantized with the embeddings (models.quantization), not with the layers
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -171,13 +174,13 @@ class GPT(PretrainedMixin, nn.Module):
     def make_cache(self, batch: int, max_length: int, dtype: torch.dtype | None = None) -> KVCache:
         """An empty key/value cache for ``batch`` sequences of up to ``max_length`` positions."""
         c = self.config
-        weight = self.lm_head.weight
+        weight = self.final_norm.weight  # in the model's dtype even when the matrices are quantized
         return KVCache(c.num_layers, batch, c.kv_heads, max_length, c.head_dim, dtype or weight.dtype, weight.device)
 
     def make_slot_cache(self, slots: int, max_length: int, dtype: torch.dtype | None = None) -> SlotCache:
         """An empty cache of ``slots`` independent sequences of up to ``max_length`` positions (serving)."""
         c = self.config
-        weight = self.lm_head.weight
+        weight = self.final_norm.weight
         return SlotCache(c.num_layers, slots, c.kv_heads, max_length, c.head_dim, dtype or weight.dtype, weight.device)
 
     def forward(
@@ -275,20 +278,28 @@ class GPT(PretrainedMixin, nn.Module):
         return generate(self, input_ids, config, **options)
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype: torch.dtype | None = None) -> GPT:
+    def from_pretrained(
+        cls, path: str | os.PathLike, dtype: torch.dtype | None = None, quantization: Quantization | None = None
+    ) -> GPT:
         """Load a decoder-only checkpoint, from a path, a shortcut (``smollm2``) or, by model name, the local Hugging
         Face cache:
 
         - a glassformer GPT checkpoint (config.json + model.safetensors);
         - a Hugging Face GPT-2 or Llama directory (config.json + model.safetensors or a weights-only
           pytorch_model.bin);
-        - a GGUF file (or a directory holding one): a Llama-architecture model, dequantized to float32.
+        - a GGUF file (or a directory holding one): a Llama-architecture model, dequantized to float32 — or, with
+          ``quantization``, its Q8_0 / Q4_0 / Q4_1 tensors used as they are (``checkpoints.gguf``).
 
-        Returned in eval mode; ``dtype`` converts the weights (e.g. ``torch.bfloat16``)."""
-        config_dict, tensors = load_decoder(path)
+        Returned in eval mode; ``dtype`` converts the weights (e.g. ``torch.bfloat16``); ``quantization``
+        (``models.quantization.Quantization``) quantizes the weights that are still float."""
+        config_dict, tensors = load_decoder(path, quantization)
         model = build_for_weights(cls, cls.config_class.from_dict(config_dict), tensors)
         load_state_dict_checked(model, tensors)
-        return model.eval() if dtype is None else model.to(dtype).eval()
+        del tensors
+        model = model if dtype is None else model.to(dtype)
+        if quantization is not None:
+            quantization.apply(model)
+        return model.eval()
 
     def save_pretrained(self, directory: str | os.PathLike, format: str = "glassformer", state_dict=None):
         """``format="glassformer"``: config.json + model.safetensors in glassformer's names;
@@ -296,19 +307,31 @@ class GPT(PretrainedMixin, nn.Module):
         GPT-2-style model, ``LlamaForCausalLM`` for a Llama-style one."""
         if format == "glassformer":
             return super().save_pretrained(directory, state_dict)
-        if format == "hf":
+        if format == "hf":  # Hugging Face's layouts store float weights: quantized ones are dequantized
+            weights = dequantized_state_dict(self)
             if self.config.positional == "rope":
-                return save_llama(directory, self.config.to_dict(), self.state_dict())
-            return save_gpt2(directory, self.config.to_dict(), self.state_dict())
+                return save_llama(directory, self.config.to_dict(), weights)
+            return save_gpt2(directory, self.config.to_dict(), weights)
         raise ValueError(f"unknown checkpoint format {format!r}; use 'glassformer' or 'hf'")
 
+    def save_gguf(self, path: str | os.PathLike, tokenizer, kind: str = "q8_0") -> Path:
+        """Write a GGUF file llama.cpp opens (Llama-style models): matrices in ``kind`` ("q8_0" or "q4_0"), norms
+        float32, ``tokenizer``'s vocabulary, merges and chat template (``checkpoints.gguf_export``)."""
+        c = self.config
+        metadata = tokenizer.gguf_metadata(c.bos_token_id, c.eos_token_id, c.pad_token_id)
+        return write_gguf(path, c.to_dict(), dequantized_state_dict(self), metadata, kind)
 
-def load_decoder(path: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """``(GPTConfig dict, glassformer tensors)`` of any decoder-only checkpoint that ``GPT.from_pretrained`` reads."""
+
+def load_decoder(
+    path: str | os.PathLike, quantization: Quantization | None = None
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """``(GPTConfig dict, glassformer tensors)`` of any decoder-only checkpoint that ``GPT.from_pretrained`` reads
+    (a GGUF file's tensors quantized as ``quantization`` asks, straight from its blocks where they map)."""
     location = Path(path) if os.path.isfile(path) else resolve_model_dir(path)  # a shortcut or a cache name too
     gguf_file = find_gguf(location)
     if gguf_file is not None:
-        config, tensors, _ = read_gguf(gguf_file)
+        q = quantization or Quantization(None)
+        config, tensors, _ = read_gguf(gguf_file, q.kind, q.group_size, q.embeddings)
         return config, tensors
     model_type = read_config(location).get("model_type")
     if model_type == "llama":

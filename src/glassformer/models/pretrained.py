@@ -10,6 +10,7 @@ import torch
 
 from glassformer.checkpoints import load_state_dict_checked, read_checkpoint, write_checkpoint
 from glassformer.models.config import ModelConfig
+from glassformer.models.quantization import describe, quantize, quantized_like
 
 
 class PretrainedMixin:
@@ -24,7 +25,13 @@ class PretrainedMixin:
         from glassformer._version import __version__
 
         config = {**self.config.to_dict(), "glassformer_version": __version__}
+        if describe(self) is not None:
+            config["quantization"] = describe(self)
         return write_checkpoint(directory, config, self.state_dict() if state_dict is None else state_dict)
+
+    def quantize(self, kind: str, group_size: int | None = None, embeddings: str | None = None) -> Self:
+        """Quantize the weights in place (``glassformer.models.quantization.quantize``) and return the model."""
+        return quantize(self, kind, group_size, embeddings)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> Self:
@@ -49,24 +56,28 @@ def build_for_weights(cls, config: ModelConfig, tensors: dict[str, torch.Tensor]
         )
     with torch.device("meta"):
         probe = cls(config)
-    declared = sum(p.numel() for p in probe.parameters())
+    quantized_like(probe, tensors)  # a quantized checkpoint: its layers get codes and scales instead of a weight
+    declared = sum(p.numel() for p in probe.parameters()) + sum(b.numel() for b in probe.buffers())
     present = sum(t.numel() for t in tensors.values())
     if declared > 2 * present + (1 << 20):  # room for a new classification head, never for a different model
         raise ValueError(
             f"the config asks for {declared:,} parameters but the weights hold {present:,} values; "
             "the config does not belong to these weights"
         )
-    first: dict[int, str] = {}  # a tied parameter's first name
-    tied = {
-        n: first[id(p)] for n, p in probe.named_parameters(remove_duplicate=False) if first.setdefault(id(p), n) != n
-    }
+    first: dict[int, str] = {}  # a tied tensor's first name (a shared parameter, or a shared quantized table)
+    tied = {n: first[id(t)] for n, t in probe.state_dict(keep_vars=True).items() if first.setdefault(id(t), n) != n}
     needed = {name: t for name, t in probe.state_dict().items() if name not in tied}
     if any(name not in tensors or tensors[name].shape != t.shape for name, t in needed.items()):
-        return cls(config)  # some weights are new (a classification head): they need their initialization
+        model = cls(config)  # some weights are new (a classification head): they need their initialization
+        quantized_like(model, tensors)
+        return model
     # every weight comes from the file: skip the random initialization (seconds for a 100M-parameter model) —
     # give the shapes memory, and recompute the tables that are not stored (rotary angles, sinusoids)
     probe.to_empty(device="cpu")
+    parameters = dict(probe.named_parameters(remove_duplicate=False))
     for alias, original in tied.items():  # to_empty gives each module a parameter of its own: tie them again
+        if alias not in parameters:
+            continue  # a buffer of a shared module: still shared
         owner, _, attribute = alias.rpartition(".")
         setattr(probe.get_submodule(owner), attribute, probe.get_parameter(original))
     for module in probe.modules():

@@ -183,6 +183,7 @@ class Transformer(PretrainedMixin, nn.Module):
     """
 
     config_class = TransformerConfig
+    output_layers = ("output_projection",)  # quantized with the embeddings (models.quantization)
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -248,7 +249,7 @@ class Transformer(PretrainedMixin, nn.Module):
     def make_cache(self, batch: int, max_length: int) -> KVCache:
         """An empty key/value cache of the decoder's self-attention for ``batch`` translations of up to
         ``max_length`` target positions."""
-        block, weight = self.config.block(), self.output_projection.weight
+        block, weight = self.config.block(), self.decoder.layers[0].norm1.weight  # float even when quantized
         layers = len(self.decoder.layers)
         return KVCache(layers, batch, block.kv_heads, max_length, block.dim_per_head, weight.dtype, weight.device)
 

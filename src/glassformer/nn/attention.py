@@ -24,7 +24,7 @@ from torch import nn
 from glassformer.nn.cache import LayerCache
 from glassformer.nn.config import BlockConfig
 from glassformer.nn.dropout import dropout
-from glassformer.nn.linear import Linear, linear
+from glassformer.nn.linear import Linear
 from glassformer.nn.rotary import apply_rotary
 from glassformer.nn.validation import check_bias, check_hidden, check_mask
 
@@ -129,11 +129,6 @@ class MultiHeadAttention(nn.Module):
         self.qkv_proj = Linear(config.d_model, self.inner + 2 * self.kv_dim, bias=config.attention_bias)
         self.out_proj = Linear(self.inner, config.d_model, bias=config.attention_bias)  # W_O
 
-    def _slice(self, start: int, end: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Rows ``start:end`` of [W_Q; W_K; W_V] and of its bias."""
-        w, b = self.qkv_proj.weight, self.qkv_proj.bias
-        return w[start:end], None if b is None else b[start:end]
-
     def project_qkv(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -142,11 +137,12 @@ class MultiHeadAttention(nn.Module):
         q_dim, kv = self.inner, self.kv_dim
         if query is key and key is value:
             return self.qkv_proj(query).split((q_dim, kv, kv), dim=-1)
-        q = linear(query, *self._slice(0, q_dim))
+        proj = self.qkv_proj  # proj.rows(x, a, b): x times rows a:b of [W_Q; W_K; W_V]
+        q = proj.rows(query, 0, q_dim)
         if key is value:
-            k, v = linear(key, *self._slice(q_dim, q_dim + 2 * kv)).split(kv, dim=-1)
+            k, v = proj.rows(key, q_dim, q_dim + 2 * kv).split(kv, dim=-1)
             return q, k, v
-        return q, linear(key, *self._slice(q_dim, q_dim + kv)), linear(value, *self._slice(q_dim + kv, q_dim + 2 * kv))
+        return q, proj.rows(key, q_dim, q_dim + kv), proj.rows(value, q_dim + kv, q_dim + 2 * kv)
 
     def split_heads(self, x: torch.Tensor) -> torch.Tensor:
         """``(batch, seq, heads * d_k)`` -> ``(batch, heads, seq, d_k)``."""
@@ -156,7 +152,7 @@ class MultiHeadAttention(nn.Module):
         """Keys and values of a fixed memory (the encoder output), each ``(batch, kv_heads, src_len, d_k)``: computed
         once per source and passed back as ``kv`` at every decoding step."""
         check_hidden(memory, self.d_model, "memory")
-        k, v = linear(memory, *self._slice(self.inner, self.inner + 2 * self.kv_dim)).split(self.kv_dim, dim=-1)
+        k, v = self.qkv_proj.rows(memory, self.inner, self.inner + 2 * self.kv_dim).split(self.kv_dim, dim=-1)
         return self.split_heads(k), self.split_heads(v)
 
     def forward(
@@ -198,7 +194,7 @@ class MultiHeadAttention(nn.Module):
         check_hidden(query, self.d_model, "query")
         batch, q_len = query.size(0), query.size(1)
         if kv is not None:
-            q = self.split_heads(linear(query, *self._slice(0, self.inner)))
+            q = self.split_heads(self.qkv_proj.rows(query, 0, self.inner))
             k, v = kv
             k_len = k.size(2)
         else:

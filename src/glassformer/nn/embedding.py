@@ -16,6 +16,8 @@ import math
 import torch
 from torch import nn
 
+from glassformer.nn.quantization import QuantizedWeight
+
 
 class TokenEmbedding(nn.Module):
     """Lookup table E of shape ``(vocab_size, d_model)``, the output scaled by sqrt(d_model) as in the paper
@@ -28,12 +30,25 @@ class TokenEmbedding(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, d_model, padding_idx=padding_idx)
         self.scale = math.sqrt(d_model) if scale else 1.0
+        self.quantized: QuantizedWeight | None = None  # the table as integer codes (``quantize``)
 
     @property
-    def weight(self) -> nn.Parameter:
+    def weight(self) -> nn.Parameter | None:
         return self.embedding.weight
 
+    def quantize(self, kind: str, group_size: int | None = None) -> None:
+        """Store E as ``kind`` codes (``glassformer.nn.quantization``); a lookup dequantizes only the rows it reads."""
+        self.set_quantized(QuantizedWeight.from_float(self.embedding.weight, kind, group_size))
+
+    def set_quantized(self, table: QuantizedWeight) -> None:
+        self.quantized = table
+        if self.embedding.weight is not None:
+            del self.embedding.weight
+            self.embedding.register_parameter("weight", None)
+
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.quantized is not None:
+            return self.quantized.lookup(ids) * self.scale
         return self.embedding(ids) * self.scale
 
 

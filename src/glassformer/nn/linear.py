@@ -12,14 +12,19 @@ each tested against ``F.linear``:
       1 row:        W x        (torch.mv, a matrix-vector product)
       2-16 rows:    (W xᵀ)ᵀ    (a GEMM that reads the weight in its stored order)
 
-- **Packed weights**: ``packed_weights(model)`` reorders every ``Linear`` weight into oneDNN's blocked layout for
-  the duration of a ``with`` block (one extra copy of those weights), and ``Linear`` then multiplies with oneDNN,
-  applying its activation inside the same kernel in float32. Used for float32 always and for bfloat16 where the
-  CPU packs it (not where AMX serves bfloat16 through the reordered products). Each dtype's packing is probed once
-  (``runtime.packed_linear_works``); a CPU that cannot pack a dtype (bfloat16 on an AVX2-only CPU) keeps
-  ``F.linear``, and a kernel that fails at run time is switched off and the plain path runs.
+- **Packed weights**: ``packed_weights(model)`` reorders every ``Linear`` weight into oneDNN's blocked layout (one
+  extra copy of those weights, made once and kept until the weight changes or the model goes back to training),
+  and ``Linear`` then multiplies with oneDNN, applying its activation inside the same kernel in float32. Used for
+  float32 always and for bfloat16 where the CPU packs it (not where AMX serves bfloat16 through the reordered
+  products). Each dtype's packing is probed once (``runtime.packed_linear_works``); a CPU that cannot pack a dtype
+  (bfloat16 on an AVX2-only CPU) keeps ``F.linear``, and a kernel that fails at run time is switched off and the
+  plain path runs.
 
 ``bench/kernels.py`` measures both against ``F.linear`` on the machine at hand.
+
+``Linear.quantize("int8" | "int4", group_size)`` replaces the float weight with a ``QuantizedWeight``
+(``glassformer.nn.quantization``: integer codes and per-group scales, multiplied by its own kernels); ``weight`` is
+then None.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from torch import nn
 
 from glassformer import runtime
 from glassformer.nn.activation import ACTIVATIONS, check_activation
+from glassformer.nn.quantization import QuantizedWeight
 
 MAX_SMALL_ROWS = 16
 # oneDNN's post-op for each activation: (attr, scalars, algorithm) of torch.ops.mkldnn._linear_pointwise
@@ -79,15 +85,45 @@ class Linear(nn.Linear):
     ``glassformer.nn.activation.ACTIVATIONS``) the output is act(x Wᵀ + b)."""
 
     packed_weight: torch.Tensor | None = None
+    packed_from: tuple[int, int] | None = None  # (data pointer, version) of the weight the packed copy was made of
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str | None = None):
         super().__init__(in_features, out_features, bias)
         if activation is not None:
             check_activation(activation)
         self.activation = activation
+        self.quantized: QuantizedWeight | None = None
+
+    def quantize(self, kind: str, group_size: int | None = None) -> None:
+        """Replace the float weight by its ``kind`` quantization (``glassformer.nn.quantization``), in place."""
+        self.quantized = QuantizedWeight.from_float(self.weight, kind, group_size)
+        self.drop_weight()
+
+    def drop_weight(self) -> None:
+        """Forget the float weight (after ``quantized`` was given its replacement)."""
+        del self.weight
+        self.register_parameter("weight", None)
+        self.packed_weight = self.packed_from = None
+
+    def rows(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """``x W[start:end]ᵀ + b[start:end]``: the product with some output rows only (one of Q, K, V)."""
+        bias = None if self.bias is None else self.bias[start:end]
+        if self.quantized is not None:
+            return self.quantized(x, bias, slice(start, end))
+        return linear(x, self.weight[start:end], bias)
+
+    def train(self, mode: bool = True):
+        if mode:  # training changes the weight: the packed copy would go stale
+            self.packed_weight = self.packed_from = None
+        return super().train(mode)
+
+    def packed_is_current(self) -> bool:
+        return self.packed_weight is not None and self.packed_from == (self.weight.data_ptr(), self.weight._version)
 
     def uses_packed_weight(self, x: torch.Tensor) -> bool:
         if self.packed_weight is None or torch.is_grad_enabled() or x.dtype != self.weight.dtype:
+            return False
+        if not self.packed_is_current():
             return False
         if torch.is_autocast_enabled(x.device.type):  # autocast computes in its own dtype: leave it to F.linear
             return False
@@ -95,6 +131,9 @@ class Linear(nn.Linear):
         return rows >= MIN_PACKED_ROWS and (x.dtype == torch.float32 or rows <= MAX_PACKED_HALF_ROWS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quantized is not None:
+            y = self.quantized(x, self.bias)
+            return y if self.activation is None else ACTIVATIONS[self.activation](y)
         if self.uses_packed_weight(x):
             try:
                 return self._packed_forward(x)
@@ -115,7 +154,9 @@ class Linear(nn.Linear):
         return ACTIVATIONS[self.activation](y)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + (f", activation={self.activation}" if self.activation else "")
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}" + (
+            f", activation={self.activation}" if self.activation else ""
+        )
 
 
 def _packed_kernel(dtype: torch.dtype) -> str:
@@ -125,7 +166,7 @@ def _packed_kernel(dtype: torch.dtype) -> str:
 def can_pack(module: nn.Module) -> bool:
     """A CPU ``Linear`` whose dtype this CPU packs (``runtime.packed_linear_works``): float32, and bfloat16 where the
     CPU has no AMX (with AMX the reordered products of ``linear`` serve bfloat16 instead)."""
-    if not isinstance(module, Linear) or module.weight.device.type != "cpu":
+    if not isinstance(module, Linear) or module.weight is None or module.weight.device.type != "cpu":
         return False
     dtype = module.weight.dtype
     if dtype == torch.bfloat16 and REORDER_HALF_PRECISION:
@@ -136,17 +177,24 @@ def can_pack(module: nn.Module) -> bool:
 @contextmanager
 def packed_weights(model: nn.Module) -> Iterator[None]:
     """Within the block, every packable (``can_pack``) ``Linear`` of ``model`` carries a oneDNN-packed copy of its
-    weight (inference only: the copy does not follow later changes to the weight, so it is dropped on exit).
-    Layers already packed by an enclosing block (a server holding the model packed while ``generate`` runs) are
-    left as they are, and stay packed when this block ends."""
-    layers = [m for m in model.modules() if can_pack(m) and m.packed_weight is None]
-    try:
-        for layer in layers:
+    weight. The copy is made the first time and kept after the block, so a chat or a server does not pack again
+    at every ``generate``; it is made anew when the weight has changed since (a new data pointer or version: an
+    optimizer step, ``load_state_dict``) and dropped when the model goes back to training (``model.train()``) or
+    ``unpack_weights(model)`` is called."""
+    for layer in model.modules():
+        if can_pack(layer) and not layer.packed_is_current():
             try:
-                layer.packed_weight = torch.ops.mkldnn._reorder_linear_weight(layer.weight.detach(), 8)
+                weight = layer.weight.detach()
+                layer.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight, 8)
+                layer.packed_from = (weight.data_ptr(), layer.weight._version)
             except RuntimeError as error:  # this shape or dtype does not pack here: the plain path for it
                 runtime.disable_kernel(_packed_kernel(layer.weight.dtype), f"failed at run time: {error}")
-        yield
-    finally:
-        for layer in layers:
-            layer.packed_weight = None
+                layer.packed_weight = layer.packed_from = None
+    yield
+
+
+def unpack_weights(model: nn.Module) -> None:
+    """Drop the packed copies that ``packed_weights`` keeps (their memory: one more copy of the float weights)."""
+    for layer in model.modules():
+        if isinstance(layer, Linear):
+            layer.packed_weight = layer.packed_from = None

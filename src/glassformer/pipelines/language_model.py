@@ -15,6 +15,7 @@ import torch
 
 from glassformer import runtime
 from glassformer.models.gpt import GPT
+from glassformer.models.quantization import Quantization
 from glassformer.pipelines.resolve import resolve_model
 from glassformer.tokenizer import Tokenizer
 
@@ -41,12 +42,14 @@ def load_language_model(
     *,
     device: str | None = None,
     precision: str | None = None,
+    quantization: Quantization | None = None,
 ) -> tuple[GPT, Tokenizer]:
     """``(model in eval mode, tokenizer)`` on ``device`` in ``precision`` (default the CPU in float32; ``"auto"`` for
-    what ``glassformer.runtime`` picks on this machine). ``dtype`` (e.g. ``torch.bfloat16``) is the older spelling
-    of ``precision``."""
+    what ``glassformer.runtime`` picks on this machine), its weights quantized as ``quantization`` asks (a GGUF
+    file's quantized tensors are used as they are). ``dtype`` (e.g. ``torch.bfloat16``) is the older spelling of
+    ``precision``."""
     directory = resolve_model(path)
-    model = GPT.from_pretrained(directory, dtype=dtype)
+    model = GPT.from_pretrained(directory, dtype=dtype, quantization=quantization)
     if device is not None or precision is not None:
         runtime.place_model(model, device, precision)
     return model, load_tokenizer(directory, model.config.vocab_size)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from glassformer import runtime
 from glassformer.files import read_json
 from glassformer.models.bert import Bert, mean_pooling
+from glassformer.models.quantization import Quantization
 from glassformer.nn.linear import packed_weights
 from glassformer.pipelines.resolve import resolve_model
 from glassformer.tokenizer import Tokenizer
@@ -41,14 +42,21 @@ class SentenceEncoder:
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, device: str | None = None, precision: str | None = None
+        cls,
+        path: str | os.PathLike,
+        device: str | None = None,
+        precision: str | None = None,
+        quantization: Quantization | None = None,
     ) -> SentenceEncoder:
         """A sentence-transformers directory (or ``minilm``), or any BERT directory (then: mean pooling,
         normalized, texts cut to the model's maximum length); on ``device`` in ``precision`` (default the CPU in
-        float32; ``"auto"`` for what ``glassformer.runtime`` picks on this machine)."""
+        float32; ``"auto"`` for what ``glassformer.runtime`` picks on this machine), quantized as ``quantization``
+        asks."""
         directory = resolve_model(path)
         model = Bert.from_pretrained(directory)
         runtime.place_model(model, device, precision)
+        if quantization is not None:
+            quantization.apply(model)
         pooling, normalize, max_length = "mean", True, model.config.max_seq_length
         pooling_file = directory / "1_Pooling" / "config.json"
         if pooling_file.is_file():

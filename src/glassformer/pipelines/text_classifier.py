@@ -16,6 +16,7 @@ import torch
 
 from glassformer import runtime
 from glassformer.models.bert import BertForSequenceClassification
+from glassformer.models.quantization import Quantization
 from glassformer.nn.linear import packed_weights
 from glassformer.pipelines.resolve import resolve_model
 from glassformer.tokenizer import Tokenizer
@@ -36,12 +37,21 @@ class TextClassifier:
         self.max_length = max_length or min(tokenizer.model_max_length or 512, model.config.max_seq_length)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, device: str | None = None, precision: str | None = None) -> TextClassifier:
+    def load(
+        cls,
+        path: str | os.PathLike,
+        device: str | None = None,
+        precision: str | None = None,
+        quantization: Quantization | None = None,
+    ) -> TextClassifier:
         """A run (its best checkpoint) or classifier directory with its tokenizer, on ``device`` in ``precision``
-        (default the CPU in float32; ``"auto"`` for what ``glassformer.runtime`` picks on this machine)."""
+        (default the CPU in float32; ``"auto"`` for what ``glassformer.runtime`` picks on this machine), quantized
+        as ``quantization`` asks."""
         directory = resolve_model(path)
         model = BertForSequenceClassification.from_pretrained(directory)
         runtime.place_model(model, device, precision)
+        if quantization is not None:
+            quantization.apply(model)
         return cls(model, Tokenizer.from_pretrained(directory))
 
     @property

@@ -16,6 +16,7 @@ from glassformer import runtime
 from glassformer.data.parallel import token_batches
 from glassformer.files import read_json
 from glassformer.generation.seq2seq import translate_ids
+from glassformer.models.quantization import Quantization
 from glassformer.models.transformer import Transformer
 from glassformer.pipelines.resolve import resolve_model
 from glassformer.tokenizer import Tokenizer
@@ -42,9 +43,16 @@ class Translator:
         self.target_tokenizer = target_tokenizer
 
     @classmethod
-    def load(cls, path: str | Path, device: str | None = None, precision: str | None = None) -> Translator:
+    def load(
+        cls,
+        path: str | Path,
+        device: str | None = None,
+        precision: str | None = None,
+        quantization: Quantization | None = None,
+    ) -> Translator:
         """A run (its best checkpoint) or model directory with its tokenizers, on ``device`` in ``precision``
-        (default the CPU in float32; ``"auto"`` for what ``glassformer.runtime`` picks on this machine)."""
+        (default the CPU in float32; ``"auto"`` for what ``glassformer.runtime`` picks on this machine), quantized
+        as ``quantization`` asks."""
         directory = resolve_model(path)
         model_type = read_json(directory / "config.json", "model config").get("model_type")
         if model_type != "transformer":
@@ -53,6 +61,8 @@ class Translator:
             )
         model = Transformer.from_pretrained(directory)
         runtime.place_model(model, device, precision)
+        if quantization is not None:
+            quantization.apply(model)
         return cls(model, *load_tokenizers(directory))
 
     def encode_sources(self, texts: list[str]) -> list[list[int]]:

@@ -1,7 +1,7 @@
 """What the server serves: a decoder-only model with its tokenizer (and, optionally, a sentence encoder), and the
 memory it will need, worked out before the first request.
 
-    weights        every parameter once (a tied output layer is the embedding)
+    weights        every parameter and buffer once (a tied output layer is the embedding; quantized codes, scales)
     packed copy    on the CPU, oneDNN's packed layout of each float weight (``glassformer.nn.linear``): one more copy
     cache          2 · layers · max_batch · kv_heads · max_context · head_dim · element size (``SlotCache``)
     activations    one prompt of max_context tokens at a time: ~ max_context · (16 · d_model + 4 · d_ff) · 4 bytes,
@@ -15,6 +15,7 @@ import dataclasses
 import time
 
 from glassformer.models.gpt import GPT
+from glassformer.models.quantization import Quantization
 from glassformer.nn.linear import can_pack
 from glassformer.pipelines.language_model import load_language_model
 from glassformer.pipelines.sentence_encoder import SentenceEncoder
@@ -66,7 +67,8 @@ def memory_plan(model: GPT, max_batch: int, max_context: int, resident: int, enc
     """The memory figures of the module docstring, in bytes."""
     c = model.config
     context = min(max_context, c.max_seq_length)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}  # quantized codes are buffers
+    weights = sum(t.numel() * t.element_size() for t in tensors.values())
     packed = sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if can_pack(m))
     element = next(model.parameters()).element_size()
     cache = 2 * c.num_layers * max_batch * c.kv_heads * context * c.head_dim * element
@@ -97,13 +99,15 @@ def load_served(
     embedding_model: str | None = None,
     device: str | None = None,
     precision: str | None = None,
+    quantization: Quantization | None = None,
 ) -> Served:
     """Load ``model`` (any decoder-only checkpoint ``glassformer generate`` opens) and, if given, the sentence
-    encoder ``embedding_model``, placed as ``device`` / ``precision`` ask (``auto``: what this machine does best)."""
-    lm, tokenizer = load_language_model(model, device=device, precision=precision)
+    encoder ``embedding_model``, placed as ``device`` / ``precision`` ask (``auto``: what this machine does best) and
+    quantized as ``quantization`` asks."""
+    lm, tokenizer = load_language_model(model, device=device, precision=precision, quantization=quantization)
     encoder = None
     if embedding_model is not None:
-        encoder = SentenceEncoder.from_pretrained(embedding_model, device=device, precision=precision)
+        encoder = SentenceEncoder.from_pretrained(embedding_model, device, precision, quantization)
     served = Served(lm, tokenizer, name or str(model), end_tokens(lm, tokenizer), encoder, embedding_model)
     served.memory = memory_plan(lm, max_batch, max_context, resident_bytes(), encoder)
     return served

@@ -1,0 +1,191 @@
+"""Quantized decoding: SmolLM2-135M-Instruct greedy, glassformer float32 / bfloat16 (where native) / int8 / int4
+against transformers float32 and llama.cpp on the same GGUF file (Q4_1 blocks, Q8_0 embedding table).
+
+    python bench/quantized.py [--new-tokens 128] [--batch 8] [--repeats 2] [--llama-python PATH]
+
+Rows per batch size (1 and --batch): tokens/s, weight bytes read per token, and that traffic as a fraction of
+the memory bandwidth measured here with a large copy. Then each variant's resident memory, each loaded in a fresh
+process: the process's peak while loading and what the loaded model adds to a process that imported everything.
+
+- glassformer float32 / bfloat16: the GGUF file dequantized (``GPT.from_pretrained``), weights packed for oneDNN.
+- int4: ``Quantization("int4")``: the Q4_1 blocks used as they are, the Q8_0 table as int8 with groups of 32.
+- int8: ``Quantization("int8")``: the matrices dequantized and quantized again per output channel, table as int4's.
+- llama.cpp: ``llama-cpp-python`` in its own virtual environment (``--llama-python``, default
+  ``bench/.venv-llama/bin/python``), never a glassformer dependency. Build it once with
+  ``python3 -m venv bench/.venv-llama && bench/.venv-llama/bin/pip install llama-cpp-python`` (it compiles llama.cpp
+  with the system compiler, minutes). Batch 1 only: its Python API decodes one sequence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from glassformer import runtime
+from glassformer.data.pretrained import resolve_shortcut
+from glassformer.models.gpt import GPT
+from glassformer.models.quantization import Quantization
+from glassformer.nn.quantization import describe_kernels
+from glassformer.tokenizer import Tokenizer
+
+PROMPT = (
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg combined a screw "
+    "press with movable metal type. Within fifty years, presses were working in more than two hundred cities."
+)
+LOAD = """
+import resource, sys, time, torch
+from glassformer.models.gpt import GPT
+from glassformer.models.quantization import Quantization
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+kind = sys.argv[1]
+before = rss()
+start = time.perf_counter()
+model = GPT.from_pretrained("smollm2", quantization=None if kind == "float32" else Quantization(kind))
+print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, rss(), time.perf_counter() - start)
+"""
+LLAMA = """
+import sys, time
+from llama_cpp import Llama
+path, prompt, new, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+llm = Llama(model_path=path, n_threads=threads, n_ctx=512, verbose=False)
+best = 0.0
+for _ in range(int(sys.argv[5])):
+    llm.reset()
+    tokens = llm.tokenize(prompt.encode())
+    llm.eval(tokens)
+    start = time.perf_counter()
+    for _ in range(new):
+        token = llm.sample(temp=0.0)
+        llm.eval([token])
+    best = max(best, new / (time.perf_counter() - start))
+print(best)
+"""
+
+
+def bandwidth() -> float:
+    """Bytes per second of a 512 MiB copy (read + write), best of 3."""
+    a = torch.ones(128 << 20)
+    b = torch.empty_like(a)
+    best = float("inf")
+    for _ in range(4):
+        start = time.perf_counter()
+        b.copy_(a)
+        best = min(best, time.perf_counter() - start)
+    return 2 * a.numel() * 4 / best
+
+
+def weight_bytes(model: GPT) -> int:
+    """Bytes of the matrices one decoding step reads: every Linear (the tied output layer is the table) once."""
+    total, seen = 0, set()
+    for module in model.modules():
+        table = getattr(module, "quantized", None)
+        if table is not None and id(table) not in seen:
+            seen.add(id(table))
+            total += table.nbytes
+        elif isinstance(module, torch.nn.Linear) and module.weight is not None and id(module.weight) not in seen:
+            seen.add(id(module.weight))
+            total += module.weight.numel() * module.weight.element_size()
+    return total
+
+
+def decode_rate(generate, repeats: int, new_tokens: int, batch: int) -> float:
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        generate()
+        best = max(best, new_tokens * batch / (time.perf_counter() - start))
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--llama-python", default=str(Path(__file__).parent / ".venv-llama" / "bin" / "python"))
+    args = parser.parse_args()
+    print(runtime.env_line("cpu"))
+    print(f"quantized kernels: {describe_kernels()}")
+    speed = bandwidth()
+    print(f"memory bandwidth (512 MiB copy, read + write): {speed / 1e9:.1f} GB/s")
+    directory = resolve_shortcut("smollm2")
+    gguf = next(directory.glob("*.gguf"))
+    tokenizer = Tokenizer.from_pretrained(directory)
+    prompt = tokenizer.encode(PROMPT)[:32]
+    variants = {
+        "glassformer float32": lambda: GPT.from_pretrained(directory),
+        "glassformer int8": lambda: GPT.from_pretrained(directory, quantization=Quantization("int8")),
+        "glassformer int4": lambda: GPT.from_pretrained(directory, quantization=Quantization("int4")),
+    }
+    if "bf16" in runtime.native_precisions("cpu"):
+        variants["glassformer bfloat16"] = lambda: GPT.from_pretrained(directory, dtype=torch.bfloat16)
+    print(f"\nSmolLM2-135M-Instruct ({gguf.name}), prompt 32 tokens, greedy {args.new_tokens} new tokens, best of "
+          f"{args.repeats}; threads {torch.get_num_threads()}")  # fmt: skip
+    print(f"{'':24}{'batch':>6}{'tok/s':>9}{'MB read/token':>15}{'of bandwidth':>14}{'vs float32':>12}")
+    base = {}
+    for name, load in variants.items():
+        model = load()
+        for batch in (1, args.batch):
+            ids = torch.tensor([prompt] * batch)
+            rate = decode_rate(
+                lambda m=model, i=ids: m.generate(i, max_new_tokens=args.new_tokens, eos_token_id=None),
+                args.repeats, args.new_tokens, batch,
+            )  # fmt: skip
+            per_step = weight_bytes(model)  # one step reads the weights once for the whole batch
+            base.setdefault(batch, rate)
+            print(f"{name:24}{batch:>6}{rate:>9.1f}{per_step / 1e6:>15.0f}{per_step * rate / batch / speed:>13.0%}"
+                  f"{rate / base[batch]:>11.2f}x")  # fmt: skip
+        del model
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        hf = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf.name, dtype=torch.float32)
+        for batch in (1, args.batch):
+            ids = torch.tensor([prompt] * batch)
+            rate = decode_rate(
+                lambda i=ids, model=hf: model.generate(
+                    i, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=2
+                ),
+                args.repeats, args.new_tokens, batch,
+            )  # fmt: skip
+            print(f"{'transformers float32':24}{batch:>6}{rate:>9.1f}{'':>15}{'':>14}{rate / base[batch]:>11.2f}x")
+        del hf
+    except ImportError:
+        print("transformers: not installed (pip install transformers gguf accelerate)")
+    if Path(args.llama_python).is_file():
+        text = tokenizer.decode(prompt)
+        command = [args.llama_python, "-c", LLAMA, str(gguf), text, str(args.new_tokens),
+                   str(torch.get_num_threads()), str(args.repeats)]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode == 0:
+            rate = float(result.stdout.split()[-1])
+            print(f"{'llama.cpp (same file)':24}{1:>6}{rate:>9.1f}{gguf.stat().st_size / 1e6:>15.0f}"
+                  f"{gguf.stat().st_size * rate / speed:>13.0%}{rate / base[1]:>11.2f}x")  # fmt: skip
+        else:
+            print(f"llama.cpp: failed ({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else '?'})")
+    else:
+        print(f"llama.cpp: no {args.llama_python} (see the docstring to build llama-cpp-python there)")
+
+    print("\nresident memory, each variant loaded in a fresh process (MiB):")
+    print(f"{'':24}{'peak while loading':>20}{'model (after − before)':>24}{'load s':>8}")
+    sizes = {}
+    for kind in ("float32", "int8", "int4"):
+        out = subprocess.run([sys.executable, "-c", LOAD, kind], capture_output=True, text=True, check=True).stdout
+        before, peak, after, seconds = (float(v) for v in out.split())
+        sizes[kind] = after - before
+        print(f"{'glassformer ' + kind:24}{peak / 2**20:>20.0f}{(after - before) / 2**20:>24.0f}{seconds:>8.1f}")
+    print(json.dumps({"int4 / float32 resident": round(sizes["int4"] / sizes["float32"], 3)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""SmolLM2-135M-Instruct quantized: perplexity on held-out Shakespeare (2,048 tokens of the test plays) for float32,
+int8 and int4 — the quantized figures within bounds derived from float32's — and greedy answers that stay right.
+int4 loads the GGUF file's Q4_1 blocks as they are (its Q8_0 embedding table as int8); int8 quantizes the
+float32 weights per output channel."""
+
+import copy
+import math
+
+import pytest
+import torch
+
+from glassformer.data.shakespeare import prepare_shakespeare
+from glassformer.models.gpt import GPT
+from glassformer.models.quantization import Quantization
+from glassformer.tokenizer import Tokenizer
+
+TOKENS, WINDOW = 2048, 512
+ANSWERS = {"The capital of France is": "Paris", "The capital of Italy is": "Rome"}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return Tokenizer.from_pretrained("smollm2")
+
+
+@pytest.fixture(scope="module")
+def text_ids(tokenizer):
+    text = prepare_shakespeare()["test"].read_text(encoding="utf-8")
+    ids = tokenizer.encode(text[:40_000])
+    assert len(ids) >= TOKENS
+    return torch.tensor(ids[:TOKENS])
+
+
+@pytest.fixture(scope="module")
+def models():
+    float32 = GPT.from_pretrained("smollm2")
+    int8 = copy.deepcopy(float32).quantize("int8")
+    int4 = GPT.from_pretrained("smollm2", quantization=Quantization("int4"))
+    return {"float32": float32, "int8": int8, "int4": int4}
+
+
+def perplexity(model, ids: torch.Tensor) -> float:
+    """exp(mean next-token loss) over windows of WINDOW tokens."""
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(ids), WINDOW):
+            window = ids[start : start + WINDOW][None]
+            logits = model(window)[0, :-1]
+            total += float(torch.nn.functional.cross_entropy(logits, window[0, 1:], reduction="sum"))
+            count += window.size(1) - 1
+    return math.exp(total / count)
+
+
+def test_quantized_perplexity_stays_within_bounds_of_float32(models, text_ids):
+    figures = {name: perplexity(model, text_ids) for name, model in models.items()}
+    base = figures["float32"]
+    assert 5 < base < 200, figures  # a real model on real English verse
+    assert figures["int8"] <= base * 1.01, figures
+    assert figures["int4"] <= base * 1.08, figures
+
+
+def test_int4_reads_a_fraction_of_the_float32_bytes(models):
+    def nbytes(model):
+        tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
+        return sum(t.numel() * t.element_size() for t in tensors.values())
+
+    assert nbytes(models["int4"]) <= 0.3 * nbytes(models["float32"])
+    assert models["int4"].layers[0].ffn.fc1.quantized.kind == "int4"
+    assert models["int4"].embedding.quantized.kind == "int8"  # the file's Q8_0 table, as stored
+
+
+@pytest.mark.parametrize("name", ["int8", "int4"])
+def test_greedy_answers_stay_right(models, tokenizer, name):
+    for prompt, answer in ANSWERS.items():
+        ids = torch.tensor([tokenizer.encode(prompt)])
+        out = models[name].generate(ids, max_new_tokens=6, eos_token_id=None)
+        assert answer in tokenizer.decode(out[0, ids.size(1) :].tolist()), (name, prompt)

@@ -1,0 +1,267 @@
+"""Weight-only quantization: every fast path against the reference (dequantize, then F.linear), the formats
+(including GGUF's blocks against the ``gguf`` package's own dequantization), quantized models, their checkpoints,
+and the errors for shapes a quantization does not fit."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from glassformer import runtime
+from glassformer.models.bert import Bert, BertConfig
+from glassformer.models.gpt import GPT, GPTConfig
+from glassformer.models.quantization import Quantization
+from glassformer.models.transformer import Transformer, TransformerConfig
+from glassformer.nn import kernels
+from glassformer.nn.linear import Linear, packed_weights
+from glassformer.nn.quantization import (
+    QuantizedWeight,
+    check_quantization,
+    dequantize_tensor,
+    native_linear,
+    pack_int4,
+    quantize_tensor,
+    quantized_linear,
+    quantized_linear_reference,
+    torch_linear,
+    unpack_int4,
+)
+
+CASES = [("int8", None), ("int8", 32), ("int8", 64), ("int4", 32), ("int4", 64), ("int4", 128)]
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
+
+
+def random_weight(kind, group, out_features=40, in_features=256, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return QuantizedWeight.from_float(torch.randn(out_features, in_features, generator=generator), kind, group)
+
+
+@pytest.mark.parametrize("kind,group", CASES)
+@pytest.mark.parametrize("rows", [1, 3, 5, 16])
+@pytest.mark.parametrize("out_features", [1, 7, 40])
+def test_native_kernel_matches_the_reference(kind, group, rows, out_features):
+    if not runtime.kernel_works(f"quantized_native_{kind}"):
+        pytest.skip(f"glassformer's kernel is not available here: {runtime.kernel_status(f'quantized_native_{kind}')}")
+    weight = random_weight(kind, group, out_features)
+    x = torch.randn(rows, 256)
+    bias = torch.randn(out_features)
+    for b in (None, bias):
+        assert relative_error(native_linear(x, weight, b), quantized_linear_reference(x, weight, b)) <= 1e-3
+    # rows of the weight (one of Q, K, V) and a leading batch shape
+    part = slice(out_features // 2, out_features)
+    x3 = torch.randn(2, rows, 256)
+    expected = quantized_linear_reference(x3, weight, bias[part], part)
+    assert relative_error(native_linear(x3, weight, bias[part], part), expected) <= 1e-3
+
+
+@pytest.mark.parametrize("kind,group", [("int8", None), ("int4", 32), ("int4", 64), ("int4", 128)])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_torch_kernels_match_the_reference(kind, group, rows):
+    if not runtime.kernel_works(f"quantized_torch_{kind}"):
+        pytest.skip(f"torch's {kind} kernel does not work here: {runtime.kernel_status(f'quantized_torch_{kind}')}")
+    weight = random_weight(kind, group, out_features=64)
+    x = torch.randn(rows, 256)
+    expected = quantized_linear_reference(x, weight, torch.ones(64))
+    assert relative_error(torch_linear(x, weight, torch.ones(64)), expected) <= 1e-3
+    weight.codes.zero_()  # new codes: torch's packed layout is made again
+    assert relative_error(torch_linear(x, weight), quantized_linear_reference(x, weight)) <= 1e-3
+
+
+def test_the_dispatcher_takes_any_input_and_equals_the_reference():
+    weight = random_weight("int4", 32)
+    for x in (torch.randn(1, 256), torch.randn(40, 256), torch.randn(3, 256).double(), torch.randn(2, 256).bfloat16()):
+        expected = quantized_linear_reference(x, weight)
+        assert quantized_linear(x, weight).dtype == x.dtype
+        tolerance = 2e-2 if x.dtype == torch.bfloat16 else 1e-3
+        assert relative_error(quantized_linear(x, weight).float(), expected.float()) <= tolerance
+
+
+@pytest.mark.parametrize("kind,group", CASES)
+def test_quantization_error_is_at_most_half_a_step(kind, group):
+    w = torch.randn(24, 256)
+    codes, scales, offsets = quantize_tensor(w, kind, group)
+    g = group or 256
+    steps = scales.repeat_interleave(g, dim=1)
+    assert torch.all((dequantize_tensor(kind, codes, scales, offsets) - w).abs() <= steps / 2 + 1e-6)
+    assert codes.dtype == (torch.int8 if kind == "int8" else torch.uint8)
+
+
+def test_int4_packing_is_llama_cpps_block_layout():
+    q = torch.randint(0, 16, (3, 64), dtype=torch.uint8)
+    packed = pack_int4(q)
+    assert packed.shape == (3, 32)
+    assert torch.equal(packed[:, 0] & 15, q[:, 0]) and torch.equal(packed[:, 0] >> 4, q[:, 16])
+    assert torch.equal(unpack_int4(packed), q)
+
+
+def test_constant_groups_quantize_exactly():
+    w = torch.full((2, 64), 0.5)
+    for kind in ("int8", "int4"):
+        assert torch.equal(dequantize_tensor(kind, *quantize_tensor(w, kind, 32)), w)
+
+
+@pytest.mark.parametrize(
+    "kind,group,in_features,words",
+    [
+        ("int4", 128, 576, ["group size 128", "in_features=576"]),
+        ("int8", 100, 576, ["group size 100", "in_features=576"]),
+        ("int4", 48, 96, ["group size 48", "multiples of 32"]),
+        ("int3", None, 64, ["int3", "int8, int4"]),
+    ],
+)
+def test_a_shape_the_quantization_does_not_fit_is_one_line_naming_both(kind, group, in_features, words):
+    with pytest.raises(ValueError) as error:
+        check_quantization(kind, group, in_features)
+    assert "\n" not in str(error.value) and all(w in str(error.value) for w in words)
+
+
+@pytest.mark.parametrize("block_type", ["Q8_0", "Q4_0", "Q4_1"])
+def test_gguf_blocks_load_exactly_as_gguf_dequantizes_them(block_type):
+    from gguf import GGMLQuantizationType
+    from gguf.quants import dequantize, quantize
+
+    from glassformer.checkpoints.gguf import blocks_to_quantized
+
+    qtype = GGMLQuantizationType[block_type]
+    data = quantize(np.random.default_rng(0).standard_normal((24, 128)).astype(np.float32), qtype)
+
+    class Tensor:  # what GGUFReader gives: raw blocks and their type
+        tensor_type = qtype
+
+    Tensor.data = data
+    kind, codes, scales, offsets = blocks_to_quantized(Tensor)
+    expected = torch.from_numpy(np.array(dequantize(data, qtype), dtype=np.float32))
+    assert kind == ("int8" if block_type == "Q8_0" else "int4")
+    assert torch.allclose(dequantize_tensor(kind, codes, scales, offsets), expected, atol=1e-6, rtol=0)
+
+
+def tiny_llama(tie=True):
+    torch.manual_seed(0)
+    config = GPTConfig.llama(
+        vocab_size=96, max_seq_length=64, d_model=64, num_layers=2, num_heads=4, num_kv_heads=2, d_ff=128
+    )
+    config.tie_embeddings = tie
+    return GPT(config).eval()
+
+
+@pytest.mark.parametrize("kind,tolerance", [("int8", 0.02), ("int4", 0.15)])
+@pytest.mark.parametrize("embeddings", [None, "int8", "int4"])
+def test_a_quantized_gpt_stays_close_and_round_trips_through_its_checkpoint(tmp_path, kind, tolerance, embeddings):
+    model = tiny_llama()
+    ids = torch.randint(0, 96, (2, 12))
+    with torch.inference_mode():
+        expected = model(ids)
+        quantized = copy.deepcopy(model).quantize(kind, embeddings=embeddings)
+        logits = quantized(ids)
+    assert relative_error(logits, expected) <= (0.15 if embeddings == "int4" else tolerance)
+    assert all(m.weight is None for m in quantized.modules() if isinstance(m, Linear) and m is not quantized.lm_head)
+    if embeddings is not None:  # the tied output layer is the embedding table: one object, stored once
+        assert quantized.lm_head.quantized is quantized.embedding.quantized
+    quantized.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["quantization"]["kind"] == kind
+    with torch.inference_mode():
+        reloaded = GPT.from_pretrained(tmp_path)
+        assert torch.equal(reloaded(ids), logits)
+        # decoding one token at a time (the kernels' rows) agrees with the whole sequence
+        cached = reloaded.generate(ids[:1, :4], max_new_tokens=6, eos_token_id=None)
+        assert torch.equal(cached, quantized.generate(ids[:1, :4], max_new_tokens=6, eos_token_id=None))
+
+
+def test_quantized_tables_go_back_to_float_when_asked():
+    model = tiny_llama().quantize("int8", embeddings="int8")
+    model.quantize("int8", embeddings="float")
+    assert model.embedding.quantized is None and model.lm_head.weight is model.embedding.weight
+    assert model.embedding.weight.dtype == torch.float32
+
+
+def test_a_group_size_that_does_not_fit_leaves_the_model_untouched():
+    model = tiny_llama()
+    with pytest.raises(ValueError, match="group size 48"):
+        model.quantize("int4", group_size=48)
+    assert all(m.quantized is None for m in model.modules() if isinstance(m, Linear))
+
+
+def test_seq2seq_and_bert_quantize_through_the_same_linear():
+    torch.manual_seed(0)
+    config = TransformerConfig.t5(src_vocab_size=50, tgt_vocab_size=50, d_model=64, num_heads=4, d_ff=128, num_layers=2)
+    t5 = Transformer(config).eval()
+    src, tgt = torch.randint(3, 50, (2, 7)), torch.randint(3, 50, (2, 5))
+    with torch.inference_mode():
+        expected = t5(src, tgt)
+        q = copy.deepcopy(t5).quantize("int8", embeddings="int8")
+        assert relative_error(q(src, tgt), expected) <= 0.03
+        memory = q.encode(src)  # cross-attention keys and values from rows of the quantized [W_Q; W_K; W_V]
+        kv = q.cross_attention_kv(memory)
+        assert len(kv) == 2 and kv[0][0].shape[0] == 2
+    bert = Bert(BertConfig(vocab_size=60, d_model=64, num_heads=4, d_ff=128, num_layers=2, max_seq_length=32)).eval()
+    ids = torch.randint(0, 60, (2, 9))
+    with torch.inference_mode():
+        assert relative_error(copy.deepcopy(bert).quantize("int4")(ids), bert(ids)) <= 0.2
+
+
+def test_packed_weights_are_made_once_and_again_only_when_the_weight_changes():
+    if not runtime.packed_linear_works(torch.float32):
+        pytest.skip(f"oneDNN packing does not work here: {runtime.kernel_status('onednn_packed_fp32')}")
+    model = tiny_llama()
+    layer = model.layers[0].ffn.fc1
+    with torch.inference_mode(), packed_weights(model):
+        first = layer.packed_weight
+    with packed_weights(model):
+        assert layer.packed_weight is first  # a second generate does not pack again
+    with torch.no_grad():
+        layer.weight.add_(1.0)
+    with packed_weights(model):
+        assert layer.packed_weight is not first  # the weight changed: packed anew
+        x = torch.randn(3, 64)
+        with torch.inference_mode():
+            assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight), atol=1e-4)
+    model.train()
+    assert layer.packed_weight is None
+
+
+@pytest.mark.parametrize("kind", ["q8_0", "q4_0"])
+def test_export_to_gguf_reads_back(tmp_path, kind):
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    from glassformer.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.gpt2()
+    torch.manual_seed(0)
+    config = GPTConfig.llama(
+        vocab_size=tokenizer.vocab_size,
+        max_seq_length=64,
+        d_model=64,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        d_ff=128,
+    )
+    config.tie_embeddings, config.eos_token_id = True, 50256
+    model = GPT(config).eval().quantize("int8", group_size=32, embeddings="int8")
+    path = model.save_gguf(tmp_path / "model.gguf", tokenizer, kind)
+    reader = GGUFReader(str(path))
+    types = {t.name: t.tensor_type for t in reader.tensors}
+    expected = GGMLQuantizationType.Q8_0 if kind == "q8_0" else GGMLQuantizationType.Q4_0
+    assert types["blk.0.attn_q.weight"] == expected and types["token_embd.weight"] == expected
+    assert types["blk.0.attn_norm.weight"] == GGMLQuantizationType.F32 and "output.weight" not in types
+    ids = torch.tensor([tokenizer.encode("Hello world, 123")])
+    with torch.inference_mode():
+        back = GPT.from_pretrained(path, quantization=Quantization("int8" if kind == "q8_0" else "int4"))
+        assert relative_error(back(ids), model(ids)) <= (0.01 if kind == "q8_0" else 0.2)
+    assert Tokenizer.from_pretrained(path).encode("Hello world, 123") == tokenizer.encode("Hello world, 123")
+
+
+def test_the_kernel_library_reports_why_it_is_missing(monkeypatch):
+    kernels.load.cache_clear()
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    try:
+        assert kernels.load("quantized") is None
+        assert "could not build quantized.c" in kernels.why_not["quantized"]
+    finally:
+        kernels.load.cache_clear()
