@@ -72,7 +72,7 @@ def test_packed_weights_equal_reference(rows, amx, dtype, monkeypatch):
             packs = dtype == torch.float32 or not amx
             assert (model[0].packed_weight is not None) == packs and (model[2].packed_weight is not None) == packs
             packed = model(x)
-    assert model[0].packed_weight is None  # dropped on exit
+    assert (model[0].packed_weight is not None) == packs  # kept after the block: packed once per model
     tolerance = dict(atol=1e-5, rtol=0) if dtype == torch.float32 else dict(atol=0.05, rtol=0.02)
     torch.testing.assert_close(packed, expected, **tolerance)
 
@@ -190,4 +190,6 @@ def test_an_inner_packed_block_leaves_the_outer_one_packed():
         with packed_weights(layer):  # generate() inside a server that holds the model packed
             assert layer.packed_weight is outer  # not packed a second time
         assert layer.packed_weight is outer  # and still packed for the server
-    assert layer.packed_weight is None
+    assert layer.packed_weight is outer  # kept: the next generate() does not pack again
+    layer.train()
+    assert layer.packed_weight is None  # training changes the weight: the copy is dropped
