@@ -99,24 +99,6 @@ class Tokenizer:
             "save the tokenizer with the model"
         )
 
-    def gguf_metadata(self, bos_token_id=None, eos_token_id=None, pad_token_id=None) -> dict:
-        """The ``tokenizer.ggml.*`` keys that describe this byte-level BPE tokenizer in a GGUF file (the inverse of
-        ``from_gguf_metadata``); other kinds of tokenizer have no GGUF form here."""
-        import json
-
-        from glassformer.checkpoints.gguf_export import tokenizer_metadata
-
-        spec = json.loads(self.backend.to_str())
-        model = spec.get("model", {})
-        if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
-            raise ValueError("only a byte-level BPE tokenizer (GPT-2, Llama 3, SmolLM) can be written into a GGUF file")
-        tokens = [self.backend.id_to_token(i) for i in range(self.backend.get_vocab_size())]
-        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-        specials = {t["content"] for t in spec.get("added_tokens", []) if t.get("special")}
-        pre = "smollm" if "Digits" in json.dumps(spec.get("pre_tokenizer")) else "gpt2"
-        ids = {"bos": bos_token_id, "eos": eos_token_id, "padding": pad_token_id}
-        return tokenizer_metadata(tokens, merges, specials, pre, ids, self.chat_template)
-
     @classmethod
     def from_gguf_metadata(cls, metadata: dict) -> Tokenizer:
         """The byte-level BPE tokenizer of GGUF metadata (``tokenizer.ggml.model == "gpt2"``): vocabulary, merges,

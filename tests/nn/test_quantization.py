@@ -231,7 +231,8 @@ def test_export_to_gguf_reads_back(tmp_path, kind):
 
     from glassformer.tokenizer import Tokenizer
 
-    tokenizer = Tokenizer.gpt2()
+    text = "Hello world, 123. The quick brown fox jumps over the lazy dog; ça va? 日本語"
+    tokenizer = Tokenizer.train([text] * 10, vocab_size=300)  # byte-level BPE, as GPT-2's but small
     torch.manual_seed(0)
     config = GPTConfig.llama(
         vocab_size=tokenizer.vocab_size,
@@ -242,7 +243,7 @@ def test_export_to_gguf_reads_back(tmp_path, kind):
         num_kv_heads=2,
         d_ff=128,
     )
-    config.tie_embeddings, config.eos_token_id = True, 50256
+    config.tie_embeddings, config.eos_token_id = True, 0  # <|endoftext|>, the trained tokenizer's first token
     model = GPT(config).eval().quantize("int8", group_size=32, embeddings="int8")
     path = model.save_gguf(tmp_path / "model.gguf", tokenizer, kind)
     reader = GGUFReader(str(path))

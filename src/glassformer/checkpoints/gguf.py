@@ -182,8 +182,9 @@ def _read_gguf(reader, metadata: dict, quantize=None, group_size=None, embedding
         table = tensor.name.split(".")[0] in ("token_embd", "output")
         matrix = tensor.name.endswith(".weight") and len(tensor.shape) == 2
         target = (embeddings if table else quantize) if quantize is not None and matrix else None
+        as_stored = quantize is not None and table and embeddings is None  # the table keeps the file's blocks
         rotated = heads.get(tensor.name.split(".")[-2]) if tensor.name.startswith("blk.") else None
-        for name, value in _tensor(tensor, target, group_size, table and embeddings is None).items():
+        for name, value in _tensor(tensor, target, group_size, as_stored).items():
             if rotated is not None:  # rows of a matrix, or of its codes, scales and offsets
                 value = unpermute_rotary(value.reshape(value.size(0), -1), rotated).reshape(value.shape)
             tensors[hf_name(tensor.name).removesuffix(".weight") + name] = value

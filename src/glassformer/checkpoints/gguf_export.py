@@ -10,6 +10,7 @@ to that scale's rounding).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -111,18 +112,26 @@ def _add(writer, key: str, value) -> None:
         writer.add_string(key, str(value))
 
 
-def tokenizer_metadata(tokens: list[str], merges: list[str], specials: set[str], pre: str, ids: dict, template):
-    """The ``tokenizer.ggml.*`` keys of a byte-level BPE vocabulary (``Tokenizer.from_gguf_metadata`` reads them)."""
+def tokenizer_metadata(tokenizer, bos_token_id=None, eos_token_id=None, pad_token_id=None) -> dict:
+    """The ``tokenizer.ggml.*`` keys that describe a glassformer ``Tokenizer`` of byte-level BPE (GPT-2, Llama 3,
+    SmolLM) in a GGUF file: tokens by id, merges, special tokens as CONTROL, the pre-tokenizer ("smollm" when
+    digits are split apart, else "gpt2"), the chat template — what ``Tokenizer.from_gguf_metadata`` reads back."""
+    spec = json.loads(tokenizer.backend.to_str())
+    model = spec.get("model", {})
+    if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(spec.get("pre_tokenizer")):
+        raise ValueError("only a byte-level BPE tokenizer (GPT-2, Llama 3, SmolLM) can be written into a GGUF file")
+    tokens = [tokenizer.backend.id_to_token(i) for i in range(tokenizer.backend.get_vocab_size())]
+    specials = {t["content"] for t in spec.get("added_tokens", []) if t.get("special")}
     meta = {
         "tokenizer.ggml.model": "gpt2",
-        "tokenizer.ggml.pre": pre,
+        "tokenizer.ggml.pre": "smollm" if "Digits" in json.dumps(spec.get("pre_tokenizer")) else "gpt2",
         "tokenizer.ggml.tokens": tokens,
         "tokenizer.ggml.token_type": [CONTROL if t in specials else NORMAL for t in tokens],
-        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.merges": [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])],
     }
-    for key, value in ids.items():
+    for key, value in (("bos", bos_token_id), ("eos", eos_token_id), ("padding", pad_token_id)):
         if value is not None:
             meta[f"tokenizer.ggml.{key}_token_id"] = int(value)
-    if template:
-        meta["tokenizer.chat_template"] = template
+    if tokenizer.chat_template:
+        meta["tokenizer.chat_template"] = tokenizer.chat_template
     return meta

@@ -28,7 +28,7 @@ from torch import nn
 
 from glassformer.checkpoints import load_state_dict_checked
 from glassformer.checkpoints.gguf import find_gguf, read_gguf
-from glassformer.checkpoints.gguf_export import write_gguf
+from glassformer.checkpoints.gguf_export import tokenizer_metadata, write_gguf
 from glassformer.checkpoints.huggingface import load_gpt2, read_config, resolve_model_dir, save_gpt2
 from glassformer.checkpoints.huggingface_llama import load_llama, save_llama
 from glassformer.generation.config import GenerationConfig
@@ -318,7 +318,7 @@ class GPT(PretrainedMixin, nn.Module):
         """Write a GGUF file llama.cpp opens (Llama-style models): matrices in ``kind`` ("q8_0" or "q4_0"), norms
         float32, ``tokenizer``'s vocabulary, merges and chat template (``checkpoints.gguf_export``)."""
         c = self.config
-        metadata = tokenizer.gguf_metadata(c.bos_token_id, c.eos_token_id, c.pad_token_id)
+        metadata = tokenizer_metadata(tokenizer, c.bos_token_id, c.eos_token_id, c.pad_token_id)
         return write_gguf(path, c.to_dict(), dequantized_state_dict(self), metadata, kind)
 
 
