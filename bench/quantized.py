@@ -5,7 +5,8 @@ against transformers float32 and llama.cpp on the same GGUF file (Q4_1 blocks, Q
 
 Rows per batch size (1 and --batch): tokens/s, weight bytes read per token, and that traffic as a fraction of
 the memory bandwidth measured here with a large copy. Then each variant's resident memory, each loaded in a fresh
-process: the process's peak while loading and what the loaded model adds to a process that imported everything.
+process with its tokenizer (``load_language_model``, what generate / chat / serve do): the process's peak while
+loading (VmHWM) and what the loaded model adds to a process that imported everything (VmRSS after − before).
 
 - glassformer float32 / bfloat16: the GGUF file dequantized (``GPT.from_pretrained``), weights packed for oneDNN.
 - int4: ``Quantization("int4")``: the Q4_1 blocks used as they are, the Q8_0 table as int8 with groups of 32.
@@ -39,18 +40,19 @@ PROMPT = (
     "press with movable metal type. Within fifty years, presses were working in more than two hundred cities."
 )
 LOAD = """
-import resource, sys, time, torch
-from glassformer.models.gpt import GPT
+import sys, time
 from glassformer.models.quantization import Quantization
-def rss():
+from glassformer.pipelines.language_model import load_language_model
+def status(key):
     for line in open("/proc/self/status"):
-        if line.startswith("VmRSS:"):
+        if line.startswith(key):
             return int(line.split()[1]) * 1024
 kind = sys.argv[1]
-before = rss()
+before = status("VmRSS:")
 start = time.perf_counter()
-model = GPT.from_pretrained("smollm2", quantization=None if kind == "float32" else Quantization(kind))
-print(before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, rss(), time.perf_counter() - start)
+model, tokenizer = load_language_model("smollm2", quantization=None if kind == "float32" else Quantization(kind))
+seconds = time.perf_counter() - start
+print(before, status("VmHWM:"), status("VmRSS:"), seconds)
 """
 LLAMA = """
 import sys, time

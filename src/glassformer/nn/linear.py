@@ -38,7 +38,7 @@ from torch import nn
 
 from glassformer import runtime
 from glassformer.nn.activation import ACTIVATIONS, check_activation
-from glassformer.nn.quantization import QuantizedWeight
+from glassformer.nn.quantization import QuantizedWeight, quantized_linear
 
 MAX_SMALL_ROWS = 16
 # oneDNN's post-op for each activation: (attr, scalars, algorithm) of torch.ops.mkldnn._linear_pointwise
@@ -109,7 +109,7 @@ class Linear(nn.Linear):
         """``x W[start:end]ᵀ + b[start:end]``: the product with some output rows only (one of Q, K, V)."""
         bias = None if self.bias is None else self.bias[start:end]
         if self.quantized is not None:
-            return self.quantized(x, bias, slice(start, end))
+            return quantized_linear(x, self.quantized, bias, slice(start, end))
         return linear(x, self.weight[start:end], bias)
 
     def train(self, mode: bool = True):
@@ -132,7 +132,7 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quantized is not None:
-            y = self.quantized(x, self.bias)
+            y = quantized_linear(x, self.quantized, self.bias)  # not through the module call: one per layer and step
             return y if self.activation is None else ACTIVATIONS[self.activation](y)
         if self.uses_packed_weight(x):
             try:

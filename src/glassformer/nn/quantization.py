@@ -206,34 +206,31 @@ def _library() -> ctypes.CDLL | None:
     return library
 
 
-def _pointer(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
 def native_linear(x: torch.Tensor, weight: QuantizedWeight, bias=None, rows: slice | None = None) -> torch.Tensor:
-    """glassformer's kernel (``kernels/quantized.c``): float32 ``x`` on the CPU, in_features and G multiples of 32."""
+    """glassformer's kernel (``kernels/quantized.c``): float32 ``x`` on the CPU, in_features and G multiples of 32.
+    Called once per layer per decoding step: it only reads pointers (``rows`` of the weight are an offset into it)."""
     library = _library()
     if library is None:
         raise RuntimeError(kernels.why_not.get("quantized", "glassformer's quantized kernel is not built"))
-    rows = rows or slice(None)
-    codes, scales = weight.codes[rows], weight.scales[rows]
-    k, n = weight.in_features, codes.size(0)
-    x2 = x.reshape(-1, k).contiguous()
-    y = torch.empty(x2.size(0), n, dtype=torch.float32)
-    b = None if bias is None else bias.float().contiguous()
+    codes, scales, offsets = weight.codes, weight.scales, weight.offsets
+    start, n = (0, weight.out_features) if rows is None else (rows.start, rows.stop - rows.start)
+    k = weight.in_features
+    x2 = x.reshape(-1, k)
+    if not x2.is_contiguous():
+        x2 = x2.contiguous()
+    y = torch.empty(x2.size(0), n)
+    b = None if bias is None else bias.float().contiguous().data_ptr()
+    code_bytes, groups = codes.size(1) * codes.element_size(), scales.size(1) * 4  # bytes of one row
+    c, sc = codes.data_ptr() + start * code_bytes, scales.data_ptr() + start * groups
     threads = torch.get_num_threads()
-    if weight.kind == "int8":
-        library.glassformer_int8_linear(
-            x2.data_ptr(), x2.size(0), k, codes.data_ptr(), scales.data_ptr(), n, weight.group_size, _pointer(b),
-            y.data_ptr(), threads,
-        )  # fmt: skip
+    if offsets is None:
+        library.glassformer_int8_linear(x2.data_ptr(), x2.size(0), k, c, sc, n, weight.group_size, b, y.data_ptr(),
+                                        threads)  # fmt: skip
     else:
-        offsets = weight.offsets[rows]
-        library.glassformer_int4_linear(
-            x2.data_ptr(), x2.size(0), k, codes.data_ptr(), scales.data_ptr(), offsets.data_ptr(), n,
-            weight.group_size, _pointer(b), y.data_ptr(), threads,
-        )  # fmt: skip
-    return y.reshape(*x.shape[:-1], n)
+        o = offsets.data_ptr() + start * groups
+        library.glassformer_int4_linear(x2.data_ptr(), x2.size(0), k, c, sc, o, n, weight.group_size, b,
+                                        y.data_ptr(), threads)  # fmt: skip
+    return y.view(*x.shape[:-1], n)
 
 
 def torch_fits(weight: QuantizedWeight) -> bool:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from glassformer import runtime
+from glassformer.checkpoints.gguf import forget_gguf
 from glassformer.models.gpt import GPT
 from glassformer.models.quantization import Quantization
 from glassformer.pipelines.resolve import resolve_model
@@ -52,4 +53,6 @@ def load_language_model(
     model = GPT.from_pretrained(directory, dtype=dtype, quantization=quantization)
     if device is not None or precision is not None:
         runtime.place_model(model, device, precision)
-    return model, load_tokenizer(directory, model.config.vocab_size)
+    tokenizer = load_tokenizer(directory, model.config.vocab_size)
+    forget_gguf()  # a GGUF file was parsed once for both; its metadata is not needed any more
+    return model, tokenizer

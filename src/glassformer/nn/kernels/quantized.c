@@ -74,15 +74,18 @@ static inline __attribute__((always_inline)) void int4_row(
     const int C = 4 / MB;  /* independent sums per row of x, as in int8_row */
     __m256 acc[4];
     for (int a = 0; a < 4; a++) acc[a] = _mm256_setzero_ps();
-    const __m128i low = _mm_set1_epi8(0x0F);
+    const __m256i low = _mm256_set1_epi32(0x0F);
     for (i64 b = 0; b < K / 32; b++) {  /* block b: codes b*32 .. b*32+31 in bytes b*16 .. b*16+15 */
         const i64 g = b * 32 / G;
         const __m256 s = _mm256_set1_ps(scales[g]), o = _mm256_set1_ps(offsets[g]);
-        __m128i bytes = _mm_loadu_si128((const __m128i *)(codes + b * 16));
-        __m128i lo = _mm_and_si128(bytes, low), hi = _mm_and_si128(_mm_srli_epi16(bytes, 4), low);
-        __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+        /* 8 bytes widened to 8 lanes at once hold 16 codes: low nibbles = codes 0..7 (or 8..15), high nibbles =
+           codes 16..23 (or 24..31); one widening per 16 codes instead of one per 8 */
+        __m256i first = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(codes + b * 16)));
+        __m256i second = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(codes + b * 16 + 8)));
+        __m256i parts[4] = {_mm256_and_si256(first, low), _mm256_and_si256(second, low), _mm256_srli_epi32(first, 4),
+                            _mm256_srli_epi32(second, 4)};  /* codes 0-7, 8-15, 16-23, 24-31 */
         for (int p = 0; p < 4; p++) {
-            __m256 w = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[p])), s, o);
+            __m256 w = _mm256_fmadd_ps(_mm256_cvtepi32_ps(parts[p]), s, o);
             const float *xk = x + b * 32 + p * 8;
             for (int m = 0; m < MB; m++)
                 acc[m * C + p % C] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xk + m * K), acc[m * C + p % C]);
