@@ -81,6 +81,8 @@ def test_train_lm_resume(run_dir):
             "1",
         ],
         ["--num-beams", "3"],
+        ["--quantize", "int8"],
+        ["--quantize", "int4", "--group-size", "64", "--quantize-embeddings", "int8"],
     ],
 )
 def test_generate(run_dir, flags):
@@ -98,6 +100,8 @@ def test_generate_with_seed_is_reproducible(run_dir):
     [
         (["generate", "--prompt", ""], "prompt is empty"),
         (["generate", "--prompt", "x", "--max-new-tokens", "200"], "exceeds the model's context"),
+        (["generate", "--prompt", "x", "--quantize", "int4", "--group-size", "48"], "int4 with group size 48"),
+        (["generate", "--prompt", "x", "--group-size", "32"], "--group-size and --quantize-embeddings go with"),
         (
             ["generate", "--prompt", "x", "--top-p", "2", "--sample", "--max-new-tokens", "3"],
             "--top-p must be a number in (0, 1]",

@@ -6,7 +6,6 @@ import torch
 from decoder_checks import assert_batched_equals_one_by_one, left_padded
 
 from glassformer.data.pretrained import resolve_shortcut
-from glassformer.models.gpt import GPT
 from glassformer.tokenizer import Tokenizer
 
 transformers = pytest.importorskip("transformers")
@@ -35,8 +34,8 @@ def directory():
 
 
 @pytest.fixture(scope="module")
-def model(directory):
-    return GPT.from_pretrained("smollm2")
+def model(directory, smollm2_float32):
+    return smollm2_float32
 
 
 @pytest.fixture(scope="module")

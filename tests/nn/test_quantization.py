@@ -221,6 +221,8 @@ def test_packed_weights_are_made_once_and_again_only_when_the_weight_changes():
         x = torch.randn(3, 64)
         with torch.inference_mode():
             assert torch.allclose(layer(x), torch.nn.functional.linear(x, layer.weight), atol=1e-4)
+    copied = copy.deepcopy(model)  # a model that keeps packed copies can still be copied (without them)
+    assert copied.layers[0].ffn.fc1.packed_weight is None and layer.packed_weight is not None
     model.train()
     assert layer.packed_weight is None
 
@@ -266,3 +268,17 @@ def test_the_kernel_library_reports_why_it_is_missing(monkeypatch):
         assert "could not build quantized.c" in kernels.why_not["quantized"]
     finally:
         kernels.load.cache_clear()
+
+
+def test_quantize_makes_auto_precision_float32_on_the_cpu(capsys):
+    import argparse
+
+    from glassformer.cli.options import quantization_of, report_placement
+
+    args = argparse.Namespace(
+        device="cpu", precision="auto", quantize="int4", group_size=None, quantize_embeddings=None
+    )
+    assert report_placement(args).precision == "fp32"  # the kernels take float32 activations
+    assert quantization_of(args) == Quantization("int4")
+    args.precision = "bf16"
+    assert report_placement(args).precision == "bf16"  # asked for: as asked (the reference path serves it)

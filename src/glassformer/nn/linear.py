@@ -112,6 +112,11 @@ class Linear(nn.Linear):
             return quantized_linear(x, self.quantized, bias, slice(start, end))
         return linear(x, self.weight[start:end], bias)
 
+    def __getstate__(self):  # copies and pickles leave the packed copy behind (oneDNN's opaque tensor has no storage)
+        state = self.__dict__.copy()
+        state["packed_weight"] = state["packed_from"] = None
+        return state
+
     def train(self, mode: bool = True):
         if mode:  # training changes the weight: the packed copy would go stale
             self.packed_weight = self.packed_from = None
