@@ -38,7 +38,7 @@ from torch import nn
 
 from glassformer import runtime
 from glassformer.nn.activation import ACTIVATIONS, check_activation
-from glassformer.nn.quantization import QuantizedWeight, quantized_linear
+from glassformer.nn.quantization import QuantizedWeight, quantized_linear, tensor_state
 
 MAX_SMALL_ROWS = 16
 # oneDNN's post-op for each activation: (attr, scalars, algorithm) of torch.ops.mkldnn._linear_pointwise
@@ -123,7 +123,7 @@ class Linear(nn.Linear):
         return super().train(mode)
 
     def packed_is_current(self) -> bool:
-        return self.packed_weight is not None and self.packed_from == (self.weight.data_ptr(), self.weight._version)
+        return self.packed_weight is not None and self.packed_from == tensor_state(self.weight)
 
     def uses_packed_weight(self, x: torch.Tensor) -> bool:
         if self.packed_weight is None or torch.is_grad_enabled() or x.dtype != self.weight.dtype:
@@ -191,7 +191,7 @@ def packed_weights(model: nn.Module) -> Iterator[None]:
             try:
                 weight = layer.weight.detach()
                 layer.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight, 8)
-                layer.packed_from = (weight.data_ptr(), layer.weight._version)
+                layer.packed_from = tensor_state(layer.weight)
             except RuntimeError as error:  # this shape or dtype does not pack here: the plain path for it
                 runtime.disable_kernel(_packed_kernel(layer.weight.dtype), f"failed at run time: {error}")
                 layer.packed_weight = layer.packed_from = None

@@ -45,6 +45,13 @@ DEFAULT_INT4_GROUP = 32
 KERNEL_ROWS = 16  # the most rows of activations the fused kernels take; more rows dequantize once and multiply
 
 
+def tensor_state(tensor: torch.Tensor) -> tuple[int, int]:
+    """``(data pointer, version)``: what a copy made for speed (packed, or a kernel's layout) was made from; it is made
+    anew when either changes. Tensors made under ``torch.inference_mode`` track no version (0): a change to one in
+    place, inside inference mode, goes unseen."""
+    return tensor.data_ptr(), 0 if tensor.is_inference() else tensor._version
+
+
 def check_quantization(kind: str, group_size: int | None, in_features: int, what: str = "the weight") -> int:
     """The group size that ``kind`` and ``group_size`` give for a weight with ``in_features`` inputs (``None``: one
     group per row for int8, 32 for int4); a one-line ``ValueError`` naming both when the shape does not allow it."""
@@ -245,7 +252,7 @@ def torch_linear(x: torch.Tensor, weight: QuantizedWeight, bias=None) -> torch.T
     if weight.kind == "int8":
         y = torch.ops.aten._weight_int8pack_mm(x2, weight.codes, weight.scales[:, 0].contiguous())
     else:
-        key = (weight.codes.data_ptr(), weight.codes._version, weight.scales._version, weight.offsets._version)
+        key = (tensor_state(weight.codes), tensor_state(weight.scales), tensor_state(weight.offsets))
         if weight._torch_layout is None or weight._torch_layout[0] != key:
             q = unpack_int4(weight.codes).to(torch.int32)
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
@@ -272,7 +279,8 @@ def _probe(kind: str, path: str) -> None:
     weight = _probe_weight(kind, 48, 64)
     x, bias = torch.randn(3, 64, generator=torch.Generator().manual_seed(1)), torch.linspace(-1, 1, 48)
     y = native_linear(x, weight, bias) if path == "native" else torch_linear(x, weight, bias)
-    if not torch.allclose(y, quantized_linear_reference(x, weight, bias), rtol=1e-4, atol=1e-4):
+    expected = quantized_linear_reference(x, weight, bias)
+    if not (y - expected).norm() <= 1e-4 * expected.norm():  # glassformer's kernel: 16-bit activations, ~2e-5
         raise RuntimeError(f"the {path} {kind} product differs from the reference")
 
 
