@@ -3,8 +3,10 @@ against transformers float32 and llama.cpp on the same GGUF file (Q4_1 blocks, Q
 
     python bench/quantized.py [--new-tokens 128] [--batch 8] [--repeats 2] [--llama-python PATH]
 
-Rows per batch size (1 and --batch): tokens/s, weight bytes read per token, and that traffic as a fraction of
-the memory bandwidth measured here with a large copy. Then each variant's resident memory, each loaded in a fresh
+Rows per batch size (1 and --batch): tokens/s of decoding after the prompt (every variant: n new tokens over
+T(n + 1) − T(1), llama.cpp by timing its own loop), weight bytes read per token, that traffic as a fraction of the
+memory bandwidth measured here with a large copy, and the time of the 32-token prompt with the first new token.
+Then each variant's resident memory, each loaded in a fresh
 process with its tokenizer (``load_language_model``, what generate / chat / serve do): the process's peak while
 loading (VmHWM) and what the loaded model adds to a process that imported everything (VmRSS after − before).
 
@@ -59,17 +61,20 @@ import sys, time
 from llama_cpp import Llama
 path, prompt, new, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 llm = Llama(model_path=path, n_threads=threads, n_ctx=512, verbose=False)
-best = 0.0
-for _ in range(int(sys.argv[5])):
+best, prompt_best = 0.0, float("inf")
+for _ in range(int(sys.argv[5]) + 1):  # the first is a warm-up
     llm.reset()
     tokens = llm.tokenize(prompt.encode())
+    start = time.perf_counter()
     llm.eval(tokens)
+    token = llm.sample(temp=0.0)
+    prompt_seconds = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(new):
-        token = llm.sample(temp=0.0)
         llm.eval([token])
-    best = max(best, new / (time.perf_counter() - start))
-print(best)
+        token = llm.sample(temp=0.0)
+    best, prompt_best = max(best, new / (time.perf_counter() - start)), min(prompt_best, prompt_seconds)
+print(best, prompt_best)
 """
 
 
@@ -99,13 +104,21 @@ def weight_bytes(model: GPT) -> int:
     return total
 
 
-def decode_rate(generate, repeats: int, new_tokens: int, batch: int) -> float:
-    best = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        generate()
-        best = max(best, new_tokens * batch / (time.perf_counter() - start))
-    return best
+def decode_rate(generate, repeats: int, new_tokens: int, batch: int) -> tuple[float, float]:
+    """``(tokens/s of decoding, seconds of the prompt)``: ``generate(n)`` makes n new tokens; the prompt and first token
+    cost T(1), so decoding alone is n / (T(n + 1) − T(1)), each T the best of ``repeats`` after one warm-up."""
+    generate(2)  # warm-up: probes, kernels, packed layouts are made once
+
+    def best(n: int) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            generate(n)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    first = best(1)
+    return new_tokens * batch / (best(new_tokens + 1) - first), first
 
 
 def main() -> None:
@@ -132,20 +145,21 @@ def main() -> None:
         variants["glassformer bfloat16"] = lambda: GPT.from_pretrained(directory, dtype=torch.bfloat16)
     print(f"\nSmolLM2-135M-Instruct ({gguf.name}), prompt 32 tokens, greedy {args.new_tokens} new tokens, best of "
           f"{args.repeats}; threads {torch.get_num_threads()}")  # fmt: skip
-    print(f"{'':24}{'batch':>6}{'tok/s':>9}{'MB read/token':>15}{'of bandwidth':>14}{'vs float32':>12}")
+    print(f"{'':24}{'batch':>6}{'tok/s':>9}{'MB read/token':>15}{'of bandwidth':>14}{'vs float32':>12}"
+          f"{'prompt ms':>11}")  # fmt: skip
     base = {}
     for name, load in variants.items():
         model = load()
         for batch in (1, args.batch):
             ids = torch.tensor([prompt] * batch)
-            rate = decode_rate(
-                lambda m=model, i=ids: m.generate(i, max_new_tokens=args.new_tokens, eos_token_id=None),
+            rate, prompt_s = decode_rate(
+                lambda n, m=model, i=ids: m.generate(i, max_new_tokens=n, eos_token_id=None),
                 args.repeats, args.new_tokens, batch,
             )  # fmt: skip
             per_step = weight_bytes(model)  # one step reads the weights once for the whole batch
             base.setdefault(batch, rate)
             print(f"{name:24}{batch:>6}{rate:>9.1f}{per_step / 1e6:>15.0f}{per_step * rate / batch / speed:>13.0%}"
-                  f"{rate / base[batch]:>11.2f}x")  # fmt: skip
+                  f"{rate / base[batch]:>11.2f}x{prompt_s * 1e3:>11.0f}")  # fmt: skip
         del model
     try:
         import transformers
@@ -154,13 +168,14 @@ def main() -> None:
         hf = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=gguf.name, dtype=torch.float32)
         for batch in (1, args.batch):
             ids = torch.tensor([prompt] * batch)
-            rate = decode_rate(
-                lambda i=ids, model=hf: model.generate(
-                    i, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=2
+            rate, prompt_s = decode_rate(
+                lambda n, i=ids, model=hf: model.generate(
+                    i, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=2
                 ),
                 args.repeats, args.new_tokens, batch,
             )  # fmt: skip
-            print(f"{'transformers float32':24}{batch:>6}{rate:>9.1f}{'':>15}{'':>14}{rate / base[batch]:>11.2f}x")
+            print(f"{'transformers float32':24}{batch:>6}{rate:>9.1f}{'':>15}{'':>14}{rate / base[batch]:>11.2f}x"
+                  f"{prompt_s * 1e3:>11.0f}")  # fmt: skip
         del hf
     except ImportError:
         print("transformers: not installed (pip install transformers gguf accelerate)")
@@ -170,9 +185,10 @@ def main() -> None:
                    str(torch.get_num_threads()), str(args.repeats)]  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode == 0:
-            rate = float(result.stdout.split()[-1])
-            print(f"{'llama.cpp (same file)':24}{1:>6}{rate:>9.1f}{gguf.stat().st_size / 1e6:>15.0f}"
-                  f"{gguf.stat().st_size * rate / speed:>13.0%}{rate / base[1]:>11.2f}x")  # fmt: skip
+            rate, prompt_s = (float(v) for v in result.stdout.split()[-2:])
+            size = gguf.stat().st_size
+            print(f"{'llama.cpp (same file)':24}{1:>6}{rate:>9.1f}{size / 1e6:>15.0f}{size * rate / speed:>13.0%}"
+                  f"{rate / base[1]:>11.2f}x{prompt_s * 1e3:>11.0f}")  # fmt: skip
         else:
             print(f"llama.cpp: failed ({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else '?'})")
     else:

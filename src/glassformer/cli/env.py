@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from glassformer import runtime
+from glassformer.nn import fused_decoder  # noqa: F401 — registers its kernel's probe
 from glassformer.nn.quantization import describe_kernels
 
 
@@ -27,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     info = runtime.environment(args.device)
     info["quantized weights (decoding)"] = describe_kernels()
+    info["fused decoding step (quantized Llama)"] = runtime.kernel_status("quantized_decoder_step")
     width = max(len(name) for name in info)
     for name, value in info.items():
         print(f"{name + ':':<{width + 1}} {value}")

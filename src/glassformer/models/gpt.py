@@ -41,6 +41,7 @@ from glassformer.nn.cache import KVCache, SlotCache
 from glassformer.nn.config import BlockConfig
 from glassformer.nn.dropout import Dropout
 from glassformer.nn.embedding import LearnedPositionalEmbedding, TokenEmbedding
+from glassformer.nn.fused_decoder import decode_step
 from glassformer.nn.layers import DecoderLayer
 from glassformer.nn.linear import Linear
 from glassformer.nn.norm import make_norm
@@ -241,6 +242,11 @@ class GPT(PretrainedMixin, nn.Module):
             mask = causal if mask is None else mask & causal
 
         x = self.embedding(input_ids)
+        if seq == 1 and mask is None and not output_attentions:  # one sequence's next token: maybe all layers in C
+            hidden = decode_step(self.layers, self.final_norm, self.rotary, x, cache)
+            if hidden is not None:  # a quantized Llama-style model (glassformer.nn.fused_decoder)
+                cache.advance(1)
+                return self.lm_head(hidden)
         rotary = None
         if self.positions is not None:  # GPT-2: a learned vector added per position
             x = self.positions(x, offset=past, position_ids=position_ids)

@@ -13,16 +13,19 @@ code j in its low nibble and code j + 16 in its high one — Q4_0 / Q4_1's layou
 
 Fast paths, each tested against that reference (``tests/nn/test_quantization.py``):
 
-- **glassformer's kernel** (``kernels/quantized.c``, compiled on first use for this CPU: AVX2 + FMA where the
-  compiler targets them, plain C elsewhere): up to ``KERNEL_ROWS`` rows of float32 activations (decoding), each
-  weight dequantized in registers and never written back — the weights are read once, in 1 or ½ byte each.
+- **glassformer's kernel** (``kernels/quantized.c`` and ``quantized.h``, compiled on first use for this CPU: AVX2 +
+  FMA where the compiler targets them, plain C elsewhere): up to ``KERNEL_ROWS`` rows of float32 activations
+  (decoding, short prompts). The weights are read once, in 1 or ½ byte each, and never dequantized to memory; the
+  activations are written as 16-bit fixed point per block of 32 (error below 2^-15 of the block's largest value)
+  so that the integer codes multiply them in integer arithmetic (``quantized.h`` has the formula).
+  ``glassformer.nn.fused_decoder`` runs a whole decoding step of a Llama-style model with it.
 - **torch's CPU kernels** where this torch has them: ``aten._weight_int8pack_mm`` (int8, one scale per output
   channel) and ``aten._weight_int4pack_mm_for_cpu`` (int4, G of 32 … 256), whose packed layout is made once per
   weight and kept until the codes change.
 
 Which of the two serves decoding is decided once per process (``cpu_kernel``): each must first reproduce the
 reference on a small product; of those that do, the faster on a decoding-sized product is used. Many rows
-(prompts, batches past ``KERNEL_ROWS``), other dtypes and GPUs dequantize and call ``F.linear`` (one matrix
+(longer prompts and batches), other dtypes and GPUs dequantize and call ``F.linear`` (one matrix
 product, where the fused kernels would redo each weight's dequantization per row).
 """
 
@@ -42,7 +45,9 @@ from glassformer.nn import kernels
 KINDS = ("int8", "int4")
 INT4_BLOCK = 32  # int4 codes are stored in blocks of 32 (16 bytes)
 DEFAULT_INT4_GROUP = 32
-KERNEL_ROWS = 16  # the most rows of activations the fused kernels take; more rows dequantize once and multiply
+# the most rows of activations the fused kernels take (decoding, and prompts up to this length, where they are still
+# faster than dequantizing every matrix to float: bench/quantized.py); more rows dequantize once and multiply
+KERNEL_ROWS = 128
 
 
 def tensor_state(tensor: torch.Tensor) -> tuple[int, int]:

@@ -1,6 +1,6 @@
-"""Kernels glassformer compiles itself: C files beside this module, built on first use with the system's C
-compiler for the CPU at hand (``-O3 -march=native``, OpenMP where the compiler has it: ``FLAG_SETS``) and loaded
-with ``ctypes``.
+"""Kernels glassformer compiles itself: C files (and the headers they share) beside this module, built on first use
+with the system's C compiler for the CPU at hand (``-O3 -march=native``, OpenMP where the compiler has it:
+``FLAG_SETS``) and loaded with ``ctypes``.
 
 The library is kept in ``$GLASSFORMER_CACHE/kernels`` (default ``~/.cache/glassformer/kernels``) under a name
 derived from the source, the compiler and this CPU's flags, so it is built once per machine. Without a compiler,
@@ -60,8 +60,9 @@ def load(name: str) -> ctypes.CDLL | None:
     source = HERE / f"{name}.c"
     errors = []
     for extra in FLAG_SETS:
+        texts = [source.read_text(), *(h.read_text() for h in sorted(HERE.glob("*.h")))]  # the headers it includes
         key = hashlib.sha256(
-            b"\0".join(x.encode() for x in (source.read_text(), compiler, " ".join(extra), _cpu_flags()))
+            b"\0".join(x.encode() for x in (*texts, compiler, " ".join(extra), _cpu_flags()))
         ).hexdigest()[:16]
         target = _cache() / f"{name}-{key}.so"
         try:

@@ -1,0 +1,152 @@
+"""The fused decoding step (``glassformer.nn.fused_decoder``, ``kernels/decoder.c``) against the modules it stands
+in for: logits and cache token by token, greedy tokens, and the inputs it must leave to the modules."""
+
+import copy
+
+import pytest
+import torch
+
+import glassformer.models.gpt as gpt_module
+from glassformer import runtime
+from glassformer.models.gpt import GPT, GPTConfig
+from glassformer.nn.fused_decoder import decode_step
+
+pytestmark = pytest.mark.skipif(
+    not runtime.kernel_works("quantized_decoder_step"),
+    reason=f"the fused decoding step is not available here: {runtime.kernel_status('quantized_decoder_step')}",
+)
+
+
+def llama(num_kv_heads=2, vocab_size=96, seed=0, **fields) -> GPT:
+    torch.manual_seed(seed)
+    config = GPTConfig.llama(
+        vocab_size=vocab_size, max_seq_length=64, d_model=64, num_layers=3, num_heads=4, num_kv_heads=num_kv_heads,
+        d_ff=128, rope_theta=500.0, **fields,
+    )  # fmt: skip
+    return GPT(config).eval()
+
+
+def modules_only(monkeypatch):
+    """Run GPT.forward without the fused step (the modules, the reference)."""
+    monkeypatch.setattr(gpt_module, "decode_step", lambda *args: None)
+
+
+def step_by_step(model, ids, steps=6):
+    """Logits of each decoding step and the cache after them: the prompt at once, then one token at a time."""
+    cache = model.make_cache(1, ids.size(1) + steps)
+    logits = [model(ids, cache=cache, last_token_only=True)]
+    for _ in range(steps):
+        logits.append(model(logits[-1][:, -1].argmax(-1, keepdim=True), cache=cache))
+    return torch.cat(logits, 1), cache
+
+
+@pytest.mark.parametrize("kind,group", [("int4", 32), ("int4", 64), ("int8", None), ("int8", 32)])
+@pytest.mark.parametrize("num_kv_heads", [1, 2, 4])
+def test_the_fused_step_gives_the_modules_logits_and_cache(monkeypatch, kind, group, num_kv_heads):
+    model = llama(num_kv_heads).quantize(kind, group, embeddings="int8")
+    ids = torch.randint(0, 96, (1, 5))
+    with torch.inference_mode():
+        fused, fused_cache = step_by_step(model, ids)
+        modules_only(monkeypatch)
+        expected, cache = step_by_step(model, ids)
+    assert (fused - expected).abs().max() <= 1e-4 * expected.abs().max()
+    assert fused_cache.length == cache.length
+    for ours, theirs in ((fused_cache.keys, cache.keys), (fused_cache.values, cache.values)):
+        assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max()
+
+
+def test_the_fused_step_runs_when_it_fits_and_greedy_tokens_agree(monkeypatch):
+    model = llama().quantize("int4")
+    ids = torch.randint(0, 96, (1, 4))
+    calls = []
+    real = gpt_module.decode_step
+    monkeypatch.setattr(gpt_module, "decode_step", lambda *a: calls.append(1) or real(*a))
+    with torch.inference_mode():
+        fused = model.generate(ids, max_new_tokens=12, eos_token_id=None)
+        hits = sum(1 for _ in calls)
+        modules_only(monkeypatch)
+        assert torch.equal(fused, model.generate(ids, max_new_tokens=12, eos_token_id=None))
+    assert hits == 11  # every step after the prompt
+
+
+@pytest.mark.parametrize(
+    "why",
+    ["float weights", "gpt-2 layout", "batch of two", "gradient", "training", "bfloat16 cache", "slot cache"],
+)
+def test_the_modules_serve_what_the_fused_step_does_not_fit(why):
+    model = GPT(GPTConfig(vocab_size=96, max_seq_length=64, d_model=64, num_layers=2, num_heads=4, d_ff=128))
+    model = model.eval().quantize("int4") if why == "gpt-2 layout" else llama()
+    if why != "float weights" and why != "gpt-2 layout":
+        model.quantize("int8")
+    batch = 2 if why == "batch of two" else 1
+    cache = model.make_cache(batch, 8, torch.bfloat16 if why == "bfloat16 cache" else None)
+    if why == "slot cache":
+        cache = model.make_slot_cache(1, 8).view(0, 1)
+    if why == "training":
+        model.train()
+    x = torch.randn(batch, 1, 64)
+    with torch.set_grad_enabled(why == "gradient"):
+        assert decode_step(model.layers, model.final_norm, model.rotary, x, cache) is None
+
+
+def test_new_weights_in_the_same_model_are_used(monkeypatch):
+    """What the step prepares points at the weights: a load_state_dict in place, or quantizing anew, is seen."""
+    model = llama().quantize("int4")
+    other = llama(seed=1).quantize("int4")
+    ids = torch.randint(0, 96, (1, 4))
+    with torch.inference_mode():
+        before, _ = step_by_step(model, ids)
+    model.load_state_dict(other.state_dict())
+    with torch.inference_mode():
+        after, _ = step_by_step(model, ids)
+        expected, _ = step_by_step(other, ids)
+    assert not torch.allclose(before, after)
+    assert (after - expected).abs().max() <= 1e-5 * expected.abs().max()
+    # a matrix given a new QuantizedWeight object (another format): a new plan
+    model.layers[1].ffn.fc1.quantized = copy.deepcopy(llama(seed=2).quantize("int8").layers[1].ffn.fc1.quantized)
+    with torch.inference_mode():
+        fused, _ = step_by_step(model, ids)
+        modules_only(monkeypatch)
+        expected, _ = step_by_step(model, ids)
+    assert (fused - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_the_plain_c_kernels_compute_the_same(monkeypatch):
+    """Built without -march=native (and without OpenMP): the plain C loops a CPU without AVX2 runs."""
+    import ctypes
+
+    from glassformer.nn import fused_decoder, kernels
+    from glassformer.nn.quantization import QuantizedWeight, quantized_linear_reference
+
+    monkeypatch.setattr(kernels, "FLAG_SETS", ([],))
+    kernels.load.cache_clear()
+    try:
+        quantized, decoder = kernels.load("quantized"), kernels.load("decoder")
+    finally:
+        kernels.load.cache_clear()
+    assert quantized is not None and decoder is not None, kernels.why_not
+    assert quantized.glassformer_quantized_uses_avx2() == 0
+    p, i64 = ctypes.c_void_p, ctypes.c_int64
+    x = torch.randn(3, 96)
+    for kind, group in (("int8", None), ("int8", 32), ("int4", 32), ("int4", 96)):
+        weight = QuantizedWeight.from_float(torch.randn(20, 96), kind, group)
+        y = torch.empty(3, 20)
+        if kind == "int8":
+            quantized.glassformer_int8_linear(p(x.data_ptr()), i64(3), i64(96), p(weight.codes.data_ptr()),
+                                              p(weight.scales.data_ptr()), i64(20), i64(weight.group_size), None,
+                                              p(y.data_ptr()), 1)  # fmt: skip
+        else:
+            quantized.glassformer_int4_linear(p(x.data_ptr()), i64(3), i64(96), p(weight.codes.data_ptr()),
+                                              p(weight.scales.data_ptr()), p(weight.offsets.data_ptr()), i64(20),
+                                              i64(weight.group_size), None, p(y.data_ptr()), 1)  # fmt: skip
+        expected = quantized_linear_reference(x, weight)
+        assert (y - expected).abs().max() <= 1e-3 * expected.abs().max()
+    # the whole step, against the AVX2 (or whichever) build the process uses
+    decoder.glassformer_decode_step.argtypes = fused_decoder._library().glassformer_decode_step.argtypes
+    model = llama().quantize("int4", embeddings="int8")
+    ids = torch.randint(0, 96, (1, 5))
+    with torch.inference_mode():
+        expected, _ = step_by_step(model, ids)
+        monkeypatch.setattr(fused_decoder, "_library", lambda: decoder)
+        plain, _ = step_by_step(model, ids)
+    assert (plain - expected).abs().max() <= 1e-4 * expected.abs().max()
