@@ -8,7 +8,8 @@ T(n + 1) − T(1), llama.cpp by timing its own loop), weight bytes read per toke
 memory bandwidth measured here with a large copy, and the time of the 32-token prompt with the first new token.
 Then each variant's resident memory, each loaded in a fresh
 process with its tokenizer (``load_language_model``, what generate / chat / serve do): the process's peak while
-loading (VmHWM) and what the loaded model adds to a process that imported everything (VmRSS after − before).
+loading (VmHWM), what loading adds to a process that imported everything (VmRSS after − before: the model and
+what the load leaves behind), and what the model and its tokenizer hold (given back when they are deleted).
 
 - glassformer float32 / bfloat16: the GGUF file dequantized (``GPT.from_pretrained``), weights packed for oneDNN.
 - int4: ``Quantization("int4")``: the Q4_1 blocks used as they are, the Q8_0 table as int8 with groups of 32.
@@ -42,7 +43,8 @@ PROMPT = (
     "press with movable metal type. Within fifty years, presses were working in more than two hundred cities."
 )
 LOAD = """
-import sys, time
+import gc, sys, time
+from glassformer import runtime
 from glassformer.models.quantization import Quantization
 from glassformer.pipelines.language_model import load_language_model
 def status(key):
@@ -54,7 +56,11 @@ before = status("VmRSS:")
 start = time.perf_counter()
 model, tokenizer = load_language_model("smollm2", quantization=None if kind == "float32" else Quantization(kind))
 seconds = time.perf_counter() - start
-print(before, status("VmHWM:"), status("VmRSS:"), seconds)
+after = status("VmRSS:")
+del model, tokenizer
+gc.collect()
+runtime.release_free_memory()
+print(before, status("VmHWM:"), after, status("VmRSS:"), seconds)
 """
 LLAMA = """
 import sys, time
@@ -195,14 +201,15 @@ def main() -> None:
         print(f"llama.cpp: no {args.llama_python} (see the docstring to build llama-cpp-python there)")
 
     print("\nresident memory, each variant loaded in a fresh process (MiB):")
-    print(f"{'':24}{'peak while loading':>20}{'model (after − before)':>24}{'load s':>8}")
+    print(f"{'':24}{'peak while loading':>20}{'after − before':>16}{'held by the model':>19}{'load s':>8}")
     sizes = {}
     for kind in ("float32", "int8", "int4"):
         out = subprocess.run([sys.executable, "-c", LOAD, kind], capture_output=True, text=True, check=True).stdout
-        before, peak, after, seconds = (float(v) for v in out.split())
-        sizes[kind] = after - before
-        print(f"{'glassformer ' + kind:24}{peak / 2**20:>20.0f}{(after - before) / 2**20:>24.0f}{seconds:>8.1f}")
-    print(json.dumps({"int4 / float32 resident": round(sizes["int4"] / sizes["float32"], 3)}))
+        before, peak, after, emptied, seconds = (float(v) for v in out.split())
+        sizes[kind] = after - emptied  # what deleting the model and its tokenizer gives back
+        print(f"{'glassformer ' + kind:24}{peak / 2**20:>20.0f}{(after - before) / 2**20:>16.0f}"
+              f"{sizes[kind] / 2**20:>19.0f}{seconds:>8.1f}")  # fmt: skip
+    print(json.dumps({"int4 / float32 held by the model": round(sizes["int4"] / sizes["float32"], 3)}))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ at run time, or in tests).
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import functools
 import importlib.util
@@ -247,6 +249,14 @@ def describe_hardware(device: torch.device) -> str:
     f = cpu_features()
     extras = [name for name in ("avx512_bf16", "amx", "bf16_convert") if f[name]]
     return f"this CPU ({f['capability']}{'+' + '+'.join(extras) if extras else ''})"
+
+
+def release_free_memory() -> None:
+    """Hand back to the system the memory a load freed on its way (float copies of weights that were then quantized,
+    a file's parsed tables): glibc keeps freed blocks for reuse, and the process stays that much larger. Does
+    nothing where the C library is not glibc."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 # --- optional kernels -------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from glassformer import runtime
+from glassformer.checkpoints.gguf_file import GGUFFile
 from glassformer.models.bert import Bert, BertConfig
 from glassformer.models.gpt import GPT, GPTConfig
 from glassformer.models.quantization import Quantization
@@ -253,6 +254,16 @@ def test_export_to_gguf_reads_back(tmp_path, kind):
     expected = GGMLQuantizationType.Q8_0 if kind == "q8_0" else GGMLQuantizationType.Q4_0
     assert types["blk.0.attn_q.weight"] == expected and types["token_embd.weight"] == expected
     assert types["blk.0.attn_norm.weight"] == GGMLQuantizationType.F32 and "output.weight" not in types
+    # glassformer's own reader of the container sees what gguf's sees, and refuses the file cut short in one line
+    ours = GGUFFile(path)
+    assert ours.metadata == {n: f.contents() for n, f in reader.fields.items() if not n.startswith("GGUF.")}
+    for mine, theirs in zip(ours.tensors, reader.tensors, strict=True):
+        assert (mine.name, mine.tensor_type, mine.shape) == (theirs.name, theirs.tensor_type, tuple(theirs.shape))
+        assert mine.data.dtype == theirs.data.dtype and np.array_equal(mine.data, theirs.data)
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ValueError, match="runs past the end of the file"):
+        GGUFFile(cut)
     ids = torch.tensor([tokenizer.encode("Hello world, 123")])
     with torch.inference_mode():
         back = GPT.from_pretrained(path, quantization=Quantization("int8" if kind == "q8_0" else "int4"))

@@ -2,7 +2,7 @@
 
 A GGUF file carries everything in one place: key/value metadata (``llama.block_count``, ``tokenizer.ggml.tokens``,
 ``tokenizer.chat_template``, ...) and tensors, often quantized (Q4_1, Q8_0: blocks of 32 weights sharing a scale).
-The ``gguf`` package reads both; ``gguf.quants.dequantize`` turns any tensor into float32.
+``checkpoints.gguf_file`` reads both; ``gguf.quants.dequantize`` turns any tensor into float32.
 
 GGUF names → Hugging Face Llama names (then ``checkpoints.huggingface_llama`` maps those to glassformer's):
 
@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from glassformer.checkpoints.gguf_file import GGUFFile
+
 GGUF_LAYER_NAMES = {
     "attn_norm": "input_layernorm",
     "attn_q": "self_attn.q_proj",
@@ -66,14 +68,9 @@ def find_gguf(path: str | os.PathLike) -> Path | None:
     return None
 
 
-def read_metadata(reader) -> dict:
-    """Every key/value of the file as plain Python values (strings, numbers, lists)."""
-    return {name: field.contents() for name, field in reader.fields.items() if not name.startswith("GGUF.")}
-
-
-def open_gguf(path: str | os.PathLike):
-    """``(reader, metadata)`` of a GGUF file. Parsing the metadata (SmolLM2's 49,152 tokens and 48,900 merges)
-    takes seconds, so the last file opened is kept: loading a model and then its tokenizer parses it once."""
+def open_gguf(path: str | os.PathLike) -> tuple[GGUFFile, dict]:
+    """``(file, metadata)`` of a GGUF file (``checkpoints.gguf_file``). The last file opened is kept: loading a model
+    and then its tokenizer parses it once."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no GGUF file at {path}")
@@ -82,18 +79,16 @@ def open_gguf(path: str | os.PathLike):
 
 
 def forget_gguf() -> None:
-    """Drop the file ``open_gguf`` keeps (its parsed metadata holds ~170 MB for SmolLM2's vocabulary): called once
+    """Drop the file ``open_gguf`` keeps (its metadata and its mapping): called once
     the model and its tokenizer are loaded."""
     _open_gguf.cache_clear()
 
 
 @lru_cache(maxsize=1)
 def _open_gguf(path: str, mtime_ns: int, size: int):
-    from gguf import GGUFReader
-
     try:
-        reader = GGUFReader(path)
-        return reader, read_metadata(reader)
+        reader = GGUFFile(path)
+        return reader, reader.metadata
     except Exception as e:  # gguf raises what numpy and struct raise on a damaged file
         raise ValueError(f"{path} is not a readable GGUF file ({type(e).__name__}: {str(e)[:200]})") from None
 

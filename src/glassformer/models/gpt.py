@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from glassformer import runtime
 from glassformer.checkpoints import load_state_dict_checked
 from glassformer.checkpoints.gguf import find_gguf, read_gguf
 from glassformer.checkpoints.gguf_export import tokenizer_metadata, write_gguf
@@ -305,6 +306,7 @@ class GPT(PretrainedMixin, nn.Module):
         model = model if dtype is None else model.to(dtype)
         if quantization is not None:
             quantization.apply(model)
+        runtime.release_free_memory()  # what the conversions on the way freed
         return model.eval()
 
     def save_pretrained(self, directory: str | os.PathLike, format: str = "glassformer", state_dict=None):

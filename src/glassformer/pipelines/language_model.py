@@ -55,4 +55,5 @@ def load_language_model(
         runtime.place_model(model, device, precision)
     tokenizer = load_tokenizer(directory, model.config.vocab_size)
     forget_gguf()  # a GGUF file was parsed once for both; its metadata is not needed any more
+    runtime.release_free_memory()
     return model, tokenizer
