@@ -5,6 +5,7 @@ float32 where it would be emulated). What was chosen, and why, is printed on std
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import sys
 
@@ -66,9 +67,12 @@ def report_placement(args: argparse.Namespace) -> runtime.Placement:
     """Resolve the flags (a one-line error for a device that is not there) and say what was chosen, on stderr.
     With ``--quantize`` on the CPU, ``auto`` precision is float32: the quantized kernels take float32 activations."""
     precision = args.precision
-    if getattr(args, "quantize", None) and precision == "auto" and runtime.resolve_device(args.device).type == "cpu":
+    quantized_cpu = getattr(args, "quantize", None) and runtime.resolve_device(args.device).type == "cpu"
+    if quantized_cpu and precision == "auto":
         precision = "fp32"
     placement = runtime.place(args.device, precision)
+    if quantized_cpu and args.precision == "auto":
+        placement = dataclasses.replace(placement, reason="auto with --quantize: the quantized kernels take float32")
     print(f"glassformer: {placement.describe()}", file=sys.stderr)
     return placement
 

@@ -13,7 +13,9 @@ Llama (``GPTConfig.llama(...)``; SmolLM2, Llama 2/3 shapes): the same model with
     logits = RMSNorm(x_N) W_outᵀ                               W_out tied to E or not
 
 Each layer is ``glassformer.nn.DecoderLayer(cross_attention=False, norm_first=True)``: the same module as the
-seq2seq decoder's, without the cross-attention. ``generate`` decodes with a preallocated key/value cache.
+seq2seq decoder's, without the cross-attention. ``generate`` decodes with a preallocated key/value cache; a quantized
+Llama-style model runs each next token of one sequence through all layers in one compiled call
+(``glassformer.nn.fused_decoder``, tested against these modules).
 """
 
 from __future__ import annotations
