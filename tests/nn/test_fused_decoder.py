@@ -31,6 +31,19 @@ def modules_only(monkeypatch):
     monkeypatch.setattr(gpt_module, "decode_step", lambda *args: None)
 
 
+def count_fused(monkeypatch) -> list[bool]:
+    """Record, for every call of the fused step from GPT.forward, whether it served it."""
+    served, real = [], gpt_module.decode_step
+
+    def counted(*args):
+        hidden = real(*args)
+        served.append(hidden is not None)
+        return hidden
+
+    monkeypatch.setattr(gpt_module, "decode_step", counted)
+    return served
+
+
 def step_by_step(model, ids, steps=6):
     """Logits of each decoding step and the cache after them: the prompt at once, then one token at a time."""
     cache = model.make_cache(1, ids.size(1) + steps)
@@ -58,35 +71,78 @@ def test_the_fused_step_gives_the_modules_logits_and_cache(monkeypatch, kind, gr
 def test_the_fused_step_runs_when_it_fits_and_greedy_tokens_agree(monkeypatch):
     model = llama().quantize("int4")
     ids = torch.randint(0, 96, (1, 4))
-    calls = []
-    real = gpt_module.decode_step
-    monkeypatch.setattr(gpt_module, "decode_step", lambda *a: calls.append(1) or real(*a))
+    served = count_fused(monkeypatch)
     with torch.inference_mode():
         fused = model.generate(ids, max_new_tokens=12, eos_token_id=None)
-        hits = sum(1 for _ in calls)
+        assert served == [True] * 11  # every step after the prompt
         modules_only(monkeypatch)
         assert torch.equal(fused, model.generate(ids, max_new_tokens=12, eos_token_id=None))
-    assert hits == 11  # every step after the prompt
 
 
 @pytest.mark.parametrize(
-    "why",
-    ["float weights", "gpt-2 layout", "batch of two", "gradient", "training", "bfloat16 cache", "slot cache"],
+    "why", ["float weights", "gpt-2 layout", "gradient", "training", "bfloat16 cache", "a mask with a hole"]
 )
 def test_the_modules_serve_what_the_fused_step_does_not_fit(why):
     model = GPT(GPTConfig(vocab_size=96, max_seq_length=64, d_model=64, num_layers=2, num_heads=4, d_ff=128))
     model = model.eval().quantize("int4") if why == "gpt-2 layout" else llama()
-    if why != "float weights" and why != "gpt-2 layout":
+    if why not in ("float weights", "gpt-2 layout"):
         model.quantize("int8")
-    batch = 2 if why == "batch of two" else 1
-    cache = model.make_cache(batch, 8, torch.bfloat16 if why == "bfloat16 cache" else None)
-    if why == "slot cache":
-        cache = model.make_slot_cache(1, 8).view(0, 1)
+    cache = model.make_cache(2, 8, torch.bfloat16 if why == "bfloat16 cache" else None)
+    cache.advance(2)
+    mask = torch.tensor([[1, 0, 1], [1, 1, 1]]) if why == "a mask with a hole" else None
     if why == "training":
         model.train()
-    x = torch.randn(batch, 1, 64)
+    x = torch.randn(2, 1, 64)
     with torch.set_grad_enabled(why == "gradient"):
-        assert decode_step(model.layers, model.final_norm, model.rotary, x, cache) is None
+        assert decode_step(model.layers, model.final_norm, model.rotary, x, cache, mask) is None
+
+
+def test_left_padded_batches_decode_as_the_modules_do(monkeypatch):
+    """Rows of different prompt lengths, left-padded: each row attends from its first real token, rotated by its
+    own positions."""
+    model = llama().quantize("int4", embeddings="int8")
+    ids = torch.randint(1, 96, (3, 6))
+    mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1]])
+    served = count_fused(monkeypatch)
+    with torch.inference_mode():
+        fused = model.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=None, pad_token_id=0)
+        assert served == [True] * 9
+        cache = model.make_cache(3, 8)
+        model(ids[:, :5], attention_mask=mask[:, :5], cache=cache)
+        step = model(ids[:, 5:], attention_mask=mask, cache=cache)
+        modules_only(monkeypatch)
+        assert torch.equal(fused, model.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=None,
+                                                 pad_token_id=0))  # fmt: skip
+        cache = model.make_cache(3, 8)
+        model(ids[:, :5], attention_mask=mask[:, :5], cache=cache)
+        expected = model(ids[:, 5:], attention_mask=mask, cache=cache)
+    assert (step - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_a_server_s_slots_of_different_lengths_decode_as_the_modules_do(monkeypatch):
+    """A SlotCache view: rows of their own lengths, a free slot riding along; only active rows advance."""
+    model = llama().quantize("int8", 32)
+    prompts = [torch.randint(0, 96, (1, n)) for n in (3, 7)]
+
+    def run():
+        slots = model.make_slot_cache(3, 16)
+        for slot, prompt in zip((0, 2), prompts, strict=True):
+            model(prompt, cache=slots.view(slot, slot + 1))
+        out = []
+        for _ in range(4):
+            view = slots.view(0, 3, active=[True, False, True])
+            ids = torch.tensor([[5], [0], [9]])
+            out.append(model(ids, attention_mask=view.attention_mask(1), cache=view))
+        return torch.cat(out, 1)[[0, 2]], slots.lengths
+
+    served = count_fused(monkeypatch)
+    with torch.inference_mode():
+        fused, lengths = run()
+        assert served == [True] * 4
+        modules_only(monkeypatch)
+        expected, expected_lengths = run()
+    assert lengths == expected_lengths == [7, 0, 11]
+    assert (fused - expected).abs().max() <= 1e-4 * expected.abs().max()
 
 
 def test_new_weights_in_the_same_model_are_used(monkeypatch):

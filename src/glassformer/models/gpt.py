@@ -245,8 +245,8 @@ class GPT(PretrainedMixin, nn.Module):
             mask = causal if mask is None else mask & causal
 
         x = self.embedding(input_ids)
-        if seq == 1 and mask is None and not output_attentions:  # one sequence's next token: maybe all layers in C
-            hidden = decode_step(self.layers, self.final_norm, self.rotary, x, cache)
+        if seq == 1 and not output_attentions:  # the next token of each row: maybe every layer in one call to C
+            hidden = decode_step(self.layers, self.final_norm, self.rotary, x, cache, attention_mask)
             if hidden is not None:  # a quantized Llama-style model (glassformer.nn.fused_decoder)
                 cache.advance(1)
                 return self.lm_head(hidden)

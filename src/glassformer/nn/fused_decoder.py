@@ -31,7 +31,7 @@ from torch import nn
 
 from glassformer import runtime
 from glassformer.nn import kernels
-from glassformer.nn.cache import KVCache
+from glassformer.nn.cache import KVCache, SlotView
 from glassformer.nn.norm import RMSNorm
 from glassformer.nn.quantization import QuantizedWeight, native_fits, tensor_state
 
@@ -54,11 +54,16 @@ class _Decoder(ctypes.Structure):
                 ("final_norm", pointer), ("inv_freq", pointer)]  # fmt: skip
 
 
+class _Rows(ctypes.Structure):
+    _fields_ = [("write_at", pointer), ("first", pointer), ("rotary_at", pointer), ("keys", pointer),
+                ("values", pointer), ("row_stride", i64), ("layer_stride", i64), ("max_length", i64)]  # fmt: skip
+
+
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     library = kernels.load("decoder")
     if library is not None:
-        library.glassformer_decode_step.argtypes = [ctypes.POINTER(_Decoder), pointer, i64, pointer, pointer, i64,
+        library.glassformer_decode_step.argtypes = [ctypes.POINTER(_Decoder), pointer, i64, ctypes.POINTER(_Rows),
                                                     ctypes.c_int]  # fmt: skip
         library.glassformer_decode_step.restype = ctypes.c_int
     return library
@@ -141,7 +146,7 @@ def _tensors(layers: nn.ModuleList, final_norm: nn.Module, rotary: nn.Module) ->
 
 
 _plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layers -> their _Plan, or the reason there is none
-_plan_of_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a KVCache -> the plan its steps use
+_plan_of_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a cache's storage -> its steps' plan
 
 
 def _plan(layers: nn.ModuleList, final_norm: nn.Module, rotary: nn.Module) -> _Plan | None:
@@ -159,44 +164,87 @@ def _plan(layers: nn.ModuleList, final_norm: nn.Module, rotary: nn.Module) -> _P
     return plan
 
 
-def decode_step(layers: nn.ModuleList, final_norm: nn.Module, rotary: nn.Module | None, x: torch.Tensor,
-                cache: KVCache | None) -> torch.Tensor | None:  # fmt: skip
-    """The hidden state after every layer and the final norm, ``(1, 1, d_model)``, for one new token whose embedding
-    is ``x`` ``(1, 1, d_model)``; its keys and values are written into ``cache`` at ``cache.length`` (the caller
-    advances it). None where the fused step does not serve these inputs: the caller runs the modules."""
+def _rows(cache: KVCache | SlotView, batch: int, attention_mask: torch.Tensor | None) -> tuple | None:
+    """``(positions (3, batch): write_at, first, rotary_at; the cache's storage; the rows' first index in it)``, or
+    None where the rows are not sequences the step takes: a ``KVCache`` whose rows may start with padding
+    (``attention_mask`` ``[0 … 0 1 … 1]``), or a ``SlotView`` with its own mask (``view.attention_mask(1)``)."""
+    if isinstance(cache, KVCache):
+        storage, start, length = cache, 0, cache.length
+        write_at = torch.full((batch,), length, dtype=torch.long)
+        first = torch.zeros(batch, dtype=torch.long)
+        if attention_mask is not None:  # left padding: each row's real tokens start at its first 1
+            mask = attention_mask.to("cpu", torch.long)
+            first = mask.argmax(-1)
+            if not torch.equal(mask.sum(-1), length + 1 - first):
+                return None
+    elif isinstance(cache, SlotView):
+        storage, start = cache.slots, cache.start
+        write_at = torch.tensor(cache.row_lengths, dtype=torch.long)
+        first = torch.zeros(batch, dtype=torch.long)
+        if attention_mask is not None and not torch.equal(attention_mask.cpu().long(), cache.attention_mask(1).cpu()):
+            return None
+    else:
+        return None
+    keys = storage.keys
+    if keys.dtype != torch.float32 or keys.device.type != "cpu" or not keys.is_contiguous():
+        return None
+    if keys.size(1) - start < batch or int(write_at.max()) >= storage.max_length:
+        return None
+    return torch.stack((write_at, first, write_at - first)), storage, start
+
+
+def decode_step(
+    layers: nn.ModuleList,
+    final_norm: nn.Module,
+    rotary: nn.Module | None,
+    x: torch.Tensor,
+    cache: KVCache | SlotView | None,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """The hidden states after every layer and the final norm, ``(batch, 1, d_model)``, for one new token per row
+    whose embeddings are ``x`` ``(batch, 1, d_model)``; their keys and values are written into ``cache`` (the
+    caller advances it). ``attention_mask`` as ``GPT.forward`` takes it. None where the fused step does not serve
+    these inputs: the caller runs the modules."""
     if (
         rotary is None
-        or type(cache) is not KVCache
-        or x.shape != (1, 1, x.size(-1))
+        or cache is None
+        or x.dim() != 3
+        or x.size(1) != 1
         or x.dtype != torch.float32
         or x.device.type != "cpu"
         or torch.is_grad_enabled()
         or layers.training
-        or cache.keys.dtype != torch.float32
-        or cache.keys.size(1) != 1
-        or not cache.keys.is_contiguous()
-        or cache.length >= cache.max_length
     ):
         return None
-    plan = _plan_of_cache.get(cache)
-    if plan is None:  # the first step with this cache: made (or checked) once per generate call
+    rows = _rows(cache, x.size(0), attention_mask)
+    if rows is None:
+        return None
+    storage = rows[1]
+    plan = _plan_of_cache.get(storage)
+    if plan is None:  # the first step with this cache: made (or checked) once per generate call, or per server
         plan = _plan(layers, final_norm, rotary) if runtime.kernel_works("quantized_decoder_step") else None
-        _plan_of_cache[cache] = plan or False
+        _plan_of_cache[storage] = plan or False
     if not plan:
         return None
-    hidden = x.reshape(-1).clone()
-    failed = _library().glassformer_decode_step(
-        plan.decoder, hidden.data_ptr(), cache.length, cache.keys.data_ptr(), cache.values.data_ptr(),
-        cache.max_length, torch.get_num_threads(),
-    )  # fmt: skip
-    if failed:
+    return _run(plan, x, rows)
+
+
+def _run(plan: _Plan, x: torch.Tensor, rows: tuple) -> torch.Tensor:
+    """The C step for ``x`` ``(batch, 1, d_model)`` at the cache positions ``rows`` (``_rows``)."""
+    positions, storage, start = rows
+    keys, values = storage.keys, storage.values  # (num_layers, rows, kv_heads, max_length, head_dim)
+    offset = start * keys.stride(1) * keys.element_size()
+    where = _Rows(positions[0].data_ptr(), positions[1].data_ptr(), positions[2].data_ptr(), keys.data_ptr() + offset,
+                  values.data_ptr() + offset, keys.stride(1), keys.stride(0), storage.max_length)  # fmt: skip
+    hidden = x.reshape(x.size(0), -1).clone()
+    if _library().glassformer_decode_step(plan.decoder, hidden.data_ptr(), x.size(0), where, torch.get_num_threads()):
         raise MemoryError("the fused decoding step could not allocate its working memory")
-    return hidden.view(1, 1, -1)
+    return hidden.view(x.size(0), 1, -1)
 
 
 def _probe() -> None:
-    """Two quantized Llama-style layers (int4 and int8 matrices), four tokens: the fused step must give the
-    modules' hidden states and cache."""
+    """Two quantized Llama-style layers (int4 and int8 matrices), two rows (one left-padded), four tokens: the fused
+    step must give the modules' hidden states and cache."""
     from glassformer.nn.config import BlockConfig
     from glassformer.nn.layers import DecoderLayer
     from glassformer.nn.rotary import RotaryEmbedding
@@ -213,20 +261,20 @@ def _probe() -> None:
     for i, layer in enumerate(layers):
         for linear in (layer.self_attn.qkv_proj, layer.self_attn.out_proj, layer.ffn.fc1, layer.ffn.fc2):
             linear.quantize("int4" if i == 0 else "int8", 32)
-    x = torch.randn(4, 1, 1, 64)
-    plan = _Plan(layers, final_norm, rotary)
-    ours, theirs = KVCache(2, 1, 2, 8, 16), KVCache(2, 1, 2, 8, 16)
+    plan, x = _Plan(layers, final_norm, rotary), torch.randn(4, 2, 1, 64)
+    ours, theirs = KVCache(2, 2, 2, 8, 16), KVCache(2, 2, 2, 8, 16)
     with torch.no_grad():
-        for position in range(4):
-            hidden = x[position].reshape(-1).clone()
-            _library().glassformer_decode_step(plan.decoder, hidden.data_ptr(), position, ours.keys.data_ptr(),
-                                               ours.values.data_ptr(), 8, torch.get_num_threads())  # fmt: skip
+        for position in range(4):  # two rows; the second starts with a pad at position 0
+            mask = torch.tensor([[1] * (position + 1), [0] + [1] * position])
+            hidden = _run(plan, x[position], _rows(ours, 2, mask if position else None))
             ours.advance(1)
-            h, cos_sin = x[position], rotary(torch.tensor([[position]]), torch.float32)
+            h = x[position]
+            cos_sin = rotary((mask.cumsum(-1) - 1).clamp(min=0)[:, -1:], torch.float32)
+            self_mask = mask.bool()[:, None, None, :] if position else None
             for i, layer in enumerate(layers):
-                h, _, _ = layer(h, cache=theirs.layer(i), rotary=cos_sin)
+                h, _, _ = layer(h, self_mask=self_mask, cache=theirs.layer(i), rotary=cos_sin)
             theirs.advance(1)
-            expected = final_norm(h).reshape(-1)
+            expected = final_norm(h)
             if not (hidden - expected).norm() <= 1e-3 * expected.norm():
                 raise RuntimeError(f"the fused decoding step differs from the modules at position {position}")
     same = [torch.allclose(a, b, atol=1e-3) for a, b in ((ours.keys, theirs.keys), (ours.values, theirs.values))]

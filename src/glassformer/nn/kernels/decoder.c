@@ -1,4 +1,4 @@
-/* One decoding step of a Llama-style decoder for one sequence, every layer in one call (glassformer.nn.fused_decoder
+/* One decoding step of a Llama-style decoder for a few sequences, every layer in one call (glassformer.nn.fused_decoder
    says when it is used; the modules of glassformer.nn are the reference it is tested against):
 
        for each layer:   h = RMSNorm_1(x)
@@ -12,8 +12,9 @@
                          x = x + (SiLU(a) ⊙ b) W_2^T
        x = RMSNorm_final(x)                                          RMSNorm(x) = γ ⊙ x / sqrt(mean(x²) + ε)
 
-   The threads share one parallel region for the whole step: each matrix's output rows are split among them, the
-   attention heads too, and the small vector work between two products is done by one thread. */
+   Each row of the batch is a sequence of its own (qrows says where it reads and writes in the cache). The threads
+   share one parallel region for the whole step: each matrix's output rows are split among them, the (row, head)
+   pairs of the attention too, and the small vector work between two products is done by one thread. */
 #include "quantized.h"
 
 typedef struct {
@@ -35,7 +36,8 @@ static void rms_norm(const float *x, const float *weight, i64 n, float eps, floa
     for (i64 i = 0; i < n; i++) out[i] = weight[i] * (x[i] * r);
 }
 
-/* rotate `heads` vectors of head_dim in place: (x_i, x_{i+d/2}) -> (x_i cos − x_{i+d/2} sin, x_{i+d/2} cos + x_i sin) */
+/* rotate `heads` vectors of head_dim in place:
+   (x_i, x_{i+d/2}) -> (x_i cos − x_{i+d/2} sin, x_{i+d/2} cos + x_i sin) */
 static void rope(float *x, i64 heads, i64 head_dim, const float *cos_, const float *sin_) {
     const i64 half = head_dim / 2;
     for (i64 h = 0; h < heads; h++) {
@@ -65,29 +67,42 @@ static void attend(const float *q, const float *keys, const float *values, i64 l
     }
 }
 
-/* x (d_model): in, the new token's embedding; out, the final norm of its hidden state. keys / values: the cache,
-   (num_layers, 1, kv_heads, max_length, head_dim); the new position p is written into it. Returns 0, or 1 where
-   memory could not be had. */
-int glassformer_decode_step(const qdecoder *model, float *x, i64 p, float *keys, float *values, i64 max_length,
-                            int threads) {
+/* Where each of the B rows reads and writes in the cache: rows are sequences of their own lengths (a batch with left
+   padding, or a server's slots). Row r writes its new key and value at position write_at[r], attends to positions
+   first[r] .. write_at[r], and is rotated by the angle of position rotary_at[r] (its count of real tokens before). */
+typedef struct {
+    const i64 *write_at, *first, *rotary_at;
+    float *keys, *values;  /* row 0, layer 0 of the cache: (kv_heads, max_length, head_dim) per row and layer */
+    i64 row_stride, layer_stride, max_length;
+} qrows;
+
+/* x (B, d_model): in, the new tokens' embeddings; out, the final norm of their hidden states. The new positions are
+   written into the cache. Returns 0, or 1 where memory could not be had. */
+int glassformer_decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows, int threads) {
     const i64 d = model->d_model, H = model->num_heads, KV = model->kv_heads, hd = model->head_dim;
-    const i64 ff = model->d_ff, wide = d > ff ? (d > H * hd ? d : H * hd) : (ff > H * hd ? ff : H * hd);
-    const i64 layer_size = KV * max_length * hd; /* one layer's keys (or values) in the cache */
-    float *h = malloc(sizeof(float) * d), *qkv = malloc(sizeof(float) * (H + 2 * KV) * hd);
-    float *o = malloc(sizeof(float) * H * hd), *gate_up = malloc(sizeof(float) * 2 * ff);
-    float *scores = malloc(sizeof(float) * H * (p + 1)), *angles = malloc(sizeof(float) * hd);
-    int16_t *xq = malloc(sizeof(int16_t) * wide);
-    float *xd = malloc(sizeof(float) * wide / BLOCK), *xsum = malloc(sizeof(float) * wide / BLOCK);
-    float *gsum = malloc(sizeof(float) * wide / BLOCK);
-    int failed = !(h && qkv && o && gate_up && scores && angles && xq && xd && xsum && gsum);
-    qx q = {xq, xd, gsum, d};
-    if (!failed) {
-        for (i64 i = 0; i < hd / 2; i++) {  /* cos and sin of p θ_i, the angle taken in float32 as torch does */
-            const float angle = (float)p * model->inv_freq[i];
-            angles[i] = cosf(angle);
-            angles[hd / 2 + i] = sinf(angle);
-        }
+    const i64 ff = model->d_ff, S = rows->max_length, width = (H + 2 * KV) * hd;
+    i64 wide = d > ff ? d : ff, span = 1; /* the widest input of a product; the most positions a row attends to */
+    wide = wide > H * hd ? wide : H * hd;
+    for (i64 r = 0; r < B; r++) {
+        const i64 n = rows->write_at[r] - rows->first[r] + 1;
+        span = n > span ? n : span;
     }
+    float *h = malloc(sizeof(float) * B * d), *qkv = malloc(sizeof(float) * B * width);
+    float *o = malloc(sizeof(float) * B * H * hd), *gate_up = malloc(sizeof(float) * B * 2 * ff);
+    float *scores = malloc(sizeof(float) * B * H * span), *angles = malloc(sizeof(float) * B * hd);
+    int16_t *xq = malloc(sizeof(int16_t) * B * wide);
+    float *xd = malloc(sizeof(float) * B * wide / BLOCK), *xsum = malloc(sizeof(float) * wide / BLOCK);
+    float *gsum = malloc(sizeof(float) * B * wide / BLOCK);
+    int failed = !(h && qkv && o && gate_up && scores && angles && xq && xd && xsum && gsum);
+    for (i64 r = 0; r < B && !failed; r++) {  /* the rows' cos and sin over both halves, angles in float32 as torch */
+        for (i64 i = 0; i < hd / 2; i++) {
+            const float angle = (float)rows->rotary_at[r] * model->inv_freq[i];
+            angles[r * hd + i] = cosf(angle);
+            angles[r * hd + hd / 2 + i] = sinf(angle);
+        }
+        failed |= rows->write_at[r] >= S || rows->first[r] > rows->write_at[r];
+    }
+    qx q = {xq, xd, gsum, d};
 #pragma omp parallel num_threads(threads) if (!failed)
     {
         i64 t = 0, T = 1;
@@ -97,60 +112,65 @@ int glassformer_decode_step(const qdecoder *model, float *x, i64 p, float *keys,
 #endif
         for (i64 l = 0; l < model->num_layers && !failed; l++) {
             const qlayer *layer = model->layers + l;
-            float *k_cache = keys + l * layer_size, *v_cache = values + l * layer_size;
             const qmatrix *w;
 #pragma omp single
             {
-                rms_norm(x, layer->norm1, d, model->eps, h);
-                q = quantize_rows(h, 1, d, layer->qkv.G, xq, xd, xsum, gsum);
+                for (i64 r = 0; r < B; r++) rms_norm(x + r * d, layer->norm1, d, model->eps, h + r * d);
+                q = quantize_rows(h, B, d, layer->qkv.G, xq, xd, xsum, gsum);
             }
             w = &layer->qkv;
-            qmatrix_rows(w, q, 1, w->N * t / T, w->N * (t + 1) / T, NULL, qkv, w->N, 0);
+            qmatrix_rows(w, q, B, w->N * t / T, w->N * (t + 1) / T, NULL, qkv, w->N, 0);
 #pragma omp barrier
 #pragma omp single
-            {
-                const float *cos_ = angles, *sin_ = angles + hd / 2;
-                float rotary[2][hd]; /* cos and sin repeated over both halves, as rope takes them */
-                for (i64 i = 0; i < hd; i++) rotary[0][i] = cos_[i % (hd / 2)], rotary[1][i] = sin_[i % (hd / 2)];
-                rope(qkv, H + KV, hd, rotary[0], rotary[1]); /* queries and keys: the first H + KV heads */
+            for (i64 r = 0; r < B; r++) {
+                float *row = qkv + r * width, *cos_sin = angles + r * hd;
+                float rotary[2][hd];  /* cos and sin repeated over both halves, as rope takes them */
+                for (i64 i = 0; i < hd; i++) {
+                    rotary[0][i] = cos_sin[i % (hd / 2)];
+                    rotary[1][i] = cos_sin[hd / 2 + i % (hd / 2)];
+                }
+                rope(row, H + KV, hd, rotary[0], rotary[1]);  /* queries and keys: the first H + KV heads */
+                const i64 at = rows->write_at[r], base = l * rows->layer_stride + r * rows->row_stride;
                 for (i64 g = 0; g < KV; g++) {
-                    memcpy(k_cache + (g * max_length + p) * hd, qkv + (H + g) * hd, sizeof(float) * hd);
-                    memcpy(v_cache + (g * max_length + p) * hd, qkv + (H + KV + g) * hd, sizeof(float) * hd);
+                    memcpy(rows->keys + base + (g * S + at) * hd, row + (H + g) * hd, sizeof(float) * hd);
+                    memcpy(rows->values + base + (g * S + at) * hd, row + (H + KV + g) * hd, sizeof(float) * hd);
                 }
             }
 #pragma omp for schedule(static)
-            for (i64 head = 0; head < H; head++) {
-                const i64 g = head / (H / KV);
-                attend(qkv + head * hd, k_cache + g * max_length * hd, v_cache + g * max_length * hd, p + 1, hd,
-                       model->scale, scores + head * (p + 1), o + head * hd);
+            for (i64 task = 0; task < B * H; task++) {  /* (row, head) pairs */
+                const i64 r = task / H, head = task % H, g = head / (H / KV), first = rows->first[r];
+                const i64 base = l * rows->layer_stride + r * rows->row_stride + (g * S + first) * hd;
+                attend(qkv + r * width + head * hd, rows->keys + base, rows->values + base,
+                       rows->write_at[r] - first + 1, hd, model->scale, scores + task * span, o + (r * H + head) * hd);
             }
 #pragma omp single
-            q = quantize_rows(o, 1, H * hd, layer->out.G, xq, xd, xsum, gsum);
+            q = quantize_rows(o, B, H * hd, layer->out.G, xq, xd, xsum, gsum);
             w = &layer->out;
-            qmatrix_rows(w, q, 1, w->N * t / T, w->N * (t + 1) / T, NULL, x, w->N, 1); /* x + o W_O^T */
+            qmatrix_rows(w, q, B, w->N * t / T, w->N * (t + 1) / T, NULL, x, w->N, 1); /* x + o W_O^T */
 #pragma omp barrier
 #pragma omp single
             {
-                rms_norm(x, layer->norm2, d, model->eps, h);
-                q = quantize_rows(h, 1, d, layer->fc1.G, xq, xd, xsum, gsum);
+                for (i64 r = 0; r < B; r++) rms_norm(x + r * d, layer->norm2, d, model->eps, h + r * d);
+                q = quantize_rows(h, B, d, layer->fc1.G, xq, xd, xsum, gsum);
             }
             w = &layer->fc1;
-            qmatrix_rows(w, q, 1, w->N * t / T, w->N * (t + 1) / T, NULL, gate_up, w->N, 0);
+            qmatrix_rows(w, q, B, w->N * t / T, w->N * (t + 1) / T, NULL, gate_up, w->N, 0);
 #pragma omp barrier
 #pragma omp single
             {
-                for (i64 i = 0; i < ff; i++) {
-                    const float a = gate_up[i];
-                    gate_up[i] = a / (1.0f + expf(-a)) * gate_up[ff + i]; /* SiLU(a) ⊙ b */
+                for (i64 r = 0; r < B; r++) {
+                    float *a = gate_up + r * 2 * ff, *out = gate_up + r * ff;  /* rows packed to (B, ff) in place */
+                    for (i64 i = 0; i < ff; i++) out[i] = a[i] / (1.0f + expf(-a[i])) * a[ff + i];  /* SiLU(a) ⊙ b */
                 }
-                q = quantize_rows(gate_up, 1, ff, layer->fc2.G, xq, xd, xsum, gsum);
+                q = quantize_rows(gate_up, B, ff, layer->fc2.G, xq, xd, xsum, gsum);
             }
             w = &layer->fc2;
-            qmatrix_rows(w, q, 1, w->N * t / T, w->N * (t + 1) / T, NULL, x, w->N, 1); /* x + (...) W_2^T */
+            qmatrix_rows(w, q, B, w->N * t / T, w->N * (t + 1) / T, NULL, x, w->N, 1); /* x + (...) W_2^T */
 #pragma omp barrier
         }
 #pragma omp single
-        if (!failed) rms_norm(x, model->final_norm, d, model->eps, x);
+        if (!failed)
+            for (i64 r = 0; r < B; r++) rms_norm(x + r * d, model->final_norm, d, model->eps, x + r * d);
     }
     free(h), free(qkv), free(o), free(gate_up), free(scores), free(angles), free(xq), free(xd), free(xsum), free(gsum);
     return failed;
