@@ -9,6 +9,7 @@ this process while the server is idle). Goals: 8 clients >= 4x the aggregate tok
 generate's tokens/s.
 
     python bench/serve.py [--model smollm2] [--new-tokens 128] [--rounds 2] [--url http://127.0.0.1:8000]
+                          [--quantize int8|int4]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import urllib.request
 import torch
 
 from glassformer import runtime
+from glassformer.models.quantization import Quantization
 from glassformer.pipelines.language_model import load_language_model
 
 PROMPTS = [
@@ -88,8 +90,8 @@ async def round_of(url: str, model: str, clients: int, new_tokens: int) -> tuple
     return tokens / wall, [r[0] for r in results], [g for r in results for g in r[1]]
 
 
-def generate_speed(model_name: str, new_tokens: int, rounds: int) -> float:
-    model, tokenizer = load_language_model(model_name)
+def generate_speed(model_name: str, new_tokens: int, rounds: int, quantize: str | None) -> float:
+    model, tokenizer = load_language_model(model_name, quantization=Quantization(quantize) if quantize else None)
     ids = torch.tensor([tokenizer.encode(PROMPTS[0])])
     best = 0.0
     for _ in range(rounds):
@@ -109,6 +111,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--url", default=None, help="a server already running (default: start one)")
+    parser.add_argument("--quantize", choices=["int8", "int4"], default=None, help="serve (and generate) quantized")
     args = parser.parse_args()
     print(runtime.env_line("cpu"))
     server = None
@@ -117,7 +120,8 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         command = [sys.executable, "-m", "glassformer", "serve", "--model", args.model, "--port", str(port),
-                   "--max-batch", "8", "--max-context", "512", "--device", "cpu", "--precision", "fp32"]  # fmt: skip
+                   "--max-batch", "8", "--max-context", "512", "--device", "cpu", "--precision", "fp32",
+                   *(["--quantize", args.quantize] if args.quantize else [])]  # fmt: skip
         server = subprocess.Popen(command, stderr=subprocess.DEVNULL, env={**os.environ})
     try:
         wait_ready(url)
@@ -139,8 +143,9 @@ def main() -> None:
         if server is not None:
             server.terminate()
             server.wait(30)
-    baseline = generate_speed(args.model, args.new_tokens, args.rounds)
-    print(f"{args.model}, greedy {args.new_tokens} new tokens per request, streaming; best of {args.rounds} rounds")
+    baseline = generate_speed(args.model, args.new_tokens, args.rounds, args.quantize)
+    name = f"{args.model} {args.quantize}" if args.quantize else args.model
+    print(f"{name}, greedy {args.new_tokens} new tokens per request, streaming; best of {args.rounds} rounds")
     print(f"baseline: glassformer generate, batch 1: {baseline:.1f} tokens/s")
     print(f"{'clients':>7} | {'aggregate tok/s':>15} | {'vs 1 client':>11} | {'vs generate':>11} | "
           f"{'TTFT p50':>9} | {'TTFT p95':>9} | {'per token':>9}")  # fmt: skip

@@ -110,3 +110,40 @@ def test_the_queue_is_bounded(tiny_lm):
         scheduler.submit(Request(tokenizer.encode("the"), 5, lambda e: None))
     with pytest.raises(ValueError, match="exceed the context of 64"):
         scheduler.submit(Request(tokenizer.encode("the"), 62, lambda e: None))
+
+
+def test_a_quantized_model_s_batched_steps_give_each_request_its_greedy_tokens(tiny_lm, monkeypatch):
+    """int4 weights: the scheduler's steps over slots of different lengths run the fused decoding step
+    (glassformer.nn.fused_decoder) where it is available, and every request still gets the tokens the modules give
+    it alone."""
+    import copy
+
+    import glassformer.models.gpt as gpt_module
+    from glassformer import runtime
+
+    model, tokenizer = tiny_lm
+    model = copy.deepcopy(model).quantize("int4")
+    prompts, lengths = ["the cat", "a bird sang in the", "mat", "sat on the mat. the"], [12, 6, 15, 9]
+    served, real = [], gpt_module.decode_step
+
+    def counted(*args):
+        hidden = real(*args)
+        served.append(hidden is not None)
+        return hidden
+
+    monkeypatch.setattr(gpt_module, "decode_step", counted)
+    s = Scheduler(model, tokenizer, max_batch=3, max_context=64, max_queue=8)
+    s.start()
+    try:
+        collectors = []
+        for prompt, n in zip(prompts, lengths, strict=True):
+            collectors.append(submit(s, tokenizer, prompt, n)[1])
+            time.sleep(0.01)
+        assert all(c.done.wait(30) for c in collectors)
+    finally:
+        s.stop()
+    if runtime.kernel_works("quantized_decoder_step"):
+        assert served and all(served)
+    monkeypatch.setattr(gpt_module, "decode_step", lambda *args: None)  # the modules alone
+    for prompt, n, c in zip(prompts, lengths, collectors, strict=True):
+        assert c.text == greedy_text(model, tokenizer, prompt, n), prompt
