@@ -4,7 +4,7 @@ numpy view of the memory-mapped file (nothing is copied until a tensor is conver
 ``gguf.GGUFReader`` reads the same but makes a numpy view for every item of every metadata array: SmolLM2's 49,152
 tokens and 48,900 merges took it 8 seconds on each load, this reader a fraction of one. The ``gguf`` package still
 names the tensor types and their block sizes (``GGML_QUANT_SIZES``) and dequantizes (``gguf.quants``);
-``tests/checkpoints`` compares both readers on the same file.
+``tests/nn/test_quantization.py`` compares both readers on one file; ``tests/checkpoints`` gives it damaged ones.
 
     file       "GGUF" · version u32 (2 or 3) · tensor count u64 · key/value count u64 · key/values · tensors
                · padding to ``general.alignment`` (default 32) · the tensors' data
@@ -19,6 +19,7 @@ Little-endian files only (what llama.cpp writes on every common machine).
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -51,6 +52,8 @@ class _Cursor:
         self.buffer, self.offset = buffer, 0
 
     def take(self, layout: str):
+        if self.offset + struct.calcsize(layout) > len(self.buffer):
+            raise ValueError("the file ends inside its header (truncated?)")
         (value,) = struct.unpack_from(layout, self.buffer, self.offset)
         self.offset += struct.calcsize(layout)
         return value
@@ -122,13 +125,13 @@ class GGUFFile:
             tensor_type = GGMLQuantizationType(kind)
             numpy_shape = tuple(reversed(shape))
             if kind in PLAIN:
-                dtype, count = np.dtype(PLAIN[kind]), int(np.prod(shape))
+                dtype, count = np.dtype(PLAIN[kind]), math.prod(shape)  # Python integers: no overflow
             else:  # rows of blocks, as bytes
                 block, block_bytes = GGML_QUANT_SIZES[tensor_type]
                 if shape[0] % block:
                     raise ValueError(f"tensor {name} has rows of {shape[0]}, not a multiple of its blocks of {block}")
                 numpy_shape = (*numpy_shape[:-1], shape[0] // block * block_bytes)
-                dtype, count = np.dtype(np.uint8), int(np.prod(numpy_shape))
+                dtype, count = np.dtype(np.uint8), math.prod(numpy_shape)
             if start + offset + count * dtype.itemsize > len(buffer):
                 raise ValueError(f"tensor {name} runs past the end of the file (truncated?)")
             data = np.frombuffer(buffer, dtype, count, start + offset).reshape(numpy_shape)
