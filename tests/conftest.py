@@ -111,3 +111,20 @@ def translation_dir(tmp_path_factory, char_tokenizer):
     Transformer(config).save_pretrained(directory)
     char_tokenizer.save(directory)
     return directory.parent
+
+
+@pytest.fixture
+def fused_steps(monkeypatch):
+    """A list that records, for every decoding step GPT.forward offers the fused step (glassformer.nn.fused_decoder),
+    whether it served it."""
+    import glassformer.models.gpt as gpt_module
+
+    served, real = [], gpt_module.decode_step
+
+    def counted(*args):
+        hidden = real(*args)
+        served.append(hidden is not None)
+        return hidden
+
+    monkeypatch.setattr(gpt_module, "decode_step", counted)
+    return served

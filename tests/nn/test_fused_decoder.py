@@ -31,19 +31,6 @@ def modules_only(monkeypatch):
     monkeypatch.setattr(gpt_module, "decode_step", lambda *args: None)
 
 
-def count_fused(monkeypatch) -> list[bool]:
-    """Record, for every call of the fused step from GPT.forward, whether it served it."""
-    served, real = [], gpt_module.decode_step
-
-    def counted(*args):
-        hidden = real(*args)
-        served.append(hidden is not None)
-        return hidden
-
-    monkeypatch.setattr(gpt_module, "decode_step", counted)
-    return served
-
-
 def step_by_step(model, ids, steps=6):
     """Logits of each decoding step and the cache after them: the prompt at once, then one token at a time."""
     cache = model.make_cache(1, ids.size(1) + steps)
@@ -68,13 +55,12 @@ def test_the_fused_step_gives_the_modules_logits_and_cache(monkeypatch, kind, gr
         assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max()
 
 
-def test_the_fused_step_runs_when_it_fits_and_greedy_tokens_agree(monkeypatch):
+def test_the_fused_step_runs_when_it_fits_and_greedy_tokens_agree(monkeypatch, fused_steps):
     model = llama().quantize("int4")
     ids = torch.randint(0, 96, (1, 4))
-    served = count_fused(monkeypatch)
     with torch.inference_mode():
         fused = model.generate(ids, max_new_tokens=12, eos_token_id=None)
-        assert served == [True] * 11  # every step after the prompt
+        assert fused_steps == [True] * 11  # every step after the prompt
         modules_only(monkeypatch)
         assert torch.equal(fused, model.generate(ids, max_new_tokens=12, eos_token_id=None))
 
@@ -97,16 +83,15 @@ def test_the_modules_serve_what_the_fused_step_does_not_fit(why):
         assert decode_step(model.layers, model.final_norm, model.rotary, x, cache, mask) is None
 
 
-def test_left_padded_batches_decode_as_the_modules_do(monkeypatch):
+def test_left_padded_batches_decode_as_the_modules_do(monkeypatch, fused_steps):
     """Rows of different prompt lengths, left-padded: each row attends from its first real token, rotated by its
     own positions."""
     model = llama().quantize("int4", embeddings="int8")
     ids = torch.randint(1, 96, (3, 6))
     mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1]])
-    served = count_fused(monkeypatch)
     with torch.inference_mode():
         fused = model.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=None, pad_token_id=0)
-        assert served == [True] * 9
+        assert fused_steps == [True] * 9
         cache = model.make_cache(3, 8)
         model(ids[:, :5], attention_mask=mask[:, :5], cache=cache)
         step = model(ids[:, 5:], attention_mask=mask, cache=cache)
@@ -119,7 +104,7 @@ def test_left_padded_batches_decode_as_the_modules_do(monkeypatch):
     assert (step - expected).abs().max() <= 1e-4 * expected.abs().max()
 
 
-def test_a_server_s_slots_of_different_lengths_decode_as_the_modules_do(monkeypatch):
+def test_a_server_s_slots_of_different_lengths_decode_as_the_modules_do(monkeypatch, fused_steps):
     """A SlotCache view: rows of their own lengths, a free slot riding along; only active rows advance."""
     model = llama().quantize("int8", 32)
     prompts = [torch.randint(0, 96, (1, n)) for n in (3, 7)]
@@ -135,10 +120,9 @@ def test_a_server_s_slots_of_different_lengths_decode_as_the_modules_do(monkeypa
             out.append(model(ids, attention_mask=view.attention_mask(1), cache=view))
         return torch.cat(out, 1)[[0, 2]], slots.lengths
 
-    served = count_fused(monkeypatch)
     with torch.inference_mode():
         fused, lengths = run()
-        assert served == [True] * 4
+        assert fused_steps == [True] * 4
         modules_only(monkeypatch)
         expected, expected_lengths = run()
     assert lengths == expected_lengths == [7, 0, 11]

@@ -43,7 +43,7 @@ def random_weight(kind, group, out_features=40, in_features=256, seed=0):
 
 
 @pytest.mark.parametrize("kind,group", CASES)
-@pytest.mark.parametrize("rows", [1, 3, 5, 16])
+@pytest.mark.parametrize("rows", [1, 3, 5, 16, 42])  # decoding, and prompts up to KERNEL_ROWS
 @pytest.mark.parametrize("out_features", [1, 7, 40])
 def test_native_kernel_matches_the_reference(kind, group, rows, out_features):
     if not runtime.kernel_works(f"quantized_native_{kind}"):
@@ -225,6 +225,11 @@ def test_packed_weights_are_made_once_and_again_only_when_the_weight_changes():
     copied = copy.deepcopy(model)  # a model that keeps packed copies can still be copied (without them)
     assert copied.layers[0].ffn.fc1.packed_weight is None and layer.packed_weight is not None
     model.train()
+    with torch.inference_mode():  # a model made under inference_mode (no version counters) packs too
+        made = tiny_llama()
+        with packed_weights(made):
+            assert made.layers[0].ffn.fc1.packed_weight is not None
+    assert runtime.packed_linear_works(torch.float32)
     assert layer.packed_weight is None
 
 
@@ -289,7 +294,8 @@ def test_quantize_makes_auto_precision_float32_on_the_cpu(capsys):
     args = argparse.Namespace(
         device="cpu", precision="auto", quantize="int4", group_size=None, quantize_embeddings=None
     )
-    assert report_placement(args).precision == "fp32"  # the kernels take float32 activations
+    placement = report_placement(args)
+    assert placement.precision == "fp32" and "--quantize" in placement.reason  # the kernels take float32
     assert quantization_of(args) == Quantization("int4")
     args.precision = "bf16"
     assert report_placement(args).precision == "bf16"  # asked for: as asked (the reference path serves it)

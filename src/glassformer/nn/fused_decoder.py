@@ -31,7 +31,7 @@ from torch import nn
 
 from glassformer import runtime
 from glassformer.nn import kernels
-from glassformer.nn.cache import KVCache, SlotView
+from glassformer.nn.cache import KVCache, SlotCache, SlotView
 from glassformer.nn.norm import RMSNorm
 from glassformer.nn.quantization import QuantizedWeight, native_fits, tensor_state
 
@@ -216,17 +216,17 @@ def decode_step(
         or layers.training
     ):
         return None
-    rows = _rows(cache, x.size(0), attention_mask)
-    if rows is None:
+    storage = cache.slots if isinstance(cache, SlotView) else cache
+    if not isinstance(storage, KVCache | SlotCache):
         return None
-    storage = rows[1]
     plan = _plan_of_cache.get(storage)
     if plan is None:  # the first step with this cache: made (or checked) once per generate call, or per server
         plan = _plan(layers, final_norm, rotary) if runtime.kernel_works("quantized_decoder_step") else None
         _plan_of_cache[storage] = plan or False
-    if not plan:
+    if not plan:  # a model the step does not take: known after one look, nothing more per step
         return None
-    return _run(plan, x, rows)
+    rows = _rows(cache, x.size(0), attention_mask)
+    return None if rows is None else _run(plan, x, rows)
 
 
 def _run(plan: _Plan, x: torch.Tensor, rows: tuple) -> torch.Tensor:

@@ -122,9 +122,34 @@ static inline float dot_f32(const float *a, const float *b, i64 n) {
     return sum;
 }
 
-/* one output row of int8 weights (codes, scales of this row) for MB rows of x; MB is a constant at each call */
-static inline __attribute__((always_inline)) void int8_row(const int MB, qx x, const int8_t *codes,
-                                                           const float *scales, i64 G, float *out) {
+#ifdef __AVX2__
+/* the 32 codes of block b as two vectors of 16 int16: int8 codes 0..15 and 16..31 of their 32 bytes, or int4 codes
+   0..15 (low nibbles) and 16..31 (high nibbles) of their 16 bytes; bits is a constant at each call */
+static inline __attribute__((always_inline)) void block_codes(const int bits, const uint8_t *codes, i64 b,
+                                                              __m256i *first, __m256i *second) {
+    if (bits == 8) {
+        *first = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(codes + b * BLOCK)));
+        *second = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(codes + b * BLOCK + 16)));
+    } else {
+        const __m128i bytes = _mm_loadu_si128((const __m128i *)(codes + b * 16)), low = _mm_set1_epi8(0x0F);
+        *first = _mm256_cvtepu8_epi16(_mm_and_si128(bytes, low));
+        *second = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(bytes, 4), low));
+    }
+}
+#else
+/* code j (0..31) of block b */
+static inline int32_t block_code(const int bits, const uint8_t *codes, i64 b, int j) {
+    if (bits == 8) return (int32_t)(int8_t)codes[b * BLOCK + j];
+    const uint8_t byte = codes[b * 16 + j % 16];
+    return j < 16 ? byte & 15 : byte >> 4;
+}
+#endif
+
+/* sum_b s[g(b)] xd[b] (sum_{k in b} q[k] xq[k]) for one output row (its codes and scales) and MB rows of x: the
+   products of the codes, without int4's offsets; bits (8 or 4) and MB are constants at each call */
+static inline __attribute__((always_inline)) void codes_times_x(const int MB, const int bits, qx x,
+                                                                const uint8_t *codes, const float *scales, i64 G,
+                                                                float *out) {
     const i64 K = x.K, KB = K / BLOCK;
 #ifdef __AVX2__
     const int C = 4 / MB;  /* independent sums per row of x, so that the multiply-adds overlap */
@@ -136,12 +161,12 @@ static inline __attribute__((always_inline)) void int8_row(const int MB, qx x, c
             const i64 b = b0 + u;
             const float s = scales[g];
             if (--left == 0) g++, left = G / BLOCK;
-            const __m256i c0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(codes + b * BLOCK)));
-            const __m256i c1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(codes + b * BLOCK + 16)));
+            __m256i first, second;
+            block_codes(bits, codes, b, &first, &second);
             for (int m = 0; m < MB; m++) {
-                const int16_t *xq = x.q + m * K + b * BLOCK;
-                __m256i dot = _mm256_add_epi32(_mm256_madd_epi16(c0, _mm256_loadu_si256((const __m256i *)xq)),
-                                               _mm256_madd_epi16(c1, _mm256_loadu_si256((const __m256i *)(xq + 16))));
+                const __m256i *xq = (const __m256i *)(x.q + m * K + b * BLOCK);
+                __m256i dot = _mm256_add_epi32(_mm256_madd_epi16(first, _mm256_loadu_si256(xq)),
+                                               _mm256_madd_epi16(second, _mm256_loadu_si256(xq + 1)));
                 acc[m * C + u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(s * x.d[m * KB + b]),
                                                  acc[m * C + u]);
             }
@@ -157,7 +182,7 @@ static inline __attribute__((always_inline)) void int8_row(const int MB, qx x, c
         float acc = 0.0f;
         for (i64 b = 0, per = G / BLOCK; b < KB; b++) {  /* per: blocks per group */
             int32_t dot = 0;
-            for (int j = 0; j < BLOCK; j++) dot += (int32_t)codes[b * BLOCK + j] * x.q[m * K + b * BLOCK + j];
+            for (int j = 0; j < BLOCK; j++) dot += block_code(bits, codes, b, j) * x.q[m * K + b * BLOCK + j];
             acc += (float)dot * (scales[per == 1 ? b : b / per] * x.d[m * KB + b]);
         }
         out[m] = acc;
@@ -165,55 +190,18 @@ static inline __attribute__((always_inline)) void int8_row(const int MB, qx x, c
 #endif
 }
 
-/* one output row of int4 weights for MB rows of x */
+/* one output row of int8 weights (codes, scales of this row) for MB rows of x */
+static inline __attribute__((always_inline)) void int8_row(const int MB, qx x, const int8_t *codes,
+                                                           const float *scales, i64 G, float *out) {
+    codes_times_x(MB, 8, x, (const uint8_t *)codes, scales, G, out);
+}
+
+/* one output row of int4 weights for MB rows of x: the codes' products, plus o · (sum of x) per group */
 static inline __attribute__((always_inline)) void int4_row(const int MB, qx x, const uint8_t *codes,
                                                            const float *scales, const float *offsets, i64 G,
                                                            float *out) {
-    const i64 K = x.K, KB = K / BLOCK;
-#ifdef __AVX2__
-    const int C = 4 / MB;
-    __m256 acc[4];
-    for (int a = 0; a < 4; a++) acc[a] = _mm256_setzero_ps();
-    const __m128i low = _mm_set1_epi8(0x0F);
-    i64 g = 0, left = G / BLOCK;  /* the group of block b, and its blocks still to come (no division per block) */
-    for (i64 b0 = 0; b0 < KB; b0 += C) {
-        for (int u = 0; u < C && b0 + u < KB; u++) {  /* u a constant after unrolling: acc stays in registers */
-            const i64 b = b0 + u;
-            const float s = scales[g];
-            if (--left == 0) g++, left = G / BLOCK;
-            const __m128i bytes = _mm_loadu_si128((const __m128i *)(codes + b * 16));
-            const __m256i lo = _mm256_cvtepu8_epi16(_mm_and_si128(bytes, low));                     /* codes 0..15 */
-            const __m256i hi = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(bytes, 4), low));  /* 16..31 */
-            for (int m = 0; m < MB; m++) {
-                const int16_t *xq = x.q + m * K + b * BLOCK;
-                __m256i dot = _mm256_add_epi32(_mm256_madd_epi16(lo, _mm256_loadu_si256((const __m256i *)xq)),
-                                               _mm256_madd_epi16(hi, _mm256_loadu_si256((const __m256i *)(xq + 16))));
-                acc[m * C + u] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(s * x.d[m * KB + b]),
-                                                 acc[m * C + u]);
-            }
-        }
-    }
-    for (int m = 0; m < MB; m++) {
-        __m256 sum = acc[m * C];
-        for (int a = 1; a < C; a++) sum = _mm256_add_ps(sum, acc[m * C + a]);
-        out[m] = hsum(sum) + dot_f32(offsets, x.gsum + m * (K / G), K / G);
-    }
-#else
-    for (int m = 0; m < MB; m++) {
-        float acc = 0.0f;
-        for (i64 b = 0, per = G / BLOCK; b < KB; b++) {
-            const i64 g = per == 1 ? b : b / per;
-            const int16_t *xq = x.q + m * K + b * BLOCK;
-            int32_t dot = 0;
-            for (int j = 0; j < 16; j++) {
-                const uint8_t byte = codes[b * 16 + j];
-                dot += (int32_t)(byte & 15) * xq[j] + (int32_t)(byte >> 4) * xq[j + 16];
-            }
-            acc += (float)dot * (scales[g] * x.d[m * KB + b]);
-        }
-        out[m] = acc + dot_f32(offsets, x.gsum + m * (K / G), K / G);
-    }
-#endif
+    codes_times_x(MB, 4, x, codes, scales, G, out);
+    for (int m = 0; m < MB; m++) out[m] += dot_f32(offsets, x.gsum + m * (x.K / G), x.K / G);
 }
 
 /* one quantized matrix (N, K): kind 8 or 4, codes, scales (N, K / G), offsets (N, K / G) for int4 */
