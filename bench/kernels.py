@@ -29,7 +29,7 @@ from glassformer import runtime
 from glassformer.masks import causal_mask
 from glassformer.nn.attention import scaled_dot_product_attention
 from glassformer.nn.dropout import dropout
-from glassformer.nn.linear import MAX_PACKED_HALF_ROWS, MIN_PACKED_ROWS, REORDER_HALF_PRECISION, Linear, packed_weights
+from glassformer.nn.linear import MAX_PACKED_HALF_ROWS, Linear, min_packed_rows, packed_weights, reorder_half_precision
 from glassformer.training.losses import fused_label_smoothed_cross_entropy
 
 GPT2_SHAPES = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12 + [(50257, 768)]
@@ -87,8 +87,8 @@ def main() -> None:
 
     with torch.no_grad():
         print(
-            f"linears below: half-precision reordering {'on' if REORDER_HALF_PRECISION else 'off'} (AMX), "
-            f"packed from {MIN_PACKED_ROWS} row(s) (half precision up to {MAX_PACKED_HALF_ROWS})"
+            f"linears below: half-precision reordering {'on' if reorder_half_precision() else 'off'} (AMX), "
+            f"packed from {min_packed_rows()} row(s) (half precision up to {MAX_PACKED_HALF_ROWS})"
         )
         for dtype in (torch.float32, torch.bfloat16):
             layers = torch.nn.ModuleList(Linear(k, n, bias=False) for n, k in GPT2_SHAPES).to(dtype)

@@ -9,6 +9,8 @@ import torch
 from glassformer import runtime
 from glassformer.cli.main import main
 
+pytestmark = pytest.mark.cpu_class  # the kernels and precisions chosen depend on the CPU class
+
 # what torch reports on the three kinds of CPU seen so far, and one more
 AVX2_ONLY = dict(capability="AVX2", avx512=False, avx512_bf16=False, amx=False, amx_fp16=False, bf16_convert=False,
                  onednn_fp16=False)  # fmt: skip

@@ -38,6 +38,8 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from glassformer import cpu_class
+
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
 
@@ -125,19 +127,22 @@ def _onednn_flag(name: str) -> bool:
 @functools.cache
 def cpu_features() -> dict[str, bool | str]:
     """What torch reports of this CPU: its vector capability (``DEFAULT``, ``AVX2``, ``AVX512``, ...) and the
-    half-precision instructions that make bfloat16/float16 fast."""
-    avx512 = _torch_cpu_flag("_is_avx512_supported")
+    half-precision instructions that make bfloat16/float16 fast — no more than ``GLASSFORMER_CPU``'s class allows
+    (``glassformer.cpu_class``; a class the CPU does not reach is a one-line ``ValueError`` here)."""
+    cls = cpu_class.check()
+    avx512 = _torch_cpu_flag("_is_avx512_supported") and cpu_class.allows(cls, "avx512")
     # oneDNN's bf16 check: AVX512 BW/VL/DQ (which only emulate bf16 arithmetic) or AVX-NE-CONVERT on x86, the
     # BF16 extension on ARM. Without AVX512 a yes can only come from the native instructions.
     onednn_bf16 = _onednn_flag("_is_mkldnn_bf16_supported")
+    top = cpu_class.allows(cls, "amx")  # extras outside the ladder stay only where no class is named (or amx)
     return {
         "capability": torch.backends.cpu.get_cpu_capability(),
         "avx512": avx512,
-        "avx512_bf16": _torch_cpu_flag("_is_avx512_bf16_supported"),
-        "amx": _torch_cpu_flag("_is_amx_tile_supported"),
-        "amx_fp16": _torch_cpu_flag("_is_amx_fp16_supported"),
-        "bf16_convert": onednn_bf16 and not avx512,  # AVX-NE-CONVERT (x86) or ARM's BF16 instructions
-        "onednn_fp16": _onednn_flag("_is_mkldnn_fp16_supported"),  # AVX512-FP16, AVX-NE-CONVERT or ARM FP16
+        "avx512_bf16": _torch_cpu_flag("_is_avx512_bf16_supported") and cpu_class.allows(cls, "avx512_bf16"),
+        "amx": _torch_cpu_flag("_is_amx_tile_supported") and top,
+        "amx_fp16": _torch_cpu_flag("_is_amx_fp16_supported") and top,
+        "bf16_convert": onednn_bf16 and not _torch_cpu_flag("_is_avx512_supported") and top,  # AVX-NE-CONVERT, ARM
+        "onednn_fp16": _onednn_flag("_is_mkldnn_fp16_supported") and top,  # AVX512-FP16, AVX-NE-CONVERT or ARM FP16
     }
 
 
@@ -251,6 +256,19 @@ def describe_hardware(device: torch.device) -> str:
     return f"this CPU ({f['capability']}{'+' + '+'.join(extras) if extras else ''})"
 
 
+def describe_cpu_class() -> str:
+    """``avx2``, or ``avx2 (GLASSFORMER_CPU; this CPU is avx512_bf16)`` when narrowed; says so when torch chose its
+    own kernels before glassformer could narrow them (torch ran an operation before glassformer was imported)."""
+    cls, own = cpu_class.check(), cpu_class.machine_class()
+    if cls is None:
+        return own
+    text = f"{cls} ({cpu_class.ENV}; this CPU is {own})"
+    expected = cpu_class.ATEN_CAPABILITY[cls].upper()
+    if cpu_features()["capability"] not in (expected, "DEFAULT"):
+        text += f"; torch's kernels stay {cpu_features()['capability']}: set ATEN_CPU_CAPABILITY={expected.lower()} too"
+    return text
+
+
 def release_free_memory() -> None:
     """Hand back to the system the memory a load freed on its way (float copies of weights that were then quantized,
     a file's parsed tables): glibc keeps freed blocks for reuse, and the process stays that much larger. Does
@@ -337,7 +355,11 @@ def kernel_status(name: str) -> str:
 
 
 def packed_linear_works(dtype: torch.dtype) -> bool:
+    """oneDNN packs bfloat16 only with AVX512 (BW/VL/DQ) or AVX-NE-CONVERT: asked of the (narrowed) features too, so
+    that ``GLASSFORMER_CPU`` takes it away whatever oneDNN itself would answer."""
     name = {torch.float32: "onednn_packed_fp32", torch.bfloat16: "onednn_packed_bf16"}.get(dtype)
+    if dtype == torch.bfloat16 and not (cpu_features()["avx512"] or cpu_features()["bf16_convert"]):
+        return False
     return name is not None and kernel_works(name)
 
 
@@ -373,6 +395,7 @@ def environment(device: str | torch.device | None = "auto") -> dict[str, str]:
         "device": str(resolved) + ("" if resolved.type == "cpu" else f" — {describe_hardware(resolved)}"),
         "cpu": f"{cpu_name()}; capability {f['capability']}; "
         + ", ".join(f"{k} {'yes' if f[k] else 'no'}" for k in ("avx512_bf16", "amx", "bf16_convert", "amx_fp16")),
+        "cpu class": describe_cpu_class(),
         "threads": str(torch.get_num_threads()),
         "native precisions": ", ".join(native_precisions(resolved.type, resolved.index)),
         "auto precision": f"{auto.precision} ({auto.reason})",
@@ -404,7 +427,7 @@ def env_line(device: str | torch.device | None = "auto") -> str:
     packed = [p for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16)) if packed_linear_works(d)]
     return (
         f"glassformer env: torch {torch.__version__} | device {resolved} ({describe_hardware(resolved)}) | "
-        f"cpu {cpu_name()} {f['capability']} | native {'/'.join(native_precisions(resolved.type, resolved.index))} "
+        f"cpu {cpu_name()} {f['capability']} | class {cpu_class.check() or cpu_class.machine_class()} | native {'/'.join(native_precisions(resolved.type, resolved.index))} "
         f"| auto {auto.precision} | threads {torch.get_num_threads()} | packed {'/'.join(packed) or 'none'}"
         f"{' | amx' if cpu_has_amx() else ''}"
     )

@@ -11,10 +11,13 @@ from glassformer import runtime
 from glassformer.models.gpt import GPT, GPTConfig
 from glassformer.nn.fused_decoder import decode_step
 
-pytestmark = pytest.mark.skipif(
-    not runtime.kernel_works("quantized_decoder_step"),
-    reason=f"the fused decoding step is not available here: {runtime.kernel_status('quantized_decoder_step')}",
-)
+pytestmark = [
+    pytest.mark.cpu_class,  # the kernel is built for the CPU class
+    pytest.mark.skipif(
+        not runtime.kernel_works("quantized_decoder_step"),
+        reason=f"the fused decoding step is not available here: {runtime.kernel_status('quantized_decoder_step')}",
+    ),
+]
 
 
 def llama(num_kv_heads=2, vocab_size=96, seed=0, **fields) -> GPT:

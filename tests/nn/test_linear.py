@@ -6,6 +6,8 @@ from glassformer import runtime
 from glassformer.nn import linear as linear_module
 from glassformer.nn.linear import Linear, can_pack, linear, packed_weights
 
+pytestmark = pytest.mark.cpu_class  # the kernels and precisions chosen depend on the CPU class
+
 
 def needs_packing(dtype: torch.dtype) -> None:
     """Skip, naming the reason, where this CPU cannot pack ``dtype`` weights (the probe's verdict)."""
@@ -29,7 +31,7 @@ def restore_kernels():
 @pytest.mark.parametrize("shape", [(1, 1, 24), (24,), (3, 24), (2, 4, 24), (17, 24), (64, 24)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_fast_path_equals_reference(dtype, shape, bias, reorder, monkeypatch):
-    monkeypatch.setattr(linear_module, "REORDER_HALF_PRECISION", reorder)
+    monkeypatch.setattr(linear_module, "reorder_half_precision", lambda: reorder)
     torch.manual_seed(0)
     weight = torch.randn(40, 24).to(dtype)
     b = torch.randn(40).to(dtype) if bias else None
@@ -60,8 +62,7 @@ def test_is_a_torch_linear():
 def test_packed_weights_equal_reference(rows, amx, dtype, monkeypatch):
     if dtype == torch.float32 or not amx:  # these cases pack: only where the CPU can
         needs_packing(dtype)
-    monkeypatch.setattr(linear_module, "REORDER_HALF_PRECISION", amx)
-    monkeypatch.setattr(linear_module, "MIN_PACKED_ROWS", 2 if amx else 1)
+    monkeypatch.setattr(linear_module, "reorder_half_precision", lambda: amx)
     model = torch.nn.Sequential(Linear(24, 40), torch.nn.ReLU(), Linear(40, 8, bias=False)).to(dtype)
     x = torch.randn(rows, 1, 24).to(dtype)
     with torch.no_grad():
@@ -97,7 +98,7 @@ def test_activation_is_applied_with_and_without_packed_weights(activation, rows)
         torch.testing.assert_close(layer(x), expected)
         if runtime.packed_linear_works(torch.float32):
             with packed_weights(layer):
-                assert layer.uses_packed_weight(x) == (rows >= linear_module.MIN_PACKED_ROWS)
+                assert layer.uses_packed_weight(x) == (rows >= linear_module.min_packed_rows())
                 torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="unknown activation"):
         Linear(2, 2, activation="swish")
@@ -108,7 +109,7 @@ def test_half_precision_packed_weights_apply_the_activation_apart(activation, mo
     from glassformer.nn.activation import ACTIVATIONS
 
     needs_packing(torch.bfloat16)
-    monkeypatch.setattr(linear_module, "REORDER_HALF_PRECISION", False)  # bfloat16 packs (as without AMX)
+    monkeypatch.setattr(linear_module, "reorder_half_precision", lambda: False)  # bfloat16 packs (as without AMX)
     layer = Linear(64, 96, activation=activation).to(torch.bfloat16)
     x = torch.randn(4, 64, dtype=torch.bfloat16)
     with torch.no_grad():
@@ -141,7 +142,7 @@ def test_a_failing_probe_leaves_the_plain_path(dtype, monkeypatch, restore_kerne
 
     monkeypatch.setitem(runtime.KERNELS, name, broken)
     runtime._probe.cache_clear()
-    monkeypatch.setattr(linear_module, "REORDER_HALF_PRECISION", False)
+    monkeypatch.setattr(linear_module, "reorder_half_precision", lambda: False)
     assert not runtime.kernel_works(name) and "simulated" in runtime.kernel_status(name)
     layer = Linear(16, 8, activation="relu").to(dtype)
     x = torch.randn(4, 16).to(dtype)

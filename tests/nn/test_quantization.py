@@ -30,6 +30,8 @@ from glassformer.nn.quantization import (
     unpack_int4,
 )
 
+pytestmark = pytest.mark.cpu_class  # the kernels and precisions chosen depend on the CPU class
+
 CASES = [("int8", None), ("int8", 32), ("int8", 64), ("int4", 32), ("int4", 64), ("int4", 128)]
 
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from glassformer import runtime
 from glassformer.generation.config import GenerationConfig
 from glassformer.generation.processors import LogitsProcessor, apply_processors, build_processors
-from glassformer.nn.linear import MIN_PACKED_ROWS, packed_weights
+from glassformer.nn.linear import min_packed_rows, packed_weights
 
 NEG = -1.0e9  # a score no real candidate reaches; used to rank candidates out, never added to attention logits
 
@@ -78,7 +78,7 @@ def generate(
         eos_token_id=eos,
     )
     if pack_weights is None:
-        pack_weights = device.type == "cpu" and input_ids.size(0) * config.num_beams >= MIN_PACKED_ROWS
+        pack_weights = device.type == "cpu" and input_ids.size(0) * config.num_beams >= min_packed_rows()
     with packed_weights(model) if pack_weights else nullcontext():
         if config.num_beams > 1:
             return beam_search(

@@ -50,18 +50,26 @@ ONEDNN_ACTIVATIONS = {
     "silu": ("swish", [], ""),
 }
 
-REORDER_HALF_PRECISION = runtime.cpu_has_amx()
-# the fewest rows for which packed weights are used: with AMX one row goes through the reordered products (or
-# plain float32), elsewhere packing pays from one row; half precision up to 64 rows (decoding)
-MIN_PACKED_ROWS = 2 if REORDER_HALF_PRECISION else 1
-MAX_PACKED_HALF_ROWS = 64
+MAX_PACKED_HALF_ROWS = 64  # half precision is packed up to 64 rows (decoding)
+
+
+def reorder_half_precision() -> bool:
+    """Whether ``linear`` reorders half-precision products: where the CPU has AMX (``runtime.cpu_has_amx``, asked on
+    first use, so ``GLASSFORMER_CPU`` applies)."""
+    return runtime.cpu_has_amx()
+
+
+def min_packed_rows() -> int:
+    """The fewest rows for which packed weights are used: with AMX one row goes through the reordered products (or
+    plain float32), elsewhere packing pays from one row."""
+    return 2 if reorder_half_precision() else 1
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x Wᵀ + b`` for ``x`` of shape ``(..., in_features)`` -> ``(..., out_features)``."""
     half = weight.dtype in (torch.bfloat16, torch.float16)
     if (
-        not (half and REORDER_HALF_PRECISION)
+        not (half and reorder_half_precision())
         or x.device.type != "cpu"
         or torch.is_grad_enabled()
         or x.dtype != weight.dtype
@@ -133,7 +141,7 @@ class Linear(nn.Linear):
         if torch.is_autocast_enabled(x.device.type):  # autocast computes in its own dtype: leave it to F.linear
             return False
         rows = x.numel() // x.size(-1)
-        return rows >= MIN_PACKED_ROWS and (x.dtype == torch.float32 or rows <= MAX_PACKED_HALF_ROWS)
+        return rows >= min_packed_rows() and (x.dtype == torch.float32 or rows <= MAX_PACKED_HALF_ROWS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quantized is not None:
@@ -174,7 +182,7 @@ def can_pack(module: nn.Module) -> bool:
     if not isinstance(module, Linear) or module.weight is None or module.weight.device.type != "cpu":
         return False
     dtype = module.weight.dtype
-    if dtype == torch.bfloat16 and REORDER_HALF_PRECISION:
+    if dtype == torch.bfloat16 and reorder_half_precision():
         return False
     return dtype in (torch.float32, torch.bfloat16) and runtime.packed_linear_works(dtype)
 

@@ -1,0 +1,158 @@
+"""GLASSFORMER_CPU: a process narrowed to a CPU class reports no more than that class in every probe, sets torch's and
+oneDNN's own switches before their kernels run, builds glassformer's C kernels for it, and refuses in one line a
+class the CPU does not reach. The classes a machine can fake are tested on the hardware (in subprocesses); the
+ones above it, on the features torch would report there."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from glassformer import cpu_class, runtime
+
+pytestmark = pytest.mark.cpu_class
+
+# what torch's cpuinfo questions answer on each class of CPU (runtime._torch_cpu_flag's names)
+HARDWARE = {
+    "avx2": {"_is_avx2_supported"},
+    "avx512_bf16": {"_is_avx2_supported", "_is_avx512_supported", "_is_avx512_bf16_supported"},
+    "amx": {"_is_avx2_supported", "_is_avx512_supported", "_is_avx512_bf16_supported", "_is_amx_tile_supported",
+            "_is_amx_fp16_supported"},
+}  # fmt: skip
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """``machine(kind, narrowed_to)``: this process as if its CPU were of class ``kind`` (what torch would report
+    there, oneDNN's bf16/fp16 answers included) with ``GLASSFORMER_CPU`` set to ``narrowed_to`` (None: unset)."""
+
+    def fake(kind: str, narrowed_to: str | None) -> None:
+        flags = HARDWARE[kind]
+        monkeypatch.setattr(cpu_class, "_flag", lambda name: name in flags)
+        monkeypatch.setattr(runtime, "_torch_cpu_flag", lambda name: name in flags)
+        onednn = {"_is_mkldnn_bf16_supported": kind != "avx2", "_is_mkldnn_fp16_supported": kind == "amx"}
+        monkeypatch.setattr(runtime, "_onednn_flag", lambda name: onednn[name])
+        monkeypatch.setattr(cpu_class.platform, "machine", lambda: "x86_64")
+        if narrowed_to is None:
+            monkeypatch.delenv(cpu_class.ENV, raising=False)
+        else:
+            monkeypatch.setenv(cpu_class.ENV, narrowed_to)
+        for cached in (cpu_class.machine_class, runtime.cpu_features, runtime.native_precisions):
+            cached.cache_clear()
+
+    yield fake
+    monkeypatch.undo()
+    for cached in (cpu_class.machine_class, runtime.cpu_features, runtime.native_precisions):
+        cached.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "kind, narrowed_to, native, amx",
+    [
+        ("avx512_bf16", None, ("fp32", "bf16"), False),
+        ("avx512_bf16", "avx512_bf16", ("fp32", "bf16"), False),
+        ("avx512_bf16", "avx512", ("fp32",), False),  # AVX512 without BF16: bf16 emulated
+        ("avx512_bf16", "avx2", ("fp32",), False),  # the "AVX2 only, auto = fp32" machine
+        ("amx", None, ("fp32", "bf16", "fp16"), True),
+        ("amx", "avx512_bf16", ("fp32", "bf16"), False),
+        ("amx", "avx2", ("fp32",), False),
+        ("avx2", "default", ("fp32",), False),
+    ],
+)
+def test_narrowing_takes_away_what_the_class_lacks(machine, kind, narrowed_to, native, amx):
+    machine(kind, narrowed_to)
+    assert cpu_class.machine_class() == kind
+    assert runtime.native_precisions("cpu") == native
+    assert runtime.place("cpu", "auto").precision == ("bf16" if "bf16" in native else "fp32")
+    assert runtime.cpu_has_amx() == amx
+    features = runtime.cpu_features()
+    assert features["avx512"] == (cpu_class.CLASSES.index(narrowed_to or kind) >= cpu_class.CLASSES.index("avx512"))
+    if narrowed_to in ("avx2", "default"):  # oneDNN packs bfloat16 only from AVX512 (BW/VL/DQ) up
+        assert not runtime.packed_linear_works(torch.bfloat16)
+    shown = runtime.describe_cpu_class()
+    assert shown.startswith(narrowed_to or kind) and (narrowed_to is None or f"this CPU is {kind}" in shown)
+
+
+@pytest.mark.parametrize(
+    "kind, asked, message",
+    [
+        ("avx2", "avx512", "lacks (its class is avx2); unset it or choose one of default, avx2"),
+        ("avx512_bf16", "amx", "its class is avx512_bf16"),
+        ("amx", "sse", "unknown CPU class; choose one of default, avx2, avx512, avx512_bf16, amx"),
+    ],
+)  # fmt: skip
+def test_a_class_the_cpu_does_not_reach_is_refused_in_one_line(machine, kind, asked, message):
+    machine(kind, asked)
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")) as caught:
+        runtime.cpu_features()
+    assert "\n" not in str(caught.value) and str(caught.value).startswith(f"GLASSFORMER_CPU={asked}")
+
+
+def test_apply_sets_the_switches_of_the_kernels_underneath(machine, monkeypatch):
+    for variable in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"):
+        monkeypatch.delenv(variable, raising=False)
+    machine("amx", "avx2")
+    cpu_class.apply()
+    assert os.environ["ATEN_CPU_CAPABILITY"] == "avx2" and os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert os.environ["MKL_ENABLE_INSTRUCTIONS"] == "AVX2"
+    assert "-mno-avx512f" in cpu_class.compiler_flags()
+    machine("amx", "sse")  # refused: nothing is set, the first probe says why
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    cpu_class.apply()
+    assert "ATEN_CPU_CAPABILITY" not in os.environ
+
+
+def run_narrowed(cls: str, code: str) -> subprocess.CompletedProcess:
+    environment = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**environment, cpu_class.ENV: cls, "ONEDNN_VERBOSE": "1"})  # fmt: skip
+
+
+@pytest.mark.parametrize("cls", ["default", "avx2"])
+def test_a_narrowed_process_runs_torch_onednn_and_its_own_kernels_at_that_class(cls):
+    """On the hardware: every class up to this CPU's own (here: those at or below AVX2, which every x86 CI machine
+    reaches). torch reports the class's capability, oneDNN runs no higher ISA, glassformer's kernels say so, and a
+    packed product and a quantized one still equal the reference."""
+    if cpu_class.machine_class() == "default" or cpu_class.CLASSES.index(cls) > cpu_class.CLASSES.index(
+        cpu_class.machine_class()
+    ):
+        pytest.skip(f"this CPU ({cpu_class.machine_class()}) cannot run as {cls}")
+    code = """
+import torch
+from glassformer import runtime
+from glassformer.nn import quantization
+from glassformer.nn.linear import Linear, packed_weights
+print("capability", torch.backends.cpu.get_cpu_capability())
+print(runtime.env_line("cpu"))
+print("quantized", quantization.describe_kernels())
+layer = Linear(32, 16).eval()
+x = torch.randn(3, 32)
+with torch.no_grad(), packed_weights(layer):
+    assert layer.uses_packed_weight(x)
+    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))
+weight = quantization.QuantizedWeight.from_float(torch.randn(16, 64), "int4")
+x = torch.randn(2, 64)
+reference = quantization.quantized_linear_reference(x, weight)
+assert (quantization.quantized_linear(x, weight) - reference).norm() <= 1e-4 * reference.norm()
+"""
+    result = run_narrowed(cls, code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
+    assert f"capability {cls.upper()}" in out and f"| class {cls} |" in out and "| auto fp32 |" in out
+    isa = next(line for line in (result.stdout + result.stderr).splitlines() if "cpu,isa:" in line)
+    assert ("SSE4.1" if cls == "default" else "AVX2") in isa and "512" not in isa
+    if cls == "default":  # the C kernels were built without AVX2
+        assert "(AVX2)" not in out.split("quantized", 1)[1]
+
+
+def test_the_cli_refuses_an_unknown_class_in_one_line():
+    result = subprocess.run([sys.executable, "-m", "glassformer", "env"], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, cpu_class.ENV: "avx1024"})  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"glassformer: error: GLASSFORMER_CPU=avx1024: unknown CPU class; choose one of "
+        f"{', '.join(cpu_class.CLASSES[: cpu_class.CLASSES.index(cpu_class.machine_class()) + 1])} "
+        f"(this CPU is {cpu_class.machine_class()})"
+    )
