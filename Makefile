@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo tour test lint bench clean
+.PHONY: demo tour test test-classes lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "glassformer needs Python 3.11 or newer"'
@@ -48,6 +48,14 @@ lint: $(VENV)/.installed-dev
 
 test: lint
 	$(BIN)/python -m pytest
+
+# the tests whose outcome depends on the CPU class or the precision (marked cpu_class), again as if this CPU could
+# do no more than each class below its own (GLASSFORMER_CPU; on an AVX512-BF16 machine: avx512, then "AVX2 only")
+test-classes: $(VENV)/.installed-dev
+	@for class in $$($(BIN)/python -c 'from glassformer import cpu_class; print(*cpu_class.narrower_classes())'); do \
+		echo "== GLASSFORMER_CPU=$$class: $$(GLASSFORMER_CPU=$$class $(BIN)/glassformer env | tail -n 1)"; \
+		GLASSFORMER_CPU=$$class $(BIN)/python -m pytest -m cpu_class -p no:cacheprovider || exit 1; \
+	done
 
 bench: $(VENV)/.installed
 	$(BIN)/python bench/train_step.py

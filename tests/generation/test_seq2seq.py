@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from equivalence import PRECISIONS, assert_close_in, assert_same_greedy_tokens, in_precision
 
 from glassformer import Transformer, TransformerConfig
 from glassformer.generation.search import generate
@@ -42,6 +43,18 @@ OPTIONS = {
 }  # fmt: skip
 
 
+def full_pass_scores(model, src):
+    """The scores of the next target token after ``[BOS] + chosen``, by the full pass (for near-tie checks)."""
+
+    def scores(chosen):
+        ys = torch.tensor([[BOS, *chosen]])
+        causal = torch.ones(ys.size(1), ys.size(1), dtype=torch.bool).tril()
+        with torch.no_grad():
+            return model(src, ys, tgt_mask=causal)[0, -1]
+
+    return scores
+
+
 def greedy_by_full_recompute(model, src, max_length):
     """Greedy decoding without any cache: the whole prefix through the whole model at every step (causal mask
     only: a random model may emit the padding id, and what it emitted stays visible, as in the cache)."""
@@ -56,26 +69,33 @@ def greedy_by_full_recompute(model, src, max_length):
     return out[: out.index(EOS)] if EOS in out else out
 
 
+@pytest.mark.cpu_class
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("norm_first", [True, False])
-def test_cached_batched_greedy_equals_full_recompute_per_sentence(norm_first):
-    model = make_model(norm_first)
+def test_cached_batched_greedy_equals_full_recompute_per_sentence(norm_first, precision):
+    """A padded batch through the cache gives each sentence the greedy tokens that the full pass gives it alone, in
+    each precision (near-ties aside: tests/equivalence.py)."""
+    model = in_precision(make_model(norm_first), precision)
     src = torch.randint(3, 30, (3, 7))
     src[1, 4:] = PAD  # a shorter, padded source
     outputs = translate_ids(model, src, num_beams=1, max_len_a=1.0, max_len_b=5)
     for row in range(3):
         alone = src[row : row + 1, : int((src[row] != PAD).sum())]
-        assert outputs[row] == greedy_by_full_recompute(model, alone, max_length=1 + 7 + 5)
+        expected = greedy_by_full_recompute(model, alone, max_length=1 + 7 + 5)
+        assert_same_greedy_tokens(full_pass_scores(model, alone), outputs[row], expected, precision, 2, f"row {row}")
 
 
-def test_incremental_decoder_logits_equal_the_full_pass():
-    model = make_model()
+@pytest.mark.cpu_class
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_incremental_decoder_logits_equal_the_full_pass(precision):
+    model = in_precision(make_model(), precision)
     src, tgt = torch.randint(3, 30, (2, 6)), torch.randint(3, 30, (2, 5))
-    full = model(src, tgt)
-    decoder = SourceConditionedDecoder(model, src)
-    cache = decoder.make_cache(2, 8)
     with torch.no_grad():
+        full = model(src, tgt)
+        decoder = SourceConditionedDecoder(model, src)
+        cache = decoder.make_cache(2, 8)
         steps = [decoder(tgt[:, i : i + 1], cache=cache) for i in range(5)]
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert_close_in(precision, model.config.num_layers, torch.cat(steps, dim=1), full)
 
 
 @pytest.mark.parametrize("option", OPTIONS)

@@ -1,6 +1,7 @@
 """Checks shared by the GPT-2 and Llama tests of the decoder-only model."""
 
 import torch
+from equivalence import assert_close_in, assert_same_greedy_tokens, next_scores
 
 
 def left_padded(rows: list[torch.Tensor], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,3 +41,34 @@ def check_batched_generation(hf_model, model, rows: list[torch.Tensor], **kwargs
     batched = model.generate(ids, attention_mask=mask, **kwargs)
     assert torch.equal(batched, hf_model.generate(ids, attention_mask=mask, do_sample=False, **kwargs))
     assert_batched_equals_one_by_one(model, rows, batched, **kwargs)
+
+
+def check_decoding_equivalences(model, precision: str, rows: list[torch.Tensor], **options) -> None:
+    """In ``precision`` (``model`` already in it): the four routes of greedy decoding agree as ``equivalence`` says —
+    the scores of a prompt fed token by token through the cache and of the full pass; a left-padded batch's scores
+    and each prompt's alone; greedy tokens with the cache and without, batched and alone, with packed weights and
+    without."""
+    depth = model.config.num_layers
+    longest = rows[0]
+    with torch.no_grad():
+        full = model(longest[None])
+        cache = model.make_cache(1, len(longest))
+        steps = [model(longest[None, :3], cache=cache)] + [model(longest[None, t : t + 1], cache=cache)
+                                                          for t in range(3, len(longest))]  # fmt: skip
+        assert_close_in(precision, depth, torch.cat(steps, 1), full)
+        ids, mask = left_padded(rows)
+        batched_scores = model(ids, attention_mask=mask)
+        for i, row in enumerate(rows):
+            assert_close_in(precision, depth, batched_scores[i, ids.size(1) - len(row) :], model(row[None])[0])
+
+    batched = model.generate(ids, attention_mask=mask, **options)
+    for i, row in enumerate(rows):
+        alone = model.generate(row[None], **options)[0, len(row) :]
+        uncached = model.generate(row[None], use_cache=False, **options)[0, len(row) :]
+        packed = model.generate(row[None], pack_weights=True, **options)[0, len(row) :]
+        plain = model.generate(row[None], pack_weights=False, **options)[0, len(row) :]
+        together = batched[i, ids.size(1) :][: len(alone)]
+        scores = next_scores(model, row)
+        assert_same_greedy_tokens(scores, together, alone, precision, depth, f"row {i} batched / alone")
+        assert_same_greedy_tokens(scores, alone, uncached, precision, depth, f"row {i} cached / uncached")
+        assert_same_greedy_tokens(scores, packed, plain, precision, depth, f"row {i} packed / plain weights")

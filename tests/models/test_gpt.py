@@ -2,7 +2,8 @@
 
 import pytest
 import torch
-from decoder_checks import check_batched_generation, left_padded_logits_difference
+from decoder_checks import check_batched_generation, check_decoding_equivalences, left_padded_logits_difference
+from equivalence import PRECISIONS, in_precision
 
 from glassformer.models.gpt import GPT, GPTConfig
 
@@ -71,8 +72,18 @@ def test_batched_left_padded_generation_equals_one_by_one(hf_checkpoint, model, 
     check_batched_generation(hf_checkpoint[0], model, rows, **options)
 
 
+@pytest.mark.cpu_class
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_greedy_decoding_routes_agree(model, precision):
+    """Cache / no cache, batched / alone, packed / plain weights: the same scores and greedy tokens, in each
+    precision (tests/equivalence.py says what "the same" means there)."""
+    rows = [prompt(1, n, seed=n)[0] for n in (7, 5, 3)]
+    check_decoding_equivalences(in_precision(model, precision), precision, rows, max_new_tokens=12, eos_token_id=None)
+
+
 @pytest.mark.parametrize("options", [{}, {"num_beams": 3}, {"do_sample": True, "top_k": 10, "seed": 3}])
 def test_cache_equivalence(model, options):
+    """Float32: with the cache and without, token for token, also for beams and sampling."""
     ids = prompt(2, 5)
     with_cache = model.generate(ids, max_new_tokens=25, **options)
     without = model.generate(ids, max_new_tokens=25, use_cache=False, **options)

@@ -6,6 +6,7 @@ import time
 
 import pytest
 import torch
+from equivalence import PRECISIONS, assert_same_greedy_tokens, in_precision, next_scores
 
 from glassformer.serving.scheduler import Overloaded, Request, Scheduler
 
@@ -52,19 +53,34 @@ def submit(scheduler, tokenizer, prompt, max_tokens, **options):
     return request, collector
 
 
-def test_requests_of_any_length_arriving_at_any_time_get_their_greedy_tokens(tiny_lm, scheduler):
+@pytest.mark.cpu_class
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_requests_of_any_length_arriving_at_any_time_get_their_greedy_tokens(tiny_lm, precision):
+    """Each request, decoded in a slot beside others, gets the greedy tokens generate gives it alone, in each
+    precision. In bfloat16 a slot's batch and a batch of one round differently, so there "the same" allows a
+    near-tie to part them (tests/equivalence.py; README, "Every precision")."""
     model, tokenizer = tiny_lm
+    model = in_precision(model, precision)
+    scheduler = Scheduler(model, tokenizer, max_batch=3, max_context=64, max_queue=8)
+    scheduler.start()
     prompts = ["the cat", "a bird sang in the", "the dog ate", "mat", "the tree.", "sat on the mat. the"]
     lengths = [12, 5, 20, 9, 15, 7]
     collectors = []
-    for prompt, n in zip(prompts, lengths, strict=True):  # more requests than slots, arriving while others decode
-        collectors.append(submit(scheduler, tokenizer, prompt, n)[1])
-        time.sleep(0.01)
-    for c in collectors:
-        assert c.done.wait(30)
+    try:
+        for prompt, n in zip(prompts, lengths, strict=True):  # more requests than slots, arriving while others decode
+            collectors.append(submit(scheduler, tokenizer, prompt, n)[1])
+            time.sleep(0.01)
+        for c in collectors:
+            assert c.done.wait(30)
+    finally:
+        scheduler.stop()
     for prompt, n, c in zip(prompts, lengths, collectors, strict=True):
         assert c.last.kind == "done" and c.last.finish_reason == "length" and c.last.completion_tokens == n
-        assert c.text == greedy_text(model, tokenizer, prompt, n), prompt
+        ids = torch.tensor(tokenizer.encode(prompt))
+        alone = model.generate(ids[None], max_new_tokens=n)[0, len(ids) :]
+        served = tokenizer.encode(c.text)  # a character vocabulary: one token a character
+        depth = model.config.num_layers
+        assert_same_greedy_tokens(next_scores(model, ids), served, alone, precision, depth, prompt)
     assert scheduler.active == 0 and sorted(scheduler.free_slots) == [0, 1, 2]
 
 

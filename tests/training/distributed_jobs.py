@@ -10,15 +10,17 @@ from glassformer.training.classification import LabelledData, classification_tra
 from glassformer.training.lm import lm_train_config, train_language_model
 from glassformer.training.translation import DataSpec, train_translation, translation_train_config
 
-MACHINE = dict(device="cpu", precision="fp32", progress=False)
+MACHINE = dict(device="cpu", progress=False)
 LM_MODEL = dict(d_model=32, num_layers=2, num_heads=4, d_ff=64, max_seq_length=16, dropout=0.0, attention_dropout=0.0)
 
 
 def run_job(job: dict) -> dict:
     """One job: ``{"task": "lm" | "translate" | "classify", "out", "data", "init", "parallel", "max_steps",
-    "schedule_steps", "resume"}``; every run takes 2 accumulated micro-batches per step, without dropout."""
+    "schedule_steps", "resume", "precision"}`` (precision fp32 unless named); every run takes 2 accumulated
+    micro-batches per step, without dropout."""
     steps = dict(max_steps=job.get("max_steps", 4), schedule_steps=job.get("schedule_steps"))
-    common = dict(**MACHINE, grad_accum=2, parallel=job.get("parallel", "ddp"), seed=3)
+    machine = dict(**MACHINE, precision=job.get("precision", "fp32"))
+    common = dict(**machine, grad_accum=2, parallel=job.get("parallel", "ddp"), seed=3)
     resume = job.get("resume", False)
     if job["task"] == "lm":
         train = lm_train_config(**steps, **common, lr=3e-3, warmup_steps=1, eval_every=4)
