@@ -52,7 +52,7 @@ test: lint
 # the tests whose outcome depends on the CPU class or the precision (marked cpu_class), again as if this CPU could
 # do no more than each class below its own (GLASSFORMER_CPU; on an AVX512-BF16 machine: avx512, then "AVX2 only")
 test-classes: $(VENV)/.installed-dev
-	@for class in $$($(BIN)/python -c 'from glassformer import cpu_class; print(*cpu_class.narrower_classes())'); do \
+	@for class in $$($(BIN)/python -c 'from glassformer import cpu; print(*cpu.narrower_classes())'); do \
 		echo "== GLASSFORMER_CPU=$$class: $$(GLASSFORMER_CPU=$$class $(BIN)/glassformer env | tail -n 1)"; \
 		GLASSFORMER_CPU=$$class $(BIN)/python -m pytest -m cpu_class -p no:cacheprovider || exit 1; \
 	done

@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from glassformer import runtime
+from glassformer import cpu, runtime
 from glassformer.cli.main import main
 
 pytestmark = pytest.mark.cpu_class  # the kernels and precisions chosen depend on the CPU class
@@ -31,7 +31,7 @@ AVX_NE_CONVERT = {**AVX2_ONLY, "bf16_convert": True, "onednn_fp16": True}
     ],
 )
 def test_native_precisions_follow_the_cpu_features(features, native, monkeypatch):
-    monkeypatch.setattr(runtime, "cpu_features", lambda: features)
+    monkeypatch.setattr(cpu, "features", lambda: features)
     assert runtime.native_precisions.__wrapped__("cpu") == native
 
 
@@ -67,7 +67,7 @@ def test_this_machine_is_described_consistently():
     assert placement.precision in runtime.native_precisions("cpu")
     line = runtime.env_line("cpu")
     assert torch.__version__ in line and f"auto {placement.precision}" in line
-    assert runtime.cpu_features()["capability"] == torch.backends.cpu.get_cpu_capability()
+    assert cpu.features()["capability"] == torch.backends.cpu.get_cpu_capability()
 
 
 @pytest.mark.parametrize(

@@ -5,9 +5,9 @@ classifier), their configs and the ``Tokenizer``; the
 parts live in ``glassformer.nn``, the masks in ``glassformer.masks``, decoding in ``glassformer.generation``.
 """
 
-from glassformer import cpu_class
+from glassformer import cpu
 
-cpu_class.apply()  # GLASSFORMER_CPU narrows torch's and oneDNN's kernels: before either first runs
+cpu.apply()  # GLASSFORMER_CPU narrows torch's and oneDNN's kernels: before either first runs
 
 from glassformer._version import __version__  # noqa: E402
 from glassformer.models.bert import Bert, BertConfig, BertForSequenceClassification  # noqa: E402

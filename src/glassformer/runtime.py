@@ -1,7 +1,8 @@
 """What this machine can do: the device to run on, which precisions are fast there, which optional kernels work.
 
 Everything here is asked of torch (never decided by a vendor or model name), probed once per process and
-remembered. Every command, the training loop, generation and the benchmarks ask here; nothing else probes hardware.
+remembered. Every command, the training loop, generation and the benchmarks ask here (and ``glassformer.cpu`` for
+the CPU's instructions); nothing else probes hardware.
 
     device       --device auto|cpu|cuda|cuda:N|mps     auto: cuda if torch sees a GPU, else mps, else cpu
     precision    --precision auto|fp32|bf16|fp16       auto: the fastest correct choice on that device
@@ -10,8 +11,9 @@ A half precision is *native* where the hardware computes in it:
 
     CUDA   bf16: torch.cuda.is_bf16_supported() without emulation (Ampere and newer); fp16: compute capability ≥ 7
     CPU    bf16: AVX512-BF16, AMX, or AVX-NE-CONVERT; fp16: AMX-FP16, AVX512-FP16 or AVX-NE-CONVERT (what oneDNN
-           reports through torch). Elsewhere a bfloat16 matrix product is emulated: ~100x slower than float32 on
-           an AVX2-only CPU, so ``auto`` never picks it there.
+           reports through torch: ``glassformer.cpu.features``, which ``GLASSFORMER_CPU`` narrows to a class).
+           Elsewhere a bfloat16 matrix product is emulated: ~100x slower than float32 on an AVX2-only CPU, so
+           ``auto`` never picks it there.
     MPS    fp16
 
 ``auto`` picks bf16 where it is native, else fp16 on a GPU where that is native (training then scales the loss),
@@ -38,7 +40,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from glassformer import cpu_class
+from glassformer import cpu
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
@@ -106,64 +108,6 @@ def module_device(module: torch.nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-# --- what the CPU can do ----------------------------------------------------------------------------------------
-
-
-def _torch_cpu_flag(name: str) -> bool:
-    probe = getattr(torch.cpu, name, None)
-    try:
-        return bool(probe is not None and probe())
-    except RuntimeError:
-        return False
-
-
-def _onednn_flag(name: str) -> bool:
-    try:
-        return bool(getattr(torch.ops.mkldnn, name)())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-@functools.cache
-def cpu_features() -> dict[str, bool | str]:
-    """What torch reports of this CPU: its vector capability (``DEFAULT``, ``AVX2``, ``AVX512``, ...) and the
-    half-precision instructions that make bfloat16/float16 fast — no more than ``GLASSFORMER_CPU``'s class allows
-    (``glassformer.cpu_class``; a class the CPU does not reach is a one-line ``ValueError`` here)."""
-    cls = cpu_class.check()
-    avx512 = _torch_cpu_flag("_is_avx512_supported") and cpu_class.allows(cls, "avx512")
-    # oneDNN's bf16 check: AVX512 BW/VL/DQ (which only emulate bf16 arithmetic) or AVX-NE-CONVERT on x86, the
-    # BF16 extension on ARM. Without AVX512 a yes can only come from the native instructions.
-    onednn_bf16 = _onednn_flag("_is_mkldnn_bf16_supported")
-    top = cpu_class.allows(cls, "amx")  # extras outside the ladder stay only where no class is named (or amx)
-    return {
-        "capability": torch.backends.cpu.get_cpu_capability(),
-        "avx512": avx512,
-        "avx512_bf16": _torch_cpu_flag("_is_avx512_bf16_supported") and cpu_class.allows(cls, "avx512_bf16"),
-        "amx": _torch_cpu_flag("_is_amx_tile_supported") and top,
-        "amx_fp16": _torch_cpu_flag("_is_amx_fp16_supported") and top,
-        "bf16_convert": onednn_bf16 and not _torch_cpu_flag("_is_avx512_supported") and top,  # AVX-NE-CONVERT, ARM
-        "onednn_fp16": _onednn_flag("_is_mkldnn_fp16_supported") and top,  # AVX512-FP16, AVX-NE-CONVERT or ARM FP16
-    }
-
-
-def cpu_name() -> str:
-    """The processor's name, for display only (never used to choose anything)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_has_amx() -> bool:
-    """AMX tiles: oneDNN then multiplies half precision with tile kernels that cost more to start than a few rows
-    need, so ``glassformer.nn.linear`` reorders those products (see there)."""
-    return bool(cpu_features()["amx"])
-
-
 # --- precisions -------------------------------------------------------------------------------------------------
 
 
@@ -182,7 +126,7 @@ def native_precisions(device_type: str, index: int | None = None) -> tuple[str, 
     elif device_type == "mps":
         native.append("fp16")
     elif device_type == "cpu":
-        f = cpu_features()
+        f = cpu.features()
         if f["avx512_bf16"] or f["amx"] or f["bf16_convert"]:
             native.append("bf16")
         if f["amx_fp16"] or f["onednn_fp16"]:
@@ -251,22 +195,9 @@ def describe_hardware(device: torch.device) -> str:
         return f"{torch.cuda.get_device_name(device)} (compute {major}.{minor})"
     if device.type == "mps":
         return "the Apple GPU (MPS)"
-    f = cpu_features()
+    f = cpu.features()
     extras = [name for name in ("avx512_bf16", "amx", "bf16_convert") if f[name]]
     return f"this CPU ({f['capability']}{'+' + '+'.join(extras) if extras else ''})"
-
-
-def describe_cpu_class() -> str:
-    """``avx2``, or ``avx2 (GLASSFORMER_CPU; this CPU is avx512_bf16)`` when narrowed; says so when torch chose its
-    own kernels before glassformer could narrow them (torch ran an operation before glassformer was imported)."""
-    cls, own = cpu_class.check(), cpu_class.machine_class()
-    if cls is None:
-        return own
-    text = f"{cls} ({cpu_class.ENV}; this CPU is {own})"
-    expected = cpu_class.ATEN_CAPABILITY[cls].upper()
-    if cpu_features()["capability"] not in (expected, "DEFAULT"):
-        text += f"; torch's kernels stay {cpu_features()['capability']}: set ATEN_CPU_CAPABILITY={expected.lower()} too"
-    return text
 
 
 def release_free_memory() -> None:
@@ -358,7 +289,7 @@ def packed_linear_works(dtype: torch.dtype) -> bool:
     """oneDNN packs bfloat16 only with AVX512 (BW/VL/DQ) or AVX-NE-CONVERT: asked of the (narrowed) features too, so
     that ``GLASSFORMER_CPU`` takes it away whatever oneDNN itself would answer."""
     name = {torch.float32: "onednn_packed_fp32", torch.bfloat16: "onednn_packed_bf16"}.get(dtype)
-    if dtype == torch.bfloat16 and not (cpu_features()["avx512"] or cpu_features()["bf16_convert"]):
+    if dtype == torch.bfloat16 and not (cpu.features()["avx512"] or cpu.features()["bf16_convert"]):
         return False
     return name is not None and kernel_works(name)
 
@@ -386,22 +317,22 @@ def environment(device: str | torch.device | None = "auto") -> dict[str, str]:
     from glassformer._version import __version__
 
     resolved = resolve_device(device)
-    f = cpu_features()
+    f = cpu.features()
     auto = place(resolved, "auto")
     info = {
         "glassformer version": __version__,
         "torch": torch.__version__,
         "python": platform.python_version(),
         "device": str(resolved) + ("" if resolved.type == "cpu" else f" — {describe_hardware(resolved)}"),
-        "cpu": f"{cpu_name()}; capability {f['capability']}; "
+        "cpu": f"{cpu.name()}; capability {f['capability']}; "
         + ", ".join(f"{k} {'yes' if f[k] else 'no'}" for k in ("avx512_bf16", "amx", "bf16_convert", "amx_fp16")),
-        "cpu class": describe_cpu_class(),
+        "cpu class": cpu.describe_class(),
         "threads": str(torch.get_num_threads()),
         "native precisions": ", ".join(native_precisions(resolved.type, resolved.index)),
         "auto precision": f"{auto.precision} ({auto.reason})",
         "packed fp32 weights (oneDNN)": kernel_status("onednn_packed_fp32"),
         "packed bf16 weights (oneDNN)": kernel_status("onednn_packed_bf16"),
-        "reordered half-precision products": "on (AMX)" if cpu_has_amx() else "off (no AMX)",
+        "reordered half-precision products": "on (AMX)" if cpu.has_amx() else "off (no AMX)",
         "fused AdamW": "on" if fused_optimizer_works(resolved) else "off (plain AdamW)",
         "torch.compile": compile_status(resolved),
     }
@@ -423,11 +354,12 @@ def env_line(device: str | torch.device | None = "auto") -> str:
     """One line for bench headers and closing notes: torch, device, CPU capability, precisions, threads."""
     resolved = resolve_device(device)
     auto = place(resolved, "auto")
-    f = cpu_features()
+    f, cls = cpu.features(), cpu.check() or cpu.machine_class()
+    native = "/".join(native_precisions(resolved.type, resolved.index))
     packed = [p for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16)) if packed_linear_works(d)]
     return (
         f"glassformer env: torch {torch.__version__} | device {resolved} ({describe_hardware(resolved)}) | "
-        f"cpu {cpu_name()} {f['capability']} | class {cpu_class.check() or cpu_class.machine_class()} | native {'/'.join(native_precisions(resolved.type, resolved.index))} "
+        f"cpu {cpu.name()} {f['capability']} | class {cls} | native {native} "
         f"| auto {auto.precision} | threads {torch.get_num_threads()} | packed {'/'.join(packed) or 'none'}"
-        f"{' | amx' if cpu_has_amx() else ''}"
+        f"{' | amx' if cpu.has_amx() else ''}"
     )

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glassformer import runtime
+from glassformer import cpu, runtime
 from glassformer.nn.activation import ACTIVATIONS, check_activation
 from glassformer.nn.quantization import QuantizedWeight, quantized_linear, tensor_state
 
@@ -54,9 +54,9 @@ MAX_PACKED_HALF_ROWS = 64  # half precision is packed up to 64 rows (decoding)
 
 
 def reorder_half_precision() -> bool:
-    """Whether ``linear`` reorders half-precision products: where the CPU has AMX (``runtime.cpu_has_amx``, asked on
+    """Whether ``linear`` reorders half-precision products: where the CPU has AMX (``cpu.has_amx``, asked on
     first use, so ``GLASSFORMER_CPU`` applies)."""
-    return runtime.cpu_has_amx()
+    return cpu.has_amx()
 
 
 def min_packed_rows() -> int:

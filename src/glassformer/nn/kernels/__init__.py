@@ -1,6 +1,6 @@
 """Kernels glassformer compiles itself: C files (and the headers they share) beside this module, built on first use
 with the system's C compiler for the CPU at hand (``-O3 -march=native``, less what ``GLASSFORMER_CPU``'s class
-lacks: ``glassformer.cpu_class``; OpenMP where the compiler has it: ``FLAG_SETS``) and loaded with ``ctypes``.
+lacks: ``glassformer.cpu``; OpenMP where the compiler has it: ``FLAG_SETS``) and loaded with ``ctypes``.
 
 The library is kept in ``$GLASSFORMER_CACHE/kernels`` (default ``~/.cache/glassformer/kernels``) under a name
 derived from the source, the compiler and this CPU's flags, so it is built once per machine. Without a compiler,
@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from glassformer import cpu_class
+from glassformer import cpu
 
 HERE = Path(__file__).parent
 # for this CPU with OpenMP first; without OpenMP the kernels run on one thread; without -march=native (a compiler
@@ -61,7 +61,7 @@ def load(name: str) -> ctypes.CDLL | None:
         return None
     source = HERE / f"{name}.c"
     errors = []
-    narrowed = cpu_class.compiler_flags()  # GLASSFORMER_CPU: no instructions above its class
+    narrowed = cpu.compiler_flags()  # GLASSFORMER_CPU: no instructions above its class
     for flags in FLAG_SETS:
         extra = [*flags, *narrowed] if "-march=native" in flags else flags
         texts = [source.read_text(), *(h.read_text() for h in sorted(HERE.glob("*.h")))]  # the headers it includes

@@ -1,4 +1,5 @@
-"""CPU classes, and ``GLASSFORMER_CPU``: run this process as if the CPU could do no more than a class it names.
+"""What this CPU can do (``features``: asked of torch, never decided by a vendor or model name), the class it falls
+in, and ``GLASSFORMER_CPU``: run this process as if the CPU could do no more than a class it names.
 
 x86 CPUs seen by glassformer fall in five classes, each a superset of the one before:
 
@@ -22,8 +23,9 @@ oneDNN's kernels first run:
 It only narrows: a class above the CPU's own is refused with one line (``check``), since its instructions would
 crash the process. Unset, nothing is narrowed. Extras outside the ladder (AVX-NE-CONVERT's bfloat16 on an
 AVX2-class CPU) are kept unless a class is named, and dropped below ``amx`` when one is. On a CPU that is not x86
-the classes above ``default`` do not apply. ``.ci/run`` runs the tests marked ``cpu_class`` again under every class
-below the machine's own, so a guarantee proved here holds on the smaller machines too.
+the classes above ``default`` do not apply. ``make test-classes`` (and so ``.ci/run``) runs the tests marked
+``cpu_class`` again under every class below the machine's own (``narrower_classes``), so a guarantee proved here
+holds on the smaller machines too.
 """
 
 from __future__ import annotations
@@ -60,11 +62,21 @@ COMPILER_FLAGS = {
 
 
 def _flag(name: str) -> bool:
-    """One of torch's cpuinfo questions (``torch.cpu._is_avx2_supported``...); these fix no kernel choice."""
+    """One of torch's cpuinfo questions (``torch.cpu._is_avx2_supported``...): these fix no kernel choice, so they
+    may be asked before ``apply``."""
     probe = getattr(torch.cpu, name, None)
     try:
         return bool(probe is not None and probe())
     except RuntimeError:
+        return False
+
+
+def _onednn_flag(name: str) -> bool:
+    """One of oneDNN's questions (``torch.ops.mkldnn._is_mkldnn_bf16_supported``...): the first one fixes oneDNN's
+    instruction set, so only ``features`` asks them, after ``apply``."""
+    try:
+        return bool(getattr(torch.ops.mkldnn, name)())
+    except (AttributeError, RuntimeError):
         return False
 
 
@@ -107,7 +119,7 @@ def check() -> str | None:
     return name
 
 
-def allows(cls: str | None, feature_class: str) -> bool:
+def _allows(cls: str | None, feature_class: str) -> bool:
     """Whether a process narrowed to ``cls`` (None: not narrowed) may use what ``feature_class`` brings."""
     return cls is None or CLASSES.index(cls) >= CLASSES.index(feature_class)
 
@@ -139,3 +151,58 @@ def compiler_flags() -> list[str]:
     """Flags added to ``-march=native`` for glassformer's C kernels, so that they use no more than the class."""
     cls = check()
     return [] if cls is None or machine_class() == "default" else COMPILER_FLAGS[cls]
+
+
+# --- what the CPU can do ----------------------------------------------------------------------------------------
+
+
+@functools.cache
+def features() -> dict[str, bool | str]:
+    """What torch reports of this CPU: its vector capability (``DEFAULT``, ``AVX2``, ``AVX512``, ...) and the
+    half-precision instructions that make bfloat16/float16 fast — no more than ``GLASSFORMER_CPU``'s class allows
+    (a class the CPU does not reach is a one-line ``ValueError`` here)."""
+    cls = check()
+    # oneDNN's bf16 check: AVX512 BW/VL/DQ (which only emulate bf16 arithmetic) or AVX-NE-CONVERT on x86, the
+    # BF16 extension on ARM. Without AVX512 a yes can only come from the native instructions.
+    onednn_bf16 = _onednn_flag("_is_mkldnn_bf16_supported")
+    top = _allows(cls, "amx")  # extras outside the ladder stay only where no class is named (or amx)
+    return {
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "avx512": _flag("_is_avx512_supported") and _allows(cls, "avx512"),
+        "avx512_bf16": _flag("_is_avx512_bf16_supported") and _allows(cls, "avx512_bf16"),
+        "amx": _flag("_is_amx_tile_supported") and top,
+        "amx_fp16": _flag("_is_amx_fp16_supported") and top,
+        "bf16_convert": onednn_bf16 and not _flag("_is_avx512_supported") and top,  # AVX-NE-CONVERT (x86), ARM BF16
+        "onednn_fp16": _onednn_flag("_is_mkldnn_fp16_supported") and top,  # AVX512-FP16, AVX-NE-CONVERT or ARM FP16
+    }
+
+
+def has_amx() -> bool:
+    """AMX tiles: oneDNN then multiplies half precision with tile kernels that cost more to start than a few rows
+    need, so ``glassformer.nn.linear`` reorders those products (see there)."""
+    return bool(features()["amx"])
+
+
+def name() -> str:
+    """The processor's name, for display only (never used to choose anything)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_class() -> str:
+    """``avx2``, or ``avx2 (GLASSFORMER_CPU; this CPU is avx512_bf16)`` when narrowed; says so when torch chose its
+    own kernels before glassformer could narrow them (torch ran an operation before glassformer was imported)."""
+    cls, own = check(), machine_class()
+    if cls is None:
+        return own
+    text = f"{cls} ({ENV}; this CPU is {own})"
+    expected, actual = ATEN_CAPABILITY[cls].upper(), features()["capability"]
+    if actual not in (expected, "DEFAULT"):
+        text += f"; torch's kernels stay {actual}: set ATEN_CPU_CAPABILITY={expected.lower()} too"
+    return text

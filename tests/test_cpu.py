@@ -10,11 +10,11 @@ import sys
 import pytest
 import torch
 
-from glassformer import cpu_class, runtime
+from glassformer import cpu, runtime
 
 pytestmark = pytest.mark.cpu_class
 
-# what torch's cpuinfo questions answer on each class of CPU (runtime._torch_cpu_flag's names)
+# what torch's cpuinfo questions answer on each class of CPU (cpu._flag's names)
 HARDWARE = {
     "avx2": {"_is_avx2_supported"},
     "avx512_bf16": {"_is_avx2_supported", "_is_avx512_supported", "_is_avx512_bf16_supported"},
@@ -30,21 +30,20 @@ def machine(monkeypatch):
 
     def fake(kind: str, narrowed_to: str | None) -> None:
         flags = HARDWARE[kind]
-        monkeypatch.setattr(cpu_class, "_flag", lambda name: name in flags)
-        monkeypatch.setattr(runtime, "_torch_cpu_flag", lambda name: name in flags)
+        monkeypatch.setattr(cpu, "_flag", lambda name: name in flags)
         onednn = {"_is_mkldnn_bf16_supported": kind != "avx2", "_is_mkldnn_fp16_supported": kind == "amx"}
-        monkeypatch.setattr(runtime, "_onednn_flag", lambda name: onednn[name])
-        monkeypatch.setattr(cpu_class.platform, "machine", lambda: "x86_64")
+        monkeypatch.setattr(cpu, "_onednn_flag", lambda name: onednn[name])
+        monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
         if narrowed_to is None:
-            monkeypatch.delenv(cpu_class.ENV, raising=False)
+            monkeypatch.delenv(cpu.ENV, raising=False)
         else:
-            monkeypatch.setenv(cpu_class.ENV, narrowed_to)
-        for cached in (cpu_class.machine_class, runtime.cpu_features, runtime.native_precisions):
+            monkeypatch.setenv(cpu.ENV, narrowed_to)
+        for cached in (cpu.machine_class, cpu.features, runtime.native_precisions):
             cached.cache_clear()
 
     yield fake
     monkeypatch.undo()
-    for cached in (cpu_class.machine_class, runtime.cpu_features, runtime.native_precisions):
+    for cached in (cpu.machine_class, cpu.features, runtime.native_precisions):
         cached.cache_clear()
 
 
@@ -63,15 +62,15 @@ def machine(monkeypatch):
 )
 def test_narrowing_takes_away_what_the_class_lacks(machine, kind, narrowed_to, native, amx):
     machine(kind, narrowed_to)
-    assert cpu_class.machine_class() == kind
+    assert cpu.machine_class() == kind
     assert runtime.native_precisions("cpu") == native
     assert runtime.place("cpu", "auto").precision == ("bf16" if "bf16" in native else "fp32")
-    assert runtime.cpu_has_amx() == amx
-    features = runtime.cpu_features()
-    assert features["avx512"] == (cpu_class.CLASSES.index(narrowed_to or kind) >= cpu_class.CLASSES.index("avx512"))
+    assert cpu.has_amx() == amx
+    features = cpu.features()
+    assert features["avx512"] == (cpu.CLASSES.index(narrowed_to or kind) >= cpu.CLASSES.index("avx512"))
     if narrowed_to in ("avx2", "default"):  # oneDNN packs bfloat16 only from AVX512 (BW/VL/DQ) up
         assert not runtime.packed_linear_works(torch.bfloat16)
-    shown = runtime.describe_cpu_class()
+    shown = cpu.describe_class()
     assert shown.startswith(narrowed_to or kind) and (narrowed_to is None or f"this CPU is {kind}" in shown)
 
 
@@ -86,7 +85,7 @@ def test_narrowing_takes_away_what_the_class_lacks(machine, kind, narrowed_to, n
 def test_a_class_the_cpu_does_not_reach_is_refused_in_one_line(machine, kind, asked, message):
     machine(kind, asked)
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")) as caught:
-        runtime.cpu_features()
+        cpu.features()
     assert "\n" not in str(caught.value) and str(caught.value).startswith(f"GLASSFORMER_CPU={asked}")
 
 
@@ -94,20 +93,20 @@ def test_apply_sets_the_switches_of_the_kernels_underneath(machine, monkeypatch)
     for variable in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"):
         monkeypatch.delenv(variable, raising=False)
     machine("amx", "avx2")
-    cpu_class.apply()
+    cpu.apply()
     assert os.environ["ATEN_CPU_CAPABILITY"] == "avx2" and os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"
     assert os.environ["MKL_ENABLE_INSTRUCTIONS"] == "AVX2"
-    assert "-mno-avx512f" in cpu_class.compiler_flags()
+    assert "-mno-avx512f" in cpu.compiler_flags()
     machine("amx", "sse")  # refused: nothing is set, the first probe says why
     monkeypatch.delenv("ATEN_CPU_CAPABILITY")
-    cpu_class.apply()
+    cpu.apply()
     assert "ATEN_CPU_CAPABILITY" not in os.environ
 
 
 def run_narrowed(cls: str, code: str) -> subprocess.CompletedProcess:
     environment = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                          env={**environment, cpu_class.ENV: cls, "ONEDNN_VERBOSE": "1"})  # fmt: skip
+                          env={**environment, cpu.ENV: cls, "ONEDNN_VERBOSE": "1"})  # fmt: skip
 
 
 @pytest.mark.parametrize("cls", ["default", "avx2"])
@@ -115,10 +114,8 @@ def test_a_narrowed_process_runs_torch_onednn_and_its_own_kernels_at_that_class(
     """On the hardware: every class up to this CPU's own (here: those at or below AVX2, which every x86 CI machine
     reaches). torch reports the class's capability, oneDNN runs no higher ISA, glassformer's kernels say so, and a
     packed product and a quantized one still equal the reference."""
-    if cpu_class.machine_class() == "default" or cpu_class.CLASSES.index(cls) > cpu_class.CLASSES.index(
-        cpu_class.machine_class()
-    ):
-        pytest.skip(f"this CPU ({cpu_class.machine_class()}) cannot run as {cls}")
+    if cpu.machine_class() == "default" or cpu.CLASSES.index(cls) > cpu.CLASSES.index(cpu.machine_class()):
+        pytest.skip(f"this CPU ({cpu.machine_class()}) cannot run as {cls}")
     code = """
 import torch
 from glassformer import runtime
@@ -149,10 +146,10 @@ assert (quantization.quantized_linear(x, weight) - reference).norm() <= 1e-4 * r
 
 def test_the_cli_refuses_an_unknown_class_in_one_line():
     result = subprocess.run([sys.executable, "-m", "glassformer", "env"], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, cpu_class.ENV: "avx1024"})  # fmt: skip
+                            env={**os.environ, cpu.ENV: "avx1024"})  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.strip() == (
         f"glassformer: error: GLASSFORMER_CPU=avx1024: unknown CPU class; choose one of "
-        f"{', '.join(cpu_class.CLASSES[: cpu_class.CLASSES.index(cpu_class.machine_class()) + 1])} "
-        f"(this CPU is {cpu_class.machine_class()})"
+        f"{', '.join(cpu.CLASSES[: cpu.CLASSES.index(cpu.machine_class()) + 1])} "
+        f"(this CPU is {cpu.machine_class()})"
     )
