@@ -86,6 +86,7 @@ def test_inference_commands_refuse_a_missing_gpu(
     assert code == 2 and "no CUDA GPU" in err and "Traceback" not in err
 
 
+@pytest.mark.cpu_class  # auto follows the (narrowed) class
 def test_auto_is_what_the_runtime_picks(placed, capsys, gpt_dir):
     code, _, err = run(capsys, "generate", "--model", str(gpt_dir), "--prompt", "the", "--max-new-tokens", "2")
     assert code == 0

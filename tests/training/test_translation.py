@@ -34,7 +34,7 @@ def test_reverse_task_is_learned_to_99_percent_exact_match(tmp_path):
     task = TranslationTask(model, (None, None), train, test, max_tokens=512, label_smoothing=0.0)
     train_config = TrainConfig(
         max_steps=400, lr=3e-3, schedule="cosine", warmup_steps=50, betas=(0.9, 0.98), weight_decay=0.0,
-        eval_every=400, log_every=100, progress=False,
+        eval_every=400, log_every=100, progress=False, precision="fp32",
     )  # fmt: skip
     Trainer(task, train_config, tmp_path / "run").fit()
     src = torch.nn.utils.rnn.pad_sequence([torch.tensor(s) for s, _ in test.examples], batch_first=True)
@@ -46,7 +46,7 @@ def test_reverse_task_is_learned_to_99_percent_exact_match(tmp_path):
 def train_toy(out, steps, tsv, resume=False, schedule_steps=None):
     config = TrainConfig(
         max_steps=steps, schedule_steps=schedule_steps, lr=2e-3, schedule="noam", warmup_steps=5, eval_every=3,
-        log_every=2, progress=False, seed=0,
+        log_every=2, progress=False, seed=0, precision="fp32",
     )  # fmt: skip
     return train_translation(
         out, DataSpec(str(tsv)), "tiny", vocab_size=300, max_tokens=256, train=config, resume=resume
@@ -186,15 +186,17 @@ def test_auto_preset_without_a_time_limit_is_small(tmp_path, write_toy_corpus, m
     assert summary["preset"] == "small" and summary["max_tokens"] == 4096 and seen == []
 
 
+@pytest.mark.cpu_class
 def test_auto_preset_times_real_steps(tmp_path, write_toy_corpus):
-    """Unfaked: the recipes are timed for real on this machine and one of them is trained."""
+    """Unfaked: the recipes are timed for real on this machine, in the precision auto means on its CPU class (the
+    demo's choice, so GLASSFORMER_CPU narrows it too), and one of them is trained."""
+    from glassformer import runtime
     from glassformer.training.translation import AUTO_RECIPES
 
     tsv = write_toy_corpus(tmp_path / "toy.tsv")
-    config = TrainConfig(max_steps=1, max_minutes=0.05, eval_every=1, progress=False)
+    config = TrainConfig(max_steps=1, max_minutes=0.05, eval_every=1, progress=False)  # precision auto, as the demo
     summary = train_translation(tmp_path / "run", DataSpec(str(tsv)), "auto", vocab_size=300, train=config)
     assert (summary["preset"], summary["max_tokens"]) in AUTO_RECIPES
-    assert (
-        "measured compact with 2048-token batches"
-        in json.loads((tmp_path / "run" / "translation.json").read_text())["auto_preset"]
-    )
+    report = json.loads((tmp_path / "run" / "translation.json").read_text())["auto_preset"]
+    assert "measured compact with 2048-token batches" in report
+    assert f"precision {runtime.place('cpu', 'auto').precision} (auto" in report
