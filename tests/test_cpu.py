@@ -153,3 +153,16 @@ def test_the_cli_refuses_an_unknown_class_in_one_line():
         f"{', '.join(cpu.CLASSES[: cpu.CLASSES.index(cpu.machine_class()) + 1])} "
         f"(this CPU is {cpu.machine_class()})"
     )
+
+
+def test_this_process_runs_at_the_class_it_reports():
+    """Whatever class this test run was started at (make test-classes starts one per narrower class): torch's own
+    kernels were narrowed before they first ran, and every probe reports no more than the class."""
+    cls = cpu.check() or cpu.machine_class()
+    capability = torch.backends.cpu.get_cpu_capability()
+    if cpu.check() is not None:
+        assert capability == cpu.ATEN_CAPABILITY[cls].upper(), cpu.describe_class()
+        assert "torch's kernels stay" not in cpu.describe_class()
+    if cpu.check() is not None and cpu.CLASSES.index(cls) < cpu.CLASSES.index("avx512_bf16"):
+        assert "bf16" not in runtime.native_precisions("cpu") and runtime.place("cpu", "auto").precision == "fp32"
+    assert f"| class {cls} |" in runtime.env_line("cpu")
