@@ -80,10 +80,14 @@ def _onednn_flag(name: str) -> bool:
         return False
 
 
+def _x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+
+
 @functools.cache
 def machine_class() -> str:
     """The highest class this CPU meets, asked of the hardware (never of a variable, a vendor or a model name)."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+    if not _x86():
         return "default"
     met = [
         _flag("_is_avx2_supported"),
@@ -135,7 +139,7 @@ def apply() -> None:
         return
     os.environ["ATEN_CPU_CAPABILITY"] = ATEN_CAPABILITY[cls]
     for variable, values in (("ONEDNN_MAX_CPU_ISA", ONEDNN_MAX_ISA), ("MKL_ENABLE_INSTRUCTIONS", MKL_INSTRUCTIONS)):
-        if values[cls]:
+        if values[cls] and _x86():  # their names are x86 instruction sets
             os.environ[variable] = values[cls]
 
 
@@ -150,7 +154,7 @@ def narrower_classes() -> list[str]:
 def compiler_flags() -> list[str]:
     """Flags added to ``-march=native`` for glassformer's C kernels, so that they use no more than the class."""
     cls = check()
-    return [] if cls is None or machine_class() == "default" else COMPILER_FLAGS[cls]
+    return [] if cls is None or not _x86() else COMPILER_FLAGS[cls]
 
 
 # --- what the CPU can do ----------------------------------------------------------------------------------------
