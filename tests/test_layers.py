@@ -39,3 +39,24 @@ def test_an_upward_import_breaks_the_contract(tmp_path):
     result = lint(tmp_path / "pyproject.toml", copy, tmp_path)
     assert result.returncode != 0
     assert "BROKEN" in result.stdout and "glassformer.nn.attention -> glassformer.generation.search" in result.stdout
+
+
+@pytest.mark.parametrize("depth", [None, 2, 3])  # modules; glassformer.<floor>; glassformer.<floor>.<module>
+def test_the_import_graph_has_no_cycle(depth):
+    """No two modules — nor two floors, nor two sub-packages — import each other, directly or around a loop (the
+    modules that kept old import paths working made two such loops; they are gone)."""
+    grimp = pytest.importorskip("grimp", reason="grimp comes with import-linter (pip install -e '.[dev]')")
+    import networkx
+
+    graph = grimp.build_graph("glassformer")
+
+    def node(module: str) -> str:
+        return module if depth is None else ".".join(module.split(".")[:depth])
+
+    imports = networkx.DiGraph()
+    for module in graph.modules:
+        for imported in graph.find_modules_directly_imported_by(module):
+            if node(module) != node(imported):
+                imports.add_edge(node(module), node(imported))
+    loops = [sorted(c) for c in networkx.strongly_connected_components(imports) if len(c) > 1]
+    assert loops == [], f"import cycles: {loops}"

@@ -135,10 +135,6 @@ def test_one_encode_one_batch_encode_and_decode_defaults(char_tokenizer):
     if batch is not None:
         assert batch["input_ids"].shape == (2, max(len(i) for i in ids))
     assert char_tokenizer.batch_decode(ids) == [char_tokenizer.decode(i) for i in ids] == texts
-    with pytest.warns(DeprecationWarning, match="encode"):
-        assert char_tokenizer.encode_batch(texts) == ids
-    with pytest.warns(DeprecationWarning, match="batch_decode"):
-        assert char_tokenizer.decode_batch(ids) == texts
 
 
 def test_text_a_user_typed_never_becomes_a_control_token():

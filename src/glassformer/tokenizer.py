@@ -21,7 +21,6 @@ import json
 import os
 import re
 import secrets
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -254,12 +253,6 @@ class Tokenizer:
     def pad_token_id(self) -> int | None:
         return None if self.pad_token is None else self.backend.token_to_id(self.pad_token)
 
-    @property
-    def pad_id(self) -> int | None:
-        """Deprecated: ``pad_token_id``."""
-        warnings.warn("Tokenizer.pad_id is now called pad_token_id", DeprecationWarning, stacklevel=2)
-        return self.pad_token_id
-
     def encode(
         self, text: str | list[str], add_special_tokens: bool = True, split_special_tokens: bool = False
     ) -> list[int] | list[list[int]]:
@@ -301,11 +294,6 @@ class Tokenizer:
             elif piece:  # the template's own text and control tokens
                 ids += self.encode(piece, add_special_tokens=False)
         return ids
-
-    def encode_batch(self, texts: list[str], add_special_tokens: bool = False) -> list[list[int]]:
-        """Deprecated: ``encode(texts, add_special_tokens=False)``."""
-        warnings.warn("Tokenizer.encode_batch is deprecated; use encode(texts)", DeprecationWarning, stacklevel=2)
-        return self.encode(list(texts), add_special_tokens)
 
     def batch_encode(
         self,
@@ -369,11 +357,6 @@ class Tokenizer:
         if bad:
             raise ValueError(f"token id {bad[0]!r} is outside the vocabulary [0, {size}); decode this tokenizer's ids")
         return ids
-
-    def decode_batch(self, batch: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
-        """Deprecated: ``batch_decode`` (whose default keeps special tokens, as ``decode``'s does)."""
-        warnings.warn("Tokenizer.decode_batch is deprecated; use batch_decode", DeprecationWarning, stacklevel=2)
-        return self.batch_decode(batch, skip_special_tokens)
 
     def apply_chat_template(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         """The conversation ``[{"role": "user", "content": ...}, ...]`` rendered with the checkpoint's chat template,

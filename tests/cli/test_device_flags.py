@@ -170,10 +170,3 @@ def test_training_refuses_a_missing_gpu_before_any_work(capsys, tmp_path, write_
     code, _, err = run(capsys, *TRAINING["translate"](data, str(tmp_path / "run")), "--device", "cuda:1")
     assert code == 2 and "no CUDA GPU" in err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
-
-
-def test_the_old_precision_flags_still_work(capsys, placed, gpt_dir):
-    code, _, err = run(
-        capsys, "generate", "--model", str(gpt_dir), "--prompt", "the", "--max-new-tokens", "2", "--bf16"
-    )
-    assert code == 0 and placed[0][1].precision == "bf16"

@@ -157,13 +157,6 @@ def test_the_loss_runs_under_the_autocast_the_precision_asks_for(tmp_path, preci
     assert ("grad_scaler" in state) == (precision == "fp16")
 
 
-def test_the_old_bf16_flag_still_works():
-    with pytest.warns(DeprecationWarning, match="precision"):
-        assert TrainConfig(bf16=True).precision == "bf16"
-    with pytest.warns(DeprecationWarning):
-        assert TrainConfig(bf16=False).precision == "fp32"
-
-
 def test_bad_train_config():
     with pytest.raises(ValueError, match="unknown precision"):
         TrainConfig(precision="fp8")

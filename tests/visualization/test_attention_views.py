@@ -43,12 +43,6 @@ def test_shapes_for_the_three_model_kinds():
     assert [tuple(a.shape) for a in out.decoder_attentions] == [(2, 2, 5, 5)] * 2
     assert [tuple(a.shape) for a in out.cross_attentions] == [(2, 2, 5, 9)] * 2
     assert torch.all(out.decoder_attentions[0][:, :, 0, 1:] == 0)  # causal: the first target token sees itself only
-    with pytest.warns(DeprecationWarning, match="output_attentions"):  # the older spelling still works
-        logits, attentions = seq2seq(src, tgt, return_attentions=True)
-    assert torch.equal(logits, out.logits) and set(attentions) == {"encoder", "decoder", "cross"}
-    with pytest.warns(DeprecationWarning, match="output_attentions"):
-        _, old_gpt = gpt(torch.randint(0, 30, (2, 7)), return_attentions=True)
-    assert len(old_gpt) == 3
 
 
 def test_views_of_a_gpt_directory(gpt_dir):

@@ -26,9 +26,6 @@ def add_device_arguments(parser: argparse.ArgumentParser, training: bool = False
         choices=["auto", *runtime.PRECISIONS],
         help=f"auto (default: bf16 where the hardware computes in it natively, else fp32), fp32, bf16, fp16 ({what})",
     )
-    # the old spellings, kept working: --bf16 (generate, chat, train lm) and --no-bf16 (train translate/classify)
-    parser.add_argument("--bf16", dest="precision", action="store_const", const="bf16", help=argparse.SUPPRESS)
-    parser.add_argument("--no-bf16", dest="precision", action="store_const", const="fp32", help=argparse.SUPPRESS)
 
 
 def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ models such as all-MiniLM-L6-v2 were trained to be read).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
@@ -23,7 +24,7 @@ from torch import nn
 
 from glassformer.checkpoints import load_state_dict_checked
 from glassformer.checkpoints.huggingface_bert import load_bert, save_bert
-from glassformer.models.config import ModelConfig, model_config
+from glassformer.models.config import ModelConfig
 from glassformer.models.outputs import BertOutput
 from glassformer.models.pretrained import PretrainedMixin, build_for_weights
 from glassformer.nn.config import BlockConfig
@@ -39,7 +40,7 @@ POOLER_ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu}
 CLASSIFIER_POOLINGS = ("pooler", "mean")
 
 
-@model_config
+@dataclasses.dataclass
 class BertConfig(ModelConfig):
     """Configuration of ``Bert`` and ``BertForSequenceClassification``; the shape defaults are BERT-base.
 

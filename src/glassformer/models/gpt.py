@@ -20,9 +20,9 @@ Llama-style model runs each next token of one sequence through all layers in one
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-import warnings
 from pathlib import Path
 
 import torch
@@ -36,7 +36,7 @@ from glassformer.checkpoints.huggingface import load_gpt2, read_config, resolve_
 from glassformer.checkpoints.huggingface_llama import load_llama, save_llama
 from glassformer.generation.config import GenerationConfig
 from glassformer.generation.search import generate
-from glassformer.models.config import ModelConfig, model_config
+from glassformer.models.config import ModelConfig
 from glassformer.models.outputs import CausalLMOutput
 from glassformer.models.pretrained import PretrainedMixin, build_for_weights
 from glassformer.models.quantization import Quantization, dequantized_state_dict
@@ -53,7 +53,7 @@ from glassformer.nn.validation import check_token_ids
 from glassformer.options import check_fields
 
 
-@model_config
+@dataclasses.dataclass
 class GPTConfig(ModelConfig):
     """Configuration of ``GPT``; the shape defaults are GPT-2 small (124M).
 
@@ -194,7 +194,6 @@ class GPT(PretrainedMixin, nn.Module):
         cache: KVCache | None = None,
         last_token_only: bool = False,
         output_attentions: bool = False,
-        return_attentions: bool | None = None,
     ) -> torch.Tensor | CausalLMOutput:
         """
         Args:
@@ -206,17 +205,11 @@ class GPT(PretrainedMixin, nn.Module):
             last_token_only: compute logits for the last position only (decoding).
             output_attentions: return a ``CausalLMOutput`` with each layer's weights ``(batch, heads, seq,
                 past + seq)``.
-            return_attentions: the older spelling; returns ``(logits, [weights per layer])``.
 
         Returns:
             logits ``(batch, seq, vocab_size)`` (``(batch, 1, vocab_size)`` with ``last_token_only``), or a
             ``CausalLMOutput`` with ``output_attentions``.
         """
-        if return_attentions is not None:
-            warnings.warn("return_attentions is deprecated; use output_attentions", DeprecationWarning, 2)
-            if return_attentions:
-                out = self.forward(input_ids, attention_mask, cache, last_token_only, output_attentions=True)
-                return out.logits, out.attentions
         c = self.config
         check_token_ids(input_ids, c.vocab_size, None)
         batch, seq = input_ids.shape

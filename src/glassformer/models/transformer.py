@@ -22,9 +22,9 @@ gated feed-forward, rotary or relative positions, per-part biases. T5 (``Transfo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
-import warnings
 
 import torch
 from torch import nn
@@ -35,7 +35,7 @@ from glassformer.checkpoints.huggingface_t5 import load_t5, save_t5
 from glassformer.generation.config import GenerationConfig
 from glassformer.generation.seq2seq import generate_seq2seq
 from glassformer.masks import causal_mask, decoder_self_attention_mask, padding_mask
-from glassformer.models.config import ModelConfig, model_config
+from glassformer.models.config import ModelConfig
 from glassformer.models.outputs import Seq2SeqLMOutput
 from glassformer.models.pretrained import PretrainedMixin, build_for_weights
 from glassformer.nn.cache import KVCache
@@ -49,7 +49,7 @@ from glassformer.options import check_fields
 POSITIONAL = ("sinusoidal", "learned", "rope", "relative")
 
 
-@model_config
+@dataclasses.dataclass
 class TransformerConfig(ModelConfig):
     """Configuration of the seq2seq ``Transformer``. Field names follow the guide; defaults are the paper's
     base model. ``num_layers`` is the depth of the encoder (and of the decoder unless ``num_decoder_layers``).
@@ -306,7 +306,6 @@ class Transformer(PretrainedMixin, nn.Module):
         memory_mask: torch.Tensor | None = None,
         output_attentions: bool = False,
         attention_mask: torch.Tensor | None = None,
-        return_attentions: bool | None = None,
     ) -> torch.Tensor | Seq2SeqLMOutput:
         """
         Args:
@@ -320,18 +319,10 @@ class Transformer(PretrainedMixin, nn.Module):
                 path): encoder ``(batch, heads, src_len, src_len)``, decoder ``(batch, heads, tgt_len, tgt_len)``,
                 cross ``(batch, heads, tgt_len, src_len)``.
             attention_mask: ``(batch, src_len)``, 1 at real source tokens, 0 at padding (default: ``pad_token_id``).
-            return_attentions: the older spelling; returns ``(logits, {"encoder", "decoder", "cross"})``.
 
         Returns:
             logits ``(batch, tgt_len, tgt_vocab_size)``, or a ``Seq2SeqLMOutput`` with ``output_attentions``.
         """
-        if return_attentions is not None:
-            warnings.warn("return_attentions is deprecated; use output_attentions", DeprecationWarning, 2)
-            if return_attentions:
-                out = self.forward(src, tgt, src_mask, tgt_mask, memory_mask, True, attention_mask)
-                return out.logits, {
-                    "encoder": out.encoder_attentions, "decoder": out.decoder_attentions, "cross": out.cross_attentions
-                }  # fmt: skip
         if src.dim() == 2 and tgt.dim() == 2:  # shapes checked up front, before the encoder runs
             if src.size(0) != tgt.size(0):
                 raise ValueError(f"src has batch size {src.size(0)} but tgt has {tgt.size(0)}; they must match")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 from glassformer import runtime
 from glassformer.options import check_fields
@@ -39,12 +38,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model's forward (dynamic shapes)
     parallel: str = "ddp"  # with several processes (torchrun): ddp (replicas) or fsdp (sharded, FSDP2)
     progress: bool = True
-    bf16: bool | None = None  # deprecated: precision="bf16" (True) or "fp32" (False)
 
     def __post_init__(self) -> None:
-        if self.bf16 is not None:
-            warnings.warn("TrainConfig(bf16=...) is deprecated; use precision='bf16' or 'fp32'", DeprecationWarning, 2)
-            self.precision, self.bf16 = ("bf16" if self.bf16 else "fp32"), None
         if self.precision not in ("auto", *runtime.PRECISIONS):
             raise ValueError(f"unknown precision {self.precision!r}; choose auto, fp32, bf16 or fp16")
         check_fields(self)  # every field's type and range (glassformer.options.RULES)
