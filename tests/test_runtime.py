@@ -1,6 +1,9 @@
 """glassformer.runtime: devices, precisions and kernel probes, decided from what torch reports of the hardware."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -162,3 +165,43 @@ def test_glassformer_env_refuses_a_missing_device(capsys):
         pytest.skip("this machine has a CUDA GPU")
     assert main(["env", "--device", "cuda"]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_glassformer_kernels_switches_kernels_off_for_a_bug_report(monkeypatch):
+    """GLASSFORMER_KERNELS=reference: every optional kernel off, each saying why, and a quantized product then is
+    the reference's, bit for bit; a list of names switches those off alone; an unknown name is one line."""
+    from glassformer.nn import quantization
+
+    monkeypatch.setenv(runtime.KERNELS_ENV, "reference")
+    assert not any(runtime.kernel_works(name) for name in runtime.KERNELS)
+    assert runtime.kernel_status("quantized_native_int4") == "off (GLASSFORMER_KERNELS=reference)"
+    quantization.cpu_kernel.cache_clear()
+    try:
+        weight = quantization.QuantizedWeight.from_float(torch.randn(8, 64), "int4")
+        x = torch.randn(1, 64)
+        assert quantization.cpu_kernel("int4") is None
+        assert torch.equal(quantization.quantized_linear(x, weight), quantization.quantized_linear_reference(x, weight))
+        monkeypatch.setenv(runtime.KERNELS_ENV, "quantized_native_int8, fused_adamw_cpu")
+        assert not runtime.kernel_works("fused_adamw_cpu") and not runtime.kernel_works("quantized_native_int8")
+        assert runtime.kernel_status("fused_adamw_cpu") == "off (GLASSFORMER_KERNELS)"
+        quantization.cpu_kernel.cache_clear()
+        # a fixed order, never a timing: glassformer's kernel where its probe passes, else torch's
+        expected = {"int8": "torch" if runtime.kernel_works("quantized_torch_int8") else None,
+                    "int4": "native" if runtime.kernel_works("quantized_native_int4") else "torch"}  # fmt: skip
+        assert quantization.cpu_kernel("int8") == expected["int8"]
+        if runtime.kernel_works("quantized_torch_int4") or runtime.kernel_works("quantized_native_int4"):
+            assert quantization.cpu_kernel("int4") == expected["int4"]
+        monkeypatch.setenv(runtime.KERNELS_ENV, "warp_drive")
+        with pytest.raises(ValueError, match=r"GLASSFORMER_KERNELS: unknown kernel\(s\) \['warp_drive'\]"):
+            runtime.kernel_works("fused_adamw_cpu")
+    finally:
+        quantization.cpu_kernel.cache_clear()
+
+
+def test_glassformer_env_says_which_kernels_the_variable_switched_off():
+    command = [sys.executable, "-m", "glassformer", "env"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, runtime.KERNELS_ENV: "reference"})  # fmt: skip
+    assert run.returncode == 0 and "GLASSFORMER_KERNELS=reference" in run.stdout.splitlines()[-1]
+    assert "fused decoding step (quantized Llama): off (GLASSFORMER_KERNELS=reference)" in " ".join(run.stdout.split())
+    assert "int4 reference (dequantize + F.linear)" in run.stdout

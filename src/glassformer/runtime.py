@@ -19,10 +19,12 @@ A half precision is *native* where the hardware computes in it:
 ``auto`` picks bf16 where it is native, else fp16 on a GPU where that is native (training then scales the loss),
 else fp32. A precision asked for explicitly is used as asked, with a warning when it is emulated.
 
-Optional kernels (oneDNN-packed weights per dtype, the fused optimizer) are tried once on tiny inputs, their
-result compared with the plain computation; a kernel that raises or disagrees is switched off and the plain path
-runs instead (``kernel_works``). ``disable_kernel`` switches one off for the rest of the process (after a failure
-at run time, or in tests).
+Optional kernels (oneDNN-packed weights per dtype, the fused optimizer, and those the parts register) are tried
+once on tiny inputs when first asked for, their result compared with the plain computation; a kernel that raises
+or disagrees is switched off and the plain path runs instead (``kernel_works``). ``disable_kernel`` switches one off
+for the rest of the process (after a failure at run time, or in tests), and ``GLASSFORMER_KERNELS=reference``
+switches them all off (``GLASSFORMER_KERNELS=name,name``: those), so a bug report can say whether a kernel is
+involved.
 """
 
 from __future__ import annotations
@@ -248,7 +250,7 @@ KERNELS = {
     "fused_adamw_cpu": lambda: _probe_fused_adamw("cpu"),
     "fused_adamw_cuda": lambda: _probe_fused_adamw("cuda"),
     "fused_adamw_mps": lambda: _probe_fused_adamw("mps"),
-}
+}  # and the parts' own: nn.linear's reordered products, nn.quantization's kernels, nn.fused_decoder's step
 
 
 def register_kernel(name: str, probe) -> None:
@@ -270,18 +272,38 @@ def _probe(name: str) -> str | None:
     return None
 
 
+KERNELS_ENV = "GLASSFORMER_KERNELS"
+
+
+def switched_off(name: str) -> str | None:
+    """Why ``GLASSFORMER_KERNELS`` switches kernel ``name`` off, or None. Its value: ``reference`` (every optional
+    kernel off: the plain paths that mirror the formulas, for a bug report or a comparison), or kernel names
+    separated by commas (those off); a name that is not a kernel is a one-line ``ValueError``."""
+    value = os.environ.get(KERNELS_ENV, "").strip()
+    if not value:
+        return None
+    if value == "reference":
+        return f"{KERNELS_ENV}=reference"
+    names = {n.strip() for n in value.split(",") if n.strip()}
+    if names - set(KERNELS):
+        raise ValueError(
+            f"{KERNELS_ENV}: unknown kernel(s) {sorted(names - set(KERNELS))}; give 'reference' or names among "
+            f"{', '.join(sorted(KERNELS))}"
+        )
+    return f"{KERNELS_ENV}" if name in names else None
+
+
 def kernel_works(name: str) -> bool:
-    """Whether the optional kernel ``name`` (a key of ``KERNELS``) works on this machine: probed once."""
+    """Whether the optional kernel ``name`` (a key of ``KERNELS``) works on this machine: probed once, on first use
+    (never when a module is imported), unless ``GLASSFORMER_KERNELS`` or a failure switched it off."""
     if name not in KERNELS:
         raise ValueError(f"unknown kernel {name!r}; choose one of {sorted(KERNELS)}")
-    return name not in _disabled and _probe(name) is None
+    return switched_off(name) is None and name not in _disabled and _probe(name) is None
 
 
 def kernel_status(name: str) -> str:
     """``on``, or ``off (why)``."""
-    if name in _disabled:
-        return f"off ({_disabled[name]})"
-    reason = _probe(name)
+    reason = switched_off(name) or _disabled.get(name) or _probe(name)
     return "on" if reason is None else f"off ({reason})"
 
 
@@ -332,7 +354,7 @@ def environment(device: str | torch.device | None = "auto") -> dict[str, str]:
         "auto precision": f"{auto.precision} ({auto.reason})",
         "packed fp32 weights (oneDNN)": kernel_status("onednn_packed_fp32"),
         "packed bf16 weights (oneDNN)": kernel_status("onednn_packed_bf16"),
-        "reordered half-precision products": "on (AMX)" if cpu.has_amx() else "off (no AMX)",
+        "reordered half-precision products": kernel_status("reordered_half_precision"),
         "fused AdamW": "on" if fused_optimizer_works(resolved) else "off (plain AdamW)",
         "torch.compile": compile_status(resolved),
     }
@@ -362,4 +384,5 @@ def env_line(device: str | torch.device | None = "auto") -> str:
         f"cpu {cpu.name()} {f['capability']} | class {cls} | native {native} "
         f"| auto {auto.precision} | threads {torch.get_num_threads()} | packed {'/'.join(packed) or 'none'}"
         f"{' | amx' if cpu.has_amx() else ''}"
+        f"{f' | {KERNELS_ENV}={os.environ[KERNELS_ENV]}' if os.environ.get(KERNELS_ENV, '').strip() else ''}"
     )

@@ -39,6 +39,7 @@ from torch import nn
 from glassformer import cpu, runtime
 from glassformer.nn.activation import ACTIVATIONS, check_activation
 from glassformer.nn.quantization import QuantizedWeight, quantized_linear, tensor_state
+from glassformer.tolerance import tolerance
 
 MAX_SMALL_ROWS = 16
 # oneDNN's post-op for each activation: (attr, scalars, algorithm) of torch.ops.mkldnn._linear_pointwise
@@ -55,8 +56,25 @@ MAX_PACKED_HALF_ROWS = 64  # half precision is packed up to 64 rows (decoding)
 
 def reorder_half_precision() -> bool:
     """Whether ``linear`` reorders half-precision products: where the CPU has AMX (``cpu.has_amx``, asked on
-    first use, so ``GLASSFORMER_CPU`` applies)."""
-    return cpu.has_amx()
+    first use, so ``GLASSFORMER_CPU`` applies) and the kernel is not switched off (``GLASSFORMER_KERNELS``)."""
+    return runtime.kernel_works("reordered_half_precision")
+
+
+def _probe_reordered_products() -> None:
+    """Only where AMX's tile kernels are what the reordering avoids; the reordered products must equal F.linear."""
+    if not cpu.has_amx():
+        raise RuntimeError("no AMX")
+    generator = torch.Generator().manual_seed(0)
+    weight, x = (torch.randn(*shape, generator=generator).bfloat16() for shape in ((24, 16), (3, 16)))
+    with torch.no_grad():
+        expected = F.linear(x.float(), weight.float())
+        for rows in (x[:1], x):
+            y = (torch.mv(weight, rows[0])[None] if len(rows) == 1 else torch.mm(weight, rows.t()).t()).float()
+            if not torch.allclose(y, expected[: len(rows)], **tolerance("bf16")):
+                raise RuntimeError("the reordered product differs from F.linear")
+
+
+runtime.register_kernel("reordered_half_precision", _probe_reordered_products)
 
 
 def min_packed_rows() -> int:

@@ -24,7 +24,7 @@ Fast paths, each tested against that reference (``tests/nn/test_quantization.py`
   weight and kept until the codes change.
 
 Which of the two serves decoding is decided once per process (``cpu_kernel``): each must first reproduce the
-reference on a small product; of those that do, the faster on a decoding-sized product is used. Many rows
+reference on a small product; glassformer's is used where it does, else torch's (a fixed order). Many rows
 (longer prompts and batches), other dtypes and GPUs dequantize and call ``F.linear`` (one matrix
 product, where the fused kernels would redo each weight's dequantization per row).
 """
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import time
 
 import torch
 import torch.nn.functional as F
@@ -294,29 +293,12 @@ for _kind in KINDS:
         runtime.register_kernel(f"quantized_{_path}_{_kind}", functools.partial(_probe, _kind, _path))
 
 
-def _seconds(function, repeats: int = 5) -> float:
-    function()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 @functools.cache
 def cpu_kernel(kind: str) -> str | None:
-    """``"native"``, ``"torch"`` or None: the path that serves decoding for ``kind`` in this process — of the fast
-    paths that pass their probe, the faster on one row times a (1536, 576) weight (SmolLM2's feed-forward)."""
-    working = [path for path in ("native", "torch") if runtime.kernel_works(f"quantized_{path}_{kind}")]
-    if len(working) < 2:
-        return working[0] if working else None
-    weight = _probe_weight(kind, 1536, 576)
-    x = torch.randn(1, 576)
-    with torch.inference_mode():
-        native = _seconds(lambda: native_linear(x, weight), repeats=20)
-        torch_ = _seconds(lambda: torch_linear(x, weight), repeats=20)
-    return "native" if native <= torch_ else "torch"
+    """``"native"``, ``"torch"`` or None: the path that serves decoding for ``kind`` in this process — glassformer's
+    own kernel where its probe passes, else torch's, else None (the reference). A fixed order, never a timing, so
+    the numbers a machine gives never depend on which was faster in one process."""
+    return next((path for path in ("native", "torch") if runtime.kernel_works(f"quantized_{path}_{kind}")), None)
 
 
 def describe_kernels() -> str:
