@@ -50,13 +50,14 @@ ONEDNN_MAX_ISA = {
 # MKL's dispatch (torch's float32 matrix products on x86; MKL narrows on Intel processors only)
 MKL_INSTRUCTIONS = {"default": "SSE4_2", "avx2": "AVX2", "avx512": "AVX512", "avx512_bf16": "AVX512_E3", "amx": None}
 # gcc/clang flags that take away from ``-march=native`` what a class does not have (x86 only; -mno-avx takes AVX2,
-# FMA and AVX512 with it, -mno-avx512f every AVX512 extension). A compiler that does not know one falls back to the
-# architecture's baseline (``glassformer.nn.kernels.FLAG_SETS``), which is below every class.
+# FMA and AVX512 with it, -mno-avx512f every AVX512 extension; AMX's three go one by one). A compiler that does not
+# know one falls back to the architecture's baseline (``glassformer.nn.kernels.FLAG_SETS``), below every class.
+NO_AMX = ["-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16"]
 COMPILER_FLAGS = {
-    "default": ["-mno-avx"],
-    "avx2": ["-mno-avx512f", "-mno-avxvnni"],
-    "avx512": ["-mno-avx512bf16", "-mno-avx512fp16"],
-    "avx512_bf16": ["-mno-avx512fp16"],
+    "default": ["-mno-avx", *NO_AMX],
+    "avx2": ["-mno-avx512f", "-mno-avxvnni", *NO_AMX],
+    "avx512": ["-mno-avx512bf16", "-mno-avx512fp16", *NO_AMX],
+    "avx512_bf16": ["-mno-avx512fp16", *NO_AMX],
     "amx": [],
 }
 
