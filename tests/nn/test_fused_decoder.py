@@ -8,8 +8,10 @@ import torch
 
 import glassformer.models.gpt as gpt_module
 from glassformer import runtime
+from glassformer.generation.step import choose_step
 from glassformer.models.gpt import GPT, GPTConfig
 from glassformer.nn.fused_decoder import decode_step
+from glassformer.tolerance import tolerance
 
 pytestmark = [
     pytest.mark.cpu_class,  # the kernel is built for the CPU class
@@ -30,17 +32,18 @@ def llama(num_kv_heads=2, vocab_size=96, seed=0, **fields) -> GPT:
 
 
 def modules_only(monkeypatch):
-    """Run GPT.forward without the fused step (the modules, the reference)."""
+    """Decode without the fused step (the modules, the reference): GPT.fused_step declines every input."""
     monkeypatch.setattr(gpt_module, "decode_step", lambda *args: None)
 
 
 def step_by_step(model, ids, steps=6):
-    """Logits of each decoding step and the cache after them: the prompt at once, then one token at a time."""
-    cache = model.make_cache(1, ids.size(1) + steps)
-    logits = [model(ids, cache=cache, last_token_only=True)]
+    """Scores of each decoding step ``(1, 1 + steps, vocab)`` and the cache after them: the prompt at once, then
+    one token at a time through the step ``generate`` would choose (glassformer.generation.step)."""
+    cache, step = model.make_cache(1, ids.size(1) + steps), choose_step(model)
+    scores = [step(ids, None, cache)]
     for _ in range(steps):
-        logits.append(model(logits[-1][:, -1].argmax(-1, keepdim=True), cache=cache))
-    return torch.cat(logits, 1), cache
+        scores.append(step(scores[-1].argmax(-1, keepdim=True), None, cache))
+    return torch.stack(scores, 1), cache
 
 
 @pytest.mark.parametrize("kind,group", [("int4", 32), ("int4", 64), ("int8", None), ("int8", 32)])
@@ -97,7 +100,7 @@ def test_left_padded_batches_decode_as_the_modules_do(monkeypatch, fused_steps):
         assert fused_steps == [True] * 9
         cache = model.make_cache(3, 8)
         model(ids[:, :5], attention_mask=mask[:, :5], cache=cache)
-        step = model(ids[:, 5:], attention_mask=mask, cache=cache)
+        step = model.fused_step(ids[:, 5:], cache, mask)
         modules_only(monkeypatch)
         assert torch.equal(fused, model.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=None,
                                                  pad_token_id=0))  # fmt: skip
@@ -120,8 +123,8 @@ def test_a_server_s_slots_of_different_lengths_decode_as_the_modules_do(monkeypa
         for _ in range(4):
             view = slots.view(0, 3, active=[True, False, True])
             ids = torch.tensor([[5], [0], [9]])
-            out.append(model(ids, attention_mask=view.attention_mask(1), cache=view))
-        return torch.cat(out, 1)[[0, 2]], slots.lengths
+            out.append(choose_step(model)(ids, view.attention_mask(1), view))
+        return torch.stack(out, 1)[[0, 2]], slots.lengths
 
     with torch.inference_mode():
         fused, lengths = run()
@@ -193,3 +196,20 @@ def test_the_plain_c_kernels_compute_the_same(monkeypatch):
         monkeypatch.setattr(fused_decoder, "_library", lambda: decoder)
         plain, _ = step_by_step(model, ids)
     assert (plain - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+def test_the_step_is_chosen_once_and_forward_is_always_the_modules(monkeypatch, fused_steps):
+    """generate and the server ask glassformer.generation.step: the fused step for a quantized Llama-style model,
+    the modules otherwise; forward never takes the fused step, so asking for attention weights changes no logit
+    beyond float32's rounding."""
+    quantized = llama().quantize("int4")
+    assert choose_step(quantized).kind == "fused" and choose_step(llama()).kind == "modules"
+    ids = torch.randint(0, 96, (1, 5))
+    with torch.inference_mode():
+        caches = [quantized.make_cache(1, 8) for _ in range(2)]
+        for cache in caches:
+            quantized(ids[:, :4], cache=cache)
+        plain = quantized(ids[:, 4:], cache=caches[0])
+        with_weights = quantized(ids[:, 4:], cache=caches[1], output_attentions=True)
+    assert fused_steps == []  # the same modules either way; with weights, attention takes its reference path
+    torch.testing.assert_close(with_weights.logits, plain, **tolerance("fp32", depth=quantized.config.num_layers))

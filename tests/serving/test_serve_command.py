@@ -90,6 +90,7 @@ def test_serve_under_load_loses_nothing_and_stays_within_its_memory_budget(gpt_d
         time.sleep(0.2)
         text = log.read_text()
         assert f"serving {gpt_dir} on http://127.0.0.1:{port}" in text, text
+        assert "decoding step: the modules (model.forward)" in text  # a float GPT-2 layout: no fused step
         budget = float(re.search(r"budget (\d+) MiB", text).group(1))
         outcomes, peak = asyncio.run(load(port, LOAD_SECONDS, process.pid))
         ARTIFACTS.mkdir(exist_ok=True)  # the figures, for whoever reads a CI run

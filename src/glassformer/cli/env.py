@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     info = runtime.environment(args.device)
     info["quantized weights (decoding)"] = describe_kernels()
-    info["fused decoding step (quantized Llama)"] = runtime.kernel_status("quantized_decoder_step")
+    status = runtime.kernel_status("quantized_decoder_step")
+    info["decoding step"] = f"the modules; fused CPU step for quantized Llama-style models in float32: {status}"
     width = max(len(name) for name in info)
     for name, value in info.items():
         print(f"{name + ':':<{width + 1}} {value}")

@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> None:
             f"{scheduler.max_queue} waiting",
             file=sys.stderr,
         )
+        print(f"glassformer: decoding step: {scheduler.step.describe()}", file=sys.stderr)
         print(f"glassformer: {describe_memory(server.served.memory)}", file=sys.stderr, flush=True)
 
     server = Server(load, config, on_ready=ready)

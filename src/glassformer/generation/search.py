@@ -7,7 +7,9 @@ The model is used through a small interface, so any decoder-only model can be de
     model.config.vocab_size, model.config.max_seq_length
 
 The prompt is run once; each later step feeds one token per sequence and reads everything earlier from the
-key/value cache. Batched prompts are left-padded, with ``attention_mask`` 0 at the padding.
+key/value cache, through the decoding step ``glassformer.generation.step`` chooses for the model (its modules, or
+a fused CPU step where the model offers one: ``model.fused_step_available()`` / ``model.fused_step(...)``).
+Batched prompts are left-padded, with ``attention_mask`` 0 at the padding.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 from glassformer import runtime
 from glassformer.generation.config import GenerationConfig
 from glassformer.generation.processors import LogitsProcessor, apply_processors, build_processors
+from glassformer.generation.step import DecodingStep, choose_step
 from glassformer.nn.linear import min_packed_rows, packed_weights
 
 NEG = -1.0e9  # a score no real candidate reaches; used to rank candidates out, never added to attention logits
@@ -77,26 +80,22 @@ def generate(
         prompt_length=prompt_length,
         eos_token_id=eos,
     )
+    step = choose_step(model)  # the modules, or the fused CPU step where the model takes it (generation.step)
     if pack_weights is None:
         pack_weights = device.type == "cpu" and input_ids.size(0) * config.num_beams >= min_packed_rows()
     with packed_weights(model) if pack_weights else nullcontext():
         if config.num_beams > 1:
             return beam_search(
-                model, input_ids, attention_mask, config.num_beams, max_length, processors, eos, fill,
+                model, step, input_ids, attention_mask, config.num_beams, max_length, processors, eos, fill,
                 config.length_penalty, config.use_cache,
             )  # fmt: skip
         generator = None
         if config.seed is not None:
             generator = torch.Generator(device=device).manual_seed(config.seed)
         return greedy_or_sample(
-            model, input_ids, attention_mask, max_length, processors, config.do_sample, generator, eos, fill,
+            model, step, input_ids, attention_mask, max_length, processors, config.do_sample, generator, eos, fill,
             config.use_cache, on_tokens,
         )  # fmt: skip
-
-
-def _next_logits(model, ids, attention_mask, cache) -> torch.Tensor:
-    """Scores for the next token, ``(batch, vocab)`` in float32. With a cache ``ids`` holds only the new tokens."""
-    return model(ids, attention_mask=attention_mask, cache=cache, last_token_only=True)[:, -1].float()
 
 
 def check_scores(scores: torch.Tensor, rows: torch.Tensor | None = None) -> None:
@@ -118,6 +117,7 @@ def check_scores(scores: torch.Tensor, rows: torch.Tensor | None = None) -> None
 
 def greedy_or_sample(
     model,
+    step: DecodingStep,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     max_length: int,
@@ -134,7 +134,7 @@ def greedy_or_sample(
     cache = model.make_cache(batch, max_length) if use_cache else None
     ids = input_ids
     unfinished = torch.ones(batch, dtype=torch.bool, device=ids.device)
-    logits = _next_logits(model, ids, attention_mask, cache)
+    logits = step(ids, attention_mask, cache)
     while True:
         scores = apply_processors(processors, ids, logits)
         check_scores(scores, unfinished)
@@ -153,11 +153,12 @@ def greedy_or_sample(
         if not unfinished.any() or ids.size(1) >= max_length:
             return ids
         step_ids = next_tokens[:, None] if use_cache else ids
-        logits = _next_logits(model, step_ids, attention_mask, cache)
+        logits = step(step_ids, attention_mask, cache)
 
 
 def beam_search(
     model,
+    step: DecodingStep,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     num_beams: int,
@@ -194,7 +195,7 @@ def beam_search(
 
     flat_mask = None if attention_mask is None else attention_mask.repeat_interleave(num_beams, dim=0)
     cache = model.make_cache(batch * num_beams, max_length) if use_cache else None
-    logits = _next_logits(model, input_ids.repeat_interleave(num_beams, dim=0), flat_mask, cache)
+    logits = step(input_ids.repeat_interleave(num_beams, dim=0), flat_mask, cache)
     length = prompt_length
     while True:
         log_probs = apply_processors(processors, running[:, :, :length].flatten(0, 1), F.log_softmax(logits, -1))
@@ -241,7 +242,7 @@ def beam_search(
             step_ids = running[:, :, length - 1].reshape(-1, 1)
         else:
             step_ids = running[:, :, :length].flatten(0, 1)
-        logits = _next_logits(model, step_ids, flat_mask, cache)
+        logits = step(step_ids, flat_mask, cache)
 
     output_length = prompt_length + int(finished_lengths[:, 0].max())
     return finished[:, 0, :output_length]

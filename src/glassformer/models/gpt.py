@@ -13,8 +13,9 @@ Llama (``GPTConfig.llama(...)``; SmolLM2, Llama 2/3 shapes): the same model with
     logits = RMSNorm(x_N) W_outᵀ                               W_out tied to E or not
 
 Each layer is ``glassformer.nn.DecoderLayer(cross_attention=False, norm_first=True)``: the same module as the
-seq2seq decoder's, without the cross-attention. ``generate`` decodes with a preallocated key/value cache; a quantized
-Llama-style model runs each next token of one sequence through all layers in one compiled call
+seq2seq decoder's, without the cross-attention. ``forward`` always runs these modules. ``generate`` decodes with a
+preallocated key/value cache through the step ``glassformer.generation.step`` chooses: for a quantized Llama-style
+model, ``fused_step`` runs each row's next token through all layers in one compiled call
 (``glassformer.nn.fused_decoder``, tested against these modules).
 """
 
@@ -45,6 +46,7 @@ from glassformer.nn.config import BlockConfig
 from glassformer.nn.dropout import Dropout
 from glassformer.nn.embedding import LearnedPositionalEmbedding, TokenEmbedding
 from glassformer.nn.fused_decoder import decode_step
+from glassformer.nn.fused_decoder import takes as fused_decoder_takes
 from glassformer.nn.layers import DecoderLayer
 from glassformer.nn.linear import Linear
 from glassformer.nn.norm import make_norm
@@ -238,11 +240,6 @@ class GPT(PretrainedMixin, nn.Module):
             mask = causal if mask is None else mask & causal
 
         x = self.embedding(input_ids)
-        if seq == 1 and not output_attentions:  # the next token of each row: maybe every layer in one call to C
-            hidden = decode_step(self.layers, self.final_norm, self.rotary, x, cache, attention_mask)
-            if hidden is not None:  # a quantized Llama-style model (glassformer.nn.fused_decoder)
-                cache.advance(1)
-                return self.lm_head(hidden)
         rotary = None
         if self.positions is not None:  # GPT-2: a learned vector added per position
             x = self.positions(x, offset=past, position_ids=position_ids)
@@ -264,6 +261,36 @@ class GPT(PretrainedMixin, nn.Module):
             x = x[:, -1:]
         logits = self.lm_head(self.final_norm(x))
         return CausalLMOutput(logits, attentions) if output_attentions else logits
+
+    def fused_step_available(self) -> bool:
+        """Whether ``fused_step`` takes this model here: Llama-style, quantized, in float32 on the CPU, in eval
+        mode, and the fused kernel works on this machine (``glassformer.generation.step`` asks, once)."""
+        parameter = next(self.parameters(), None)
+        return (
+            not self.training
+            and self.rotary is not None
+            and parameter is not None
+            and parameter.device.type == "cpu"
+            and fused_decoder_takes(self.layers, self.final_norm, self.rotary)
+        )
+
+    def fused_step(
+        self, input_ids: torch.Tensor, cache: KVCache, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """Logits ``(batch, 1, vocab_size)`` for one new token per row, every layer in one call to C
+        (``glassformer.nn.fused_decoder``), the cache advanced; the same as ``forward`` gives (tested step by step),
+        or None where the fused step does not take these rows, and nothing is changed. Arguments as ``forward``'s.
+        Chosen by ``glassformer.generation.step``, never by ``forward``."""
+        check_token_ids(input_ids, self.config.vocab_size, None)
+        if input_ids.size(1) != 1 or cache.length + 1 > self.config.max_seq_length:
+            return None
+        hidden = decode_step(
+            self.layers, self.final_norm, self.rotary, self.embedding(input_ids), cache, attention_mask
+        )
+        if hidden is None:
+            return None
+        cache.advance(1)
+        return self.lm_head(hidden)
 
     @torch.no_grad()
     def generate(

@@ -164,6 +164,14 @@ def _plan(layers: nn.ModuleList, final_norm: nn.Module, rotary: nn.Module) -> _P
     return plan
 
 
+def takes(layers: nn.ModuleList, final_norm: nn.Module, rotary: nn.Module | None) -> bool:
+    """Whether ``decode_step`` serves this stack at all: the kernel works here and the layers are its kind
+    (quantized Llama-style matrices, float32 norms)."""
+    if rotary is None or not runtime.kernel_works("quantized_decoder_step"):
+        return False
+    return _plan(layers, final_norm, rotary) is not None
+
+
 def _rows(cache: KVCache | SlotView, batch: int, attention_mask: torch.Tensor | None) -> tuple | None:
     """``(positions (3, batch): write_at, first, rotary_at; the cache's storage; the rows' first index in it)``, or
     None where the rows are not sequences the step takes: a ``KVCache`` whose rows may start with padding

@@ -32,6 +32,7 @@ import torch
 from glassformer import runtime
 from glassformer.generation.processors import apply_processors, build_processors
 from glassformer.generation.search import check_scores
+from glassformer.generation.step import choose_step
 from glassformer.nn.linear import packed_weights
 from glassformer.serving.text import TextStream
 from glassformer.tokenizer import Tokenizer
@@ -108,6 +109,7 @@ class Scheduler:
         self.eos_token_ids = frozenset(eos_token_ids)
         self.device = runtime.module_device(model)
         self.cache = model.make_slot_cache(max_batch, self.max_context)
+        self.step = choose_step(model)  # the modules, or the fused CPU step (glassformer.generation.step)
         self.free_slots = list(range(max_batch))  # a heap: the lowest free slot first keeps the batch compact
         self.running: dict[int, Request] = {}
         self.queue: deque[Request] = deque()
@@ -257,8 +259,7 @@ class Scheduler:
         rows = [self.running.get(slot) for slot in range(lo, hi)]
         view = self.cache.view(lo, hi, active=[r is not None for r in rows])
         ids = torch.tensor([[r.tokens[-1] if r is not None else 0] for r in rows], device=self.device)
-        logits = self.model(ids, attention_mask=view.attention_mask(1), cache=view, last_token_only=True)
-        logits = logits[:, -1].float()  # (rows, vocab)
+        logits = self.step(ids, view.attention_mask(1), view)  # (rows, vocab)
         self.counters.steps += 1
         for row, request in enumerate(rows):
             if request is not None:
