@@ -42,3 +42,12 @@ def test_mask_errors():
         padding_mask(torch.tensor([1, 2, 0]), 0)
     with pytest.raises(ValueError, match="at least 1"):
         causal_mask(0)
+
+
+def test_causal_mask_after_cached_positions_is_the_last_rows_of_the_whole_one():
+    """With 3 positions cached, 2 new queries see the cache and the new keys up to their own: the last 2 rows of
+    the 5-position mask, the mask every cached forward pass (GPT, the seq2seq decoder) builds."""
+    expected = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert torch.equal(causal_mask(2, past=3), expected) and torch.equal(causal_mask(5)[3:], expected)
+    with pytest.raises(ValueError, match="past of at least 0"):
+        causal_mask(2, past=-1)

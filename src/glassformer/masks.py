@@ -29,15 +29,17 @@ def padding_mask(tokens: torch.Tensor, pad_token_id: int) -> torch.Tensor:
     return (tokens != pad_token_id)[:, None, None, :]
 
 
-def causal_mask(size: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """The look-ahead mask: query ``i`` may attend to keys ``j <= i``.
+def causal_mask(size: int, device: torch.device | str | None = None, past: int = 0) -> torch.Tensor:
+    """The look-ahead mask: query ``i`` may attend to keys ``j <= i``. With ``past`` positions already cached, the
+    ``size`` new queries sit at positions ``past .. past + size - 1`` and see every cached key and the new ones up
+    to their own (the one mask of every cache-using forward pass).
 
     Returns:
-        ``(size, size)`` bool, lower triangular (diagonal included).
+        ``(size, past + size)`` bool, lower triangular from the diagonal ``past`` (included).
     """
-    if size < 1:
-        raise ValueError(f"causal_mask needs a size of at least 1, got {size}")
-    return torch.ones(size, size, dtype=torch.bool, device=device).tril()
+    if size < 1 or past < 0:
+        raise ValueError(f"causal_mask needs a size of at least 1 and a past of at least 0, got {size} and {past}")
+    return torch.ones(size, past + size, dtype=torch.bool, device=device).tril(past)
 
 
 def decoder_self_attention_mask(tgt: torch.Tensor, pad_token_id: int) -> torch.Tensor:

@@ -37,6 +37,7 @@ from glassformer.checkpoints.huggingface import load_gpt2, read_config, resolve_
 from glassformer.checkpoints.huggingface_llama import load_llama, save_llama
 from glassformer.generation.config import GenerationConfig
 from glassformer.generation.search import generate
+from glassformer.masks import causal_mask
 from glassformer.models.config import ModelConfig
 from glassformer.models.outputs import CausalLMOutput
 from glassformer.models.pretrained import PretrainedMixin, build_for_weights
@@ -236,7 +237,7 @@ class GPT(PretrainedMixin, nn.Module):
         # a whole unpadded sequence: causal without a mask tensor (the fused kernel skips the masked half)
         is_causal = mask is None and past == 0 and seq > 1
         if (seq > 1 or mask is not None) and not is_causal:
-            causal = torch.ones(seq, past + seq, dtype=torch.bool, device=input_ids.device).tril(past)
+            causal = causal_mask(seq, input_ids.device, past)
             mask = causal if mask is None else mask & causal
 
         x = self.embedding(input_ids)

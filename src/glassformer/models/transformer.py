@@ -291,7 +291,7 @@ class Transformer(PretrainedMixin, nn.Module):
                 tgt_mask = self.target_mask(tgt)
             elif tgt.size(1) > 1:  # several new tokens after the cached ones: causal over past + new
                 past, seq = cache.length, tgt.size(1)
-                tgt_mask = torch.ones(seq, past + seq, dtype=torch.bool, device=tgt.device).tril(past)
+                tgt_mask = causal_mask(seq, tgt.device, past)
         hidden = self.decoder(tgt, memory, tgt_mask, memory_mask, cache=cache, cross_kv=cross_kv)
         if last_token_only:
             hidden = hidden[:, -1:]

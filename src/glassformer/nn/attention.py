@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glassformer.masks import causal_mask
 from glassformer.nn.cache import LayerCache
 from glassformer.nn.config import BlockConfig
 from glassformer.nn.dropout import dropout
@@ -214,7 +215,7 @@ class MultiHeadAttention(nn.Module):
         if rotary is not None:
             cos, sin = rotary
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        past = cache.cache.length if cache is not None else 0
+        past = cache.length if cache is not None else 0
         if is_causal and (mask is not None or q_len != k_len or past > 0):
             raise ValueError("is_causal is for a whole sequence attending to itself: pass a mask instead")
         if mask is not None:
@@ -228,14 +229,14 @@ class MultiHeadAttention(nn.Module):
         dropout_p = self.dropout if self.training else 0.0
         cpu_training = q.device.type == "cpu" and torch.is_grad_enabled()
         if is_causal and (position_bias is not None or need_weights):
-            mask, is_causal = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril(), False
+            mask, is_causal = causal_mask(q_len, q.device), False
         if need_weights or (cpu_training and (dropout_p > 0.0 or q.dtype != torch.float32)):
             # the reference path; also for training on the CPU with attention dropout (torch's kernel has none
             # there and falls back to slower masks) or in half precision, where its backward is slower
             if groups > 1:  # key/value head g serves query heads g * groups ... (g + 1) * groups - 1
                 k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
             if is_causal:  # query i may attend to keys j <= i
-                mask = torch.ones(q_len, k_len, dtype=torch.bool, device=q.device).tril()
+                mask = causal_mask(q_len, q.device)
             out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p, self.scale, position_bias)
             weights = weights if need_weights else None
         else:

@@ -13,6 +13,9 @@ variant (continuous batching): ``slots`` rows, each a sequence of its own with i
 fills and frees one by one. A forward pass runs on a ``SlotView`` of consecutive slots ``start:stop``: each row
 writes its new keys and values at its own length, and the model masks every row to the positions it has
 (``SlotView.attention_mask``), so rows of any lengths decode together.
+
+What attention sees of either is one protocol, a layer's cache: ``length`` (the positions already held, the new
+queries' offset) and ``update(keys, values)`` (write the new ones, return all); it never reaches inside.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ class LayerCache:
     def __init__(self, cache: KVCache, layer: int):
         self.cache = cache
         self.layer = layer
+
+    @property
+    def length(self) -> int:
+        """The positions already cached: the offset of the queries that ``update`` is called for."""
+        return self.cache.length
 
     def update(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         start, end = self.cache.length, self.cache.length + keys.size(2)
@@ -145,6 +153,11 @@ class SlotLayerCache:
     def __init__(self, view: SlotView, layer: int):
         self.cache = view
         self.layer = layer
+
+    @property
+    def length(self) -> int:
+        """The positions the longest row already holds: the offset of the new queries in the keys returned."""
+        return self.cache.length
 
     def update(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         view, new = self.cache, keys.size(2)
