@@ -39,6 +39,13 @@ class GenerationConfig:
     seed: int | None = None
     use_cache: bool = True
 
+    @property
+    def fill_token_id(self) -> int:
+        """What fills a row after its end: ``pad_token_id``, else ``eos_token_id``, else 0."""
+        if self.pad_token_id is not None:
+            return self.pad_token_id
+        return self.eos_token_id if self.eos_token_id is not None else 0
+
     def updated(self, **options) -> GenerationConfig:
         """A copy with ``options`` (field names) replaced; an unknown name is a one-line error."""
         fields = {f.name for f in dataclasses.fields(self)}

@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 import torch
 
+from glassformer.generation.config import GenerationConfig
+
 LogitsProcessor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -90,33 +92,23 @@ def min_new_tokens(minimum: int, prompt_length: int, eos_token_id: int) -> Logit
     return apply
 
 
-def build_processors(
-    *,
-    do_sample: bool,
-    temperature_value: float = 1.0,
-    top_k_value: int | None = None,
-    top_p_value: float | None = None,
-    no_repeat_ngram_size: int = 0,
-    repetition_penalty_value: float = 1.0,
-    min_new_tokens_value: int = 0,
-    prompt_length: int = 0,
-    eos_token_id: int | None = None,
-) -> list[LogitsProcessor]:
-    """The processors a set of decoding options asks for, in application order."""
+def build_processors(config: GenerationConfig, prompt_length: int = 0) -> list[LogitsProcessor]:
+    """The processors ``config`` asks for, in application order (``prompt_length``: where new tokens start, for
+    ``min_new_tokens``)."""
     processors: list[LogitsProcessor] = []
-    if repetition_penalty_value != 1.0:
-        processors.append(repetition_penalty(repetition_penalty_value))
-    if no_repeat_ngram_size > 0:
-        processors.append(no_repeat_ngram(no_repeat_ngram_size))
-    if min_new_tokens_value > 0 and eos_token_id is not None:
-        processors.append(min_new_tokens(min_new_tokens_value, prompt_length, eos_token_id))
-    if do_sample:
-        if temperature_value != 1.0:
-            processors.append(temperature(temperature_value))
-        if top_k_value:
-            processors.append(top_k(top_k_value))
-        if top_p_value is not None and top_p_value < 1.0:
-            processors.append(top_p(top_p_value))
+    if config.repetition_penalty != 1.0:
+        processors.append(repetition_penalty(config.repetition_penalty))
+    if config.no_repeat_ngram_size > 0:
+        processors.append(no_repeat_ngram(config.no_repeat_ngram_size))
+    if config.min_new_tokens > 0 and config.eos_token_id is not None:
+        processors.append(min_new_tokens(config.min_new_tokens, prompt_length, config.eos_token_id))
+    if config.do_sample:
+        if config.temperature != 1.0:
+            processors.append(temperature(config.temperature))
+        if config.top_k:
+            processors.append(top_k(config.top_k))
+        if config.top_p is not None and config.top_p < 1.0:
+            processors.append(top_p(config.top_p))
     return processors
 
 

@@ -67,35 +67,19 @@ def generate(
             )
         # no padding: decode without a mask (the model's cheaper unmasked path)
         attention_mask = None if bool(attention_mask.all()) else attention_mask.to(device).long()
-    eos = config.eos_token_id
-    fill = config.pad_token_id if config.pad_token_id is not None else (eos if eos is not None else 0)
-    processors = build_processors(
-        do_sample=config.do_sample,
-        temperature_value=config.temperature,
-        top_k_value=config.top_k,
-        top_p_value=config.top_p,
-        no_repeat_ngram_size=config.no_repeat_ngram_size,
-        repetition_penalty_value=config.repetition_penalty,
-        min_new_tokens_value=config.min_new_tokens,
-        prompt_length=prompt_length,
-        eos_token_id=eos,
-    )
+    processors = build_processors(config, prompt_length)
     step = choose_step(model)  # the modules, or the fused CPU step where the model takes it (generation.step)
     if pack_weights is None:
         pack_weights = device.type == "cpu" and input_ids.size(0) * config.num_beams >= min_packed_rows()
     with packed_weights(model) if pack_weights else nullcontext():
         if config.num_beams > 1:
-            return beam_search(
-                model, step, input_ids, attention_mask, config.num_beams, max_length, processors, eos, fill,
-                config.length_penalty, config.use_cache,
-            )  # fmt: skip
+            return beam_search(model, step, input_ids, attention_mask, config, max_length, processors)
         generator = None
         if config.seed is not None:
             generator = torch.Generator(device=device).manual_seed(config.seed)
         return greedy_or_sample(
-            model, step, input_ids, attention_mask, max_length, processors, config.do_sample, generator, eos, fill,
-            config.use_cache, on_tokens,
-        )  # fmt: skip
+            model, step, input_ids, attention_mask, config, max_length, processors, generator, on_tokens
+        )
 
 
 def check_scores(scores: torch.Tensor, rows: torch.Tensor | None = None) -> None:
@@ -120,39 +104,37 @@ def greedy_or_sample(
     step: DecodingStep,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
+    config: GenerationConfig,
     max_length: int,
     processors: list[LogitsProcessor],
-    do_sample: bool,
     generator: torch.Generator | None,
-    eos_token_id: int | None,
-    fill: int,
-    use_cache: bool,
     on_tokens: Callable[[torch.Tensor], None] | None,
 ) -> torch.Tensor:
-    """One token per step: the argmax of the processed scores, or a draw from their softmax."""
+    """One token per step: the argmax of the processed scores, or (``config.do_sample``) a draw from their
+    softmax."""
     batch = input_ids.size(0)
-    cache = model.make_cache(batch, max_length) if use_cache else None
+    cache = model.make_cache(batch, max_length) if config.use_cache else None
     ids = input_ids
     unfinished = torch.ones(batch, dtype=torch.bool, device=ids.device)
     logits = step(ids, attention_mask, cache)
     while True:
         scores = apply_processors(processors, ids, logits)
         check_scores(scores, unfinished)
-        if do_sample:
+        if config.do_sample:
             next_tokens = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
         else:
             next_tokens = scores.argmax(-1)
-        next_tokens = torch.where(unfinished, next_tokens, fill)
+        next_tokens = torch.where(unfinished, next_tokens, config.fill_token_id)
         ids = torch.cat([ids, next_tokens[:, None]], dim=1)
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
         if on_tokens is not None:
             on_tokens(next_tokens)
-        if eos_token_id is not None:
-            unfinished &= next_tokens != eos_token_id
+        if config.eos_token_id is not None:
+            unfinished &= next_tokens != config.eos_token_id
         if not unfinished.any() or ids.size(1) >= max_length:
             return ids
-        step_ids = next_tokens[:, None] if use_cache else ids
+        step_ids = next_tokens[:, None] if config.use_cache else ids
         logits = step(step_ids, attention_mask, cache)
 
 
@@ -161,13 +143,9 @@ def beam_search(
     step: DecodingStep,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
-    num_beams: int,
+    config: GenerationConfig,
     max_length: int,
     processors: list[LogitsProcessor],
-    eos_token_id: int | None,
-    fill: int,
-    length_penalty: float,
-    use_cache: bool,
 ) -> torch.Tensor:
     """Keep the ``num_beams`` best partial sequences by total log-probability; collect finished ones (EOS or
     ``max_length``) scored by total / generated_length^length_penalty; return each input's best finished one.
@@ -177,6 +155,8 @@ def beam_search(
     finished hypotheses all score above what its best running beam could still reach at the current length
     (the stopping rule of ``transformers``' default ``early_stopping=False``), or at ``max_length``.
     """
+    num_beams, eos_token_id, fill = config.num_beams, config.eos_token_id, config.fill_token_id
+    length_penalty, use_cache = config.length_penalty, config.use_cache
     batch, prompt_length = input_ids.shape
     device = input_ids.device
     candidates_per_step = 2 * num_beams

@@ -30,6 +30,7 @@ from contextlib import nullcontext
 import torch
 
 from glassformer import runtime
+from glassformer.generation.config import GenerationConfig
 from glassformer.generation.processors import apply_processors, build_processors
 from glassformer.generation.search import check_scores
 from glassformer.generation.step import choose_step
@@ -147,7 +148,7 @@ class Scheduler:
             else:
                 request.generator.seed()
             request.processors = build_processors(
-                do_sample=True, temperature_value=request.temperature, top_p_value=request.top_p
+                GenerationConfig(do_sample=True, temperature=request.temperature, top_p=request.top_p)
             )
         with self.condition:
             if len(self.queue) >= self.max_queue:
