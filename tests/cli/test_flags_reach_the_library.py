@@ -78,7 +78,7 @@ COMMANDS = {
     "env": ([], {"glassformer.runtime.environment": {"torch": "x"}, "glassformer.runtime.env_line": "line"}),
     "tour": ([], {"glassformer.cli.tour.run_tour": None}),
     "serve": ([], {"glassformer.cli.serve.check_port": None, "glassformer.cli.serve.resolve_model": "m",
-                   "glassformer.serving.app.Server": "server",
+                   "glassformer.serving.state.Server": "server",
                    "glassformer.serving.app.create_app": None, "uvicorn.Config": None, "uvicorn.Server": "uvicorn"}),
 }  # fmt: skip
 RETURNS = {"translator": lambda: mock.MagicMock(**{"translate.return_value": ["hello"]}),

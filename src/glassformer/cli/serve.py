@@ -18,7 +18,7 @@ API_KEY_VARIABLE = "GLASSFORMER_API_KEY"
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    from glassformer.serving.app import ServeConfig
+    from glassformer.serving.state import ServeConfig
 
     defaults = ServeConfig()
     parser = commands.add_parser(
@@ -84,8 +84,9 @@ def check_port(host: str, port: int) -> None:
 def run(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from glassformer.serving.app import ServeConfig, Server, create_app
+    from glassformer.serving.app import create_app
     from glassformer.serving.loading import describe_memory, load_served
+    from glassformer.serving.state import ServeConfig, Server
 
     check_options(
         max_batch=args.max_batch, max_context=args.max_context, max_queue=args.max_queue,

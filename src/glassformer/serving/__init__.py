@@ -1,8 +1,9 @@
 """The HTTP server: OpenAI's API over a continuous-batching scheduler, and a chat page (``glassformer serve``)."""
 
-from glassformer.serving.app import ServeConfig, Server, create_app
+from glassformer.serving.app import create_app
 from glassformer.serving.loading import Served, load_served
 from glassformer.serving.scheduler import Event, Overloaded, Request, Scheduler
+from glassformer.serving.state import ServeConfig, Server
 
 __all__ = [
     "Event",

@@ -1,0 +1,91 @@
+"""The state behind the server's routes: how it runs (``ServeConfig``), and what is loaded (``Server``: the model, its
+scheduler, the API key), with the checks every ``/v1`` route makes first."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import threading
+from collections.abc import Callable
+
+from starlette.requests import Request as HTTPRequest
+
+from glassformer.serving.loading import Served
+from glassformer.serving.protocol import APIError
+from glassformer.serving.scheduler import Scheduler
+
+
+@dataclasses.dataclass
+class ServeConfig:
+    """How the server runs: batching and memory (``max_batch`` slots of ``max_context`` positions), the waiting
+    queue, a per-request timeout in seconds, and an optional API key."""
+
+    max_batch: int = 8
+    max_context: int = 2048
+    max_queue: int = 64
+    request_timeout: float = 600.0
+    api_key: str | None = None
+
+
+class Server:
+    """The state behind the routes: what is loaded, the scheduler, the API key. ``load`` (a function returning a
+    ``Served``) runs on a thread when the app starts, so ``/health`` answers 503 until it is done."""
+
+    def __init__(
+        self, load: Callable[[], Served], config: ServeConfig, on_ready: Callable[[Server], None] | None = None
+    ):
+        self.load, self.config, self.on_ready = load, config, on_ready
+        self.served: Served | None = None
+        self.scheduler: Scheduler | None = None
+        self.error: str | None = None
+        self.loaded = threading.Event()
+        self.encoder_lock = threading.Lock()
+
+    def start_loading(self) -> None:
+        threading.Thread(target=self._load, name="glassformer-load", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            served = self.load()
+            c = self.config
+            scheduler = Scheduler(
+                served.model, served.tokenizer, c.max_batch, c.max_context, c.max_queue, served.eos_token_ids
+            )
+            scheduler.start()
+            self.served, self.scheduler = served, scheduler
+        except Exception as error:  # noqa: BLE001 — reported by /health and the CLI
+            self.error = f"{type(error).__name__}: {error}"
+        self.loaded.set()
+        if self.on_ready is not None:
+            self.on_ready(self)
+
+    def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+
+    # --- checks every /v1 route makes ------------------------------------------------------------------------------
+
+    def check(self, request: HTTPRequest) -> None:
+        key = self.config.api_key
+        if key:
+            given = request.headers.get("authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {key}".encode()):
+                raise APIError(401, "a valid API key is needed: Authorization: Bearer <key>", code="invalid_api_key")
+        if self.scheduler is None:
+            message = f"the model failed to load: {self.error}" if self.error else "the model is still loading"
+            raise APIError(503, message, type="server_not_ready", headers={"Retry-After": "5"})
+
+    def check_model(self, body: dict, embedding: bool = False) -> str:
+        served = self.served
+        name = served.embedding_name if embedding else served.name
+        if embedding and served.encoder is None:
+            raise APIError(404, "this server has no embedding model; start it with --embedding-model minilm")
+        asked = body.get("model")
+        if asked is not None and asked != name:
+            raise APIError(
+                404,
+                f"model {asked!r} is not served here; this server serves {name!r}",
+                code="model_not_found",
+                param="model",
+            )
+        return name
