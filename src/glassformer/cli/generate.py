@@ -11,6 +11,7 @@ import torch
 
 from glassformer.cli.options import add_device_arguments, add_quantize_arguments, quantization_of, report_placement
 from glassformer.generation.config import GenerationConfig
+from glassformer.generation.text_stream import TextStream
 from glassformer.pipelines.language_model import load_language_model
 from glassformer.tokenizer import Tokenizer
 
@@ -61,21 +62,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def text_streamer(tokenizer: Tokenizer, write: Callable[[str], object] | None = None) -> Callable:
-    """An ``on_tokens`` callback for ``generate`` that writes the new text of row 0 as it grows (waiting for the
-    rest of a multi-byte character) to ``write`` (default: whatever ``sys.stdout`` is when it writes);
-    ``streamer.tokens`` holds the ids so far."""
-    shown = ""
+    """An ``on_tokens`` callback for ``generate`` that writes the settled new text of row 0 as it grows
+    (``glassformer.generation.text_stream.TextStream``: never half a character) to ``write`` (default: whatever
+    ``sys.stdout`` is when it writes); ``streamer.tokens`` holds the ids so far."""
+    text = TextStream(tokenizer)
 
     def stream(tokens: torch.Tensor) -> None:
-        nonlocal shown
-        stream.tokens.append(int(tokens[0]))
-        text = tokenizer.decode(stream.tokens, skip_special_tokens=True)
-        if not text.endswith("\ufffd"):
-            (write or sys.stdout.write)(text[len(shown) :])
+        piece, _ = text.push(int(tokens[0]))
+        if piece:
+            (write or sys.stdout.write)(piece)
             sys.stdout.flush()
-            shown = text
 
-    stream.tokens = []
+    stream.tokens = text.tokens
     return stream
 
 

@@ -34,8 +34,8 @@ from glassformer.generation.config import GenerationConfig
 from glassformer.generation.processors import apply_processors, build_processors
 from glassformer.generation.search import check_scores
 from glassformer.generation.step import choose_step
+from glassformer.generation.text_stream import TextStream
 from glassformer.nn.linear import packed_weights
-from glassformer.serving.text import TextStream
 from glassformer.tokenizer import Tokenizer
 
 

@@ -1,4 +1,5 @@
-"""From generated token ids to the text a client receives, piece by piece.
+"""From generated token ids to the text a reader receives, piece by piece: the one incremental text streamer, for the
+server's streamed answers (SSE) and the command line's (``glassformer generate``, ``chat``).
 
 A token is often part of a character (byte-level BPE splits "é" or an emoji across tokens) and a stop string can
 span tokens, so the text is decoded from every token so far and only what is settled is sent:

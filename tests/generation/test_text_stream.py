@@ -3,7 +3,7 @@
 import pytest
 
 from glassformer import Tokenizer
-from glassformer.serving.text import TextStream
+from glassformer.generation.text_stream import TextStream
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +52,18 @@ def test_the_beginning_of_a_stop_string_is_held_back_until_decided(tokenizer):
 def test_the_earliest_of_several_stop_strings_wins(tokenizer):
     pieces, stopped = stream_all(tokenizer, "alpha beta gamma delta", stop=["delta", "beta"])
     assert stopped and "".join(pieces) == "alpha "
+
+
+def test_the_command_line_streams_through_the_same_text_stream(tokenizer):
+    """glassformer generate / chat's on_tokens callback writes only settled pieces, which add up to the text."""
+    import torch
+
+    from glassformer.cli.generate import text_streamer
+
+    written = []
+    streamer = text_streamer(tokenizer, written.append)
+    text = "Café 🤖 naïve"
+    for token in tokenizer.encode(text, add_special_tokens=False):
+        streamer(torch.tensor([token]))
+    assert "".join(written) == text and all("\ufffd" not in piece for piece in written)
+    assert streamer.tokens == tokenizer.encode(text, add_special_tokens=False)
