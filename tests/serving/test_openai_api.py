@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import call, live_server, served
+from server_harness import call, live_server, served
 
 from glassformer import GPT, Tokenizer
 from glassformer.data.pretrained import resolve_shortcut

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import call, free_port, wait_until_ready
+from server_harness import call, free_port, wait_until_ready
 
 LOAD_SECONDS = float(os.environ.get("GLASSFORMER_LOAD_SECONDS", "12"))
 CLIENTS = 16

@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from conftest import call, live_server, served, wait_until_ready
+from server_harness import call, live_server, served, wait_until_ready
 
 from glassformer.serving import ServeConfig
 
