@@ -29,6 +29,7 @@ then None.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -54,9 +55,11 @@ ONEDNN_ACTIVATIONS = {
 MAX_PACKED_HALF_ROWS = 64  # half precision is packed up to 64 rows (decoding)
 
 
+@functools.cache
 def reorder_half_precision() -> bool:
-    """Whether ``linear`` reorders half-precision products: where the CPU has AMX (``cpu.has_amx``, asked on
-    first use, so ``GLASSFORMER_CPU`` applies) and the kernel is not switched off (``GLASSFORMER_KERNELS``)."""
+    """Whether ``linear`` reorders half-precision products: where the CPU has AMX (``cpu.has_amx``) and the kernel
+    is not switched off (``GLASSFORMER_KERNELS``). Asked on first use (so ``GLASSFORMER_CPU`` applies), then
+    remembered: ``linear`` asks at every call."""
     return runtime.kernel_works("reordered_half_precision")
 
 
