@@ -26,10 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from glassformer import runtime
+from glassformer.backends.cpu.onednn import MAX_PACKED_HALF_ROWS, min_packed_rows, reorder_half_precision
 from glassformer.masks import causal_mask
 from glassformer.nn.attention import scaled_dot_product_attention
 from glassformer.nn.dropout import dropout
-from glassformer.nn.linear import MAX_PACKED_HALF_ROWS, Linear, min_packed_rows, packed_weights, reorder_half_precision
+from glassformer.nn.linear import Linear, packed_weights
 from glassformer.training.losses import fused_label_smoothed_cross_entropy
 
 GPT2_SHAPES = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12 + [(50257, 768)]

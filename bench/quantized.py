@@ -32,10 +32,10 @@ from pathlib import Path
 import torch
 
 from glassformer import runtime
+from glassformer.backends.cpu.quantized import describe as describe_kernels
 from glassformer.data.pretrained import resolve_shortcut
 from glassformer.models.gpt import GPT
 from glassformer.models.quantization import Quantization
-from glassformer.nn.quantization import describe_kernels
 from glassformer.tokenizer import Tokenizer
 
 PROMPT = (

@@ -115,16 +115,16 @@ def translation_dir(tmp_path_factory, char_tokenizer):
 
 @pytest.fixture
 def fused_steps(monkeypatch):
-    """A list that records, for every decoding step GPT.forward offers the fused step (glassformer.nn.fused_decoder),
+    """A list that records, for every decoding step offered to the fused step (glassformer.generation.fused_step),
     whether it served it."""
-    import glassformer.models.gpt as gpt_module
+    from glassformer.generation import fused_step
 
-    served, real = [], gpt_module.decode_step
+    served, real = [], fused_step.step
 
     def counted(*args):
-        hidden = real(*args)
-        served.append(hidden is not None)
-        return hidden
+        logits = real(*args)
+        served.append(logits is not None)
+        return logits
 
-    monkeypatch.setattr(gpt_module, "decode_step", counted)
+    monkeypatch.setattr(fused_step, "step", counted)
     return served

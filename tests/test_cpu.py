@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from glassformer import cpu, runtime
+from glassformer.backends.cpu import onednn
 
 pytestmark = pytest.mark.cpu_class
 
@@ -69,7 +70,7 @@ def test_narrowing_takes_away_what_the_class_lacks(machine, kind, narrowed_to, n
     features = cpu.features()
     assert features["avx512"] == (cpu.CLASSES.index(narrowed_to or kind) >= cpu.CLASSES.index("avx512"))
     if narrowed_to in ("avx2", "default"):  # oneDNN packs bfloat16 only from AVX512 (BW/VL/DQ) up
-        assert not runtime.packed_linear_works(torch.bfloat16)
+        assert not onednn.packs(torch.bfloat16)
     shown = cpu.describe_class()
     assert shown.startswith(narrowed_to or kind) and (narrowed_to is None or f"this CPU is {kind}" in shown)
 
@@ -119,11 +120,12 @@ def test_a_narrowed_process_runs_torch_onednn_and_its_own_kernels_at_that_class(
     code = """
 import torch
 from glassformer import runtime
+from glassformer.backends.cpu import quantized
 from glassformer.nn import quantization
 from glassformer.nn.linear import Linear, packed_weights
 print("capability", torch.backends.cpu.get_cpu_capability())
 print(runtime.env_line("cpu"))
-print("quantized", quantization.describe_kernels())
+print("quantized", quantized.describe())
 layer = Linear(32, 16).eval()
 x = torch.randn(3, 32)
 with torch.no_grad(), packed_weights(layer):

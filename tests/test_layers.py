@@ -60,3 +60,12 @@ def test_the_import_graph_has_no_cycle(depth):
                 imports.add_edge(node(module), node(imported))
     loops = [sorted(c) for c in networkx.strongly_connected_components(imports) if len(c) > 1]
     assert loops == [], f"import cycles: {loops}"
+
+
+def test_nn_holds_the_parts_and_no_backend():
+    """nn/ is the reference parts: no C or C++ source, no ctypes, no kernel table (those are glassformer.backends)."""
+    nn = ROOT / "src" / "glassformer" / "nn"
+    assert not [p.name for p in nn.rglob("*") if p.suffix in (".c", ".h", ".cpp", ".so")]
+    for path in nn.rglob("*.py"):
+        text = path.read_text()
+        assert "ctypes" not in text and "register_kernel" not in text and "KERNELS" not in text, path.name

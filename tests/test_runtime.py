@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from glassformer import cpu, runtime
+from glassformer.backends import kernels
 from glassformer.cli.main import main
 
 pytestmark = pytest.mark.cpu_class  # the kernels and precisions chosen depend on the CPU class
@@ -121,17 +122,17 @@ def test_to_device_follows_nested_batches():
 
 
 def test_kernels_are_probed_once_and_can_be_switched_off():
-    assert runtime.kernel_works("fused_adamw_cpu") == runtime.fused_optimizer_works(torch.device("cpu"))
+    assert kernels.kernel_works("fused_adamw_cpu") == runtime.fused_optimizer_works(torch.device("cpu"))
     with pytest.raises(ValueError, match="unknown kernel"):
-        runtime.kernel_works("warp_drive")
-    saved = dict(runtime._disabled)
+        kernels.kernel_works("warp_drive")
+    saved = dict(kernels._disabled)
     try:
-        runtime.disable_kernel("fused_adamw_cpu", "switched off by a test")
+        kernels.disable_kernel("fused_adamw_cpu", "switched off by a test")
         assert not runtime.fused_optimizer_works(torch.device("cpu"))
-        assert runtime.kernel_status("fused_adamw_cpu") == "off (switched off by a test)"
+        assert kernels.kernel_status("fused_adamw_cpu") == "off (switched off by a test)"
     finally:
-        runtime._disabled.clear()
-        runtime._disabled.update(saved)
+        kernels._disabled.clear()
+        kernels._disabled.update(saved)
 
 
 def test_a_failing_optimizer_probe_gives_the_plain_optimizer(monkeypatch, tmp_path):
@@ -141,15 +142,15 @@ def test_a_failing_optimizer_probe_gives_the_plain_optimizer(monkeypatch, tmp_pa
     def broken():
         raise RuntimeError("simulated: no fused kernel here")
 
-    monkeypatch.setitem(runtime.KERNELS, "fused_adamw_cpu", broken)
-    runtime._probe.cache_clear()
+    monkeypatch.setitem(kernels.KERNELS, "fused_adamw_cpu", broken)
+    kernels._probe.cache_clear()
     try:
         assert not runtime.fused_optimizer_works(torch.device("cpu"))
         model = torch.nn.Linear(4, 2)
         optimizer = make_optimizer(model, TrainConfig(), fused=runtime.fused_optimizer_works(torch.device("cpu")))
         assert not optimizer.defaults["fused"]
     finally:
-        runtime._probe.cache_clear()
+        kernels._probe.cache_clear()
 
 
 def test_glassformer_env_prints_the_machine(capsys):
@@ -170,38 +171,39 @@ def test_glassformer_env_refuses_a_missing_device(capsys):
 def test_glassformer_kernels_switches_kernels_off_for_a_bug_report(monkeypatch):
     """GLASSFORMER_KERNELS=reference: every optional kernel off, each saying why, and a quantized product then is
     the reference's, bit for bit; a list of names switches those off alone; an unknown name is one line."""
+    from glassformer.backends.cpu import quantized as cpu_quantized
     from glassformer.nn import quantization
 
-    monkeypatch.setenv(runtime.KERNELS_ENV, "reference")
-    assert not any(runtime.kernel_works(name) for name in runtime.KERNELS)
-    assert runtime.kernel_status("quantized_native_int4") == "off (GLASSFORMER_KERNELS=reference)"
-    quantization.cpu_kernel.cache_clear()
+    monkeypatch.setenv(kernels.KERNELS_ENV, "reference")
+    assert not any(kernels.kernel_works(name) for name in kernels.KERNELS)
+    assert kernels.kernel_status("quantized_native_int4") == "off (GLASSFORMER_KERNELS=reference)"
+    cpu_quantized.cpu_kernel.cache_clear()
     try:
         weight = quantization.QuantizedWeight.from_float(torch.randn(8, 64), "int4")
         x = torch.randn(1, 64)
-        assert quantization.cpu_kernel("int4") is None
+        assert cpu_quantized.cpu_kernel("int4") is None
         assert torch.equal(quantization.quantized_linear(x, weight), quantization.quantized_linear_reference(x, weight))
-        monkeypatch.setenv(runtime.KERNELS_ENV, "quantized_native_int8, fused_adamw_cpu")
-        assert not runtime.kernel_works("fused_adamw_cpu") and not runtime.kernel_works("quantized_native_int8")
-        assert runtime.kernel_status("fused_adamw_cpu") == "off (GLASSFORMER_KERNELS)"
-        quantization.cpu_kernel.cache_clear()
+        monkeypatch.setenv(kernels.KERNELS_ENV, "quantized_native_int8, fused_adamw_cpu")
+        assert not kernels.kernel_works("fused_adamw_cpu") and not kernels.kernel_works("quantized_native_int8")
+        assert kernels.kernel_status("fused_adamw_cpu") == "off (GLASSFORMER_KERNELS)"
+        cpu_quantized.cpu_kernel.cache_clear()
         # a fixed order, never a timing: glassformer's kernel where its probe passes, else torch's
-        expected = {"int8": "torch" if runtime.kernel_works("quantized_torch_int8") else None,
-                    "int4": "native" if runtime.kernel_works("quantized_native_int4") else "torch"}  # fmt: skip
-        assert quantization.cpu_kernel("int8") == expected["int8"]
-        if runtime.kernel_works("quantized_torch_int4") or runtime.kernel_works("quantized_native_int4"):
-            assert quantization.cpu_kernel("int4") == expected["int4"]
-        monkeypatch.setenv(runtime.KERNELS_ENV, "warp_drive")
+        expected = {"int8": "torch" if kernels.kernel_works("quantized_torch_int8") else None,
+                    "int4": "native" if kernels.kernel_works("quantized_native_int4") else "torch"}  # fmt: skip
+        assert cpu_quantized.cpu_kernel("int8") == expected["int8"]
+        if kernels.kernel_works("quantized_torch_int4") or kernels.kernel_works("quantized_native_int4"):
+            assert cpu_quantized.cpu_kernel("int4") == expected["int4"]
+        monkeypatch.setenv(kernels.KERNELS_ENV, "warp_drive")
         with pytest.raises(ValueError, match=r"GLASSFORMER_KERNELS: unknown kernel\(s\) \['warp_drive'\]"):
-            runtime.kernel_works("fused_adamw_cpu")
+            kernels.kernel_works("fused_adamw_cpu")
     finally:
-        quantization.cpu_kernel.cache_clear()
+        cpu_quantized.cpu_kernel.cache_clear()
 
 
 def test_glassformer_env_says_which_kernels_the_variable_switched_off():
     command = [sys.executable, "-m", "glassformer", "env"]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, runtime.KERNELS_ENV: "reference"})  # fmt: skip
+                         env={**os.environ, kernels.KERNELS_ENV: "reference"})  # fmt: skip
     assert run.returncode == 0 and "GLASSFORMER_KERNELS=reference" in run.stdout.splitlines()[-1]
     assert "quantized Llama-style models in float32: off (GLASSFORMER_KERNELS=reference)" in run.stdout
     assert "int4 reference (dequantize + F.linear)" in run.stdout

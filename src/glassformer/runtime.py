@@ -19,12 +19,8 @@ A half precision is *native* where the hardware computes in it:
 ``auto`` picks bf16 where it is native, else fp16 on a GPU where that is native (training then scales the loss),
 else fp32. A precision asked for explicitly is used as asked, with a warning when it is emulated.
 
-Optional kernels (oneDNN-packed weights per dtype, the fused optimizer, and those the parts register) are tried
-once on tiny inputs when first asked for, their result compared with the plain computation; a kernel that raises
-or disagrees is switched off and the plain path runs instead (``kernel_works``). ``disable_kernel`` switches one off
-for the rest of the process (after a failure at run time, or in tests), and ``GLASSFORMER_KERNELS=reference``
-switches them all off (``GLASSFORMER_KERNELS=name,name``: those), so a bug report can say whether a kernel is
-involved.
+The optional kernels (oneDNN's packed weights, the fused optimizer, glassformer's own) are tabled and probed in
+``glassformer.backends.kernels``; ``environment`` reports them.
 """
 
 from __future__ import annotations
@@ -40,9 +36,11 @@ import shutil
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 from glassformer import cpu
+from glassformer.backends import kernels
+from glassformer.backends.cpu import onednn
+from glassformer.backends.kernels import KERNELS_ENV
 
 PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
@@ -210,115 +208,12 @@ def release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-# --- optional kernels -------------------------------------------------------------------------------------------
-
-_disabled: dict[str, str] = {}
-
-
-def disable_kernel(name: str, reason: str) -> None:
-    """Switch an optional kernel off for the rest of the process; ``kernel_works(name)`` is then False."""
-    _disabled[name] = reason
-
-
-def _probe_packed_linear(dtype: torch.dtype) -> None:
-    """oneDNN's packed weight layout (``nn.linear.packed_weights``): pack a small weight and multiply, fused ReLU
-    included; the result must equal ``F.linear``."""
-    generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(24, 16, generator=generator).to(dtype)
-    bias = torch.randn(24, generator=generator).to(dtype)
-    x = torch.randn(3, 16, generator=generator).to(dtype)
-    packed = torch.ops.mkldnn._reorder_linear_weight(weight, 3)
-    y = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "relu", [], "")
-    expected = F.linear(x.float(), weight.float(), bias.float()).relu()
-    tolerance = 1e-4 if dtype == torch.float32 else 0.1
-    if not torch.allclose(y.float(), expected, atol=tolerance, rtol=0.02):
-        raise RuntimeError("packed product differs from F.linear")
-
-
-def _probe_fused_adamw(device: str) -> None:
-    p = torch.nn.Parameter(torch.ones(4, device=device))
-    optimizer = torch.optim.AdamW([p], lr=0.1, fused=True)
-    p.grad = torch.ones_like(p)
-    optimizer.step()
-    if not torch.all(p < 1):
-        raise RuntimeError("fused AdamW did not step")
-
-
-KERNELS = {
-    "onednn_packed_fp32": lambda: _probe_packed_linear(torch.float32),
-    "onednn_packed_bf16": lambda: _probe_packed_linear(torch.bfloat16),
-    "fused_adamw_cpu": lambda: _probe_fused_adamw("cpu"),
-    "fused_adamw_cuda": lambda: _probe_fused_adamw("cuda"),
-    "fused_adamw_mps": lambda: _probe_fused_adamw("mps"),
-}  # and the parts' own: nn.linear's reordered products, nn.quantization's kernels, nn.fused_decoder's step
-
-
-def register_kernel(name: str, probe) -> None:
-    """Add an optional kernel that a part defines (``nn.quantization``): ``probe()`` raises where it does not work."""
-    KERNELS[name] = probe
-
-
-@functools.cache
-def _probe(name: str) -> str | None:
-    """None if kernel ``name`` works here, else why not (the probe's error, one line)."""
-    if name.startswith("onednn_") and not torch.backends.mkldnn.is_available():
-        return "this torch build has no oneDNN"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            KERNELS[name]()
-    except Exception as error:  # noqa: BLE001 — any failure means: use the plain path
-        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else 'failed'}"[:200]
-    return None
-
-
-KERNELS_ENV = "GLASSFORMER_KERNELS"
-
-
-def switched_off(name: str) -> str | None:
-    """Why ``GLASSFORMER_KERNELS`` switches kernel ``name`` off, or None. Its value: ``reference`` (every optional
-    kernel off: the plain paths that mirror the formulas, for a bug report or a comparison), or kernel names
-    separated by commas (those off); a name that is not a kernel is a one-line ``ValueError``."""
-    value = os.environ.get(KERNELS_ENV, "").strip()
-    if not value:
-        return None
-    if value == "reference":
-        return f"{KERNELS_ENV}=reference"
-    names = {n.strip() for n in value.split(",") if n.strip()}
-    if names - set(KERNELS):
-        raise ValueError(
-            f"{KERNELS_ENV}: unknown kernel(s) {sorted(names - set(KERNELS))}; give 'reference' or names among "
-            f"{', '.join(sorted(KERNELS))}"
-        )
-    return f"{KERNELS_ENV}" if name in names else None
-
-
-def kernel_works(name: str) -> bool:
-    """Whether the optional kernel ``name`` (a key of ``KERNELS``) works on this machine: probed once, on first use
-    (never when a module is imported), unless ``GLASSFORMER_KERNELS`` or a failure switched it off."""
-    if name not in KERNELS:
-        raise ValueError(f"unknown kernel {name!r}; choose one of {sorted(KERNELS)}")
-    return switched_off(name) is None and name not in _disabled and _probe(name) is None
-
-
-def kernel_status(name: str) -> str:
-    """``on``, or ``off (why)``."""
-    reason = switched_off(name) or _disabled.get(name) or _probe(name)
-    return "on" if reason is None else f"off ({reason})"
-
-
-def packed_linear_works(dtype: torch.dtype) -> bool:
-    """oneDNN packs bfloat16 only with AVX512 (BW/VL/DQ) or AVX-NE-CONVERT: asked of the (narrowed) features too, so
-    that ``GLASSFORMER_CPU`` takes it away whatever oneDNN itself would answer."""
-    name = {torch.float32: "onednn_packed_fp32", torch.bfloat16: "onednn_packed_bf16"}.get(dtype)
-    if dtype == torch.bfloat16 and not (cpu.features()["avx512"] or cpu.features()["bf16_convert"]):
-        return False
-    return name is not None and kernel_works(name)
+# --- optional kernels: their table and probes are glassformer.backends.kernels ------------------------------
 
 
 def fused_optimizer_works(device: torch.device) -> bool:
     name = f"fused_adamw_{device.type}"
-    return name in KERNELS and kernel_works(name)
+    return name in kernels.KERNELS and kernels.kernel_works(name)
 
 
 def compile_status(device: torch.device) -> str:
@@ -352,9 +247,9 @@ def environment(device: str | torch.device | None = "auto") -> dict[str, str]:
         "threads": str(torch.get_num_threads()),
         "native precisions": ", ".join(native_precisions(resolved.type, resolved.index)),
         "auto precision": f"{auto.precision} ({auto.reason})",
-        "packed fp32 weights (oneDNN)": kernel_status("onednn_packed_fp32"),
-        "packed bf16 weights (oneDNN)": kernel_status("onednn_packed_bf16"),
-        "reordered half-precision products": kernel_status("reordered_half_precision"),
+        "packed fp32 weights (oneDNN)": kernels.kernel_status("onednn_packed_fp32"),
+        "packed bf16 weights (oneDNN)": kernels.kernel_status("onednn_packed_bf16"),
+        "reordered half-precision products": kernels.kernel_status("reordered_half_precision"),
         "fused AdamW": "on" if fused_optimizer_works(resolved) else "off (plain AdamW)",
         "torch.compile": compile_status(resolved),
     }
@@ -378,7 +273,7 @@ def env_line(device: str | torch.device | None = "auto") -> str:
     auto = place(resolved, "auto")
     f, cls = cpu.features(), cpu.check() or cpu.machine_class()
     native = "/".join(native_precisions(resolved.type, resolved.index))
-    packed = [p for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16)) if packed_linear_works(d)]
+    packed = [p for p, d in (("fp32", torch.float32), ("bf16", torch.bfloat16)) if onednn.packs(d)]
     return (
         f"glassformer env: torch {torch.__version__} | device {resolved} ({describe_hardware(resolved)}) | "
         f"cpu {cpu.name()} {f['capability']} | class {cls} | native {native} "

@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from glassformer import runtime
-from glassformer.nn import linear as linear_module
+from glassformer.backends import kernels
+from glassformer.backends.cpu import onednn
 from glassformer.nn.linear import Linear, can_pack, linear, packed_weights
 
 pytestmark = pytest.mark.cpu_class  # the kernels and precisions chosen depend on the CPU class
@@ -12,18 +12,18 @@ pytestmark = pytest.mark.cpu_class  # the kernels and precisions chosen depend o
 def needs_packing(dtype: torch.dtype) -> None:
     """Skip, naming the reason, where this CPU cannot pack ``dtype`` weights (the probe's verdict)."""
     name = {torch.float32: "onednn_packed_fp32", torch.bfloat16: "onednn_packed_bf16"}[dtype]
-    if not runtime.kernel_works(name):
-        pytest.skip(f"oneDNN cannot pack {dtype} weights on this CPU: {runtime.kernel_status(name)}")
+    if not kernels.kernel_works(name):
+        pytest.skip(f"oneDNN cannot pack {dtype} weights on this CPU: {kernels.kernel_status(name)}")
 
 
 @pytest.fixture
 def restore_kernels():
     """Tests that break a kernel on purpose: probes and switches are back as they were afterwards."""
-    saved = dict(runtime._disabled)
+    saved = dict(kernels._disabled)
     yield
-    runtime._disabled.clear()
-    runtime._disabled.update(saved)
-    runtime._probe.cache_clear()
+    kernels._disabled.clear()
+    kernels._disabled.update(saved)
+    kernels._probe.cache_clear()
 
 
 @pytest.mark.parametrize("reorder", [True, False])  # the AMX-only reordered products, whatever this CPU has
@@ -31,7 +31,7 @@ def restore_kernels():
 @pytest.mark.parametrize("shape", [(1, 1, 24), (24,), (3, 24), (2, 4, 24), (17, 24), (64, 24)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_fast_path_equals_reference(dtype, shape, bias, reorder, monkeypatch):
-    monkeypatch.setattr(linear_module, "reorder_half_precision", lambda: reorder)
+    monkeypatch.setattr(onednn, "reorder_half_precision", lambda: reorder)
     torch.manual_seed(0)
     weight = torch.randn(40, 24).to(dtype)
     b = torch.randn(40).to(dtype) if bias else None
@@ -62,7 +62,7 @@ def test_is_a_torch_linear():
 def test_packed_weights_equal_reference(rows, amx, dtype, monkeypatch):
     if dtype == torch.float32 or not amx:  # these cases pack: only where the CPU can
         needs_packing(dtype)
-    monkeypatch.setattr(linear_module, "reorder_half_precision", lambda: amx)
+    monkeypatch.setattr(onednn, "reorder_half_precision", lambda: amx)
     model = torch.nn.Sequential(Linear(24, 40), torch.nn.ReLU(), Linear(40, 8, bias=False)).to(dtype)
     x = torch.randn(rows, 1, 24).to(dtype)
     with torch.no_grad():
@@ -96,9 +96,9 @@ def test_activation_is_applied_with_and_without_packed_weights(activation, rows)
     with torch.no_grad():
         expected = ACTIVATIONS[activation](torch.nn.functional.linear(x, layer.weight, layer.bias))
         torch.testing.assert_close(layer(x), expected)
-        if runtime.packed_linear_works(torch.float32):
+        if onednn.packs(torch.float32):
             with packed_weights(layer):
-                assert layer.uses_packed_weight(x) == (rows >= linear_module.min_packed_rows())
+                assert layer.uses_packed_weight(x) == (rows >= onednn.min_packed_rows())
                 torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="unknown activation"):
         Linear(2, 2, activation="swish")
@@ -109,7 +109,7 @@ def test_half_precision_packed_weights_apply_the_activation_apart(activation, mo
     from glassformer.nn.activation import ACTIVATIONS
 
     needs_packing(torch.bfloat16)
-    monkeypatch.setattr(linear_module, "reorder_half_precision", lambda: False)  # bfloat16 packs (as without AMX)
+    monkeypatch.setattr(onednn, "reorder_half_precision", lambda: False)  # bfloat16 packs (as without AMX)
     layer = Linear(64, 96, activation=activation).to(torch.bfloat16)
     x = torch.randn(4, 64, dtype=torch.bfloat16)
     with torch.no_grad():
@@ -140,10 +140,10 @@ def test_a_failing_probe_leaves_the_plain_path(dtype, monkeypatch, restore_kerne
     def broken():
         raise RuntimeError("mkldnn_reorder_linear_weight: simulated missing CPU support")
 
-    monkeypatch.setitem(runtime.KERNELS, name, broken)
-    runtime._probe.cache_clear()
-    monkeypatch.setattr(linear_module, "reorder_half_precision", lambda: False)
-    assert not runtime.kernel_works(name) and "simulated" in runtime.kernel_status(name)
+    monkeypatch.setitem(kernels.KERNELS, name, broken)
+    kernels._probe.cache_clear()
+    monkeypatch.setattr(onednn, "reorder_half_precision", lambda: False)
+    assert not kernels.kernel_works(name) and "simulated" in kernels.kernel_status(name)
     layer = Linear(16, 8, activation="relu").to(dtype)
     x = torch.randn(4, 16).to(dtype)
     with torch.no_grad(), packed_weights(layer):
@@ -166,8 +166,8 @@ def test_a_kernel_failing_at_run_time_is_switched_off(monkeypatch, restore_kerne
         assert layer.packed_weight is not None
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias))
         assert layer.packed_weight is None
-    assert not runtime.kernel_works("onednn_packed_fp32")
-    assert "could not create a primitive" in runtime.kernel_status("onednn_packed_fp32")
+    assert not kernels.kernel_works("onednn_packed_fp32")
+    assert "could not create a primitive" in kernels.kernel_status("onednn_packed_fp32")
     with torch.no_grad(), packed_weights(layer):
         assert layer.packed_weight is None  # not packed again in this process
 

@@ -9,25 +9,22 @@ import numpy as np
 import pytest
 import torch
 
-from glassformer import runtime
+from glassformer.backends.cpu import onednn
+from glassformer.backends.cpu import quantized as cpu_quantized
+from glassformer.backends.cpu.quantized import dequantize, pack_int4, unpack_int4
+from glassformer.backends.kernels import kernel_status, kernel_works
 from glassformer.checkpoints.gguf_file import GGUFFile
 from glassformer.models.bert import Bert, BertConfig
 from glassformer.models.gpt import GPT, GPTConfig
 from glassformer.models.quantization import Quantization
 from glassformer.models.transformer import Transformer, TransformerConfig
-from glassformer.nn import kernels
 from glassformer.nn.linear import Linear, packed_weights
 from glassformer.nn.quantization import (
     QuantizedWeight,
     check_quantization,
-    dequantize_tensor,
-    native_linear,
-    pack_int4,
     quantize_tensor,
     quantized_linear,
     quantized_linear_reference,
-    torch_linear,
-    unpack_int4,
 )
 
 pytestmark = pytest.mark.cpu_class  # the kernels and precisions chosen depend on the CPU class
@@ -39,6 +36,19 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-12))
 
 
+def native_linear(x, weight, bias=None, rows=slice(None)):
+    """glassformer's operator for ``x`` and the ``rows`` of ``weight``."""
+    offsets = None if weight.offsets is None else weight.offsets[rows]
+    codes, scales = weight.codes[rows], weight.scales[rows]
+    return cpu_quantized.native_linear(x, codes, scales, offsets, weight.group_size, bias)
+
+
+def torch_linear(x, weight, bias=None):
+    return cpu_quantized.torch_linear(
+        x, weight.codes, weight.scales, weight.group_size, bias, weight.torch_int4_layout()
+    )
+
+
 def random_weight(kind, group, out_features=40, in_features=256, seed=0):
     generator = torch.Generator().manual_seed(seed)
     return QuantizedWeight.from_float(torch.randn(out_features, in_features, generator=generator), kind, group)
@@ -48,8 +58,8 @@ def random_weight(kind, group, out_features=40, in_features=256, seed=0):
 @pytest.mark.parametrize("rows", [1, 3, 5, 16, 42])  # decoding, and prompts up to KERNEL_ROWS
 @pytest.mark.parametrize("out_features", [1, 7, 40])
 def test_native_kernel_matches_the_reference(kind, group, rows, out_features):
-    if not runtime.kernel_works(f"quantized_native_{kind}"):
-        pytest.skip(f"glassformer's kernel is not available here: {runtime.kernel_status(f'quantized_native_{kind}')}")
+    if not kernel_works(f"quantized_native_{kind}"):
+        pytest.skip(f"glassformer's kernel is not available here: {kernel_status(f'quantized_native_{kind}')}")
     weight = random_weight(kind, group, out_features)
     x = torch.randn(rows, 256)
     bias = torch.randn(out_features)
@@ -65,8 +75,8 @@ def test_native_kernel_matches_the_reference(kind, group, rows, out_features):
 @pytest.mark.parametrize("kind,group", [("int8", None), ("int4", 32), ("int4", 64), ("int4", 128)])
 @pytest.mark.parametrize("rows", [1, 5])
 def test_torch_kernels_match_the_reference(kind, group, rows):
-    if not runtime.kernel_works(f"quantized_torch_{kind}"):
-        pytest.skip(f"torch's {kind} kernel does not work here: {runtime.kernel_status(f'quantized_torch_{kind}')}")
+    if not kernel_works(f"quantized_torch_{kind}"):
+        pytest.skip(f"torch's {kind} kernel does not work here: {kernel_status(f'quantized_torch_{kind}')}")
     weight = random_weight(kind, group, out_features=64)
     x = torch.randn(rows, 256)
     expected = quantized_linear_reference(x, weight, torch.ones(64))
@@ -90,7 +100,7 @@ def test_quantization_error_is_at_most_half_a_step(kind, group):
     codes, scales, offsets = quantize_tensor(w, kind, group)
     g = group or 256
     steps = scales.repeat_interleave(g, dim=1)
-    assert torch.all((dequantize_tensor(kind, codes, scales, offsets) - w).abs() <= steps / 2 + 1e-6)
+    assert torch.all((dequantize(codes, scales, offsets) - w).abs() <= steps / 2 + 1e-6)
     assert codes.dtype == (torch.int8 if kind == "int8" else torch.uint8)
 
 
@@ -105,7 +115,7 @@ def test_int4_packing_is_llama_cpps_block_layout():
 def test_constant_groups_quantize_exactly():
     w = torch.full((2, 64), 0.5)
     for kind in ("int8", "int4"):
-        assert torch.equal(dequantize_tensor(kind, *quantize_tensor(w, kind, 32)), w)
+        assert torch.equal(dequantize(*quantize_tensor(w, kind, 32)), w)
 
 
 @pytest.mark.parametrize(
@@ -126,7 +136,8 @@ def test_a_shape_the_quantization_does_not_fit_is_one_line_naming_both(kind, gro
 @pytest.mark.parametrize("block_type", ["Q8_0", "Q4_0", "Q4_1"])
 def test_gguf_blocks_load_exactly_as_gguf_dequantizes_them(block_type):
     from gguf import GGMLQuantizationType
-    from gguf.quants import dequantize, quantize
+    from gguf.quants import dequantize as gguf_dequantize
+    from gguf.quants import quantize
 
     from glassformer.checkpoints.gguf import blocks_to_quantized
 
@@ -138,9 +149,9 @@ def test_gguf_blocks_load_exactly_as_gguf_dequantizes_them(block_type):
 
     Tensor.data = data
     kind, codes, scales, offsets = blocks_to_quantized(Tensor)
-    expected = torch.from_numpy(np.array(dequantize(data, qtype), dtype=np.float32))
+    expected = torch.from_numpy(np.array(gguf_dequantize(data, qtype), dtype=np.float32))
     assert kind == ("int8" if block_type == "Q8_0" else "int4")
-    assert torch.allclose(dequantize_tensor(kind, codes, scales, offsets), expected, atol=1e-6, rtol=0)
+    assert torch.allclose(dequantize(codes, scales, offsets), expected, atol=1e-6, rtol=0)
 
 
 def tiny_llama(tie=True):
@@ -209,8 +220,8 @@ def test_seq2seq_and_bert_quantize_through_the_same_linear():
 
 
 def test_packed_weights_are_made_once_and_again_only_when_the_weight_changes():
-    if not runtime.packed_linear_works(torch.float32):
-        pytest.skip(f"oneDNN packing does not work here: {runtime.kernel_status('onednn_packed_fp32')}")
+    if not onednn.packs(torch.float32):
+        pytest.skip(f"oneDNN packing does not work here: {kernel_status('onednn_packed_fp32')}")
     model = tiny_llama()
     layer = model.layers[0].ffn.fc1
     with torch.inference_mode(), packed_weights(model):
@@ -231,7 +242,7 @@ def test_packed_weights_are_made_once_and_again_only_when_the_weight_changes():
         made = tiny_llama()
         with packed_weights(made):
             assert made.layers[0].ffn.fc1.packed_weight is not None
-    assert runtime.packed_linear_works(torch.float32)
+    assert onednn.packs(torch.float32)
     assert layer.packed_weight is None
 
 
@@ -276,16 +287,6 @@ def test_export_to_gguf_reads_back(tmp_path, kind):
         back = GPT.from_pretrained(path, quantization=Quantization("int8" if kind == "q8_0" else "int4"))
         assert relative_error(back(ids), model(ids)) <= (0.01 if kind == "q8_0" else 0.2)
     assert Tokenizer.from_pretrained(path).encode("Hello world, 123") == tokenizer.encode("Hello world, 123")
-
-
-def test_the_kernel_library_reports_why_it_is_missing(monkeypatch):
-    kernels.load.cache_clear()
-    monkeypatch.setenv("CC", "/nonexistent/cc")
-    try:
-        assert kernels.load("quantized") is None
-        assert "could not build quantized.c" in kernels.why_not["quantized"]
-    finally:
-        kernels.load.cache_clear()
 
 
 def test_quantize_makes_auto_precision_float32_on_the_cpu(capsys):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 
 from glassformer import runtime
-from glassformer.nn import fused_decoder  # noqa: F401 — registers its kernel's probe
-from glassformer.nn.quantization import describe_kernels
+from glassformer.backends.cpu import extension, quantized
+from glassformer.backends.kernels import kernel_status
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -27,8 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     info = runtime.environment(args.device)
-    info["quantized weights (decoding)"] = describe_kernels()
-    status = runtime.kernel_status("quantized_decoder_step")
+    info["glassformer's CPU operators"] = extension.describe()
+    info["quantized weights (decoding)"] = quantized.describe()
+    status = kernel_status("quantized_decoder_step")
     info["decoding step"] = f"the modules; fused CPU step for quantized Llama-style models in float32: {status}"
     width = max(len(name) for name in info)
     for name, value in info.items():

@@ -8,7 +8,7 @@ The model is used through a small interface, so any decoder-only model can be de
 
 The prompt is run once; each later step feeds one token per sequence and reads everything earlier from the
 key/value cache, through the decoding step ``glassformer.generation.step`` chooses for the model (its modules, or
-a fused CPU step where the model offers one: ``model.fused_step_available()`` / ``model.fused_step(...)``).
+a fused CPU step where it takes the model: ``glassformer.generation.fused_step``).
 Batched prompts are left-padded, with ``attention_mask`` 0 at the padding.
 """
 
@@ -24,7 +24,8 @@ from glassformer import runtime
 from glassformer.generation.config import GenerationConfig
 from glassformer.generation.processors import LogitsProcessor, apply_processors, build_processors
 from glassformer.generation.step import DecodingStep, choose_step
-from glassformer.nn.linear import min_packed_rows, packed_weights
+from glassformer.backends.cpu.onednn import min_packed_rows
+from glassformer.nn.linear import packed_weights
 
 NEG = -1.0e9  # a score no real candidate reaches; used to rank candidates out, never added to attention logits
 

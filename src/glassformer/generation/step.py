@@ -2,15 +2,15 @@
 so far. Chosen once per model, before decoding, and never by ``model.forward``, which always runs the modules:
 
     modules   ``model(ids, attention_mask=..., cache=..., last_token_only=True)`` — every model; the reference
-    fused     ``model.fused_step(ids, cache, attention_mask)`` — every layer in one call to glassformer's C step
-              (``glassformer.nn.fused_decoder``): a quantized Llama-style GPT, on the CPU, in float32, where the
-              kernel works here (``glassformer env``: "decoding step")
+    fused     ``fused_step.step(model, ids, cache, attention_mask)`` — every layer in one torch operator
+              (``glassformer.backends.cpu.decoder``): a quantized Llama-style GPT, on the CPU, in float32, where the
+              operator works here (``glassformer env``: "decoding step")
 
-``choose_step(model)`` asks the model (``fused_step_available``) once; ``generate`` and the server's scheduler
+``choose_step(model)`` asks ``fused_step.takes(model)`` once; ``generate`` and the server's scheduler
 decode through what it returns, and the server prints it when it starts. Asking for attention weights (a call to
 ``forward``) can therefore never change the logits. The fused step declines rows it does not take — a cache row
 whose mask has a hole, a cache too short — and the modules serve that step; tests compare the two step by step
-(``tests/nn/test_fused_decoder.py``).
+(``tests/generation/test_fused_step.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ import dataclasses
 
 import torch
 
-KINDS = {"modules": "the modules (model.forward)", "fused": "fused CPU step (every layer in one call to C)"}
+from glassformer.generation import fused_step
+
+KINDS = {"modules": "the modules (model.forward)", "fused": "fused CPU step (every layer in one torch operator)"}
 
 
 @dataclasses.dataclass
@@ -32,7 +34,7 @@ class DecodingStep:
 
     def __call__(self, ids: torch.Tensor, attention_mask: torch.Tensor | None, cache) -> torch.Tensor:
         if self.kind == "fused" and cache is not None and ids.size(1) == 1:
-            logits = self.model.fused_step(ids, cache, attention_mask)
+            logits = fused_step.step(self.model, ids, cache, attention_mask)
             if logits is not None:
                 return logits[:, -1].float()
         return self.model(ids, attention_mask=attention_mask, cache=cache, last_token_only=True)[:, -1].float()
@@ -42,6 +44,7 @@ class DecodingStep:
 
 
 def choose_step(model: torch.nn.Module) -> DecodingStep:
-    """The step for ``model``: fused where the model offers it and can take it here, else the modules."""
-    available = getattr(model, "fused_step_available", None)
-    return DecodingStep(model, "fused" if available is not None and available() else "modules")
+    """The step for ``model``: fused where it takes the model here, else the modules."""
+    parameter = next(model.parameters(), None)
+    fused = parameter is not None and parameter.device.type == "cpu" and fused_step.takes(model)
+    return DecodingStep(model, "fused" if fused else "modules")

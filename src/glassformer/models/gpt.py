@@ -15,8 +15,8 @@ Llama (``GPTConfig.llama(...)``; SmolLM2, Llama 2/3 shapes): the same model with
 Each layer is ``glassformer.nn.DecoderLayer(cross_attention=False, norm_first=True)``: the same module as the
 seq2seq decoder's, without the cross-attention. ``forward`` always runs these modules. ``generate`` decodes with a
 preallocated key/value cache through the step ``glassformer.generation.step`` chooses: for a quantized Llama-style
-model, ``fused_step`` runs each row's next token through all layers in one compiled call
-(``glassformer.nn.fused_decoder``, tested against these modules).
+model, ``glassformer.generation.fused_step`` runs each row's next token through all layers in one torch operator
+(``glassformer.backends.cpu.decoder``, tested against these modules).
 """
 
 from __future__ import annotations
@@ -46,8 +46,6 @@ from glassformer.nn.cache import KVCache, SlotCache
 from glassformer.nn.config import BlockConfig
 from glassformer.nn.dropout import Dropout
 from glassformer.nn.embedding import LearnedPositionalEmbedding, TokenEmbedding
-from glassformer.nn.fused_decoder import decode_step
-from glassformer.nn.fused_decoder import takes as fused_decoder_takes
 from glassformer.nn.layers import DecoderLayer
 from glassformer.nn.linear import Linear
 from glassformer.nn.norm import make_norm
@@ -262,36 +260,6 @@ class GPT(PretrainedMixin, nn.Module):
             x = x[:, -1:]
         logits = self.lm_head(self.final_norm(x))
         return CausalLMOutput(logits, attentions) if output_attentions else logits
-
-    def fused_step_available(self) -> bool:
-        """Whether ``fused_step`` takes this model here: Llama-style, quantized, in float32 on the CPU, in eval
-        mode, and the fused kernel works on this machine (``glassformer.generation.step`` asks, once)."""
-        parameter = next(self.parameters(), None)
-        return (
-            not self.training
-            and self.rotary is not None
-            and parameter is not None
-            and parameter.device.type == "cpu"
-            and fused_decoder_takes(self.layers, self.final_norm, self.rotary)
-        )
-
-    def fused_step(
-        self, input_ids: torch.Tensor, cache: KVCache, attention_mask: torch.Tensor | None = None
-    ) -> torch.Tensor | None:
-        """Logits ``(batch, 1, vocab_size)`` for one new token per row, every layer in one call to C
-        (``glassformer.nn.fused_decoder``), the cache advanced; the same as ``forward`` gives (tested step by step),
-        or None where the fused step does not take these rows, and nothing is changed. Arguments as ``forward``'s.
-        Chosen by ``glassformer.generation.step``, never by ``forward``."""
-        check_token_ids(input_ids, self.config.vocab_size, None)
-        if input_ids.size(1) != 1 or cache.length + 1 > self.config.max_seq_length:
-            return None
-        hidden = decode_step(
-            self.layers, self.final_norm, self.rotary, self.embedding(input_ids), cache, attention_mask
-        )
-        if hidden is None:
-            return None
-        cache.advance(1)
-        return self.lm_head(hidden)
 
     @torch.no_grad()
     def generate(

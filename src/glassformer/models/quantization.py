@@ -18,9 +18,10 @@ import dataclasses
 import torch
 from torch import nn
 
+from glassformer.backends.cpu.quantized import dequantize
 from glassformer.nn.embedding import TokenEmbedding
 from glassformer.nn.linear import Linear
-from glassformer.nn.quantization import KINDS, QuantizedWeight, check_quantization, dequantize_tensor
+from glassformer.nn.quantization import KINDS, QuantizedWeight, check_quantization
 
 EMBEDDING_CHOICES = (None, "float", *KINDS)
 
@@ -162,5 +163,5 @@ def dequantized_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             seen.add(id(module.quantized))
             weight_name = f"{prefix}.embedding.weight" if isinstance(module, TokenEmbedding) else f"{prefix}.weight"
             q = module.quantized
-            out[weight_name] = dequantize_tensor(q.kind, q.codes, q.scales, q.offsets)
+            out[weight_name] = dequantize(q.codes, q.scales, q.offsets)
     return out

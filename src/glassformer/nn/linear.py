@@ -1,35 +1,23 @@
-"""The affine map y = x Wᵀ + b (optionally followed by an activation, y = act(x Wᵀ + b)), with fast CPU paths.
+"""The affine map y = x Wᵀ + b (optionally followed by an activation, y = act(x Wᵀ + b)).
 
 ``Linear`` is ``torch.nn.Linear`` (same parameters, same names, weight ``(out_features, in_features)``) whose
-forward calls ``linear`` below. Training, GPUs and large batches run ``torch.nn.functional.linear`` unchanged.
-Two inference paths for the CPU, each used only where ``glassformer.runtime`` says the hardware has what it needs,
-each tested against ``F.linear``:
+forward is ``F.linear`` — the reference — except where a faster CPU path of ``glassformer.backends.cpu.onednn``
+serves the same product at inference (each tested against ``F.linear``; training, GPUs and large batches never
+take one):
 
-- **Reordered half-precision products** (CPUs with AMX tiles, whose oneDNN kernels cost more to start than one
-  token per sequence needs): with bfloat16/float16 weights, no gradient and a few rows, the same product in
-  another order —
-
-      1 row:        W x        (torch.mv, a matrix-vector product)
-      2-16 rows:    (W xᵀ)ᵀ    (a GEMM that reads the weight in its stored order)
-
-- **Packed weights**: ``packed_weights(model)`` reorders every ``Linear`` weight into oneDNN's blocked layout (one
-  extra copy of those weights, made once and kept until the weight changes or the model goes back to training),
-  and ``Linear`` then multiplies with oneDNN, applying its activation inside the same kernel in float32. Used for
-  float32 always and for bfloat16 where the CPU packs it (not where AMX serves bfloat16 through the reordered
-  products). Each dtype's packing is probed once (``runtime.packed_linear_works``); a CPU that cannot pack a dtype
-  (bfloat16 on an AVX2-only CPU) keeps ``F.linear``, and a kernel that fails at run time is switched off and the
-  plain path runs.
+- with ``packed_weights(model)``, every ``Linear`` weight is packed once into oneDNN's blocked layout (one extra copy,
+  kept until the weight changes or the model goes back to training) and multiplied by oneDNN, its activation inside
+  the same kernel in float32; a kernel that fails at run time is switched off and the plain path runs;
+- with AMX, half-precision products of a few rows are reordered (``linear``).
 
 ``bench/kernels.py`` measures both against ``F.linear`` on the machine at hand.
 
 ``Linear.quantize("int8" | "int4", group_size)`` replaces the float weight with a ``QuantizedWeight``
-(``glassformer.nn.quantization``: integer codes and per-group scales, multiplied by its own kernels); ``weight`` is
-then None.
+(``glassformer.nn.quantization``: integer codes and per-group scales); ``weight`` is then None.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -37,74 +25,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glassformer import cpu, runtime
+from glassformer.backends.cpu import onednn
+from glassformer.backends.kernels import disable_kernel
 from glassformer.nn.activation import ACTIVATIONS, check_activation
 from glassformer.nn.quantization import QuantizedWeight, quantized_linear, tensor_state
-from glassformer.tolerance import tolerance
-
-MAX_SMALL_ROWS = 16
-# oneDNN's post-op for each activation: (attr, scalars, algorithm) of torch.ops.mkldnn._linear_pointwise
-ONEDNN_ACTIVATIONS = {
-    None: ("none", [], ""),
-    "relu": ("relu", [], ""),
-    "gelu": ("gelu", [], "none"),
-    "gelu_tanh": ("gelu", [], "tanh"),
-    "silu": ("swish", [], ""),
-}
-
-MAX_PACKED_HALF_ROWS = 64  # half precision is packed up to 64 rows (decoding)
-
-
-@functools.cache
-def reorder_half_precision() -> bool:
-    """Whether ``linear`` reorders half-precision products: where the CPU has AMX (``cpu.has_amx``) and the kernel
-    is not switched off (``GLASSFORMER_KERNELS``). Asked on first use (so ``GLASSFORMER_CPU`` applies), then
-    remembered: ``linear`` asks at every call."""
-    return runtime.kernel_works("reordered_half_precision")
-
-
-def _probe_reordered_products() -> None:
-    """Only where AMX's tile kernels are what the reordering avoids; the reordered products must equal F.linear."""
-    if not cpu.has_amx():
-        raise RuntimeError("no AMX")
-    generator = torch.Generator().manual_seed(0)
-    weight, x = (torch.randn(*shape, generator=generator).bfloat16() for shape in ((24, 16), (3, 16)))
-    with torch.no_grad():
-        expected = F.linear(x.float(), weight.float())
-        for rows in (x[:1], x):
-            y = (torch.mv(weight, rows[0])[None] if len(rows) == 1 else torch.mm(weight, rows.t()).t()).float()
-            if not torch.allclose(y, expected[: len(rows)], **tolerance("bf16")):
-                raise RuntimeError("the reordered product differs from F.linear")
-
-
-runtime.register_kernel("reordered_half_precision", _probe_reordered_products)
-
-
-def min_packed_rows() -> int:
-    """The fewest rows for which packed weights are used: with AMX one row goes through the reordered products (or
-    plain float32), elsewhere packing pays from one row."""
-    return 2 if reorder_half_precision() else 1
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x Wᵀ + b`` for ``x`` of shape ``(..., in_features)`` -> ``(..., out_features)``."""
-    half = weight.dtype in (torch.bfloat16, torch.float16)
+    """``x Wᵀ + b`` for ``x`` of shape ``(..., in_features)`` -> ``(..., out_features)``: ``F.linear``, or the
+    reordered half-precision product where the CPU has AMX (a few rows, no gradient)."""
     if (
-        not (half and reorder_half_precision())
-        or x.device.type != "cpu"
-        or torch.is_grad_enabled()
-        or x.dtype != weight.dtype
+        weight.dtype in (torch.bfloat16, torch.float16)
+        and x.dtype == weight.dtype
+        and x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and onednn.reorder_half_precision()
     ):
-        return F.linear(x, weight, bias)
-    rows = x.numel() // x.size(-1)
-    out_shape = (*x.shape[:-1], weight.size(0))
-    if rows == 1:
-        y = torch.mv(weight, x.reshape(-1)) if bias is None else torch.addmv(bias, weight, x.reshape(-1))
-        return y.view(out_shape)
-    if rows <= MAX_SMALL_ROWS:
-        xt = x.reshape(rows, -1).t()
-        y = torch.mm(weight, xt) if bias is None else torch.addmm(bias[:, None], weight, xt)  # (out, rows)
-        return y.t().reshape(out_shape)
+        y = onednn.reordered_linear(x, weight, bias)
+        if y is not None:
+            return y
     return F.linear(x, weight, bias)
 
 
@@ -162,7 +101,7 @@ class Linear(nn.Linear):
         if torch.is_autocast_enabled(x.device.type):  # autocast computes in its own dtype: leave it to F.linear
             return False
         rows = x.numel() // x.size(-1)
-        return rows >= min_packed_rows() and (x.dtype == torch.float32 or rows <= MAX_PACKED_HALF_ROWS)
+        return rows >= onednn.min_packed_rows() and (x.dtype == torch.float32 or rows <= onednn.MAX_PACKED_HALF_ROWS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quantized is not None:
@@ -172,20 +111,17 @@ class Linear(nn.Linear):
             try:
                 return self._packed_forward(x)
             except RuntimeError as error:  # a kernel the probe passed but this shape does not: never again
-                runtime.disable_kernel(_packed_kernel(self.weight.dtype), f"failed at run time: {error}")
+                disable_kernel(onednn.packed_kernel(self.weight.dtype), f"failed at run time: {error}")
                 self.packed_weight = None
         y = linear(x, self.weight, self.bias)
         return y if self.activation is None else ACTIVATIONS[self.activation](y)
 
     def _packed_forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 or self.activation is None:
-            return torch.ops.mkldnn._linear_pointwise(
-                x, self.packed_weight, self.bias, *ONEDNN_ACTIVATIONS[self.activation]
-            )
+            return onednn.packed_linear(x, self.packed_weight, self.bias, self.activation)
         # half precision (decoding, at most 64 rows): the activation apart, as on the unpacked path, so that
         # packing changes no result
-        y = torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, *ONEDNN_ACTIVATIONS[None])
-        return ACTIVATIONS[self.activation](y)
+        return ACTIVATIONS[self.activation](onednn.packed_linear(x, self.packed_weight, self.bias))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}" + (
@@ -193,19 +129,11 @@ class Linear(nn.Linear):
         )
 
 
-def _packed_kernel(dtype: torch.dtype) -> str:
-    return "onednn_packed_bf16" if dtype == torch.bfloat16 else "onednn_packed_fp32"
-
-
 def can_pack(module: nn.Module) -> bool:
-    """A CPU ``Linear`` whose dtype this CPU packs (``runtime.packed_linear_works``): float32, and bfloat16 where the
-    CPU has no AMX (with AMX the reordered products of ``linear`` serve bfloat16 instead)."""
+    """A CPU ``Linear`` whose dtype this CPU packs (``backends.cpu.onednn.packs``)."""
     if not isinstance(module, Linear) or module.weight is None or module.weight.device.type != "cpu":
         return False
-    dtype = module.weight.dtype
-    if dtype == torch.bfloat16 and reorder_half_precision():
-        return False
-    return dtype in (torch.float32, torch.bfloat16) and runtime.packed_linear_works(dtype)
+    return onednn.packs(module.weight.dtype)
 
 
 @contextmanager
@@ -218,11 +146,10 @@ def packed_weights(model: nn.Module) -> Iterator[None]:
     for layer in model.modules():
         if can_pack(layer) and not layer.packed_is_current():
             try:
-                weight = layer.weight.detach()
-                layer.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight, 8)
+                layer.packed_weight = onednn.pack(layer.weight)
                 layer.packed_from = tensor_state(layer.weight)
             except RuntimeError as error:  # this shape or dtype does not pack here: the plain path for it
-                runtime.disable_kernel(_packed_kernel(layer.weight.dtype), f"failed at run time: {error}")
+                disable_kernel(onednn.packed_kernel(layer.weight.dtype), f"failed at run time: {error}")
                 layer.packed_weight = layer.packed_from = None
     yield
 

@@ -1,23 +1,26 @@
-"""The fused decoding step (``glassformer.nn.fused_decoder``, ``kernels/decoder.c``) against the modules it stands
-in for: logits and cache token by token, greedy tokens, and the inputs it must leave to the modules."""
+"""The fused decoding step (``glassformer.generation.fused_step`` over the operator of
+``glassformer.backends.cpu.decoder``) against the modules it stands in for: logits and cache token by token, greedy
+tokens, and the inputs it must leave to the modules."""
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
-import glassformer.models.gpt as gpt_module
-from glassformer import runtime
+from glassformer.backends.kernels import kernel_status, kernel_works
+from glassformer.generation import fused_step
 from glassformer.generation.step import choose_step
 from glassformer.models.gpt import GPT, GPTConfig
-from glassformer.nn.fused_decoder import decode_step
 from glassformer.tolerance import tolerance
 
 pytestmark = [
     pytest.mark.cpu_class,  # the kernel is built for the CPU class
     pytest.mark.skipif(
-        not runtime.kernel_works("quantized_decoder_step"),
-        reason=f"the fused decoding step is not available here: {runtime.kernel_status('quantized_decoder_step')}",
+        not kernel_works("quantized_decoder_step"),
+        reason=f"the fused decoding step is not available here: {kernel_status('quantized_decoder_step')}",
     ),
 ]
 
@@ -32,8 +35,8 @@ def llama(num_kv_heads=2, vocab_size=96, seed=0, **fields) -> GPT:
 
 
 def modules_only(monkeypatch):
-    """Decode without the fused step (the modules, the reference): GPT.fused_step declines every input."""
-    monkeypatch.setattr(gpt_module, "decode_step", lambda *args: None)
+    """Decode without the fused step (the modules, the reference): the fused step declines every input."""
+    monkeypatch.setattr(fused_step, "step", lambda *args: None)
 
 
 def step_by_step(model, ids, steps=6):
@@ -84,9 +87,10 @@ def test_the_modules_serve_what_the_fused_step_does_not_fit(why):
     mask = torch.tensor([[1, 0, 1], [1, 1, 1]]) if why == "a mask with a hole" else None
     if why == "training":
         model.train()
-    x = torch.randn(2, 1, 64)
+    ids = torch.randint(0, 96, (2, 1))
     with torch.set_grad_enabled(why == "gradient"):
-        assert decode_step(model.layers, model.final_norm, model.rotary, x, cache, mask) is None
+        assert fused_step.step(model, ids, cache, mask) is None
+    assert cache.length == 2
 
 
 def test_left_padded_batches_decode_as_the_modules_do(monkeypatch, fused_steps):
@@ -100,7 +104,7 @@ def test_left_padded_batches_decode_as_the_modules_do(monkeypatch, fused_steps):
         assert fused_steps == [True] * 9
         cache = model.make_cache(3, 8)
         model(ids[:, :5], attention_mask=mask[:, :5], cache=cache)
-        step = model.fused_step(ids[:, 5:], cache, mask)
+        step = fused_step.step(model, ids[:, 5:], cache, mask)
         modules_only(monkeypatch)
         assert torch.equal(fused, model.generate(ids, attention_mask=mask, max_new_tokens=10, eos_token_id=None,
                                                  pad_token_id=0))  # fmt: skip
@@ -157,45 +161,50 @@ def test_new_weights_in_the_same_model_are_used(monkeypatch):
     assert (fused - expected).abs().max() <= 1e-4 * expected.abs().max()
 
 
-def test_the_plain_c_kernels_compute_the_same(monkeypatch):
-    """Built without -march=native (and without OpenMP): the plain C loops a CPU without AVX2 runs."""
-    import ctypes
+PLAIN_BUILD = """
+import json
+import torch
+from glassformer.backends.cpu import extension
+from glassformer.generation.step import choose_step
+from glassformer.models.gpt import GPT, GPTConfig
+from glassformer.nn.quantization import QuantizedWeight, quantized_linear, quantized_linear_reference
 
-    from glassformer.nn import fused_decoder, kernels
-    from glassformer.nn.quantization import QuantizedWeight, quantized_linear_reference
+assert extension.load(), extension.why_not
+print("simd", torch.ops.glassformer.simd())
+x = torch.randn(3, 96)
+for kind, group in (("int8", None), ("int8", 32), ("int4", 32), ("int4", 96)):
+    weight = QuantizedWeight.from_float(torch.randn(20, 96), kind, group)
+    expected = quantized_linear_reference(x, weight)
+    assert (quantized_linear(x, weight) - expected).abs().max() <= 1e-3 * expected.abs().max(), kind
+torch.manual_seed(0)
+config = GPTConfig.llama(vocab_size=96, max_seq_length=64, d_model=64, num_layers=3, num_heads=4, num_kv_heads=2,
+                         d_ff=128, rope_theta=500.0)
+model = GPT(config).eval().quantize("int4", embeddings="int8")
+step, ids = choose_step(model), torch.randint(0, 96, (1, 5))
+assert step.kind == "fused"
+with torch.inference_mode():
+    for kind in ("fused", "modules"):
+        step.kind, cache = kind, model.make_cache(1, 12)
+        scores = [step(ids, None, cache)]
+        for _ in range(6):
+            scores.append(step(scores[-1].argmax(-1, keepdim=True), None, cache))
+        print(kind, json.dumps(torch.stack(scores).tolist()))
+"""
 
-    monkeypatch.setattr(kernels, "FLAG_SETS", ([],))
-    kernels.load.cache_clear()
-    try:
-        quantized, decoder = kernels.load("quantized"), kernels.load("decoder")
-    finally:
-        kernels.load.cache_clear()
-    assert quantized is not None and decoder is not None, kernels.why_not
-    assert quantized.glassformer_quantized_uses_avx2() == 0
-    p, i64 = ctypes.c_void_p, ctypes.c_int64
-    x = torch.randn(3, 96)
-    for kind, group in (("int8", None), ("int8", 32), ("int4", 32), ("int4", 96)):
-        weight = QuantizedWeight.from_float(torch.randn(20, 96), kind, group)
-        y = torch.empty(3, 20)
-        if kind == "int8":
-            quantized.glassformer_int8_linear(p(x.data_ptr()), i64(3), i64(96), p(weight.codes.data_ptr()),
-                                              p(weight.scales.data_ptr()), i64(20), i64(weight.group_size), None,
-                                              p(y.data_ptr()), 1)  # fmt: skip
-        else:
-            quantized.glassformer_int4_linear(p(x.data_ptr()), i64(3), i64(96), p(weight.codes.data_ptr()),
-                                              p(weight.scales.data_ptr()), p(weight.offsets.data_ptr()), i64(20),
-                                              i64(weight.group_size), None, p(y.data_ptr()), 1)  # fmt: skip
-        expected = quantized_linear_reference(x, weight)
-        assert (y - expected).abs().max() <= 1e-3 * expected.abs().max()
-    # the whole step, against the AVX2 (or whichever) build the process uses
-    decoder.glassformer_decode_step.argtypes = fused_decoder._library().glassformer_decode_step.argtypes
-    model = llama().quantize("int4", embeddings="int8")
-    ids = torch.randint(0, 96, (1, 5))
-    with torch.inference_mode():
-        expected, _ = step_by_step(model, ids)
-        monkeypatch.setattr(fused_decoder, "_library", lambda: decoder)
-        plain, _ = step_by_step(model, ids)
-    assert (plain - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+def test_the_plain_c_kernels_compute_the_same(tmp_path):
+    """Built for the CPU class ``default`` (no AVX2: the plain C loops a CPU without it runs), in a process of its
+    own (a process loads one build of the operators): the products and the fused step equal the references."""
+    import json
+
+    env = {**os.environ, "GLASSFORMER_CPU": "default"}
+    result = subprocess.run([sys.executable, "-c", PLAIN_BUILD], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    if sys.platform == "linux" and os.uname().machine == "x86_64":
+        assert lines["simd"] == "C"
+    fused, modules = (torch.tensor(json.loads(lines[kind])) for kind in ("fused", "modules"))
+    assert (fused - modules).abs().max() <= 1e-4 * modules.abs().max()
 
 
 def test_the_step_is_chosen_once_and_forward_is_always_the_modules(monkeypatch, fused_steps):

@@ -1,5 +1,6 @@
-/* One decoding step of a Llama-style decoder for a few sequences, every layer in one call (glassformer.nn.fused_decoder
-   says when it is used; the modules of glassformer.nn are the reference it is tested against):
+/* One decoding step of a Llama-style decoder for a few sequences, every layer in one call: the op
+   glassformer::decode_step (ops.cpp; glassformer.backends.cpu.decoder states its arguments and holds its reference in
+   torch operations; glassformer.generation.fused_step says when decoding uses it):
 
        for each layer:   h = RMSNorm_1(x)
                          [q; k; v] = h [W_Q; W_K; W_V]^T            quantized (quantized.h)
@@ -15,6 +16,10 @@
    Each row of the batch is a sequence of its own (qrows says where it reads and writes in the cache). The threads
    share one parallel region for the whole step: each matrix's output rows are split among them, the (row, head)
    pairs of the attention too, and the small vector work between two products is done by one thread. */
+#ifndef GLASSFORMER_DECODER_H
+#define GLASSFORMER_DECODER_H
+#include <vector>
+
 #include "quantized.h"
 
 typedef struct {
@@ -78,7 +83,7 @@ typedef struct {
 
 /* x (B, d_model): in, the new tokens' embeddings; out, the final norm of their hidden states. The new positions are
    written into the cache. Returns 0, or 1 where memory could not be had. */
-int glassformer_decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows, int threads) {
+static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows, int threads) {
     const i64 d = model->d_model, H = model->num_heads, KV = model->kv_heads, hd = model->head_dim;
     const i64 ff = model->d_ff, S = rows->max_length, width = (H + 2 * KV) * hd;
     i64 wide = d > ff ? d : ff, span = 1; /* the widest input of a product; the most positions a row attends to */
@@ -87,12 +92,12 @@ int glassformer_decode_step(const qdecoder *model, float *x, i64 B, const qrows 
         const i64 n = rows->write_at[r] - rows->first[r] + 1;
         span = n > span ? n : span;
     }
-    float *h = malloc(sizeof(float) * B * d), *qkv = malloc(sizeof(float) * B * width);
-    float *o = malloc(sizeof(float) * B * H * hd), *gate_up = malloc(sizeof(float) * B * 2 * ff);
-    float *scores = malloc(sizeof(float) * B * H * span), *angles = malloc(sizeof(float) * B * hd);
-    int16_t *xq = malloc(sizeof(int16_t) * B * wide);
-    float *xd = malloc(sizeof(float) * B * wide / BLOCK), *xsum = malloc(sizeof(float) * wide / BLOCK);
-    float *gsum = malloc(sizeof(float) * B * wide / BLOCK);
+    float *h = (float *)malloc(sizeof(float) * B * d), *qkv = (float *)malloc(sizeof(float) * B * width);
+    float *o = (float *)malloc(sizeof(float) * B * H * hd), *gate_up = (float *)malloc(sizeof(float) * B * 2 * ff);
+    float *scores = (float *)malloc(sizeof(float) * B * H * span), *angles = (float *)malloc(sizeof(float) * B * hd);
+    int16_t *xq = (int16_t *)malloc(sizeof(int16_t) * B * wide);
+    float *xd = (float *)malloc(sizeof(float) * B * wide / BLOCK), *xsum = (float *)malloc(sizeof(float) * wide / BLOCK);
+    float *gsum = (float *)malloc(sizeof(float) * B * wide / BLOCK);
     int failed = !(h && qkv && o && gate_up && scores && angles && xq && xd && xsum && gsum);
     for (i64 r = 0; r < B && !failed; r++) {  /* the rows' cos and sin over both halves, angles in float32 as torch */
         for (i64 i = 0; i < hd / 2; i++) {
@@ -119,17 +124,17 @@ int glassformer_decode_step(const qdecoder *model, float *x, i64 B, const qrows 
                 q = quantize_rows(h, B, d, layer->qkv.G, xq, xd, xsum, gsum);
             }
             w = &layer->qkv;
-            qmatrix_rows(w, q, B, w->N * t / T, w->N * (t + 1) / T, NULL, qkv, w->N, 0);
+            qmatrix_rows(w, q, B, w->N * t / T, w->N * (t + 1) / T, nullptr, qkv, w->N, 0);
 #pragma omp barrier
 #pragma omp single
             for (i64 r = 0; r < B; r++) {
                 float *row = qkv + r * width, *cos_sin = angles + r * hd;
-                float rotary[2][hd];  /* cos and sin repeated over both halves, as rope takes them */
+                std::vector<float> cos_(hd), sin_(hd);  /* cos and sin repeated over both halves, as rope takes them */
                 for (i64 i = 0; i < hd; i++) {
-                    rotary[0][i] = cos_sin[i % (hd / 2)];
-                    rotary[1][i] = cos_sin[hd / 2 + i % (hd / 2)];
+                    cos_[i] = cos_sin[i % (hd / 2)];
+                    sin_[i] = cos_sin[hd / 2 + i % (hd / 2)];
                 }
-                rope(row, H + KV, hd, rotary[0], rotary[1]);  /* queries and keys: the first H + KV heads */
+                rope(row, H + KV, hd, cos_.data(), sin_.data());  /* queries and keys: the first H + KV heads */
                 const i64 at = rows->write_at[r], base = l * rows->layer_stride + r * rows->row_stride;
                 for (i64 g = 0; g < KV; g++) {
                     memcpy(rows->keys + base + (g * S + at) * hd, row + (H + g) * hd, sizeof(float) * hd);
@@ -146,7 +151,7 @@ int glassformer_decode_step(const qdecoder *model, float *x, i64 B, const qrows 
 #pragma omp single
             q = quantize_rows(o, B, H * hd, layer->out.G, xq, xd, xsum, gsum);
             w = &layer->out;
-            qmatrix_rows(w, q, B, w->N * t / T, w->N * (t + 1) / T, NULL, x, w->N, 1); /* x + o W_O^T */
+            qmatrix_rows(w, q, B, w->N * t / T, w->N * (t + 1) / T, nullptr, x, w->N, 1); /* x + o W_O^T */
 #pragma omp barrier
 #pragma omp single
             {
@@ -154,7 +159,7 @@ int glassformer_decode_step(const qdecoder *model, float *x, i64 B, const qrows 
                 q = quantize_rows(h, B, d, layer->fc1.G, xq, xd, xsum, gsum);
             }
             w = &layer->fc1;
-            qmatrix_rows(w, q, B, w->N * t / T, w->N * (t + 1) / T, NULL, gate_up, w->N, 0);
+            qmatrix_rows(w, q, B, w->N * t / T, w->N * (t + 1) / T, nullptr, gate_up, w->N, 0);
 #pragma omp barrier
 #pragma omp single
             {
@@ -165,7 +170,7 @@ int glassformer_decode_step(const qdecoder *model, float *x, i64 B, const qrows 
                 q = quantize_rows(gate_up, B, ff, layer->fc2.G, xq, xd, xsum, gsum);
             }
             w = &layer->fc2;
-            qmatrix_rows(w, q, B, w->N * t / T, w->N * (t + 1) / T, NULL, x, w->N, 1); /* x + (...) W_2^T */
+            qmatrix_rows(w, q, B, w->N * t / T, w->N * (t + 1) / T, nullptr, x, w->N, 1); /* x + (...) W_2^T */
 #pragma omp barrier
         }
 #pragma omp single
@@ -175,3 +180,5 @@ int glassformer_decode_step(const qdecoder *model, float *x, i64 B, const qrows 
     free(h), free(qkv), free(o), free(gate_up), free(scores), free(angles), free(xq), free(xd), free(xsum), free(gsum);
     return failed;
 }
+
+#endif

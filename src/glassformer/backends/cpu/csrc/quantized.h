@@ -24,8 +24,8 @@
    bfloat16's 2^-8. Each output row n is shared out among threads (OpenMP, where the compiler has it). The AVX2 path
    and the plain C path compute the same formula, and glassformer tests both against its float reference.
 
-   quantized.c multiplies with them (glassformer.nn.quantization); decoder.c runs a whole decoding step of a
-   Llama-style decoder with them (glassformer.nn.fused_decoder). */
+   ops.cpp multiplies with them (the op glassformer::quantized_linear) and decoder.h runs a whole decoding step of a
+   Llama-style decoder with them (glassformer::decode_step); glassformer.backends.cpu.quantized and .decoder call both. */
 #ifndef GLASSFORMER_QUANTIZED_H
 #define GLASSFORMER_QUANTIZED_H
 #include <math.h>

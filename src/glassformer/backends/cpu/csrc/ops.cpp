@@ -1,0 +1,161 @@
+/* glassformer's CPU kernels as torch operators (torch.library), built by torch.utils.cpp_extension on first use
+   (glassformer.backends.cpu.extension) for the CPU at hand:
+
+       glassformer::quantized_linear(x, codes, scales, offsets?, bias?, group_size)   y = x W^T + b   (quantized.h)
+       glassformer::decode_step(x, weights, group_sizes, inv_freq, keys!, values!, positions, first_row, num_heads,
+                                kv_heads, eps, scale)                                   every layer of a step (decoder.h)
+       glassformer::simd()                                                              "AVX2" or "C": how it was built
+
+   The shapes the Python side gives (and its fake implementations, for torch.compile) are in
+   glassformer.backends.cpu.quantized and glassformer.backends.cpu.decoder; every check here is a one-line error. */
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "decoder.h"
+#include "quantized.h"
+
+namespace {
+
+/* one quantized matrix over the tensors that hold it: int8 codes (N, K), or int4 codes uint8 (N, K / 2) with offsets;
+   scales and offsets float32 (N, K / G) */
+qmatrix matrix(const at::Tensor &codes, const at::Tensor &scales, const std::optional<at::Tensor> &offsets,
+               int64_t group) {
+    const bool int8 = codes.scalar_type() == at::kChar;
+    TORCH_CHECK(int8 || codes.scalar_type() == at::kByte, "quantized codes must be int8 (int8) or uint8 (int4)");
+    TORCH_CHECK(int8 != offsets.has_value(), "int4 codes need offsets and int8 codes take none");
+    TORCH_CHECK(codes.dim() == 2 && codes.is_contiguous() && codes.device().is_cpu(), "codes: a contiguous CPU matrix");
+    const int64_t N = codes.size(0), K = int8 ? codes.size(1) : 2 * codes.size(1);
+    TORCH_CHECK(group > 0 && group % BLOCK == 0 && K % group == 0, "group size ", group, " does not fit K = ", K,
+                ": a multiple of 32 dividing it");
+    for (const at::Tensor *t : {&scales, offsets ? &*offsets : &scales}) {
+        TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->dim() == 2 && t->size(0) == N &&
+                        t->size(1) == K / group,
+                    "scales and offsets: contiguous float32 (", N, ", ", K / group, ")");
+    }
+    return {int8 ? 8 : 4, N, K, group, codes.data_ptr(), scales.data_ptr<float>(),
+            offsets ? offsets->data_ptr<float>() : nullptr};
+}
+
+/* y (M, N) = x (M, K) W^T + bias; bias may be null */
+void linear(const qmatrix *w, const float *x, i64 M, const float *bias, float *y, int threads) {
+    const i64 K = w->K, N = w->N;
+    std::vector<int16_t> xq(M * K);
+    std::vector<float> xd(M * (K / BLOCK)), xsum(K / BLOCK), gsum(M * (K / w->G));
+    const qx q = quantize_rows(x, M, K, w->G, xq.data(), xd.data(), xsum.data(), gsum.data());
+#pragma omp parallel num_threads(threads)
+    {
+        i64 t = 0, T = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        T = omp_get_num_threads();
+#endif
+        qmatrix_rows(w, q, M, N * t / T, N * (t + 1) / T, bias, y, N, 0);
+    }
+}
+
+at::Tensor quantized_linear(const at::Tensor &x, const at::Tensor &codes, const at::Tensor &scales,
+                            const std::optional<at::Tensor> &offsets, const std::optional<at::Tensor> &bias,
+                            int64_t group_size) {
+    const qmatrix w = matrix(codes, scales, offsets, group_size);
+    TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu(), "x: float32 on the CPU");
+    TORCH_CHECK(x.dim() >= 1 && x.size(-1) == w.K, "x has ", x.size(-1), " features, the weight takes ", w.K);
+    if (bias) {
+        TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == w.N,
+                    "bias: contiguous float32 (", w.N, ")");
+    }
+    const at::Tensor rows = x.reshape({-1, w.K}).contiguous();
+    std::vector<int64_t> sizes = x.sizes().vec();
+    sizes.back() = w.N;
+    at::Tensor y = at::empty(sizes, x.options());
+    if (rows.size(0) > 0) {
+        linear(&w, rows.data_ptr<float>(), rows.size(0), bias ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>(),
+               at::get_num_threads());
+    }
+    return y;
+}
+
+/* a float32 vector of n on the CPU */
+const float *float_vector(const std::optional<at::Tensor> &t, int64_t n, const char *what) {
+    TORCH_CHECK(t && t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == n && t->device().is_cpu(),
+                what, ": contiguous float32 (", n, ")");
+    return t->data_ptr<float>();
+}
+
+constexpr int64_t PER_LAYER = 14; /* norm1, norm2, then (codes, scales, offsets) of W_QKV, W_O, W_gate_up, W_2 */
+
+at::Tensor decode_step_op(const at::Tensor &x, const c10::List<std::optional<at::Tensor>> &weights,
+                       at::IntArrayRef group_sizes, const at::Tensor &inv_freq, at::Tensor &keys, at::Tensor &values,
+                       const at::Tensor &positions, int64_t first_row, int64_t num_heads, int64_t kv_heads,
+                       double eps, double scale) {
+    TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu() && x.dim() == 3 && x.size(1) == 1,
+                "x: float32 (batch, 1, d_model) on the CPU");
+    const int64_t B = x.size(0), d = x.size(2), L = (int64_t)(weights.size() - 1) / PER_LAYER;
+    TORCH_CHECK(L >= 1 && (int64_t)weights.size() == L * PER_LAYER + 1, "weights: 14 per layer and the final norm");
+    TORCH_CHECK((int64_t)group_sizes.size() == 4 * L, "group_sizes: 4 per layer");
+    TORCH_CHECK(keys.sizes() == values.sizes() && keys.dim() == 5 && keys.size(0) == L && keys.is_contiguous() &&
+                    values.is_contiguous() && keys.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat,
+                "keys, values: contiguous float32 (layers, rows, kv_heads, max_length, head_dim)");
+    const int64_t hd = keys.size(4);
+    TORCH_CHECK(keys.size(2) == kv_heads && kv_heads > 0 && num_heads % kv_heads == 0 && hd % 2 == 0,
+                "the cache's heads do not fit num_heads and kv_heads");
+    TORCH_CHECK(first_row >= 0 && first_row + B <= keys.size(1), "the rows lie outside the cache");
+    TORCH_CHECK(positions.scalar_type() == at::kLong && positions.is_contiguous() && positions.dim() == 2 &&
+                    positions.size(0) == 3 && positions.size(1) == B,
+                "positions: contiguous int64 (3, batch): write_at, first, rotary_at");
+    std::vector<qlayer> layers(L);
+    for (int64_t l = 0; l < L; l++) {
+        const int64_t at = l * PER_LAYER;
+        qmatrix m[4];
+        for (int i = 0; i < 4; i++) {
+            const std::optional<at::Tensor> codes = weights.get(at + 2 + 3 * i), s = weights.get(at + 3 + 3 * i);
+            TORCH_CHECK(codes && s, "weights: codes and scales of every matrix");
+            m[i] = matrix(*codes, *s, weights.get(at + 4 + 3 * i), group_sizes[4 * l + i]);
+        }
+        layers[l] = {float_vector(weights.get(at), d, "norm1"), float_vector(weights.get(at + 1), d, "norm2"), m[0], m[1], m[2],
+                     m[3]};
+        TORCH_CHECK(m[0].K == d && m[0].N == (num_heads + 2 * kv_heads) * hd && m[1].K == num_heads * hd &&
+                        m[1].N == d && m[2].K == d && m[2].N % 2 == 0 && m[3].K == m[2].N / 2 && m[3].N == d,
+                    "layer ", l, "'s matrices do not fit d_model = ", d, " and the heads");
+    }
+    const qdecoder model = {L, d, num_heads, kv_heads, hd, layers[0].fc2.K, (float)eps, (float)scale, layers.data(),
+                            float_vector(weights.get(L * PER_LAYER), d, "final_norm"),
+                            float_vector(std::optional<at::Tensor>(inv_freq), hd / 2, "inv_freq")};
+    const int64_t offset = first_row * keys.stride(1);
+    const int64_t *p = positions.data_ptr<int64_t>();
+    const qrows rows = {p, p + B, p + 2 * B, keys.data_ptr<float>() + offset, values.data_ptr<float>() + offset,
+                        keys.stride(1), keys.stride(0), keys.size(3)};
+    at::Tensor hidden = x.reshape({B, d}).clone();
+    const int failed = decode_step(&model, hidden.data_ptr<float>(), B, &rows, at::get_num_threads());
+    TORCH_CHECK(!failed, "decode_step: a row's positions lie outside the cache, or memory could not be had");
+    return hidden.view({B, 1, d});
+}
+
+std::string simd() {
+#ifdef __AVX2__
+    return "AVX2";
+#else
+    return "C";
+#endif
+}
+
+}  // namespace
+
+TORCH_LIBRARY(glassformer, m) {
+    m.def("quantized_linear(Tensor x, Tensor codes, Tensor scales, Tensor? offsets, Tensor? bias, int group_size) "
+          "-> Tensor");
+    m.def("decode_step(Tensor x, Tensor?[] weights, int[] group_sizes, Tensor inv_freq, Tensor(a!) keys, "
+          "Tensor(b!) values, Tensor positions, int first_row, int num_heads, int kv_heads, float eps, float scale) "
+          "-> Tensor");
+    m.def("simd() -> str", &simd);
+}
+
+TORCH_LIBRARY_IMPL(glassformer, CPU, m) {
+    m.impl("quantized_linear", &quantized_linear);
+    m.impl("decode_step", &decode_step_op);
+}

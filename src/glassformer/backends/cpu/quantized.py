@@ -1,0 +1,156 @@
+"""Quantized products on the CPU: ``y = x Wᵀ + b`` with W held as integer codes and per-group scales (and offsets)
+— the formats of ``glassformer.nn.quantization``, whose ``quantized_linear`` dispatches here and whose reference
+(dequantize, then ``F.linear``) every path below must equal.
+
+The codes' layout is the kernels' (and GGUF's): int8 codes ``(N, K)`` one byte each; int4 codes 0..15 two to a byte
+in blocks of 32 along the input, 16 bytes per block, byte j holding code j in its low nibble and code j + 16 in its
+high one (llama.cpp's Q4_0 / Q4_1 blocks): ``pack_int4`` / ``unpack_int4``.
+
+- **glassformer's kernel**, the op ``glassformer::quantized_linear`` (``csrc/quantized.h``, built for this CPU by
+  ``extension``): float32 activations, in_features and G multiples of 32. The weights are read once, 1 or ½ byte
+  each, never dequantized to memory; the activations are written as 16-bit fixed point per block of 32 so that the
+  codes multiply them in integer arithmetic (the header has the formula).
+- **torch's CPU kernels** where this torch has them: ``aten._weight_int8pack_mm`` (int8, one scale per output
+  channel) and ``aten._weight_int4pack_mm_for_cpu`` (int4, G of 32 … 256) through its packed layout
+  (``torch_int4_layout``, made once per weight by the caller).
+
+Which of the two serves a kind is fixed per process (``cpu_kernel``): glassformer's where its probe passes, else
+torch's; never chosen by timing, so a machine's numbers do not depend on which was faster in one process.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+
+from glassformer.backends.cpu import extension
+from glassformer.backends.kernels import kernel_works
+
+KINDS = ("int8", "int4")
+INT4_BLOCK = 32  # int4 codes are stored in blocks of 32 (16 bytes)
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """Codes 0..15 ``(N, K)`` -> bytes ``(N, K / 2)``: per block of 32, byte j = q[j] | q[j + 16] << 4."""
+    blocks = q.to(torch.uint8).reshape(q.size(0), -1, INT4_BLOCK)
+    return (blocks[..., :16] | (blocks[..., 16:] << 4)).reshape(q.size(0), -1)
+
+
+def unpack_int4(codes: torch.Tensor) -> torch.Tensor:
+    """Bytes ``(N, K / 2)`` -> codes 0..15 ``(N, K)`` (the inverse of ``pack_int4``)."""
+    blocks = codes.reshape(codes.size(0), -1, INT4_BLOCK // 2)
+    return torch.cat((blocks & 15, blocks >> 4), dim=-1).reshape(codes.size(0), -1)
+
+
+def dequantize(codes, scales, offsets=None, dtype=torch.float32) -> torch.Tensor:
+    """The float weight ``(..., N, K)`` that codes, scales ``(..., N, K / G)`` and offsets stand for: int8 (offsets
+    None) w = q · s, int4 w = q · s + o (``glassformer.nn.quantization`` states the formats)."""
+    q = codes.float() if offsets is None else unpack_int4(codes.reshape(-1, codes.size(-1))).float()
+    q = q.reshape(*scales.shape, -1)  # (..., groups, G)
+    w = q * scales[..., None] if offsets is None else torch.addcmul(offsets[..., None], q, scales[..., None])
+    return w.reshape(*scales.shape[:-1], -1).to(dtype)
+
+
+def native_fits(in_features: int, group_size: int, codes: torch.Tensor) -> bool:
+    return in_features % INT4_BLOCK == 0 and group_size % INT4_BLOCK == 0 and codes.is_contiguous()
+
+
+def native_linear(x, codes, scales, offsets, group_size: int, bias=None) -> torch.Tensor:
+    """``x Wᵀ + b`` by ``glassformer::quantized_linear``: float32 ``x`` ``(..., K)`` on the CPU."""
+    if not extension.load():
+        raise RuntimeError(extension.why_not[-1])
+    bias = None if bias is None else bias.float().contiguous()
+    return torch.ops.glassformer.quantized_linear(x, codes, scales, offsets, bias, group_size)
+
+
+def torch_fits(kind: str, out_features: int, in_features: int, group_size: int) -> bool:
+    if kind == "int8":
+        return group_size == in_features
+    return group_size in (32, 64, 128, 256) and out_features % 16 == 0  # its packing needs N % 16
+
+
+def torch_int4_layout(codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor) -> tuple:
+    """torch's packed int4 weight and its scales-and-zeros ``(K / G, N, 2)``: torch's int4 is w = (q − 8) · s + zero,
+    so zero = o + 8 s."""
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(codes).to(torch.int32), 1)
+    return packed, torch.stack((scales, offsets + 8 * scales), dim=-1).transpose(0, 1).contiguous()
+
+
+def torch_linear(x, codes, scales, group_size: int, bias=None, int4_layout: tuple | None = None) -> torch.Tensor:
+    """torch's CPU kernels: int8 with one scale per output channel, or int4 through ``int4_layout``."""
+    x2 = x.reshape(-1, x.size(-1)).contiguous()
+    if int4_layout is None:
+        y = torch.ops.aten._weight_int8pack_mm(x2, codes, scales[:, 0].contiguous())
+    else:
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, int4_layout[0], group_size, int4_layout[1])
+    y = y if bias is None else y + bias
+    return y.reshape(*x.shape[:-1], y.size(-1))
+
+
+# --- which path serves a kind ----------------------------------------------------------------------------------
+
+
+@functools.cache
+@torch.compiler.assume_constant_result  # torch.compile takes the answer as it is, and traces the path it names
+def cpu_kernel(kind: str) -> str | None:
+    """``"native"``, ``"torch"`` or None: the path that serves ``kind`` in this process — glassformer's own kernel
+    where its probe passes, else torch's, else None (the reference). A fixed order, never a timing."""
+    return next((path for path in ("native", "torch") if kernel_works(f"quantized_{path}_{kind}")), None)
+
+
+def describe() -> str:
+    """For ``glassformer env``: which path serves each kind here."""
+    native = f"glassformer's ({torch.ops.glassformer.simd()})" if extension.load() else "glassformer's"
+    names = {"native": native, "torch": "torch's", None: "reference (dequantize + F.linear)"}
+    return ", ".join(f"{kind} {names[cpu_kernel(kind)]}" for kind in KINDS)
+
+
+# --- the probes (backends.kernels) -----------------------------------------------------------------------------
+
+
+def probe_weight(kind: str, n: int, k: int, group: int, seed: int = 0) -> tuple:
+    """Random codes, scales and offsets of a ``(n, k)`` weight, and that weight in float32."""
+    generator = torch.Generator().manual_seed(seed)
+    scales = torch.rand(n, k // group, generator=generator) / 50 + 1e-3
+    if kind == "int8":
+        codes, offsets = torch.randint(-127, 128, (n, k), generator=generator, dtype=torch.int8), None
+    else:
+        codes = pack_int4(torch.randint(0, 16, (n, k), generator=generator))
+        offsets = -8 * scales + torch.randn(n, k // group, generator=generator) / 100
+    return codes, scales, offsets, dequantize(codes, scales, offsets)
+
+
+def _probe(kind: str, path: str) -> None:
+    """A path must reproduce ``F.linear`` with the float weight on a small product (3 rows, 48 outputs, 64 inputs,
+    a bias); glassformer's kernel is also checked by ``torch.library.opcheck`` in the tests."""
+    group = 32 if kind == "int4" else 64
+    codes, scales, offsets, w = probe_weight(kind, 48, 64, group)
+    x, bias = torch.randn(3, 64, generator=torch.Generator().manual_seed(1)), torch.linspace(-1, 1, 48)
+    if path == "native":
+        y = native_linear(x, codes, scales, offsets, group, bias)
+    else:
+        if not torch_fits(kind, 48, 64, group):
+            raise RuntimeError("torch's kernel does not take this shape")
+        layout = None if offsets is None else torch_int4_layout(codes, scales, offsets)
+        y = torch_linear(x, codes, scales, group, bias, layout)
+    expected = F.linear(x, w, bias)
+    if not (y - expected).norm() <= 1e-4 * expected.norm():  # glassformer's kernel: 16-bit activations, ~2e-5
+        raise RuntimeError(f"the {path} {kind} product differs from the reference")
+
+
+def probe_native_int8() -> None:
+    _probe("int8", "native")
+
+
+def probe_native_int4() -> None:
+    _probe("int4", "native")
+
+
+def probe_torch_int8() -> None:
+    _probe("int8", "torch")
+
+
+def probe_torch_int4() -> None:
+    _probe("int4", "torch")

@@ -1,0 +1,172 @@
+"""The fused decoding step: a Llama-style decoder's next-token logits through ``glassformer::decode_step``
+(``glassformer.backends.cpu.decoder``: every layer and the final norm in one operator), then the model's own head.
+
+It serves a model when everything fits: ``takes(model)`` — a stack of pre-norm ``DecoderLayer``s with RMSNorm,
+rotary positions, self-attention only, a SwiGLU feed-forward, no biases, every matrix quantized in a format the
+kernel takes, float32 norms on the CPU, eval mode, and the operator works here (``glassformer env``: "decoding step").
+``step(model, ids, cache, attention_mask)`` then serves one new token per row of a float32 ``KVCache`` (rows may be
+left-padded) or a server's ``SlotView``, and returns None — the modules serve that step — for anything else (a mask
+with a hole, a cache too short). ``tests/generation/test_fused_step.py`` compares it with the modules token by token.
+
+What it gathers from a model (the list of tensors the operator reads) is made on the first step with a new cache and
+kept while the weights stay the same tensors with the same contents.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch import nn
+
+from glassformer.backends.cpu import decoder
+from glassformer.backends.kernels import kernel_works
+from glassformer.nn.cache import KVCache, SlotCache, SlotView
+from glassformer.nn.norm import RMSNorm
+from glassformer.nn.quantization import tensor_state
+from glassformer.nn.validation import check_token_ids
+
+
+class _Weights:
+    """The tensors of a stack in ``glassformer::decode_step``'s order, its dimensions, and the state of every tensor
+    when gathered (to see whether they changed since)."""
+
+    def __init__(self, layers: nn.ModuleList, final_norm: nn.Module, rotary: nn.Module):
+        attention, eps = layers[0].self_attn, final_norm.eps
+        self.heads, self.kv_heads, self.eps, self.scale = (
+            attention.num_heads,
+            attention.num_kv_heads,
+            eps,
+            attention.scale,
+        )
+        self.tensors, self.group_sizes = [], []
+        for layer in layers:
+            attn, ffn = layer.self_attn, layer.ffn
+            fits = (
+                layer.cross_attn is None and layer.norm_first and ffn.gated and ffn.activation == "silu"
+                and (attn.num_heads, attn.num_kv_heads, attn.d_k, attn.scale)
+                == (self.heads, self.kv_heads, attention.d_k, self.scale)
+            )  # fmt: skip
+            if not fits:
+                raise ValueError("not a Llama-style layer")
+            self.tensors += [_norm(layer.norm1, eps), _norm(layer.norm3, eps)]
+            for linear in (attn.qkv_proj, attn.out_proj, ffn.fc1, ffn.fc2):
+                weight = _quantized(linear)
+                self.tensors += [weight.codes, weight.scales, weight.offsets]
+                self.group_sizes.append(weight.group_size)
+        self.tensors.append(_norm(final_norm, eps))
+        if rotary.inv_freq.dtype != torch.float32 or rotary.head_dim != attention.d_k:
+            raise ValueError("not rotary positions in float32")
+        self.inv_freq = rotary.inv_freq
+        self.states = [tensor_state(t) for t in self._all()]
+
+    def _all(self) -> list[torch.Tensor]:
+        return [t for t in (*self.tensors, self.inv_freq) if t is not None]
+
+    def is_current(self, layers: nn.ModuleList, final_norm: nn.Module, rotary: nn.Module) -> bool:
+        try:
+            now = _Weights(layers, final_norm, rotary)
+        except (ValueError, AttributeError, TypeError):
+            return False
+        return all(a is b for a, b in zip(now._all(), self._all(), strict=True)) and now.states == self.states
+
+
+def _quantized(linear: nn.Module):
+    """The quantized weight of a ``Linear`` the kernel takes (no bias, float32 scales), else a ValueError."""
+    weight = getattr(linear, "quantized", None)
+    if weight is None or linear.bias is not None or weight.scales.dtype != torch.float32:
+        raise ValueError("not a quantized matrix without bias")
+    if weight.in_features % 32 or weight.group_size % 32 or not weight.codes.is_contiguous():
+        raise ValueError("not a layout the kernel takes")
+    return weight
+
+
+def _norm(norm: nn.Module, eps: float) -> torch.Tensor:
+    """γ of an RMSNorm with this ε, float32 and contiguous on the CPU, else a ValueError."""
+    weight = norm.weight if isinstance(norm, RMSNorm) and norm.eps == eps else None
+    if weight is None or weight.dtype != torch.float32 or not weight.is_contiguous() or weight.device.type != "cpu":
+        raise ValueError("not a float32 RMSNorm")
+    return weight
+
+
+_gathered: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layers -> their _Weights, or False
+_of_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a cache's storage -> its steps' _Weights
+
+
+def _weights(model: nn.Module) -> _Weights | None:
+    layers, final_norm, rotary = model.layers, model.final_norm, model.rotary
+    kept = _gathered.get(layers)
+    if kept and kept.is_current(layers, final_norm, rotary):
+        return kept
+    try:
+        weights = _Weights(layers, final_norm, rotary)
+    except (ValueError, AttributeError, TypeError):  # not this kind of decoder: the modules serve it
+        weights = None
+    _gathered[layers] = weights or False
+    return weights
+
+
+def takes(model: nn.Module) -> bool:
+    """Whether ``step`` serves ``model`` at all: the operator works here and the model is its kind."""
+    if getattr(model, "rotary", None) is None or model.training or not kernel_works("quantized_decoder_step"):
+        return False
+    return _weights(model) is not None
+
+
+def _rows(cache: KVCache | SlotView, batch: int, attention_mask: torch.Tensor | None) -> tuple | None:
+    """``(positions (3, batch): write_at, first, rotary_at; the cache's storage; the rows' first index in it)``, or
+    None where the rows are not sequences the step takes: a ``KVCache`` whose rows may start with padding
+    (``attention_mask`` ``[0 … 0 1 … 1]``), or a ``SlotView`` with its own mask (``view.attention_mask(1)``)."""
+    if isinstance(cache, KVCache):
+        storage, start, length = cache, 0, cache.length
+        write_at = torch.full((batch,), length, dtype=torch.long)
+        first = torch.zeros(batch, dtype=torch.long)
+        if attention_mask is not None:  # left padding: each row's real tokens start at its first 1
+            mask = attention_mask.to("cpu", torch.long)
+            first = mask.argmax(-1)
+            if not torch.equal(mask.sum(-1), length + 1 - first):
+                return None
+    elif isinstance(cache, SlotView):
+        storage, start = cache.slots, cache.start
+        write_at = torch.tensor(cache.row_lengths, dtype=torch.long)
+        first = torch.zeros(batch, dtype=torch.long)
+        if attention_mask is not None and not torch.equal(attention_mask.cpu().long(), cache.attention_mask(1).cpu()):
+            return None
+    else:
+        return None
+    keys = storage.keys
+    if keys.dtype != torch.float32 or keys.device.type != "cpu" or not keys.is_contiguous():
+        return None
+    if keys.size(1) - start < batch or int(write_at.max()) >= storage.max_length:
+        return None
+    return torch.stack((write_at, first, write_at - first)), storage, start
+
+
+def step(model: nn.Module, ids: torch.Tensor, cache, attention_mask: torch.Tensor | None = None):
+    """Logits ``(batch, 1, vocab_size)`` for one new token per row, the cache advanced; the same as the modules give
+    (tested step by step), or None where the fused step does not take these rows, and nothing is changed."""
+    if ids.dim() != 2 or ids.size(1) != 1 or torch.is_grad_enabled() or cache is None:
+        return None
+    storage = cache.slots if isinstance(cache, SlotView) else cache
+    if not isinstance(storage, KVCache | SlotCache) or cache.length + 1 > model.config.max_seq_length:
+        return None
+    check_token_ids(ids, model.config.vocab_size, None)
+    weights = _of_cache.get(storage)
+    if weights is None:  # the first step with this cache: gathered (or checked) once per generate call, or per server
+        weights = _weights(model) if takes(model) else None
+        _of_cache[storage] = weights or False
+    if not weights:  # a model the step does not take: known after one look, nothing more per step
+        return None
+    rows = _rows(cache, ids.size(0), attention_mask)
+    if rows is None:
+        return None
+    positions, storage, start = rows
+    x = model.embedding(ids)
+    if x.dtype != torch.float32:
+        return None
+    hidden = decoder.decode_step(
+        x, weights.tensors, weights.group_sizes, weights.inv_freq, storage.keys, storage.values, positions, start,
+        weights.heads, weights.kv_heads, weights.eps, weights.scale,
+    )  # fmt: skip
+    cache.advance(1)
+    return model.lm_head(hidden)

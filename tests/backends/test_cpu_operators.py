@@ -1,0 +1,79 @@
+"""glassformer's CPU operators (``torch.ops.glassformer``, built by ``glassformer.backends.cpu.extension``): their
+registrations checked by ``torch.library.opcheck`` (schema, fake tensors for torch.compile, autograd registration),
+a quantized model compiled whole with ``torch.compile``, the decoding step against its reference in torch
+operations, and a build that cannot happen reported in one line."""
+
+import pytest
+import torch
+
+from glassformer.backends.cpu import decoder, extension
+from glassformer.backends.cpu.quantized import probe_weight
+from glassformer.backends.kernels import kernel_status, kernel_works
+from glassformer.nn.linear import Linear
+from glassformer.nn.quantization import quantized_linear_reference
+
+pytestmark = [
+    pytest.mark.cpu_class,  # built for the CPU class
+    pytest.mark.skipif(
+        not kernel_works("quantized_native_int4"),
+        reason=f"glassformer's CPU operators are not available here: {kernel_status('quantized_native_int4')}",
+    ),
+]
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+def test_the_quantized_product_passes_opcheck(kind):
+    codes, scales, offsets, _ = probe_weight(kind, 48, 64, 32)
+    for x, bias in ((torch.randn(3, 64), torch.randn(48)), (torch.randn(2, 5, 64), None)):
+        torch.library.opcheck(torch.ops.glassformer.quantized_linear.default, (x, codes, scales, offsets, bias, 32))
+
+
+def test_the_decoding_step_passes_opcheck_and_equals_its_reference():
+    arguments = decoder.probe_arguments()
+    x = torch.randn(2, 1, 64)
+    positions = torch.tensor([[0, 0], [0, 0], [0, 0]])
+    operands = (x, *arguments[:3], arguments[3].clone(), arguments[4].clone(), positions, 0, 4, 2, 1e-5, 0.25)
+    torch.library.opcheck(torch.ops.glassformer.decode_step.default, operands)
+    theirs = [*arguments[:3], arguments[3].clone(), arguments[4].clone()]
+    for position in range(5):  # two rows of their own lengths: the second starts one position later
+        positions = torch.tensor([[position, position], [0, min(1, position)], [position, position - min(1, position)]])
+        ours = decoder.decode_step(x, *arguments, positions, 0, 4, 2, 1e-5, 0.25)
+        expected = decoder.reference_step(x, *theirs, positions, 0, 4, 2, 1e-5, 0.25)
+        torch.testing.assert_close(ours, expected, atol=1e-3 * float(expected.abs().max()), rtol=0)
+        x = torch.randn(2, 1, 64)
+    torch.testing.assert_close(arguments[3], theirs[3], atol=1e-3, rtol=0)
+
+
+def test_bad_operands_are_one_line_errors():
+    codes, scales, offsets, _ = probe_weight("int4", 48, 64, 32)
+    with pytest.raises(RuntimeError, match="x has 32 features, the weight takes 64"):
+        torch.ops.glassformer.quantized_linear(torch.randn(2, 32), codes, scales, offsets, None, 32)
+    with pytest.raises(RuntimeError, match="int4 codes need offsets"):
+        torch.ops.glassformer.quantized_linear(torch.randn(2, 64), codes, scales, None, None, 32)
+
+
+def test_a_quantized_layer_compiles_whole():
+    """The operator has a fake implementation, so torch.compile traces through it without a graph break."""
+    layer = Linear(64, 48, activation="silu").eval()
+    layer.quantize("int4", 32)
+    x = torch.randn(3, 64)
+    with torch.no_grad():
+        compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+        expected = torch.nn.functional.silu(quantized_linear_reference(x, layer.quantized, layer.bias))
+        torch.testing.assert_close(compiled(x), expected, atol=1e-3 * float(expected.abs().max()), rtol=0)
+
+
+def test_a_build_that_fails_says_why(monkeypatch, tmp_path):
+    """A compiler that is not there: no operators, the reason in one line (``glassformer env`` prints it)."""
+    monkeypatch.setenv("GLASSFORMER_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    monkeypatch.setattr(extension, "FLAG_SETS", ([],))
+    extension.load.cache_clear()
+    try:
+        assert not extension.load()
+        assert extension.why_not[-1].startswith("could not build csrc/ops.cpp")
+        assert "not built (could not build" in extension.describe()
+    finally:
+        extension.load.cache_clear()
+        monkeypatch.undo()
+        assert extension.load()
