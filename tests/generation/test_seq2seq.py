@@ -121,6 +121,7 @@ def test_beam_of_one_is_greedy():
     assert translate_ids(model, src, num_beams=1) == translate_ids(model, src, num_beams=1, length_penalty=2.0)
     from glassformer.generation import search
     from glassformer.generation.config import GenerationConfig
+    from glassformer.generation.sampler import Sampling
     from glassformer.generation.step import choose_step
 
     # beam search with one beam keeps the single best continuation at every step, as greedy does
@@ -128,7 +129,7 @@ def test_beam_of_one_is_greedy():
     start = torch.full((4, 1), BOS)
     greedy = generate(decoder, start, max_length=20, eos_token_id=EOS, pad_token_id=PAD)
     config = GenerationConfig(num_beams=1, eos_token_id=EOS, pad_token_id=PAD)
-    beam = search.beam_search(decoder, choose_step(decoder), start, None, config, 20, [])
+    beam = search.beam_search(decoder, choose_step(decoder), start, None, config, 20, Sampling.of([config] * 4))
 
     def cut(row):
         return row[: row.index(EOS) + 1] if EOS in row else row

@@ -8,6 +8,7 @@ import pytest
 import torch
 from equivalence import PRECISIONS, assert_same_greedy_tokens, in_precision, next_scores
 
+from glassformer.backends import kernels
 from glassformer.serving.scheduler import Overloaded, Request, Scheduler
 
 
@@ -95,6 +96,18 @@ def test_sampling_is_per_request_and_reproducible_with_a_seed(tiny_lm, scheduler
     assert runs[0] == runs[1] and runs[0][0] != runs[0][1]
 
 
+def test_a_seeded_request_samples_what_generate_samples_alone(tiny_lm, scheduler):
+    """One sampler for both: a seeded request, decoded beside others (greedy and sampled), draws from its own
+    generator the tokens ``generate`` draws with the same seed and settings."""
+    model, tokenizer = tiny_lm
+    others = [submit(scheduler, tokenizer, p, 12, temperature=t) for p, t in (("a bird", 0.0), ("the mat", 0.9))]
+    request, collector = submit(scheduler, tokenizer, "the cat", 12, temperature=0.8, top_p=0.9, seed=11)
+    assert collector.done.wait(30) and all(c.done.wait(30) for _, c in others)
+    ids = torch.tensor([tokenizer.encode("the cat")])
+    alone = model.generate(ids, max_new_tokens=12, do_sample=True, temperature=0.8, top_p=0.9, seed=11)
+    assert collector.text == tokenizer.decode(alone[0, ids.size(1) :].tolist(), skip_special_tokens=True)
+
+
 def test_a_stop_string_ends_the_request_without_it(tiny_lm, scheduler):
     model, tokenizer = tiny_lm
     full = greedy_text(model, tokenizer, "the dog", 20)
@@ -130,12 +143,11 @@ def test_the_queue_is_bounded(tiny_lm):
 
 def test_a_quantized_model_s_batched_steps_give_each_request_its_greedy_tokens(tiny_lm, monkeypatch, fused_steps):
     """int4 weights: the scheduler's steps over slots of different lengths run the fused decoding step
-    (glassformer.nn.fused_decoder) where it is available, and every request still gets the tokens the modules give
-    it alone."""
+    (glassformer.generation.fused_step) where it is available, and every request still gets the tokens the modules
+    give it alone."""
     import copy
 
-    import glassformer.models.gpt as gpt_module
-    from glassformer import runtime
+    from glassformer.generation import fused_step
 
     model, tokenizer = tiny_lm
     model = copy.deepcopy(model).quantize("int4")
@@ -150,8 +162,8 @@ def test_a_quantized_model_s_batched_steps_give_each_request_its_greedy_tokens(t
         assert all(c.done.wait(30) for c in collectors)
     finally:
         s.stop()
-    if runtime.kernel_works("quantized_decoder_step"):
+    if kernels.kernel_works("quantized_decoder_step"):
         assert fused_steps and all(fused_steps)
-    monkeypatch.setattr(gpt_module, "decode_step", lambda *args: None)  # the modules alone
+    monkeypatch.setattr(fused_step, "step", lambda *args: None)  # the modules alone
     for prompt, n, c in zip(prompts, lengths, collectors, strict=True):
         assert c.text == greedy_text(model, tokenizer, prompt, n), prompt

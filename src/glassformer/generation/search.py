@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from glassformer import runtime
-from glassformer.generation.config import GenerationConfig
-from glassformer.generation.processors import LogitsProcessor, apply_processors, build_processors
-from glassformer.generation.step import DecodingStep, choose_step
 from glassformer.backends.cpu.onednn import min_packed_rows
+from glassformer.generation import sampler
+from glassformer.generation.config import GenerationConfig
+from glassformer.generation.processors import build_processors
+from glassformer.generation.sampler import Sampling
+from glassformer.generation.step import DecodingStep, choose_step
 from glassformer.nn.linear import packed_weights
 
 NEG = -1.0e9  # a score no real candidate reaches; used to rank candidates out, never added to attention logits
@@ -68,36 +70,18 @@ def generate(
             )
         # no padding: decode without a mask (the model's cheaper unmasked path)
         attention_mask = None if bool(attention_mask.all()) else attention_mask.to(device).long()
-    processors = build_processors(config, prompt_length)
     step = choose_step(model)  # the modules, or the fused CPU step where the model takes it (generation.step)
     if pack_weights is None:
         pack_weights = device.type == "cpu" and input_ids.size(0) * config.num_beams >= min_packed_rows()
     with packed_weights(model) if pack_weights else nullcontext():
-        if config.num_beams > 1:
-            return beam_search(model, step, input_ids, attention_mask, config, max_length, processors)
         generator = None
         if config.seed is not None:
             generator = torch.Generator(device=device).manual_seed(config.seed)
-        return greedy_or_sample(
-            model, step, input_ids, attention_mask, config, max_length, processors, generator, on_tokens
-        )
-
-
-def check_scores(scores: torch.Tensor, rows: torch.Tensor | None = None) -> None:
-    """Refuse to pick a token when the model produced NaN, or when the options ban every token of a row
-    (``rows``: the rows that still need one): argmax would silently return token 0."""
-    nan = torch.isnan(scores).any(-1)
-    banned = torch.isneginf(scores).all(-1)
-    bad = nan | banned if rows is None else (nan | banned) & rows
-    if bool(bad.any()):
-        if bool(nan.any()):
-            raise FloatingPointError(
-                "the model produced NaN scores; its weights are damaged or the precision overflowed — try fp32"
-            )
-        raise ValueError(
-            "no token is allowed: the generation options (min_new_tokens, no_repeat_ngram_size, top_k, top_p, ...) "
-            "ban every token; relax them"
-        )
+        rows = input_ids.size(0) * config.num_beams
+        sampling = Sampling.of([config] * rows, [generator] * rows, build_processors(config, prompt_length), device)
+        if config.num_beams > 1:
+            return beam_search(model, step, input_ids, attention_mask, config, max_length, sampling)
+        return greedy_or_sample(model, step, input_ids, attention_mask, config, max_length, sampling, on_tokens)
 
 
 def greedy_or_sample(
@@ -107,33 +91,28 @@ def greedy_or_sample(
     attention_mask: torch.Tensor | None,
     config: GenerationConfig,
     max_length: int,
-    processors: list[LogitsProcessor],
-    generator: torch.Generator | None,
+    sampling: Sampling,
     on_tokens: Callable[[torch.Tensor], None] | None,
 ) -> torch.Tensor:
-    """One token per step: the argmax of the processed scores, or (``config.do_sample``) a draw from their
-    softmax."""
+    """One token per step from the batched sampler: the argmax of the scores, or (``config.do_sample``) a draw from
+    their softmax."""
     batch = input_ids.size(0)
     cache = model.make_cache(batch, max_length) if config.use_cache else None
     ids = input_ids
-    unfinished = torch.ones(batch, dtype=torch.bool, device=ids.device)
+    unfinished = [True] * batch  # on the host: the sampler's tokens come back as a list, once per step
     logits = step(ids, attention_mask, cache)
     while True:
-        scores = apply_processors(processors, ids, logits)
-        check_scores(scores, unfinished)
-        if config.do_sample:
-            next_tokens = torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(1)
-        else:
-            next_tokens = scores.argmax(-1)
-        next_tokens = torch.where(unfinished, next_tokens, config.fill_token_id)
+        rows = torch.tensor(unfinished, device=ids.device)
+        tokens = sampler.choose(sampler.scores(logits, ids, sampling), sampling, rows)
+        tokens = [t if alive else config.fill_token_id for t, alive in zip(tokens, unfinished, strict=True)]
+        next_tokens = torch.tensor(tokens, device=ids.device)
         ids = torch.cat([ids, next_tokens[:, None]], dim=1)
         if attention_mask is not None:
             attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=1)
         if on_tokens is not None:
             on_tokens(next_tokens)
-        if config.eos_token_id is not None:
-            unfinished &= next_tokens != config.eos_token_id
-        if not unfinished.any() or ids.size(1) >= max_length:
+        unfinished = [alive and t != config.eos_token_id for t, alive in zip(tokens, unfinished, strict=True)]
+        if not any(unfinished) or ids.size(1) >= max_length:
             return ids
         step_ids = next_tokens[:, None] if config.use_cache else ids
         logits = step(step_ids, attention_mask, cache)
@@ -146,7 +125,7 @@ def beam_search(
     attention_mask: torch.Tensor | None,
     config: GenerationConfig,
     max_length: int,
-    processors: list[LogitsProcessor],
+    sampling: Sampling,
 ) -> torch.Tensor:
     """Keep the ``num_beams`` best partial sequences by total log-probability; collect finished ones (EOS or
     ``max_length``) scored by total / generated_length^length_penalty; return each input's best finished one.
@@ -179,9 +158,10 @@ def beam_search(
     logits = step(input_ids.repeat_interleave(num_beams, dim=0), flat_mask, cache)
     length = prompt_length
     while True:
-        log_probs = apply_processors(processors, running[:, :, :length].flatten(0, 1), F.log_softmax(logits, -1))
+        history = running[:, :, :length].flatten(0, 1)
+        log_probs = sampler.scores(F.log_softmax(logits, -1), history, sampling)  # the sampler's candidate scores
         vocab = log_probs.size(-1)
-        check_scores(log_probs.view(batch, -1))
+        sampler.check(log_probs.view(batch, -1))
         total = (log_probs.view(batch, num_beams, vocab) + running_scores[..., None]).view(batch, -1)
         top_scores, top_index = total.topk(candidates_per_step)  # (batch, 2 · beams)
         parent, token = top_index // vocab, top_index % vocab

@@ -9,7 +9,8 @@ Between two decoding steps the loop admits waiting requests into free slots (eac
 its slot of a ``SlotCache``), drops the ones cancelled (a client gone) or past their deadline, and runs one step
 for all the others: a batch of the consecutive slots ``lo:hi`` that hold them, each row masked to its own
 positions, so requests of any lengths decode together and leave as soon as they are done. Every request keeps
-its own sampling settings (temperature, top-p, seed) and stop conditions (end of sequence, stop strings,
+its own sampling settings (temperature, top-p, seed: a row of the batched sampler, ``glassformer.generation.sampler``,
+which picks every row's token in one pass) and stop conditions (end of sequence, stop strings,
 ``max_tokens``, the context). Memory is fixed when the server starts: the cache holds ``max_batch`` slots of
 ``max_context`` positions.
 
@@ -30,9 +31,9 @@ from contextlib import nullcontext
 import torch
 
 from glassformer import runtime
+from glassformer.generation import sampler
 from glassformer.generation.config import GenerationConfig
-from glassformer.generation.processors import apply_processors, build_processors
-from glassformer.generation.search import check_scores
+from glassformer.generation.sampler import Sampling
 from glassformer.generation.step import choose_step
 from glassformer.generation.text_stream import TextStream
 from glassformer.nn.linear import packed_weights
@@ -75,8 +76,7 @@ class Request:
     cancelled: bool = False
     deadline: float = float("inf")
     text: TextStream | None = None
-    generator: torch.Generator | None = None
-    processors: list = dataclasses.field(default_factory=list)
+    sampling: Sampling | None = None  # this request's row of the batched sampler
 
 
 @dataclasses.dataclass
@@ -141,15 +141,16 @@ class Scheduler:
             )
         request.text = TextStream(self.tokenizer, request.stop)
         request.deadline = time.monotonic() + request.timeout if request.timeout else float("inf")
-        if request.temperature > 0:
-            request.generator = torch.Generator(device=self.device)
+        config = GenerationConfig(do_sample=request.temperature > 0, temperature=request.temperature or 1.0,
+                                  top_p=request.top_p, seed=request.seed)  # fmt: skip
+        generator = None
+        if config.do_sample:  # its own generator: its draws never depend on the other requests
+            generator = torch.Generator(device=self.device)
             if request.seed is not None:
-                request.generator.manual_seed(request.seed)
+                generator.manual_seed(request.seed)
             else:
-                request.generator.seed()
-            request.processors = build_processors(
-                GenerationConfig(do_sample=True, temperature=request.temperature, top_p=request.top_p)
-            )
+                generator.seed()
+        request.sampling = Sampling.of([config], [generator], device=self.device)
         with self.condition:
             if len(self.queue) >= self.max_queue:
                 self.counters.rejected += 1
@@ -250,7 +251,8 @@ class Scheduler:
         view = self.cache.view(request.slot, request.slot + 1)
         ids = torch.tensor([request.prompt], device=self.device)
         logits = self.model(ids, cache=view, last_token_only=True)[:, -1].float()
-        self._next_token(request, logits)
+        (token,) = sampler.choose(sampler.scores(logits, None, request.sampling), request.sampling)
+        self._emit(request, token)
 
     def _decode_step(self) -> None:
         """One token for every running request: the slots ``lo:hi`` as one batch (a free slot inside rides
@@ -262,21 +264,16 @@ class Scheduler:
         ids = torch.tensor([[r.tokens[-1] if r is not None else 0] for r in rows], device=self.device)
         logits = self.step(ids, view.attention_mask(1), view)  # (rows, vocab)
         self.counters.steps += 1
-        for row, request in enumerate(rows):
-            if request is not None:
-                self._next_token(request, logits[row : row + 1])
+        active = [row for row, request in enumerate(rows) if request is not None]
+        requests = [rows[row] for row in active]
+        sampling = Sampling.stack([r.sampling for r in requests])
+        logits = logits if len(active) == len(rows) else logits[active]
+        tokens = sampler.choose(sampler.scores(logits, None, sampling), sampling)  # the step's one read-back
+        for request, token in zip(requests, tokens, strict=True):
+            self._emit(request, token)
 
-    def _next_token(self, request: Request, logits: torch.Tensor) -> None:
-        """Pick the request's next token from ``logits`` ``(1, vocab)``, send the text it settles, and end the
-        request if it is done."""
-        if request.temperature > 0:
-            history = torch.tensor([request.prompt + request.tokens], device=self.device)
-            scores = apply_processors(request.processors, history, logits)
-            check_scores(scores)
-            token = int(torch.multinomial(scores.softmax(-1), 1, generator=request.generator))
-        else:
-            check_scores(logits)
-            token = int(logits.argmax(-1))
+    def _emit(self, request: Request, token: int) -> None:
+        """Take the request's next token, send the text it settles, and end the request if it is done."""
         request.tokens.append(token)
         self.counters.generated_tokens += 1
         finish = None

@@ -1,0 +1,154 @@
+"""One batched sampler: the next token of every row in one pass, each row with its own settings, held as tensors.
+
+    scores   logits (batch, vocab), then for every search:
+             repetition penalty (CTRL, Keskar et al. 2019) on each token already in the row:
+                 s / p where s > 0, s · p where s < 0
+             the constraints of ``glassformer.generation.processors`` (no_repeat_ngram, min_new_tokens): -inf
+    greedy   rows with temperature 0:  argmax(scores)
+    sampled  the other rows:  s / T;  top-k: keep the k highest (ties kept);  top-p (Holtzman et al. 2019): keep the
+             smallest set of most likely tokens whose mass reaches p (at least one);  then a draw from the softmax by
+             the exponential race: argmax_i p_i / E_i with E_i ~ Exp(1), which picks i with probability p_i (the same
+             distribution as ``torch.multinomial``). A row with its own generator (a seed) draws its E from it alone,
+             so its tokens never depend on the other rows of the batch.
+
+``generate`` (greedy and sampling), beam search's candidate step (``scores`` only: its own top-2k follows) and the
+server's batched step all call this. Each step reads back one small tensor — the tokens with two flags — so there
+is one host sync per step: ``choose`` refuses NaN scores and rows whose every token is banned in one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+
+from glassformer.generation.config import GenerationConfig
+from glassformer.generation.processors import LogitsProcessor, apply_processors
+
+
+@dataclasses.dataclass
+class Sampling:
+    """Per-row settings ``(batch,)``: ``temperature`` (0: greedy), ``top_k`` (0: every token), ``top_p`` (1: every
+    token), ``repetition_penalty`` (1: none), and each row's ``generators`` (None: torch's default generator)."""
+
+    temperature: torch.Tensor
+    top_k: torch.Tensor
+    top_p: torch.Tensor
+    repetition_penalty: torch.Tensor
+    generators: list[torch.Generator | None]
+    constraints: list[LogitsProcessor] = dataclasses.field(default_factory=list)  # the same for every row
+
+    @classmethod
+    def of(
+        cls,
+        configs: Sequence[GenerationConfig],
+        generators: Sequence[torch.Generator | None] | None = None,
+        constraints: list[LogitsProcessor] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> Sampling:
+        """The settings of one ``GenerationConfig`` per row (``do_sample`` False: greedy)."""
+
+        def column(value, off, dtype):  # a row that does not sample gets the value that changes nothing
+            return torch.tensor([value(c) if c.do_sample else off for c in configs], dtype=dtype, device=device)
+
+        return cls(
+            temperature=column(lambda c: c.temperature, 0.0, torch.float32),
+            top_k=column(lambda c: c.top_k or 0, 0, torch.long),
+            top_p=column(lambda c: 1.0 if c.top_p is None else c.top_p, 1.0, torch.float32),
+            repetition_penalty=torch.tensor([c.repetition_penalty for c in configs], device=device),
+            generators=list(generators) if generators is not None else [None] * len(configs),
+            constraints=constraints or [],
+        )
+
+    def __post_init__(self) -> None:  # what the host knows without reading a tensor back
+        self.sampled_rows = [i for i, t in enumerate(self.temperature.tolist()) if t > 0]
+        self.penalized = bool((self.repetition_penalty != 1).any())
+        self.filtered = bool(((self.top_k > 0) | (self.top_p < 1)).any())
+
+    @classmethod
+    def stack(cls, parts: Sequence[Sampling]) -> Sampling:
+        """The rows of several settings, one after another (the server's running requests, one each); their
+        constraints must be the same."""
+        return cls(*(torch.cat([getattr(p, name) for p in parts]) for name in ("temperature", "top_k", "top_p",
+                   "repetition_penalty")), [g for p in parts for g in p.generators], parts[0].constraints)  # fmt: skip
+
+    def rows(self, index: Sequence[int]) -> Sampling:
+        """The settings of some rows (the server's running requests)."""
+        i = torch.tensor(list(index), dtype=torch.long, device=self.temperature.device)
+        return Sampling(self.temperature[i], self.top_k[i], self.top_p[i], self.repetition_penalty[i],
+                        [self.generators[j] for j in index], self.constraints)  # fmt: skip
+
+
+def scores(logits: torch.Tensor, history: torch.Tensor | None, sampling: Sampling) -> torch.Tensor:
+    """The penalized and constrained scores ``(batch, vocab)`` in float32. ``history`` ``(batch, seq)``: each row's
+    tokens so far (prompt included; a padding token counts as seen, as in ``transformers``); needed only for a
+    penalty or a constraint."""
+    scores = logits.float()
+    if sampling.penalized:
+        penalty = sampling.repetition_penalty[:, None]
+        seen = scores.gather(1, history)
+        scores = scores.scatter(1, history, torch.where(seen < 0, seen * penalty, seen / penalty))
+    return apply_processors(sampling.constraints, history, scores)
+
+
+def choose(scores: torch.Tensor, sampling: Sampling, unfinished: torch.Tensor | None = None) -> list[int]:
+    """The next token of every row, as a list (the step's one read-back). ``unfinished`` ``(batch,)``: rows that
+    still need a token (a finished row's scores are not checked)."""
+    tokens = scores.argmax(-1)
+    if sampling.sampled_rows:
+        rows = torch.tensor(sampling.sampled_rows, device=scores.device)
+        drawn = _draw(scores[rows], sampling.rows(sampling.sampled_rows))
+        tokens = tokens.index_copy(0, rows, drawn)
+    nan, banned = torch.isnan(scores).any(-1), torch.isneginf(scores).all(-1)
+    if unfinished is not None:
+        nan, banned = nan & unfinished, banned & unfinished
+    *tokens, any_nan, any_banned = torch.cat((tokens, nan.any()[None], banned.any()[None])).tolist()
+    if any_nan:
+        raise FloatingPointError(
+            "the model produced NaN scores; its weights are damaged or the precision overflowed — try fp32"
+        )
+    if any_banned:
+        raise ValueError(
+            "no token is allowed: the generation options (min_new_tokens, no_repeat_ngram_size, top_k, top_p, ...) "
+            "ban every token; relax them"
+        )
+    return tokens
+
+
+def check(scores: torch.Tensor) -> None:
+    """``choose``'s refusals without choosing (beam search, which ranks candidates itself)."""
+    choose(scores, Sampling.of([GenerationConfig()] * scores.size(0), device=scores.device))
+
+
+def filtered(scores: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """``scores / T`` with what top-k and then top-p drop set to -inf, row by row (``(batch, vocab)``; a greedy
+    row's scores are left as they are)."""
+    temperature = sampling.temperature
+    scores = scores / torch.where(temperature > 0, temperature, 1.0)[:, None]
+    if not sampling.filtered:
+        return scores
+    top_k, top_p = sampling.top_k, sampling.top_p
+    vocab = scores.size(-1)
+    ascending, order = scores.sort(-1)
+    k = torch.where(top_k > 0, top_k.clamp(max=vocab), vocab)
+    kth = ascending.gather(1, (vocab - k)[:, None])  # the k-th highest score
+    ascending = ascending.masked_fill(ascending < kth, float("-inf"))
+    # the low tail whose total mass is at most 1 - p, never the most likely token
+    drop = ascending.softmax(-1).cumsum(-1) <= (1 - top_p)[:, None]
+    drop[:, -1] = False
+    drop = drop.scatter(1, order, drop) | (scores < kth)
+    return scores.masked_fill(drop, float("-inf"))
+
+
+def _draw(scores: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """One token per row from softmax(filtered scores), by the exponential race."""
+    probs = filtered(scores, sampling).softmax(-1)
+    race = torch.empty_like(probs)
+    shared = [i for i, g in enumerate(sampling.generators) if g is None]
+    if shared:  # rows without a seed: one draw from torch's default generator
+        race[shared] = torch.empty(len(shared), probs.size(-1), device=probs.device).exponential_()
+    for i, generator in enumerate(sampling.generators):
+        if generator is not None:  # a seeded row: its own draw
+            race[i].exponential_(generator=generator)
+    return (probs / race).argmax(-1)
