@@ -31,14 +31,9 @@ from glassformer.options import check_options
 from glassformer.pipelines.text_classifier import TextClassifier
 from glassformer.tokenizer import Tokenizer
 from glassformer.training import distributed
-from glassformer.training.loop import TrainConfig, Trainer
-from glassformer.training.run_directory import (
-    RunDirectory,
-    check_data_fingerprint,
-    data_fingerprint,
-    read_run_record,
-    write_json_atomically,
-)
+from glassformer.training.loop import TrainConfig
+from glassformer.training.run_directory import check_data_fingerprint, read_run_record
+from glassformer.training.train import train as run_training
 
 RUN_FILE = "classification.json"
 SORT_CHUNK = 50  # batches per length-sorted chunk
@@ -204,6 +199,93 @@ def classification_scores(logits: torch.Tensor, labels: torch.Tensor, prefix: st
     }
 
 
+@dataclasses.dataclass
+class ClassifierRun:
+    """A fine-tuning run (``glassformer.training.train``'s spec): a pretrained BERT-style encoder (``init``) with a
+    new classification head on labelled texts, for ``epochs`` passes; warm-up is a fraction of all steps, and the
+    run is evaluated ``evals_per_epoch`` times an epoch, keeping the best accuracy."""
+
+    data: LabelledData | None = None
+    init: str = "minilm"
+    pooling: str = "mean"
+    num_labels: int | None = None
+    epochs: float = 4.0
+    batch_size: int = 32
+    max_length: int = 128
+    dropout: float = 0.1
+    warmup: float = 0.06
+    evals_per_epoch: int = 2
+    layer_decay: float = 1.0
+    kind, run_file = "classification", RUN_FILE
+
+    def __post_init__(self) -> None:  # before any work: one line naming the bad option
+        check_options(
+            num_labels=self.num_labels, epochs=self.epochs, batch_size=self.batch_size, max_length=self.max_length,
+            dropout=self.dropout, warmup=self.warmup, evals_per_epoch=self.evals_per_epoch,
+            layer_decay=self.layer_decay,
+        )  # fmt: skip
+        if self.pooling not in ("mean", "pooler"):
+            raise ValueError(f"unknown pooling {self.pooling!r}; choose 'mean' or 'pooler'")
+        self.data = self.data or LabelledData()
+
+    def default_config(self) -> TrainConfig:
+        return classification_train_config()
+
+    def data_path(self) -> str | None:
+        return self.data.data
+
+    def restore(self, record: dict) -> None:
+        self.data, self.max_length = LabelledData(**record["data"]), record["max_length"]
+        self.batch_size, self.layer_decay = record["batch_size"], record.get("layer_decay", self.layer_decay)
+
+    def build(self, out: Path, resume: bool, world, config: TrainConfig) -> tuple[ClassificationTask, TrainConfig]:
+        distributed.check_divisible("batch_size", self.batch_size, world)
+        splits = self.data.load()
+        if resume:
+            model = BertForSequenceClassification.from_pretrained(out / "last")
+            tokenizer = Tokenizer.from_pretrained(out / "last")
+        else:
+            names = label_names(splits["train"] + splits["valid"] + splits["test"], self.num_labels)
+            directory = resolve_model_dir(self.init)
+            torch.manual_seed(config.seed)  # the new head's weights depend on the seed only
+            model = BertForSequenceClassification.from_pretrained(
+                directory, num_labels=len(names), labels=names, classifier_pooling=self.pooling,
+                dropout=self.dropout, attention_dropout=self.dropout, classifier_dropout=None,
+            )  # fmt: skip
+            tokenizer = Tokenizer.from_pretrained(directory)
+        if self.max_length > model.config.max_seq_length:
+            raise ValueError(
+                f"max_length={self.max_length} exceeds the model's {model.config.max_seq_length} positions"
+            )
+        classifier = TextClassifier(model, tokenizer, self.max_length)
+        task = ClassificationTask(
+            classifier, splits["train"], splits["valid"], self.batch_size, config.seed, self.layer_decay
+        )
+        steps = max(1, math.ceil(self.epochs * task.batches_per_epoch))
+        config = dataclasses.replace(
+            config,
+            max_steps=steps,
+            warmup_steps=max(1, round(self.warmup * steps)),
+            eval_every=max(task.batches_per_epoch // max(self.evals_per_epoch, 1), 1),
+            best_metric="valid_accuracy",
+        )
+        return task, config
+
+    def record(self, task: ClassificationTask) -> dict:
+        return {
+            "data": dataclasses.asdict(self.data), "init": str(self.init), "labels": task.model.config.label_names,
+            "max_length": self.max_length, "batch_size": self.batch_size, "epochs": self.epochs,
+            "layer_decay": self.layer_decay,
+        }  # fmt: skip
+
+    def summary(self, task: ClassificationTask) -> dict:
+        return {
+            "epochs": task.epoch + task.position / task.batches_per_epoch,
+            "train_texts": len(task.train_texts),
+            "parameters": sum(p.numel() for p in task.model.parameters()),
+        }
+
+
 def train_classifier(
     out: str | Path,
     data: LabelledData | None = None,
@@ -220,77 +302,13 @@ def train_classifier(
     train: TrainConfig | None = None,
     resume: bool = False,
 ) -> dict[str, Any]:
-    """Fine-tune a classifier into ``out``; returns the final step, validation metrics and model size.
-
-    ``train`` sets the optimizer and schedule; its ``max_steps``, ``warmup_steps`` and ``eval_every`` are derived
-    here from ``epochs``, the ``warmup`` fraction of all steps and ``evals_per_epoch``."""
-    out = Path(out)
-    check_options(
-        num_labels=num_labels, epochs=epochs, batch_size=batch_size, max_length=max_length, dropout=dropout,
-        warmup=warmup, evals_per_epoch=evals_per_epoch, layer_decay=layer_decay,
-    )  # fmt: skip
-    if pooling not in ("mean", "pooler"):
-        raise ValueError(f"unknown pooling {pooling!r}; choose 'mean' or 'pooler'")
-    with (
-        distributed.process_group((train or classification_train_config()).device) as world,
-        RunDirectory.open(out, "classification", resume, world) as run,
-    ):
-        resume = resume and run.resumable  # a run killed before its first checkpoint starts from the beginning
-        train = train or classification_train_config()
-        if resume:
-            record = read_run_record(out / RUN_FILE)
-            data, max_length, batch_size = LabelledData(**record["data"]), record["max_length"], record["batch_size"]
-            layer_decay = record.get("layer_decay", layer_decay)
-            check_data_fingerprint(record.get("data_sha256"), data.data)
-        distributed.check_divisible("batch_size", batch_size, world)
-        data = data or LabelledData()
-        splits = data.load()
-        if resume:
-            model = BertForSequenceClassification.from_pretrained(out / "last")
-            tokenizer = Tokenizer.from_pretrained(out / "last")
-        else:
-            names = label_names(splits["train"] + splits["valid"] + splits["test"], num_labels)
-            directory = resolve_model_dir(init)
-            torch.manual_seed(train.seed)  # the new head's weights depend on the seed only
-            model = BertForSequenceClassification.from_pretrained(
-                directory, num_labels=len(names), labels=names, classifier_pooling=pooling,
-                dropout=dropout, attention_dropout=dropout, classifier_dropout=None,
-            )  # fmt: skip
-            tokenizer = Tokenizer.from_pretrained(directory)
-        if max_length > model.config.max_seq_length:
-            raise ValueError(f"max_length={max_length} exceeds the model's {model.config.max_seq_length} positions")
-        task = ClassificationTask(
-            TextClassifier(model, tokenizer, max_length), splits["train"], splits["valid"], batch_size, train.seed,
-            layer_decay,
-        )  # fmt: skip
-        steps = max(1, math.ceil(epochs * task.batches_per_epoch))
-        train = dataclasses.replace(
-            train,
-            max_steps=steps,
-            warmup_steps=max(1, round(warmup * steps)),
-            eval_every=max(task.batches_per_epoch // max(evals_per_epoch, 1), 1),
-            best_metric="valid_accuracy",
-        )
-        if not resume:
-            record = {
-                "data": dataclasses.asdict(data),
-                "init": str(init),
-                "labels": model.config.label_names,
-                "max_length": max_length,
-                "batch_size": batch_size,
-                "epochs": epochs,
-                "layer_decay": layer_decay,
-                "data_sha256": data_fingerprint(data.data),
-            }
-            if run.owner:
-                write_json_atomically(out / RUN_FILE, record)
-        summary = Trainer(task, train, run).fit(resume=resume)
-        return {
-            **summary,
-            "epochs": task.epoch + task.position / task.batches_per_epoch,
-            "train_texts": len(task.train_texts),
-            "parameters": sum(p.numel() for p in model.parameters()),
-        }
+    """Fine-tune a classifier into ``out`` (the options are ``ClassifierRun``'s); returns the final step, validation
+    metrics and model size. ``train`` sets the optimizer and schedule; its ``max_steps``, ``warmup_steps`` and
+    ``eval_every`` are derived from ``epochs``, ``warmup`` and ``evals_per_epoch``."""
+    spec = ClassifierRun(
+        data, init, pooling, num_labels, epochs, batch_size, max_length, dropout, warmup, evals_per_epoch, layer_decay
+    )
+    return run_training(spec, train, out, resume)
 
 
 def classification_train_config(**overrides) -> TrainConfig:

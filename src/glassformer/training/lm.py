@@ -17,14 +17,8 @@ from glassformer.models.gpt import GPT, GPTConfig
 from glassformer.options import check_options
 from glassformer.tokenizer import GPT2_END_OF_TEXT, Tokenizer
 from glassformer.training import distributed
-from glassformer.training.loop import TrainConfig, Trainer
-from glassformer.training.run_directory import (
-    RunDirectory,
-    check_data_fingerprint,
-    data_fingerprint,
-    read_run_record,
-    write_json_atomically,
-)
+from glassformer.training.loop import TrainConfig
+from glassformer.training.train import train as run_training
 
 RUN_FILE = "language_model.json"  # where the data came from (path and sha256) and the batch size
 PRESETS = {  # GPT shapes for `train lm --preset`
@@ -107,6 +101,64 @@ def read_corpus(path: str | Path | None) -> tuple[str, str]:
     return text[:cut], text[cut:]
 
 
+@dataclasses.dataclass
+class LanguageModelRun:
+    """A language-model run (``glassformer.training.train``'s spec): a GPT (``architecture`` "gpt2": learned
+    positions, LayerNorm, GELU; "llama": ``GPTConfig.llama``, rotary, RMSNorm, SwiGLU) on a corpus (the bundled
+    Shakespeare when ``data`` is None), with a tokenizer trained on it."""
+
+    data: str | Path | None = None
+    tokenizer_kind: str = "char"
+    vocab_size: int = 2000
+    model_fields: dict | None = None
+    batch_size: int = 16
+    architecture: str = "gpt2"
+    kind, run_file = "language model", RUN_FILE
+
+    def __post_init__(self) -> None:  # before any work: one line naming the bad option
+        if self.architecture not in ("gpt2", "llama"):
+            raise ValueError(f"unknown architecture {self.architecture!r}; choose 'gpt2' or 'llama'")
+        check_options(vocab_size=self.vocab_size, batch_size=self.batch_size)
+
+    def default_config(self) -> TrainConfig:
+        return lm_train_config()
+
+    def data_path(self) -> str | None:
+        return None if self.data is None else str(Path(self.data).resolve())
+
+    def restore(self, record: dict) -> None:
+        if self.data is not None and record["data"] != self.data_path():
+            raise ValueError(f"this run was trained on {record['data']}; resume it without --data")
+        self.data, self.batch_size = record["data"], record.get("batch_size", self.batch_size)
+
+    def build(self, out: Path, resume: bool, world, config: TrainConfig) -> tuple[LanguageModelingTask, TrainConfig]:
+        distributed.check_divisible("batch_size", self.batch_size, world)
+        train_text, valid_text = read_corpus(self.data)
+        if resume:  # the trainer restores optimizer, RNG and step beside the weights
+            tokenizer, model = Tokenizer.from_pretrained(out / "last"), GPT.from_pretrained(out / "last")
+        else:
+            tokenizer = world.from_main(
+                lambda: Tokenizer.train([train_text], vocab_size=self.vocab_size, kind=self.tokenizer_kind)
+            )
+            eos = tokenizer.token_to_id(GPT2_END_OF_TEXT)
+            fields = {**PRESETS["small"], **(self.model_fields or {})}
+            make_config = GPTConfig.llama if self.architecture == "llama" else GPTConfig
+            model_config = make_config(
+                vocab_size=tokenizer.vocab_size, bos_token_id=eos, eos_token_id=eos, pad_token_id=None, **fields
+            )
+            torch.manual_seed(config.seed)  # the initial weights depend on the seed only
+            model = GPT(model_config)
+        ids = [torch.tensor(tokenizer.encode(text), dtype=torch.long) for text in (train_text, valid_text)]
+        return LanguageModelingTask(model, tokenizer, *ids, self.batch_size), config
+
+    def record(self, task: LanguageModelingTask) -> dict:
+        return {"data": self.data_path(), "batch_size": self.batch_size}
+
+    def summary(self, task: LanguageModelingTask) -> dict:
+        model = task.model
+        return {"parameters": sum(p.numel() for p in model.parameters()), "config": dataclasses.asdict(model.config)}
+
+
 def train_language_model(
     out: str | Path,
     data: str | Path | None = None,
@@ -118,52 +170,7 @@ def train_language_model(
     resume: bool = False,
     architecture: str = "gpt2",
 ) -> dict:
-    """Train a GPT on a corpus and write the run to ``out`` (``out/best`` and ``out/last`` hold model +
-    tokenizer). ``architecture`` "gpt2" (learned positions, LayerNorm, GELU) or "llama" (``GPTConfig.llama``:
-    rotary embeddings, RMSNorm, SwiGLU; ``model_fields`` may set ``num_kv_heads``). Returns the final validation
-    loss and perplexity."""
-    if architecture not in ("gpt2", "llama"):
-        raise ValueError(f"unknown architecture {architecture!r}; choose 'gpt2' or 'llama'")
-    check_options(vocab_size=vocab_size, batch_size=batch_size)
-    out = Path(out)
-    train = train or lm_train_config()
-    with (
-        distributed.process_group(train.device) as world,
-        RunDirectory.open(out, "language model", resume, world) as run,
-    ):
-        resume = resume and run.resumable  # a run killed before its first checkpoint starts from the beginning
-        if resume and (out / RUN_FILE).is_file():  # the data of the run being resumed (older runs: the data given)
-            record = read_run_record(out / RUN_FILE)
-            if data is not None and record["data"] != str(Path(data).resolve()):
-                raise ValueError(f"this run was trained on {record['data']}; resume it without --data")
-            data, batch_size = record["data"], record.get("batch_size", batch_size)
-            check_data_fingerprint(record.get("data_sha256"), data)
-        distributed.check_divisible("batch_size", batch_size, world)
-        train_text, valid_text = read_corpus(data)
-        if resume:
-            tokenizer = Tokenizer.from_pretrained(out / "last")
-            model = GPT.from_pretrained(out / "last")  # the trainer restores optimizer, RNG and step beside it
-        else:
-            tokenizer = world.from_main(
-                lambda: Tokenizer.train([train_text], vocab_size=vocab_size, kind=tokenizer_kind)
-            )
-            eos = tokenizer.token_to_id(GPT2_END_OF_TEXT)
-            fields = {**PRESETS["small"], **(model_fields or {})}
-            make_config = GPTConfig.llama if architecture == "llama" else GPTConfig
-            config = make_config(
-                vocab_size=tokenizer.vocab_size, bos_token_id=eos, eos_token_id=eos, pad_token_id=None, **fields
-            )
-            torch.manual_seed(train.seed)  # the initial weights depend on the seed only
-            model = GPT(config)
-            record = {"data": None if data is None else str(Path(data).resolve()), "batch_size": batch_size}
-            if run.owner:
-                write_json_atomically(out / RUN_FILE, {**record, "data_sha256": data_fingerprint(data)})
-        train_ids = torch.tensor(tokenizer.encode(train_text), dtype=torch.long)
-        valid_ids = torch.tensor(tokenizer.encode(valid_text), dtype=torch.long)
-        task = LanguageModelingTask(model, tokenizer, train_ids, valid_ids, batch_size)
-        summary = Trainer(task, train, run).fit(resume=resume)
-    return {
-        **summary,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "config": dataclasses.asdict(model.config),
-    }
+    """Train a GPT on a corpus into ``out`` (``out/best`` and ``out/last`` hold model + tokenizer; the options are
+    ``LanguageModelRun``'s); returns the final validation loss and perplexity, the model's size and config."""
+    spec = LanguageModelRun(data, tokenizer_kind, vocab_size, model_fields, batch_size, architecture)
+    return run_training(spec, train, out, resume)

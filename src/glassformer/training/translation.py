@@ -29,13 +29,7 @@ from glassformer.tokenizer import Tokenizer
 from glassformer.training import distributed
 from glassformer.training.loop import TrainConfig, Trainer
 from glassformer.training.losses import fused_label_smoothed_cross_entropy
-from glassformer.training.run_directory import (
-    RunDirectory,
-    check_data_fingerprint,
-    data_fingerprint,
-    read_run_record,
-    write_json_atomically,
-)
+from glassformer.training.train import train as run_training
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0, 1, 2, 3
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = range(4)
@@ -245,6 +239,94 @@ def choose_recipe(make_task: Callable[[str, int], TranslationTask], train: Train
     return preset, max_tokens, why
 
 
+@dataclasses.dataclass
+class TranslationRun:
+    """A translation run (``glassformer.training.train``'s spec): the encoder-decoder Transformer of ``preset``
+    (``PRESETS``, or ``auto``: ``AUTO_RECIPES`` timed on this machine, the one that fits ``max_minutes``, reported
+    through ``report``) and ``architecture`` (``ARCHITECTURES``) on ``data``, with BPE tokenizers trained on it;
+    batches of ``max_tokens`` padded tokens (4096, or the recipe's with ``auto``), label smoothing ε."""
+
+    data: DataSpec | None = None
+    preset: str = "small"
+    model_fields: dict[str, Any] | None = None
+    vocab_size: int = DEFAULT_VOCAB_SIZE
+    shared_vocab: bool = True
+    max_length: int = DEFAULT_MAX_LENGTH
+    max_tokens: int | None = None
+    label_smoothing: float = 0.1
+    architecture: str = "paper"
+    report: Callable[[str], None] | None = None
+    kind, run_file = "translation", RUN_FILE
+
+    def __post_init__(self) -> None:  # before any work: one line naming the bad option
+        check_options(vocab_size=self.vocab_size, max_length=self.max_length, max_tokens=self.max_tokens,
+                      label_smoothing=self.label_smoothing)  # fmt: skip
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+        if self.preset not in PRESETS and self.preset != "auto":
+            raise ValueError(f"unknown preset {self.preset!r}; choose one of auto, {', '.join(PRESETS)}")
+        self.data, self.recipe = self.data or DataSpec(), None
+
+    def default_config(self) -> TrainConfig:
+        return translation_train_config()
+
+    def data_path(self) -> str | None:
+        return self.data.data
+
+    def restore(self, record: dict[str, Any]) -> None:  # the data and batching of the run being resumed
+        self.data, self.max_tokens, self.preset = DataSpec(**record["data"]), record["max_tokens"], record["preset"]
+        self.label_smoothing = record.get("label_smoothing", self.label_smoothing)
+
+    def build(self, out: Path, resume: bool, world, config: TrainConfig) -> tuple[TranslationTask, TrainConfig]:
+        splits = self.data.load()
+        if resume:
+            tokenizers = load_tokenizers(out / "last")
+            self.max_length = read_json(out / "last" / "config.json", "checkpoint config")["max_seq_length"]
+        else:
+            tokenizers = world.from_main(lambda: train_tokenizers(splits["train"], self.vocab_size, self.shared_vocab))
+        self.datasets = {
+            split: ParallelDataset(splits[split], *tokenizers, BOS_ID, EOS_ID, self.max_length, split != "train")
+            for split in ("train", "valid")
+        }
+        if len(self.datasets["train"]) == 0:
+            raise ValueError(f"no training pair fits max_length={self.max_length}; raise --max-length")
+
+        def make_task(preset: str, max_tokens: int, model: Transformer | None = None) -> TranslationTask:
+            fields = (preset, *tokenizers, self.max_length, self.model_fields, self.architecture)
+            model = model or Transformer(translation_config(*fields))
+            train, valid = self.datasets["train"], self.datasets["valid"]
+            return TranslationTask(model, tokenizers, train, valid, max_tokens, self.label_smoothing, config.seed)
+
+        if resume:
+            return make_task(self.preset, self.max_tokens, Transformer.from_pretrained(out / "last")), config
+        if self.preset == "auto":
+            if world.distributed and config.max_minutes is not None:
+                raise ValueError(
+                    "--preset auto times this machine in one process; with several processes name a preset "
+                    f"({', '.join(PRESETS)})"
+                )
+            self.preset, auto_max_tokens, self.recipe = choose_recipe(make_task, config)
+            self.max_tokens = self.max_tokens or auto_max_tokens
+            if self.report is not None and world.is_main:
+                self.report(self.recipe)
+        self.max_tokens = self.max_tokens or DEFAULT_MAX_TOKENS
+        torch.manual_seed(config.seed)  # the initial weights depend on the seed only
+        return make_task(self.preset, self.max_tokens), config
+
+    def record(self, task: TranslationTask) -> dict[str, Any]:
+        record = {"data": dataclasses.asdict(self.data), "preset": self.preset, "architecture": self.architecture,
+                  "max_tokens": self.max_tokens, "label_smoothing": self.label_smoothing}  # fmt: skip
+        return record if self.recipe is None else {**record, "auto_preset": self.recipe}
+
+    def summary(self, task: TranslationTask) -> dict[str, Any]:
+        train, sampler = self.datasets["train"], task.sampler
+        return {
+            "preset": self.preset, "max_tokens": self.max_tokens, "train_pairs": len(train),
+            "dropped_pairs": train.dropped, "epochs": sampler.epoch + sampler.position / max(len(sampler), 1),
+            "parameters": sum(p.numel() for p in task.model.parameters()),
+        }  # fmt: skip
+
+
 def train_translation(
     out: str | Path,
     data: DataSpec | None = None,
@@ -260,96 +342,8 @@ def train_translation(
     report: Callable[[str], None] | None = None,
     architecture: str = "paper",
 ) -> dict[str, Any]:
-    """Train a translation model into ``out``; returns the final step, validation loss and model size.
-
-    ``preset`` names a shape of ``PRESETS``, or ``auto`` to time ``AUTO_RECIPES`` on this machine and pick the one
-    that fits ``train.max_minutes`` (``choose_recipe``; ``report`` is called with what it measured and chose).
-    ``max_tokens`` (padded tokens per batch) defaults to 4096, or to the recipe's with ``auto``. ``architecture``
-    picks the model's choices (``ARCHITECTURES``: the paper's, T5's or Llama's); ``train`` defaults to
-    ``translation_train_config()``."""
-    out = Path(out)
-    check_options(vocab_size=vocab_size, max_length=max_length, max_tokens=max_tokens, label_smoothing=label_smoothing)
-    if architecture not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
-    if preset not in PRESETS and preset != "auto":
-        raise ValueError(f"unknown preset {preset!r}; choose one of auto, {', '.join(PRESETS)}")
-    with (
-        distributed.process_group((train or translation_train_config()).device) as world,
-        RunDirectory.open(out, "translation", resume, world) as run,
-    ):
-        resume = resume and run.resumable  # a run killed before its first checkpoint starts from the beginning
-        train = train or translation_train_config()
-        if resume:  # the data and batching of the run being resumed, not the ones passed now
-            record = read_run_record(out / RUN_FILE)
-            spec, max_tokens = DataSpec(**record["data"]), record["max_tokens"]
-            label_smoothing = record.get("label_smoothing", label_smoothing)
-            check_data_fingerprint(record.get("data_sha256"), spec.data)
-        else:
-            spec = data or DataSpec()
-        splits = spec.load()
-        if resume:
-            source_tokenizer, target_tokenizer = load_tokenizers(out / "last")
-            max_length = read_json(out / "last" / "config.json", "checkpoint config")["max_seq_length"]
-        else:
-            source_tokenizer, target_tokenizer = world.from_main(
-                lambda: train_tokenizers(splits["train"], vocab_size, shared_vocab)
-            )
-        datasets = {
-            split: ParallelDataset(
-                splits[split], source_tokenizer, target_tokenizer, BOS_ID, EOS_ID, max_length, truncate=split != "train"
-            )
-            for split in ("train", "valid")
-        }
-        if len(datasets["train"]) == 0:
-            raise ValueError(f"no training pair fits max_length={max_length}; raise --max-length")
-        tokenizers = (source_tokenizer, target_tokenizer)
-
-        def make_task(preset: str, max_tokens: int) -> TranslationTask:
-            model = Transformer(translation_config(preset, *tokenizers, max_length, model_fields, architecture))
-            return TranslationTask(
-                model, tokenizers, datasets["train"], datasets["valid"], max_tokens, label_smoothing, train.seed
-            )
-
-        recipe = None
-        if resume:
-            model = Transformer.from_pretrained(out / "last")
-            task = TranslationTask(
-                model, tokenizers, datasets["train"], datasets["valid"], max_tokens, label_smoothing, train.seed
-            )
-        else:
-            if preset == "auto" and world.distributed and train.max_minutes is not None:
-                raise ValueError(
-                    "--preset auto times this machine in one process; with several processes name a preset "
-                    f"({', '.join(PRESETS)})"
-                )
-            if preset == "auto":
-                preset, auto_max_tokens, recipe = choose_recipe(make_task, train)
-                max_tokens = max_tokens or auto_max_tokens
-                if report is not None and world.is_main:
-                    report(recipe)
-            max_tokens = max_tokens or DEFAULT_MAX_TOKENS
-            torch.manual_seed(train.seed)  # the initial weights depend on the seed only
-            task = make_task(preset, max_tokens)
-            model = task.model
-            record = {
-                "data": dataclasses.asdict(spec),
-                "preset": preset,
-                "architecture": architecture,
-                "max_tokens": max_tokens,
-                "label_smoothing": label_smoothing,
-                "data_sha256": data_fingerprint(spec.data),
-            }
-            if recipe is not None:
-                record["auto_preset"] = recipe
-            if run.owner:
-                write_json_atomically(out / RUN_FILE, record)
-        summary = Trainer(task, train, run).fit(resume=resume)
-        return {
-            **summary,
-            "preset": record["preset"],
-            "max_tokens": max_tokens,
-            "train_pairs": len(datasets["train"]),
-            "dropped_pairs": datasets["train"].dropped,
-            "epochs": task.sampler.epoch + task.sampler.position / max(len(task.sampler), 1),
-            "parameters": sum(p.numel() for p in model.parameters()),
-        }
+    """Train a translation model into ``out`` (the options are ``TranslationRun``'s); returns the final step,
+    validation loss and model size. ``train`` defaults to ``translation_train_config()``."""
+    spec = TranslationRun(data, preset, model_fields, vocab_size, shared_vocab, max_length, max_tokens,
+                          label_smoothing, architecture, report)  # fmt: skip
+    return run_training(spec, train, out, resume)
