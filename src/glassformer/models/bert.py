@@ -27,13 +27,10 @@ from glassformer.checkpoints.huggingface_bert import load_bert, save_bert
 from glassformer.models.config import ModelConfig
 from glassformer.models.outputs import BertOutput
 from glassformer.models.pretrained import PretrainedMixin, build_for_weights
-from glassformer.nn.config import BlockConfig
+from glassformer.nn.config import BlockConfig, StackConfig
 from glassformer.nn.dropout import Dropout
-from glassformer.nn.embedding import LearnedPositionalEmbedding, TokenEmbedding
-from glassformer.nn.layers import EncoderLayer
 from glassformer.nn.linear import Linear
-from glassformer.nn.norm import LayerNorm
-from glassformer.nn.validation import check_token_ids
+from glassformer.nn.stacks import Stack
 from glassformer.options import check_fields
 
 POOLER_ACTIVATIONS = {"tanh": torch.tanh, "relu": F.relu}
@@ -70,6 +67,13 @@ class BertConfig(ModelConfig):
     classifier_pooling: str = "pooler"
     classifier_dropout: float | None = None  # None: the same as dropout
     flavor: str = "bert"  # "bert" or "distilbert": the Hugging Face layout it is exported to
+
+    def stack(self) -> StackConfig:
+        """The layer stack: unscaled token embeddings (the padding row kept at zero) + learned positions + segments,
+        normalized; ``num_layers`` post-norm blocks, no final norm."""
+        return StackConfig(self.block(), self.num_layers, self.vocab_size, self.max_seq_length, "learned",
+                           scale_embeddings=False, type_vocab_size=self.type_vocab_size, embedding_norm=True,
+                           final_norm=False, pad_token_id=self.pad_token_id)  # fmt: skip
 
     def block(self) -> BlockConfig:
         """Every layer's block: post-norm self-attention over the padding mask, GELU."""
@@ -111,23 +115,17 @@ def mean_pooling(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> t
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
 
 
-class Bert(PretrainedMixin, nn.Module):
-    """Encoder-only model. ``model(input_ids, attention_mask, token_type_ids)`` -> ``(batch, seq, d_model)``."""
+class Bert(PretrainedMixin, Stack):
+    """Encoder-only model: a ``Stack`` of encoder layers (``glassformer.nn.stacks``) and BERT's pooler.
+    ``model(input_ids, attention_mask, token_type_ids)`` -> ``(batch, seq, d_model)``."""
 
     config_class = BertConfig
+    kind = "encoder"
 
     def __init__(self, config: BertConfig):
-        super().__init__()
+        super().__init__(config.stack())
         self.config = config
-        c = config
-        self.embedding = TokenEmbedding(c.vocab_size, c.d_model, padding_idx=c.pad_token_id, scale=False)
-        self.positions = LearnedPositionalEmbedding(c.d_model, c.max_seq_length)
-        self.segments = nn.Embedding(c.type_vocab_size, c.d_model) if c.type_vocab_size > 0 else None
-        self.embedding_norm = LayerNorm(c.d_model, c.layer_norm_eps)
-        self.dropout = Dropout(c.dropout)
-        block = c.block()
-        self.layers = nn.ModuleList(EncoderLayer(block) for _ in range(c.num_layers))
-        self.pooler = Linear(c.d_model, c.d_model) if c.pooler else None
+        self.pooler = Linear(config.d_model, config.d_model) if config.pooler else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -159,8 +157,6 @@ class Bert(PretrainedMixin, nn.Module):
         Returns:
             the last hidden states ``(batch, seq, d_model)``, or a ``BertOutput`` if anything more was asked for.
         """
-        c = self.config
-        check_token_ids(input_ids, c.vocab_size, c.max_seq_length)
         batch, seq = input_ids.shape
         mask = None  # (batch, 1, 1, seq): every query may attend to the real keys; None when nothing is padded
         if attention_mask is not None:
@@ -171,22 +167,7 @@ class Bert(PretrainedMixin, nn.Module):
             if not bool(attention_mask.all()):
                 mask = attention_mask.bool()[:, None, None, :]
 
-        # x_0 = LayerNorm(E[ids] + P[positions] + S[segments])
-        x = self.positions(self.embedding(input_ids))
-        if self.segments is not None:
-            if token_type_ids is None:
-                x = x + self.segments.weight[0]
-            else:
-                check_token_ids(token_type_ids, c.type_vocab_size, None, "token_type_ids")
-                if token_type_ids.shape != input_ids.shape:
-                    raise ValueError(
-                        f"token_type_ids has shape {tuple(token_type_ids.shape)} but input_ids has "
-                        f"{tuple(input_ids.shape)}; give one segment id per token"
-                    )
-                x = x + self.segments(token_type_ids)
-        elif token_type_ids is not None and bool(token_type_ids.any()):
-            raise ValueError("this model has no segment embeddings (type_vocab_size=0); pass no token_type_ids")
-        x = self.dropout(self.embedding_norm(x))
+        x = self.embed(input_ids, token_type_ids=token_type_ids)  # x_0 = LayerNorm(E[ids] + P[positions] + S[segments])
 
         hidden_states, attentions = [x], []
         for layer in self.layers:

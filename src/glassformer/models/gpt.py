@@ -43,14 +43,9 @@ from glassformer.models.outputs import CausalLMOutput
 from glassformer.models.pretrained import PretrainedMixin, build_for_weights
 from glassformer.models.quantization import Quantization, dequantized_state_dict
 from glassformer.nn.cache import KVCache, SlotCache
-from glassformer.nn.config import BlockConfig
-from glassformer.nn.dropout import Dropout
-from glassformer.nn.embedding import LearnedPositionalEmbedding, TokenEmbedding
-from glassformer.nn.layers import DecoderLayer
+from glassformer.nn.config import BlockConfig, StackConfig
 from glassformer.nn.linear import Linear
-from glassformer.nn.norm import make_norm
-from glassformer.nn.rotary import RotaryEmbedding
-from glassformer.nn.validation import check_token_ids
+from glassformer.nn.stacks import Stack
 from glassformer.options import check_fields
 
 
@@ -119,6 +114,13 @@ class GPTConfig(ModelConfig):
     def kv_heads(self) -> int:
         return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
 
+    def stack(self) -> StackConfig:
+        """The layer stack: token embeddings (unscaled, no padding row), learned positions added or rotary ones in
+        the blocks, ``num_layers`` blocks, a final norm."""
+        positional = "learned" if self.positional == "learned" else "none"
+        return StackConfig(self.block(), self.num_layers, self.vocab_size, self.max_seq_length, positional,
+                           scale_embeddings=False, final_norm=True)  # fmt: skip
+
     def block(self) -> BlockConfig:
         """Every layer's block: pre-norm, causal self-attention only (the decoder layer without cross-attention)."""
         return BlockConfig(
@@ -142,23 +144,17 @@ class GPTConfig(ModelConfig):
                 raise ValueError(f"{name}={value} is outside the vocabulary [0, {self.vocab_size})")
 
 
-class GPT(PretrainedMixin, nn.Module):
-    """Decoder-only language model. ``model(input_ids)`` -> logits ``(batch, seq, vocab_size)``."""
+class GPT(PretrainedMixin, Stack):
+    """Decoder-only language model: a ``Stack`` of decoder layers without cross-attention (``glassformer.nn.stacks``)
+    and an LM head. ``model(input_ids)`` -> logits ``(batch, seq, vocab_size)``."""
 
     config_class = GPTConfig
     output_layers = ("lm_head",)  # quantized with the embeddings (models.quantization), not with the layers
+    kind = "decoder_only"
 
     def __init__(self, config: GPTConfig):
-        super().__init__()
+        super().__init__(config.stack())
         self.config = config
-        self.embedding = TokenEmbedding(config.vocab_size, config.d_model, scale=False)
-        learned = config.positional == "learned"
-        self.positions = LearnedPositionalEmbedding(config.d_model, config.max_seq_length) if learned else None
-        self.rotary = None if learned else RotaryEmbedding(config.head_dim, config.rope_theta)
-        self.dropout = Dropout(config.dropout)
-        block = config.block()
-        self.layers = nn.ModuleList(DecoderLayer(block, cross_attention=False) for _ in range(config.num_layers))
-        self.final_norm = make_norm(config.norm, config.d_model, config.layer_norm_eps)
         self.lm_head = Linear(config.d_model, config.vocab_size, bias=False)
         self.reset_parameters()
         if config.tie_embeddings:
@@ -212,7 +208,6 @@ class GPT(PretrainedMixin, nn.Module):
             ``CausalLMOutput`` with ``output_attentions``.
         """
         c = self.config
-        check_token_ids(input_ids, c.vocab_size, None)
         batch, seq = input_ids.shape
         past = cache.length if cache is not None else 0
         if past + seq > c.max_seq_length:
@@ -238,20 +233,14 @@ class GPT(PretrainedMixin, nn.Module):
             causal = causal_mask(seq, input_ids.device, past)
             mask = causal if mask is None else mask & causal
 
-        x = self.embedding(input_ids)
-        rotary = None
-        if self.positions is not None:  # GPT-2: a learned vector added per position
-            x = self.positions(x, offset=past, position_ids=position_ids)
-        else:  # rotary: the angles of each position, shared by every layer
-            if position_ids is None:
-                position_ids = torch.arange(past, past + seq, device=input_ids.device)[None]
-            rotary = self.rotary(position_ids, x.dtype)
-        x = self.dropout(x)
+        # GPT-2: a learned vector added per position; Llama: the rotary angles, shared by every layer
+        x = self.embed(input_ids, offset=past, position_ids=position_ids)
+        positions = self.position_inputs(x, past, position_ids)
         attentions = []
         for i, layer in enumerate(self.layers):
             layer_cache = cache.layer(i) if cache is not None else None
             x, weights, _ = layer(
-                x, self_mask=mask, need_weights=output_attentions, cache=layer_cache, rotary=rotary, is_causal=is_causal
+                x, self_mask=mask, need_weights=output_attentions, cache=layer_cache, is_causal=is_causal, **positions
             )
             attentions.append(weights)
         if cache is not None:

@@ -14,7 +14,7 @@ from glassformer.nn.layers import DecoderLayer, EncoderLayer
 from glassformer.nn.norm import LayerNorm, RMSNorm, guide_layer_norm, layer_norm_reference
 from glassformer.nn.relative_position import RelativePositionBias
 from glassformer.nn.rotary import RotaryEmbedding
-from glassformer.nn.stacks import Decoder, Encoder
+from glassformer.nn.stacks import Decoder, Encoder, Stack
 
 __all__ = [
     "BlockConfig",
@@ -32,6 +32,7 @@ __all__ = [
     "RMSNorm",
     "RelativePositionBias",
     "RotaryEmbedding",
+    "Stack",
     "StackConfig",
     "TokenEmbedding",
     "guide_layer_norm",

@@ -125,12 +125,14 @@ class BlockConfig:
 
 @dataclasses.dataclass(frozen=True)
 class StackConfig:
-    """An encoder or a decoder: ``num_layers`` blocks of ``block`` over embeddings of ``vocab_size`` tokens.
+    """A stack — an encoder, a decoder, GPT's or BERT's layers: ``num_layers`` blocks of ``block`` over embeddings of
+    ``vocab_size`` tokens.
 
     ``positional``: the vectors added to the embeddings — "sinusoidal" (the paper), "learned", or "none" (with
     rotary or relative positions in the blocks); ``scale_embeddings``: E[ids] · sqrt(d_model) as in the paper;
-    ``final_norm``: a norm after the last block (None = with pre-norm, whose blocks leave the residual stream
-    un-normalized); ``pad_token_id``: the embedding row kept at zero.
+    ``type_vocab_size``: BERT's segment embeddings (0: none); ``embedding_norm``: BERT's norm of the summed
+    embeddings; ``final_norm``: a norm after the last block (None = with pre-norm, whose blocks leave the residual
+    stream un-normalized); ``pad_token_id``: the embedding row kept at zero.
     """
 
     block: BlockConfig
@@ -139,6 +141,8 @@ class StackConfig:
     max_seq_length: int
     positional: str = "sinusoidal"
     scale_embeddings: bool = True
+    type_vocab_size: int = 0
+    embedding_norm: bool = False
     final_norm: bool | None = None
     pad_token_id: int | None = None
 

@@ -88,9 +88,13 @@ class PositionalEncoding(nn.Module):
         """Recompute the table (after the module was built on the ``meta`` device and given memory)."""
         self.pe = sinusoidal_encoding(self.max_seq_length, self.d_model).to(self.pe.device)
 
-    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        _check_positions(x.size(1), offset, self.max_seq_length)
-        return x + self.pe[offset : offset + x.size(1)].to(x.dtype)
+    def forward(self, x: torch.Tensor, offset: int = 0, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """``position_ids`` ``(batch, seq)``, when given, replaces ``offset .. offset + seq - 1``."""
+        if position_ids is None:
+            _check_positions(x.size(1), offset, self.max_seq_length)
+            return x + self.pe[offset : offset + x.size(1)].to(x.dtype)
+        _check_positions(int(position_ids.max()) + 1, 0, self.max_seq_length)
+        return x + self.pe[position_ids].to(x.dtype)
 
 
 class LearnedPositionalEmbedding(nn.Module):
