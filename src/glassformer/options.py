@@ -136,6 +136,8 @@ RULES: dict[str, Rule] = {
     "top_p": Rule(low=0, high=1, low_open=True),
     "temperature": NON_NEGATIVE,
     "repetition_penalty": POSITIVE,
+    "presence_penalty": Rule(low=-2, high=2),  # OpenAI's range
+    "frequency_penalty": Rule(low=-2, high=2),
     "no_repeat_ngram_size": COUNT,
     "length_penalty": Rule(),
     # serving

@@ -131,3 +131,14 @@ def test_decoding_refuses_nan_scores(three_token_model, options):
         three_token_model.layers[0].ffn.fc2.bias.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="NaN scores"):
         three_token_model.generate(torch.tensor([[0, 1]]), max_new_tokens=2, **options)
+
+
+def test_presence_and_frequency_penalties_as_openai_defines():
+    """s − frequency · count − presence · [count > 0], on the new tokens counted; a row without them unchanged."""
+    logits = torch.zeros(2, 5)
+    generated = torch.tensor([[1, 1, 3], [0, 0, 0]])
+    settings = rows(dict(presence_penalty=0.5, frequency_penalty=1.0), dict())
+    out = sampler.scores(logits, None, settings, sampler.token_counts(generated, 5))
+    assert out.tolist() == [[0.0, -2.5, 0.0, -1.5, 0.0], [0.0] * 5]
+    with pytest.raises(ValueError, match="frequency_penalty"):
+        GenerationConfig(frequency_penalty=3.0).validate()

@@ -3,10 +3,12 @@ client against a live server: the answers are the ones ``generate`` and ``Senten
 one request at a time or eight at once; bad requests get OpenAI's error shape; the chat page works in a browser."""
 
 import base64
+import collections
 import concurrent.futures
 import http.client
 import json
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -105,6 +107,85 @@ def test_streamed_completion_reports_usage_when_asked(client):
     assert chunks[-1].usage.completion_tokens == 6 and chunks[-2].choices[0].finish_reason == "length"
 
 
+def reference_logprobs(smollm2, ids, new):
+    """The model's log-softmax at each new token, by the modules over the whole sequence."""
+    model, _ = smollm2
+    with torch.no_grad():
+        logits = model(torch.tensor([ids + new]))[0, len(ids) - 1 : -1].float()
+    return logits.log_softmax(-1)
+
+
+def test_chat_logprobs_whole_and_streamed_are_the_model_s(client, smollm2):
+    """Each token's log-probability and its top 3 alternatives, in the order of the model's distribution; the
+    stream carries the same entries; the tokens' bytes spell the answer."""
+    messages = [{"role": "user", "content": "Describe the sea in a long paragraph."}]
+    ask = dict(model="smollm2", messages=messages, temperature=0, max_tokens=8, logprobs=True, top_logprobs=3)
+    whole = client.chat.completions.create(**ask)
+    entries = whole.choices[0].logprobs.content
+    tokenizer = smollm2[1]
+    ids = tokenizer.encode_chat(messages)
+    new = smollm2[0].generate(torch.tensor([ids]), max_new_tokens=8)[0, len(ids) :].tolist()
+    expected = reference_logprobs(smollm2, ids, new)
+    assert len(entries) == len(new) == 8
+    for i, entry in enumerate(entries):
+        assert abs(entry.logprob - float(expected[i, new[i]])) <= 1e-3
+        assert [t.logprob for t in entry.top_logprobs] == sorted((t.logprob for t in entry.top_logprobs), reverse=True)
+        assert abs(entry.top_logprobs[0].logprob - float(expected[i].max())) <= 1e-3 and len(entry.top_logprobs) == 3
+    assert bytes(b for e in entries for b in e.bytes).decode() == whole.choices[0].message.content
+    streamed = [e for c in client.chat.completions.create(**ask, stream=True) if c.choices and c.choices[0].logprobs
+                for e in c.choices[0].logprobs.content]  # fmt: skip
+    assert [(e.token, round(e.logprob, 4)) for e in streamed] == [(e.token, round(e.logprob, 4)) for e in entries]
+
+
+def test_completion_logprobs_in_the_legacy_shape(client, smollm2):
+    answer = client.completions.create(model="smollm2", prompt=PROMPTS[4], max_tokens=5, temperature=0, logprobs=2)
+    logprobs = answer.choices[0].logprobs
+    assert "".join(logprobs.tokens) == answer.choices[0].text and len(logprobs.token_logprobs) == 5
+    assert logprobs.text_offset == [sum(len(t) for t in logprobs.tokens[:i]) for i in range(5)]
+    assert all(len(top) <= 2 and max(top.values()) >= lp - 1e-6 for top, lp in
+               zip(logprobs.top_logprobs, logprobs.token_logprobs, strict=True))  # fmt: skip
+
+
+def test_n_choices_each_seeded_and_streamed_by_index(client, smollm2):
+    """n=3 sampled choices: choice i is the answer of one choice with seed + i; a stream interleaves the choices by
+    index and reassembles to the same texts; usage counts the prompt once."""
+    ask = dict(model="smollm2", prompt=PROMPTS[2], max_tokens=10, temperature=1.0, seed=40)
+    three = client.completions.create(**ask, n=3)
+    assert [c.index for c in three.choices] == [0, 1, 2] and len({c.text for c in three.choices}) > 1
+    for i in range(3):
+        assert client.completions.create(**{**ask, "seed": 40 + i}).choices[0].text == three.choices[i].text
+    texts = ["", "", ""]
+    for chunk in client.completions.create(**ask, n=3, stream=True):
+        for choice in chunk.choices:
+            texts[choice.index] += choice.text
+    assert texts == [c.text for c in three.choices]
+    assert three.usage.completion_tokens == 30 and three.usage.prompt_tokens == len(smollm2[1].encode(PROMPTS[2]))
+
+
+def test_frequency_and_presence_penalties_change_the_greedy_answer_as_openai_defines(client, smollm2):
+    """A strong frequency penalty keeps a greedy answer from repeating itself; the same request without it equals
+    generate's greedy answer, and with it equals generate with the same penalty (the one sampler)."""
+    prompt = "one one one one one one one one"
+    plain = client.completions.create(model="smollm2", prompt=prompt, max_tokens=12, temperature=0).choices[0].text
+    penalized = (
+        client.completions.create(
+            model="smollm2", prompt=prompt, max_tokens=12, temperature=0, frequency_penalty=2.0, presence_penalty=1.0
+        )
+        .choices[0]
+        .text
+    )
+    model, tokenizer = smollm2
+    ids = torch.tensor([tokenizer.encode(prompt)])
+    for text, options in ((plain, {}), (penalized, {"frequency_penalty": 2.0, "presence_penalty": 1.0})):
+        out = model.generate(ids, max_new_tokens=12, eos_token_id=model.config.eos_token_id, **options)
+        assert text == tokenizer.decode(out[0, ids.size(1) :].tolist(), skip_special_tokens=True)
+
+    def most_repeated(text: str) -> int:
+        return max(collections.Counter(tokenizer.encode(text)).values())
+
+    assert most_repeated(penalized) < most_repeated(plain)
+
+
 def test_embeddings_equal_the_sentence_encoder(client, minilm):
     texts = ["A man is eating food.", "Someone is having a meal.", "The sky is blue."]
     for encoding in (None, "float", "base64"):  # None: the client asks for base64 and decodes it itself
@@ -142,7 +223,20 @@ BAD_REQUESTS = [
     ("/v1/completions", {"prompt": "Hi", "temperature": -0.5}, "temperature must be between 0 and 2"),
     ("/v1/completions", {"prompt": "Hi", "top_p": 1.5}, "top_p must be between 0 and 1"),
     ("/v1/completions", {"prompt": "Hi", "stream": "yes"}, "stream must be true or false"),
-    ("/v1/completions", {"prompt": "Hi", "n": 2}, "n=2 is not supported"),
+    ("/v1/completions", {"prompt": "Hi", "n": 0}, "n must be between 1 and 16"),
+    ("/v1/completions", {"prompt": "Hi", "logprobs": 9}, "logprobs must be between 0 and 5"),
+    ("/v1/completions", {"prompt": "Hi", "presence_penalty": 3}, "presence_penalty must be between -2 and 2"),
+    ("/v1/completions", {"prompt": "Hi", "echo": True}, "echo is not supported"),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2},
+        "top_logprobs needs logprobs: true",
+    ),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 30},
+        "top_logprobs must be between 0 and 20",
+    ),
     ("/v1/completions", {"prompt": "Hi", "stop": [1]}, "stop must be a string"),
     ("/v1/completions", {"prompt": ""}, "prompt is empty"),
     ("/v1/completions", {"prompt": [10**9]}, "outside the vocabulary"),
@@ -228,8 +322,19 @@ def page_user_text_ok(reply: str) -> bool:
 
 
 def test_health_and_metrics_count_the_work(server):
+    """/health: JSON counters and the memory plan; /metrics: Prometheus's text, parsed by prometheus_client."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     time.sleep(0.05)
     status, health, _ = call("GET", server[0] + "/health")
     assert status == 200 and health["status"] == "ok" and health["active"] == 0
-    status, metrics, _ = call("GET", server[0] + "/metrics")
-    assert status == 200 and metrics["finished"] >= 1 and metrics["memory"]["budget"] > metrics["memory"]["weights"]
+    assert health["finished"] >= 1 and health["memory"]["budget"] > health["memory"]["weights"]
+    with urllib.request.urlopen(server[0] + "/metrics", timeout=30) as response:
+        assert response.headers["content-type"].startswith("text/plain")
+        families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert samples[("glassformer_requests_total", (("outcome", "finished"),))] == health["finished"]
+    assert samples[("glassformer_generated_tokens_total", ())] == health["generated_tokens"]
+    assert samples[("glassformer_time_to_first_token_seconds_count", ())] >= health["finished"]
+    assert samples[("glassformer_inter_token_seconds_count", ())] >= 1
+    assert samples[("glassformer_requests_running", ())] == 0 and samples[("glassformer_requests_waiting", ())] == 0

@@ -104,7 +104,7 @@ def test_serve_under_load_loses_nothing_and_stays_within_its_memory_budget(gpt_d
         (ARTIFACTS / "serve_load.json").write_text(json.dumps(figures, indent=1))
         assert set(outcomes) <= {"done", "503"} and outcomes.get("done", 0) > CLIENTS, outcomes
         assert peak <= budget, f"resident {peak:.0f} MiB > budget {budget:.0f} MiB"
-        status, metrics, _ = call("GET", f"http://127.0.0.1:{port}/metrics")
+        status, metrics, _ = call("GET", f"http://127.0.0.1:{port}/health")
         assert metrics["active"] == 0 and metrics["waiting"] == 0 and metrics["failed"] == 0
         assert metrics["finished"] == outcomes["done"] and metrics["rejected"] == outcomes.get("503", 0)
         process.send_signal(signal.SIGINT)  # Ctrl-C: the way to stop a server, a clean stop (exit status 0)

@@ -8,8 +8,10 @@ Length: ``max_new_tokens`` new tokens, or ``max_length`` tokens in all (the prom
 ``min_new_tokens``: the end-of-sequence token is banned until that many new tokens exist.
 Search: greedy (default), sampling (``do_sample`` with ``temperature``, ``top_k``, ``top_p``, ``seed``), or beam
 search (``num_beams`` > 1, finished hypotheses ranked by sum of log-probabilities / length^``length_penalty``).
-Every search: ``repetition_penalty``, ``no_repeat_ngram_size``; ``eos_token_id`` ends a sequence, whose row is
-then filled with ``pad_token_id`` (``eos_token_id`` if there is no pad) until all have ended.
+Every search: ``repetition_penalty`` (CTRL's, on every token of the sequence), ``presence_penalty`` and
+``frequency_penalty`` (OpenAI's, on the new tokens: s − f · count − p · [count > 0]), ``no_repeat_ngram_size``;
+``eos_token_id`` ends a sequence, whose row is then filled with ``pad_token_id`` (``eos_token_id`` if there is no
+pad) until all have ended.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class GenerationConfig:
     top_p: float | None = None
     no_repeat_ngram_size: int = 0
     repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
     num_beams: int = 1
     length_penalty: float = 1.0
     eos_token_id: int | None = None

@@ -3,6 +3,8 @@
     scores   logits (batch, vocab), then for every search:
              repetition penalty (CTRL, Keskar et al. 2019) on each token already in the row:
                  s / p where s > 0, s · p where s < 0
+             presence and frequency penalties (OpenAI's) on the row's new tokens, counted:
+                 s − frequency · count − presence · [count > 0]
              the constraints of ``glassformer.generation.processors`` (no_repeat_ngram, min_new_tokens): -inf
     greedy   rows with temperature 0:  argmax(scores)
     sampled  the other rows:  s / T;  top-k: keep the k highest (ties kept);  top-p (Holtzman et al. 2019): keep the
@@ -26,16 +28,21 @@ import torch
 from glassformer.generation.config import GenerationConfig
 from glassformer.generation.processors import LogitsProcessor, apply_processors
 
+TENSORS = ("temperature", "top_k", "top_p", "repetition_penalty", "presence", "frequency")  # one value per row
+
 
 @dataclasses.dataclass
 class Sampling:
     """Per-row settings ``(batch,)``: ``temperature`` (0: greedy), ``top_k`` (0: every token), ``top_p`` (1: every
-    token), ``repetition_penalty`` (1: none), and each row's ``generators`` (None: torch's default generator)."""
+    token), ``repetition_penalty`` (1: none), ``presence`` / ``frequency`` penalties (0: none), and each row's
+    ``generators`` (None: torch's default generator)."""
 
     temperature: torch.Tensor
     top_k: torch.Tensor
     top_p: torch.Tensor
     repetition_penalty: torch.Tensor
+    presence: torch.Tensor
+    frequency: torch.Tensor
     generators: list[torch.Generator | None]
     constraints: list[LogitsProcessor] = dataclasses.field(default_factory=list)  # the same for every row
 
@@ -57,6 +64,8 @@ class Sampling:
             top_k=column(lambda c: c.top_k or 0, 0, torch.long),
             top_p=column(lambda c: 1.0 if c.top_p is None else c.top_p, 1.0, torch.float32),
             repetition_penalty=torch.tensor([c.repetition_penalty for c in configs], device=device),
+            presence=torch.tensor([c.presence_penalty for c in configs], device=device),
+            frequency=torch.tensor([c.frequency_penalty for c in configs], device=device),
             generators=list(generators) if generators is not None else [None] * len(configs),
             constraints=constraints or [],
         )
@@ -64,31 +73,37 @@ class Sampling:
     def __post_init__(self) -> None:  # what the host knows without reading a tensor back
         self.sampled_rows = [i for i, t in enumerate(self.temperature.tolist()) if t > 0]
         self.penalized = bool((self.repetition_penalty != 1).any())
+        self.counted = bool(((self.presence != 0) | (self.frequency != 0)).any())
         self.filtered = bool(((self.top_k > 0) | (self.top_p < 1)).any())
 
     @classmethod
     def stack(cls, parts: Sequence[Sampling]) -> Sampling:
         """The rows of several settings, one after another (the server's running requests, one each); their
         constraints must be the same."""
-        return cls(*(torch.cat([getattr(p, name) for p in parts]) for name in ("temperature", "top_k", "top_p",
-                   "repetition_penalty")), [g for p in parts for g in p.generators], parts[0].constraints)  # fmt: skip
+        return cls(*(torch.cat([getattr(p, name) for p in parts]) for name in TENSORS),
+                   [g for p in parts for g in p.generators], parts[0].constraints)  # fmt: skip
 
     def rows(self, index: Sequence[int]) -> Sampling:
         """The settings of some rows (the server's running requests)."""
         i = torch.tensor(list(index), dtype=torch.long, device=self.temperature.device)
-        return Sampling(self.temperature[i], self.top_k[i], self.top_p[i], self.repetition_penalty[i],
-                        [self.generators[j] for j in index], self.constraints)  # fmt: skip
+        return Sampling(*(getattr(self, name)[i] for name in TENSORS), [self.generators[j] for j in index],
+                        self.constraints)  # fmt: skip
 
 
-def scores(logits: torch.Tensor, history: torch.Tensor | None, sampling: Sampling) -> torch.Tensor:
+def scores(
+    logits: torch.Tensor, history: torch.Tensor | None, sampling: Sampling, counts: torch.Tensor | None = None
+) -> torch.Tensor:
     """The penalized and constrained scores ``(batch, vocab)`` in float32. ``history`` ``(batch, seq)``: each row's
-    tokens so far (prompt included; a padding token counts as seen, as in ``transformers``); needed only for a
-    penalty or a constraint."""
+    tokens so far (prompt included; a padding token counts as seen, as in ``transformers``); ``counts``
+    ``(batch, vocab)``: how often each token was generated in the row (``token_counts``); each needed only for a
+    penalty or a constraint that reads it."""
     scores = logits.float()
     if sampling.penalized:
         penalty = sampling.repetition_penalty[:, None]
         seen = scores.gather(1, history)
         scores = scores.scatter(1, history, torch.where(seen < 0, seen * penalty, seen / penalty))
+    if sampling.counted:
+        scores = scores - sampling.frequency[:, None] * counts - sampling.presence[:, None] * (counts > 0)
     return apply_processors(sampling.constraints, history, scores)
 
 
@@ -114,6 +129,21 @@ def choose(scores: torch.Tensor, sampling: Sampling, unfinished: torch.Tensor | 
             "ban every token; relax them"
         )
     return tokens
+
+
+def token_counts(generated: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """``(batch, vocab)``: how often each token occurs in each row of ``generated`` ``(batch, n)``."""
+    counts = torch.zeros(generated.size(0), vocab_size, device=generated.device)
+    return counts.scatter_add_(1, generated, torch.ones_like(generated, dtype=counts.dtype))
+
+
+def logprobs(logits: torch.Tensor, tokens: Sequence[int], top: int) -> list[tuple[float, list[int], list[float]]]:
+    """Per row: the log-probability of its chosen token under the model's distribution (log-softmax of the logits,
+    before any penalty or temperature), and the ``top`` most likely tokens with theirs."""
+    log_probs = logits.float().log_softmax(-1)
+    chosen = log_probs.gather(1, torch.tensor(tokens, device=logits.device)[:, None])[:, 0].tolist()
+    values, ids = log_probs.topk(top, -1) if top > 0 else (log_probs[:, :0], log_probs[:, :0].long())
+    return list(zip(chosen, ids.tolist(), values.tolist(), strict=True))
 
 
 def check(scores: torch.Tensor) -> None:

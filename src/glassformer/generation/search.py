@@ -103,7 +103,8 @@ def greedy_or_sample(
     logits = step(ids, attention_mask, cache)
     while True:
         rows = torch.tensor(unfinished, device=ids.device)
-        tokens = sampler.choose(sampler.scores(logits, ids, sampling), sampling, rows)
+        counts = sampler.token_counts(ids[:, input_ids.size(1) :], logits.size(-1)) if sampling.counted else None
+        tokens = sampler.choose(sampler.scores(logits, ids, sampling, counts), sampling, rows)
         tokens = [t if alive else config.fill_token_id for t, alive in zip(tokens, unfinished, strict=True)]
         next_tokens = torch.tensor(tokens, device=ids.device)
         ids = torch.cat([ids, next_tokens[:, None]], dim=1)
@@ -159,7 +160,8 @@ def beam_search(
     length = prompt_length
     while True:
         history = running[:, :, :length].flatten(0, 1)
-        log_probs = sampler.scores(F.log_softmax(logits, -1), history, sampling)  # the sampler's candidate scores
+        counts = sampler.token_counts(history[:, prompt_length:], logits.size(-1)) if sampling.counted else None
+        log_probs = sampler.scores(F.log_softmax(logits, -1), history, sampling, counts)  # the candidates' scores
         vocab = log_probs.size(-1)
         sampler.check(log_probs.view(batch, -1))
         total = (log_probs.view(batch, num_beams, vocab) + running_scores[..., None]).view(batch, -1)

@@ -2,7 +2,7 @@
 error shape ``{"error": {"message", "type", "code", "param"}}``), never a 500.
 
 Fields the server does not know are ignored, as OpenAI's clients expect; known fields asking for something this
-server does not do (``n`` > 1, ``logprobs``, penalties) are refused by name rather than silently dropped.
+server does not do (``echo``, ``tools``, ``logit_bias``, ...) are refused by name rather than silently dropped.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Any
 from starlette.requests import Request
 
 MAX_STOP_STRINGS = 4  # as OpenAI
+MAX_CHOICES = 16  # n
+MAX_TOP_LOGPROBS = {"chat": 20, "completion": 5}  # as OpenAI
 MAX_BODY_BYTES = 16 << 20  # a request body larger than this is refused (413) before it is all in memory
 
 
@@ -79,13 +81,7 @@ def _number(body: dict, name: str, default: float | None, low: float, high: floa
 
 
 def _refuse_unsupported(body: dict) -> None:
-    n = body.get("n")
-    if n is not None and n != 1:
-        raise APIError(400, f"n={n!r} is not supported: this server returns one choice per request", param="n")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if body.get(name) not in (None, 0, 0.0):
-            raise APIError(400, f"{name} is not supported by this server; leave it out or at 0", param=name)
-    for name in ("logprobs", "top_logprobs", "echo", "tools", "functions", "suffix", "logit_bias"):
+    for name in ("echo", "tools", "functions", "suffix", "logit_bias"):
         if body.get(name) not in (None, False, 0, [], {}):
             raise APIError(400, f"{name} is not supported by this server; leave it out", param=name)
     if body.get("best_of") not in (None, 1):
@@ -103,9 +99,28 @@ class Sampling:
     stop: tuple[str, ...]
     stream: bool
     include_usage: bool
+    n: int = 1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None  # None: none; k: each token's log-probability and the k most likely tokens'
 
 
-def read_sampling(body: dict) -> Sampling:
+def read_logprobs(body: dict, kind: str) -> int | None:
+    """Chat: ``logprobs`` true/false and ``top_logprobs`` 0..20; completions: ``logprobs`` 0..5 (the top count)."""
+    top = MAX_TOP_LOGPROBS[kind]
+    if kind == "completion":
+        return _number(body, "logprobs", None, 0, top, integer=True)
+    asked = body.get("logprobs", False)
+    if not isinstance(asked, bool) and asked is not None:
+        raise APIError(400, f"logprobs must be true or false, got {asked!r}", code="invalid_type", param="logprobs")
+    count = _number(body, "top_logprobs", None, 0, top, integer=True)
+    if count is not None and not asked:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    return (count or 0) if asked else None
+
+
+def read_sampling(body: dict, kind: str = "completion") -> Sampling:
+    """The decoding fields of a ``kind`` ("chat" or "completion") request, each checked."""
     _refuse_unsupported(body)
     max_tokens = _number(body, "max_tokens", None, 1, None, integer=True)
     if max_tokens is None:
@@ -133,6 +148,10 @@ def read_sampling(body: dict) -> Sampling:
         stop=stop,
         stream=stream,
         include_usage=bool(options.get("include_usage", False)),
+        n=_number(body, "n", 1, 1, MAX_CHOICES, integer=True),
+        presence_penalty=float(_number(body, "presence_penalty", 0.0, -2.0, 2.0)),
+        frequency_penalty=float(_number(body, "frequency_penalty", 0.0, -2.0, 2.0)),
+        logprobs=read_logprobs(body, kind),
     )
 
 

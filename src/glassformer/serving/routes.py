@@ -1,9 +1,11 @@
 """The routes of ``glassformer serve`` (``glassformer.serving.app`` lists them), each a function of the request; the
 ``Server`` they serve is the app's state (``request.app.state.server``).
 
-    health, metrics              what the scheduler is doing (503 while loading)
+    health                       what the scheduler is doing, its counters, the memory plan (JSON; 503 while loading)
+    metrics                      Prometheus's text: latencies, queue, tokens (glassformer.serving.metrics)
     models                       the served model (and the embedding model)
-    completions, chat_completions  a prompt or a conversation, through ``generate``: whole, or streamed (``stream``)
+    completions, chat_completions  a prompt or a conversation, through ``generate``: ``n`` choices, whole or
+                                 streamed (``stream``), with ``logprobs`` where asked
     embeddings                   sentence embeddings
     page                         the chat page
 """
@@ -63,21 +65,16 @@ def _sse(data: dict | str) -> str:
 
 
 async def health(request: HTTPRequest) -> Response:
+    """``status`` ok (503 while loading or after a failed load), what the scheduler is doing, its counters and the
+    memory plan, as JSON."""
     server = server_of(request)
     if server.scheduler is None:
         status = "error" if server.error else "loading"
         return JSONResponse({"status": status, "message": server.error}, status_code=503)
     s = server.scheduler
-    return JSONResponse({"status": "ok", "active": s.active, "waiting": s.waiting, "max_batch": s.max_batch})
-
-
-async def metrics(request: HTTPRequest) -> Response:
-    server = server_of(request)
-    if server.scheduler is None:
-        return JSONResponse({"status": "loading"}, status_code=503)
-    s = server.scheduler
     return JSONResponse(
         {
+            "status": "ok",
             "active": s.active,
             "waiting": s.waiting,
             "max_batch": s.max_batch,
@@ -87,6 +84,15 @@ async def metrics(request: HTTPRequest) -> Response:
             "memory": server.served.memory,
         }
     )
+
+
+async def metrics(request: HTTPRequest) -> Response:
+    """Prometheus's text format (``glassformer.serving.metrics``)."""
+    server = server_of(request)
+    if server.scheduler is None:
+        return Response("# loading\n", status_code=503, media_type="text/plain")
+    metrics = server.scheduler.metrics
+    return Response(metrics.render(), media_type=metrics.content_type)
 
 
 @_api
@@ -104,7 +110,8 @@ async def read(request: HTTPRequest) -> tuple[dict, str, Sampling]:
     server = server_of(request)
     server.check(request)
     body = parse_json(await read_body(request))
-    return body, server.check_model(body), read_sampling(body)
+    kind = "chat" if request.url.path.endswith("/chat/completions") else "completion"
+    return body, server.check_model(body), read_sampling(body, kind)
 
 
 @_api
@@ -142,95 +149,135 @@ async def chat_completions(request: HTTPRequest) -> Response:
 async def generate(
     request: HTTPRequest, kind: str, name: str, ids: list[int], sampling: Sampling, default_max: int | None
 ) -> Response:
+    """Submit the ``n`` choices of one request (choice i seeded ``seed + i``) and answer whole or streamed."""
     server = server_of(request)
     scheduler = server.scheduler
-    context = scheduler.max_context
+    max_tokens = _max_tokens(kind, ids, sampling, default_max, scheduler.max_context)
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
+
+    def deliver_to(index: int):
+        return lambda event: loop.call_soon_threadsafe(events.put_nowait, (index, event))
+
+    jobs = [
+        Request(
+            prompt=ids,
+            max_tokens=max_tokens,
+            deliver=deliver_to(i),
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=None if sampling.seed is None else sampling.seed + i,
+            stop=sampling.stop,
+            timeout=server.config.request_timeout,
+            presence_penalty=sampling.presence_penalty,
+            frequency_penalty=sampling.frequency_penalty,
+            logprobs=sampling.logprobs,
+        )  # fmt: skip
+        for i in range(sampling.n)
+    ]
+    try:
+        for job in jobs:
+            scheduler.submit(job)
+    except Overloaded as error:
+        for job in jobs:
+            scheduler.cancel(job)
+        raise APIError(
+            503, f"the server is busy ({error}); retry shortly", type="server_overloaded",
+            code="overloaded", headers={"Retry-After": "1"},
+        ) from None  # fmt: skip
+    text_of = None if sampling.logprobs is None else server.token_text()
+    reply = Reply(kind, name, sampling.n, text_of)
+    if sampling.stream:
+        return StreamingResponse(
+            stream(request, jobs, events, reply, sampling.include_usage),
+            media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )  # fmt: skip
+    return await whole(request, jobs, events, reply)
+
+
+def _max_tokens(kind: str, ids: list[int], sampling: Sampling, default_max: int | None, context: int) -> int:
+    """``max_tokens`` as asked, or what the context leaves (at most ``default_max``); a 400 past the context."""
     if len(ids) >= context:
         raise APIError(
             400, f"the prompt has {len(ids)} tokens and this server's context is {context}; shorten it",
             code="context_length_exceeded", param="messages" if kind == "chat" else "prompt",
         )  # fmt: skip
-    max_tokens = sampling.max_tokens
-    if max_tokens is None:
-        max_tokens = min(default_max or context, context - len(ids))
-    elif len(ids) + max_tokens > context:
+    if sampling.max_tokens is None:
+        return min(default_max or context, context - len(ids))
+    if len(ids) + sampling.max_tokens > context:
         raise APIError(
-            400, f"the prompt ({len(ids)} tokens) plus max_tokens ({max_tokens}) exceeds this server's context of "
-            f"{context} tokens; lower max_tokens or shorten the prompt", code="context_length_exceeded",
+            400, f"the prompt ({len(ids)} tokens) plus max_tokens ({sampling.max_tokens}) exceeds this server's "
+            f"context of {context} tokens; lower max_tokens or shorten the prompt", code="context_length_exceeded",
             param="max_tokens",
         )  # fmt: skip
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue[Event] = asyncio.Queue()
-    job = Request(
-        prompt=ids, max_tokens=max_tokens, deliver=lambda e: loop.call_soon_threadsafe(events.put_nowait, e),
-        temperature=sampling.temperature, top_p=sampling.top_p, seed=sampling.seed, stop=sampling.stop,
-        timeout=server.config.request_timeout,
-    )  # fmt: skip
-    try:
-        scheduler.submit(job)
-    except Overloaded as error:
-        raise APIError(
-            503, f"the server is busy ({error}); retry shortly", type="server_overloaded",
-            code="overloaded", headers={"Retry-After": "1"},
-        ) from None  # fmt: skip
-    reply = Reply(kind, name)
-    if sampling.stream:
-        return StreamingResponse(
-            stream(request, job, events, reply, sampling.include_usage),
-            media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )  # fmt: skip
+    return sampling.max_tokens
+
+
+async def whole(request: HTTPRequest, jobs: list[Request], events: asyncio.Queue, reply: Reply) -> Response:
+    """Wait for every choice; the whole answer, or nothing if the client left (its jobs cancelled)."""
+    scheduler = server_of(request).scheduler
+    texts, entries, done = [[] for _ in jobs], [[] for _ in jobs], [None] * len(jobs)
     watcher = asyncio.create_task(_client_gone(request))
     try:
-        text = []
-        while True:
+        while any(d is None for d in done):
             getter = asyncio.ensure_future(events.get())
-            done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if getter not in done:  # the client went away: nobody to answer
+            finished, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if getter not in finished:  # the client went away: nobody to answer
                 getter.cancel()
-                scheduler.cancel(job)
+                for job in jobs:
+                    scheduler.cancel(job)
                 return Response(status_code=499)
-            event = getter.result()
-            if event.kind == "text":
-                text.append(event.text)
-            elif event.kind == "error":
+            index, event = getter.result()
+            if event.kind == "error":
+                for job in jobs:
+                    scheduler.cancel(job)
                 raise APIError(event.status, event.message, type="timeout" if event.status == 504 else "server_error")
-            else:
-                return JSONResponse(reply.whole("".join(text), event))
+            texts[index].append(event.text)
+            entries[index] += event.logprobs
+            if event.kind == "done":
+                done[index] = event
+        return JSONResponse(reply.whole(["".join(t) for t in texts], done, entries))
     finally:
         watcher.cancel()
 
 
 async def stream(
-    request: HTTPRequest, job: Request, events: asyncio.Queue, reply: Reply, include_usage: bool
+    request: HTTPRequest, jobs: list[Request], events: asyncio.Queue, reply: Reply, include_usage: bool
 ) -> AsyncIterator[str]:
+    """Server-sent events: each choice's chunks as its text settles, then ``[DONE]`` once every choice is done."""
     server = server_of(request)
+    done: list[Event | None] = [None] * len(jobs)
     ended = False
+
+    def cancel_all(_=None) -> None:
+        if not ended:
+            for job in jobs:
+                server.scheduler.cancel(job)
+
     watcher = asyncio.create_task(_client_gone(request))
-    watcher.add_done_callback(lambda _: None if ended else server.scheduler.cancel(job))
+    watcher.add_done_callback(cancel_all)
     try:
-        first = reply.first_chunk()
-        if first is not None:
+        for first in reply.first_chunks():
             yield _sse(first)
-        while True:
-            event = await events.get()
-            if event.kind == "text":
-                yield _sse(reply.chunk(event.text))
-            elif event.kind == "error":
+        while any(d is None for d in done):
+            index, event = await events.get()
+            if event.kind == "error":
                 ended = True
+                for job in jobs:
+                    server.scheduler.cancel(job)
                 yield _sse({"error": {"message": event.message, "type": "server_error", "code": event.status}})
                 yield _sse("[DONE]")
                 return
-            else:
-                ended = True
-                yield _sse(reply.chunk("", event.finish_reason))
-                if include_usage:
-                    yield _sse(reply.usage_chunk(event))
-                yield _sse("[DONE]")
-                return
+            if event.kind == "done":
+                done[index] = event
+            yield _sse(reply.chunk(index, event))
+        ended = True
+        if include_usage:
+            yield _sse(reply.usage_chunk(done))
+        yield _sse("[DONE]")
     finally:
         watcher.cancel()
-        if not ended:
-            server.scheduler.cancel(job)
+        cancel_all()
 
 
 @_api

@@ -37,6 +37,7 @@ from glassformer.generation.sampler import Sampling
 from glassformer.generation.step import choose_step
 from glassformer.generation.text_stream import TextStream
 from glassformer.nn.linear import packed_weights
+from glassformer.serving.metrics import Metrics
 from glassformer.tokenizer import Tokenizer
 
 
@@ -56,11 +57,15 @@ class Event:
     completion_tokens: int = 0
     status: int = 0
     message: str = ""
+    # with logprobs asked: per token this event settles, (token id, its log-probability, [(id, log-probability)
+    # of the most likely tokens]); those of tokens that settle no text (a stop string, the end) come with "done"
+    logprobs: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(eq=False)
 class Request:
-    """One generation: the prompt's token ids and how to continue it (``temperature`` 0: greedy)."""
+    """One generation: the prompt's token ids and how to continue it (``temperature`` 0: greedy; OpenAI's presence
+    and frequency penalties; ``logprobs``: None, or how many of the most likely tokens to report with each one)."""
 
     prompt: list[int]
     max_tokens: int
@@ -70,6 +75,9 @@ class Request:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     timeout: float | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None
     # the scheduler's bookkeeping
     tokens: list[int] = dataclasses.field(default_factory=list)
     slot: int | None = None
@@ -77,6 +85,10 @@ class Request:
     deadline: float = float("inf")
     text: TextStream | None = None
     sampling: Sampling | None = None  # this request's row of the batched sampler
+    counts: torch.Tensor | None = None  # (1, vocab): its tokens counted, for the presence / frequency penalties
+    pending: list = dataclasses.field(default_factory=list)  # logprobs not yet delivered
+    submitted: float = 0.0
+    last_token_at: float | None = None
 
 
 @dataclasses.dataclass
@@ -115,6 +127,7 @@ class Scheduler:
         self.running: dict[int, Request] = {}
         self.queue: deque[Request] = deque()
         self.counters = Counters()
+        self.metrics = Metrics(lambda: self.active, lambda: self.waiting)
         self.condition = threading.Condition()
         self.stopping = False
         self.thread = threading.Thread(target=self._loop, name="glassformer-scheduler", daemon=True)
@@ -142,7 +155,9 @@ class Scheduler:
         request.text = TextStream(self.tokenizer, request.stop)
         request.deadline = time.monotonic() + request.timeout if request.timeout else float("inf")
         config = GenerationConfig(do_sample=request.temperature > 0, temperature=request.temperature or 1.0,
-                                  top_p=request.top_p, seed=request.seed)  # fmt: skip
+                                  top_p=request.top_p, seed=request.seed, presence_penalty=request.presence_penalty,
+                                  frequency_penalty=request.frequency_penalty)  # fmt: skip
+        request.submitted = time.monotonic()
         generator = None
         if config.do_sample:  # its own generator: its draws never depend on the other requests
             generator = torch.Generator(device=self.device)
@@ -151,9 +166,11 @@ class Scheduler:
             else:
                 generator.seed()
         request.sampling = Sampling.of([config], [generator], device=self.device)
+        if request.sampling.counted:
+            request.counts = torch.zeros(1, self.model.config.vocab_size, device=self.device)
         with self.condition:
             if len(self.queue) >= self.max_queue:
-                self.counters.rejected += 1
+                self._count("rejected")
                 raise Overloaded(f"{len(self.queue)} requests are waiting already (--max-queue {self.max_queue})")
             self.queue.append(request)
             self.condition.notify()
@@ -190,7 +207,7 @@ class Scheduler:
                             request.slot = heapq.heappop(self.free_slots)
                             admitted.append(request)
                         else:
-                            self.counters.cancelled += 1
+                            self._count("cancelled")
                 self._expire()
                 for request in admitted:
                     self._guarded([request], self._prefill, request)
@@ -208,7 +225,7 @@ class Scheduler:
             message = f"generation failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             for request in requests:
                 if request.slot is not None:
-                    self.counters.failed += 1
+                    self._count("failed")
                     self._release(request)
                     request.deliver(Event("error", status=500, message=message[:300]))
 
@@ -217,7 +234,7 @@ class Scheduler:
         now = time.monotonic()
         for request in list(self.running.values()):
             if request.cancelled:
-                self.counters.cancelled += 1
+                self._count("cancelled")
                 self._release(request)
             elif now > request.deadline:
                 self._time_out(request)
@@ -227,12 +244,12 @@ class Scheduler:
                 self.queue.remove(request)
         for request in late:
             if request.cancelled:
-                self.counters.cancelled += 1
+                self._count("cancelled")
             else:
                 self._time_out(request)
 
     def _time_out(self, request: Request) -> None:
-        self.counters.timed_out += 1
+        self._count("timed_out")
         self._release(request)
         message = f"the request took longer than its timeout of {request.timeout:g} s"
         request.deliver(Event("error", status=504, message=message))
@@ -250,9 +267,9 @@ class Scheduler:
         self.cache.free(request.slot)
         view = self.cache.view(request.slot, request.slot + 1)
         ids = torch.tensor([request.prompt], device=self.device)
+        self.metrics.prompt_tokens.inc(len(request.prompt))
         logits = self.model(ids, cache=view, last_token_only=True)[:, -1].float()
-        (token,) = sampler.choose(sampler.scores(logits, None, request.sampling), request.sampling)
-        self._emit(request, token)
+        self._choose([request], logits)
 
     def _decode_step(self) -> None:
         """One token for every running request: the slots ``lo:hi`` as one batch (a free slot inside rides
@@ -264,25 +281,51 @@ class Scheduler:
         ids = torch.tensor([[r.tokens[-1] if r is not None else 0] for r in rows], device=self.device)
         logits = self.step(ids, view.attention_mask(1), view)  # (rows, vocab)
         self.counters.steps += 1
+        self.metrics.steps.inc()
         active = [row for row, request in enumerate(rows) if request is not None]
-        requests = [rows[row] for row in active]
-        sampling = Sampling.stack([r.sampling for r in requests])
-        logits = logits if len(active) == len(rows) else logits[active]
-        tokens = sampler.choose(sampler.scores(logits, None, sampling), sampling)  # the step's one read-back
-        for request, token in zip(requests, tokens, strict=True):
-            self._emit(request, token)
+        self._choose([rows[row] for row in active], logits if len(active) == len(rows) else logits[active])
 
-    def _emit(self, request: Request, token: int) -> None:
+    def _choose(self, requests: list[Request], logits: torch.Tensor) -> None:
+        """Every request's next token from its row of ``logits`` ``(rows, vocab)``, by the batched sampler (and
+        the log-probabilities of the requests that asked for them)."""
+        sampling = Sampling.stack([r.sampling for r in requests])
+        counts = None
+        if sampling.counted:  # the presence / frequency penalties; rows without them count nothing
+            zeros = logits.new_zeros(1, logits.size(-1))
+            counts = torch.cat([r.counts if r.counts is not None else zeros for r in requests])
+        tokens = sampler.choose(sampler.scores(logits, None, sampling, counts), sampling)  # the step's read-back
+        asking = [i for i, r in enumerate(requests) if r.logprobs is not None]
+        reported = {}
+        if asking:
+            top = max(requests[i].logprobs for i in asking)
+            found = sampler.logprobs(logits[asking], [tokens[i] for i in asking], top)
+            reported = {i: (tokens[i], lp, list(zip(ids, lps, strict=True))[: requests[i].logprobs])
+                        for i, (lp, ids, lps) in zip(asking, found, strict=True)}  # fmt: skip
+        for i, (request, token) in enumerate(zip(requests, tokens, strict=True)):
+            self._emit(request, token, reported.get(i))
+
+    def _emit(self, request: Request, token: int, logprob: tuple | None = None) -> None:
         """Take the request's next token, send the text it settles, and end the request if it is done."""
+        now = time.monotonic()
+        if request.last_token_at is None:
+            self.metrics.ttft.observe(now - request.submitted)
+        else:
+            self.metrics.inter_token.observe(now - request.last_token_at)
+        request.last_token_at = now
         request.tokens.append(token)
+        if request.counts is not None:
+            request.counts[0, token] += 1
+        if logprob is not None:
+            request.pending.append(logprob)
         self.counters.generated_tokens += 1
+        self.metrics.generated_tokens.inc()
         finish = None
         if token in self.eos_token_ids:
             finish = "stop"
         else:
             piece, stopped = request.text.push(token)
             if piece:
-                request.deliver(Event("text", text=piece))
+                request.deliver(Event("text", text=piece, logprobs=self._take_pending(request)))
             if stopped:
                 finish = "stop"
         if finish is None and (
@@ -292,8 +335,8 @@ class Scheduler:
         if finish is not None:
             rest = request.text.finish() if finish == "length" or token in self.eos_token_ids else ""
             if rest:
-                request.deliver(Event("text", text=rest))
-            self.counters.finished += 1
+                request.deliver(Event("text", text=rest, logprobs=self._take_pending(request)))
+            self._count("finished")
             self._release(request)
             request.deliver(
                 Event(
@@ -301,5 +344,15 @@ class Scheduler:
                     finish_reason=finish,
                     prompt_tokens=len(request.prompt),
                     completion_tokens=len(request.tokens),
+                    logprobs=self._take_pending(request),
                 )
             )
+
+    @staticmethod
+    def _take_pending(request: Request) -> list:
+        pending, request.pending = request.pending, []
+        return pending
+
+    def _count(self, outcome: str) -> None:
+        setattr(self.counters, outcome, getattr(self.counters, outcome) + 1)
+        self.metrics.requests.labels(outcome).inc()

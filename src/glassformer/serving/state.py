@@ -11,6 +11,7 @@ from collections.abc import Callable
 from starlette.requests import Request as HTTPRequest
 
 from glassformer.serving.loading import Served
+from glassformer.serving.logprobs import TokenText
 from glassformer.serving.protocol import APIError
 from glassformer.serving.scheduler import Scheduler
 
@@ -40,6 +41,7 @@ class Server:
         self.error: str | None = None
         self.loaded = threading.Event()
         self.encoder_lock = threading.Lock()
+        self._token_text: TokenText | None = None
 
     def start_loading(self) -> None:
         threading.Thread(target=self._load, name="glassformer-load", daemon=True).start()
@@ -62,6 +64,12 @@ class Server:
     def stop(self) -> None:
         if self.scheduler is not None:
             self.scheduler.stop()
+
+    def token_text(self) -> TokenText:
+        """Each token's text and bytes, for logprobs (one table for the server's life)."""
+        if self._token_text is None:
+            self._token_text = TokenText(self.served.tokenizer)
+        return self._token_text
 
     # --- checks every /v1 route makes ------------------------------------------------------------------------------
 

@@ -1,0 +1,46 @@
+"""``/metrics`` in Prometheus's text format (``prometheus_client``), one registry per server:
+
+    glassformer_time_to_first_token_seconds      histogram: submitted -> first token
+    glassformer_inter_token_seconds              histogram: between two tokens of one request
+    glassformer_requests_running / _waiting      gauges: slots in use, queue depth
+    glassformer_prompt_tokens_total              counter: prompt tokens admitted
+    glassformer_generated_tokens_total           counter: tokens generated
+    glassformer_requests_total{outcome}          counter: finished, cancelled, timed_out, rejected, failed
+    glassformer_decoding_steps_total             counter: batched decoding steps
+
+The scheduler's thread records into it; the HTTP route renders it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+OUTCOMES = ("finished", "cancelled", "timed_out", "rejected", "failed")
+
+
+class Metrics:
+    """The server's Prometheus metrics; ``running`` and ``waiting`` are read when scraped."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, running: Callable[[], int], waiting: Callable[[], int]):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.ttft = Histogram("glassformer_time_to_first_token_seconds", "Time from a request's arrival to its "
+                              "first token", buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.inter_token = Histogram("glassformer_inter_token_seconds", "Time between two tokens of one request",
+                                     buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        Gauge("glassformer_requests_running", "Requests holding a slot", registry=r).set_function(running)
+        Gauge("glassformer_requests_waiting", "Requests in the queue", registry=r).set_function(waiting)
+        self.prompt_tokens = Counter("glassformer_prompt_tokens", "Prompt tokens admitted", registry=r)
+        self.generated_tokens = Counter("glassformer_generated_tokens", "Tokens generated", registry=r)
+        self.requests = Counter("glassformer_requests", "Requests ended, by outcome", ["outcome"], registry=r)
+        for outcome in OUTCOMES:  # every series present from the start, at 0
+            self.requests.labels(outcome)
+        self.steps = Counter("glassformer_decoding_steps", "Batched decoding steps", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
