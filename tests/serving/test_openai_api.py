@@ -186,6 +186,47 @@ def test_frequency_and_presence_penalties_change_the_greedy_answer_as_openai_def
     assert most_repeated(penalized) < most_repeated(plain)
 
 
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string", "maxLength": 24},
+        "age": {"type": "integer", "minimum": 0, "maximum": 130},
+        "languages": {"type": "array", "items": {"enum": ["en", "fr", "de"]}, "maxItems": 3},
+    },
+    "required": ["name", "age", "languages"],
+    "additionalProperties": False,
+}
+
+
+def test_json_schema_answers_parse_and_validate_whole_and_streamed(client):
+    """OpenAI's json_schema response_format, chat and completions, greedy and sampled, whole and streamed: every
+    answer parses and validates against its schema (jsonschema), and ends by the grammar ("stop")."""
+    jsonschema = pytest.importorskip("jsonschema")
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    messages = [{"role": "user", "content": "Describe a famous scientist as JSON."}]
+    answers = [c.message.content for c in client.chat.completions.create(
+        model="smollm2", messages=messages, max_tokens=120, temperature=0.9, seed=1, n=3, response_format=fmt
+    ).choices]  # fmt: skip
+    chunks = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=120, temperature=0,
+                                            response_format=fmt, stream=True)  # fmt: skip
+    answers.append("".join(c.choices[0].delta.content or "" for c in chunks if c.choices))
+    completion = client.completions.create(model="smollm2", prompt="A person, as JSON: ", max_tokens=120,
+                                           temperature=0, extra_body={"response_format": fmt})  # fmt: skip
+    answers.append(completion.choices[0].text)
+    for answer in answers:
+        jsonschema.validate(json.loads(answer), PERSON)
+    assert completion.choices[0].finish_reason == "stop"
+
+
+def test_json_object_mode_answers_a_json_object(client):
+    """Any JSON object; it ends by the grammar (an answer cut by max_tokens would end with finish_reason length)."""
+    answer = client.chat.completions.create(
+        model="smollm2", messages=[{"role": "user", "content": 'Answer as JSON: {"capital of France": ...}'}],
+        max_tokens=200, temperature=0, response_format={"type": "json_object"},
+    ).choices[0]  # fmt: skip
+    assert answer.finish_reason == "stop" and isinstance(json.loads(answer.message.content), dict)
+
+
 def test_embeddings_equal_the_sentence_encoder(client, minilm):
     texts = ["A man is eating food.", "Someone is having a meal.", "The sky is blue."]
     for encoding in (None, "float", "base64"):  # None: the client asks for base64 and decodes it itself
@@ -227,6 +268,20 @@ BAD_REQUESTS = [
     ("/v1/completions", {"prompt": "Hi", "logprobs": 9}, "logprobs must be between 0 and 5"),
     ("/v1/completions", {"prompt": "Hi", "presence_penalty": 3}, "presence_penalty must be between -2 and 2"),
     ("/v1/completions", {"prompt": "Hi", "echo": True}, "echo is not supported"),
+    ("/v1/completions", {"prompt": "Hi", "response_format": {"type": "xml"}}, "response_format must be"),
+    (
+        "/v1/completions",
+        {"prompt": "Hi", "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+        "json_schema.schema must be a JSON schema object",
+    ),
+    (
+        "/v1/completions",
+        {
+            "prompt": "Hi",
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objectx"}}},
+        },
+        "the JSON schema cannot be used: Invalid type: objectx",
+    ),
     (
         "/v1/chat/completions",
         {"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2},

@@ -5,7 +5,8 @@
                  s / p where s > 0, s · p where s < 0
              presence and frequency penalties (OpenAI's) on the row's new tokens, counted:
                  s − frequency · count − presence · [count > 0]
-             the constraints of ``glassformer.generation.processors`` (no_repeat_ngram, min_new_tokens): -inf
+             the constraints of ``glassformer.generation.processors`` (no_repeat_ngram, min_new_tokens) and each
+             row's guide (structured output: ``glassformer.generation.structured``): -inf
     greedy   rows with temperature 0:  argmax(scores)
     sampled  the other rows:  s / T;  top-k: keep the k highest (ties kept);  top-p (Holtzman et al. 2019): keep the
              smallest set of most likely tokens whose mass reaches p (at least one);  then a draw from the softmax by
@@ -45,6 +46,7 @@ class Sampling:
     frequency: torch.Tensor
     generators: list[torch.Generator | None]
     constraints: list[LogitsProcessor] = dataclasses.field(default_factory=list)  # the same for every row
+    guides: list | None = None  # per row, a structured-output Guide or None (glassformer.generation.structured)
 
     @classmethod
     def of(
@@ -80,14 +82,17 @@ class Sampling:
     def stack(cls, parts: Sequence[Sampling]) -> Sampling:
         """The rows of several settings, one after another (the server's running requests, one each); their
         constraints must be the same."""
+        guides = [g for p in parts for g in (p.guides or [None] * len(p.generators))]
         return cls(*(torch.cat([getattr(p, name) for p in parts]) for name in TENSORS),
-                   [g for p in parts for g in p.generators], parts[0].constraints)  # fmt: skip
+                   [g for p in parts for g in p.generators], parts[0].constraints,
+                   guides if any(g is not None for g in guides) else None)  # fmt: skip
 
     def rows(self, index: Sequence[int]) -> Sampling:
         """The settings of some rows (the server's running requests)."""
         i = torch.tensor(list(index), dtype=torch.long, device=self.temperature.device)
+        guides = None if self.guides is None else [self.guides[j] for j in index]
         return Sampling(*(getattr(self, name)[i] for name in TENSORS), [self.generators[j] for j in index],
-                        self.constraints)  # fmt: skip
+                        self.constraints, guides)  # fmt: skip
 
 
 def scores(
@@ -104,6 +109,11 @@ def scores(
         scores = scores.scatter(1, history, torch.where(seen < 0, seen * penalty, seen / penalty))
     if sampling.counted:
         scores = scores - sampling.frequency[:, None] * counts - sampling.presence[:, None] * (counts > 0)
+    if sampling.guides is not None:  # structured output: what each row's grammar allows
+        vocab = scores.size(-1)
+        allowed = torch.stack([g.allowed()[:vocab] if g is not None else torch.ones(vocab, dtype=torch.bool)
+                               for g in sampling.guides]).to(scores.device)  # fmt: skip
+        scores = scores.masked_fill(~allowed, float("-inf"))
     return apply_processors(sampling.constraints, history, scores)
 
 

@@ -103,6 +103,8 @@ class Sampling:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logprobs: int | None = None  # None: none; k: each token's log-probability and the k most likely tokens'
+    json: bool = False  # response_format json_object / json_schema: the answer is JSON (matching ``schema``)
+    schema: dict | None = None
 
 
 def read_logprobs(body: dict, kind: str) -> int | None:
@@ -117,6 +119,25 @@ def read_logprobs(body: dict, kind: str) -> int | None:
     if count is not None and not asked:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     return (count or 0) if asked else None
+
+
+def read_response_format(body: dict) -> tuple[bool, dict | None]:
+    """``response_format``: ``{"type": "text"}`` (free text), ``{"type": "json_object"}`` (any JSON object) or
+    ``{"type": "json_schema", "json_schema": {"name", "schema", "strict"}}`` (OpenAI's shape): ``(json, schema)``."""
+    spec = body.get("response_format")
+    if spec is None:
+        return False, None
+    kind = spec.get("type") if isinstance(spec, dict) else None
+    if kind not in ("text", "json_object", "json_schema"):
+        raise APIError(400, "response_format must be {\"type\": \"text\" | \"json_object\" | \"json_schema\"}",
+                       param="response_format")  # fmt: skip
+    if kind != "json_schema":
+        return kind == "json_object", None
+    schema = (spec.get("json_schema") or {}).get("schema") if isinstance(spec.get("json_schema"), dict) else None
+    if not isinstance(schema, dict):
+        raise APIError(400, "response_format.json_schema.schema must be a JSON schema object",
+                       param="response_format")  # fmt: skip
+    return True, schema
 
 
 def read_sampling(body: dict, kind: str = "completion") -> Sampling:
@@ -152,6 +173,7 @@ def read_sampling(body: dict, kind: str = "completion") -> Sampling:
         presence_penalty=float(_number(body, "presence_penalty", 0.0, -2.0, 2.0)),
         frequency_penalty=float(_number(body, "frequency_penalty", 0.0, -2.0, 2.0)),
         logprobs=read_logprobs(body, kind),
+        **dict(zip(("json", "schema"), read_response_format(body), strict=True)),
     )
 
 

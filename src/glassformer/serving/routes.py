@@ -159,6 +159,7 @@ async def generate(
     def deliver_to(index: int):
         return lambda event: loop.call_soon_threadsafe(events.put_nowait, (index, event))
 
+    guides = [_guide(server, sampling) for _ in range(sampling.n)]  # each choice its own grammar state
     jobs = [
         Request(
             prompt=ids,
@@ -172,7 +173,8 @@ async def generate(
             presence_penalty=sampling.presence_penalty,
             frequency_penalty=sampling.frequency_penalty,
             logprobs=sampling.logprobs,
-        )  # fmt: skip
+            guide=guides[i],
+        )
         for i in range(sampling.n)
     ]
     try:
@@ -193,6 +195,16 @@ async def generate(
             media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )  # fmt: skip
     return await whole(request, jobs, events, reply)
+
+
+def _guide(server: Server, sampling: Sampling):
+    """Structured output's grammar state for one choice, or None; a schema it cannot use is a 400."""
+    if not sampling.json:
+        return None
+    try:
+        return server.grammars().json(sampling.schema)
+    except ValueError as error:
+        raise APIError(400, str(error), param="response_format") from None
 
 
 def _max_tokens(kind: str, ids: list[int], sampling: Sampling, default_max: int | None, context: int) -> int:

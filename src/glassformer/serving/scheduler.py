@@ -78,6 +78,7 @@ class Request:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logprobs: int | None = None
+    guide: object | None = None  # structured output: its grammar's state (glassformer.generation.structured)
     # the scheduler's bookkeeping
     tokens: list[int] = dataclasses.field(default_factory=list)
     slot: int | None = None
@@ -166,6 +167,7 @@ class Scheduler:
             else:
                 generator.seed()
         request.sampling = Sampling.of([config], [generator], device=self.device)
+        request.sampling.guides = None if request.guide is None else [request.guide]
         if request.sampling.counted:
             request.counts = torch.zeros(1, self.model.config.vocab_size, device=self.device)
         with self.condition:
@@ -313,6 +315,8 @@ class Scheduler:
             self.metrics.inter_token.observe(now - request.last_token_at)
         request.last_token_at = now
         request.tokens.append(token)
+        if request.guide is not None:
+            request.guide.advance(token)
         if request.counts is not None:
             request.counts[0, token] += 1
         if logprob is not None:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from starlette.requests import Request as HTTPRequest
 
+from glassformer.generation.structured import Grammars
 from glassformer.serving.loading import Served
 from glassformer.serving.logprobs import TokenText
 from glassformer.serving.protocol import APIError
@@ -42,6 +43,7 @@ class Server:
         self.loaded = threading.Event()
         self.encoder_lock = threading.Lock()
         self._token_text: TokenText | None = None
+        self._grammars: Grammars | None = None
 
     def start_loading(self) -> None:
         threading.Thread(target=self._load, name="glassformer-load", daemon=True).start()
@@ -64,6 +66,14 @@ class Server:
     def stop(self) -> None:
         if self.scheduler is not None:
             self.scheduler.stop()
+
+    def grammars(self) -> Grammars:
+        """llguidance's view of the tokenizer, for structured output (made on first use, ~0.3 s)."""
+        if self._grammars is None:
+            served = self.served
+            eos = sorted(self.scheduler.eos_token_ids) or [served.model.config.eos_token_id]
+            self._grammars = Grammars(served.tokenizer, served.model.config.vocab_size, eos)
+        return self._grammars
 
     def token_text(self) -> TokenText:
         """Each token's text and bytes, for logprobs (one table for the server's life)."""
