@@ -77,3 +77,18 @@ def test_a_build_that_fails_says_why(monkeypatch, tmp_path):
         extension.load.cache_clear()
         monkeypatch.undo()
         assert extension.load()
+
+
+def test_one_sequence_rows_are_a_causal_block_of_one_sequence():
+    """``one_sequence``: five rows are positions 2..6 of the sequence in cache row 1 (rows 0 untouched), each row
+    attending to the positions up to its own: the reference computes it position by position."""
+    arguments = decoder.probe_arguments()
+    theirs = [*arguments[:3], arguments[3].clone(), arguments[4].clone()]
+    x = torch.randn(5, 1, 64)
+    write_at = torch.arange(2, 7)
+    positions = torch.stack((write_at, torch.zeros(5, dtype=torch.long), write_at))
+    ours = decoder.decode_step(x, *arguments, positions, 1, 4, 2, 1e-5, 0.25, True)
+    expected = decoder.reference_step(x, *theirs, positions, 1, 4, 2, 1e-5, 0.25, True)
+    torch.testing.assert_close(ours, expected, atol=1e-3 * float(expected.abs().max()), rtol=0)
+    torch.testing.assert_close(arguments[3], theirs[3], atol=1e-3, rtol=0)
+    assert not arguments[3][:, 0].any()

@@ -207,6 +207,23 @@ def test_the_plain_c_kernels_compute_the_same(tmp_path):
     assert (fused - modules).abs().max() <= 1e-4 * modules.abs().max()
 
 
+@pytest.mark.parametrize("kind", ["int4", "int8"])
+def test_a_block_of_one_sequence_gives_the_modules_logits(kind):
+    """The fused block (speculative decoding's check): n tokens after a cached prefix, every position's logits and
+    the cache as the modules give them."""
+    model = llama().quantize(kind, 32)
+    ids = torch.randint(0, 96, (1, 12))
+    with torch.inference_mode():
+        ours, theirs = model.make_cache(1, 16), model.make_cache(1, 16)
+        model(ids[:, :5], cache=ours)
+        model(ids[:, :5], cache=theirs)
+        block = fused_step.block(model, ids[:, 5:], ours)
+        expected = model(ids[:, 5:], cache=theirs)[0]
+    assert block is not None and ours.length == theirs.length == 12
+    assert (block - expected).abs().max() <= 1e-4 * expected.abs().max()
+    assert (ours.keys - theirs.keys).abs().max() <= 1e-4 * theirs.keys.abs().max()
+
+
 def test_the_step_is_chosen_once_and_forward_is_always_the_modules(monkeypatch, fused_steps):
     """generate and the server ask glassformer.generation.step: the fused step for a quantized Llama-style model,
     the modules otherwise; forward never takes the fused step, so asking for attention weights changes no logit

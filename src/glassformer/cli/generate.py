@@ -39,7 +39,13 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=defaults.top_p)
     parser.add_argument("--no-repeat-ngram-size", type=int, default=defaults.no_repeat_ngram_size)
     parser.add_argument("--repetition-penalty", type=float, default=defaults.repetition_penalty)
+    parser.add_argument("--presence-penalty", type=float, default=defaults.presence_penalty, help="OpenAI's")
+    parser.add_argument("--frequency-penalty", type=float, default=defaults.frequency_penalty, help="OpenAI's")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="makes sampling reproducible")
+    parser.add_argument(
+        "--prompt-lookup", type=int, default=None, metavar="N",
+        help="speculative decoding: draft up to N tokens from text earlier in the conversation (same output)",
+    )  # fmt: skip
     add_device_arguments(parser)
     add_quantize_arguments(parser)
 
@@ -85,7 +91,10 @@ def sampling_options(args: argparse.Namespace) -> dict:
         top_p=args.top_p,
         no_repeat_ngram_size=args.no_repeat_ngram_size,
         repetition_penalty=args.repetition_penalty,
+        presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty,
         seed=args.seed,
+        prompt_lookup_num_tokens=args.prompt_lookup,
     )
 
 

@@ -11,7 +11,9 @@ search (``num_beams`` > 1, finished hypotheses ranked by sum of log-probabilitie
 Every search: ``repetition_penalty`` (CTRL's, on every token of the sequence), ``presence_penalty`` and
 ``frequency_penalty`` (OpenAI's, on the new tokens: s − f · count − p · [count > 0]), ``no_repeat_ngram_size``;
 ``eos_token_id`` ends a sequence, whose row is then filled with ``pad_token_id`` (``eos_token_id`` if there is no
-pad) until all have ended.
+pad) until all have ended. ``prompt_lookup_num_tokens``: speculative decoding that drafts up to that many tokens
+by finding the sequence's last ``max_matching_ngram_size`` tokens earlier in it (``glassformer.generation.
+speculative``; one sequence at a time, the same tokens as without it).
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class GenerationConfig:
     pad_token_id: int | None = None
     seed: int | None = None
     use_cache: bool = True
+    prompt_lookup_num_tokens: int | None = None
+    max_matching_ngram_size: int = 2
 
     @property
     def fill_token_id(self) -> int:
@@ -67,6 +71,9 @@ class GenerationConfig:
             )
         if self.num_beams > 1 and self.do_sample:
             raise ValueError("beam search with sampling is not supported; use num_beams=1 to sample")
+        if self.prompt_lookup_num_tokens and (self.num_beams > 1 or not self.use_cache):
+            raise ValueError("prompt_lookup_num_tokens drafts for greedy or sampled decoding with the cache; "
+                             "use num_beams=1 and use_cache=True")  # fmt: skip
         if vocab_size is not None:
             for name in ("eos_token_id", "pad_token_id"):
                 value = getattr(self, name)

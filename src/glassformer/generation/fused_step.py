@@ -142,6 +142,43 @@ def _rows(cache: KVCache | SlotView, batch: int, attention_mask: torch.Tensor | 
     return torch.stack((write_at, first, write_at - first)), storage, start
 
 
+def _weights_for(model: nn.Module, storage) -> _Weights | None:
+    """The gathered weights for steps with this cache's storage (looked at once per cache), or None."""
+    weights = _of_cache.get(storage)
+    if weights is None:  # the first step with this cache: gathered (or checked) once per generate call, or per server
+        weights = _weights(model) if takes(model) else None
+        _of_cache[storage] = weights or False
+    return weights or None
+
+
+def block(model: nn.Module, ids: torch.Tensor, cache: KVCache):
+    """Logits ``(n, vocab_size)`` of the ``n`` tokens ``ids`` ``(1, n)`` of one sequence, run as one block after
+    what the cache holds (causal within the block: the operator's ``one_sequence`` rows), the cache advanced by n;
+    or None where the fused step does not take them. Speculative decoding checks its drafts with it."""
+    if ids.dim() != 2 or ids.size(0) != 1 or torch.is_grad_enabled() or not isinstance(cache, KVCache):
+        return None
+    n, keys = ids.size(1), cache.keys
+    if keys.size(1) != 1 or cache.length + n > min(cache.max_length, model.config.max_seq_length):
+        return None
+    if keys.dtype != torch.float32 or keys.device.type != "cpu" or not keys.is_contiguous():
+        return None
+    weights = _weights_for(model, cache)
+    if weights is None:
+        return None
+    check_token_ids(ids, model.config.vocab_size, None)
+    x = model.embedding(ids)
+    if x.dtype != torch.float32:
+        return None
+    write_at = torch.arange(cache.length, cache.length + n)
+    positions = torch.stack((write_at, torch.zeros(n, dtype=torch.long), write_at))
+    hidden = decoder.decode_step(
+        x.view(n, 1, -1), weights.tensors, weights.group_sizes, weights.inv_freq, keys, cache.values, positions, 0,
+        weights.heads, weights.kv_heads, weights.eps, weights.scale, True,
+    )  # fmt: skip
+    cache.advance(n)
+    return model.lm_head(hidden)[:, 0]
+
+
 def step(model: nn.Module, ids: torch.Tensor, cache, attention_mask: torch.Tensor | None = None):
     """Logits ``(batch, 1, vocab_size)`` for one new token per row, the cache advanced; the same as the modules give
     (tested step by step), or None where the fused step does not take these rows, and nothing is changed."""
@@ -151,11 +188,8 @@ def step(model: nn.Module, ids: torch.Tensor, cache, attention_mask: torch.Tenso
     if not isinstance(storage, KVCache | SlotCache) or cache.length + 1 > model.config.max_seq_length:
         return None
     check_token_ids(ids, model.config.vocab_size, None)
-    weights = _of_cache.get(storage)
-    if weights is None:  # the first step with this cache: gathered (or checked) once per generate call, or per server
-        weights = _weights(model) if takes(model) else None
-        _of_cache[storage] = weights or False
-    if not weights:  # a model the step does not take: known after one look, nothing more per step
+    weights = _weights_for(model, storage)
+    if weights is None:  # a model the step does not take: known after one look, nothing more per step
         return None
     rows = _rows(cache, ids.size(0), attention_mask)
     if rows is None:

@@ -141,6 +141,26 @@ def choose(scores: torch.Tensor, sampling: Sampling, unfinished: torch.Tensor | 
     return tokens
 
 
+def verify(scores: torch.Tensor, sampling: Sampling, draft: int) -> tuple[bool, int]:
+    """Speculative decoding's test of a drafted token for one row (``scores`` ``(1, vocab)``): ``(accepted, token)``.
+    Greedy: accepted when it is the argmax, else the argmax. Sampled, with a draft that proposes one token (q = δ_d):
+    accepted with probability p(d), else a draw from p with d removed, renormalized — so the token is distributed as
+    p exactly (Leviathan et al. 2023; Chen et al. 2023), whatever was drafted."""
+    if not sampling.sampled_rows:
+        (token,) = choose(scores, sampling)
+        return token == draft, token
+    probs = filtered(scores, sampling).softmax(-1)[0]
+    generator = sampling.generators[0]
+    if float(torch.rand(1, generator=generator, device=probs.device)) < float(probs[draft]):
+        return True, draft
+    rest = probs.clone()
+    rest[draft] = 0
+    if float(rest.sum()) <= 0:  # p was all on the draft: it would have been accepted
+        return True, draft
+    race = torch.empty_like(rest).exponential_(generator=generator)
+    return False, int((rest / race).argmax())
+
+
 def token_counts(generated: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """``(batch, vocab)``: how often each token occurs in each row of ``generated`` ``(batch, n)``."""
     counts = torch.zeros(generated.size(0), vocab_size, device=generated.device)

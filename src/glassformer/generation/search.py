@@ -26,6 +26,7 @@ from glassformer.generation import sampler
 from glassformer.generation.config import GenerationConfig
 from glassformer.generation.processors import build_processors
 from glassformer.generation.sampler import Sampling
+from glassformer.generation.speculative import prompt_lookup_decode
 from glassformer.generation.step import DecodingStep, choose_step
 from glassformer.nn.linear import packed_weights
 
@@ -81,6 +82,8 @@ def generate(
         sampling = Sampling.of([config] * rows, [generator] * rows, build_processors(config, prompt_length), device)
         if config.num_beams > 1:
             return beam_search(model, step, input_ids, attention_mask, config, max_length, sampling)
+        if config.prompt_lookup_num_tokens:  # speculative: drafts from the sequence itself, one sequence at a time
+            return prompt_lookup_decode(model, step, input_ids, config, max_length, sampling, on_tokens)
         return greedy_or_sample(model, step, input_ids, attention_mask, config, max_length, sampling, on_tokens)
 
 

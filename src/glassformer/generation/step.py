@@ -39,6 +39,15 @@ class DecodingStep:
                 return logits[:, -1].float()
         return self.model(ids, attention_mask=attention_mask, cache=cache, last_token_only=True)[:, -1].float()
 
+    def block(self, ids: torch.Tensor, cache) -> torch.Tensor:
+        """Scores ``(n, vocab)`` in float32 of every position of ``ids`` ``(1, n)``, one sequence's next tokens run
+        as one block after its cache (speculative decoding's check), the cache advanced by n."""
+        if self.kind == "fused":
+            logits = fused_step.block(self.model, ids, cache)
+            if logits is not None:
+                return logits.float()
+        return self.model(ids, cache=cache)[0].float()
+
     def describe(self) -> str:
         return KINDS[self.kind]
 

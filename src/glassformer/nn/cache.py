@@ -87,6 +87,13 @@ class KVCache(CacheStorage):
     def advance(self, n: int) -> None:
         self.length += n
 
+    def rewind(self, length: int) -> None:
+        """Forget every position from ``length`` on (speculative decoding: the draft tokens that were rejected);
+        they are overwritten by the next ones written."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot rewind a cache of {self.length} positions to {length}")
+        self.length = length
+
     def reorder(self, batch_index: torch.Tensor) -> None:
         """Keep rows ``batch_index`` of the batch (beam search: each surviving beam takes its parent's cache)."""
         self.keys = self.keys.index_select(1, batch_index)

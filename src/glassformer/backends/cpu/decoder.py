@@ -30,18 +30,26 @@ from glassformer.backends.cpu.quantized import dequantize, probe_weight
 PER_LAYER = 14  # γ_1, γ_2, then (codes, scales, offsets) of W_QKV, W_O, W_gate_up, W_2
 
 
-def decode_step(x, weights, group_sizes, inv_freq, keys, values, positions, first_row, heads, kv_heads, eps, scale):
+def decode_step(
+    x, weights, group_sizes, inv_freq, keys, values, positions, first_row, heads, kv_heads, eps, scale,
+    one_sequence=False,
+):  # fmt: skip
     """The final norm of the hidden states after every layer, ``(batch, 1, d_model)``, for one new token per row
     whose embeddings are ``x`` ``(batch, 1, d_model)``; its keys and values are written into ``keys`` / ``values``
-    at rows ``first_row …``."""
+    at rows ``first_row …`` — or, ``one_sequence``, every row at row ``first_row``: the rows are consecutive
+    positions of one sequence (a block of tokens, causal within it)."""
     if not extension.load():
         raise RuntimeError(extension.why_not[-1])
     return torch.ops.glassformer.decode_step(
-        x, weights, group_sizes, inv_freq, keys, values, positions, first_row, heads, kv_heads, eps, scale
-    )
+        x, weights, group_sizes, inv_freq, keys, values, positions, first_row, heads, kv_heads, eps, scale,
+        one_sequence,
+    )  # fmt: skip
 
 
-def reference_step(x, weights, group_sizes, inv_freq, keys, values, positions, first_row, heads, kv_heads, eps, scale):
+def reference_step(
+    x, weights, group_sizes, inv_freq, keys, values, positions, first_row, heads, kv_heads, eps, scale,
+    one_sequence=False,
+):  # fmt: skip
     """``decode_step`` in torch operations, row by row (the formula; slow)."""
     batch, d, head_dim = x.size(0), x.size(-1), keys.size(-1)
     write_at, first, rotary_at = positions.tolist()
@@ -59,7 +67,7 @@ def reference_step(x, weights, group_sizes, inv_freq, keys, values, positions, f
         qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), -1) * sin  # RoPE, rotate-half pairs
         outputs = []
         for r in range(batch):
-            row, span = first_row + r, slice(first[r], write_at[r] + 1)
+            row, span = first_row + (0 if one_sequence else r), slice(first[r], write_at[r] + 1)
             keys[layer, row, :, write_at[r]] = qk[r, heads:]
             values[layer, row, :, write_at[r]] = qkv[r, heads + kv_heads :]
             k, v = (t[layer, row, :, span].repeat_interleave(heads // kv_heads, 0) for t in (keys, values))

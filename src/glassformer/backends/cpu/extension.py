@@ -113,7 +113,8 @@ def _register_fakes() -> None:
         return x.new_empty((*x.shape[:-1], codes.size(0)))
 
     @torch.library.register_fake("glassformer::decode_step")
-    def _(x, weights, group_sizes, inv_freq, keys, values, positions, first_row, num_heads, kv_heads, eps, scale):
+    def _(x, weights, group_sizes, inv_freq, keys, values, positions, first_row, num_heads, kv_heads, eps, scale,
+          one_sequence=False):  # fmt: skip
         return torch.empty_like(x)  # (batch, 1, d_model); keys and values written in place
 
 

@@ -3,7 +3,7 @@
 
        glassformer::quantized_linear(x, codes, scales, offsets?, bias?, group_size)   y = x W^T + b   (quantized.h)
        glassformer::decode_step(x, weights, group_sizes, inv_freq, keys!, values!, positions, first_row, num_heads,
-                                kv_heads, eps, scale)                                   every layer of a step (decoder.h)
+                                kv_heads, eps, scale, one_sequence)                     every layer of a step (decoder.h)
        glassformer::simd()                                                              "AVX2" or "C": how it was built
 
    The shapes the Python side gives (and its fake implementations, for torch.compile) are in
@@ -92,7 +92,7 @@ constexpr int64_t PER_LAYER = 14; /* norm1, norm2, then (codes, scales, offsets)
 at::Tensor decode_step_op(const at::Tensor &x, const c10::List<std::optional<at::Tensor>> &weights,
                        at::IntArrayRef group_sizes, const at::Tensor &inv_freq, at::Tensor &keys, at::Tensor &values,
                        const at::Tensor &positions, int64_t first_row, int64_t num_heads, int64_t kv_heads,
-                       double eps, double scale) {
+                       double eps, double scale, bool one_sequence) {
     TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu() && x.dim() == 3 && x.size(1) == 1,
                 "x: float32 (batch, 1, d_model) on the CPU");
     const int64_t B = x.size(0), d = x.size(2), L = (int64_t)(weights.size() - 1) / PER_LAYER;
@@ -104,7 +104,7 @@ at::Tensor decode_step_op(const at::Tensor &x, const c10::List<std::optional<at:
     const int64_t hd = keys.size(4);
     TORCH_CHECK(keys.size(2) == kv_heads && kv_heads > 0 && num_heads % kv_heads == 0 && hd % 2 == 0,
                 "the cache's heads do not fit num_heads and kv_heads");
-    TORCH_CHECK(first_row >= 0 && first_row + B <= keys.size(1), "the rows lie outside the cache");
+    TORCH_CHECK(first_row >= 0 && first_row + (one_sequence ? 1 : B) <= keys.size(1), "the rows lie outside the cache");
     TORCH_CHECK(positions.scalar_type() == at::kLong && positions.is_contiguous() && positions.dim() == 2 &&
                     positions.size(0) == 3 && positions.size(1) == B,
                 "positions: contiguous int64 (3, batch): write_at, first, rotary_at");
@@ -128,8 +128,12 @@ at::Tensor decode_step_op(const at::Tensor &x, const c10::List<std::optional<at:
                             float_vector(std::optional<at::Tensor>(inv_freq), hd / 2, "inv_freq")};
     const int64_t offset = first_row * keys.stride(1);
     const int64_t *p = positions.data_ptr<int64_t>();
+    /* one_sequence: every row is a position of the same sequence (a block of tokens: speculative decoding's check,
+       a prompt), so all share cache row first_row; each row's keys are written before any row attends, and row r
+       attends to positions first[r] .. write_at[r] only: causal within the block */
+    const int64_t row_stride = one_sequence ? 0 : keys.stride(1);
     const qrows rows = {p, p + B, p + 2 * B, keys.data_ptr<float>() + offset, values.data_ptr<float>() + offset,
-                        keys.stride(1), keys.stride(0), keys.size(3)};
+                        row_stride, keys.stride(0), keys.size(3)};
     at::Tensor hidden = x.reshape({B, d}).clone();
     const int failed = decode_step(&model, hidden.data_ptr<float>(), B, &rows, at::get_num_threads());
     TORCH_CHECK(!failed, "decode_step: a row's positions lie outside the cache, or memory could not be had");
@@ -150,8 +154,8 @@ TORCH_LIBRARY(glassformer, m) {
     m.def("quantized_linear(Tensor x, Tensor codes, Tensor scales, Tensor? offsets, Tensor? bias, int group_size) "
           "-> Tensor");
     m.def("decode_step(Tensor x, Tensor?[] weights, int[] group_sizes, Tensor inv_freq, Tensor(a!) keys, "
-          "Tensor(b!) values, Tensor positions, int first_row, int num_heads, int kv_heads, float eps, float scale) "
-          "-> Tensor");
+          "Tensor(b!) values, Tensor positions, int first_row, int num_heads, int kv_heads, float eps, float scale, "
+          "bool one_sequence=False) -> Tensor");
     m.def("simd() -> str", &simd);
 }
 

@@ -1,0 +1,85 @@
+"""Prompt-lookup speculative decoding against plain decoding: SmolLM2-135M-Instruct, greedy, on tasks that quote
+their input (repeat a paragraph with one word changed; fix a typo in a function) and one that does not (a free
+answer), float32 and int4. Per row: tokens/s of each, the speed-up, the drafts accepted, and whether the output is
+identical to plain greedy decoding (it must be).
+
+    python bench/speculative.py [--new-tokens 128] [--draft 8] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from glassformer import runtime
+from glassformer.data.pretrained import resolve_shortcut
+from glassformer.generation.config import GenerationConfig
+from glassformer.generation.sampler import Sampling
+from glassformer.generation.speculative import prompt_lookup_decode
+from glassformer.generation.step import choose_step
+from glassformer.models.gpt import GPT
+from glassformer.models.quantization import Quantization
+from glassformer.tokenizer import Tokenizer
+
+TASKS = {
+    "edit a paragraph": "Repeat this paragraph exactly, but change the word 'blue' to 'green': The sky over the "
+    "harbour was blue that morning, and the fishermen pulled their boats onto the sand while the gulls circled above "
+    "the old lighthouse. Children ran along the pier, and the smell of salt and tar hung in the air.",
+    "fix code": "Fix the typo in this Python function and return the whole function:\n\ndef average(numbers):\n"
+    "    total = 0\n    for number in numbers:\n        total += numbr\n    return total / len(numbers)\n",
+    "free answer": "Write a short story about a robot who learns to paint.",
+}
+
+
+def timed(function, repeats: int):
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = function()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def measure(model: GPT, ids: torch.Tensor, new_tokens: int, draft: int, repeats: int) -> tuple:
+    """``(plain seconds, lookup seconds, new tokens, stats, identical)`` for one prompt."""
+    eos = model.config.eos_token_id
+    config = GenerationConfig(max_new_tokens=new_tokens, eos_token_id=eos, prompt_lookup_num_tokens=draft)
+    stats: dict = {}
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=4)  # warm up
+        plain_s, plain = timed(lambda: model.generate(ids, max_new_tokens=new_tokens, eos_token_id=eos), repeats)
+        step, sampling = choose_step(model), Sampling.of([config])
+        lookup_s, lookup = timed(
+            lambda: prompt_lookup_decode(model, step, ids, config, ids.size(1) + new_tokens, sampling, stats=stats),
+            repeats,
+        )
+    return plain_s, lookup_s, plain.size(1) - ids.size(1), stats, torch.equal(plain, lookup)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--draft", type=int, default=8, help="prompt_lookup_num_tokens")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    print(runtime.env_line(), flush=True)
+    directory = resolve_shortcut("smollm2")
+    tokenizer = Tokenizer.from_pretrained(directory)
+    print(f"SmolLM2-135M-Instruct, greedy, up to {args.new_tokens} new tokens, drafts of up to {args.draft}, "
+          f"best of {args.repeats}")  # fmt: skip
+    print(f"{'task':18} {'weights':8} {'plain tok/s':>11} {'lookup tok/s':>12} {'speed-up':>8} {'accepted':>9} "
+          f"{'passes':>6}  identical")  # fmt: skip
+    for quantization in (None, "int4"):
+        model = GPT.from_pretrained(directory, quantization=Quantization(quantization) if quantization else None)
+        for task, text in TASKS.items():
+            ids = torch.tensor([tokenizer.encode_chat([{"role": "user", "content": text}])])
+            plain_s, lookup_s, new, stats, identical = measure(model, ids, args.new_tokens, args.draft, args.repeats)
+            print(f"{task:18} {quantization or 'float32':8} {new / plain_s:11.1f} {new / lookup_s:12.1f} "
+                  f"{plain_s / lookup_s:7.2f}x {stats['accepted']:4d}/{stats['drafted']:<4d} {stats['passes']:6d}  "
+                  f"{identical}", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
