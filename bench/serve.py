@@ -9,7 +9,7 @@ this process while the server is idle). Goals: 8 clients >= 4x the aggregate tok
 generate's tokens/s.
 
     python bench/serve.py [--model smollm2] [--new-tokens 128] [--rounds 2] [--url http://127.0.0.1:8000]
-                          [--quantize int8|int4]
+                          [--quantize int8|int4] [--batch-invariant]
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--url", default=None, help="a server already running (default: start one)")
     parser.add_argument("--quantize", choices=["int8", "int4"], default=None, help="serve (and generate) quantized")
+    parser.add_argument("--batch-invariant", action="store_true", help="serve with --batch-invariant (its cost)")
     args = parser.parse_args()
     print(runtime.env_line("cpu"))
     server = None
@@ -121,7 +122,8 @@ def main() -> None:
         url = f"http://127.0.0.1:{port}"
         command = [sys.executable, "-m", "glassformer", "serve", "--model", args.model, "--port", str(port),
                    "--max-batch", "8", "--max-context", "512", "--device", "cpu", "--precision", "fp32",
-                   *(["--quantize", args.quantize] if args.quantize else [])]  # fmt: skip
+                   *(["--quantize", args.quantize] if args.quantize else []),
+                   *(["--batch-invariant"] if args.batch_invariant else [])]  # fmt: skip
         server = subprocess.Popen(command, stderr=subprocess.DEVNULL, env={**os.environ})
     try:
         wait_ready(url)
@@ -145,6 +147,7 @@ def main() -> None:
             server.wait(30)
     baseline = generate_speed(args.model, args.new_tokens, args.rounds, args.quantize)
     name = f"{args.model} {args.quantize}" if args.quantize else args.model
+    name += ", --batch-invariant" if args.batch_invariant else ""
     print(f"{name}, greedy {args.new_tokens} new tokens per request, streaming; best of {args.rounds} rounds")
     print(f"baseline: glassformer generate, batch 1: {baseline:.1f} tokens/s")
     print(f"{'clients':>7} | {'aggregate tok/s':>15} | {'vs 1 client':>11} | {'vs generate':>11} | "

@@ -85,6 +85,31 @@ def test_requests_of_any_length_arriving_at_any_time_get_their_greedy_tokens(tin
     assert scheduler.active == 0 and sorted(scheduler.free_slots) == [0, 1, 2]
 
 
+@pytest.mark.cpu_class
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_batch_invariant_answers_are_bit_for_bit_the_answers_alone(tiny_lm, precision):
+    """``batch_invariant``: four requests (greedy and seeded samples) decoded together give, bit for bit, the tokens
+    and log-probabilities each gets alone — in bfloat16 too, where a shared batch rounds differently."""
+    model, tokenizer = tiny_lm
+    model = in_precision(model, precision)
+    asks = [("the cat", 0.0, None), ("a bird sang in the", 0.9, 3), ("mat", 0.0, None), ("the dog ate", 1.2, 8)]
+
+    def run(requests):
+        scheduler = Scheduler(model, tokenizer, max_batch=4, max_context=64, batch_invariant=True)
+        scheduler.start()
+        try:
+            collectors = [submit(scheduler, tokenizer, p, 14, temperature=t, seed=s, logprobs=2)[1]
+                          for p, t, s in requests]  # fmt: skip
+            assert all(c.done.wait(30) for c in collectors)
+        finally:
+            scheduler.stop()
+        return [(c.text, [e for event in c.events for e in event.logprobs]) for c in collectors]
+
+    together = run(asks)
+    alone = [run([ask])[0] for ask in asks]
+    assert together == alone
+
+
 def test_sampling_is_per_request_and_reproducible_with_a_seed(tiny_lm, scheduler):
     _, tokenizer = tiny_lm
     runs = []

@@ -59,6 +59,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         default=os.environ.get(API_KEY_VARIABLE),
         help=f"require 'Authorization: Bearer KEY' on /v1/* (default: ${API_KEY_VARIABLE} if set)",
     )
+    parser.add_argument(
+        "--batch-invariant", action="store_true",
+        help="decode each request as a batch of its own: its answer is bit for bit the same whatever else runs "
+        "(bf16 batches otherwise round differently), at the cost of throughput with many clients",
+    )  # fmt: skip
     add_device_arguments(parser)
     add_quantize_arguments(parser)
     parser.set_defaults(func=run)
@@ -97,7 +102,9 @@ def run(args: argparse.Namespace) -> None:
     if args.embedding_model is not None:
         resolve_model(args.embedding_model)
     placement = report_placement(args)
-    config = ServeConfig(args.max_batch, args.max_context, args.max_queue, args.request_timeout, args.api_key)
+    config = ServeConfig(
+        args.max_batch, args.max_context, args.max_queue, args.request_timeout, args.api_key, args.batch_invariant
+    )
     uv: uvicorn.Server | None = None
 
     load = functools.partial(
@@ -118,7 +125,8 @@ def run(args: argparse.Namespace) -> None:
             f"{scheduler.max_queue} waiting",
             file=sys.stderr,
         )
-        print(f"glassformer: decoding step: {scheduler.step.describe()}", file=sys.stderr)
+        each = "; each request as a batch of its own (--batch-invariant)" if scheduler.batch_invariant else ""
+        print(f"glassformer: decoding step: {scheduler.step.describe()}{each}", file=sys.stderr)
         print(f"glassformer: {describe_memory(server.served.memory)}", file=sys.stderr, flush=True)
 
     server = Server(load, config, on_ready=ready)

@@ -11,7 +11,9 @@ for all the others: a batch of the consecutive slots ``lo:hi`` that hold them, e
 positions, so requests of any lengths decode together and leave as soon as they are done. Every request keeps
 its own sampling settings (temperature, top-p, seed: a row of the batched sampler, ``glassformer.generation.sampler``,
 which picks every row's token in one pass) and stop conditions (end of sequence, stop strings,
-``max_tokens``, the context). Memory is fixed when the server starts: the cache holds ``max_batch`` slots of
+``max_tokens``, the context). With ``batch_invariant`` each running request is decoded as a batch of its own, so
+its answer never depends on what else runs (bit for bit), at the cost of reading the weights once per request.
+Memory is fixed when the server starts: the cache holds ``max_batch`` slots of
 ``max_context`` positions.
 
 A request sees its output as ``Event``s through the ``deliver`` function it came with (called on the scheduler's
@@ -115,8 +117,10 @@ class Scheduler:
         max_context: int = 2048,
         max_queue: int = 64,
         eos_token_ids: tuple[int, ...] = (),
+        batch_invariant: bool = False,
     ):
         self.model = model
+        self.batch_invariant = batch_invariant
         self.tokenizer = tokenizer
         self.max_batch, self.max_queue = max_batch, max_queue
         self.max_context = min(max_context, model.config.max_seq_length)
@@ -275,7 +279,9 @@ class Scheduler:
 
     def _decode_step(self) -> None:
         """One token for every running request: the slots ``lo:hi`` as one batch (a free slot inside rides
-        along, masked and discarded)."""
+        along, masked and discarded) — or, ``batch_invariant``, each slot as a batch of its own."""
+        if self.batch_invariant:
+            return self._decode_each()
         slots = sorted(self.running)
         lo, hi = slots[0], slots[-1] + 1
         rows = [self.running.get(slot) for slot in range(lo, hi)]
@@ -286,6 +292,20 @@ class Scheduler:
         self.metrics.steps.inc()
         active = [row for row, request in enumerate(rows) if request is not None]
         self._choose([rows[row] for row in active], logits if len(active) == len(rows) else logits[active])
+
+    def _decode_each(self) -> None:
+        """``--batch-invariant``: every running request's step as a batch of one row, the same computation whatever
+        else is running — its tokens and logprobs are bit for bit those it gets alone — at the price of reading the
+        weights once per request instead of once per step."""
+        requests = [self.running[slot] for slot in sorted(self.running)]
+        rows = []
+        for request in requests:
+            view = self.cache.view(request.slot, request.slot + 1)
+            ids = torch.tensor([[request.tokens[-1]]], device=self.device)
+            rows.append(self.step(ids, view.attention_mask(1), view))
+        self.counters.steps += 1
+        self.metrics.steps.inc()
+        self._choose(requests, torch.cat(rows))
 
     def _choose(self, requests: list[Request], logits: torch.Tensor) -> None:
         """Every request's next token from its row of ``logits`` ``(rows, vocab)``, by the batched sampler (and

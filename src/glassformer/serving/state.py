@@ -20,13 +20,15 @@ from glassformer.serving.scheduler import Scheduler
 @dataclasses.dataclass
 class ServeConfig:
     """How the server runs: batching and memory (``max_batch`` slots of ``max_context`` positions), the waiting
-    queue, a per-request timeout in seconds, and an optional API key."""
+    queue, a per-request timeout in seconds, an optional API key, and ``batch_invariant`` (each request decoded
+    as a batch of its own: its answer bit for bit the same whatever else runs)."""
 
     max_batch: int = 8
     max_context: int = 2048
     max_queue: int = 64
     request_timeout: float = 600.0
     api_key: str | None = None
+    batch_invariant: bool = False
 
 
 class Server:
@@ -53,7 +55,13 @@ class Server:
             served = self.load()
             c = self.config
             scheduler = Scheduler(
-                served.model, served.tokenizer, c.max_batch, c.max_context, c.max_queue, served.eos_token_ids
+                served.model,
+                served.tokenizer,
+                c.max_batch,
+                c.max_context,
+                c.max_queue,
+                served.eos_token_ids,
+                c.batch_invariant,
             )
             scheduler.start()
             self.served, self.scheduler = served, scheduler
