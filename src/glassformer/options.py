@@ -139,6 +139,7 @@ RULES: dict[str, Rule] = {
     "presence_penalty": Rule(low=-2, high=2),  # OpenAI's range
     "prompt_lookup_num_tokens": POSITIVE_INT,
     "max_matching_ngram_size": POSITIVE_INT,
+    "num_assistant_tokens": POSITIVE_INT,
     "frequency_penalty": Rule(low=-2, high=2),
     "no_repeat_ngram_size": COUNT,
     "length_penalty": Rule(),

@@ -8,7 +8,7 @@ import torch
 from glassformer.generation import sampler
 from glassformer.generation.config import GenerationConfig
 from glassformer.generation.sampler import Sampling
-from glassformer.generation.speculative import prompt_lookup, prompt_lookup_decode
+from glassformer.generation.speculative import AssistantModel, PromptLookup, prompt_lookup, speculative_decode
 from glassformer.generation.step import choose_step
 from glassformer.models.gpt import GPT, GPTConfig
 
@@ -41,7 +41,8 @@ def test_greedy_tokens_are_plain_greedy_tokens(kind, eos):
             stats = {}
             config = GenerationConfig(max_new_tokens=40, eos_token_id=eos, prompt_lookup_num_tokens=5)
             sampling = Sampling.of([config])
-            spec = prompt_lookup_decode(gpt, choose_step(gpt), ids, config, ids.size(1) + 40, sampling, stats=stats)
+            spec = speculative_decode(gpt, choose_step(gpt), ids, config, ids.size(1) + 40, sampling,
+                                      PromptLookup(config), stats=stats)  # fmt: skip
         assert torch.equal(spec, plain), (kind, eos)
         assert torch.equal(spec, gpt.generate(ids, max_new_tokens=40, eos_token_id=eos, prompt_lookup_num_tokens=5))
         assert stats["passes"] <= plain.size(1) - ids.size(1)
@@ -68,12 +69,37 @@ def test_sampled_decoding_with_lookup_is_reproducible_and_in_the_vocabulary():
     assert torch.equal(first, gpt.generate(ids, **options)) and int(first.max()) < 40
 
 
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_an_assistant_model_drafts_and_the_tokens_stay_the_model_s(kind):
+    """The model quantized to int4 drafting for its float self (and an unrelated random model, whose drafts are
+    mostly refused): greedy tokens equal plain decoding; most int4 drafts are kept; sampling is reproducible."""
+    gpt = model(kind)
+    quantized = model(kind).quantize("int4", 32)
+    stranger = model(kind, seed=9)
+    ids = torch.randint(4, 40, (1, 10))
+    with torch.inference_mode():
+        plain = gpt.generate(ids, max_new_tokens=30, eos_token_id=None)
+        for assistant in (quantized, stranger):
+            drafted = gpt.generate(ids, max_new_tokens=30, eos_token_id=None, assistant_model=assistant)
+            assert torch.equal(drafted, plain)
+        config = GenerationConfig(max_new_tokens=30, num_assistant_tokens=4)
+        stats = {}
+        speculative_decode(gpt, choose_step(gpt), ids, config, 40, Sampling.of([config]),
+                           AssistantModel(quantized, 4, 40), stats=stats)  # fmt: skip
+        assert stats["accepted"] >= 0.5 * stats["drafted"], stats
+        options = dict(max_new_tokens=20, do_sample=True, seed=3, assistant_model=quantized)
+        assert torch.equal(gpt.generate(ids, **options), gpt.generate(ids, **options))
+
+
 def test_what_lookup_decoding_refuses():
     gpt = model("gpt2")
     with pytest.raises(ValueError, match="one sequence at a time"):
         gpt.generate(torch.randint(4, 40, (2, 5)), max_new_tokens=4, prompt_lookup_num_tokens=3)
     with pytest.raises(ValueError, match="num_beams=1"):
         gpt.generate(torch.randint(4, 40, (1, 5)), max_new_tokens=4, prompt_lookup_num_tokens=3, num_beams=2)
+    with pytest.raises(ValueError, match="the assistant model's vocabulary has 80 tokens"):
+        other = GPT(GPTConfig(vocab_size=80, max_seq_length=32, d_model=16, num_layers=1, num_heads=2, d_ff=32))
+        gpt.generate(torch.randint(4, 40, (1, 5)), max_new_tokens=4, assistant_model=other)
     cache = gpt.make_cache(1, 8)
     cache.advance(3)
     with pytest.raises(ValueError, match="cannot rewind a cache of 3 positions to 5"):

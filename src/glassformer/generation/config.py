@@ -13,7 +13,8 @@ Every search: ``repetition_penalty`` (CTRL's, on every token of the sequence), `
 ``eos_token_id`` ends a sequence, whose row is then filled with ``pad_token_id`` (``eos_token_id`` if there is no
 pad) until all have ended. ``prompt_lookup_num_tokens``: speculative decoding that drafts up to that many tokens
 by finding the sequence's last ``max_matching_ngram_size`` tokens earlier in it (``glassformer.generation.
-speculative``; one sequence at a time, the same tokens as without it).
+speculative``; one sequence at a time, the same tokens as without it); ``num_assistant_tokens``: the drafts of
+an ``assistant_model`` given to ``generate``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class GenerationConfig:
     use_cache: bool = True
     prompt_lookup_num_tokens: int | None = None
     max_matching_ngram_size: int = 2
+    num_assistant_tokens: int = 5
 
     @property
     def fill_token_id(self) -> int:

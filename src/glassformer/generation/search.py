@@ -22,11 +22,10 @@ import torch.nn.functional as F
 
 from glassformer import runtime
 from glassformer.backends.cpu.onednn import min_packed_rows
-from glassformer.generation import sampler
+from glassformer.generation import sampler, speculative
 from glassformer.generation.config import GenerationConfig
 from glassformer.generation.processors import build_processors
 from glassformer.generation.sampler import Sampling
-from glassformer.generation.speculative import prompt_lookup_decode
 from glassformer.generation.step import DecodingStep, choose_step
 from glassformer.nn.linear import packed_weights
 
@@ -41,6 +40,7 @@ def generate(
     attention_mask: torch.Tensor | None = None,
     on_tokens: Callable[[torch.Tensor], None] | None = None,
     pack_weights: bool | None = None,
+    assistant_model=None,
     **options,
 ) -> torch.Tensor:
     """Continue ``input_ids`` ``(batch, prompt)``; returns prompt + new tokens ``(batch, prompt + new)``.
@@ -50,7 +50,8 @@ def generate(
     prompt)``, 0 at padding, for left-padded batches. ``on_tokens`` is called with each step's new tokens
     ``(batch,)`` (streaming; greedy and sampling only). ``pack_weights`` packs float32 weights for oneDNN while
     decoding (see ``glassformer.nn.linear``); by default when each step feeds 2 to 64 rows on the CPU, where it is
-    faster.
+    faster. ``assistant_model`` (a model with the same vocabulary) drafts ``num_assistant_tokens`` tokens at a
+    time for speculative decoding (``glassformer.generation.speculative``; one sequence, the same tokens).
     """
     config = (generation_config or GenerationConfig()).updated(**options)
     config.validate(model.config.vocab_size)
@@ -82,8 +83,11 @@ def generate(
         sampling = Sampling.of([config] * rows, [generator] * rows, build_processors(config, prompt_length), device)
         if config.num_beams > 1:
             return beam_search(model, step, input_ids, attention_mask, config, max_length, sampling)
-        if config.prompt_lookup_num_tokens:  # speculative: drafts from the sequence itself, one sequence at a time
-            return prompt_lookup_decode(model, step, input_ids, config, max_length, sampling, on_tokens)
+        drafter = speculative.drafter(model, assistant_model, config, max_length)
+        if drafter is not None:  # speculative decoding, one sequence at a time
+            return speculative.speculative_decode(
+                model, step, input_ids, config, max_length, sampling, drafter, on_tokens
+            )
         return greedy_or_sample(model, step, input_ids, attention_mask, config, max_length, sampling, on_tokens)
 
 
