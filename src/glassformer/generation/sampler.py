@@ -47,6 +47,11 @@ class Sampling:
     generators: list[torch.Generator | None]
     constraints: list[LogitsProcessor] = dataclasses.field(default_factory=list)  # the same for every row
     guides: list | None = None  # per row, a structured-output Guide or None (glassformer.generation.structured)
+    # what the host knows without reading a tensor back (no device sync): which rows sample, which steps are needed
+    sampled_rows: list[int] = dataclasses.field(default_factory=list)
+    penalized: bool = False  # a repetition penalty
+    counted: bool = False  # presence / frequency penalties
+    filtered: bool = False  # top-k / top-p
 
     @classmethod
     def of(
@@ -70,29 +75,38 @@ class Sampling:
             frequency=torch.tensor([c.frequency_penalty for c in configs], device=device),
             generators=list(generators) if generators is not None else [None] * len(configs),
             constraints=constraints or [],
+            sampled_rows=[i for i, c in enumerate(configs) if c.do_sample],
+            penalized=any(c.repetition_penalty != 1 for c in configs),
+            counted=any(c.presence_penalty != 0 or c.frequency_penalty != 0 for c in configs),
+            filtered=any(c.do_sample and (c.top_k or (c.top_p is not None and c.top_p < 1)) for c in configs),
         )
-
-    def __post_init__(self) -> None:  # what the host knows without reading a tensor back
-        self.sampled_rows = [i for i, t in enumerate(self.temperature.tolist()) if t > 0]
-        self.penalized = bool((self.repetition_penalty != 1).any())
-        self.counted = bool(((self.presence != 0) | (self.frequency != 0)).any())
-        self.filtered = bool(((self.top_k > 0) | (self.top_p < 1)).any())
 
     @classmethod
     def stack(cls, parts: Sequence[Sampling]) -> Sampling:
         """The rows of several settings, one after another (the server's running requests, one each); their
         constraints must be the same."""
         guides = [g for p in parts for g in (p.guides or [None] * len(p.generators))]
-        return cls(*(torch.cat([getattr(p, name) for p in parts]) for name in TENSORS),
-                   [g for p in parts for g in p.generators], parts[0].constraints,
-                   guides if any(g is not None for g in guides) else None)  # fmt: skip
+        offsets = [0]
+        for p in parts:
+            offsets.append(offsets[-1] + len(p.generators))
+        return cls(
+            *(torch.cat([getattr(p, name) for p in parts]) for name in TENSORS),
+            [g for p in parts for g in p.generators], parts[0].constraints,
+            guides if any(g is not None for g in guides) else None,
+            sampled_rows=[offset + i for p, offset in zip(parts, offsets, strict=False) for i in p.sampled_rows],
+            penalized=any(p.penalized for p in parts), counted=any(p.counted for p in parts),
+            filtered=any(p.filtered for p in parts),
+        )  # fmt: skip
 
     def rows(self, index: Sequence[int]) -> Sampling:
         """The settings of some rows (the server's running requests)."""
         i = torch.tensor(list(index), dtype=torch.long, device=self.temperature.device)
         guides = None if self.guides is None else [self.guides[j] for j in index]
-        return Sampling(*(getattr(self, name)[i] for name in TENSORS), [self.generators[j] for j in index],
-                        self.constraints, guides)  # fmt: skip
+        sampled = set(self.sampled_rows)
+        return Sampling(
+            *(getattr(self, name)[i] for name in TENSORS), [self.generators[j] for j in index], self.constraints,
+            guides, [k for k, j in enumerate(index) if j in sampled], self.penalized, self.counted, self.filtered,
+        )  # fmt: skip
 
 
 def scores(
@@ -125,10 +139,20 @@ def choose(scores: torch.Tensor, sampling: Sampling, unfinished: torch.Tensor | 
         rows = torch.tensor(sampling.sampled_rows, device=scores.device)
         drawn = _draw(scores[rows], sampling.rows(sampling.sampled_rows))
         tokens = tokens.index_copy(0, rows, drawn)
+    *tokens, any_nan, any_banned = torch.cat((tokens, _flags(scores, unfinished))).tolist()
+    _refuse(any_nan, any_banned)
+    return tokens
+
+
+def _flags(scores: torch.Tensor, unfinished: torch.Tensor | None = None) -> torch.Tensor:
+    """``[any NaN score, any row with every token banned]`` over the rows still ``unfinished``, as a tensor."""
     nan, banned = torch.isnan(scores).any(-1), torch.isneginf(scores).all(-1)
     if unfinished is not None:
         nan, banned = nan & unfinished, banned & unfinished
-    *tokens, any_nan, any_banned = torch.cat((tokens, nan.any()[None], banned.any()[None])).tolist()
+    return torch.stack((nan.any(), banned.any())).long()
+
+
+def _refuse(any_nan: bool, any_banned: bool) -> None:
     if any_nan:
         raise FloatingPointError(
             "the model produced NaN scores; its weights are damaged or the precision overflowed — try fp32"
@@ -138,7 +162,6 @@ def choose(scores: torch.Tensor, sampling: Sampling, unfinished: torch.Tensor | 
             "no token is allowed: the generation options (min_new_tokens, no_repeat_ngram_size, top_k, top_p, ...) "
             "ban every token; relax them"
         )
-    return tokens
 
 
 def verify(scores: torch.Tensor, sampling: Sampling, draft: int) -> tuple[bool, int]:
@@ -177,8 +200,8 @@ def logprobs(logits: torch.Tensor, tokens: Sequence[int], top: int) -> list[tupl
 
 
 def check(scores: torch.Tensor) -> None:
-    """``choose``'s refusals without choosing (beam search, which ranks candidates itself)."""
-    choose(scores, Sampling.of([GenerationConfig()] * scores.size(0), device=scores.device))
+    """``choose``'s refusals without choosing (beam search, which ranks candidates itself): one read-back."""
+    _refuse(*_flags(scores).tolist())
 
 
 def filtered(scores: torch.Tensor, sampling: Sampling) -> torch.Tensor:

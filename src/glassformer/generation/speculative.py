@@ -142,8 +142,8 @@ def speculative_decode(
         scores = step.block(torch.tensor([[pending, *draft]], device=device), cache)  # (1 + d, vocab)
         new = []
         for j, drafted in enumerate(draft):
-            history = torch.tensor([sequence + new], device=device)
-            accepted, token = sampler.verify(_scores(scores[j : j + 1], history, prompt, sampling), sampling, drafted)
+            accepted, token = sampler.verify(_scores(scores[j : j + 1], sequence + new, prompt, sampling), sampling,
+                                             drafted)  # fmt: skip
             new.append(token)
             if not accepted:
                 break
@@ -163,11 +163,16 @@ def speculative_decode(
     return torch.tensor([sequence], device=device)
 
 
-def _scores(logits: torch.Tensor, history: torch.Tensor, prompt: int, sampling: Sampling) -> torch.Tensor:
-    counts = sampler.token_counts(history[:, prompt:], logits.size(-1)) if sampling.counted else None
+def _scores(logits: torch.Tensor, sequence: list[int], prompt: int, sampling: Sampling) -> torch.Tensor:
+    """The sampler's scores of the next token after ``sequence``; the sequence becomes a tensor only where a penalty
+    or a constraint reads it."""
+    history = counts = None
+    if sampling.penalized or sampling.counted or sampling.constraints:
+        history = torch.tensor([sequence], device=logits.device)
+    if sampling.counted:
+        counts = sampler.token_counts(history[:, prompt:], logits.size(-1))
     return sampler.scores(logits, history, sampling, counts)
 
 
 def _choose(logits: torch.Tensor, sequence: list[int], prompt: int, sampling: Sampling) -> int:
-    history = torch.tensor([sequence], device=logits.device)
-    return sampler.choose(_scores(logits[-1:], history, prompt, sampling), sampling)[0]
+    return sampler.choose(_scores(logits[-1:], sequence, prompt, sampling), sampling)[0]

@@ -181,8 +181,7 @@ async def generate(
         for job in jobs:
             scheduler.submit(job)
     except Overloaded as error:
-        for job in jobs:
-            scheduler.cancel(job)
+        scheduler.cancel(*jobs)
         raise APIError(
             503, f"the server is busy ({error}); retry shortly", type="server_overloaded",
             code="overloaded", headers={"Retry-After": "1"},
@@ -236,13 +235,11 @@ async def whole(request: HTTPRequest, jobs: list[Request], events: asyncio.Queue
             finished, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
             if getter not in finished:  # the client went away: nobody to answer
                 getter.cancel()
-                for job in jobs:
-                    scheduler.cancel(job)
+                scheduler.cancel(*jobs)
                 return Response(status_code=499)
             index, event = getter.result()
             if event.kind == "error":
-                for job in jobs:
-                    scheduler.cancel(job)
+                scheduler.cancel(*jobs)
                 raise APIError(event.status, event.message, type="timeout" if event.status == 504 else "server_error")
             texts[index].append(event.text)
             entries[index] += event.logprobs
@@ -263,8 +260,7 @@ async def stream(
 
     def cancel_all(_=None) -> None:
         if not ended:
-            for job in jobs:
-                server.scheduler.cancel(job)
+            server.scheduler.cancel(*jobs)
 
     watcher = asyncio.create_task(_client_gone(request))
     watcher.add_done_callback(cancel_all)
@@ -275,8 +271,7 @@ async def stream(
             index, event = await events.get()
             if event.kind == "error":
                 ended = True
-                for job in jobs:
-                    server.scheduler.cancel(job)
+                server.scheduler.cancel(*jobs)
                 yield _sse({"error": {"message": event.message, "type": "server_error", "code": event.status}})
                 yield _sse("[DONE]")
                 return

@@ -181,10 +181,11 @@ class Scheduler:
             self.queue.append(request)
             self.condition.notify()
 
-    def cancel(self, request: Request) -> None:
-        """The client is gone: its slot is freed before the next decoding step."""
+    def cancel(self, *requests: Request) -> None:
+        """The client is gone: the requests' slots are freed before the next decoding step."""
         with self.condition:
-            request.cancelled = True
+            for request in requests:
+                request.cancelled = True
             self.condition.notify()
 
     @property
