@@ -6,6 +6,7 @@ ones above it, on the features torch would report there."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from glassformer import cpu, runtime
 from glassformer.backends.cpu import onednn
 
 pytestmark = pytest.mark.cpu_class
+ORIGINAL_ENVIRONMENT = dict(os.environ)  # as the session started (glassformer's import has applied GLASSFORMER_CPU)
 
 # what torch's cpuinfo questions answer on each class of CPU (cpu._flag's names)
 HARDWARE = {
@@ -90,18 +92,36 @@ def test_a_class_the_cpu_does_not_reach_is_refused_in_one_line(machine, kind, as
     assert "\n" not in str(caught.value) and str(caught.value).startswith(f"GLASSFORMER_CPU={asked}")
 
 
+SWITCHES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", cpu.COMPILE_CACHE_ENV)
+
+
 def test_apply_sets_the_switches_of_the_kernels_underneath(machine, monkeypatch):
-    for variable in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS"):
-        monkeypatch.delenv(variable, raising=False)
+    for variable in SWITCHES:  # set, then removed: monkeypatch restores each one, whatever apply() writes
+        monkeypatch.setenv(variable, "")  # (a delenv of an absent variable records nothing to restore: the
+        monkeypatch.delenv(variable)  # switches then stayed set for the rest of the test session)
     machine("amx", "avx2")
     cpu.apply()
     assert os.environ["ATEN_CPU_CAPABILITY"] == "avx2" and os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"
     assert os.environ["MKL_ENABLE_INSTRUCTIONS"] == "AVX2"
     assert "-mno-avx512f" in cpu.compiler_flags()
+    # torch.compile's cache: a folder per class, inside torch's own (or the user's), never nested on a second apply
+    cache = Path(os.environ[cpu.COMPILE_CACHE_ENV])
+    assert cache.name == "glassformer-cpu-avx2" and cache.parent.name.startswith("torchinductor_")
+    cpu.apply()
+    assert Path(os.environ[cpu.COMPILE_CACHE_ENV]) == cache
+    monkeypatch.setenv(cpu.COMPILE_CACHE_ENV, "/my/cache")
+    cpu.apply()
+    assert os.environ[cpu.COMPILE_CACHE_ENV] == "/my/cache/glassformer-cpu-avx2"
     machine("amx", "sse")  # refused: nothing is set, the first probe says why
     monkeypatch.delenv("ATEN_CPU_CAPABILITY")
     cpu.apply()
     assert "ATEN_CPU_CAPABILITY" not in os.environ
+
+
+def test_no_switch_outlives_the_tests_that_narrow():
+    """Runs after the tests above (file order): a switch left set would narrow every later test of the session,
+    and the processes it starts, while this process's kernels stay wide (resume-equality broke on AVX512)."""
+    assert {v: os.environ.get(v) for v in SWITCHES} == {v: ORIGINAL_ENVIRONMENT.get(v) for v in SWITCHES}
 
 
 def run_narrowed(cls: str, code: str) -> subprocess.CompletedProcess:

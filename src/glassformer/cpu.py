@@ -19,6 +19,9 @@ oneDNN's kernels first run:
     ONEDNN_MAX_CPU_ISA    oneDNN's matrix products:  SSE41 | AVX2 | AVX512_CORE_VNNI | AVX512_CORE_BF16
     MKL_ENABLE_INSTRUCTIONS  MKL's (float32 products; MKL narrows on Intel processors only)
     compiler flags        glassformer's C kernels (``glassformer.nn.kernels``): ``-mno-avx512f`` etc.
+    TORCHINDUCTOR_CACHE_DIR  torch.compile's cache, one folder per class: its cache key leaves out the vector
+                          instructions ATEN_CPU_CAPABILITY chose, so code compiled for AVX2 was loaded by a later
+                          AVX512 process and corrupted its memory ("free(): invalid pointer"; torch 2.13)
 
 It only narrows: a class above the CPU's own is refused with one line (``check``), since its instructions would
 crash the process. Unset, nothing is narrowed. Extras outside the ladder (AVX-NE-CONVERT's bfloat16 on an
@@ -31,8 +34,10 @@ holds on the smaller machines too.
 from __future__ import annotations
 
 import functools
+import getpass
 import os
 import platform
+import tempfile
 
 import torch
 
@@ -139,9 +144,26 @@ def apply() -> None:
     if cls is None:
         return
     os.environ["ATEN_CPU_CAPABILITY"] = ATEN_CAPABILITY[cls]
+    os.environ[COMPILE_CACHE_ENV] = compile_cache(cls)
     for variable, values in (("ONEDNN_MAX_CPU_ISA", ONEDNN_MAX_ISA), ("MKL_ENABLE_INSTRUCTIONS", MKL_INSTRUCTIONS)):
         if values[cls] and _x86():  # their names are x86 instruction sets
             os.environ[variable] = values[cls]
+
+
+COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+def compile_cache(cls: str) -> str:
+    """torch.compile's cache folder for a process narrowed to ``cls``: a folder of its own inside the one torch would
+    use (``TORCHINDUCTOR_CACHE_DIR``, else torch's default ``<tmp>/torchinductor_<user>``)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = str(os.getuid()) if hasattr(os, "getuid") else "user"
+    base = os.environ.get(COMPILE_CACHE_ENV) or os.path.join(tempfile.gettempdir(), f"torchinductor_{user}")
+    if os.path.basename(base).startswith("glassformer-cpu-"):  # applied before in this process
+        base = os.path.dirname(base)
+    return os.path.join(base, f"glassformer-cpu-{cls}")
 
 
 def narrower_classes() -> list[str]:
