@@ -132,6 +132,7 @@ RULES: dict[str, Rule] = {
     "max_new_tokens": POSITIVE_INT,
     "min_new_tokens": COUNT,
     "num_beams": POSITIVE_INT,
+    "num_return_sequences": POSITIVE_INT,
     "top_k": COUNT,
     "top_p": Rule(low=0, high=1, low_open=True),
     "temperature": NON_NEGATIVE,

@@ -112,3 +112,14 @@ def test_data_list():
     result = cli("data", "list")
     assert "bible" in result.stdout and "shakespeare" in result.stdout
     assert "  e  German (Elberfelder)" in result.stdout and "  4  English (World English Bible)" in result.stdout
+
+
+def test_translate_attention_writes_the_alignment_page(run_dir, tmp_path):
+    page = tmp_path / "align.html"
+    sentence = "ich habe zwei rote Äpfel"
+    result = cli("translate", "--model", str(run_dir), "--beam", "3", "--attention", str(page), sentence)
+    assert len(result.stdout.splitlines()) == 1 and f"wrote {page}" in result.stderr
+    text = page.read_text()
+    assert 'id="alignment-data"' in text and "http" not in text.split("<body>")[1].split("alignment-data")[0]
+    failed = cli("translate", "--model", str(run_dir), "--attention", str(tmp_path / "a.png"), "x", check=False)
+    assert failed.returncode != 0 and "name it .html" in failed.stderr

@@ -35,7 +35,14 @@ def browser():
 
 
 def open_page(browser, path: Path):
-    """The file in a fresh page whose every non-file request is aborted and recorded."""
+    """The file in a fresh page whose every non-file request is aborted and recorded, once its script is ready."""
+    page, outside, errors = open_page_without_waiting(browser, path)
+    page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+    return page, outside, errors
+
+
+def open_page_without_waiting(browser, path: Path):
+    """The file in a fresh page whose every non-file request (a frame's too) is aborted and recorded."""
     context = browser.new_context(viewport={"width": 1200, "height": 900})
     outside = []
 
@@ -51,7 +58,6 @@ def open_page(browser, path: Path):
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.goto(path.as_uri())
-    page.wait_for_selector("body[data-ready=true]", timeout=30_000)
     return page, outside, errors
 
 
@@ -164,4 +170,57 @@ def test_a_long_input_stays_usable(browser, tmp_path):
     data = page_weights(path)
     expected = int((data["views"][0]["bytes"][11, [0, 3]] >= data["minLevel"]).sum())
     assert page.locator("#head-view line").count() == expected
+    assert outside == [] and errors == []
+
+
+def test_alignment_page_draws_the_cross_attention_beside_the_beam(browser, translation_dir, tmp_path):
+    from glassformer.visualization import alignments, save_alignment_html
+
+    items = alignments(translation_dir, ["the cat", "a dog sat"], num_beams=3)
+    path = save_alignment_html(items, tmp_path / "alignment.html")
+    page, outside, errors = open_page(browser, path)
+    first = items[0].hypotheses[0]
+    assert page.locator("#hypotheses tbody tr").count() == 3
+    assert page.locator("#hypotheses tbody tr").nth(0).inner_text().endswith(first.text)
+    rows = page.locator("#alignment tbody tr")
+    assert rows.count() == len(first.target_tokens)
+    assert page.locator("#alignment tbody td").count() == len(first.target_tokens) * len(items[0].source_tokens)
+    # layer 1, head 0: the cells are that head's weights (one byte each); the mean of all is the default
+    page.select_option("#layer-select", "1")
+    page.select_option("#head-select", "0")
+    cells = page.eval_on_selector_all("#alignment tbody tr:nth-child(2) td", "ts => ts.map(t => +t.dataset.weight)")
+    expected = (first.weights[1, 0, 1].clamp(0, 1) * 255).round() / 255
+    assert cells == pytest.approx(expected.tolist(), abs=1e-3)
+    rows.nth(2).hover()  # what else the model considered at step 3
+    alternatives = page.locator("#alternatives div")
+    assert alternatives.count() == 5 and page.get_attribute("#alternatives", "data-step") == "2"
+    assert page.locator("#alternatives div").nth(0).inner_text().startswith(f"{first.alternatives[2][0][1]:.3f}")
+    page.locator("#hypotheses tbody tr").nth(2).click()  # the third hypothesis' alignment
+    assert rows.count() == len(items[0].hypotheses[2].target_tokens)
+    page.select_option("#sentence-select", "1")
+    assert page.locator("#alignment thead th").count() == 1 + len(items[1].source_tokens)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "alignment-page.png"))
+    assert outside == [] and errors == []
+
+
+@pytest.mark.parametrize("which", ["head", "model"])
+def test_inline_views_draw_inside_a_notebook_s_output(browser, gpt_dir, tmp_path, which):
+    """What Jupyter puts in a cell's output: the view's ``_repr_html_``; its frame runs the page, offline."""
+    from glassformer.visualization import head_view, model_view
+
+    view = (head_view if which == "head" else model_view)(gpt_dir, "the cat sat")
+    notebook = tmp_path / "notebook.html"
+    notebook.write_text(f"<html><body><h1>a notebook</h1><div class='output'>{view._repr_html_()}</div></body></html>")
+    page, outside, errors = open_page_without_waiting(browser, notebook)
+    frame = page.frame_locator("iframe")
+    frame.locator("body[data-ready=true]").wait_for(timeout=30_000)
+    other = "model" if which == "head" else "head"
+    assert frame.locator(f"#{which}-section").is_visible() and frame.locator(f"#{other}-section").is_hidden()
+    if which == "head":
+        tokens = attention_views(gpt_dir, "the cat sat")[0].query_tokens
+        assert frame.locator("#head-view text.left").all_text_contents() == tokens
+    else:
+        assert frame.locator("canvas.cell").count() == 2 * 2
+    page.screenshot(path=str(ARTIFACTS / f"inline-{which}-view.png"))
     assert outside == [] and errors == []

@@ -70,3 +70,25 @@ def test_figures_too_large_to_read_are_refused(tmp_path):
         positional_encoding_figure(tmp_path / "pe.png", 100_000, 4096)
     with pytest.raises(ValueError, match="at most 16"):
         masks_figure([["a"]] * 17, tmp_path / "masks.png")
+
+
+def test_without_a_path_each_figure_is_returned_and_shows_itself_as_a_png(tmp_path, view, gpt_dir):
+    """What a notebook cell shows: the figure's PNG (IPython calls ``_repr_png_``), no file, no pyplot state."""
+    import matplotlib.pyplot as plt
+
+    records = [{"step": s, "loss": 5 / s, "lr": 1e-3} for s in range(1, 11)]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    before = plt.get_fignums()
+    figures = {
+        figure_size(8, 8): attention_figure(view, layer=1, head=0),
+        figure_size(10, 5): positional_encoding_figure(max_positions=50, d_model=64),
+        figure_size(12, 4.5): masks_figure([["I", "love", "cats"], ["Hello"]]),
+        figure_size(8, 7): similarity_figure(["the cat", "the dog"], model=gpt_dir),
+        figure_size(12, 4): training_curves_figure(tmp_path),
+    }
+    for size, figure in figures.items():
+        png = figure._repr_png_()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == size
+    assert plt.get_fignums() == before and list(tmp_path.iterdir()) == [tmp_path / "metrics.jsonl"]
+    with pytest.raises(ValueError, match="figure format"):  # refused before the model runs
+        similarity_figure(["the cat", "the dog"], tmp_path / "s.jpg", model="no-such-model")

@@ -42,6 +42,11 @@ def add_translate_arguments(parser: argparse.ArgumentParser) -> None:
         "--beam", type=int, default=default_of(Translator.translate, "num_beams"), help="beam size; 1 = greedy"
     )
     parser.add_argument("--length-penalty", type=float, default=default_of(Translator.translate, "length_penalty"))
+    parser.add_argument(
+        "--attention", default=None, metavar="PAGE.html",
+        help="also write the sentences' cross-attention (alignment per layer and head) beside the beam's "
+        "hypotheses as one self-contained HTML page",
+    )  # fmt: skip
     add_device_arguments(parser)
     add_quantize_arguments(parser)
 
@@ -54,8 +59,17 @@ def run_translate(args: argparse.Namespace) -> None:
     texts = args.texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     if not texts:
         raise ValueError("nothing to translate; pass sentences as arguments or lines on stdin")
+    if args.attention and Path(args.attention).suffix not in (".html", ".htm"):
+        raise ValueError(f"--attention writes an HTML page; name it .html, not {args.attention!r}")
     for translation in translator.translate(texts, num_beams=args.beam, length_penalty=args.length_penalty):
         print(translation)
+    if args.attention:
+        from glassformer.visualization.alignment import alignments, save_alignment_html
+
+        items = alignments(translator, texts, num_beams=args.beam, length_penalty=args.length_penalty)
+        title = f"Alignments of {Path(args.model).name}"
+        print(f"wrote {save_alignment_html(items, args.attention, title)} (open it in a browser; it works offline)",
+              file=sys.stderr)  # fmt: skip
 
 
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:

@@ -7,7 +7,8 @@ Length: ``max_new_tokens`` new tokens, or ``max_length`` tokens in all (the prom
 ``transformers``); ``max_new_tokens`` wins when both are given; with neither, ``max_length`` is 20.
 ``min_new_tokens``: the end-of-sequence token is banned until that many new tokens exist.
 Search: greedy (default), sampling (``do_sample`` with ``temperature``, ``top_k``, ``top_p``, ``seed``), or beam
-search (``num_beams`` > 1, finished hypotheses ranked by sum of log-probabilities / length^``length_penalty``).
+search (``num_beams`` > 1, finished hypotheses ranked by sum of log-probabilities / length^``length_penalty``;
+``num_return_sequences`` ≤ ``num_beams`` of them returned per input, best first).
 Every search: ``repetition_penalty`` (CTRL's, on every token of the sequence), ``presence_penalty`` and
 ``frequency_penalty`` (OpenAI's, on the new tokens: s − f · count − p · [count > 0]), ``no_repeat_ngram_size``;
 ``eos_token_id`` ends a sequence, whose row is then filled with ``pad_token_id`` (``eos_token_id`` if there is no
@@ -41,6 +42,7 @@ class GenerationConfig:
     frequency_penalty: float = 0.0
     num_beams: int = 1
     length_penalty: float = 1.0
+    num_return_sequences: int = 1
     eos_token_id: int | None = None
     pad_token_id: int | None = None
     seed: int | None = None
@@ -73,6 +75,9 @@ class GenerationConfig:
             )
         if self.num_beams > 1 and self.do_sample:
             raise ValueError("beam search with sampling is not supported; use num_beams=1 to sample")
+        if self.num_return_sequences > self.num_beams:
+            raise ValueError(f"num_return_sequences={self.num_return_sequences} is more than the "
+                             f"{self.num_beams} beams' hypotheses; raise num_beams to at least it")  # fmt: skip
         if self.prompt_lookup_num_tokens and (self.num_beams > 1 or not self.use_cache):
             raise ValueError("prompt_lookup_num_tokens drafts for greedy or sampled decoding with the cache; "
                              "use num_beams=1 and use_cache=True")  # fmt: skip

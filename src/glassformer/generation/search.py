@@ -47,11 +47,12 @@ def generate(
 
     ``generation_config`` (a ``GenerationConfig``; its defaults if None) says how, and ``options`` — its field
     names as keywords, e.g. ``max_new_tokens=20, num_beams=4`` — override it. ``attention_mask`` ``(batch,
-    prompt)``, 0 at padding, for left-padded batches. ``on_tokens`` is called with each step's new tokens
-    ``(batch,)`` (streaming; greedy and sampling only). ``pack_weights`` packs float32 weights for oneDNN while
-    decoding (see ``glassformer.nn.linear``); by default when each step feeds 2 to 64 rows on the CPU, where it is
-    faster. ``assistant_model`` (a model with the same vocabulary) drafts ``num_assistant_tokens`` tokens at a
-    time for speculative decoding (``glassformer.generation.speculative``; one sequence, the same tokens).
+    prompt)``, 0 at padding, for left-padded batches (beam search returns ``num_return_sequences`` rows per
+    input). ``on_tokens`` is called with each step's new tokens ``(batch,)`` (streaming; greedy and sampling
+    only). ``pack_weights`` packs float32 weights for oneDNN while decoding (see ``glassformer.nn.linear``); by
+    default when each step feeds 2 to 64 rows on the CPU, where it is faster. ``assistant_model`` (a model with
+    the same vocabulary) drafts ``num_assistant_tokens`` tokens at a time for speculative decoding
+    (``glassformer.generation.speculative``; one sequence, the same tokens).
     """
     config = (generation_config or GenerationConfig()).updated(**options)
     config.validate(model.config.vocab_size)
@@ -139,7 +140,8 @@ def beam_search(
     ``max_length``) scored by total / generated_length^length_penalty; return each input's best finished one.
 
     Each step ranks ``2 · num_beams`` candidates so that ``num_beams`` survive even when some end. Only a candidate
-    within the top ``num_beams`` may enter the finished set. The search ends for an input once its ``num_beams``
+    within the top ``num_beams`` may enter the finished set; each input's ``num_return_sequences`` best finished ones
+    are returned, best first, as ``(batch · returned, length)``. The search ends for an input once its ``num_beams``
     finished hypotheses all score above what its best running beam could still reach at the current length
     (the stopping rule of ``transformers``' default ``early_stopping=False``), or at ``max_length``.
     """
@@ -214,5 +216,6 @@ def beam_search(
             step_ids = running[:, :, :length].flatten(0, 1)
         logits = step(step_ids, flat_mask, cache)
 
-    output_length = prompt_length + int(finished_lengths[:, 0].max())
-    return finished[:, 0, :output_length]
+    returned = config.num_return_sequences  # the best finished hypotheses of each input, best first
+    output_length = prompt_length + int(finished_lengths[:, :returned].max())
+    return finished[:, :returned, :output_length].flatten(0, 1)

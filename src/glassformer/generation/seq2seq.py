@@ -118,6 +118,14 @@ def generate_seq2seq(
         model.train(was_training)
 
 
+def target_length(model: nn.Module, src: torch.Tensor, max_len_a: float = 1.5, max_len_b: int = 10) -> int:
+    """The decoder's length limit for a batch of sources ``(batch, src_len)``, start token included:
+    ``1 + ceil(max_len_a · src_len + max_len_b)`` for the longest real source, capped by the model's context."""
+    c = model.config
+    src_len = int((src != c.pad_token_id).sum(1).max())
+    return min(c.max_seq_length, 1 + math.ceil(max_len_a * src_len + max_len_b))
+
+
 def translate_ids(
     model: nn.Module,
     src: torch.Tensor,
@@ -140,8 +148,7 @@ def translate_ids(
         )
     if src.dim() != 2 or src.size(1) == 0:
         raise ValueError("src must be a non-empty (batch, src_len) tensor of token ids")
-    src_len = int((src != c.pad_token_id).sum(1).max())
-    max_length = min(c.max_seq_length, 1 + math.ceil(max_len_a * src_len + max_len_b))
+    max_length = target_length(model, src, max_len_a, max_len_b)
     out = generate_seq2seq(model, src, max_length=max_length, num_beams=num_beams, length_penalty=length_penalty)
     results = []
     for row in out[:, 1:].tolist():

@@ -227,6 +227,10 @@
   document.addEventListener("keydown", (event) => { if (event.key === "Escape") zoom.classList.remove("open"); });
 
   function drawAll() { drawHeadView(); drawModelView(); }
+  // the sections this page shows: both by default; head_view / model_view in a notebook ask for one
+  for (const section of ["head", "model"]) {
+    if (!(DATA.show || ["head", "model"]).includes(section)) document.getElementById(section + "-section").hidden = true;
+  }
   buildControls();
   drawAll();
   document.body.dataset.ready = "true";

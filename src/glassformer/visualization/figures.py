@@ -6,17 +6,21 @@
     masks_figure           a batch's padding masks and the look-ahead mask (the guide's Figure 11)
     training_curves_figure a run's loss, validation loss and learning rate from its metrics.jsonl
 
-Each returns the path written. Figures have a fixed size in inches and ``DPI`` dots per inch, so a PNG's size in
-pixels is known (``figure_size``).
+Each writes the figure to ``path`` and returns that path; with no ``path`` it returns the figure itself (a
+matplotlib ``Figure``), which a Jupyter notebook draws inline as a PNG, offline, whatever matplotlib backend is set:
+``positional_encoding_figure()`` as a cell's last line shows the figure. Figures have a fixed size in inches and
+``DPI`` dots per inch, so a PNG's size in pixels is known (``figure_size``).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 
 from glassformer.files import read_text
 from glassformer.options import check_options
@@ -26,22 +30,36 @@ DPI = 100
 FORMATS = (".png", ".svg")
 
 
-def _pyplot():
-    import matplotlib
+class GuideFigure(Figure):
+    """A matplotlib ``Figure`` made without pyplot (no window, no global figure list, no backend switched) that
+    shows itself in a notebook as a PNG."""
 
-    matplotlib.use("Agg")  # files only, no window
-    import matplotlib.pyplot as plt
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, dpi=DPI, format="png")
+        return buffer.getvalue()
 
-    return plt
+
+def _new_figure(width: float, height: float) -> GuideFigure:
+    return GuideFigure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
-def _save(fig, path: str | Path) -> Path:
+def _check_path(path: str | Path | None) -> Path | None:
+    if path is None:
+        return None
     path = Path(path)
     if path.suffix not in FORMATS:
         raise ValueError(f"unknown figure format {path.suffix!r} for {path}; use one of {', '.join(FORMATS)}")
+    return path
+
+
+def _finish(fig: GuideFigure, path: str | Path | None) -> GuideFigure | Path:
+    """The figure itself (``path`` None), or the file it was written to."""
+    path = _check_path(path)
+    if path is None:
+        return fig
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI, format=path.suffix[1:])
-    _pyplot().close(fig)
     return path
 
 
@@ -79,10 +97,11 @@ def _heat(ax, matrix, x_labels, y_labels, cmap="Blues", vmin=0.0, vmax=1.0, anno
     return image
 
 
-def attention_figure(view: AttentionView, path: str | Path, layer: int = 0, head: int | None = None) -> Path:
+def attention_figure(
+    view: AttentionView, path: str | Path | None = None, layer: int = 0, head: int | None = None
+) -> GuideFigure | Path:
     """Heat map of one head (``head``) or of every head of ``layer`` (``head=None``): rows are queries, columns
     keys. 8 × 8 inches for one head; 4 inches per head, 4 per row, for a layer."""
-    plt = _pyplot()
     layers, heads = view.weights.shape[:2]
     if not 0 <= layer < layers:
         raise ValueError(f"layer {layer} does not exist; the model has layers 0 to {layers - 1}")
@@ -94,30 +113,33 @@ def attention_figure(view: AttentionView, path: str | Path, layer: int = 0, head
     columns = min(4, len(chosen))
     rows = math.ceil(len(chosen) / columns)
     size = (8.0, 8.0) if head is not None else (4.0 * columns, 4.0 * rows)
-    fig, axes = plt.subplots(rows, columns, figsize=size, squeeze=False, layout="constrained")
+    fig = _new_figure(*size)
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax, h in zip(axes.flat, chosen, strict=False):
         _heat(ax, view.weights[layer, h].numpy(), view.key_tokens, view.query_tokens)
         ax.set_title(f"{view.name}: layer {layer}, head {h}", fontsize=10)
     for ax in list(axes.flat)[len(chosen) :]:
         ax.axis("off")
-    return _save(fig, path)
+    return _finish(fig, path)
 
 
-def positional_encoding_figure(path: str | Path, max_positions: int = 100, d_model: int = 512) -> Path:
+def positional_encoding_figure(
+    path: str | Path | None = None, max_positions: int = 100, d_model: int = 512
+) -> GuideFigure | Path:
     """The sinusoidal encoding PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(...), 10 × 5 inches."""
     from glassformer.nn.embedding import sinusoidal_encoding
 
     check_options(max_seq_length=max_positions, d_model=d_model)
     check_figure_size(max_positions * d_model, f"{max_positions} positions × {d_model} dimensions")
-    plt = _pyplot()
     pe = sinusoidal_encoding(max_positions, d_model)
-    fig, ax = plt.subplots(figsize=(10, 5), layout="constrained")
+    fig = _new_figure(10, 5)
+    ax = fig.subplots()
     image = ax.imshow(pe.numpy(), cmap="RdBu", vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
     ax.set_xlabel("dimension i")
     ax.set_ylabel("position")
     ax.set_title(f"Positional encoding (d_model = {d_model}, {max_positions} positions)")
     fig.colorbar(image, ax=ax)
-    return _save(fig, path)
+    return _finish(fig, path)
 
 
 def embedding_similarity(
@@ -149,23 +171,24 @@ def embedding_similarity(
 
 def similarity_figure(
     texts: list[str],
-    path: str | Path,
+    path: str | Path | None = None,
     model: str | Path | None = None,
     device: str | None = None,
     precision: str | None = None,
-) -> Path:
+) -> GuideFigure | Path:
     """The cosine-similarity matrix of ``texts`` with values written in, 8 × 7 inches."""
-    plt = _pyplot()
+    _check_path(path)  # a wrong suffix is refused before the model runs
     similarity, how = embedding_similarity(model, texts, device, precision)
     labels = [t if len(t) <= 30 else t[:29] + "…" for t in texts]
-    fig, ax = plt.subplots(figsize=(8, 7), layout="constrained")
+    fig = _new_figure(8, 7)
+    ax = fig.subplots()
     image = _heat(ax, similarity.numpy(), labels, labels, cmap="viridis", vmin=-1, vmax=1, annotate=True)
     ax.set_title(f"Cosine similarity of {how}")
     fig.colorbar(image, ax=ax)
-    return _save(fig, path)
+    return _finish(fig, path)
 
 
-def masks_figure(batch: list[list[str]], path: str | Path, pad: str = "<pad>") -> Path:
+def masks_figure(batch: list[list[str]], path: str | Path | None = None, pad: str = "<pad>") -> GuideFigure | Path:
     """For tokenized sentences of different lengths, padded to the longest: each one's padding mask as the
     attention sees it (keys that may be attended), and the look-ahead mask; True = may attend, as in
     ``glassformer.masks``. 4 inches per panel, 4.5 high."""
@@ -175,11 +198,11 @@ def masks_figure(batch: list[list[str]], path: str | Path, pad: str = "<pad>") -
         raise ValueError("give at least one non-empty tokenized sentence")
     length = max(len(tokens) for tokens in batch)
     check_figure_size(length * length * (len(batch) + 1), f"{len(batch)} sentences of {length} tokens", len(batch))
-    plt = _pyplot()
     ids = torch.tensor([[1] * len(tokens) + [0] * (length - len(tokens)) for tokens in batch])
     padded = padding_mask(ids, pad_token_id=0)[:, 0, 0]  # (batch, length): the key positions that are real
     panels = len(batch) + 1
-    fig, axes = plt.subplots(1, panels, figsize=(4.0 * panels, 4.5), squeeze=False, layout="constrained")
+    fig = _new_figure(4.0 * panels, 4.5)
+    axes = fig.subplots(1, panels, squeeze=False)
     for b, tokens in enumerate(batch):
         labels = tokens + [pad] * (length - len(tokens))
         matrix = padded[b][None, :].expand(length, length).float().numpy()
@@ -188,10 +211,10 @@ def masks_figure(batch: list[list[str]], path: str | Path, pad: str = "<pad>") -
     positions = [str(i) for i in range(length)]
     _heat(axes[0, -1], causal_mask(length).float().numpy(), positions, positions, cmap="Oranges")
     axes[0, -1].set_title("look-ahead mask (query row sees key column)", fontsize=10)
-    return _save(fig, path)
+    return _finish(fig, path)
 
 
-def training_curves_figure(run: str | Path, path: str | Path) -> Path:
+def training_curves_figure(run: str | Path, path: str | Path | None = None) -> GuideFigure | Path:
     """Training loss, validation loss (and accuracy or perplexity when logged) and learning rate against the
     step, from ``run/metrics.jsonl``; 12 × 4 inches."""
     metrics_file = Path(run) / "metrics.jsonl"
@@ -209,8 +232,8 @@ def training_curves_figure(run: str | Path, path: str | Path) -> Path:
     valid = [r for r in records if isinstance(r.get("valid_loss"), int | float)]
     if not train and not valid:
         raise ValueError(f"{metrics_file} has no loss values yet; train for a few steps first")
-    plt = _pyplot()
-    fig, (loss_ax, lr_ax) = plt.subplots(1, 2, figsize=(12, 4), layout="constrained")
+    fig = _new_figure(12, 4)
+    loss_ax, lr_ax = fig.subplots(1, 2)
     loss_ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="training loss", lw=1)
     loss_ax.plot([r["step"] for r in valid], [r["valid_loss"] for r in valid], "o-", label="validation loss")
     loss_ax.set_xlabel("step")
@@ -221,4 +244,4 @@ def training_curves_figure(run: str | Path, path: str | Path) -> Path:
     lr_ax.set_xlabel("step")
     lr_ax.set_ylabel("learning rate")
     lr_ax.set_title("schedule")
-    return _save(fig, path)
+    return _finish(fig, path)

@@ -35,9 +35,17 @@ def quantize(weights: torch.Tensor) -> bytes:
     return (weights.float().clamp(0, 1) * 255).round().to(torch.uint8).contiguous().numpy().tobytes()
 
 
-def page_data(views: list[AttentionView]) -> dict:
-    """What the page's script reads: per view its tokens, shape and base64 weights."""
+SECTIONS = ("head", "model")
+
+
+def page_data(views: list[AttentionView], show: tuple[str, ...] = SECTIONS) -> dict:
+    """What the page's script reads: per view its tokens, shape and base64 weights; ``show`` the sections drawn
+    (``"head"``, ``"model"``)."""
+    unknown = set(show) - set(SECTIONS)
+    if unknown or not show:
+        raise ValueError(f"unknown page section(s) {sorted(unknown)}; show some of {', '.join(SECTIONS)}")
     return {
+        "show": list(show),
         "minLevel": MIN_LEVEL,
         "allHeadsUpTo": ALL_HEADS_UP_TO,
         "views": [
@@ -57,13 +65,13 @@ def page_data(views: list[AttentionView]) -> dict:
     }
 
 
-def attention_html(views: list[AttentionView], title: str = "Attention") -> str:
-    """The page as a string."""
+def attention_html(views: list[AttentionView], title: str = "Attention", show: tuple[str, ...] = SECTIONS) -> str:
+    """The page as a string, with the head view and the model view (``show`` one of them only)."""
     if not views:
         raise ValueError("no attention to draw; pass at least one AttentionView")
     files = resources.files("glassformer.visualization")
     template = files.joinpath("attention_page.html").read_text(encoding="utf-8")
-    data = json.dumps(page_data(views), ensure_ascii=False).replace("</", "<\\/")  # never closes the <script>
+    data = json.dumps(page_data(views, show), ensure_ascii=False).replace("</", "<\\/")  # never closes the <script>
     first = views[0]
     summary = (
         f"{len(first.query_tokens)} tokens, {first.weights.size(0)} layers × {first.weights.size(1)} heads"
