@@ -276,17 +276,29 @@ class Tokenizer:
         ids = [encoding.ids for encoding in encodings]
         return ids[0] if isinstance(text, str) else ids
 
-    def encode_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+    def encode_chat(
+        self, messages: list[dict[str, str]], add_generation_prompt: bool = True, continue_final_message: bool = False
+    ) -> list[int]:
         """The conversation rendered with the chat template and encoded, each message's content as plain text: a
-        control token typed in a message cannot open a turn of another role (role injection)."""
+        control token typed in a message cannot open a turn of another role (role injection).
+        ``continue_final_message``: the last message (the assistant's, unfinished) is left open, its end-of-turn
+        and everything after it cut, so that the model continues it (vLLM's option of that name)."""
         if not isinstance(messages, list) or not all(
             isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
             for m in messages
         ):
             raise ValueError('messages must be a list of {"role": str, "content": str} dicts')
+        if continue_final_message and (not messages or messages[-1]["role"] != "assistant"):
+            raise ValueError("continue_final_message needs the last message to be the assistant's, to continue")
         nonce = secrets.token_hex(8)
         marked = [{**m, "content": f"\ue000{nonce}:{i}\ue001"} for i, m in enumerate(messages)]
+        add_generation_prompt = add_generation_prompt and not continue_final_message
         pieces = re.split(f"\ue000{nonce}:(\\d+)\ue001", self.apply_chat_template(marked, add_generation_prompt))
+        if continue_final_message:  # up to the last message's content: its end-of-turn is not written yet
+            ends = [i for i in range(1, len(pieces), 2) if int(pieces[i]) == len(messages) - 1]
+            if not ends:
+                raise ValueError("the chat template does not write the last message; it cannot be continued")
+            pieces = pieces[: ends[-1] + 1]
         ids: list[int] = []
         for number, piece in enumerate(pieces):
             if number % 2:  # a message's content

@@ -5,6 +5,7 @@ one request at a time or eight at once; bad requests get OpenAI's error shape; t
 import base64
 import collections
 import concurrent.futures
+import contextlib
 import http.client
 import json
 import time
@@ -22,6 +23,7 @@ from glassformer.nn.linear import packed_weights
 from glassformer.pipelines.sentence_encoder import SentenceEncoder
 from glassformer.serving import ServeConfig
 
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 openai = pytest.importorskip("openai", reason="the openai client is a test dependency (pip install -e '.[dev]')")
 
 CONTEXT = 512
@@ -198,6 +200,26 @@ PERSON = {
 }
 
 
+def test_continue_final_message_continues_the_assistant_s_unfinished_answer(client, smollm2):
+    """vLLM's option: the last message is the assistant's, left open, and the model goes on from its last word."""
+    messages = [{"role": "user", "content": "What is the capital of France?"},
+                {"role": "assistant", "content": "The capital of France is"}]  # fmt: skip
+    ids = smollm2[1].encode_chat(messages, continue_final_message=True)
+    assert smollm2[1].decode(ids).endswith("<|im_start|>assistant\nThe capital of France is")
+    answer = client.chat.completions.create(model="smollm2", messages=messages, temperature=0, max_tokens=6,
+                                            extra_body={"continue_final_message": True})  # fmt: skip
+    assert answer.choices[0].message.content == greedy(smollm2, ids, 6) and "Paris" in answer.choices[0].message.content
+
+
+def test_top_k_one_samples_the_greedy_answer(client):
+    """vLLM's ``top_k``: only the k most likely tokens are drawn from; with k = 1 any temperature is greedy."""
+    ask = dict(model="smollm2", prompt=PROMPTS[1], max_tokens=10)
+    plain = client.completions.create(**ask, temperature=0).choices[0].text
+    hot = [client.completions.create(**ask, temperature=1.8, seed=s, extra_body={"top_k": k}).choices[0].text
+           for s, k in ((1, 1), (2, 1), (1, 0))]  # fmt: skip
+    assert hot[0] == hot[1] == plain and hot[2] != plain  # top_k 0: off
+
+
 def test_json_schema_answers_parse_and_validate_whole_and_streamed(client):
     """OpenAI's json_schema response_format, chat and completions, greedy and sampled, whole and streamed: every
     answer parses and validates against its schema (jsonschema), and ends by the grammar ("stop")."""
@@ -292,6 +314,21 @@ BAD_REQUESTS = [
         {"messages": [{"role": "user", "content": "x"}], "logprobs": True, "top_logprobs": 30},
         "top_logprobs must be between 0 and 20",
     ),
+    ("/v1/completions", {"prompt": "Hi", "top_k": -2}, "top_k must be >= -1"),
+    (
+        "/v1/chat/completions",
+        {"messages": [{"role": "user", "content": "x"}], "continue_final_message": True},
+        "continue_final_message needs the last message to be the assistant's",
+    ),
+    (
+        "/v1/chat/completions",
+        {
+            "messages": [{"role": "assistant", "content": "x"}],
+            "continue_final_message": True,
+            "add_generation_prompt": True,
+        },
+        "exclude each other",
+    ),
     ("/v1/completions", {"prompt": "Hi", "stop": [1]}, "stop must be a string"),
     ("/v1/completions", {"prompt": ""}, "prompt is empty"),
     ("/v1/completions", {"prompt": [10**9]}, "outside the vocabulary"),
@@ -333,7 +370,11 @@ def test_unknown_fields_are_ignored_and_unknown_models_named(server):
     assert status == 404 and "serves 'smollm2'" in answer["error"]["message"]
 
 
-def test_the_chat_page_streams_a_reply_in_a_browser(server):
+@contextlib.contextmanager
+def chat_page(server):
+    """The server's page in Debian's Chromium (headless): ``(page, outside, errors, requests)`` where ``outside``
+    collects requests to anywhere but this server (aborted), ``errors`` the page's errors and ``requests`` the JSON
+    bodies the page posted."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
     chromium = Path("/usr/bin/chromium")
     if not chromium.exists():
@@ -344,11 +385,13 @@ def test_the_chat_page_streams_a_reply_in_a_browser(server):
             browser = playwright.chromium.launch(executable_path=str(chromium), headless=True)
         except Exception as error:  # e.g. a Chromium that cannot start in this container
             pytest.skip(f"Chromium did not start: {error}")
-        outside, errors = [], []
-        context = browser.new_context()
+        outside, errors, requests = [], [], []
+        context = browser.new_context(viewport={"width": 1300, "height": 900})
 
         def route(route):
             if route.request.url.startswith(base):
+                if route.request.method == "POST":
+                    requests.append(json.loads(route.request.post_data))
                 route.continue_()
             else:
                 outside.append(route.request.url)
@@ -359,16 +402,81 @@ def test_the_chat_page_streams_a_reply_in_a_browser(server):
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.goto(base + "/")
         page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+        yield page, outside, errors, requests
+        browser.close()
+
+
+def test_the_chat_page_streams_a_reply_in_a_browser(server):
+    with chat_page(server) as (page, outside, errors, _):
         assert page.inner_text("#model") == "smollm2"
         page.fill("#input", "What is the capital of France?")
         page.press("#input", "Enter")
         page.wait_for_selector(".assistant[data-streaming=false]", timeout=60_000)
         reply = page.inner_text(".assistant")
-        ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "chat_page.png"))
-        browser.close()
     assert "Paris" in reply and page_user_text_ok(reply)
+    assert outside == [] and errors == []
+
+
+def slide(page, selector: str, value: float, event: str) -> None:
+    """Move a range input as a hand would: its value, then the event ("input" while dragging, "change" on release)."""
+    events = ["input"] if event == "input" else ["input", "change"]
+    script = "; ".join(f"e.dispatchEvent(new Event('{name}'))" for name in events)
+    page.eval_on_selector(selector, f"(e) => {{ e.value = '{value}'; {script}; }}")
+
+
+def test_the_next_token_view_shows_each_token_s_alternatives_and_rewrites_from_a_token(server, client):
+    """Type, watch the distribution at each token, move a slider (the shares change at once, no request), pick
+    another token (the answer is rewritten from there), release a slider (re-sampled from the selected token)."""
+    with chat_page(server) as (page, outside, errors, requests):
+        page.check("#live")
+        assert page.locator("#inspector").is_visible()
+        slide(page, "#temperature", 0, "input")  # greedy: the answer the API gives
+        page.fill("#input", "What is the capital of France?")
+        page.press("#input", "Enter")
+        page.wait_for_selector(".assistant[data-streaming=false]", timeout=60_000)
+        tokens = page.locator(".assistant .token")
+        first_answer = page.inner_text(".assistant")
+        messages = [{"role": "user", "content": "What is the capital of France?"}]
+        greedy = client.chat.completions.create(model="smollm2", messages=messages, temperature=0, max_tokens=200)
+        assert first_answer.startswith(greedy.choices[0].message.content) and "Paris" in first_answer
+        assert requests[-1]["logprobs"] is True and requests[-1]["top_logprobs"] == 20
+
+        tokens.nth(0).click()  # its 20 alternatives, most likely first; temperature 0 puts all on the first
+        rows = page.locator("#distribution tbody tr")
+        assert rows.count() == 20
+        model = [
+            float(r)
+            for r in page.eval_on_selector_all("#distribution tbody tr", "rs => rs.map(r => r.dataset.probability)")
+        ]
+        after = [
+            float(r) for r in page.eval_on_selector_all("#distribution tbody tr", "rs => rs.map(r => r.dataset.after)")
+        ]
+        assert model == sorted(model, reverse=True) and 0 < sum(model) <= 1.0001 and after == [1.0] + [0.0] * 19
+        sent = len(requests)
+        slide(page, "#temperature", 1.5, "input")  # dragging: the shares change at once, no request is made
+        after = [
+            float(r) for r in page.eval_on_selector_all("#distribution tbody tr", "rs => rs.map(r => r.dataset.after)")
+        ]
+        assert after[0] < 1 and after[1] > 0 and sum(after) == pytest.approx(1, abs=1e-3) and len(requests) == sent
+
+        alternative = page.inner_text("#distribution tbody tr:nth-child(2) td:first-child")
+        rows.nth(1).click()  # write the second most likely token first, then continue
+        page.wait_for_selector(".assistant[data-streaming=false]", timeout=60_000)
+        assert requests[-1]["continue_final_message"] is True and requests[-1]["messages"][-1]["role"] == "assistant"
+        assert json.loads(f'"{alternative}"') == requests[-1]["messages"][-1]["content"]
+        second_answer = page.inner_text(".assistant")
+        assert second_answer != first_answer and tokens.nth(0).inner_text() == json.loads(f'"{alternative}"')
+
+        tokens.nth(1).click()
+        slide(page, "#temperature", 2.0, "change")  # released: written again from token 2 at temperature 2
+        page.wait_for_function("document.querySelector('.assistant').dataset.streaming === 'false' && "
+                               f"document.querySelector('.assistant').innerText !== {json.dumps(second_answer)}",
+                               timeout=60_000)  # fmt: skip
+        assert requests[-1]["temperature"] == 2.0 and requests[-1]["continue_final_message"] is True
+        assert page.inner_text(".assistant .token:first-child") == json.loads(f'"{alternative}"')
+        page.screenshot(path=str(ARTIFACTS / "chat_page_next_token_view.png"))
     assert outside == [] and errors == []
 
 

@@ -105,6 +105,7 @@ class Sampling:
     logprobs: int | None = None  # None: none; k: each token's log-probability and the k most likely tokens'
     json: bool = False  # response_format json_object / json_schema: the answer is JSON (matching ``schema``)
     schema: dict | None = None
+    top_k: int | None = None  # vLLM's extension: only the k most likely tokens are drawn from (None, 0, -1: all)
 
 
 def read_logprobs(body: dict, kind: str) -> int | None:
@@ -119,6 +120,12 @@ def read_logprobs(body: dict, kind: str) -> int | None:
     if count is not None and not asked:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     return (count or 0) if asked else None
+
+
+def read_top_k(body: dict) -> int | None:
+    """``top_k`` (vLLM's extension of the API): draw only from the k most likely tokens; 0 or -1 turn it off."""
+    value = _number(body, "top_k", None, -1, None, integer=True)
+    return None if value in (None, 0, -1) else value
 
 
 def read_response_format(body: dict) -> tuple[bool, dict | None]:
@@ -173,6 +180,7 @@ def read_sampling(body: dict, kind: str = "completion") -> Sampling:
         presence_penalty=float(_number(body, "presence_penalty", 0.0, -2.0, 2.0)),
         frequency_penalty=float(_number(body, "frequency_penalty", 0.0, -2.0, 2.0)),
         logprobs=read_logprobs(body, kind),
+        top_k=read_top_k(body),
         **dict(zip(("json", "schema"), read_response_format(body), strict=True)),
     )
 
@@ -216,6 +224,22 @@ def read_messages(body: dict) -> list[dict[str, str]]:
             raise APIError(400, f"messages[{i}].content must be a string", param=f"messages[{i}].content")
         out.append({"role": message["role"], "content": content})
     return out
+
+
+def read_continue_final_message(body: dict, messages: list[dict[str, str]]) -> bool:
+    """vLLM's ``continue_final_message``: the last message is the assistant's unfinished answer, which the model
+    continues (its turn is left open) instead of starting a new turn; ``add_generation_prompt`` must not be true."""
+    asked = body.get("continue_final_message", False)
+    if not isinstance(asked, bool):
+        raise APIError(400, f"continue_final_message must be true or false, got {asked!r}", code="invalid_type",
+                       param="continue_final_message")  # fmt: skip
+    if asked and messages[-1]["role"] != "assistant":
+        raise APIError(400, "continue_final_message needs the last message to be the assistant's answer to continue",
+                       param="continue_final_message")  # fmt: skip
+    if asked and body.get("add_generation_prompt") is True:
+        raise APIError(400, "continue_final_message and add_generation_prompt exclude each other; leave one out",
+                       param="add_generation_prompt")  # fmt: skip
+    return asked
 
 
 def read_embedding_input(body: dict) -> list[str]:

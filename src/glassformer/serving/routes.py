@@ -28,6 +28,7 @@ from glassformer.serving.protocol import (
     Sampling,
     parse_json,
     read_body,
+    read_continue_final_message,
     read_embedding_input,
     read_messages,
     read_prompt,
@@ -136,11 +137,12 @@ async def chat_completions(request: HTTPRequest) -> Response:
     server = server_of(request)
     body, name, sampling = await read(request)
     messages = read_messages(body)
+    continue_final = read_continue_final_message(body, messages)
     tokenizer = server.served.tokenizer
     if not tokenizer.chat_template:
         raise APIError(400, f"{name} has no chat template; use /v1/completions with this model")
     try:
-        ids = tokenizer.encode_chat(messages)
+        ids = tokenizer.encode_chat(messages, continue_final_message=continue_final)
     except ValueError as error:
         raise APIError(400, str(error), param="messages") from None
     return await generate(request, "chat", name, ids, sampling, None)
@@ -167,6 +169,7 @@ async def generate(
             deliver=deliver_to(i),
             temperature=sampling.temperature,
             top_p=sampling.top_p,
+            top_k=sampling.top_k,
             seed=None if sampling.seed is None else sampling.seed + i,
             stop=sampling.stop,
             timeout=server.config.request_timeout,

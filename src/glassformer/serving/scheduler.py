@@ -9,9 +9,9 @@ Between two decoding steps the loop admits waiting requests into free slots (eac
 its slot of a ``SlotCache``), drops the ones cancelled (a client gone) or past their deadline, and runs one step
 for all the others: a batch of the consecutive slots ``lo:hi`` that hold them, each row masked to its own
 positions, so requests of any lengths decode together and leave as soon as they are done. Every request keeps
-its own sampling settings (temperature, top-p, seed: a row of the batched sampler, ``glassformer.generation.sampler``,
-which picks every row's token in one pass) and stop conditions (end of sequence, stop strings,
-``max_tokens``, the context). With ``batch_invariant`` each running request is decoded as a batch of its own, so
+its own sampling settings (temperature, top-k, top-p, seed: a row of the batched sampler,
+``glassformer.generation.sampler``, which picks every row's token in one pass) and stop conditions (end of
+sequence, stop strings, ``max_tokens``, the context). With ``batch_invariant`` each running request is decoded as a batch of its own, so
 its answer never depends on what else runs (bit for bit), at the cost of reading the weights once per request.
 Memory is fixed when the server starts: the cache holds ``max_batch`` slots of
 ``max_context`` positions.
@@ -74,6 +74,7 @@ class Request:
     deliver: Callable[[Event], None]
     temperature: float = 0.0
     top_p: float = 1.0
+    top_k: int | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
     timeout: float | None = None
@@ -160,7 +161,8 @@ class Scheduler:
         request.text = TextStream(self.tokenizer, request.stop)
         request.deadline = time.monotonic() + request.timeout if request.timeout else float("inf")
         config = GenerationConfig(do_sample=request.temperature > 0, temperature=request.temperature or 1.0,
-                                  top_p=request.top_p, seed=request.seed, presence_penalty=request.presence_penalty,
+                                  top_p=request.top_p, top_k=request.top_k, seed=request.seed,
+                                  presence_penalty=request.presence_penalty,
                                   frequency_penalty=request.frequency_penalty)  # fmt: skip
         request.submitted = time.monotonic()
         generator = None
