@@ -11,8 +11,9 @@ for all the others: a batch of the consecutive slots ``lo:hi`` that hold them, e
 positions, so requests of any lengths decode together and leave as soon as they are done. Every request keeps
 its own sampling settings (temperature, top-k, top-p, seed: a row of the batched sampler,
 ``glassformer.generation.sampler``, which picks every row's token in one pass) and stop conditions (end of
-sequence, stop strings, ``max_tokens``, the context). With ``batch_invariant`` each running request is decoded as a batch of its own, so
-its answer never depends on what else runs (bit for bit), at the cost of reading the weights once per request.
+sequence, stop strings, ``max_tokens``, the context). With ``batch_invariant`` each running request is decoded
+as a batch of its own, so its answer never depends on what else runs (bit for bit), at the cost of reading the
+weights once per request.
 Memory is fixed when the server starts: the cache holds ``max_batch`` slots of
 ``max_context`` positions.
 
