@@ -58,7 +58,9 @@ COMMANDS = {
     "train translate": (["--out", "runs/x"], {"glassformer.training.translation.train_translation": {}, TORCHRUN: 0}),
     "train classify": (["--out", "runs/x"], {"glassformer.training.classification.train_classifier": {},
                                              TORCHRUN: 0}),
-    "translate": (["--model", "m", "hallo"], {"glassformer.pipelines.translator.Translator.load": "translator"}),
+    "translate": (["--model", "m", "hallo"], {"glassformer.pipelines.translator.Translator.load": "translator",
+                                              "glassformer.visualization.alignment.alignments": None,
+                                              "glassformer.visualization.alignment.save_alignment_html": "a.html"}),
     "evaluate": (["--model", "m"], {"glassformer.training.evaluation.evaluate_translation": EVALUATION}),
     "generate": (["--model", "m", "--prompt", "p"], {LANGUAGE_MODEL[0]: "language model"}),
     "chat": ([], {LANGUAGE_MODEL[1]: "language model"}),
@@ -101,7 +103,7 @@ for _command in ("translate", "generate", "chat", "classify", "embed", "similari
         BASES[_command, _flag] = [*COMMANDS[_command][0], "--quantize", "int4"]
 
 
-VALUES = {("figures", "--view"): "cross"}  # a value the fake views accept
+VALUES = {("figures", "--view"): "cross", ("translate", "--attention"): "align.html"}  # values the command accepts
 VALUES.update({(command, "--device"): "cpu" for command in ("train lm", "train translate", "train classify")})
 
 

@@ -433,13 +433,14 @@ def test_the_next_token_view_shows_each_token_s_alternatives_and_rewrites_from_a
         page.check("#live")
         assert page.locator("#inspector").is_visible()
         slide(page, "#temperature", 0, "input")  # greedy: the answer the API gives
+        slide(page, "#max-tokens", 24, "input")
         page.fill("#input", "What is the capital of France?")
         page.press("#input", "Enter")
         page.wait_for_selector(".assistant[data-streaming=false]", timeout=60_000)
         tokens = page.locator(".assistant .token")
         first_answer = page.inner_text(".assistant")
         messages = [{"role": "user", "content": "What is the capital of France?"}]
-        greedy = client.chat.completions.create(model="smollm2", messages=messages, temperature=0, max_tokens=200)
+        greedy = client.chat.completions.create(model="smollm2", messages=messages, temperature=0, max_tokens=24)
         assert first_answer.startswith(greedy.choices[0].message.content) and "Paris" in first_answer
         assert requests[-1]["logprobs"] is True and requests[-1]["top_logprobs"] == 20
 
@@ -461,21 +462,28 @@ def test_the_next_token_view_shows_each_token_s_alternatives_and_rewrites_from_a
         ]
         assert after[0] < 1 and after[1] > 0 and sum(after) == pytest.approx(1, abs=1e-3) and len(requests) == sent
 
+        slide(page, "#temperature", 0, "input")  # back to greedy, still without a request
         alternative = page.inner_text("#distribution tbody tr:nth-child(2) td:first-child")
         rows.nth(1).click()  # write the second most likely token first, then continue
         page.wait_for_selector(".assistant[data-streaming=false]", timeout=60_000)
         assert requests[-1]["continue_final_message"] is True and requests[-1]["messages"][-1]["role"] == "assistant"
         assert json.loads(f'"{alternative}"') == requests[-1]["messages"][-1]["content"]
-        second_answer = page.inner_text(".assistant")
-        assert second_answer != first_answer and tokens.nth(0).inner_text() == json.loads(f'"{alternative}"')
+        assert page.inner_text(".assistant") != first_answer
+        assert tokens.nth(0).inner_text() == json.loads(f'"{alternative}"')
 
         tokens.nth(1).click()
-        slide(page, "#temperature", 2.0, "change")  # released: written again from token 2 at temperature 2
-        page.wait_for_function("document.querySelector('.assistant').dataset.streaming === 'false' && "
-                               f"document.querySelector('.assistant').innerText !== {json.dumps(second_answer)}",
-                               timeout=60_000)  # fmt: skip
-        assert requests[-1]["temperature"] == 2.0 and requests[-1]["continue_final_message"] is True
-        assert page.inner_text(".assistant .token:first-child") == json.loads(f'"{alternative}"')
+        slide(page, "#top-k", 5, "input")
+        slide(page, "#temperature", 1.0, "change")  # released: sampled again from token 2 with these settings
+        page.wait_for_selector(".assistant[data-streaming=false]", timeout=60_000)
+        sent = requests[-1]
+        assert (sent["temperature"], sent["top_k"], sent["continue_final_message"]) == (1.0, 5, True)
+        assert sent["messages"][-1]["content"] == json.loads(f'"{alternative}"')  # token 2 is drawn again
+        # what the page shows is the server's answer to that request (seeded: the same whole as streamed)
+        whole = {**sent, "stream": False, "logprobs": False, "top_logprobs": None}
+        status, again, _ = call("POST", server[0] + "/v1/chat/completions", whole)
+        assert status == 200
+        shown = page.inner_text(".assistant")
+        assert shown.startswith(json.loads(f'"{alternative}"') + again["choices"][0]["message"]["content"])
         page.screenshot(path=str(ARTIFACTS / "chat_page_next_token_view.png"))
     assert outside == [] and errors == []
 
