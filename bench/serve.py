@@ -6,10 +6,12 @@ client, --rounds times, each greedy for --new-tokens tokens (no stop). Per row: 
 tokens of the round / its wall time), time to first token p50/p95, and the mean time between tokens of one stream.
 The baseline is `generate`'s own tokens/s at batch 1 (same model, same prompt, same number of tokens, measured in
 this process while the server is idle). Goals: 8 clients >= 4x the aggregate tokens/s of 1 client; 1 client >= 0.9x
-generate's tokens/s.
+generate's tokens/s. A last row: one client streaming while another sends a --long-prompt-token prompt: the
+longest wait between the streaming client's tokens (the stall the long prompt causes; chunked prefill bounds it
+by one --prefill-chunk) and the long prompt's time to its first token.
 
     python bench/serve.py [--model smollm2] [--new-tokens 128] [--rounds 2] [--url http://127.0.0.1:8000]
-                          [--quantize int8|int4] [--batch-invariant]
+                          [--quantize int8|int4] [--batch-invariant] [--prefill-chunk N] [--long-prompt N]
 """
 
 from __future__ import annotations
@@ -90,6 +92,35 @@ async def round_of(url: str, model: str, clients: int, new_tokens: int) -> tuple
     return tokens / wall, [r[0] for r in results], [g for r in results for g in r[1]]
 
 
+async def stall_round(url: str, model: str, prompt_tokens: int, new_tokens: int) -> tuple[float, float]:
+    """``(longest gap between a streaming client's tokens, the long prompt's time to first token)`` when a prompt of
+    about ``prompt_tokens`` tokens arrives while the client streams."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="bench", max_retries=0, timeout=600)
+    stamps: list[float] = []
+
+    async def streaming() -> None:
+        stream = await client.completions.create(model=model, prompt=PROMPTS[0], max_tokens=new_tokens,
+                                                 temperature=0, stream=True)  # fmt: skip
+        async for chunk in stream:
+            if chunk.choices and chunk.choices[0].text:
+                stamps.append(time.perf_counter())
+
+    async def long_prompt() -> float:
+        while len(stamps) < 8:  # the stream is under way
+            await asyncio.sleep(0.005)
+        start = time.perf_counter()
+        text = " ".join(PROMPTS) + " "
+        await client.completions.create(model=model, prompt=text * max(1, prompt_tokens // 60), max_tokens=1,
+                                        temperature=0)  # fmt: skip
+        return time.perf_counter() - start
+
+    _, first = await asyncio.gather(streaming(), long_prompt())
+    await client.close()
+    return max(b - a for a, b in zip(stamps, stamps[1:], strict=False)), first
+
+
 def generate_speed(model_name: str, new_tokens: int, rounds: int, quantize: str | None) -> float:
     model, tokenizer = load_language_model(model_name, quantization=Quantization(quantize) if quantize else None)
     ids = torch.tensor([tokenizer.encode(PROMPTS[0])])
@@ -113,6 +144,8 @@ def main() -> None:
     parser.add_argument("--url", default=None, help="a server already running (default: start one)")
     parser.add_argument("--quantize", choices=["int8", "int4"], default=None, help="serve (and generate) quantized")
     parser.add_argument("--batch-invariant", action="store_true", help="serve with --batch-invariant (its cost)")
+    parser.add_argument("--prefill-chunk", type=int, default=None, help="serve with this --prefill-chunk")
+    parser.add_argument("--long-prompt", type=int, default=960, help="tokens of the last row's long prompt")
     args = parser.parse_args()
     print(runtime.env_line("cpu"))
     server = None
@@ -123,7 +156,8 @@ def main() -> None:
         command = [sys.executable, "-m", "glassformer", "serve", "--model", args.model, "--port", str(port),
                    "--max-batch", "8", "--max-context", "512", "--device", "cpu", "--precision", "fp32",
                    *(["--quantize", args.quantize] if args.quantize else []),
-                   *(["--batch-invariant"] if args.batch_invariant else [])]  # fmt: skip
+                   *(["--batch-invariant"] if args.batch_invariant else []),
+                   *(["--prefill-chunk", str(args.prefill_chunk)] if args.prefill_chunk else [])]  # fmt: skip
         server = subprocess.Popen(command, stderr=subprocess.DEVNULL, env={**os.environ})
     try:
         wait_ready(url)
@@ -141,6 +175,7 @@ def main() -> None:
                 result = asyncio.run(round_of(url, served, clients, args.new_tokens))
                 best = result if best is None or result[0] > best[0] else best
             rows.append((clients, *best))
+        stall, long_first = asyncio.run(stall_round(url, served, args.long_prompt, args.new_tokens))
     finally:
         if server is not None:
             server.terminate()
@@ -148,6 +183,7 @@ def main() -> None:
     baseline = generate_speed(args.model, args.new_tokens, args.rounds, args.quantize)
     name = f"{args.model} {args.quantize}" if args.quantize else args.model
     name += ", --batch-invariant" if args.batch_invariant else ""
+    name += f", --prefill-chunk {args.prefill_chunk}" if args.prefill_chunk else ""
     print(f"{name}, greedy {args.new_tokens} new tokens per request, streaming; best of {args.rounds} rounds")
     print(f"baseline: glassformer generate, batch 1: {baseline:.1f} tokens/s")
     print(f"{'clients':>7} | {'aggregate tok/s':>15} | {'vs 1 client':>11} | {'vs generate':>11} | "
@@ -159,6 +195,8 @@ def main() -> None:
             f"{percentile(first, 50) * 1e3:>7.0f}ms | {percentile(first, 95) * 1e3:>7.0f}ms | "
             f"{statistics.mean(gaps) * 1e3:>7.1f}ms"
         )
+    print(f"a ~{args.long_prompt}-token prompt arriving while 1 client streams: that client's longest wait between "
+          f"tokens {stall * 1e3:.0f} ms; the long prompt's first token after {long_first * 1e3:.0f} ms")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -145,7 +145,7 @@ RULES: dict[str, Rule] = {
     "no_repeat_ngram_size": COUNT,
     "length_penalty": Rule(),
     # serving
-    **dict.fromkeys(("max_batch", "max_context", "max_queue", "nproc_per_node"), POSITIVE_INT),
+    **dict.fromkeys(("max_batch", "max_context", "max_queue", "nproc_per_node", "prefill_chunk"), POSITIVE_INT),
     "request_timeout": POSITIVE,
     "port": Rule(low=0, high=65535, integer=True),
     # token ids (the vocabulary's upper bound is checked where the vocabulary is known)

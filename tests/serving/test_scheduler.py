@@ -87,6 +87,39 @@ def test_requests_of_any_length_arriving_at_any_time_get_their_greedy_tokens(tin
 
 @pytest.mark.cpu_class
 @pytest.mark.parametrize("precision", PRECISIONS)
+def test_a_long_prompt_is_read_in_chunks_between_the_running_requests_steps(tiny_lm, precision):
+    """Chunked prefill: a 41-token prompt is read 4 tokens per step while another request decodes, so that one
+    gets a token between every two chunks instead of waiting for the whole prompt; both get their greedy tokens."""
+    model, tokenizer = tiny_lm
+    model = in_precision(model, precision)
+    scheduler = Scheduler(model, tokenizer, max_batch=3, max_context=64, prefill_chunk=4)
+    log = []
+    chunk, step = scheduler._prefill_chunk, scheduler._decode_step
+    scheduler._prefill_chunk = lambda request: (log.append(("chunk", request.prefilled)), chunk(request))
+    scheduler._decode_step = lambda: (log.append(("step", len(scheduler.running))), step())
+    scheduler.start()
+    long_prompt = "the cat sat on the mat. the dog ate the bo"
+    try:
+        running, first = submit(scheduler, tokenizer, "a bird", 40)
+        while not running.tokens:
+            time.sleep(0.001)
+        reading, second = submit(scheduler, tokenizer, long_prompt, 5)
+        assert first.done.wait(30) and second.done.wait(30)
+    finally:
+        scheduler.stop()
+    chunks = [i for i, (kind, done) in enumerate(log) if kind == "chunk" and done < len(reading.prompt)]
+    chunks = chunks[-11:]  # the long prompt's: 41 tokens, 4 a step
+    assert [log[i][1] for i in chunks] == list(range(0, 41, 4))
+    assert all(log[i + 1] == ("step", 1) for i in chunks[:-1])  # the other request's step after each chunk
+    for prompt, n, collector in (("a bird", 40, first), (long_prompt, 5, second)):
+        ids = torch.tensor(tokenizer.encode(prompt))
+        alone = model.generate(ids[None], max_new_tokens=n)[0, len(ids) :]
+        served = tokenizer.encode(collector.text)
+        assert_same_greedy_tokens(next_scores(model, ids), served, alone, precision, model.config.num_layers, prompt)
+
+
+@pytest.mark.cpu_class
+@pytest.mark.parametrize("precision", PRECISIONS)
 def test_batch_invariant_answers_are_bit_for_bit_the_answers_alone(tiny_lm, precision):
     """``batch_invariant``: four requests (greedy and seeded samples) decoded together give, bit for bit, the tokens
     and log-probabilities each gets alone — in bfloat16 too, where a shared batch rounds differently."""

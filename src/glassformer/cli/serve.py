@@ -64,6 +64,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="decode each request as a batch of its own: its answer is bit for bit the same whatever else runs "
         "(bf16 batches otherwise round differently), at the cost of throughput with many clients",
     )  # fmt: skip
+    parser.add_argument(
+        "--prefill-chunk", type=int, default=defaults.prefill_chunk,
+        help="prompt tokens read per decoding step: a long prompt delays the running answers by one chunk at a "
+        f"time, not by its whole length (default {defaults.prefill_chunk})",
+    )  # fmt: skip
     add_device_arguments(parser)
     add_quantize_arguments(parser)
     parser.set_defaults(func=run)
@@ -95,7 +100,7 @@ def run(args: argparse.Namespace) -> None:
 
     check_options(
         max_batch=args.max_batch, max_context=args.max_context, max_queue=args.max_queue,
-        request_timeout=args.request_timeout, port=args.port,
+        request_timeout=args.request_timeout, port=args.port, prefill_chunk=args.prefill_chunk,
     )  # fmt: skip
     check_port(args.host, args.port)  # a port in use, a bad host, a missing model: errors now, not after starting
     resolve_model(args.model)
@@ -103,8 +108,9 @@ def run(args: argparse.Namespace) -> None:
         resolve_model(args.embedding_model)
     placement = report_placement(args)
     config = ServeConfig(
-        args.max_batch, args.max_context, args.max_queue, args.request_timeout, args.api_key, args.batch_invariant
-    )
+        args.max_batch, args.max_context, args.max_queue, args.request_timeout, args.api_key, args.batch_invariant,
+        args.prefill_chunk,
+    )  # fmt: skip
     uv: uvicorn.Server | None = None
 
     load = functools.partial(

@@ -1,14 +1,16 @@
 """Continuous batching: one thread owns the model and decodes every running request together.
 
-    waiting (bounded: --max-queue)  ──admit──▶  running (≤ --max-batch slots)  ──finish──▶  slot freed
-                                      prompt run alone,        one decoding step for all
-                                      first token picked       running rows, then each row
-                                                               picks its own next token
+    waiting (bounded: --max-queue)  ──admit──▶  reading its prompt  ──▶  running (≤ --max-batch slots)  ──▶  freed
+                                      one --prefill-chunk       one decoding step for all
+                                      per step, then its        running rows, then each row
+                                      first token               picks its own next token
 
-Between two decoding steps the loop admits waiting requests into free slots (each prompt runs once, alone, into
-its slot of a ``SlotCache``), drops the ones cancelled (a client gone) or past their deadline, and runs one step
-for all the others: a batch of the consecutive slots ``lo:hi`` that hold them, each row masked to its own
-positions, so requests of any lengths decode together and leave as soon as they are done. Every request keeps
+Between two decoding steps the loop admits waiting requests into free slots of a ``SlotCache``, runs the next
+chunk of ``prefill_chunk`` prompt tokens of the first request still reading its prompt (chunked prefill: a long
+prompt never stalls the running requests for more than one chunk, and a short one is read whole), drops the
+requests cancelled (a client gone) or past their deadline, and runs one step for all the running ones: a batch
+of the consecutive slots ``lo:hi`` that hold them, each row masked to its own positions, so requests of any
+lengths decode together and leave as soon as they are done. Every request keeps
 its own sampling settings (temperature, top-k, top-p, seed: a row of the batched sampler,
 ``glassformer.generation.sampler``, which picks every row's token in one pass) and stop conditions (end of
 sequence, stop strings, ``max_tokens``, the context). With ``batch_invariant`` each running request is decoded
@@ -84,6 +86,7 @@ class Request:
     logprobs: int | None = None
     guide: object | None = None  # structured output: its grammar's state (glassformer.generation.structured)
     # the scheduler's bookkeeping
+    prefilled: int = 0  # prompt tokens already in its slot (chunked prefill)
     tokens: list[int] = dataclasses.field(default_factory=list)
     slot: int | None = None
     cancelled: bool = False
@@ -109,7 +112,8 @@ class Counters:
 
 class Scheduler:
     """Owns ``model`` on a thread of its own; ``submit`` requests from any thread, ``cancel`` them, read
-    ``active`` / ``waiting`` / ``counters``. ``max_context`` positions per slot (prompt + answer)."""
+    ``active`` / ``waiting`` / ``counters``. ``max_context`` positions per slot (prompt + answer); prompts are read
+    ``prefill_chunk`` tokens per step."""
 
     def __init__(
         self,
@@ -120,8 +124,12 @@ class Scheduler:
         max_queue: int = 64,
         eos_token_ids: tuple[int, ...] = (),
         batch_invariant: bool = False,
+        prefill_chunk: int = 512,
     ):
+        if prefill_chunk < 1:
+            raise ValueError(f"prefill_chunk must be at least 1 token, got {prefill_chunk}")
         self.model = model
+        self.prefill_chunk = prefill_chunk
         self.batch_invariant = batch_invariant
         self.tokenizer = tokenizer
         self.max_batch, self.max_queue = max_batch, max_queue
@@ -131,7 +139,8 @@ class Scheduler:
         self.cache = model.make_slot_cache(max_batch, self.max_context)
         self.step = choose_step(model)  # the modules, or the fused CPU step (glassformer.generation.step)
         self.free_slots = list(range(max_batch))  # a heap: the lowest free slot first keeps the batch compact
-        self.running: dict[int, Request] = {}
+        self.running: dict[int, Request] = {}  # slot -> a request that decodes
+        self.prefilling: deque[Request] = deque()  # admitted, still reading their prompts, first come first
         self.queue: deque[Request] = deque()
         self.counters = Counters()
         self.metrics = Metrics(lambda: self.active, lambda: self.waiting)
@@ -193,7 +202,7 @@ class Scheduler:
 
     @property
     def active(self) -> int:
-        return len(self.running)
+        return len(self.running) + len(self.prefilling)
 
     @property
     def waiting(self) -> int:
@@ -206,25 +215,25 @@ class Scheduler:
         with torch.inference_mode(), packed_weights(self.model) if pack else nullcontext():
             while True:
                 with self.condition:
-                    while not self.stopping and not self.queue and not self.running:
+                    while not self.stopping and not self.queue and not self.running and not self.prefilling:
                         self.condition.wait()
                     if self.stopping:
                         break
-                    admitted = []
                     while self.queue and self.free_slots:
                         request = self.queue.popleft()
                         if not request.cancelled:
                             request.slot = heapq.heappop(self.free_slots)
-                            admitted.append(request)
+                            self.cache.free(request.slot)
+                            self.prefilling.append(request)
                         else:
                             self._count("cancelled")
                 self._expire()
-                for request in admitted:
-                    self._guarded([request], self._prefill, request)
+                if self.prefilling:
+                    self._guarded([self.prefilling[0]], self._prefill_chunk, self.prefilling[0])
                 self._expire()
                 if self.running:
                     self._guarded(list(self.running.values()), self._decode_step)
-        for request in [*self.running.values(), *self.queue]:
+        for request in [*self.running.values(), *self.prefilling, *self.queue]:
             request.deliver(Event("error", status=503, message="the server is shutting down"))
 
     def _guarded(self, requests: list[Request], step: Callable, *args) -> None:
@@ -242,7 +251,7 @@ class Scheduler:
     def _expire(self) -> None:
         """Free the slots of cancelled requests and end the ones past their deadline (waiting ones too)."""
         now = time.monotonic()
-        for request in list(self.running.values()):
+        for request in [*self.running.values(), *self.prefilling]:
             if request.cancelled:
                 self._count("cancelled")
                 self._release(request)
@@ -267,19 +276,24 @@ class Scheduler:
     def _release(self, request: Request) -> None:
         if request.slot is not None:
             self.running.pop(request.slot, None)
+            if request in self.prefilling:
+                self.prefilling.remove(request)
             self.cache.free(request.slot)
             heapq.heappush(self.free_slots, request.slot)
             request.slot = None
 
-    def _prefill(self, request: Request) -> None:
-        """Run the prompt into the request's slot and pick its first token."""
-        self.running[request.slot] = request
-        self.cache.free(request.slot)
+    def _prefill_chunk(self, request: Request) -> None:
+        """Run the next ``prefill_chunk`` tokens of the prompt into the request's slot; after the last chunk the
+        request picks its first token and joins the running ones."""
+        chunk = request.prompt[request.prefilled : request.prefilled + self.prefill_chunk]
         view = self.cache.view(request.slot, request.slot + 1)
-        ids = torch.tensor([request.prompt], device=self.device)
-        self.metrics.prompt_tokens.inc(len(request.prompt))
-        logits = self.model(ids, cache=view, last_token_only=True)[:, -1].float()
-        self._choose([request], logits)
+        logits = self.model(torch.tensor([chunk], device=self.device), cache=view, last_token_only=True)
+        request.prefilled += len(chunk)
+        self.metrics.prompt_tokens.inc(len(chunk))
+        if request.prefilled == len(request.prompt):
+            self.prefilling.popleft()
+            self.running[request.slot] = request
+            self._choose([request], logits[:, -1].float())
 
     def _decode_step(self) -> None:
         """One token for every running request: the slots ``lo:hi`` as one batch (a free slot inside rides

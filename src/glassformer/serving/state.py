@@ -20,8 +20,9 @@ from glassformer.serving.scheduler import Scheduler
 @dataclasses.dataclass
 class ServeConfig:
     """How the server runs: batching and memory (``max_batch`` slots of ``max_context`` positions), the waiting
-    queue, a per-request timeout in seconds, an optional API key, and ``batch_invariant`` (each request decoded
-    as a batch of its own: its answer bit for bit the same whatever else runs)."""
+    queue, a per-request timeout in seconds, an optional API key, ``batch_invariant`` (each request decoded
+    as a batch of its own: its answer bit for bit the same whatever else runs) and ``prefill_chunk`` (prompt tokens
+    read per step: a long prompt stalls the running requests by one chunk at a time)."""
 
     max_batch: int = 8
     max_context: int = 2048
@@ -29,6 +30,7 @@ class ServeConfig:
     request_timeout: float = 600.0
     api_key: str | None = None
     batch_invariant: bool = False
+    prefill_chunk: int = 512
 
 
 class Server:
@@ -62,6 +64,7 @@ class Server:
                 c.max_queue,
                 served.eos_token_ids,
                 c.batch_invariant,
+                c.prefill_chunk,
             )
             scheduler.start()
             self.served, self.scheduler = served, scheduler
