@@ -8,7 +8,9 @@ The baseline is `generate`'s own tokens/s at batch 1 (same model, same prompt, s
 this process while the server is idle). Goals: 8 clients >= 4x the aggregate tokens/s of 1 client; 1 client >= 0.9x
 generate's tokens/s. A last row: one client streaming while another sends a --long-prompt-token prompt: the
 longest wait between the streaming client's tokens (the stall the long prompt causes; chunked prefill bounds it
-by one --prefill-chunk) and the long prompt's time to its first token.
+by one --prefill-chunk) and the long prompt's time to its first token. And: two requests, one after the other,
+whose prompts share a --long-prompt-token beginning (a system prompt): the second's time to first token against
+the first's (the prefix cache's goal: <= 0.2x).
 
     python bench/serve.py [--model smollm2] [--new-tokens 128] [--rounds 2] [--url http://127.0.0.1:8000]
                           [--quantize int8|int4] [--batch-invariant] [--prefill-chunk N] [--long-prompt N]
@@ -121,6 +123,21 @@ async def stall_round(url: str, model: str, prompt_tokens: int, new_tokens: int)
     return max(b - a for a, b in zip(stamps, stamps[1:], strict=False)), first
 
 
+async def shared_prefix_round(url: str, model: str, prompt_tokens: int) -> tuple[float, float]:
+    """Times to first token of two requests in a row whose prompts share about ``prompt_tokens`` tokens."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="bench", max_retries=0, timeout=600)
+    shared = " ".join(f"Note {i}: {PROMPTS[i % len(PROMPTS)]}." for i in range(max(1, prompt_tokens // 11)))
+    times = []
+    for question in ("What is the first note about?", "Which note mentions France?"):
+        start = time.perf_counter()
+        await client.completions.create(model=model, prompt=f"{shared}\n{question}", max_tokens=1, temperature=0)
+        times.append(time.perf_counter() - start)
+    await client.close()
+    return times[0], times[1]
+
+
 def generate_speed(model_name: str, new_tokens: int, rounds: int, quantize: str | None) -> float:
     model, tokenizer = load_language_model(model_name, quantization=Quantization(quantize) if quantize else None)
     ids = torch.tensor([tokenizer.encode(PROMPTS[0])])
@@ -145,6 +162,7 @@ def main() -> None:
     parser.add_argument("--quantize", choices=["int8", "int4"], default=None, help="serve (and generate) quantized")
     parser.add_argument("--batch-invariant", action="store_true", help="serve with --batch-invariant (its cost)")
     parser.add_argument("--prefill-chunk", type=int, default=None, help="serve with this --prefill-chunk")
+    parser.add_argument("--prefix-cache-tokens", type=int, default=None, help="serve with this --prefix-cache-tokens")
     parser.add_argument("--long-prompt", type=int, default=960, help="tokens of the last row's long prompt")
     args = parser.parse_args()
     print(runtime.env_line("cpu"))
@@ -154,10 +172,13 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         command = [sys.executable, "-m", "glassformer", "serve", "--model", args.model, "--port", str(port),
-                   "--max-batch", "8", "--max-context", "512", "--device", "cpu", "--precision", "fp32",
+                   "--max-batch", "8", "--max-context", str(max(512, args.long_prompt + args.new_tokens + 64)),
+                   "--device", "cpu", "--precision", "fp32",
                    *(["--quantize", args.quantize] if args.quantize else []),
                    *(["--batch-invariant"] if args.batch_invariant else []),
-                   *(["--prefill-chunk", str(args.prefill_chunk)] if args.prefill_chunk else [])]  # fmt: skip
+                   *(["--prefill-chunk", str(args.prefill_chunk)] if args.prefill_chunk else []),
+                   *(["--prefix-cache-tokens", str(args.prefix_cache_tokens)]
+                     if args.prefix_cache_tokens is not None else [])]  # fmt: skip
         server = subprocess.Popen(command, stderr=subprocess.DEVNULL, env={**os.environ})
     try:
         wait_ready(url)
@@ -176,6 +197,7 @@ def main() -> None:
                 best = result if best is None or result[0] > best[0] else best
             rows.append((clients, *best))
         stall, long_first = asyncio.run(stall_round(url, served, args.long_prompt, args.new_tokens))
+        first_ttft, repeated_ttft = asyncio.run(shared_prefix_round(url, served, args.long_prompt))
     finally:
         if server is not None:
             server.terminate()
@@ -184,6 +206,7 @@ def main() -> None:
     name = f"{args.model} {args.quantize}" if args.quantize else args.model
     name += ", --batch-invariant" if args.batch_invariant else ""
     name += f", --prefill-chunk {args.prefill_chunk}" if args.prefill_chunk else ""
+    name += f", --prefix-cache-tokens {args.prefix_cache_tokens}" if args.prefix_cache_tokens is not None else ""
     print(f"{name}, greedy {args.new_tokens} new tokens per request, streaming; best of {args.rounds} rounds")
     print(f"baseline: glassformer generate, batch 1: {baseline:.1f} tokens/s")
     print(f"{'clients':>7} | {'aggregate tok/s':>15} | {'vs 1 client':>11} | {'vs generate':>11} | "
@@ -197,6 +220,8 @@ def main() -> None:
         )
     print(f"a ~{args.long_prompt}-token prompt arriving while 1 client streams: that client's longest wait between "
           f"tokens {stall * 1e3:.0f} ms; the long prompt's first token after {long_first * 1e3:.0f} ms")  # fmt: skip
+    print(f"a ~{args.long_prompt}-token shared beginning: first request's TTFT {first_ttft * 1e3:.0f} ms, the next "
+          f"one's {repeated_ttft * 1e3:.0f} ms ({repeated_ttft / first_ttft:.2f}x)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -492,6 +492,31 @@ def page_user_text_ok(reply: str) -> bool:
     return "<|im_end|>" not in reply and "<|im_start|>" not in reply
 
 
+def metric_samples(server) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(server[0] + "/metrics", timeout=30) as response:
+        families = list(text_string_to_metric_families(response.read().decode()))
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families for s in f.samples}
+
+
+def test_a_repeated_system_prompt_is_read_from_the_prefix_cache(client, server, smollm2):
+    """The second chat with the same long system prompt copies its blocks' keys and values instead of running
+    them (the prefix-cache counter grows by them), and still answers exactly the greedy answer."""
+    system = "You are a careful assistant. " + " ".join(f"Rule {i}: answer briefly and plainly." for i in range(20))
+    chats = [[{"role": "system", "content": system}, {"role": "user", "content": question}]
+             for question in ("What is the capital of France?", "What is two plus two?")]  # fmt: skip
+    before = metric_samples(server)[("glassformer_prefix_cache_hit_tokens_total", ())]
+    answers = [client.chat.completions.create(model="smollm2", messages=chat, temperature=0, max_tokens=8)
+               for chat in chats]  # fmt: skip
+    hits = metric_samples(server)[("glassformer_prefix_cache_hit_tokens_total", ())] - before
+    first, second = (smollm2[1].encode_chat(chat) for chat in chats)
+    common = next(i for i, (x, y) in enumerate(zip(first, second, strict=False)) if x != y)
+    assert common > 200 and hits >= common // 32 * 32
+    assert answers[1].choices[0].message.content == greedy(smollm2, second, 8)
+    assert metric_samples(server)[("glassformer_prefix_cache_blocks", ())] >= common // 32
+
+
 def test_health_and_metrics_count_the_work(server):
     """/health: JSON counters and the memory plan; /metrics: Prometheus's text, parsed by prometheus_client."""
     from prometheus_client.parser import text_string_to_metric_families

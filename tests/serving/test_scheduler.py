@@ -9,6 +9,8 @@ import torch
 from equivalence import PRECISIONS, assert_same_greedy_tokens, in_precision, next_scores
 
 from glassformer.backends import kernels
+from glassformer.nn.cache import SlotCache
+from glassformer.serving.prefix_cache import PrefixCache
 from glassformer.serving.scheduler import Overloaded, Request, Scheduler
 
 
@@ -225,3 +227,49 @@ def test_a_quantized_model_s_batched_steps_give_each_request_its_greedy_tokens(t
     monkeypatch.setattr(fused_step, "step", lambda *args: None)  # the modules alone
     for prompt, n, c in zip(prompts, lengths, collectors, strict=True):
         assert c.text == greedy_text(model, tokenizer, prompt, n), prompt
+
+
+@pytest.mark.cpu_class
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_a_prompt_that_starts_like_an_earlier_one_reads_only_the_rest(tiny_lm, precision):
+    """Prefix caching: the second prompt's blocks in common with the first are copied, not run; the first chunk it
+    runs starts after them, and both answers are their greedy tokens."""
+    model, tokenizer = tiny_lm
+    model = in_precision(model, precision)
+    scheduler = Scheduler(model, tokenizer, max_batch=2, max_context=64)
+    scheduler.prefix = PrefixCache(capacity=16, block=8)
+    starts = []
+    chunk = scheduler._prefill_chunk
+    scheduler._prefill_chunk = lambda request: (starts.append(request.prefilled), chunk(request))
+    scheduler.start()
+    first, second = "the cat sat on the mat. the dog ate the bone.", "the cat sat on the mat. the dog sang in a tree"
+    try:
+        collectors = []
+        for prompt in (first, second):
+            collectors.append(submit(scheduler, tokenizer, prompt, 6)[1])
+            assert collectors[-1].done.wait(30)
+    finally:
+        scheduler.stop()
+    a, b = tokenizer.encode(first), tokenizer.encode(second)
+    common = next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
+    assert starts == [0, common // 8 * 8] and common // 8 * 8 >= 24
+    assert scheduler.metrics.prefix_hit_tokens._value.get() == common // 8 * 8
+    for prompt, collector in zip((first, second), collectors, strict=True):
+        ids = torch.tensor(tokenizer.encode(prompt))
+        alone = model.generate(ids[None], max_new_tokens=6)[0, len(ids) :]
+        served = tokenizer.encode(collector.text)
+        assert_same_greedy_tokens(next_scores(model, ids), served, alone, precision, model.config.num_layers, prompt)
+
+
+def test_the_prefix_cache_keeps_the_heads_of_prompts_longest_and_never_the_whole_prompt():
+    cache = SlotCache(num_layers=1, slots=1, num_heads=1, max_length=16, head_dim=2)
+    cache.keys[0, 0, 0, :, 0] = torch.arange(16.0)  # position p holds p
+    prefix = PrefixCache(capacity=2, block=4)
+    a = list(range(12))
+    prefix.store(cache, 0, a)  # 3 full blocks, room for 2: the first two
+    assert len(prefix.match(a)) == 2 and len(prefix.match(a[:8])) == 1  # the last token is always left to run
+    assert prefix.restore(cache, 0, prefix.match(a)) == 8 and cache.lengths[0] == 8
+    prefix.store(cache, 0, [50, 51, 52, 53, 54])  # a new prompt's block: a's tail block goes, its head stays
+    assert len(prefix.match(a)) == 1 and len(prefix.match([50, 51, 52, 53, 54])) == 1
+    assert len(prefix.match([9, *a])) == 0  # the same blocks at other positions are other blocks
+    assert PrefixCache(capacity=0).match(a) == []

@@ -69,6 +69,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="prompt tokens read per decoding step: a long prompt delays the running answers by one chunk at a "
         f"time, not by its whole length (default {defaults.prefill_chunk})",
     )  # fmt: skip
+    parser.add_argument(
+        "--prefix-cache-tokens", type=int, default=defaults.prefix_cache_tokens,
+        help="prompt tokens whose keys and values are kept (in blocks of 32) so that a prompt starting alike (a "
+        f"system prompt, a growing chat) skips them; 0 turns it off (default {defaults.prefix_cache_tokens})",
+    )  # fmt: skip
     add_device_arguments(parser)
     add_quantize_arguments(parser)
     parser.set_defaults(func=run)
@@ -101,6 +106,7 @@ def run(args: argparse.Namespace) -> None:
     check_options(
         max_batch=args.max_batch, max_context=args.max_context, max_queue=args.max_queue,
         request_timeout=args.request_timeout, port=args.port, prefill_chunk=args.prefill_chunk,
+        prefix_cache_tokens=args.prefix_cache_tokens,
     )  # fmt: skip
     check_port(args.host, args.port)  # a port in use, a bad host, a missing model: errors now, not after starting
     resolve_model(args.model)
@@ -109,14 +115,14 @@ def run(args: argparse.Namespace) -> None:
     placement = report_placement(args)
     config = ServeConfig(
         args.max_batch, args.max_context, args.max_queue, args.request_timeout, args.api_key, args.batch_invariant,
-        args.prefill_chunk,
+        args.prefill_chunk, args.prefix_cache_tokens,
     )  # fmt: skip
     uv: uvicorn.Server | None = None
 
     load = functools.partial(
         load_served, args.model, args.max_batch, args.max_context, name=args.name,
         embedding_model=args.embedding_model, device=placement.device, precision=placement.precision,
-        quantization=quantization_of(args),
+        quantization=quantization_of(args), prefix_cache_tokens=args.prefix_cache_tokens,
     )  # fmt: skip
 
     def ready(server: Server) -> None:

@@ -6,7 +6,9 @@ memory it will need, worked out before the first request.
     cache          2 · layers · max_batch · kv_heads · max_context · head_dim · element size (``SlotCache``)
     activations    one prompt of max_context tokens at a time: ~ max_context · (16 · d_model + 4 · d_ff) · 4 bytes,
                    plus heads · max_context² · 4 bytes where attention scores are materialized
-    budget         resident memory after loading + packed copy + cache + activations + 128 MiB for the rest
+    prefix_cache   ``--prefix-cache-tokens`` // 32 blocks of 32 positions' keys and values (``prefix_blocks``)
+    budget         resident memory after loading + packed copy + cache + prefix cache + activations + 128 MiB for
+                   the rest
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from glassformer.models.quantization import Quantization
 from glassformer.nn.linear import can_pack
 from glassformer.pipelines.language_model import load_language_model
 from glassformer.pipelines.sentence_encoder import SentenceEncoder
+from glassformer.serving.prefix_cache import DEFAULT_BLOCK
 from glassformer.tokenizer import Tokenizer
 
 MIB = 1 << 20
@@ -63,8 +66,10 @@ def end_tokens(model: GPT, tokenizer: Tokenizer) -> tuple[int, ...]:
     return tuple(sorted(ids))
 
 
-def memory_plan(model: GPT, max_batch: int, max_context: int, resident: int, encoder=None) -> dict:
-    """The memory figures of the module docstring, in bytes."""
+def memory_plan(
+    model: GPT, max_batch: int, max_context: int, resident: int, encoder=None, prefix_cache_tokens: int = 0
+) -> dict:
+    """The memory figures of the module docstring, in bytes (``prefix_blocks``: a count)."""
     c = model.config
     context = min(max_context, c.max_seq_length)
     tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}  # quantized codes are buffers
@@ -76,16 +81,20 @@ def memory_plan(model: GPT, max_batch: int, max_context: int, resident: int, enc
     if encoder is not None:
         e = encoder.model.config
         activations += 32 * encoder.max_length * (16 * e.d_model + 4 * e.d_ff) * 4
-    budget = resident + packed + cache + activations + OTHER_BYTES
-    return {"weights": weights, "packed_copy": packed, "cache": cache, "activations": activations,
-            "resident_after_load": resident, "budget": budget}  # fmt: skip
+    prefix_blocks = prefix_cache_tokens // DEFAULT_BLOCK
+    prefix = prefix_blocks * DEFAULT_BLOCK * cache // (max_batch * context)  # a block: its positions' share
+    budget = resident + packed + cache + prefix + activations + OTHER_BYTES
+    return {"weights": weights, "packed_copy": packed, "cache": cache, "prefix_cache": prefix,
+            "prefix_blocks": prefix_blocks, "activations": activations, "resident_after_load": resident,
+            "budget": budget}  # fmt: skip
 
 
 def describe_memory(memory: dict) -> str:
     m = {k: v / MIB for k, v in memory.items()}
     return (
         f"memory: weights {m['weights']:.0f} MiB (+ {m['packed_copy']:.0f} MiB packed copy), key/value cache "
-        f"{m['cache']:.0f} MiB, activations ≤ {m['activations']:.0f} MiB; resident after loading "
+        f"{m['cache']:.0f} MiB, prefix cache {memory.get('prefix_blocks', 0)} blocks of {DEFAULT_BLOCK} tokens "
+        f"({m.get('prefix_cache', 0):.0f} MiB), activations ≤ {m['activations']:.0f} MiB; resident after loading "
         f"{m['resident_after_load']:.0f} MiB, budget {m['budget']:.0f} MiB"
     )
 
@@ -100,6 +109,7 @@ def load_served(
     device: str | None = None,
     precision: str | None = None,
     quantization: Quantization | None = None,
+    prefix_cache_tokens: int = 0,
 ) -> Served:
     """Load ``model`` (any decoder-only checkpoint ``glassformer generate`` opens) and, if given, the sentence
     encoder ``embedding_model``, placed as ``device`` / ``precision`` ask (``auto``: what this machine does best) and
@@ -109,5 +119,5 @@ def load_served(
     if embedding_model is not None:
         encoder = SentenceEncoder.from_pretrained(embedding_model, device, precision, quantization)
     served = Served(lm, tokenizer, name or str(model), end_tokens(lm, tokenizer), encoder, embedding_model)
-    served.memory = memory_plan(lm, max_batch, max_context, resident_bytes(), encoder)
+    served.memory = memory_plan(lm, max_batch, max_context, resident_bytes(), encoder, prefix_cache_tokens)
     return served

@@ -4,6 +4,8 @@
     glassformer_inter_token_seconds              histogram: between two tokens of one request
     glassformer_requests_running / _waiting      gauges: slots in use, queue depth
     glassformer_prompt_tokens_total              counter: prompt tokens admitted
+    glassformer_prefix_cache_hit_tokens_total    counter: of those, tokens whose keys/values came from the prefix cache
+    glassformer_prefix_cache_blocks              gauge: blocks the prefix cache holds
     glassformer_generated_tokens_total           counter: tokens generated
     glassformer_requests_total{outcome}          counter: finished, cancelled, timed_out, rejected, failed
     glassformer_decoding_steps_total             counter: batched decoding steps
@@ -26,7 +28,7 @@ class Metrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, running: Callable[[], int], waiting: Callable[[], int]):
+    def __init__(self, running: Callable[[], int], waiting: Callable[[], int], prefix_blocks: Callable[[], int]):
         self.registry = CollectorRegistry()
         r = self.registry
         self.ttft = Histogram("glassformer_time_to_first_token_seconds", "Time from a request's arrival to its "
@@ -36,6 +38,9 @@ class Metrics:
         Gauge("glassformer_requests_running", "Requests holding a slot", registry=r).set_function(running)
         Gauge("glassformer_requests_waiting", "Requests in the queue", registry=r).set_function(waiting)
         self.prompt_tokens = Counter("glassformer_prompt_tokens", "Prompt tokens admitted", registry=r)
+        self.prefix_hit_tokens = Counter("glassformer_prefix_cache_hit_tokens", "Prompt tokens whose keys and "
+                                         "values were copied from the prefix cache", registry=r)  # fmt: skip
+        Gauge("glassformer_prefix_cache_blocks", "Blocks in the prefix cache", registry=r).set_function(prefix_blocks)
         self.generated_tokens = Counter("glassformer_generated_tokens", "Tokens generated", registry=r)
         self.requests = Counter("glassformer_requests", "Requests ended, by outcome", ["outcome"], registry=r)
         for outcome in OUTCOMES:  # every series present from the start, at 0

@@ -5,7 +5,8 @@
                                       per step, then its        running rows, then each row
                                       first token               picks its own next token
 
-Between two decoding steps the loop admits waiting requests into free slots of a ``SlotCache``, runs the next
+Between two decoding steps the loop admits waiting requests into free slots of a ``SlotCache`` (a prompt that
+starts with blocks another prompt had gets their keys and values copied in from the ``PrefixCache``), runs the next
 chunk of ``prefill_chunk`` prompt tokens of the first request still reading its prompt (chunked prefill: a long
 prompt never stalls the running requests for more than one chunk, and a short one is read whole), drops the
 requests cancelled (a client gone) or past their deadline, and runs one step for all the running ones: a batch
@@ -43,6 +44,7 @@ from glassformer.generation.step import choose_step
 from glassformer.generation.text_stream import TextStream
 from glassformer.nn.linear import packed_weights
 from glassformer.serving.metrics import Metrics
+from glassformer.serving.prefix_cache import DEFAULT_BLOCK, PrefixCache
 from glassformer.tokenizer import Tokenizer
 
 
@@ -125,6 +127,7 @@ class Scheduler:
         eos_token_ids: tuple[int, ...] = (),
         batch_invariant: bool = False,
         prefill_chunk: int = 512,
+        prefix_cache_tokens: int = 0,
     ):
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be at least 1 token, got {prefill_chunk}")
@@ -137,13 +140,16 @@ class Scheduler:
         self.eos_token_ids = frozenset(eos_token_ids)
         self.device = runtime.module_device(model)
         self.cache = model.make_slot_cache(max_batch, self.max_context)
+        # prompts' blocks kept for later prompts that start alike; off with batch_invariant, where an answer may
+        # not depend on what ran before either
+        self.prefix = PrefixCache(0 if batch_invariant else prefix_cache_tokens // DEFAULT_BLOCK)
         self.step = choose_step(model)  # the modules, or the fused CPU step (glassformer.generation.step)
         self.free_slots = list(range(max_batch))  # a heap: the lowest free slot first keeps the batch compact
         self.running: dict[int, Request] = {}  # slot -> a request that decodes
         self.prefilling: deque[Request] = deque()  # admitted, still reading their prompts, first come first
         self.queue: deque[Request] = deque()
         self.counters = Counters()
-        self.metrics = Metrics(lambda: self.active, lambda: self.waiting)
+        self.metrics = Metrics(lambda: self.active, lambda: self.waiting, lambda: self.prefix.blocks)
         self.condition = threading.Condition()
         self.stopping = False
         self.thread = threading.Thread(target=self._loop, name="glassformer-scheduler", daemon=True)
@@ -223,8 +229,7 @@ class Scheduler:
                         request = self.queue.popleft()
                         if not request.cancelled:
                             request.slot = heapq.heappop(self.free_slots)
-                            self.cache.free(request.slot)
-                            self.prefilling.append(request)
+                            self._admit(request)
                         else:
                             self._count("cancelled")
                 self._expire()
@@ -282,6 +287,13 @@ class Scheduler:
             heapq.heappush(self.free_slots, request.slot)
             request.slot = None
 
+    def _admit(self, request: Request) -> None:
+        """The request's slot, emptied and filled with the cached blocks its prompt starts with; it reads the rest."""
+        request.prefilled = self.prefix.restore(self.cache, request.slot, self.prefix.match(request.prompt))
+        self.metrics.prompt_tokens.inc(len(request.prompt))
+        self.metrics.prefix_hit_tokens.inc(request.prefilled)
+        self.prefilling.append(request)
+
     def _prefill_chunk(self, request: Request) -> None:
         """Run the next ``prefill_chunk`` tokens of the prompt into the request's slot; after the last chunk the
         request picks its first token and joins the running ones."""
@@ -289,8 +301,8 @@ class Scheduler:
         view = self.cache.view(request.slot, request.slot + 1)
         logits = self.model(torch.tensor([chunk], device=self.device), cache=view, last_token_only=True)
         request.prefilled += len(chunk)
-        self.metrics.prompt_tokens.inc(len(chunk))
         if request.prefilled == len(request.prompt):
+            self.prefix.store(self.cache, request.slot, request.prompt)
             self.prefilling.popleft()
             self.running[request.slot] = request
             self._choose([request], logits[:, -1].float())

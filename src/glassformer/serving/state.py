@@ -22,7 +22,8 @@ class ServeConfig:
     """How the server runs: batching and memory (``max_batch`` slots of ``max_context`` positions), the waiting
     queue, a per-request timeout in seconds, an optional API key, ``batch_invariant`` (each request decoded
     as a batch of its own: its answer bit for bit the same whatever else runs) and ``prefill_chunk`` (prompt tokens
-    read per step: a long prompt stalls the running requests by one chunk at a time)."""
+    read per step: a long prompt stalls the running requests by one chunk at a time) and ``prefix_cache_tokens``
+    (prompt tokens whose keys and values are kept for later prompts that start alike; 0: none)."""
 
     max_batch: int = 8
     max_context: int = 2048
@@ -31,6 +32,7 @@ class ServeConfig:
     api_key: str | None = None
     batch_invariant: bool = False
     prefill_chunk: int = 512
+    prefix_cache_tokens: int = 2048
 
 
 class Server:
@@ -65,6 +67,7 @@ class Server:
                 served.eos_token_ids,
                 c.batch_invariant,
                 c.prefill_chunk,
+                c.prefix_cache_tokens,
             )
             scheduler.start()
             self.served, self.scheduler = served, scheduler
