@@ -172,7 +172,7 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         command = [sys.executable, "-m", "glassformer", "serve", "--model", args.model, "--port", str(port),
-                   "--max-batch", "8", "--max-context", str(max(512, args.long_prompt + args.new_tokens + 64)),
+                   "--max-batch", "8", "--max-context", str(max(512, 2 * args.long_prompt + args.new_tokens)),
                    "--device", "cpu", "--precision", "fp32",
                    *(["--quantize", args.quantize] if args.quantize else []),
                    *(["--batch-invariant"] if args.batch_invariant else []),
