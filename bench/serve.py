@@ -6,7 +6,9 @@ client, --rounds times, each greedy for --new-tokens tokens (no stop). Per row: 
 tokens of the round / its wall time), time to first token p50/p95, and the mean time between tokens of one stream.
 The baseline is `generate`'s own tokens/s at batch 1 (same model, same prompt, same number of tokens, measured in
 this process while the server is idle). Goals: 8 clients >= 4x the aggregate tokens/s of 1 client; 1 client >= 0.9x
-generate's tokens/s. A last row: one client streaming while another sends a --long-prompt-token prompt: the
+generate's tokens/s. "step": the server's mean decoding step (model and sampler, from its /metrics), "+ per-token
+work": what its thread then spends per step turning the tokens into text and events (goal: <= 10% of a step at 8
+clients with int4). A last row: one client streaming while another sends a --long-prompt-token prompt: the
 longest wait between the streaming client's tokens (the stall the long prompt causes; chunked prefill bounds it
 by one --prefill-chunk) and the long prompt's time to its first token. And: two requests, one after the other,
 whose prompts share a --long-prompt-token beginning (a system prompt): the second's time to first token against
@@ -149,6 +151,20 @@ def generate_speed(model_name: str, new_tokens: int, rounds: int, quantize: str 
     return best
 
 
+def step_times(url: str) -> tuple[float, float, float]:
+    """The server's ``(decoding steps, seconds in them, seconds of per-token work after them)`` from /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as response:
+        samples = {s.name: s.value for f in text_string_to_metric_families(response.read().decode()) for s in f.samples
+                   if not s.labels}  # fmt: skip
+    return (
+        samples["glassformer_step_seconds_count"],
+        samples["glassformer_step_seconds_sum"],
+        samples["glassformer_step_emit_seconds_sum"],
+    )
+
+
 def percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
@@ -192,10 +208,12 @@ def main() -> None:
         rows = []
         for clients in (1, 4, 8):
             best = None
+            before = step_times(url)
             for _ in range(args.rounds):
                 result = asyncio.run(round_of(url, served, clients, args.new_tokens))
                 best = result if best is None or result[0] > best[0] else best
-            rows.append((clients, *best))
+            steps, in_steps, after_steps = (b - a for a, b in zip(before, step_times(url), strict=True))
+            rows.append((clients, *best, in_steps / steps, after_steps / steps))
         stall, long_first = asyncio.run(stall_round(url, served, args.long_prompt, args.new_tokens))
         first_ttft, repeated_ttft = asyncio.run(shared_prefix_round(url, served, args.long_prompt))
     finally:
@@ -210,13 +228,13 @@ def main() -> None:
     print(f"{name}, greedy {args.new_tokens} new tokens per request, streaming; best of {args.rounds} rounds")
     print(f"baseline: glassformer generate, batch 1: {baseline:.1f} tokens/s")
     print(f"{'clients':>7} | {'aggregate tok/s':>15} | {'vs 1 client':>11} | {'vs generate':>11} | "
-          f"{'TTFT p50':>9} | {'TTFT p95':>9} | {'per token':>9}")  # fmt: skip
+          f"{'TTFT p50':>9} | {'TTFT p95':>9} | {'per token':>9} | {'step':>7} | {'+ per-token work':>16}")  # fmt: skip
     single = rows[0][1]
-    for clients, rate, first, gaps in rows:
+    for clients, rate, first, gaps, step, work in rows:
         print(
             f"{clients:>7} | {rate:>15.1f} | {rate / single:>10.2f}x | {rate / baseline:>10.2f}x | "
             f"{percentile(first, 50) * 1e3:>7.0f}ms | {percentile(first, 95) * 1e3:>7.0f}ms | "
-            f"{statistics.mean(gaps) * 1e3:>7.1f}ms"
+            f"{statistics.mean(gaps) * 1e3:>7.1f}ms | {step * 1e3:>5.1f}ms | {work * 1e3:>5.2f}ms ({work / step:>4.1%})"
         )
     print(f"a ~{args.long_prompt}-token prompt arriving while 1 client streams: that client's longest wait between "
           f"tokens {stall * 1e3:.0f} ms; the long prompt's first token after {long_first * 1e3:.0f} ms")  # fmt: skip

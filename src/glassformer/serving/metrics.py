@@ -9,6 +9,9 @@
     glassformer_generated_tokens_total           counter: tokens generated
     glassformer_requests_total{outcome}          counter: finished, cancelled, timed_out, rejected, failed
     glassformer_decoding_steps_total             counter: batched decoding steps
+    glassformer_step_seconds                     histogram: a decoding step, model and sampler (tokens read back)
+    glassformer_step_emit_seconds                histogram: then the step's per-token work on the scheduler's
+                                                 thread: detokenizing, stop strings, events to the HTTP side
 
 The scheduler's thread records into it; the HTTP route renders it.
 """
@@ -46,6 +49,11 @@ class Metrics:
         for outcome in OUTCOMES:  # every series present from the start, at 0
             self.requests.labels(outcome)
         self.steps = Counter("glassformer_decoding_steps", "Batched decoding steps", registry=r)
+        self.step_seconds = Histogram("glassformer_step_seconds", "A decoding step: the model and the sampler",
+                                      buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.emit_seconds = Histogram("glassformer_step_emit_seconds", "A decoding step's per-token work after "
+                                      "the sampler: text, stop strings, events", buckets=LATENCY_BUCKETS,
+                                      registry=r)  # fmt: skip
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -149,6 +149,7 @@ class Scheduler:
         self.prefilling: deque[Request] = deque()  # admitted, still reading their prompts, first come first
         self.queue: deque[Request] = deque()
         self.counters = Counters()
+        self.step_started: float | None = None  # when the decoding step under way began
         self.metrics = Metrics(lambda: self.active, lambda: self.waiting, lambda: self.prefix.blocks)
         self.condition = threading.Condition()
         self.stopping = False
@@ -297,6 +298,7 @@ class Scheduler:
     def _prefill_chunk(self, request: Request) -> None:
         """Run the next ``prefill_chunk`` tokens of the prompt into the request's slot; after the last chunk the
         request picks its first token and joins the running ones."""
+        self.step_started = None  # not a decoding step
         chunk = request.prompt[request.prefilled : request.prefilled + self.prefill_chunk]
         view = self.cache.view(request.slot, request.slot + 1)
         logits = self.model(torch.tensor([chunk], device=self.device), cache=view, last_token_only=True)
@@ -310,6 +312,7 @@ class Scheduler:
     def _decode_step(self) -> None:
         """One token for every running request: the slots ``lo:hi`` as one batch (a free slot inside rides
         along, masked and discarded) — or, ``batch_invariant``, each slot as a batch of its own."""
+        self.step_started = time.perf_counter()
         if self.batch_invariant:
             return self._decode_each()
         slots = sorted(self.running)
@@ -353,8 +356,13 @@ class Scheduler:
             found = sampler.logprobs(logits[asking], [tokens[i] for i in asking], top)
             reported = {i: (tokens[i], lp, list(zip(ids, lps, strict=True))[: requests[i].logprobs])
                         for i, (lp, ids, lps) in zip(asking, found, strict=True)}  # fmt: skip
+        chosen = time.perf_counter()
         for i, (request, token) in enumerate(zip(requests, tokens, strict=True)):
             self._emit(request, token, reported.get(i))
+        if self.step_started is not None:  # a decoding step (not a prompt's last chunk): its two parts' times
+            self.metrics.step_seconds.observe(chosen - self.step_started)
+            self.metrics.emit_seconds.observe(time.perf_counter() - chosen)
+            self.step_started = None
 
     def _emit(self, request: Request, token: int, logprob: tuple | None = None) -> None:
         """Take the request's next token, send the text it settles, and end the request if it is done."""
