@@ -23,7 +23,8 @@ from glassformer.data.pretrained import resolve_shortcut
 from glassformer.generation import structured
 from glassformer.models.gpt import GPT
 from glassformer.models.quantization import Quantization
-from glassformer.serving.scheduler import Request, Scheduler
+from glassformer.serving.requests import Request
+from glassformer.serving.scheduler import Scheduler
 from glassformer.tokenizer import Tokenizer
 
 SCHEMAS = {

@@ -533,4 +533,9 @@ def test_health_and_metrics_count_the_work(server):
     assert samples[("glassformer_generated_tokens_total", ())] == health["generated_tokens"]
     assert samples[("glassformer_time_to_first_token_seconds_count", ())] >= health["finished"]
     assert samples[("glassformer_inter_token_seconds_count", ())] >= 1
+    # every decoding step timed, and the per-token work after it: some, and less than the steps themselves here
+    steps = samples[("glassformer_decoding_steps_total", ())]
+    assert samples[("glassformer_step_seconds_count", ())] == samples[("glassformer_step_emit_seconds_count", ())]
+    assert samples[("glassformer_step_seconds_count", ())] == steps > 0
+    assert 0 < samples[("glassformer_step_emit_seconds_sum", ())] < samples[("glassformer_step_seconds_sum", ())]
     assert samples[("glassformer_requests_running", ())] == 0 and samples[("glassformer_requests_waiting", ())] == 0

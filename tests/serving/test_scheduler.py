@@ -11,7 +11,8 @@ from equivalence import PRECISIONS, assert_same_greedy_tokens, in_precision, nex
 from glassformer.backends import kernels
 from glassformer.nn.cache import SlotCache
 from glassformer.serving.prefix_cache import PrefixCache
-from glassformer.serving.scheduler import Overloaded, Request, Scheduler
+from glassformer.serving.requests import Overloaded, Request
+from glassformer.serving.scheduler import Scheduler
 
 
 class Collector:

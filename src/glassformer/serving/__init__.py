@@ -2,7 +2,8 @@
 
 from glassformer.serving.app import create_app
 from glassformer.serving.loading import Served, load_served
-from glassformer.serving.scheduler import Event, Overloaded, Request, Scheduler
+from glassformer.serving.requests import Event, Overloaded, Request
+from glassformer.serving.scheduler import Scheduler
 from glassformer.serving.state import ServeConfig, Server
 
 __all__ = [

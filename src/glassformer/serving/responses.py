@@ -8,7 +8,7 @@ import secrets
 import time
 
 from glassformer.serving.logprobs import TokenText, chat_logprobs, completion_logprobs
-from glassformer.serving.scheduler import Event
+from glassformer.serving.requests import Event
 
 
 class Reply:

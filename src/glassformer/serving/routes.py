@@ -34,8 +34,8 @@ from glassformer.serving.protocol import (
     read_prompt,
     read_sampling,
 )
+from glassformer.serving.requests import Event, Overloaded, Request
 from glassformer.serving.responses import Reply
-from glassformer.serving.scheduler import Event, Overloaded, Request
 from glassformer.serving.state import Server
 
 COMPLETION_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat answers until done

@@ -96,6 +96,6 @@ def alignment_view(
     from glassformer.visualization.alignment import alignment_html, alignments
 
     items = alignments(model, texts, num_beams, length_penalty, device=device, precision=precision)
-    title = f"Alignments of {Path(str(getattr(model, 'name', model))).name}"
+    title = f"Alignments of {Path(model).name}" if isinstance(model, str | Path) else "Translation alignments"
     size = max(len(h.target_tokens) for item in items for h in item.hypotheses)
     return InlinePage(alignment_html(items, title), 420 + 24 * num_beams + 20 * size, title)
