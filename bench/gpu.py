@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from glassformer import runtime
 from glassformer.models.gpt import GPT, GPTConfig
-from glassformer.training.loop import TrainConfig, make_optimizer
+from glassformer.training.loop import TrainConfig
+from glassformer.training.optimizers import make_optimizer
 
 
 def measured_peak_tflops(dtype: torch.dtype, size: int = 8192, repeats: int = 10) -> float:

@@ -25,7 +25,8 @@ import torch
 
 from glassformer import Transformer, runtime
 from glassformer.data.parallel import ParallelDataset
-from glassformer.training.loop import TrainConfig, Trainer, make_optimizer
+from glassformer.training.loop import TrainConfig, Trainer
+from glassformer.training.optimizers import make_optimizer
 from glassformer.training.translation import (
     BOS_ID,
     EOS_ID,

@@ -137,7 +137,8 @@ def test_kernels_are_probed_once_and_can_be_switched_off():
 
 def test_a_failing_optimizer_probe_gives_the_plain_optimizer(monkeypatch, tmp_path):
     """Where the fused AdamW kernel fails (simulated), the trainer builds the plain one and still trains."""
-    from glassformer.training.loop import TrainConfig, make_optimizer
+    from glassformer.training.loop import TrainConfig
+    from glassformer.training.optimizers import make_optimizer
 
     def broken():
         raise RuntimeError("simulated: no fused kernel here")

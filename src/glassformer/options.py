@@ -125,6 +125,9 @@ RULES: dict[str, Rule] = {
     "weight_decay": NON_NEGATIVE,
     "grad_clip": Rule(low=0, none_means="no clipping"),
     "min_lr_ratio": FRACTION,
+    "warmdown_fraction": FRACTION,
+    "muon_lr": POSITIVE,
+    "muon_momentum": Rule(low=0, high=1, high_open=True),
     "warmup": FRACTION,
     "layer_decay": Rule(low=0, high=1, low_open=True),
     "betas": PROBABILITY,  # each of the pair

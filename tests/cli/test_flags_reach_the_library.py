@@ -104,6 +104,7 @@ for _command in ("translate", "generate", "chat", "classify", "embed", "similari
 
 
 VALUES = {("figures", "--view"): "cross", ("translate", "--attention"): "align.html"}  # values the command accepts
+VALUES[("train translate", "--optimizer")] = "muon"  # its default (None) means the recipe's, adam: not "adam"
 VALUES.update({(command, "--device"): "cpu" for command in ("train lm", "train translate", "train classify")})
 
 

@@ -9,7 +9,8 @@ from glassformer.models.gpt import GPT, GPTConfig
 from glassformer.tokenizer import Tokenizer
 from glassformer.tolerance import tolerance
 from glassformer.training.lm import LanguageModelingTask
-from glassformer.training.loop import TrainConfig, Trainer, make_optimizer
+from glassformer.training.loop import TrainConfig, Trainer
+from glassformer.training.optimizers import make_optimizer
 from glassformer.training.run_directory import RunDirectory
 from glassformer.training.schedules import lr_multiplier
 

@@ -158,10 +158,10 @@ def fake_rates(monkeypatch, steps_in_budget: dict[str, float]):
         ({"compact": 100, "small": 20}, "compact", ["compact"]),  # nothing fits: the cheapest, timed alone
     ],
 )
-def test_auto_preset_trains_the_largest_recipe_that_fits_the_time(
+def test_auto_preset_trains_the_largest_shape_that_fits_the_time(
     tmp_path, write_toy_corpus, monkeypatch, steps, chosen, timed
 ):
-    from glassformer.training.translation import AUTO_RECIPES
+    from glassformer.training.translation import AUTO_SHAPES
 
     seen = fake_rates(monkeypatch, steps)
     tsv = write_toy_corpus(tmp_path / "toy.tsv")
@@ -171,7 +171,7 @@ def test_auto_preset_trains_the_largest_recipe_that_fits_the_time(
         tmp_path / "run", DataSpec(str(tsv)), "auto", vocab_size=300, train=config, report=reports.append
     )
     record = json.loads((tmp_path / "run" / "translation.json").read_text())
-    max_tokens = dict(AUTO_RECIPES)[chosen]
+    max_tokens = dict(AUTO_SHAPES)[chosen]
     assert seen == timed and summary["preset"] == record["preset"] == chosen
     assert record["max_tokens"] == summary["max_tokens"] == max_tokens
     assert reports == [record["auto_preset"]] and f"-> {chosen} with {max_tokens}-token batches" in reports[0]
@@ -188,15 +188,40 @@ def test_auto_preset_without_a_time_limit_is_small(tmp_path, write_toy_corpus, m
 
 @pytest.mark.cpu_class
 def test_auto_preset_times_real_steps(tmp_path, write_toy_corpus):
-    """Unfaked: the recipes are timed for real on this machine, in the precision auto means on its CPU class (the
+    """Unfaked: the shapes are timed for real on this machine, in the precision auto means on its CPU class (the
     demo's choice, so GLASSFORMER_CPU narrows it too), and one of them is trained."""
     from glassformer import runtime
-    from glassformer.training.translation import AUTO_RECIPES
+    from glassformer.training.translation import AUTO_SHAPES
 
     tsv = write_toy_corpus(tmp_path / "toy.tsv")
     config = TrainConfig(max_steps=1, max_minutes=0.05, eval_every=1, progress=False)  # precision auto, as the demo
     summary = train_translation(tmp_path / "run", DataSpec(str(tsv)), "auto", vocab_size=300, train=config)
-    assert (summary["preset"], summary["max_tokens"]) in AUTO_RECIPES
+    assert (summary["preset"], summary["max_tokens"]) in AUTO_SHAPES
     report = json.loads((tmp_path / "run" / "translation.json").read_text())["auto_preset"]
     assert "measured compact with 2048-token batches" in report
     assert f"precision {runtime.place('cpu', 'auto').precision} (auto" in report
+
+
+def test_the_fast_recipe_is_what_auto_times_and_what_trains(tmp_path, write_toy_corpus, monkeypatch):
+    """``--preset auto --recipe fast``: every timed candidate is the fast recipe's model under its optimizer (Muon's
+    extra work counted), and the run trains and records that recipe."""
+    from glassformer.training.optimizers import OptimizerGroup
+    from glassformer.training.translation import translation_train_config
+
+    timed = []
+
+    def measure(self, steps=2):
+        timed.append((self.task.model.config.qk_norm, self.task.model.config.activation, type(self.optimizer)))
+        seconds = 60 * self.config.max_minutes / 100  # 100 steps in the time: the cheapest shape, timed alone
+        return seconds, self.task.mean_batch_tokens() / seconds
+
+    monkeypatch.setattr(Trainer, "measure_steps", measure)
+    tsv = write_toy_corpus(tmp_path / "toy.tsv")
+    config = translation_train_config("fast", max_steps=2, max_minutes=10, eval_every=1, progress=False)
+    train_translation(tmp_path / "run", DataSpec(str(tsv)), "auto", vocab_size=300, train=config, recipe="fast")
+    assert timed and set(timed) == {(True, "relu2", OptimizerGroup)}
+    model = json.loads((tmp_path / "run" / "last" / "config.json").read_text())
+    assert model["qk_norm"] and model["zero_init_projections"] and model["activation"] == "relu2"
+    assert json.loads((tmp_path / "run" / "translation.json").read_text())["recipe"] == "fast"
+    with pytest.raises(ValueError, match="resume it with --recipe fast"):
+        train_translation(tmp_path / "run", DataSpec(str(tsv)), "small", vocab_size=300, train=config, resume=True)

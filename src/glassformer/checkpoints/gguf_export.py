@@ -57,6 +57,8 @@ def write_gguf(
         raise ValueError(f"unknown GGUF export type {kind!r}; choose one of {', '.join(EXPORT_TYPES)}")
     if config.get("positional") != "rope" or config.get("norm") != "rmsnorm" or not config.get("gated_ffn"):
         raise ValueError("only Llama-style models (rotary, RMSNorm, gated feed-forward) can be written as GGUF")
+    if config.get("qk_norm") or config.get("activation") != "silu":
+        raise ValueError("GGUF's llama layout has no QK-norm and no activation but SiLU; save in glassformer's format")
     qtype = GGMLQuantizationType.Q8_0 if kind == "q8_0" else GGMLQuantizationType.Q4_0
     heads = {"attn_q": config["num_heads"], "attn_k": config.get("num_kv_heads") or config["num_heads"]}
     d_model, num_heads = config["d_model"], config["num_heads"]

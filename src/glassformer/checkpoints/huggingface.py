@@ -135,6 +135,19 @@ GPT2_TOP_NAMES = {
 }
 
 
+def check_exportable(config: dict, layout: str, activations: dict[str, str]) -> str:
+    """The Hugging Face name of ``config``'s activation in ``layout`` (``activations``: ours -> theirs), after
+    refusing what that layout has no place for: QK-norm, an activation it does not know (ReLU², SiLU in GPT-2)."""
+    if config.get("qk_norm"):
+        raise ValueError(f"a Hugging Face {layout} has no QK-norm (qk_norm); save the model in glassformer's format")
+    if config["activation"] not in activations:
+        raise ValueError(
+            f"a Hugging Face {layout} has no {config['activation']!r} activation (it has "
+            f"{', '.join(sorted(activations))}); save the model in glassformer's format"
+        )
+    return activations[config["activation"]]
+
+
 def write_hf_directory(directory: str | os.PathLike, hf_config: dict, tensors: dict[str, torch.Tensor]) -> Path:
     """Write a Hugging Face model directory: ``config.json`` and the tensors in ``model.safetensors``."""
     directory = Path(directory)
@@ -214,7 +227,7 @@ def _load_gpt2(directory: Path, config: dict) -> tuple[dict, dict[str, torch.Ten
 
 def save_gpt2(directory: str | os.PathLike, config: dict, state_dict: dict[str, torch.Tensor]) -> Path:
     """Write a Hugging Face GPT-2 directory (``GPT2LMHeadModel``) from a glassformer GPT's config and weights."""
-    activation = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}[config["activation"]]
+    activation = check_exportable(config, "GPT-2", {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"})
     hf_config = {
         "model_type": "gpt2",
         "architectures": ["GPT2LMHeadModel"],

@@ -18,6 +18,7 @@ import torch
 
 from glassformer.checkpoints.huggingface import (
     HF_ACTIVATIONS,
+    check_exportable,
     check_layer_count,
     read_config,
     read_hf_weights,
@@ -244,7 +245,7 @@ def save_bert(directory: str | os.PathLike, config: dict, state_dict: dict[str, 
 
 
 def _hf_config(config: dict, head: bool) -> dict:
-    activation = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"}[config["activation"]]
+    activation = check_exportable(config, "BERT", {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu"})
     labels = config["labels"] or [f"LABEL_{i}" for i in range(config["num_labels"])]
     common = {
         "vocab_size": config["vocab_size"],

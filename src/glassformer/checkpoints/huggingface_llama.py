@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from glassformer.checkpoints.huggingface import (
+    check_exportable,
     check_layer_count,
     read_config,
     read_hf_weights,
@@ -115,6 +116,7 @@ def llama_config_to_hf(config: dict) -> dict:
             "only a Llama-style GPT (rmsnorm, rope, gated silu feed-forward) can be saved as a Hugging Face Llama; "
             "save GPT-2-style models with format='hf' as GPT-2"
         )
+    check_exportable(config, "Llama", {"silu": "silu"})
     attention_bias = config["bias"] if config["attention_bias"] is None else config["attention_bias"]
     ffn_bias = config["bias"] if config["ffn_bias"] is None else config["ffn_bias"]
     return {

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from glassformer.checkpoints.huggingface import (
+    check_exportable,
     check_layer_count,
     read_config,
     read_hf_weights,
@@ -129,7 +130,7 @@ def t5_config_to_hf(config: dict) -> dict:
             "only a T5-style Transformer (TransformerConfig.t5: relative positions, pre-norm RMSNorm, no biases, "
             "unscaled logits and shared embeddings) can be saved as a Hugging Face T5"
         )
-    activation = ACTIVATION_NAMES[config["activation"]]
+    activation = check_exportable(config, "T5", ACTIVATION_NAMES)
     if config["gated_ffn"]:
         projection = "gated-gelu" if activation == "gelu_new" else f"gated-{activation}"
     elif activation == "relu":

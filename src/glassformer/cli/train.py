@@ -10,10 +10,16 @@ import sys
 from glassformer.cli.options import add_device_arguments, default_of
 from glassformer.data.sentiment import DOMAINS
 from glassformer.options import check_options
-from glassformer.training import classification, distributed, launch, lm, translation
+from glassformer.training import classification, distributed, launch, lm, recipes, translation
+from glassformer.training.config import OPTIMIZERS
 from glassformer.training.loop import TrainConfig
+from glassformer.training.schedules import SCHEDULES
 
 MODEL_FIELDS = ("d_model", "num_layers", "num_heads", "d_ff")
+MAX_MINUTES_HELP = (
+    "stop after this much wall-clock time, counted over the whole run (a resumed run finishes its minutes); a "
+    "decaying learning-rate schedule ends with them"
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -79,6 +85,21 @@ def relaunched(args: argparse.Namespace) -> int | None:
     return launch.run_torchrun(args.nproc_per_node, argv)
 
 
+def add_recipe_argument(parser: argparse.ArgumentParser, paper: str) -> None:
+    parser.add_argument(
+        "--recipe",
+        choices=list(recipes.RECIPES),
+        default="paper",
+        help=f"paper (default): {paper}; fast: QK-norm, ReLU², zero-initialized projections, Muon and a warm-down "
+        "schedule at a higher peak lr (README: what each change buys); the flags below override either",
+    )
+
+
+def recipe_overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    """The training flags given on the command line (their default None means: the recipe's value)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
 def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
     for field in MODEL_FIELDS:
         parser.add_argument(f"--{field.replace('_', '-')}", type=int, default=None, help="overrides the preset")
@@ -117,9 +138,10 @@ def add_lm_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dropout", type=float, default=None, help="overrides the model's (0.1; llama 0)")
     parser.add_argument("--batch-size", type=int, default=default_of(defaults, "batch_size"))
     parser.add_argument("--max-steps", type=int, default=train.max_steps)
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall-clock time")
-    parser.add_argument("--lr", type=float, default=train.lr)
-    parser.add_argument("--warmup-steps", type=int, default=train.warmup_steps)
+    parser.add_argument("--max-minutes", type=float, default=None, help=MAX_MINUTES_HELP)
+    add_recipe_argument(parser, "nanoGPT's AdamW with warm-up and cosine decay")
+    parser.add_argument("--lr", type=float, default=None, help=f"peak learning rate (paper {train.lr:g})")
+    parser.add_argument("--warmup-steps", type=int, default=None, help=f"(paper {train.warmup_steps})")
     parser.add_argument("--eval-every", type=int, default=train.eval_every)
     parser.add_argument("--grad-accum", type=int, default=train.grad_accum)
     add_run_arguments(parser)
@@ -136,12 +158,21 @@ def run_lm(args: argparse.Namespace) -> int | None:
     if args.kv_heads is not None:
         fields["num_kv_heads"] = args.kv_heads
     train = lm.lm_train_config(
-        max_steps=args.max_steps, max_minutes=args.max_minutes, lr=args.lr, warmup_steps=args.warmup_steps,
-        eval_every=args.eval_every, grad_accum=args.grad_accum, device=args.device, precision=args.precision,
-        seed=args.seed, progress=not args.quiet, parallel=args.parallel,
+        args.recipe, max_steps=args.max_steps, max_minutes=args.max_minutes, eval_every=args.eval_every,
+        grad_accum=args.grad_accum, device=args.device, precision=args.precision, seed=args.seed,
+        progress=not args.quiet, parallel=args.parallel, **recipe_overrides(args, ("lr", "warmup_steps")),
     )  # fmt: skip
     summary = lm.train_language_model(
-        args.out, args.data, args.tokenizer, args.vocab_size, fields, args.batch_size, train, args.resume, args.arch
+        args.out,
+        args.data,
+        args.tokenizer,
+        args.vocab_size,
+        fields,
+        args.batch_size,
+        train,
+        args.resume,
+        args.arch,
+        args.recipe,
     )
     print_summary(summary, ("step", "valid_loss", "valid_ppl", "parameters"), args.out,
                   f"generate with: glassformer generate --model {args.out} --prompt ...")  # fmt: skip
@@ -159,7 +190,7 @@ def add_translate_arguments(parser: argparse.ArgumentParser) -> None:
         "--preset",
         choices=["auto", *translation.PRESETS],
         default="auto",
-        help="model shape; auto (default): with --max-minutes, the largest recipe that this machine trains for "
+        help="model shape; auto (default): with --max-minutes, the largest shape that this machine trains for "
         f"{translation.AUTO_MIN_STEPS}+ steps in that time, measured before training (else small)",
     )
     parser.add_argument(
@@ -179,12 +210,13 @@ def add_translate_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--label-smoothing", type=float, default=default_of(defaults, "label_smoothing"))
     parser.add_argument("--max-steps", type=int, default=train.max_steps)
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall-clock time")
-    parser.add_argument("--optimizer", choices=["adam", "adamw"], default=train.optimizer)
-    parser.add_argument("--schedule", choices=["noam", "cosine", "linear", "constant"], default=train.schedule)
-    parser.add_argument("--lr", type=float, default=train.lr, help="peak learning rate")
-    parser.add_argument("--warmup-steps", type=int, default=train.warmup_steps)
-    parser.add_argument("--weight-decay", type=float, default=train.weight_decay)
+    parser.add_argument("--max-minutes", type=float, default=None, help=MAX_MINUTES_HELP)
+    add_recipe_argument(parser, "the paper's Adam and warm-up schedule")
+    parser.add_argument("--optimizer", choices=list(OPTIMIZERS), default=None, help=f"(paper {train.optimizer})")
+    parser.add_argument("--schedule", choices=list(SCHEDULES), default=None, help=f"(paper {train.schedule})")
+    parser.add_argument("--lr", type=float, default=None, help=f"peak learning rate (paper {train.lr:g})")
+    parser.add_argument("--warmup-steps", type=int, default=None, help=f"(paper {train.warmup_steps})")
+    parser.add_argument("--weight-decay", type=float, default=None, help=f"(paper {train.weight_decay:g})")
     parser.add_argument("--grad-clip", type=float, default=train.grad_clip, help="0 = no clipping")
     parser.add_argument("--grad-accum", type=int, default=train.grad_accum)
     parser.add_argument("--eval-every", type=int, default=train.eval_every, help="validation every N steps")
@@ -199,9 +231,9 @@ def run_translate(args: argparse.Namespace) -> int | None:
     fields = shape_fields(args)
     if args.dropout is not None:
         fields["dropout"] = args.dropout
+    overrides = recipe_overrides(args, ("lr", "schedule", "warmup_steps", "optimizer", "weight_decay"))
     train = translation.translation_train_config(
-        max_steps=args.max_steps, max_minutes=args.max_minutes, lr=args.lr, schedule=args.schedule,
-        warmup_steps=args.warmup_steps, optimizer=args.optimizer, weight_decay=args.weight_decay,
+        args.recipe, max_steps=args.max_steps, max_minutes=args.max_minutes, **overrides,
         grad_clip=args.grad_clip or None, grad_accum=args.grad_accum, eval_every=args.eval_every,
         log_every=args.log_every, seed=args.seed, device=args.device, precision=args.precision,
         compile=args.compile, progress=not args.quiet, parallel=args.parallel,
@@ -210,7 +242,7 @@ def run_translate(args: argparse.Namespace) -> int | None:
         args.out, translation.DataSpec(args.data, args.source, args.target), args.preset, fields,
         vocab_size=args.vocab_size, shared_vocab=not args.separate_vocab, max_length=args.max_length,
         max_tokens=args.max_tokens, label_smoothing=args.label_smoothing, train=train, resume=args.resume,
-        report=lambda line: print(line, file=sys.stderr), architecture=args.arch,
+        report=lambda line: print(line, file=sys.stderr), architecture=args.arch, recipe=args.recipe,
     )  # fmt: skip
     print_summary(summary, None, args.out, f"evaluate with: glassformer evaluate --model {args.out}")
 

@@ -44,6 +44,7 @@ class _Weights:
             attn, ffn = layer.self_attn, layer.ffn
             fits = (
                 layer.cross_attn is None and layer.norm_first and ffn.gated and ffn.activation == "silu"
+                and not attn.qk_norm
                 and (attn.num_heads, attn.num_kv_heads, attn.d_k, attn.scale)
                 == (self.heads, self.kv_heads, attention.d_k, self.scale)
             )  # fmt: skip

@@ -29,6 +29,7 @@ from glassformer.models.outputs import BertOutput
 from glassformer.models.pretrained import PretrainedMixin, build_for_weights
 from glassformer.nn.config import BlockConfig, StackConfig
 from glassformer.nn.dropout import Dropout
+from glassformer.nn.layers import zero_init_projections
 from glassformer.nn.linear import Linear
 from glassformer.nn.stacks import Stack
 from glassformer.options import check_fields
@@ -44,6 +45,10 @@ class BertConfig(ModelConfig):
     ``dropout`` acts on the embeddings and sublayer outputs (hidden_dropout_prob), ``attention_dropout`` on the
     attention weights (attention_probs_dropout_prob). ``type_vocab_size=0`` means no segment embeddings.
     ``num_labels``, ``labels``, ``classifier_pooling`` and ``classifier_dropout`` are read by the classifier only.
+
+    Training-speed options (the fast recipe, ``glassformer.training.recipes``; each a ``BlockConfig`` field):
+    ``qk_norm`` (an RMS norm of each head's queries and keys), ``zero_init_projections`` (W_O and W_2 start at zero),
+    and ``activation="relu2"``.
     """
 
     model_type = "bert"
@@ -67,6 +72,8 @@ class BertConfig(ModelConfig):
     classifier_pooling: str = "pooler"
     classifier_dropout: float | None = None  # None: the same as dropout
     flavor: str = "bert"  # "bert" or "distilbert": the Hugging Face layout it is exported to
+    qk_norm: bool = False
+    zero_init_projections: bool = False
 
     def stack(self) -> StackConfig:
         """The layer stack: unscaled token embeddings (the padding row kept at zero) + learned positions + segments,
@@ -80,7 +87,8 @@ class BertConfig(ModelConfig):
         return BlockConfig(
             d_model=self.d_model, num_heads=self.num_heads, d_ff=self.d_ff, norm_first=False,
             layer_norm_eps=self.layer_norm_eps, activation=self.activation, dropout=self.dropout,
-            attention_dropout=self.attention_dropout,
+            attention_dropout=self.attention_dropout, qk_norm=self.qk_norm,
+            zero_init_projections=self.zero_init_projections,
         )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -129,7 +137,8 @@ class Bert(PretrainedMixin, Stack):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """BERT's initialization: N(0, 0.02) for matrices and embeddings, zero biases, norms at γ=1, β=0."""
+        """BERT's initialization: N(0, 0.02) for matrices and embeddings, zero biases, norms at γ=1, β=0 (W_O and
+        W_2 zero with ``zero_init_projections``)."""
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
                 nn.init.normal_(module.weight, std=0.02)
@@ -137,6 +146,7 @@ class Bert(PretrainedMixin, Stack):
                 nn.init.zeros_(module.bias)
         with torch.no_grad():
             self.embedding.weight[self.config.pad_token_id].zero_()
+        zero_init_projections(self.layers)
 
     def forward(
         self,

@@ -44,6 +44,7 @@ from glassformer.models.pretrained import PretrainedMixin, build_for_weights
 from glassformer.models.quantization import Quantization, dequantized_state_dict
 from glassformer.nn.cache import KVCache, SlotCache
 from glassformer.nn.config import BlockConfig, StackConfig
+from glassformer.nn.layers import zero_init_projections
 from glassformer.nn.linear import Linear
 from glassformer.nn.stacks import Stack
 from glassformer.options import check_fields
@@ -86,6 +87,8 @@ class GPTConfig(ModelConfig):
     gated_ffn: bool = False
     attention_bias: bool | None = None
     ffn_bias: bool | None = None
+    qk_norm: bool = False
+    zero_init_projections: bool = False
 
     @classmethod
     def llama(cls, **fields) -> GPTConfig:
@@ -130,7 +133,8 @@ class GPTConfig(ModelConfig):
             position="rope" if self.positional == "rope" else "absolute", rope_theta=self.rope_theta,
             activation=self.activation, gated_ffn=self.gated_ffn,
             ffn_bias=self.bias if self.ffn_bias is None else self.ffn_bias, dropout=self.dropout,
-            attention_dropout=self.attention_dropout,
+            attention_dropout=self.attention_dropout, qk_norm=self.qk_norm,
+            zero_init_projections=self.zero_init_projections,
         )  # fmt: skip
 
     def __post_init__(self) -> None:
@@ -162,7 +166,8 @@ class GPT(PretrainedMixin, Stack):
 
     def reset_parameters(self) -> None:
         """GPT-2's initialization: N(0, 0.02) for matrices and embeddings, zero biases, and the projections that
-        write into the residual stream (W_O, W_2) scaled down by 1/sqrt(2 · num_layers)."""
+        write into the residual stream (W_O, W_2) scaled down by 1/sqrt(2 · num_layers) — or zero, with
+        ``zero_init_projections``."""
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
                 nn.init.normal_(module.weight, std=0.02)
@@ -171,6 +176,7 @@ class GPT(PretrainedMixin, Stack):
         for layer in self.layers:
             for linear in (layer.self_attn.out_proj, layer.ffn.fc2):
                 nn.init.normal_(linear.weight, std=0.02 / math.sqrt(2 * self.config.num_layers))
+        zero_init_projections(self.layers)
 
     def make_cache(self, batch: int, max_length: int, dtype: torch.dtype | None = None) -> KVCache:
         """An empty key/value cache for ``batch`` sequences of up to ``max_length`` positions."""

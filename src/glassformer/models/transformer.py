@@ -41,6 +41,7 @@ from glassformer.models.pretrained import PretrainedMixin, build_for_weights
 from glassformer.nn.cache import KVCache
 from glassformer.nn.config import BlockConfig, StackConfig
 from glassformer.nn.embedding import LearnedPositionalEmbedding
+from glassformer.nn.layers import zero_init_projections
 from glassformer.nn.linear import Linear
 from glassformer.nn.stacks import Decoder, Encoder
 from glassformer.nn.validation import check_mask
@@ -71,6 +72,8 @@ class TransformerConfig(ModelConfig):
             states by d_model^-0.5 before it (T5).
         scale_embeddings: E[ids] · sqrt(d_model) (the paper; not T5).
         bias: biases in the attention, feed-forward and output projections (attention_bias / ffn_bias override).
+        qk_norm: an RMS norm of each head's queries and keys; zero_init_projections: W_O and W_2 start at zero
+            (both training-speed options of the fast recipe, ``glassformer.training.recipes``).
     """
 
     model_type = "transformer"
@@ -110,6 +113,8 @@ class TransformerConfig(ModelConfig):
     num_decoder_layers: int | None = None
     scale_embeddings: bool = True
     scale_output: bool = False
+    qk_norm: bool = False
+    zero_init_projections: bool = False
 
     @classmethod
     def t5(cls, **fields) -> TransformerConfig:
@@ -133,6 +138,7 @@ class TransformerConfig(ModelConfig):
             activation=self.activation, gated_ffn=self.gated_ffn,
             ffn_bias=self.bias if self.ffn_bias is None else self.ffn_bias, dropout=self.dropout,
             attention_dropout=self.attention_dropout, activation_dropout=self.activation_dropout,
+            qk_norm=self.qk_norm, zero_init_projections=self.zero_init_projections,
         )  # fmt: skip
 
     def stack(self, side: str) -> StackConfig:
@@ -223,6 +229,7 @@ class Transformer(PretrainedMixin, nn.Module):
                 nn.init.normal_(stack.positions.weight, std=0.02)
             if stack.relative_bias is not None:
                 nn.init.zeros_(stack.relative_bias.embedding.weight)
+            zero_init_projections(stack.layers)
 
     def source_mask(self, src: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``(batch, 1, 1, src_len)``: the real source tokens, from ``attention_mask`` (1 real, 0 padding) if given,

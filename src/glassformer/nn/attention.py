@@ -4,6 +4,10 @@
 
     MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W_O,   head_i = Attention(Q W_Q_i, K W_K_i, V W_V_i)
 
+With ``qk_norm`` each head's query and key vectors are RMS-normalized (no learned γ, as in the modded-nanoGPT
+speedrun) before the product: softmax(RMS(Q) RMS(K)ᵀ · s), RMS(x) = x / sqrt(mean(x²) + ε) over head_dim — the logits
+stay bounded whatever the weights grow to.
+
 Grouped-query attention shares each key/value head among a group of query heads (head_i uses W_K_g, W_V_g with
 g = i // group size); rotary position embeddings rotate Q and K by their positions (``glassformer.nn.rotary``); a
 relative position bias B (``glassformer.nn.relative_position``, T5) is added to the logits, and T5 uses s = 1.
@@ -129,6 +133,8 @@ class MultiHeadAttention(nn.Module):
         self.dropout = config.attention_dropout
         self.qkv_proj = Linear(config.d_model, self.inner + 2 * self.kv_dim, bias=config.attention_bias)
         self.out_proj = Linear(self.inner, config.d_model, bias=config.attention_bias)  # W_O
+        self.qk_norm = config.qk_norm
+        self.eps = config.layer_norm_eps
 
     def project_qkv(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
@@ -145,16 +151,20 @@ class MultiHeadAttention(nn.Module):
             return q, k, v
         return q, proj.rows(key, q_dim, q_dim + kv), proj.rows(value, q_dim + kv, q_dim + 2 * kv)
 
-    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        """``(batch, seq, heads * d_k)`` -> ``(batch, heads, seq, d_k)``."""
-        return x.view(x.size(0), x.size(1), -1, self.d_k).transpose(1, 2)
+    def split_heads(self, x: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """``(batch, seq, heads * d_k)`` -> ``(batch, heads, seq, d_k)``; with ``normalize`` (queries and keys under
+        ``qk_norm``) each head's vector divided by its RMS, x / sqrt(mean(x²) + ε), one fused kernel."""
+        x = x.view(x.size(0), x.size(1), -1, self.d_k)
+        if normalize and self.qk_norm:
+            x = F.rms_norm(x, (self.d_k,), eps=self.eps)
+        return x.transpose(1, 2)
 
     def project_kv(self, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of a fixed memory (the encoder output), each ``(batch, kv_heads, src_len, d_k)``: computed
         once per source and passed back as ``kv`` at every decoding step."""
         check_hidden(memory, self.d_model, "memory")
         k, v = self.qkv_proj.rows(memory, self.inner, self.inner + 2 * self.kv_dim).split(self.kv_dim, dim=-1)
-        return self.split_heads(k), self.split_heads(v)
+        return self.split_heads(k, normalize=True), self.split_heads(v)
 
     def forward(
         self,
@@ -195,7 +205,7 @@ class MultiHeadAttention(nn.Module):
         check_hidden(query, self.d_model, "query")
         batch, q_len = query.size(0), query.size(1)
         if kv is not None:
-            q = self.split_heads(self.qkv_proj.rows(query, 0, self.inner))
+            q = self.split_heads(self.qkv_proj.rows(query, 0, self.inner), normalize=True)
             k, v = kv
             k_len = k.size(2)
         else:
@@ -211,7 +221,8 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError(f"query has batch {batch} but key has batch {key.size(0)}")
             k_len = key.size(1)
             # split heads: (batch, seq, heads * d_k) -> (batch, heads, seq, d_k)
-            q, k, v = (self.split_heads(t) for t in self.project_qkv(query, key, value))
+            q, k, v = self.project_qkv(query, key, value)
+            q, k, v = self.split_heads(q, normalize=True), self.split_heads(k, normalize=True), self.split_heads(v)
         if rotary is not None:
             cos, sin = rotary
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)

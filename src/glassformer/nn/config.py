@@ -48,6 +48,10 @@ class BlockConfig:
     SwiGLU with "silu", T5 v1.1's gated GELU with "gelu_tanh").
     Dropout: ``dropout`` on each sublayer's output, ``attention_dropout`` on the attention weights,
     ``activation_dropout`` on the feed-forward's hidden activations.
+    Training speed (the fast recipe, ``glassformer.training.recipes``): ``qk_norm`` divides each head's queries
+    and keys by their RMS before the product, softmax(RMS(q) RMS(k)ᵀ · s) (Dehghani et al. 2023; without a
+    learned γ, as the modded-nanoGPT speedrun); ``zero_init_projections`` starts W_O and W_2 — the matrices that
+    write into the residual stream — at zero, so each block begins as the identity; ``activation="relu2"``.
     """
 
     d_model: int
@@ -70,6 +74,8 @@ class BlockConfig:
     dropout: float = 0.1
     attention_dropout: float = 0.0
     activation_dropout: float = 0.0
+    qk_norm: bool = False
+    zero_init_projections: bool = False
 
     def __post_init__(self) -> None:
         check_fields(self)  # types and ranges (glassformer.options.RULES); the relations between fields below

@@ -45,6 +45,20 @@ def residual(
     return norm(x + dropout(out)), weights  # Norm(x + Dropout(Sublayer(x)))
 
 
+def zero_init_projections(layers: nn.ModuleList) -> None:
+    """Zero W_O (and its bias) of every attention and W_2 of every feed-forward of the layers whose block asks for
+    it (``BlockConfig.zero_init_projections``): every sublayer then adds 0 to the residual stream at the start,
+    and the first updates decide what each one writes. Called last by the models' ``reset_parameters``."""
+    for layer in layers:
+        if not layer.config.zero_init_projections:
+            continue
+        attentions = (layer.self_attn, getattr(layer, "cross_attn", None))
+        for linear in [a.out_proj for a in attentions if a is not None] + [layer.ffn.fc2]:
+            nn.init.zeros_(linear.weight)
+            if linear.bias is not None:
+                nn.init.zeros_(linear.bias)
+
+
 def _norm(config: BlockConfig) -> nn.Module:
     return make_norm(config.norm, config.d_model, config.layer_norm_eps)
 

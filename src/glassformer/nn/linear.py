@@ -117,10 +117,10 @@ class Linear(nn.Linear):
         return y if self.activation is None else ACTIVATIONS[self.activation](y)
 
     def _packed_forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 or self.activation is None:
+        if self.activation is None or (x.dtype == torch.float32 and self.activation in onednn.ONEDNN_ACTIVATIONS):
             return onednn.packed_linear(x, self.packed_weight, self.bias, self.activation)
-        # half precision (decoding, at most 64 rows): the activation apart, as on the unpacked path, so that
-        # packing changes no result
+        # half precision (decoding, at most 64 rows), or an activation oneDNN has no post-op for (relu2): the
+        # activation apart, as on the unpacked path, so that packing changes no result
         return ACTIVATIONS[self.activation](onednn.packed_linear(x, self.packed_weight, self.bias))
 
     def extra_repr(self) -> str:

@@ -9,11 +9,20 @@ from glassformer.options import check_fields
 from glassformer.training import distributed
 from glassformer.training.schedules import SCHEDULES
 
+OPTIMIZERS = ("adam", "adamw", "muon")
+
 
 @dataclasses.dataclass
 class TrainConfig:
-    """How to train. ``max_minutes`` stops early on wall-clock time (then evaluates and saves); ``schedule_steps``
-    sets the length of the learning-rate schedule when a run is meant to stop and resume before its end."""
+    """How to train. ``max_minutes`` stops on wall-clock time (then evaluates and saves), counted over the whole run
+    (a resumed run finishes its minutes); ``schedule_steps`` sets the length of the learning-rate schedule when a
+    run is meant to stop and resume before its end. Under ``max_minutes`` a decaying schedule (cosine, linear,
+    warmdown) follows whichever is further along, the steps or the minutes, so that it ends when the time does.
+
+    ``optimizer``: "adam", "adamw" or "muon" (Muon for the blocks' matrices at peak ``muon_lr`` (default ``lr``)
+    with momentum ``muon_momentum``, AdamW for the rest; ``glassformer.training.optimizers``). ``schedule``
+    "warmdown": warm-up, constant, then a linear decay to ``min_lr_ratio`` over the last ``warmdown_fraction`` of
+    the run (``glassformer.training.schedules``)."""
 
     max_steps: int = 1000
     max_minutes: float | None = None
@@ -23,6 +32,9 @@ class TrainConfig:
     warmup_steps: int = 100
     min_lr_ratio: float = 0.1
     optimizer: str = "adamw"
+    muon_lr: float | None = None
+    muon_momentum: float = 0.95
+    warmdown_fraction: float = 0.3
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = 1e-8
     weight_decay: float = 0.1
@@ -48,8 +60,10 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {SCHEDULES}")
         if self.parallel not in distributed.PARALLEL:
             raise ValueError(f"unknown parallel strategy {self.parallel!r}; choose one of {distributed.PARALLEL}")
-        if self.optimizer not in ("adam", "adamw"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose 'adam' or 'adamw'")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.optimizer == "muon" and self.parallel == "fsdp":
+            raise ValueError("Muon orthogonalizes whole matrices, which --parallel fsdp shards; use ddp with muon")
         if len(self.betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {self.betas!r}")
 

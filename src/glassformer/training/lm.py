@@ -16,7 +16,7 @@ from glassformer.files import read_text
 from glassformer.models.gpt import GPT, GPTConfig
 from glassformer.options import check_options
 from glassformer.tokenizer import GPT2_END_OF_TEXT, Tokenizer
-from glassformer.training import distributed
+from glassformer.training import distributed, recipes
 from glassformer.training.loop import TrainConfig
 from glassformer.training.train import train as run_training
 
@@ -28,9 +28,10 @@ PRESETS = {  # GPT shapes for `train lm --preset`
 }
 
 
-def lm_train_config(**overrides) -> TrainConfig:
-    """How a language model trains unless told otherwise: AdamW, warm-up then cosine to 1e-3 · 0.1, 2,000 steps."""
-    return TrainConfig(**{"max_steps": 2000, **overrides})
+def lm_train_config(recipe: str = "paper", **overrides) -> TrainConfig:
+    """How a language model trains unless told otherwise: AdamW, warm-up then cosine to 1e-3 · 0.1, 2,000 steps
+    (nanoGPT's recipe); ``recipe`` "fast" changes what ``glassformer.training.recipes`` says."""
+    return TrainConfig(**{"max_steps": 2000, **recipes.recipe(recipe, "lm").train, **overrides})
 
 
 class LanguageModelingTask:
@@ -105,7 +106,8 @@ def read_corpus(path: str | Path | None) -> tuple[str, str]:
 class LanguageModelRun:
     """A language-model run (``glassformer.training.train``'s spec): a GPT (``architecture`` "gpt2": learned
     positions, LayerNorm, GELU; "llama": ``GPTConfig.llama``, rotary, RMSNorm, SwiGLU) on a corpus (the bundled
-    Shakespeare when ``data`` is None), with a tokenizer trained on it."""
+    Shakespeare when ``data`` is None), with a tokenizer trained on it; ``recipe`` ("paper" or "fast",
+    ``glassformer.training.recipes``) adds its model fields under ``model_fields``."""
 
     data: str | Path | None = None
     tokenizer_kind: str = "char"
@@ -113,15 +115,17 @@ class LanguageModelRun:
     model_fields: dict | None = None
     batch_size: int = 16
     architecture: str = "gpt2"
+    recipe: str = "paper"
     kind, run_file = "language model", RUN_FILE
 
     def __post_init__(self) -> None:  # before any work: one line naming the bad option
         if self.architecture not in ("gpt2", "llama"):
             raise ValueError(f"unknown architecture {self.architecture!r}; choose 'gpt2' or 'llama'")
         check_options(vocab_size=self.vocab_size, batch_size=self.batch_size)
+        self.model_fields = {**recipes.recipe(self.recipe, "lm").model, **(self.model_fields or {})}
 
     def default_config(self) -> TrainConfig:
-        return lm_train_config()
+        return lm_train_config(self.recipe)
 
     def data_path(self) -> str | None:
         return None if self.data is None else str(Path(self.data).resolve())
@@ -129,6 +133,7 @@ class LanguageModelRun:
     def restore(self, record: dict) -> None:
         if self.data is not None and record["data"] != self.data_path():
             raise ValueError(f"this run was trained on {record['data']}; resume it without --data")
+        recipes.check_resumed(record.get("recipe", "paper"), self.recipe)
         self.data, self.batch_size = record["data"], record.get("batch_size", self.batch_size)
 
     def build(self, out: Path, resume: bool, world, config: TrainConfig) -> tuple[LanguageModelingTask, TrainConfig]:
@@ -152,7 +157,7 @@ class LanguageModelRun:
         return LanguageModelingTask(model, tokenizer, *ids, self.batch_size), config
 
     def record(self, task: LanguageModelingTask) -> dict:
-        return {"data": self.data_path(), "batch_size": self.batch_size}
+        return {"data": self.data_path(), "batch_size": self.batch_size, "recipe": self.recipe}
 
     def summary(self, task: LanguageModelingTask) -> dict:
         model = task.model
@@ -169,8 +174,10 @@ def train_language_model(
     train: TrainConfig | None = None,
     resume: bool = False,
     architecture: str = "gpt2",
+    recipe: str = "paper",
 ) -> dict:
     """Train a GPT on a corpus into ``out`` (``out/best`` and ``out/last`` hold model + tokenizer; the options are
-    ``LanguageModelRun``'s); returns the final validation loss and perplexity, the model's size and config."""
-    spec = LanguageModelRun(data, tokenizer_kind, vocab_size, model_fields, batch_size, architecture)
+    ``LanguageModelRun``'s); returns the final validation loss and perplexity, the model's size and config.
+    ``train`` defaults to ``lm_train_config(recipe)``."""
+    spec = LanguageModelRun(data, tokenizer_kind, vocab_size, model_fields, batch_size, architecture, recipe)
     return run_training(spec, train, out, resume)

@@ -55,6 +55,7 @@ from tqdm import tqdm
 from glassformer import runtime
 from glassformer.training import distributed, trainer_state
 from glassformer.training.config import TrainConfig
+from glassformer.training.optimizers import make_optimizer
 from glassformer.training.run_directory import RunDirectory
 from glassformer.training.schedules import lr_multiplier
 
@@ -70,27 +71,6 @@ class Task(Protocol):
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped by Ctrl-C or SIGTERM after ``last/`` was saved; ``--resume`` continues it."""
-
-
-def make_optimizer(
-    model: nn.Module, config: TrainConfig, lr_scales: dict[str, float] | None = None, fused: bool = True
-) -> torch.optim.Optimizer:
-    """Adam or AdamW; weight decay only on matrices (rank >= 2), never on biases, norms or positions' vectors.
-
-    ``lr_scales`` (parameter name -> factor, default 1) gives parameters their own multiple of the scheduled
-    learning rate, e.g. layer-wise decay when fine-tuning a pretrained encoder. ``fused``: one kernel for the whole
-    update (where ``runtime.fused_optimizer_works`` on the parameters' device)."""
-    lr_scales = lr_scales or {}
-    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            groups.setdefault((p.dim() >= 2, lr_scales.get(name, 1.0)), []).append(p)
-    param_groups = [
-        {"params": params, "weight_decay": config.weight_decay if decay else 0.0, "lr_scale": scale}
-        for (decay, scale), params in sorted(groups.items(), key=lambda item: (not item[0][0], -item[0][1]))
-    ]
-    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return cls(param_groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=fused)
 
 
 class Trainer:
@@ -122,6 +102,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(device.type) if self.placement.precision == "fp16" else None
         self.data_generator = torch.Generator().manual_seed(config.seed)  # the same on every rank: global batches
         self.step = 0
+        self.elapsed = 0.0  # seconds of training in this run so far, every session of it (the ranks' mean)
         self.best_score = math.inf if config.lower_is_better else -math.inf
         self.evaluations_without_improvement = 0
 
@@ -144,6 +125,7 @@ class Trainer:
             "step": self.step,
             "best_score": self.best_score,
             "evaluations_without_improvement": self.evaluations_without_improvement,
+            "elapsed_seconds": self.elapsed,
         }
         if hasattr(self.task, "state_dict"):
             record["task"] = self.task.state_dict()
@@ -170,6 +152,7 @@ class Trainer:
         self.step = record["step"]
         self.best_score = record.get("best_score", record.get("best_valid_loss"))
         self.evaluations_without_improvement = record.get("evaluations_without_improvement", 0)
+        self.elapsed = record.get("elapsed_seconds", 0.0)
         if "task" in record and hasattr(self.task, "load_state_dict"):
             self.task.load_state_dict(record["task"])
 
@@ -339,24 +322,30 @@ class Trainer:
         model.train()
         if c.compile:
             model.compile(dynamic=True)  # compiles forward in place; parameter names are unchanged
-        start, window_start, window_tokens = time.perf_counter(), time.perf_counter(), 0
+        window_start, window_tokens = time.perf_counter(), 0
+        start = time.perf_counter() - self.elapsed  # the run's minutes count every session (resumed runs too)
         # under a time limit the step count is not the finish line: no step total, minutes left in the postfix
         total = c.max_steps if c.max_minutes is None else None
         bar = tqdm(total=total, initial=self.step, disable=not progress, desc="train", unit="step")
         metrics: dict[str, float] = {"valid_loss": math.nan}
         total_steps = c.schedule_steps or c.max_steps
         while self.step < c.max_steps:
-            lr = c.lr * lr_multiplier(self.step + 1, c.schedule, c.warmup_steps, total_steps, c.min_lr_ratio)
+            spent = self.elapsed / (60 * c.max_minutes) if c.max_minutes is not None else 0.0
+            lr = c.lr * lr_multiplier(
+                self.step + 1, c.schedule, c.warmup_steps, total_steps, c.min_lr_ratio, c.warmdown_fraction, spent
+            )
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             step_loss, tokens = self._train_step()
             window_tokens += tokens
             self.step += 1
             bar.update(1)
-            out_of_time = c.max_minutes is not None and time.perf_counter() - start > 60 * c.max_minutes
+            self.elapsed = time.perf_counter() - start
+            out_of_time = c.max_minutes is not None and self.elapsed > 60 * c.max_minutes
             stop = self._stop_signal is not None  # read once: a signal may arrive at any moment of this step
             if self.world.distributed:  # every rank stops at the same step: one rank's clock or signal stops all
-                out_of_time, stop = (v > 0 for v in self.world.sum([out_of_time, stop]))
+                out_of_time, stop, elapsed = self.world.sum([out_of_time, stop, self.elapsed])
+                out_of_time, stop, self.elapsed = out_of_time > 0, stop > 0, elapsed / self.world.size
             done = self.step >= c.max_steps or out_of_time
             if self.step % c.log_every == 0 or done:
                 elapsed = time.perf_counter() - window_start

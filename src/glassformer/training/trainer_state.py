@@ -31,6 +31,12 @@ from glassformer.training.distributed import World
 STATE_JSON, STATE_TENSORS, STATE_SHARDS = "trainer_state.json", "trainer_state.safetensors", "trainer_state"
 
 
+def _parts(optimizer) -> torch.optim.Optimizer | tuple[torch.optim.Optimizer, ...]:
+    """The optimizer, or the optimizers of an ``OptimizerGroup`` (Muon + AdamW): ``torch.distributed.checkpoint``
+    keys the state of all of them by parameter name, in one dictionary."""
+    return getattr(optimizer, "optimizers", optimizer)
+
+
 def _split(optimizer_state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """``{"optimizer.{name}.{key}": tensor}`` and the non-tensor values ``{"{name}.{key}": value}``."""
     tensors, scalars = {}, {}
@@ -62,7 +68,7 @@ def write(
     """Every rank calls this with the same ``folder``; ``record`` (step, scores, task position) goes to the JSON."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    optimizer_state = get_optimizer_state_dict(model, optimizer)
+    optimizer_state = get_optimizer_state_dict(model, _parts(optimizer))
     tensors, scalars = _split(optimizer_state)
     cuda = next(model.parameters()).device.type == "cuda"
     if world.distributed:
@@ -94,8 +100,10 @@ def read(
 
     record = read_json(folder / STATE_JSON, "trainer state")
     groups = record["param_groups"]
-    for group in groups:
-        group["betas"] = tuple(group["betas"])
+    for group in groups:  # JSON's lists back to the tuples the optimizers were made with
+        for key in ("betas", "ns_coefficients"):
+            if key in group:
+                group[key] = tuple(group[key])
     cuda = next(model.parameters()).device.type == "cuda"
     if (folder / STATE_SHARDS).is_dir():
         tensors = _read_shards(folder / STATE_SHARDS, world, model, optimizer, cuda)
@@ -113,7 +121,7 @@ def read(
         options = StateDictOptions(full_state_dict=world.distributed, strict=False)
     optimizer_tensors = {k: v for k, v in tensors.items() if k.startswith("optimizer.")}
     state = {"state": _join(optimizer_tensors, record["scalars"]), "param_groups": groups}
-    set_optimizer_state_dict(model, optimizer, state, options=options)
+    set_optimizer_state_dict(model, _parts(optimizer), state, options=options)
     if rng_torch is not None:
         torch.set_rng_state(rng_torch)
     if rng_cuda is not None and cuda:
@@ -129,7 +137,7 @@ def _read_shards(path: Path, world: World, model, optimizer, cuda: bool) -> dict
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
-    tensors, _ = _split(get_optimizer_state_dict(model, optimizer))  # creates the state to fill, if none yet
+    tensors, _ = _split(get_optimizer_state_dict(model, _parts(optimizer)))  # creates the state to fill, if none yet
     tensors = {k: v for k, v in tensors.items() if k in saved}  # parameters that never had a gradient have none
     tensors.update({f"model.{k}": v for k, v in get_model_state_dict(model).items()})
     tensors["rng.data"] = torch.get_rng_state().new_empty(saved["rng.data"].size)

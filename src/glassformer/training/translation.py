@@ -26,7 +26,7 @@ from glassformer.models.transformer import Transformer, TransformerConfig
 from glassformer.options import check_options
 from glassformer.pipelines.translator import SOURCE_TOKENIZER_FILE, load_tokenizers
 from glassformer.tokenizer import Tokenizer
-from glassformer.training import distributed
+from glassformer.training import distributed, recipes
 from glassformer.training.loop import TrainConfig, Trainer
 from glassformer.training.losses import fused_label_smoothed_cross_entropy
 from glassformer.training.train import train as run_training
@@ -69,7 +69,7 @@ DEFAULT_VOCAB_SIZE = 8000
 # `--preset auto`: these (preset, tokens per batch), cheapest first, are timed on the machine at hand, and the last
 # one whose measured step time still gives AUTO_MIN_STEPS optimizer steps within --max-minutes is trained. Fewer
 # steps than that leave a run in or near the learning-rate warm-up (README: what each machine picked and reached).
-AUTO_RECIPES = (("compact", 2048), ("small", DEFAULT_MAX_TOKENS), ("medium", DEFAULT_MAX_TOKENS), ("base", 8192))
+AUTO_SHAPES = (("compact", 2048), ("small", DEFAULT_MAX_TOKENS), ("medium", DEFAULT_MAX_TOKENS), ("base", 8192))
 AUTO_MIN_STEPS = 600
 AUTO_WITHOUT_TIME_LIMIT = "small"
 
@@ -172,14 +172,15 @@ def train_tokenizers(pairs: list[tuple[str, str]], vocab_size: int, shared: bool
     return source, target
 
 
-def translation_train_config(**overrides) -> TrainConfig:
+def translation_train_config(recipe: str = "paper", **overrides) -> TrainConfig:
     """How translation trains unless told otherwise: the paper's Adam(β = (0.9, 0.98), ε = 1e-9) and warm-up
-    schedule (noam, peaking at 1.5e-3 after 300 steps), no weight decay, gradients clipped at 1.0."""
+    schedule (noam, peaking at 1.5e-3 after 300 steps), no weight decay, gradients clipped at 1.0; ``recipe``
+    "fast" changes what ``glassformer.training.recipes`` says (Muon, the warm-down schedule, its peak lr)."""
     defaults = dict(
         max_steps=100_000, lr=1.5e-3, schedule="noam", warmup_steps=300, optimizer="adam", betas=(0.9, 0.98),
         eps=1e-9, weight_decay=0.0, grad_clip=1.0, eval_every=500, log_every=50,
     )  # fmt: skip
-    return TrainConfig(**{**defaults, **overrides})
+    return TrainConfig(**{**defaults, **recipes.recipe(recipe, "translate").train, **overrides})
 
 
 def translation_config(
@@ -212,15 +213,15 @@ def translation_config(
     )
 
 
-def choose_recipe(make_task: Callable[[str, int], TranslationTask], train: TrainConfig) -> tuple[str, int, str]:
-    """``--preset auto``: ``(preset, max_tokens, why)``, the largest of ``AUTO_RECIPES`` that makes at least
+def choose_shape(make_task: Callable[[str, int], TranslationTask], train: TrainConfig) -> tuple[str, int, str]:
+    """``--preset auto``: ``(preset, max_tokens, why)``, the largest of ``AUTO_SHAPES`` that makes at least
     ``AUTO_MIN_STEPS`` steps in ``train.max_minutes`` at the step time measured here (4 real steps of each
     candidate, cheapest first, on the device and precision the run will use). Without a time limit: ``small``."""
     if train.max_minutes is None:
         return AUTO_WITHOUT_TIME_LIMIT, DEFAULT_MAX_TOKENS, "preset auto without --max-minutes: the default, small"
     timing = dataclasses.replace(train, progress=False, grad_accum=1)
     chosen, notes = None, []
-    for preset, max_tokens in AUTO_RECIPES:
+    for preset, max_tokens in AUTO_SHAPES:
         task = make_task(preset, max_tokens)
         trainer = Trainer(task, timing, run_dir=".")
         # steps = time · (tokens / s) / (tokens per batch): the rate varies less from batch to batch than a step
@@ -242,9 +243,11 @@ def choose_recipe(make_task: Callable[[str, int], TranslationTask], train: Train
 @dataclasses.dataclass
 class TranslationRun:
     """A translation run (``glassformer.training.train``'s spec): the encoder-decoder Transformer of ``preset``
-    (``PRESETS``, or ``auto``: ``AUTO_RECIPES`` timed on this machine, the one that fits ``max_minutes``, reported
+    (``PRESETS``, or ``auto``: ``AUTO_SHAPES`` timed on this machine, the one that fits ``max_minutes``, reported
     through ``report``) and ``architecture`` (``ARCHITECTURES``) on ``data``, with BPE tokenizers trained on it;
-    batches of ``max_tokens`` padded tokens (4096, or the recipe's with ``auto``), label smoothing ε."""
+    batches of ``max_tokens`` padded tokens (4096, or the auto choice's), label smoothing ε. ``recipe`` ("paper" or
+    "fast", ``glassformer.training.recipes``) adds its model fields under ``model_fields``; its training fields are
+    the ``TrainConfig``'s (``translation_train_config(recipe)``, the default when none is given)."""
 
     data: DataSpec | None = None
     preset: str = "small"
@@ -256,6 +259,7 @@ class TranslationRun:
     label_smoothing: float = 0.1
     architecture: str = "paper"
     report: Callable[[str], None] | None = None
+    recipe: str = "paper"
     kind, run_file = "translation", RUN_FILE
 
     def __post_init__(self) -> None:  # before any work: one line naming the bad option
@@ -265,15 +269,17 @@ class TranslationRun:
             raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
         if self.preset not in PRESETS and self.preset != "auto":
             raise ValueError(f"unknown preset {self.preset!r}; choose one of auto, {', '.join(PRESETS)}")
-        self.data, self.recipe = self.data or DataSpec(), None
+        self.data, self.auto_choice = self.data or DataSpec(), None
+        self.model_fields = {**recipes.recipe(self.recipe, "translate").model, **(self.model_fields or {})}
 
     def default_config(self) -> TrainConfig:
-        return translation_train_config()
+        return translation_train_config(self.recipe)
 
     def data_path(self) -> str | None:
         return self.data.data
 
     def restore(self, record: dict[str, Any]) -> None:  # the data and batching of the run being resumed
+        recipes.check_resumed(record.get("recipe", "paper"), self.recipe)
         self.data, self.max_tokens, self.preset = DataSpec(**record["data"]), record["max_tokens"], record["preset"]
         self.label_smoothing = record.get("label_smoothing", self.label_smoothing)
 
@@ -305,18 +311,19 @@ class TranslationRun:
                     "--preset auto times this machine in one process; with several processes name a preset "
                     f"({', '.join(PRESETS)})"
                 )
-            self.preset, auto_max_tokens, self.recipe = choose_recipe(make_task, config)
+            self.preset, auto_max_tokens, self.auto_choice = choose_shape(make_task, config)
             self.max_tokens = self.max_tokens or auto_max_tokens
             if self.report is not None and world.is_main:
-                self.report(self.recipe)
+                self.report(self.auto_choice)
         self.max_tokens = self.max_tokens or DEFAULT_MAX_TOKENS
         torch.manual_seed(config.seed)  # the initial weights depend on the seed only
         return make_task(self.preset, self.max_tokens), config
 
     def record(self, task: TranslationTask) -> dict[str, Any]:
         record = {"data": dataclasses.asdict(self.data), "preset": self.preset, "architecture": self.architecture,
-                  "max_tokens": self.max_tokens, "label_smoothing": self.label_smoothing}  # fmt: skip
-        return record if self.recipe is None else {**record, "auto_preset": self.recipe}
+                  "max_tokens": self.max_tokens, "label_smoothing": self.label_smoothing,
+                  "recipe": self.recipe}  # fmt: skip
+        return record if self.auto_choice is None else {**record, "auto_preset": self.auto_choice}
 
     def summary(self, task: TranslationTask) -> dict[str, Any]:
         train, sampler = self.datasets["train"], task.sampler
@@ -341,9 +348,10 @@ def train_translation(
     resume: bool = False,
     report: Callable[[str], None] | None = None,
     architecture: str = "paper",
+    recipe: str = "paper",
 ) -> dict[str, Any]:
     """Train a translation model into ``out`` (the options are ``TranslationRun``'s); returns the final step,
-    validation loss and model size. ``train`` defaults to ``translation_train_config()``."""
+    validation loss and model size. ``train`` defaults to ``translation_train_config(recipe)``."""
     spec = TranslationRun(data, preset, model_fields, vocab_size, shared_vocab, max_length, max_tokens,
-                          label_smoothing, architecture, report)  # fmt: skip
+                          label_smoothing, architecture, report, recipe)  # fmt: skip
     return run_training(spec, train, out, resume)
