@@ -6,6 +6,7 @@ on top of the paper's, for the same minutes on this machine, one after another i
     lm         a character-level GPT on Shakespeare, nanoGPT's ``shakespeare_char`` shape; validation loss
 
     python bench/recipes.py [--tasks translate,lm] [--rows paper,fast,qk_norm,relu2,zero_init,muon,warmdown]
+                            (a row fast-CHANGE: the fast recipe without CHANGE)
                             [--translate-minutes 10] [--lm-minutes 5] [--preset auto] [--beam 4] [--out DIR]
 
 Prints the ``glassformer env`` line and one table per task: steps, tokens/s, validation loss, BLEU (translate) and
@@ -31,9 +32,14 @@ ROWS = ("paper", "fast", *recipes.CHANGES)
 
 
 def row_recipe(row: str, task: str) -> tuple[str, recipes.Change]:
-    """``(recipe name, its fields)``: paper, fast, or the paper recipe with the one change ``row``."""
+    """``(recipe name, its fields)``: paper, fast, the paper recipe with the one change ``row``, or (``fast-muon``)
+    the fast recipe without one of its changes, at the fast recipe's learning rate."""
     if row in recipes.RECIPES:
         return row, recipes.recipe(row, task)
+    if row.startswith("fast-"):
+        left = tuple(c for c in recipes.FAST if c != row.removeprefix("fast-"))
+        fields = recipes.recipe("paper", task, changes=left)
+        return "paper", recipes.Change(fields.model, {**fields.train, "lr": recipes.FAST_LR[task]})
     return "paper", recipes.recipe("paper", task, changes=(row,))
 
 
@@ -85,7 +91,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="keep the runs here (default: a temporary folder)")
     args = parser.parse_args()
     rows = args.rows.split(",")
-    unknown = sorted(set(rows) - set(ROWS)) + sorted(set(args.tasks.split(",")) - {"translate", "lm"})
+    known = {*ROWS, *(f"fast-{change}" for change in recipes.FAST)}
+    unknown = sorted(set(rows) - known) + sorted(set(args.tasks.split(",")) - {"translate", "lm"})
     if unknown:
         parser.error(f"unknown rows or tasks {unknown}; rows: {', '.join(ROWS)}; tasks: translate, lm")
     print(runtime.env_line(), flush=True)

@@ -119,3 +119,21 @@ def test_train_lm_errors(tmp_path):
     assert result.returncode == 2 and "is empty" in result.stderr
     result = cli("train", "lm", "--data", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "r"), check=False)
     assert result.returncode == 2 and "no text file" in result.stderr
+
+
+def test_train_lm_with_the_fast_recipe_end_to_end(tmp_path):
+    """``--recipe fast``: the model has the fast blocks, the optimizer is Muon + AdamW under the warm-down schedule,
+    a flag given beside it wins, and resuming with another recipe is refused with the one to use."""
+    (tmp_path / "text.txt").write_text(SPEECH * 60)
+    common = ["train", "lm", "--data", str(tmp_path / "text.txt"), "--out", str(tmp_path / "run"), "--preset",
+              "tiny", "--block-size", "32", "--eval-every", "10", "--quiet"]  # fmt: skip
+    cli(*common, "--recipe", "fast", "--max-steps", "20", "--warmup-steps", "4")
+    config = json.loads((tmp_path / "run" / "last" / "config.json").read_text())
+    assert config["qk_norm"] and config["zero_init_projections"] and config["activation"] == "relu2"
+    state = json.loads((tmp_path / "run" / "last" / "trainer_state.json").read_text())
+    assert any("ns_steps" in group for group in state["param_groups"])  # Muon's groups beside AdamW's
+    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "lr" in r]
+    assert lrs[0] == pytest.approx(3e-3)  # step 10: the recipe's peak lr, before the last 40% of the run
+    assert lrs[-1] < 3e-3 * 0.2  # warmed down by the end
+    refused = cli(*common, "--max-steps", "30", "--resume", check=False)
+    assert refused.returncode != 0 and "resume it with --recipe fast" in refused.stderr

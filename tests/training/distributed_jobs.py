@@ -16,16 +16,17 @@ LM_MODEL = dict(d_model=32, num_layers=2, num_heads=4, d_ff=64, max_seq_length=1
 
 def run_job(job: dict) -> dict:
     """One job: ``{"task": "lm" | "translate" | "classify", "out", "data", "init", "parallel", "max_steps",
-    "schedule_steps", "resume", "precision"}`` (precision fp32 unless named); every run takes 2 accumulated
-    micro-batches per step, without dropout."""
+    "schedule_steps", "resume", "precision", "recipe"}`` (precision fp32 and recipe paper unless named); every run
+    takes 2 accumulated micro-batches per step, without dropout."""
     steps = dict(max_steps=job.get("max_steps", 4), schedule_steps=job.get("schedule_steps"))
     machine = dict(**MACHINE, precision=job.get("precision", "fp32"))
     common = dict(**machine, grad_accum=2, parallel=job.get("parallel", "ddp"), seed=3)
     resume = job.get("resume", False)
     if job["task"] == "lm":
-        train = lm_train_config(**steps, **common, lr=3e-3, warmup_steps=1, eval_every=4)
+        recipe = job.get("recipe", "paper")
+        train = lm_train_config(recipe, **steps, **common, lr=3e-3, warmup_steps=1, eval_every=4)
         return train_language_model(job["out"], job["data"], "char", model_fields=LM_MODEL, batch_size=4,
-                                    train=train, resume=resume)  # fmt: skip
+                                    train=train, resume=resume, recipe=recipe)  # fmt: skip
     if job["task"] == "translate":
         train = translation_train_config(**steps, **common, lr=3e-3, warmup_steps=1, eval_every=4)
         return train_translation(

@@ -131,6 +131,7 @@ def runs(tmp_path_factory, write_toy_corpus, tiny_classification):
     run_job(job("lm", "lm-1to2", max_steps=2, schedule_steps=4))  # the first half, resumed on 2 processes below
     plan = [job(task, f"{task}-{parallel}", parallel=parallel) for task in data for parallel in ("ddp", "fsdp")]
     plan += [job("lm", f"lm-{parallel}-bf16", parallel=parallel, precision="bf16") for parallel in ("ddp", "fsdp")]
+    plan += [job("lm", "lm-ddp-fast", parallel="ddp", recipe="fast")]  # Muon's step on the all-reduced gradients
     plan += [
         job("lm", "lm-1to2", parallel="fsdp", resume=True, schedule_steps=4),
         job("lm", "lm-2to1", parallel="fsdp", max_steps=2, schedule_steps=4),  # resumed on 1 process below
@@ -140,6 +141,7 @@ def runs(tmp_path_factory, write_toy_corpus, tiny_classification):
     for task in data:  # meanwhile, one process on whole batches
         run_job(job(task, f"{task}-1"))
     run_job(job("lm", "lm-1-bf16", precision="bf16"))
+    run_job(job("lm", "lm-1-fast", recipe="fast"))
     finished(nodes)
     run_job(job("lm", "lm-2to1", resume=True, schedule_steps=4))
     return base
@@ -174,6 +176,14 @@ def test_two_processes_train_the_same_model_as_one_in_bfloat16(runs, parallel):
     assert_same_weights(one, two, "bf16")
     assert losses(two) == pytest.approx(losses(one), rel=tolerance("bf16", depth=2)["rtol"])
     assert json.loads((two / "last" / "trainer_state.json").read_text())["processes"] == 2
+
+
+def test_two_processes_train_the_same_model_as_one_with_the_fast_recipe(runs):
+    """Muon + AdamW, QK-norm, ReLU², zero-initialized projections and the warm-down: each rank orthogonalizes the
+    same all-reduced gradients, so two processes end where one does."""
+    assert_same_weights(runs / "lm-1-fast", runs / "lm-ddp-fast")
+    assert losses(runs / "lm-ddp-fast") == pytest.approx(losses(runs / "lm-1-fast"), rel=1e-5)
+    assert json.loads((runs / "lm-ddp-fast" / "last" / "config.json").read_text())["qk_norm"]
 
 
 def test_resume_at_another_number_of_processes(runs):

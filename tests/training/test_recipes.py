@@ -181,7 +181,7 @@ def fast_config(**overrides):
 
 
 @pytest.mark.cpu_class
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])  # fp16: the gradient scaler steps both optimizers
 def test_the_fast_recipe_resumes_exactly(tmp_path, precision):
     """Muon's momentum, AdamW's moments and the warm-down's position come back from the checkpoint: a run stopped
     half-way and resumed ends with the uninterrupted run's weights, bit for bit, in each precision."""
