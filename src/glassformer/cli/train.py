@@ -258,7 +258,7 @@ def add_classify_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pooling", choices=["mean", "pooler"], default=default_of(defaults, "pooling"))
     parser.add_argument("--num-labels", type=int, default=None, help="for integer labels: how many classes")
     parser.add_argument("--epochs", type=float, default=default_of(defaults, "epochs"))
-    parser.add_argument("--max-minutes", type=float, default=train.max_minutes, help="stop after this much time")
+    parser.add_argument("--max-minutes", type=float, default=train.max_minutes, help=MAX_MINUTES_HELP)
     parser.add_argument("--batch-size", type=int, default=default_of(defaults, "batch_size"))
     parser.add_argument("--max-length", type=int, default=default_of(defaults, "max_length"), help="tokens per text")
     parser.add_argument("--lr", type=float, default=train.lr, help="peak learning rate")
