@@ -5,7 +5,8 @@ against transformers float32 and llama.cpp on the same GGUF file (Q4_1 blocks, Q
 
 Rows per batch size (1 and --batch): tokens/s of decoding after the prompt (every variant: n new tokens over
 T(n + 1) − T(1), llama.cpp by timing its own loop), weight bytes read per token, that traffic as a fraction of the
-memory bandwidth measured here with a large copy, and the time of the 32-token prompt with the first new token.
+memory bandwidth measured here with a large copy, the time of the 32-token prompt with the first new token, and
+(batch 1) tokens/s of reading a 512-token prompt.
 Then each variant's resident memory, each loaded in a fresh
 process with its tokenizer (``load_language_model``, what generate / chat / serve do): the process's peak while
 loading (VmHWM), what loading adds to a process that imported everything (VmRSS after − before: the model and
@@ -65,9 +66,10 @@ print(before, status("VmHWM:"), after, status("VmRSS:"), seconds)
 LLAMA = """
 import sys, time
 from llama_cpp import Llama
-path, prompt, new, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-llm = Llama(model_path=path, n_threads=threads, n_ctx=512, verbose=False)
-best, prompt_best = 0.0, float("inf")
+path, prompt, new, threads, long_prompt = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[6]
+llm = Llama(model_path=path, n_threads=threads, n_ctx=1024, n_batch=512, verbose=False)
+best, prompt_best, long_best = 0.0, float("inf"), float("inf")
+long_tokens = llm.tokenize(long_prompt.encode())[:512]
 for _ in range(int(sys.argv[5]) + 1):  # the first is a warm-up
     llm.reset()
     tokens = llm.tokenize(prompt.encode())
@@ -80,7 +82,11 @@ for _ in range(int(sys.argv[5]) + 1):  # the first is a warm-up
         llm.eval([token])
         token = llm.sample(temp=0.0)
     best, prompt_best = max(best, new / (time.perf_counter() - start)), min(prompt_best, prompt_seconds)
-print(best, prompt_best)
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(long_tokens)
+    long_best = min(long_best, (time.perf_counter() - start) / len(long_tokens))
+print(best, prompt_best, 1 / long_best)
 """
 
 
@@ -127,6 +133,18 @@ def decode_rate(generate, repeats: int, new_tokens: int, batch: int) -> tuple[fl
     return new_tokens * batch / (best(new_tokens + 1) - first), first
 
 
+def prefill_rate(model: GPT, ids: torch.Tensor, repeats: int) -> float:
+    """Tokens/s of reading a long prompt (one forward over it, as ``generate`` starts), best of ``repeats``."""
+    with torch.inference_mode():
+        model(ids[:, :64])  # warm-up
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(ids)
+            times.append(time.perf_counter() - start)
+    return ids.size(1) / min(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -151,8 +169,9 @@ def main() -> None:
         variants["glassformer bfloat16"] = lambda: GPT.from_pretrained(directory, dtype=torch.bfloat16)
     print(f"\nSmolLM2-135M-Instruct ({gguf.name}), prompt 32 tokens, greedy {args.new_tokens} new tokens, best of "
           f"{args.repeats}; threads {torch.get_num_threads()}")  # fmt: skip
+    long_prompt = torch.tensor([tokenizer.encode(" ".join([PROMPT] * 30))[:512]])
     print(f"{'':24}{'batch':>6}{'tok/s':>9}{'MB read/token':>15}{'of bandwidth':>14}{'vs float32':>12}"
-          f"{'prompt ms':>11}")  # fmt: skip
+          f"{'prompt ms':>11}{'512-token prompt tok/s':>24}")  # fmt: skip
     base = {}
     for name, load in variants.items():
         model = load()
@@ -164,8 +183,9 @@ def main() -> None:
             )  # fmt: skip
             per_step = weight_bytes(model)  # one step reads the weights once for the whole batch
             base.setdefault(batch, rate)
+            prefill = f"{prefill_rate(model, long_prompt, args.repeats):>24.0f}" if batch == 1 else ""
             print(f"{name:24}{batch:>6}{rate:>9.1f}{per_step / 1e6:>15.0f}{per_step * rate / batch / speed:>13.0%}"
-                  f"{rate / base[batch]:>11.2f}x{prompt_s * 1e3:>11.0f}")  # fmt: skip
+                  f"{rate / base[batch]:>11.2f}x{prompt_s * 1e3:>11.0f}{prefill}")  # fmt: skip
         del model
     try:
         import transformers
@@ -186,15 +206,15 @@ def main() -> None:
     except ImportError:
         print("transformers: not installed (pip install transformers gguf accelerate)")
     if Path(args.llama_python).is_file():
-        text = tokenizer.decode(prompt)
+        text, long_text = tokenizer.decode(prompt), tokenizer.decode(long_prompt[0].tolist())
         command = [args.llama_python, "-c", LLAMA, str(gguf), text, str(args.new_tokens),
-                   str(torch.get_num_threads()), str(args.repeats)]  # fmt: skip
+                   str(torch.get_num_threads()), str(args.repeats), long_text]  # fmt: skip
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode == 0:
-            rate, prompt_s = (float(v) for v in result.stdout.split()[-2:])
+            rate, prompt_s, prefill = (float(v) for v in result.stdout.split()[-3:])
             size = gguf.stat().st_size
             print(f"{'llama.cpp (same file)':24}{1:>6}{rate:>9.1f}{size / 1e6:>15.0f}{size * rate / speed:>13.0%}"
-                  f"{rate / base[1]:>11.2f}x{prompt_s * 1e3:>11.0f}")  # fmt: skip
+                  f"{rate / base[1]:>11.2f}x{prompt_s * 1e3:>11.0f}{prefill:>24.0f}")  # fmt: skip
         else:
             print(f"llama.cpp: failed ({result.stderr.strip().splitlines()[-1] if result.stderr.strip() else '?'})")
     else:

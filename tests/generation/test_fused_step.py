@@ -58,7 +58,9 @@ def test_the_fused_step_gives_the_modules_logits_and_cache(monkeypatch, kind, gr
         fused, fused_cache = step_by_step(model, ids)
         modules_only(monkeypatch)
         expected, cache = step_by_step(model, ids)
-    assert (fused - expected).abs().max() <= 1e-4 * expected.abs().max()
+    # each of the two is within ~1e-4 of the exact products (the activations rounded to 16 bits, tests/nn); they round
+    # at different places (the step's own norms and attention), so their difference is bounded by the sum
+    assert (fused - expected).abs().max() <= 2e-4 * expected.abs().max()
     assert fused_cache.length == cache.length
     for ours, theirs in ((fused_cache.keys, cache.keys), (fused_cache.values, cache.values)):
         assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max()

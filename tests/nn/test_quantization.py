@@ -18,8 +18,10 @@ from glassformer.models.bert import Bert, BertConfig
 from glassformer.models.gpt import GPT, GPTConfig
 from glassformer.models.quantization import Quantization
 from glassformer.models.transformer import Transformer, TransformerConfig
+from glassformer.nn import quantization
 from glassformer.nn.linear import Linear, packed_weights
 from glassformer.nn.quantization import (
+    KERNEL_ROWS,
     QuantizedWeight,
     check_quantization,
     quantize_tensor,
@@ -92,6 +94,29 @@ def test_the_dispatcher_takes_any_input_and_equals_the_reference():
         assert quantized_linear(x, weight).dtype == x.dtype
         tolerance = 2e-2 if x.dtype == torch.bfloat16 else 1e-3
         assert relative_error(quantized_linear(x, weight).float(), expected.float()) <= tolerance
+
+
+@pytest.mark.parametrize("kind,group", [("int8", None), ("int4", 32)])
+def test_many_rows_dequantize_a_tile_at_a_time_never_the_whole_matrix(monkeypatch, kind, group):
+    """Past KERNEL_ROWS (a long prompt) the product dequantizes TILE_ELEMENTS weights at a time, and equals the
+    reference; Q/K/V rows of a fused projection too; float32 and bfloat16."""
+    monkeypatch.setattr(quantization, "TILE_ELEMENTS", 16 * 256)  # 16 rows of 256: 13 tiles for 200 outputs
+    weight = QuantizedWeight.from_float(torch.randn(200, 256), kind, group)
+    x, bias = torch.randn(3, KERNEL_ROWS + 10, 256), torch.randn(200)
+    cases = [(dtype, rows) for dtype in (torch.float32, torch.bfloat16) for rows in (None, slice(40, 150))]
+    expected = [quantized_linear_reference(x.to(t), weight, bias[rows or slice(None)], rows) for t, rows in cases]
+    tiles = []
+
+    def recording(codes, *args, **kwargs):
+        tiles.append(codes.size(0))
+        return dequantize(codes, *args, **kwargs)
+
+    monkeypatch.setattr(quantization, "dequantize", recording)
+    for (dtype, rows), theirs in zip(cases, expected, strict=True):
+        ours = quantized_linear(x.to(dtype), weight, bias[rows or slice(None)], rows)
+        assert ours.shape == theirs.shape and ours.dtype == dtype
+        assert relative_error(ours.float(), theirs.float()) <= (1e-5 if dtype == torch.float32 else 2e-2)
+    assert max(tiles) == 16 and sum(tiles) == 2 * (200 + 110)
 
 
 @pytest.mark.parametrize("kind,group", CASES)

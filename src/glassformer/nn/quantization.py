@@ -14,9 +14,10 @@ code j in its low nibble and code j + 16 in its high one — Q4_0 / Q4_1's layou
 Faster paths for the CPU live one floor below, in ``glassformer.backends.cpu.quantized`` (glassformer's own kernel, a
 torch operator, and torch's int8 / int4 kernels), each tested against that reference (``tests/nn/test_quantization.py``,
 ``tests/backends``). ``quantized_linear`` is the one place that asks them: float32 activations on the CPU, up to
-``KERNEL_ROWS`` rows (decoding, short prompts), no gradient. Many rows (longer prompts and batches), other dtypes
-and GPUs dequantize and call ``F.linear`` (one matrix product, where the fused kernels would redo each weight's
-dequantization per row).
+``KERNEL_ROWS`` rows (decoding, short prompts), no gradient. Many rows on the CPU (longer prompts and batches, any
+dtype) dequantize a tile of weight rows at a time (``quantized_linear_tiled``: about 1 MiB, kept in cache for its
+product; a float copy of the whole matrix is never made); GPUs and products that need a gradient dequantize and call
+``F.linear``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ DEFAULT_INT4_GROUP = 32
 # the most rows of activations the fused kernels take (decoding, and prompts up to this length, where they are still
 # faster than dequantizing every matrix to float: bench/quantized.py); more rows dequantize once and multiply
 KERNEL_ROWS = 128
+# floats of weight dequantized at a time for many rows of activations (quantized_linear_tiled): 1 MiB in float32
+TILE_ELEMENTS = 1 << 18
 
 
 def tensor_state(tensor: torch.Tensor) -> tuple[int, int]:
@@ -158,6 +161,25 @@ def quantized_linear_reference(x: torch.Tensor, weight: QuantizedWeight, bias=No
     return F.linear(x, w, None if bias is None else bias.to(x.dtype))
 
 
+def quantized_linear_tiled(x: torch.Tensor, weight: QuantizedWeight, bias=None, rows: slice | None = None):
+    """The reference's product a tile of weight rows at a time (``TILE_ELEMENTS`` weights, at least 16 rows): each
+    tile dequantized, multiplied while it is in cache, and dropped — never a float copy of the whole matrix. Equal to
+    the reference up to the float rounding of the products."""
+    codes, scales, offsets = weight.codes, weight.scales, weight.offsets
+    if rows is not None:
+        codes, scales, offsets = codes[rows], scales[rows], None if offsets is None else offsets[rows]
+    n, step = codes.size(0), max(16, TILE_ELEMENTS // weight.in_features)
+    x2 = x.reshape(-1, x.size(-1))
+    y = x2.new_empty(x2.size(0), n)
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        tile = dequantize(codes[r0:r1], scales[r0:r1], None if offsets is None else offsets[r0:r1], x.dtype)
+        y[:, r0:r1] = x2 @ tile.t()
+    if bias is not None:
+        y += bias.to(x.dtype)
+    return y.reshape(*x.shape[:-1], n)
+
+
 def quantized_linear(x: torch.Tensor, weight: QuantizedWeight, bias=None, rows: slice | None = None) -> torch.Tensor:
     """``x Wᵀ + b`` by the path ``glassformer.backends.cpu.quantized`` serves these inputs with, else the reference:
     the one dispatch point of quantized products."""
@@ -176,4 +198,6 @@ def quantized_linear(x: torch.Tensor, weight: QuantizedWeight, bias=None, rows: 
             return cpu_quantized.native_linear(x, codes, scales, offsets, group, bias)
         if kernel == "torch" and rows is None and cpu_quantized.torch_fits(weight.kind, *weight.shape, group):
             return cpu_quantized.torch_linear(x, codes, scales, group, bias, weight.torch_int4_layout())
+    if x.device.type == "cpu" and count > 0 and not (torch.is_grad_enabled() and x.requires_grad):
+        return quantized_linear_tiled(x, weight, bias, rows)
     return quantized_linear_reference(x, weight, bias, rows)

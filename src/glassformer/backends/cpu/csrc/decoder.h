@@ -15,7 +15,7 @@
 
    Each row of the batch is a sequence of its own (qrows says where it reads and writes in the cache). The threads
    share one parallel region for the whole step: each matrix's output rows are split among them, the (row, head)
-   pairs of the attention too, and the small vector work between two products is done by one thread. */
+   pairs of the attention too, the norms, rotations and quantized inputs by row, and SiLU in chunks. */
 #ifndef GLASSFORMER_DECODER_H
 #define GLASSFORMER_DECODER_H
 #include <vector>
@@ -55,20 +55,76 @@ static void rope(float *x, i64 heads, i64 head_dim, const float *cos_, const flo
     }
 }
 
-/* out (head_dim) = softmax(s · q K^T) V over positions 0..length-1 of one key/value head; scores: length floats */
+/* e^x in float32, within a few ulp of expf for x in [-87, 88] (clamped there: e^-87 ~ 1.6e-38 stands for 0): x = n ln 2
+   + r, |r| <= ln 2 / 2 (Cody-Waite, Cephes' constants), e^r = 1 + r + r^2 P(r) (Cephes' degree-5 P), 2^n made in
+   the exponent bits. No calls and no branches, so that loops over it vectorize. */
+static inline float exp_approx(float x) {
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    const float n = rintf(x * 1.44269504088896341f);
+    const float r = fmaf(n, 2.12194440e-4f, fmaf(n, -0.693359375f, x));
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f), p = fmaf(p, r, 8.3334519073e-3f), p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f), p = fmaf(p, r, 5.0000001201e-1f);
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    return fmaf(p, r * r, r + 1.0f) * two_n;
+}
+
+/* 16 floats as one value (GCC's and clang's vector extension): one AVX512 register, two AVX2 ones, four NEON ones */
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef float f32x4 __attribute__((vector_size(16)));
+
+static inline f32x16 load16(const float *p) {
+    f32x16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline float sum16(f32x16 v) {  /* halves added until one is left */
+    const f32x8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                    __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    const f32x4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+    return (b[0] + b[2]) + (b[1] + b[3]);
+}
+
+/* out (head_dim) = softmax(s · q K^T) V over positions 0..length-1 of one key/value head; scores: length floats.
+   head_dim a multiple of 16: each q·k in vectors of 16, and V read in columns of 16 per pass over the positions
+   with each column's sums in registers; otherwise the plain loops. */
 static void attend(const float *q, const float *keys, const float *values, i64 length, i64 head_dim, float scale,
                    float *scores, float *out) {
+    const bool wide = head_dim % 16 == 0;
     float top = -INFINITY, total = 0.0f;
     for (i64 j = 0; j < length; j++) {
-        scores[j] = scale * dot_f32(q, keys + j * head_dim, head_dim);
+        const float *k = keys + j * head_dim;
+        float dot = 0.0f;
+        if (wide) {
+            f32x16 sum = {};
+            for (i64 i = 0; i < head_dim; i += 16) sum += load16(q + i) * load16(k + i);
+            dot = sum16(sum);
+        } else {
+            for (i64 i = 0; i < head_dim; i++) dot += q[i] * k[i];
+        }
+        scores[j] = scale * dot;
         top = scores[j] > top ? scores[j] : top;
     }
-    for (i64 j = 0; j < length; j++) total += scores[j] = expf(scores[j] - top);
-    memset(out, 0, sizeof(float) * head_dim);
-    for (i64 j = 0; j < length; j++) {
-        const float p = scores[j] / total;
-        const float *v = values + j * head_dim;
-        for (i64 i = 0; i < head_dim; i++) out[i] += p * v[i];
+    for (i64 j = 0; j < length; j++) scores[j] = exp_approx(scores[j] - top);
+    for (i64 j = 0; j < length; j++) total += scores[j];
+    const float inverse = 1.0f / total;
+    if (wide) {
+        for (i64 i = 0; i < head_dim; i += 16) {
+            f32x16 sum = {};
+            for (i64 j = 0; j < length; j++) sum += scores[j] * load16(values + j * head_dim + i);
+            sum *= inverse;
+            memcpy(out + i, &sum, sizeof sum);
+        }
+        return;
+    }
+    for (i64 i = 0; i < head_dim; i++) {
+        float sum = 0.0f;
+        for (i64 j = 0; j < length; j++) sum += scores[j] * values[j * head_dim + i];
+        out[i] = sum * inverse;
     }
 }
 
@@ -94,20 +150,20 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
     }
     float *h = (float *)malloc(sizeof(float) * B * d), *qkv = (float *)malloc(sizeof(float) * B * width);
     float *o = (float *)malloc(sizeof(float) * B * H * hd), *gate_up = (float *)malloc(sizeof(float) * B * 2 * ff);
-    float *scores = (float *)malloc(sizeof(float) * B * H * span), *angles = (float *)malloc(sizeof(float) * B * hd);
-    int16_t *xq = (int16_t *)malloc(sizeof(int16_t) * B * wide);
-    float *xd = (float *)malloc(sizeof(float) * B * wide / BLOCK), *xsum = (float *)malloc(sizeof(float) * wide / BLOCK);
-    float *gsum = (float *)malloc(sizeof(float) * B * wide / BLOCK);
-    int failed = !(h && qkv && o && gate_up && scores && angles && xq && xd && xsum && gsum);
-    for (i64 r = 0; r < B && !failed; r++) {  /* the rows' cos and sin over both halves, angles in float32 as torch */
-        for (i64 i = 0; i < hd / 2; i++) {
-            const float angle = (float)rows->rotary_at[r] * model->inv_freq[i];
-            angles[r * hd + i] = cosf(angle);
-            angles[r * hd + hd / 2 + i] = sinf(angle);
+    float *act = (float *)malloc(sizeof(float) * B * ff); /* SiLU(a) ⊙ b */
+    float *scores = (float *)malloc(sizeof(float) * B * H * span), *rotation = (float *)malloc(sizeof(float) * B * 2 * hd);
+    xspace space(B, wide); /* the activations of each product, quantized (quantized.h) */
+    int failed = !(h && qkv && o && gate_up && act && scores && rotation);
+    for (i64 r = 0; r < B && !failed; r++) {  /* each row's cos and sin, each repeated over both halves, as rope takes
+                                                  them; angles in float32 as torch */
+        for (i64 i = 0; i < hd; i++) {
+            const float angle = (float)rows->rotary_at[r] * model->inv_freq[i % (hd / 2)];
+            rotation[r * 2 * hd + i] = cosf(angle);
+            rotation[r * 2 * hd + hd + i] = sinf(angle);
         }
         failed |= rows->write_at[r] >= S || rows->first[r] > rows->write_at[r];
     }
-    qx q = {xq, xd, gsum, d};
+    const i64 chunks = (ff + 255) / 256; /* SiLU(a) ⊙ b shared out among threads in chunks of 256 */
 #pragma omp parallel num_threads(threads) if (!failed)
     {
         i64 t = 0, T = 1;
@@ -115,26 +171,21 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
         t = omp_get_thread_num();
         T = omp_get_num_threads();
 #endif
+        /* each matrix: its input's rows quantized (a row per thread), then its output rows shared out */
         for (i64 l = 0; l < model->num_layers && !failed; l++) {
             const qlayer *layer = model->layers + l;
-            const qmatrix *w;
-#pragma omp single
-            {
-                for (i64 r = 0; r < B; r++) rms_norm(x + r * d, layer->norm1, d, model->eps, h + r * d);
-                q = quantize_rows(h, B, d, layer->qkv.G, xq, xd, xsum, gsum);
-            }
-            w = &layer->qkv;
-            qmatrix_rows(w, q, B, w->N * t / T, w->N * (t + 1) / T, nullptr, qkv, w->N, 0);
-#pragma omp barrier
-#pragma omp single
+            const qmatrix *w = &layer->qkv;
+#pragma omp for schedule(static)
             for (i64 r = 0; r < B; r++) {
-                float *row = qkv + r * width, *cos_sin = angles + r * hd;
-                std::vector<float> cos_(hd), sin_(hd);  /* cos and sin repeated over both halves, as rope takes them */
-                for (i64 i = 0; i < hd; i++) {
-                    cos_[i] = cos_sin[i % (hd / 2)];
-                    sin_[i] = cos_sin[hd / 2 + i % (hd / 2)];
-                }
-                rope(row, H + KV, hd, cos_.data(), sin_.data());  /* queries and keys: the first H + KV heads */
+                rms_norm(x + r * d, layer->norm1, d, model->eps, h + r * d);
+                quantize_row(h + r * d, r, d, w->G, space);
+            }
+            qmatrix_rows(w, x_view(space, d), B, w->N * t / T, w->N * (t + 1) / T, nullptr, qkv, w->N, 0);
+#pragma omp barrier
+#pragma omp for schedule(static)
+            for (i64 r = 0; r < B; r++) {
+                float *row = qkv + r * width;
+                rope(row, H + KV, hd, rotation + r * 2 * hd, rotation + r * 2 * hd + hd);  /* queries and keys */
                 const i64 at = rows->write_at[r], base = l * rows->layer_stride + r * rows->row_stride;
                 for (i64 g = 0; g < KV; g++) {
                     memcpy(rows->keys + base + (g * S + at) * hd, row + (H + g) * hd, sizeof(float) * hd);
@@ -148,36 +199,36 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
                 attend(qkv + r * width + head * hd, rows->keys + base, rows->values + base,
                        rows->write_at[r] - first + 1, hd, model->scale, scores + task * span, o + (r * H + head) * hd);
             }
-#pragma omp single
-            q = quantize_rows(o, B, H * hd, layer->out.G, xq, xd, xsum, gsum);
             w = &layer->out;
-            qmatrix_rows(w, q, B, w->N * t / T, w->N * (t + 1) / T, nullptr, x, w->N, 1); /* x + o W_O^T */
+#pragma omp for schedule(static)
+            for (i64 r = 0; r < B; r++) quantize_row(o + r * H * hd, r, H * hd, w->G, space);
+            qmatrix_rows(w, x_view(space, H * hd), B, w->N * t / T, w->N * (t + 1) / T, nullptr, x, w->N, 1);
 #pragma omp barrier
-#pragma omp single
-            {
-                for (i64 r = 0; r < B; r++) rms_norm(x + r * d, layer->norm2, d, model->eps, h + r * d);
-                q = quantize_rows(h, B, d, layer->fc1.G, xq, xd, xsum, gsum);
-            }
             w = &layer->fc1;
-            qmatrix_rows(w, q, B, w->N * t / T, w->N * (t + 1) / T, nullptr, gate_up, w->N, 0);
+#pragma omp for schedule(static)
+            for (i64 r = 0; r < B; r++) {
+                rms_norm(x + r * d, layer->norm2, d, model->eps, h + r * d);
+                quantize_row(h + r * d, r, d, w->G, space);
+            }
+            qmatrix_rows(w, x_view(space, d), B, w->N * t / T, w->N * (t + 1) / T, nullptr, gate_up, w->N, 0);
 #pragma omp barrier
-#pragma omp single
-            {
-                for (i64 r = 0; r < B; r++) {
-                    float *a = gate_up + r * 2 * ff, *out = gate_up + r * ff;  /* rows packed to (B, ff) in place */
-                    for (i64 i = 0; i < ff; i++) out[i] = a[i] / (1.0f + expf(-a[i])) * a[ff + i];  /* SiLU(a) ⊙ b */
-                }
-                q = quantize_rows(gate_up, B, ff, layer->fc2.G, xq, xd, xsum, gsum);
+#pragma omp for schedule(static)
+            for (i64 c = 0; c < B * chunks; c++) {  /* SiLU(a) ⊙ b */
+                const i64 r = c / chunks, k0 = (c % chunks) * 256, k1 = k0 + 256 < ff ? k0 + 256 : ff;
+                const float *a = gate_up + r * 2 * ff, *b = a + ff;
+                for (i64 k = k0; k < k1; k++) act[r * ff + k] = a[k] / (1.0f + exp_approx(-a[k])) * b[k];
             }
             w = &layer->fc2;
-            qmatrix_rows(w, q, B, w->N * t / T, w->N * (t + 1) / T, nullptr, x, w->N, 1); /* x + (...) W_2^T */
+#pragma omp for schedule(static)
+            for (i64 r = 0; r < B; r++) quantize_row(act + r * ff, r, ff, w->G, space);
+            qmatrix_rows(w, x_view(space, ff), B, w->N * t / T, w->N * (t + 1) / T, nullptr, x, w->N, 1);
 #pragma omp barrier
         }
 #pragma omp single
         if (!failed)
             for (i64 r = 0; r < B; r++) rms_norm(x + r * d, model->final_norm, d, model->eps, x + r * d);
     }
-    free(h), free(qkv), free(o), free(gate_up), free(scores), free(angles), free(xq), free(xd), free(xsum), free(gsum);
+    free(h), free(qkv), free(o), free(gate_up), free(act), free(scores), free(rotation);
     return failed;
 }
 

@@ -4,7 +4,7 @@
        glassformer::quantized_linear(x, codes, scales, offsets?, bias?, group_size)   y = x W^T + b   (quantized.h)
        glassformer::decode_step(x, weights, group_sizes, inv_freq, keys!, values!, positions, first_row, num_heads,
                                 kv_heads, eps, scale, one_sequence)                     every layer of a step (decoder.h)
-       glassformer::simd()                                                              "AVX2" or "C": how it was built
+       glassformer::simd()                                   "AVX512-VNNI", "AVX2", "NEON" or "C": the path built
 
    The shapes the Python side gives (and its fake implementations, for torch.compile) are in
    glassformer.backends.cpu.quantized and glassformer.backends.cpu.decoder; every check here is a one-line error. */
@@ -45,9 +45,7 @@ qmatrix matrix(const at::Tensor &codes, const at::Tensor &scales, const std::opt
 /* y (M, N) = x (M, K) W^T + bias; bias may be null */
 void linear(const qmatrix *w, const float *x, i64 M, const float *bias, float *y, int threads) {
     const i64 K = w->K, N = w->N;
-    std::vector<int16_t> xq(M * K);
-    std::vector<float> xd(M * (K / BLOCK)), xsum(K / BLOCK), gsum(M * (K / w->G));
-    const qx q = quantize_rows(x, M, K, w->G, xq.data(), xd.data(), xsum.data(), gsum.data());
+    xspace space(M, K);
 #pragma omp parallel num_threads(threads)
     {
         i64 t = 0, T = 1;
@@ -55,7 +53,9 @@ void linear(const qmatrix *w, const float *x, i64 M, const float *bias, float *y
         t = omp_get_thread_num();
         T = omp_get_num_threads();
 #endif
-        qmatrix_rows(w, q, M, N * t / T, N * (t + 1) / T, bias, y, N, 0);
+#pragma omp for schedule(static)
+        for (i64 m = 0; m < M; m++) quantize_row(x + m * K, m, K, w->G, space);
+        qmatrix_rows(w, x_view(space, K), M, N * t / T, N * (t + 1) / T, bias, y, N, 0);
     }
 }
 
@@ -140,13 +140,7 @@ at::Tensor decode_step_op(const at::Tensor &x, const c10::List<std::optional<at:
     return hidden.view({B, 1, d});
 }
 
-std::string simd() {
-#ifdef __AVX2__
-    return "AVX2";
-#else
-    return "C";
-#endif
-}
+std::string simd() { return simd_path(); }
 
 }  // namespace
 

@@ -13,16 +13,26 @@
 
    The activations are first written as 16-bit fixed point, per block b of 32 along k (quantize_x):
 
-       x[k] ~ xd[b] * xq[k],   xd[b] = max|x over b| / 32767,   xq[k] = round(x[k] / xd[b])   (error <= xd[b] / 2)
+       x[k] ~ xd[b] * xq[k],   xd[b] = max|x over b| / XMAX,   xq[k] = round(x[k] / xd[b])   (error <= xd[b] / 2)
 
-   so that the integer codes multiply them exactly in integer arithmetic, 16 products per instruction:
+   so that the integer codes multiply them exactly in integer arithmetic:
 
        sum_k x[k] w[n, k] = sum_b  s * xd[b] * (sum_{k in b} q[k] xq[k])  +  o * (sum_{k in b} x[k])
 
    (s, o the scale and offset of the group holding block b; o = 0 for int8; the sums of x are taken in float32, not
    from xq). The relative error of 16-bit fixed point is below 2^-15 of each block's largest value, finer than
-   bfloat16's 2^-8. Each output row n is shared out among threads (OpenMP, where the compiler has it). The AVX2 path
-   and the plain C path compute the same formula, and glassformer tests both against its float reference.
+   bfloat16's 2^-8. XMAX = 127 * 256 + 127, so that xq = 256 hi + lo with hi and lo both int8 (split_x): the form
+   the VNNI path multiplies. Each output row n is shared out among threads (OpenMP, where the compiler has it).
+
+   Paths, by what the compiler was told the CPU has (extension.py builds with -march=native, narrowed by
+   GLASSFORMER_CPU), each computing the same integer sums, and each tested against the float reference:
+     AVX512-VNNI  vpdpbusd: 64 products u8 x s8 per instruction, twice (hi and lo), for two blocks at once; up to 8
+                  rows of x per pass over a weight row. int8 codes are read as u8 (q + 128) and 128 * sum(xq) is
+                  taken off again (per group, as int4's offsets).
+     AVX2         vpmaddwd on the 16-bit xq: 16 products per instruction; up to 4 rows of x per pass.
+     NEON-dotprod (ARM with the dot-product extension) sdot: 16 products s8 x s8 per instruction, on hi and lo.
+     NEON         (ARM) vmlal on the 16-bit xq: 4 products per instruction.
+     C            the plain loops.
 
    ops.cpp multiplies with them (the op glassformer::quantized_linear) and decoder.h runs a whole decoding step of a
    Llama-style decoder with them (glassformer::decode_step); glassformer.backends.cpu.quantized and .decoder call both. */
@@ -32,15 +42,55 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef __AVX2__
+
+#include <vector>
+#if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
+#endif
+#if defined(__ARM_NEON)
+#include <arm_neon.h>
 #endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define GLASSFORMER_VNNI 1
+#define MAX_ROWS 8 /* rows of x per pass over a weight row */
+#else
+#define MAX_ROWS 4
+#endif
+#if defined(__ARM_FEATURE_DOTPROD) && !defined(__AVX2__)
+#define GLASSFORMER_SDOT 1
+#endif
+
 typedef int64_t i64;
 #define BLOCK 32
+#define XMAX 32639.0f /* 127 * 256 + 127: xq = 256 hi + lo, hi and lo int8 */
+
+/* the path this build runs (glassformer::simd) */
+static inline const char *simd_path() {
+#if defined(GLASSFORMER_VNNI)
+    return "AVX512-VNNI";
+#elif defined(__AVX2__)
+    return "AVX2";
+#elif defined(GLASSFORMER_SDOT)
+    return "NEON-dotprod";
+#elif defined(__ARM_NEON)
+    return "NEON";
+#else
+    return "C";
+#endif
+}
+
+#ifdef __AVX2__
+static inline float hsum(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
 
 /* x (K floats, K a multiple of 32) -> xq (K int16), xd (K / 32 scales), xsum (K / 32 sums of x) */
 static inline void quantize_x(const float *x, i64 K, int16_t *xq, float *xd, float *xsum) {
@@ -58,12 +108,9 @@ static inline void quantize_x(const float *x, i64 K, int16_t *xq, float *xd, flo
         m = _mm_max_ps(m, _mm_movehl_ps(m, m));
         m = _mm_max_ss(m, _mm_movehdup_ps(m));
         const float top = _mm_cvtss_f32(m);
-        __m128 s = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
-        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        xsum[b] = _mm_cvtss_f32(s);
-        xd[b] = top / 32767.0f;
-        const __m256 inv = _mm256_set1_ps(top > 0.0f ? 32767.0f / top : 0.0f);
+        xsum[b] = hsum(sum);
+        xd[b] = top / XMAX;
+        const __m256 inv = _mm256_set1_ps(top > 0.0f ? XMAX / top : 0.0f);
         for (int p = 0; p < 4; p += 2) {  /* round to nearest, pack to int16 (packs works per 128-bit lane) */
             __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(v[p], inv));
             __m256i c = _mm256_cvtps_epi32(_mm256_mul_ps(v[p + 1], inv));
@@ -76,38 +123,22 @@ static inline void quantize_x(const float *x, i64 K, int16_t *xq, float *xd, flo
             top = fabsf(xb[j]) > top ? fabsf(xb[j]) : top;
             sum += xb[j];
         }
-        const float inv = top > 0.0f ? 32767.0f / top : 0.0f;
+        const float inv = top > 0.0f ? XMAX / top : 0.0f;
         for (int j = 0; j < BLOCK; j++) xq[b * BLOCK + j] = (int16_t)lrintf(xb[j] * inv);
-        xd[b] = top / 32767.0f;
+        xd[b] = top / XMAX;
         xsum[b] = sum;
 #endif
     }
 }
 
-/* x quantized for a product with a weight of groups G: rows of K, their per-block scales and per-group sums */
-typedef struct {
-    const int16_t *q;
-    const float *d, *gsum;
-    i64 K;
-} qx;
-
-/* per-block sums of x (K / 32 of them) added up per group of G: K / G sums */
-static inline void group_sums(const float *xsum, i64 K, i64 G, float *gsum) {
+/* per-block sums (K / 32 of them) added up per group of G: K / G sums */
+static inline void group_sums(const float *sums, i64 K, i64 G, float *gsum) {
     for (i64 g = 0; g < K / G; g++) {
         float sum = 0.0f;
-        for (i64 b = g * G / BLOCK; b < (g + 1) * G / BLOCK; b++) sum += xsum[b];
+        for (i64 b = g * G / BLOCK; b < (g + 1) * G / BLOCK; b++) sum += sums[b];
         gsum[g] = sum;
     }
 }
-
-#ifdef __AVX2__
-static inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-#endif
 
 /* sum_i a[i] b[i] */
 static inline float dot_f32(const float *a, const float *b, i64 n) {
@@ -122,36 +153,144 @@ static inline float dot_f32(const float *a, const float *b, i64 n) {
     return sum;
 }
 
-#ifdef __AVX2__
-/* the 32 codes of block b as two vectors of 16 int16: int8 codes 0..15 and 16..31 of their 32 bytes, or int4 codes
-   0..15 (low nibbles) and 16..31 (high nibbles) of their 16 bytes; bits is a constant at each call */
-static inline __attribute__((always_inline)) void block_codes(const int bits, const uint8_t *codes, i64 b,
-                                                              __m256i *first, __m256i *second) {
-    if (bits == 8) {
-        *first = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(codes + b * BLOCK)));
-        *second = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(codes + b * BLOCK + 16)));
-    } else {
-        const __m128i bytes = _mm_loadu_si128((const __m128i *)(codes + b * 16)), low = _mm_set1_epi8(0x0F);
-        *first = _mm256_cvtepu8_epi16(_mm_and_si128(bytes, low));
-        *second = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(bytes, 4), low));
+/* x quantized for a product with a weight of groups G: M rows of K, in the forms the paths read */
+typedef struct {
+    const int16_t *q;          /* (M, K) xq */
+    const float *d, *gsum;     /* (M, K / 32) xd; (M, K / G) sums of x per group */
+    const int8_t *hi, *lo;     /* xq = 256 hi + lo: VNNI (M, pairs * 64), blocks paired (split_x); SDOT (M, K) */
+    const float *d16, *gqsum;  /* VNNI: (M, pairs, 16) xd per lane; (M, K / G) sum_b xd[b] sum_{k in b} xq[k] */
+    i64 K;
+} qx;
+
+/* Room for M rows of at most K activations in every form: made once per product (or per decoding step) */
+struct xspace {
+    std::vector<int16_t> q;
+    std::vector<int8_t> hi, lo;
+    std::vector<float> d, xsum, gsum, d16, gqsum;
+    xspace(i64 M, i64 K)
+        : q(M * K), d(M * (K / BLOCK)), xsum(M * (K / BLOCK)), gsum(M * (K / BLOCK)), gqsum(M * (K / BLOCK)) {
+#ifdef GLASSFORMER_VNNI
+        const i64 pairs = (K / BLOCK + 1) / 2;
+        hi.resize(M * pairs * 64), lo.resize(M * pairs * 64), d16.resize(M * pairs * 16);
+#elif defined(GLASSFORMER_SDOT)
+        hi.resize(M * K), lo.resize(M * K);
+#endif
+    }
+};
+
+#ifdef GLASSFORMER_VNNI
+/* One row of xq (K) as hi and lo int8 (xq = 256 hi + lo), the blocks taken two at a time, a pair (A, B) as 64 bytes
+   in the order A 0..15, B 0..15, A 16..31, B 16..31 (the order int4 codes unpack to; an odd last block pairs with
+   zeros); d16: each pair's xd per lane of 32-bit sums (lanes 0-3 and 8-11 sum block A, 4-7 and 12-15 block B);
+   qsum: per block, xd[b] * sum_{k in b} xq[k] */
+static inline void split_x(const int16_t *xq, const float *xd, i64 K, int8_t *hi, int8_t *lo, float *d16,
+                           float *qsum) {
+    const i64 KB = K / BLOCK;
+    const __m512i round = _mm512_set1_epi16(128);
+    for (i64 p = 0; p < (KB + 1) / 2; p++) {
+        const i64 a = 2 * p;
+        const __m512i A = _mm512_loadu_si512(xq + a * BLOCK);
+        const __m512i B = a + 1 < KB ? _mm512_loadu_si512(xq + (a + 1) * BLOCK) : _mm512_setzero_si512();
+        const __m512i hA = _mm512_srai_epi16(_mm512_add_epi16(A, round), 8);
+        const __m512i hB = _mm512_srai_epi16(_mm512_add_epi16(B, round), 8);
+        const __m512i lA = _mm512_sub_epi16(A, _mm512_slli_epi16(hA, 8));
+        const __m512i lB = _mm512_sub_epi16(B, _mm512_slli_epi16(hB, 8));
+        const __m512i order = _mm512_setr_epi64(0, 1, 4, 5, 2, 3, 6, 7);
+        const __m512i h = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(hA)), _mm512_cvtepi16_epi8(hB), 1);
+        const __m512i l = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(lA)), _mm512_cvtepi16_epi8(lB), 1);
+        _mm512_storeu_si512(hi + p * 64, _mm512_permutexvar_epi64(order, h));
+        _mm512_storeu_si512(lo + p * 64, _mm512_permutexvar_epi64(order, l));
+        const float dA = xd[a], dB = a + 1 < KB ? xd[a + 1] : 0.0f;
+        for (int j = 0; j < 16; j++) d16[p * 16 + j] = (j / 4) % 2 == 0 ? dA : dB;
+        qsum[a] = dA * (float)_mm512_reduce_add_epi32(_mm512_madd_epi16(A, _mm512_set1_epi16(1)));
+        if (a + 1 < KB) qsum[a + 1] = dB * (float)_mm512_reduce_add_epi32(_mm512_madd_epi16(B, _mm512_set1_epi16(1)));
     }
 }
-#else
-/* code j (0..31) of block b */
-static inline int32_t block_code(const int bits, const uint8_t *codes, i64 b, int j) {
-    if (bits == 8) return (int32_t)(int8_t)codes[b * BLOCK + j];
-    const uint8_t byte = codes[b * 16 + j % 16];
-    return j < 16 ? byte & 15 : byte >> 4;
+#endif
+
+/* row m of x (K floats) as 16-bit fixed point (and its other forms) for a weight of groups G, written into space;
+   rows are independent: threads may write rows of their own */
+static inline void quantize_row(const float *x, i64 m, i64 K, i64 G, xspace &space) {
+    const i64 KB = K / BLOCK;
+    float *xsum = space.xsum.data() + m * KB;
+    quantize_x(x, K, space.q.data() + m * K, space.d.data() + m * KB, xsum);
+    group_sums(xsum, K, G, space.gsum.data() + m * (K / G));
+#ifdef GLASSFORMER_VNNI
+    const i64 pairs = (KB + 1) / 2;
+    split_x(space.q.data() + m * K, space.d.data() + m * KB, K, space.hi.data() + m * pairs * 64,
+            space.lo.data() + m * pairs * 64, space.d16.data() + m * pairs * 16, xsum);
+    group_sums(xsum, K, G, space.gqsum.data() + m * (K / G));
+#elif defined(GLASSFORMER_SDOT)
+    for (i64 k = m * K; k < (m + 1) * K; k++) {  /* hi = round(xq / 256), lo = xq - 256 hi: both int8 */
+        const int16_t h = (int16_t)((space.q[k] + 128) >> 8);
+        space.hi[k] = (int8_t)h, space.lo[k] = (int8_t)(space.q[k] - 256 * h);
+    }
+#endif
+}
+
+/* the rows of K quantized in space, as the products read them */
+static inline qx x_view(const xspace &space, i64 K) {
+    const qx q = {space.q.data(), space.d.data(), space.gsum.data(), space.hi.data(), space.lo.data(),
+                  space.d16.data(), space.gqsum.data(), K};
+    return q;
+}
+
+/* x (M, K) quantized into space for a weight of groups G */
+static inline qx quantize_rows(const float *x, i64 M, i64 K, i64 G, xspace &space) {
+    for (i64 m = 0; m < M; m++) quantize_row(x + m * K, m, K, G, space);
+    return x_view(space, K);
+}
+
+#if defined(GLASSFORMER_VNNI)
+/* the codes of blocks a and a + 1 as 64 u8 in split_x's order (int8 codes + 128); `last`: block a alone */
+static inline __attribute__((always_inline)) __m512i pair_codes(const int bits, const uint8_t *codes, i64 a,
+                                                                bool last) {
+    if (bits == 8) {
+        const __m512i both = last ? _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(codes + a * BLOCK)))
+                                  : _mm512_loadu_si512(codes + a * BLOCK);
+        const __m512i order = _mm512_setr_epi64(0, 1, 4, 5, 2, 3, 6, 7);
+        return _mm512_xor_si512(_mm512_permutexvar_epi64(order, both), _mm512_set1_epi8((char)0x80));
+    }
+    const __m256i bytes = last ? _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(codes + a * 16)))
+                               : _mm256_loadu_si256((const __m256i *)(codes + a * 16));
+    const __m256i low = _mm256_set1_epi8(0x0F);
+    const __m256i lo = _mm256_and_si256(bytes, low), hi = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low);
+    return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 #endif
 
 /* sum_b s[g(b)] xd[b] (sum_{k in b} q[k] xq[k]) for one output row (its codes and scales) and MB rows of x: the
-   products of the codes, without int4's offsets; bits (8 or 4) and MB are constants at each call */
+   products of the codes, without int4's offsets (nor, in the VNNI path, int8's 128 * sum xq); bits (8 or 4) and MB
+   are constants at each call */
 static inline __attribute__((always_inline)) void codes_times_x(const int MB, const int bits, qx x,
                                                                 const uint8_t *codes, const float *scales, i64 G,
                                                                 float *out) {
     const i64 K = x.K, KB = K / BLOCK;
-#ifdef __AVX2__
+#if defined(GLASSFORMER_VNNI)
+    const i64 pairs = (KB + 1) / 2;
+    const __m512i lanes = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
+    __m512 acc[MAX_ROWS];
+    for (int m = 0; m < MB; m++) acc[m] = _mm512_setzero_ps();
+    i64 g = 0, left = G / BLOCK;  /* the group of the next block, and its blocks still to come (no division) */
+    for (i64 p = 0; p < pairs; p++) {
+        const i64 a = 2 * p;
+        const bool last = a + 1 == KB;
+        const __m512i c = pair_codes(bits, codes, a, last);
+        const __m128 sA = _mm_load_ss(scales + g);  /* the scales of blocks a and a + 1, on their lanes */
+        if (--left == 0) g++, left = G / BLOCK;
+        const __m128 sB = last ? _mm_setzero_ps() : _mm_load_ss(scales + g);
+        if (--left == 0) g++, left = G / BLOCK;
+        const __m512 s = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(_mm_unpacklo_ps(sA, sB)));
+        for (int m = 0; m < MB; m++) {
+            const i64 at = (m * pairs + p) * 64;
+            __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(), c, _mm512_loadu_si512(x.hi + at));
+            d = _mm512_dpbusd_epi32(_mm512_slli_epi32(d, 8), c, _mm512_loadu_si512(x.lo + at));
+            const __m512 sd = _mm512_mul_ps(s, _mm512_loadu_ps(x.d16 + (m * pairs + p) * 16));
+            acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), sd, acc[m]);
+        }
+    }
+    for (int m = 0; m < MB; m++) out[m] = _mm512_reduce_add_ps(acc[m]);
+#elif defined(__AVX2__)
     const int C = 4 / MB;  /* independent sums per row of x, so that the multiply-adds overlap */
     __m256 acc[4];
     for (int a = 0; a < 4; a++) acc[a] = _mm256_setzero_ps();
@@ -161,8 +300,15 @@ static inline __attribute__((always_inline)) void codes_times_x(const int MB, co
             const i64 b = b0 + u;
             const float s = scales[g];
             if (--left == 0) g++, left = G / BLOCK;
-            __m256i first, second;
-            block_codes(bits, codes, b, &first, &second);
+            __m256i first, second;  /* codes 0..15 and 16..31 of block b as int16 */
+            if (bits == 8) {
+                first = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(codes + b * BLOCK)));
+                second = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(codes + b * BLOCK + 16)));
+            } else {
+                const __m128i bytes = _mm_loadu_si128((const __m128i *)(codes + b * 16)), low = _mm_set1_epi8(0x0F);
+                first = _mm256_cvtepu8_epi16(_mm_and_si128(bytes, low));
+                second = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(bytes, 4), low));
+            }
             for (int m = 0; m < MB; m++) {
                 const __m256i *xq = (const __m256i *)(x.q + m * K + b * BLOCK);
                 __m256i dot = _mm256_add_epi32(_mm256_madd_epi16(first, _mm256_loadu_si256(xq)),
@@ -177,13 +323,70 @@ static inline __attribute__((always_inline)) void codes_times_x(const int MB, co
         for (int a = 1; a < C; a++) sum = _mm256_add_ps(sum, acc[m * C + a]);
         out[m] = hsum(sum);
     }
+#elif defined(GLASSFORMER_SDOT)
+    float32x4_t acc[MAX_ROWS];
+    for (int m = 0; m < MB; m++) acc[m] = vdupq_n_f32(0.0f);
+    i64 g = 0, left = G / BLOCK;
+    for (i64 b = 0; b < KB; b++) {
+        int8x16_t c0, c1;  /* codes 0..15 and 16..31 of block b */
+        if (bits == 8) {
+            c0 = vld1q_s8((const int8_t *)codes + b * BLOCK), c1 = vld1q_s8((const int8_t *)codes + b * BLOCK + 16);
+        } else {
+            const uint8x16_t bytes = vld1q_u8(codes + b * 16);
+            c0 = vreinterpretq_s8_u8(vandq_u8(bytes, vdupq_n_u8(0x0F))), c1 = vreinterpretq_s8_u8(vshrq_n_u8(bytes, 4));
+        }
+        const float s = scales[g];
+        if (--left == 0) g++, left = G / BLOCK;
+        for (int m = 0; m < MB; m++) {
+            const int8_t *hi = x.hi + m * K + b * BLOCK, *lo = x.lo + m * K + b * BLOCK;
+            int32x4_t d = vdotq_s32(vdotq_s32(vdupq_n_s32(0), c0, vld1q_s8(hi)), c1, vld1q_s8(hi + 16));
+            d = vdotq_s32(vdotq_s32(vshlq_n_s32(d, 8), c0, vld1q_s8(lo)), c1, vld1q_s8(lo + 16));
+            acc[m] = vfmaq_n_f32(acc[m], vcvtq_f32_s32(d), s * x.d[m * KB + b]);
+        }
+    }
+    for (int m = 0; m < MB; m++) out[m] = vaddvq_f32(acc[m]);
+#elif defined(__ARM_NEON)
+    float32x4_t acc[MAX_ROWS];
+    for (int m = 0; m < MB; m++) acc[m] = vdupq_n_f32(0.0f);
+    i64 g = 0, left = G / BLOCK;
+    for (i64 b = 0; b < KB; b++) {
+        int16x8_t c[4];  /* codes 0-7, 8-15, 16-23, 24-31 of block b */
+        if (bits == 8) {
+            const int8x16_t first = vld1q_s8((const int8_t *)codes + b * BLOCK);
+            const int8x16_t second = vld1q_s8((const int8_t *)codes + b * BLOCK + 16);
+            c[0] = vmovl_s8(vget_low_s8(first)), c[1] = vmovl_s8(vget_high_s8(first));
+            c[2] = vmovl_s8(vget_low_s8(second)), c[3] = vmovl_s8(vget_high_s8(second));
+        } else {
+            const uint8x16_t bytes = vld1q_u8(codes + b * 16);
+            const uint8x16_t lo = vandq_u8(bytes, vdupq_n_u8(0x0F)), hi = vshrq_n_u8(bytes, 4);
+            c[0] = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(lo))), c[1] = vreinterpretq_s16_u16(vmovl_u8(vget_high_u8(lo)));
+            c[2] = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(hi))), c[3] = vreinterpretq_s16_u16(vmovl_u8(vget_high_u8(hi)));
+        }
+        const float s = scales[g];
+        if (--left == 0) g++, left = G / BLOCK;
+        for (int m = 0; m < MB; m++) {
+            const int16_t *xq = x.q + m * K + b * BLOCK;
+            int32x4_t dot = vdupq_n_s32(0);
+            for (int j = 0; j < 4; j++) {
+                const int16x8_t v = vld1q_s16(xq + 8 * j);
+                dot = vmlal_s16(dot, vget_low_s16(c[j]), vget_low_s16(v));
+                dot = vmlal_s16(dot, vget_high_s16(c[j]), vget_high_s16(v));
+            }
+            acc[m] = vmlaq_n_f32(acc[m], vcvtq_f32_s32(dot), s * x.d[m * KB + b]);
+        }
+    }
+    for (int m = 0; m < MB; m++) out[m] = vaddvq_f32(acc[m]);
 #else
     for (int m = 0; m < MB; m++) {
         float acc = 0.0f;
         for (i64 b = 0, per = G / BLOCK; b < KB; b++) {  /* per: blocks per group */
             int32_t dot = 0;
-            for (int j = 0; j < BLOCK; j++) dot += block_code(bits, codes, b, j) * x.q[m * K + b * BLOCK + j];
-            acc += (float)dot * (scales[per == 1 ? b : b / per] * x.d[m * KB + b]);
+            for (int j = 0; j < BLOCK; j++) {
+                const int32_t q = bits == 8 ? (int32_t)(int8_t)codes[b * BLOCK + j]
+                                            : (j < 16 ? codes[b * 16 + j] & 15 : codes[b * 16 + j - 16] >> 4);
+                dot += q * x.q[m * K + b * BLOCK + j];
+            }
+            acc += (float)dot * (scales[b / per] * x.d[m * KB + b]);
         }
         out[m] = acc;
     }
@@ -194,6 +397,9 @@ static inline __attribute__((always_inline)) void codes_times_x(const int MB, co
 static inline __attribute__((always_inline)) void int8_row(const int MB, qx x, const int8_t *codes,
                                                            const float *scales, i64 G, float *out) {
     codes_times_x(MB, 8, x, (const uint8_t *)codes, scales, G, out);
+#ifdef GLASSFORMER_VNNI  /* the codes were read as q + 128 */
+    for (int m = 0; m < MB; m++) out[m] -= 128.0f * dot_f32(scales, x.gqsum + m * (x.K / G), x.K / G);
+#endif
 }
 
 /* one output row of int4 weights for MB rows of x: the codes' products, plus o · (sum of x) per group */
@@ -211,48 +417,50 @@ typedef struct {
     const float *scales, *offsets;
 } qmatrix;
 
-/* rows n of y[m, n] (m < M <= 4 at a time) for the rows n0 <= n < n1 of the weight */
+/* one output row n for mb (a constant) rows of x */
+static inline __attribute__((always_inline)) void qmatrix_row(const int mb, const qmatrix *w, qx x, i64 n,
+                                                              float *out) {
+    const i64 groups = w->K / w->G;
+    const float *s = w->scales + n * groups;
+    if (w->kind == 8) int8_row(mb, x, (const int8_t *)w->codes + n * w->K, s, w->G, out);
+    else int4_row(mb, x, (const uint8_t *)w->codes + n * (w->K / 2), s, w->offsets + n * groups, w->G, out);
+}
+
+/* rows n of y[m, n] for the rows n0 <= n < n1 of the weight and all M rows of x: x in tiles of TILE rows (a tile's
+   quantized rows stay in cache while the weight rows stream past; the weight is read once per tile), each weight
+   row applied to MAX_ROWS rows of x at a time */
+#define TILE 64
 static inline void qmatrix_rows(const qmatrix *w, qx x, i64 M, i64 n0, i64 n1, const float *bias, float *y, i64 ldy,
-                         int add) {
+                                int add) {
     const i64 K = w->K, groups = K / w->G;
-    for (i64 n = n0; n < n1; n++) {
-        const float *s = w->scales + n * groups;
-        for (i64 m0 = 0, mb; m0 < M; m0 += mb) {
-            float out[4];
-            mb = M - m0 >= 4 ? 4 : M - m0 >= 2 ? 2 : 1;
-            qx xm = {x.q + m0 * K, x.d + m0 * (K / BLOCK), x.gsum + m0 * groups, K};
-            if (w->kind == 8) {
-                const int8_t *c = (const int8_t *)w->codes + n * K;
+    for (i64 t0 = 0; t0 < M; t0 += TILE) {
+        const i64 t1 = t0 + TILE < M ? t0 + TILE : M;
+        for (i64 n = n0; n < n1; n++) {
+            for (i64 m0 = t0, mb; m0 < t1; m0 += mb) {
+                float out[MAX_ROWS];
+                mb = t1 - m0 >= MAX_ROWS ? MAX_ROWS : t1 - m0 >= 4 ? 4 : t1 - m0 >= 2 ? 2 : 1;
+                qx xm = {x.q + m0 * K, x.d + m0 * (K / BLOCK), x.gsum + m0 * groups, x.hi, x.lo, x.d16, x.gqsum, K};
+#ifdef GLASSFORMER_VNNI
+                const i64 pairs = (K / BLOCK + 1) / 2;
+                xm.hi += m0 * pairs * 64, xm.lo += m0 * pairs * 64, xm.d16 += m0 * pairs * 16, xm.gqsum += m0 * groups;
+#elif defined(GLASSFORMER_SDOT)
+                xm.hi += m0 * K, xm.lo += m0 * K;
+#endif
                 switch (mb) {
-                    case 4: int8_row(4, xm, c, s, w->G, out); break;
-                    case 2: int8_row(2, xm, c, s, w->G, out); break;
-                    default: int8_row(1, xm, c, s, w->G, out); break;
+#if MAX_ROWS == 8
+                    case 8: qmatrix_row(8, w, xm, n, out); break;
+#endif
+                    case 4: qmatrix_row(4, w, xm, n, out); break;
+                    case 2: qmatrix_row(2, w, xm, n, out); break;
+                    default: qmatrix_row(1, w, xm, n, out); break;
                 }
-            } else {
-                const uint8_t *c = (const uint8_t *)w->codes + n * (K / 2);
-                const float *o = w->offsets + n * groups;
-                switch (mb) {
-                    case 4: int4_row(4, xm, c, s, o, w->G, out); break;
-                    case 2: int4_row(2, xm, c, s, o, w->G, out); break;
-                    default: int4_row(1, xm, c, s, o, w->G, out); break;
+                for (i64 m = 0; m < mb; m++) {
+                    const float v = out[m] + (bias ? bias[n] : 0.0f);
+                    y[(m0 + m) * ldy + n] = add ? y[(m0 + m) * ldy + n] + v : v;
                 }
-            }
-            for (i64 m = 0; m < mb; m++) {
-                const float v = out[m] + (bias ? bias[n] : 0.0f);
-                y[(m0 + m) * ldy + n] = add ? y[(m0 + m) * ldy + n] + v : v;
             }
         }
     }
-}
-
-/* x (M, K) as 16-bit fixed point for a weight of groups G: xq (M, K), xd (M, K / 32), gsum (M, K / G) */
-static inline qx quantize_rows(const float *x, i64 M, i64 K, i64 G, int16_t *xq, float *xd, float *xsum, float *gsum) {
-    for (i64 m = 0; m < M; m++) {
-        quantize_x(x + m * K, K, xq + m * K, xd + m * (K / BLOCK), xsum);
-        group_sums(xsum, K, G, gsum + m * (K / G));
-    }
-    const qx q = {xq, xd, gsum, K};
-    return q;
 }
 
 #endif
