@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from glassformer.backends.cpu import decoder, extension
-from glassformer.backends.cpu.quantized import probe_weight
+from glassformer.backends.cpu.quantized import pack_int4, probe_weight
 from glassformer.backends.kernels import kernel_status, kernel_works
 from glassformer.nn.linear import Linear
 from glassformer.nn.quantization import quantized_linear_reference
@@ -26,6 +26,16 @@ def test_the_quantized_product_passes_opcheck(kind):
     codes, scales, offsets, _ = probe_weight(kind, 48, 64, 32)
     for x, bias in ((torch.randn(3, 64), torch.randn(48)), (torch.randn(2, 5, 64), None)):
         torch.library.opcheck(torch.ops.glassformer.quantized_linear.default, (x, codes, scales, offsets, bias, 32))
+
+
+@pytest.mark.parametrize("kind,group", [("int8", 64), ("int8", 128), ("int4", 32), ("int4", 64)])
+def test_the_dequantization_passes_opcheck_and_gives_the_formulas_weight(kind, group):
+    codes, scales, offsets, w = probe_weight(kind, 40, 128, group, seed=3)
+    torch.library.opcheck(torch.ops.glassformer.dequantize.default, (codes, scales, offsets, group))
+    ours = torch.ops.glassformer.dequantize(codes, scales, offsets, group)
+    assert (ours - w).abs().max() <= 1e-6 * w.abs().max()
+    with pytest.raises(RuntimeError, match="int4 codes need offsets"):
+        torch.ops.glassformer.dequantize(pack_int4(torch.zeros(4, 64, dtype=torch.int64)), scales[:4, :2], None, 32)
 
 
 def test_the_decoding_step_passes_opcheck_and_equals_its_reference():

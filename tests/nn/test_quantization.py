@@ -11,7 +11,7 @@ import torch
 
 from glassformer.backends.cpu import onednn
 from glassformer.backends.cpu import quantized as cpu_quantized
-from glassformer.backends.cpu.quantized import dequantize, pack_int4, unpack_int4
+from glassformer.backends.cpu.quantized import dequantize, dequantize_rows, pack_int4, unpack_int4
 from glassformer.backends.kernels import kernel_status, kernel_works
 from glassformer.checkpoints.gguf_file import GGUFFile
 from glassformer.models.bert import Bert, BertConfig
@@ -109,9 +109,9 @@ def test_many_rows_dequantize_a_tile_at_a_time_never_the_whole_matrix(monkeypatc
 
     def recording(codes, *args, **kwargs):
         tiles.append(codes.size(0))
-        return dequantize(codes, *args, **kwargs)
+        return dequantize_rows(codes, *args, **kwargs)
 
-    monkeypatch.setattr(quantization, "dequantize", recording)
+    monkeypatch.setattr(quantization, "dequantize_rows", recording)
     for (dtype, rows), theirs in zip(cases, expected, strict=True):
         ours = quantized_linear(x.to(dtype), weight, bias[rows or slice(None)], rows)
         assert ours.shape == theirs.shape and ours.dtype == dtype

@@ -12,6 +12,7 @@ bug report can say whether a kernel is involved; ``glassformer env`` lists each 
     quantized_native_int8/int4  glassformer's quantized product (a torch op)     backends.cpu.quantized
     quantized_torch_int8/int4   torch's own int8 / int4 CPU kernels              backends.cpu.quantized
     quantized_decoder_step      a whole decoding step in one op                  backends.cpu.decoder
+    quantized_native_dequantize glassformer's dequantization (long prompts' tiles) backends.cpu.quantized
     fused_adamw_cpu/cuda/mps    torch's fused AdamW                               here
 """
 
@@ -47,6 +48,7 @@ KERNELS = {
     "quantized_torch_int8": "glassformer.backends.cpu.quantized:probe_torch_int8",
     "quantized_torch_int4": "glassformer.backends.cpu.quantized:probe_torch_int4",
     "quantized_decoder_step": "glassformer.backends.cpu.decoder:probe",
+    "quantized_native_dequantize": "glassformer.backends.cpu.quantized:probe_native_dequantize",
     "fused_adamw_cpu": functools.partial(_probe_fused_adamw, "cpu"),
     "fused_adamw_cuda": functools.partial(_probe_fused_adamw, "cuda"),
     "fused_adamw_mps": functools.partial(_probe_fused_adamw, "mps"),

@@ -26,13 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glassformer.backends.cpu import onednn
 from glassformer.backends.cpu import quantized as cpu_quantized
-from glassformer.backends.cpu.quantized import INT4_BLOCK, KINDS, dequantize, pack_int4
+from glassformer.backends.cpu.quantized import INT4_BLOCK, KINDS, dequantize, dequantize_rows, pack_int4
 
 DEFAULT_INT4_GROUP = 32
-# the most rows of activations the fused kernels take (decoding, and prompts up to this length, where they are still
-# faster than dequantizing every matrix to float: bench/quantized.py); more rows dequantize once and multiply
-KERNEL_ROWS = 128
+# the most rows of activations the fused kernels take (decoding, and prompts up to this length); more rows dequantize
+# a tile at a time and multiply (quantized_linear_tiled), which was as fast at 32-64 rows and faster past them on
+# both the AVX512-VNNI and the AVX2 kernels (SmolLM2 int4 prompts, 2-core EPYC): 64
+KERNEL_ROWS = 64
 # floats of weight dequantized at a time for many rows of activations (quantized_linear_tiled): 1 MiB in float32
 TILE_ELEMENTS = 1 << 18
 
@@ -168,13 +170,14 @@ def quantized_linear_tiled(x: torch.Tensor, weight: QuantizedWeight, bias=None, 
     codes, scales, offsets = weight.codes, weight.scales, weight.offsets
     if rows is not None:
         codes, scales, offsets = codes[rows], scales[rows], None if offsets is None else offsets[rows]
-    n, step = codes.size(0), max(16, TILE_ELEMENTS // weight.in_features)
-    x2 = x.reshape(-1, x.size(-1))
+    n, step, group = codes.size(0), max(16, TILE_ELEMENTS // weight.in_features), weight.group_size
+    x2 = x.reshape(-1, x.size(-1)).contiguous()
     y = x2.new_empty(x2.size(0), n)
+    onednn_product = onednn.packs(x.dtype)  # oneDNN takes a plain weight too, faster than torch's default here
     for r0 in range(0, n, step):
         r1 = min(n, r0 + step)
-        tile = dequantize(codes[r0:r1], scales[r0:r1], None if offsets is None else offsets[r0:r1], x.dtype)
-        y[:, r0:r1] = x2 @ tile.t()
+        tile = dequantize_rows(codes[r0:r1], scales[r0:r1], None if offsets is None else offsets[r0:r1], group, x.dtype)
+        y[:, r0:r1] = onednn.packed_linear(x2, tile, None) if onednn_product else x2 @ tile.t()
     if bias is not None:
         y += bias.to(x.dtype)
     return y.reshape(*x.shape[:-1], n)

@@ -112,6 +112,10 @@ def _register_fakes() -> None:
     def _(x, codes, scales, offsets, bias, group_size):  # (..., K) -> (..., N)
         return x.new_empty((*x.shape[:-1], codes.size(0)))
 
+    @torch.library.register_fake("glassformer::dequantize")
+    def _(codes, scales, offsets, group_size):  # (N, K) float32
+        return scales.new_empty((codes.size(0), scales.size(1) * group_size))
+
     @torch.library.register_fake("glassformer::decode_step")
     def _(x, weights, group_sizes, inv_freq, keys, values, positions, first_row, num_heads, kv_heads, eps, scale,
           one_sequence=False):  # fmt: skip

@@ -86,7 +86,10 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
 
 
 def packed_linear(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, activation: str | None = None):
-    """``act(x Wᵀ + b)`` by oneDNN with the packed weight, the activation (a key of ``ONEDNN_ACTIVATIONS``) fused."""
+    """``act(x Wᵀ + b)`` by oneDNN with the packed weight, the activation (a key of ``ONEDNN_ACTIVATIONS``) fused.
+    A plain ``(out, in)`` weight is taken too (oneDNN reorders it on the way): a weight used once, such as a tile of
+    a quantized weight dequantized for a long prompt, where oneDNN's product is ~2x torch's default (measured with
+    512 rows on AVX512; ``bench/quantized.py`` shows the prompt speed)."""
     return torch.ops.mkldnn._linear_pointwise(x, packed, bias, *ONEDNN_ACTIVATIONS[activation])
 
 

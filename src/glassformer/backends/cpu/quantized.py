@@ -53,6 +53,20 @@ def dequantize(codes, scales, offsets=None, dtype=torch.float32) -> torch.Tensor
     return w.reshape(*scales.shape[:-1], -1).to(dtype)
 
 
+def dequantize_rows(codes, scales, offsets, group_size: int, dtype=torch.float32) -> torch.Tensor:
+    """``dequantize`` for a weight (or a tile of its rows) ``(N, K)``: by ``glassformer::dequantize`` (one pass,
+    every thread) where its probe passed and the layout fits, else in torch operations."""
+    in_features = scales.size(-1) * group_size
+    if codes.dim() == 2 and kernel_works("quantized_native_dequantize") and native_fits(in_features, group_size, codes):
+        w = torch.ops.glassformer.dequantize(codes, scales.contiguous(), _contiguous(offsets), group_size)
+        return w.to(dtype)
+    return dequantize(codes, scales, offsets, dtype)
+
+
+def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.contiguous()
+
+
 def native_fits(in_features: int, group_size: int, codes: torch.Tensor) -> bool:
     return in_features % INT4_BLOCK == 0 and group_size % INT4_BLOCK == 0 and codes.is_contiguous()
 
@@ -138,6 +152,20 @@ def _probe(kind: str, path: str) -> None:
     expected = F.linear(x, w, bias)
     if not (y - expected).norm() <= 1e-4 * expected.norm():  # glassformer's kernel: 16-bit activations, ~2e-5
         raise RuntimeError(f"the {path} {kind} product differs from the reference")
+
+
+def probe_native_dequantize() -> None:
+    """glassformer's dequantization must give ``dequantize``'s weight (int8 and int4, two group sizes), to float32's
+    rounding (q · s + o with or without a fused multiply-add)."""
+    if not extension.load():
+        raise RuntimeError(extension.why_not[-1])
+    for kind, group in (("int8", 64), ("int4", 32), ("int4", 64)):
+        codes, scales, offsets, w = probe_weight(kind, 24, 128, group)
+        if (
+            not (torch.ops.glassformer.dequantize(codes, scales, offsets, group) - w).abs().max()
+            <= 1e-6 * w.abs().max()
+        ):
+            raise RuntimeError(f"glassformer's {kind} dequantization differs from the formula's")
 
 
 def probe_native_int8() -> None:

@@ -4,7 +4,8 @@
        glassformer::quantized_linear(x, codes, scales, offsets?, bias?, group_size)   y = x W^T + b   (quantized.h)
        glassformer::decode_step(x, weights, group_sizes, inv_freq, keys!, values!, positions, first_row, num_heads,
                                 kv_heads, eps, scale, one_sequence)                     every layer of a step (decoder.h)
-       glassformer::simd()                                   "AVX512-VNNI", "AVX2", "NEON" or "C": the path built
+       glassformer::dequantize(codes, scales, offsets?, group_size)                     W in float32 (quantized.h)
+       glassformer::simd()                 "AVX512-VNNI", "AVX2", "NEON-dotprod", "NEON" or "C": the path built
 
    The shapes the Python side gives (and its fake implementations, for torch.compile) are in
    glassformer.backends.cpu.quantized and glassformer.backends.cpu.decoder; every check here is a one-line error. */
@@ -80,6 +81,25 @@ at::Tensor quantized_linear(const at::Tensor &x, const at::Tensor &codes, const 
     return y;
 }
 
+/* the float32 weight (N, K) that the codes, scales and offsets stand for */
+at::Tensor dequantize_op(const at::Tensor &codes, const at::Tensor &scales, const std::optional<at::Tensor> &offsets,
+                         int64_t group_size) {
+    const qmatrix w = matrix(codes, scales, offsets, group_size);
+    at::Tensor out = at::empty({w.N, w.K}, scales.options());
+    float *y = out.data_ptr<float>();
+    const int threads = at::get_num_threads();
+#pragma omp parallel num_threads(threads)
+    {
+        i64 t = 0, T = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        T = omp_get_num_threads();
+#endif
+        dequantize_rows(&w, w.N * t / T, w.N * (t + 1) / T, y);
+    }
+    return out;
+}
+
 /* a float32 vector of n on the CPU */
 const float *float_vector(const std::optional<at::Tensor> &t, int64_t n, const char *what) {
     TORCH_CHECK(t && t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == n && t->device().is_cpu(),
@@ -150,10 +170,12 @@ TORCH_LIBRARY(glassformer, m) {
     m.def("decode_step(Tensor x, Tensor?[] weights, int[] group_sizes, Tensor inv_freq, Tensor(a!) keys, "
           "Tensor(b!) values, Tensor positions, int first_row, int num_heads, int kv_heads, float eps, float scale, "
           "bool one_sequence=False) -> Tensor");
+    m.def("dequantize(Tensor codes, Tensor scales, Tensor? offsets, int group_size) -> Tensor");
     m.def("simd() -> str", &simd);
 }
 
 TORCH_LIBRARY_IMPL(glassformer, CPU, m) {
     m.impl("quantized_linear", &quantized_linear);
     m.impl("decode_step", &decode_step_op);
+    m.impl("dequantize", &dequantize_op);
 }

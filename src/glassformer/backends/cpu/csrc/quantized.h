@@ -426,6 +426,29 @@ static inline __attribute__((always_inline)) void qmatrix_row(const int mb, cons
     else int4_row(mb, x, (const uint8_t *)w->codes + n * (w->K / 2), s, w->offsets + n * groups, w->G, out);
 }
 
+/* rows n0 <= n < n1 of the weight in float32: out (N, K) = q · s (+ o), the formula the products stand for */
+static inline void dequantize_rows(const qmatrix *w, i64 n0, i64 n1, float *out) {
+    const i64 K = w->K, G = w->G, groups = K / G;
+    for (i64 n = n0; n < n1; n++) {
+        const float *s = w->scales + n * groups, *o = w->offsets ? w->offsets + n * groups : nullptr;
+        float *row = out + n * K;
+        if (w->kind == 8) {
+            const int8_t *q = (const int8_t *)w->codes + n * K;
+            for (i64 g = 0; g < groups; g++)
+                for (i64 k = g * G; k < (g + 1) * G; k++) row[k] = (float)q[k] * s[g];
+            continue;
+        }
+        const uint8_t *bytes = (const uint8_t *)w->codes + n * (K / 2);
+        for (i64 b = 0; b < K / BLOCK; b++) {  /* byte j of block b: codes j (low nibble) and j + 16 (high) */
+            const float scale = s[b * BLOCK / G], offset = o[b * BLOCK / G];
+            for (int j = 0; j < 16; j++) {
+                row[b * BLOCK + j] = (float)(bytes[b * 16 + j] & 15) * scale + offset;
+                row[b * BLOCK + 16 + j] = (float)(bytes[b * 16 + j] >> 4) * scale + offset;
+            }
+        }
+    }
+}
+
 /* rows n of y[m, n] for the rows n0 <= n < n1 of the weight and all M rows of x: x in tiles of TILE rows (a tile's
    quantized rows stay in cache while the weight rows stream past; the weight is read once per tile), each weight
    row applied to MAX_ROWS rows of x at a time */
