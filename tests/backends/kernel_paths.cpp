@@ -3,7 +3,7 @@
    aarch64, run under qemu-user) and compares y with the float reference.
 
        kernel_paths IN OUT      IN: int64 kind (8 or 4), N, K, G, M; float32 x (M, K); codes (int8 (N, K) or uint8
-                                    (N, K / 2)); float32 scales (N, K / G); float32 offsets (N, K / G) for int4
+                                    (N, K / 2)); float16 scales (N, K / G); float16 offsets (N, K / G) for int4
                                 OUT: float32 y (M, N); the path's name on stdout */
 #include <stdio.h>
 
@@ -23,7 +23,8 @@ int main(int argc, char **argv) {
     std::vector<int64_t> head;
     if (!in || !read(in, head, 5)) return 3;
     const i64 kind = head[0], N = head[1], K = head[2], G = head[3], M = head[4];
-    std::vector<float> x, scales, offsets;
+    std::vector<float> x;
+    std::vector<uint16_t> scales, offsets;
     std::vector<uint8_t> codes;
     if (!read(in, x, M * K) || !read(in, codes, kind == 8 ? N * K : N * K / 2) || !read(in, scales, N * (K / G)))
         return 3;

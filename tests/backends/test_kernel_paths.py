@@ -21,11 +21,11 @@ QEMU = ["qemu-aarch64", "-L", "/usr/aarch64-linux-gnu"]
 # path: (compiler, flags, CPU flags it needs (x86) or None (ARM, under qemu))
 PATHS = {
     "C": ("c++", ["-march=x86-64"], set()),
-    "AVX2": ("c++", ["-mavx2", "-mfma"], {"avx2", "fma"}),
+    "AVX2": ("c++", ["-mavx2", "-mfma", "-mf16c"], {"avx2", "fma", "f16c"}),
     "AVX512-VNNI": (
         "c++",
-        ["-mavx2", "-mfma", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],
-        {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"},
+        ["-mavx2", "-mfma", "-mf16c", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni"],
+        {"avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni"},
     ),  # fmt: skip
     "NEON": ("aarch64-linux-gnu-g++", ["-march=armv8-a", "-static"], None),
     "NEON-dotprod": ("aarch64-linux-gnu-g++", ["-march=armv8.2-a+dotprod", "-static"], None),

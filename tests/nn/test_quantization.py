@@ -137,10 +137,14 @@ def test_int4_packing_is_llama_cpps_block_layout():
     assert torch.equal(unpack_int4(packed), q)
 
 
-def test_constant_groups_quantize_exactly():
-    w = torch.full((2, 64), 0.5)
-    for kind in ("int8", "int4"):
-        assert torch.equal(dequantize(*quantize_tensor(w, kind, 32)), w)
+def test_constant_groups_come_back_to_half_precision():
+    """A group of equal weights: int4 holds the value in its float16 offset (scale 1, codes 0); int8 as 127 steps of
+    a float16 scale, within 2^-11 of it."""
+    for value in (0.5, 0.1, -3.7):
+        w = torch.full((2, 64), value)
+        as_half = torch.full_like(w, float(torch.tensor(value).half()))
+        assert torch.equal(dequantize(*quantize_tensor(w, "int4", 32)), as_half)
+        assert (dequantize(*quantize_tensor(w, "int8", 32)) - w).abs().max() <= abs(value) * 2**-11
 
 
 @pytest.mark.parametrize(
@@ -186,6 +190,22 @@ def tiny_llama(tie=True):
     )
     config.tie_embeddings = tie
     return GPT(config).eval()
+
+
+def test_a_checkpoint_with_float32_scales_loads_into_half_precision(tmp_path):
+    """Checkpoints written before scales and offsets became float16 held them in float32: they load, in float16."""
+    from safetensors.torch import load_file, save_file
+
+    model = copy.deepcopy(tiny_llama()).quantize("int4", embeddings="int8")
+    model.save_pretrained(tmp_path)
+    path = next(tmp_path.glob("*.safetensors"))
+    tensors = load_file(path)
+    save_file({k: v.float() if k.endswith((".scales", ".offsets")) else v for k, v in tensors.items()}, path)
+    ids = torch.randint(0, 96, (1, 9))
+    with torch.inference_mode():
+        reloaded = GPT.from_pretrained(tmp_path)
+        assert torch.equal(reloaded(ids), model(ids))
+    assert reloaded.layers[0].ffn.fc1.quantized.scales.dtype == torch.float16
 
 
 @pytest.mark.parametrize("kind,tolerance", [("int8", 0.02), ("int4", 0.15)])

@@ -228,7 +228,7 @@ def blocks_to_quantized(tensor) -> tuple[str, torch.Tensor, torch.Tensor, torch.
 
     def half(column: int) -> torch.Tensor:
         values = np.ascontiguousarray(blocks[..., column : column + 2]).view(np.float16)[..., 0]
-        return torch.from_numpy(values.astype(np.float32))
+        return torch.from_numpy(values.copy())  # float16, as QuantizedWeight keeps them
 
     codes = np.ascontiguousarray(blocks[..., header:]).reshape(rows, -1)
     scales = half(0)

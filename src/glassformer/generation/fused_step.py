@@ -73,9 +73,9 @@ class _Weights:
 
 
 def _quantized(linear: nn.Module):
-    """The quantized weight of a ``Linear`` the kernel takes (no bias, float32 scales), else a ValueError."""
+    """The quantized weight of a ``Linear`` the kernel takes (no bias, float16 scales), else a ValueError."""
     weight = getattr(linear, "quantized", None)
-    if weight is None or linear.bias is not None or weight.scales.dtype != torch.float32:
+    if weight is None or linear.bias is not None or weight.scales.dtype != torch.float16:
         raise ValueError("not a quantized matrix without bias")
     if weight.in_features % 32 or weight.group_size % 32 or not weight.codes.is_contiguous():
         raise ValueError("not a layout the kernel takes")

@@ -4,6 +4,10 @@ group of G consecutive weights along the input, multiplied with float activation
     int8   w = q · s          q ∈ [−127, 127]   s = max|w| / 127 over the group          (symmetric)
     int4   w = q · s + o      q ∈ [0, 15]       s = (max w − min w) / 15, o = min w      (asymmetric)
 
+s and o are stored in half precision (float16, as GGUF's blocks store them), and q is rounded against those stored
+values, so a group's error stays within half a step: with G = 32, int4 takes 5 bits a weight (4 + 2 · 16 / 32) and
+int8 8.5.
+
 G = in_features is one scale per output channel (int8's default); int4 defaults to G = 32. llama.cpp's blocks are
 these formats with G = 32: Q8_0 is int8 (q and s exactly), Q4_1 is int4 (s = d, o = m), Q4_0 is int4 with
 o = −8 s. int4 codes are stored two to a byte in blocks of 32 along the input, 16 bytes per block, byte j holding
@@ -69,25 +73,26 @@ def quantize_tensor(
     weight: torch.Tensor, kind: str, group_size: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(codes, scales, offsets)`` of a float weight ``(N, K)`` by the formulas of the module docstring; scales and
-    offsets ``(N, K / G)`` in float32, offsets None for int8. A group of equal weights gets scale 1 (codes 0)."""
+    offsets ``(N, K / G)`` in float16, offsets None for int8; the codes rounded against the stored (half) scale and
+    offset. A group of equal weights gets scale 1 (codes 0)."""
     n, k = weight.shape
     group = check_quantization(kind, group_size, k)
     w = weight.detach().float().reshape(n, k // group, group)
     if kind == "int8":
         scales = w.abs().amax(-1) / 127
-        scales = torch.where(scales > 0, scales, torch.ones_like(scales))
-        codes = (w / scales[..., None]).round().clamp(-127, 127).to(torch.int8)
+        scales = torch.where(scales > 0, scales, torch.ones_like(scales)).half()
+        codes = (w / scales.float()[..., None]).round().clamp(-127, 127).to(torch.int8)
         return codes.reshape(n, k), scales.contiguous(), None
     low, high = w.amin(-1), w.amax(-1)
     scales = (high - low) / 15
-    scales = torch.where(scales > 0, scales, torch.ones_like(scales))
-    q = ((w - low[..., None]) / scales[..., None]).round().clamp(0, 15)
-    return pack_int4(q.reshape(n, k)), scales.contiguous(), low.contiguous()
+    scales, offsets = torch.where(scales > 0, scales, torch.ones_like(scales)).half(), low.half()
+    q = ((w - offsets.float()[..., None]) / scales.float()[..., None]).round().clamp(0, 15)
+    return pack_int4(q.reshape(n, k)), scales.contiguous(), offsets.contiguous()
 
 
 class QuantizedWeight(nn.Module):
     """A ``(out_features, in_features)`` weight as buffers ``codes`` (int8 ``(N, K)``, or uint8 ``(N, K / 2)`` for
-    int4), ``scales`` and, for int4, ``offsets`` (float32 ``(N, K / G)``, whatever dtype the model is moved to).
+    int4), ``scales`` and, for int4, ``offsets`` (float16 ``(N, K / G)``, whatever dtype the model is moved to).
     Held by a quantized ``Linear`` (and by a quantized token embedding, shared with a tied output layer)."""
 
     def __init__(self, out_features: int, in_features: int, kind: str, group_size: int | None = None, device=None):
@@ -98,8 +103,8 @@ class QuantizedWeight(nn.Module):
         groups = in_features // self.group_size
         width, dtype = (in_features, torch.int8) if kind == "int8" else (in_features // 2, torch.uint8)
         self.register_buffer("codes", torch.zeros(out_features, width, dtype=dtype, device=device))
-        self.register_buffer("scales", torch.ones(out_features, groups, device=device))
-        offsets = torch.zeros(out_features, groups, device=device) if kind == "int4" else None
+        self.register_buffer("scales", torch.ones(out_features, groups, dtype=torch.float16, device=device))
+        offsets = torch.zeros(out_features, groups, dtype=torch.float16, device=device) if kind == "int4" else None
         self.register_buffer("offsets", offsets)
         self._torch_layout: tuple | None = None  # torch's packed int4 layout, made on first use
 
@@ -110,12 +115,12 @@ class QuantizedWeight(nn.Module):
         out.codes, out.scales, out.offsets = codes, scales, offsets
         return out
 
-    def _apply(self, fn, recurse=True):  # .to(dtype) moves the buffers but keeps scales and offsets in float32
+    def _apply(self, fn, recurse=True):  # .to(dtype) moves the buffers but keeps scales and offsets in float16
         super()._apply(fn, recurse)
         for name in ("scales", "offsets"):
             tensor = getattr(self, name)
-            if tensor is not None and tensor.dtype != torch.float32 and tensor.device.type != "meta":
-                setattr(self, name, tensor.float())
+            if tensor is not None and tensor.dtype != torch.float16 and tensor.device.type != "meta":
+                setattr(self, name, tensor.half())
         self._torch_layout = None
         return self
 

@@ -114,7 +114,7 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("glassformer::dequantize")
     def _(codes, scales, offsets, group_size):  # (N, K) float32
-        return scales.new_empty((codes.size(0), scales.size(1) * group_size))
+        return scales.new_empty((codes.size(0), scales.size(1) * group_size), dtype=torch.float32)
 
     @torch.library.register_fake("glassformer::decode_step")
     def _(x, weights, group_sizes, inv_freq, keys, values, positions, first_row, num_heads, kv_heads, eps, scale,

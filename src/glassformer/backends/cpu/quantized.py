@@ -46,10 +46,12 @@ def unpack_int4(codes: torch.Tensor) -> torch.Tensor:
 
 def dequantize(codes, scales, offsets=None, dtype=torch.float32) -> torch.Tensor:
     """The float weight ``(..., N, K)`` that codes, scales ``(..., N, K / G)`` and offsets stand for: int8 (offsets
-    None) w = q · s, int4 w = q · s + o (``glassformer.nn.quantization`` states the formats)."""
+    None) w = q · s, int4 w = q · s + o (``glassformer.nn.quantization`` states the formats), in float32 from the
+    half-precision scales and offsets."""
     q = codes.float() if offsets is None else unpack_int4(codes.reshape(-1, codes.size(-1))).float()
     q = q.reshape(*scales.shape, -1)  # (..., groups, G)
-    w = q * scales[..., None] if offsets is None else torch.addcmul(offsets[..., None], q, scales[..., None])
+    scales = scales.float()
+    w = q * scales[..., None] if offsets is None else torch.addcmul(offsets.float()[..., None], q, scales[..., None])
     return w.reshape(*scales.shape[:-1], -1).to(dtype)
 
 
@@ -57,7 +59,8 @@ def dequantize_rows(codes, scales, offsets, group_size: int, dtype=torch.float32
     """``dequantize`` for a weight (or a tile of its rows) ``(N, K)``: by ``glassformer::dequantize`` (one pass,
     every thread) where its probe passed and the layout fits, else in torch operations."""
     in_features = scales.size(-1) * group_size
-    if codes.dim() == 2 and kernel_works("quantized_native_dequantize") and native_fits(in_features, group_size, codes):
+    fits = codes.dim() == 2 and scales.dtype == torch.float16 and native_fits(in_features, group_size, codes)
+    if fits and kernel_works("quantized_native_dequantize"):
         w = torch.ops.glassformer.dequantize(codes, scales.contiguous(), _contiguous(offsets), group_size)
         return w.to(dtype)
     return dequantize(codes, scales, offsets, dtype)
@@ -89,6 +92,7 @@ def torch_int4_layout(codes: torch.Tensor, scales: torch.Tensor, offsets: torch.
     """torch's packed int4 weight and its scales-and-zeros ``(K / G, N, 2)``: torch's int4 is w = (q − 8) · s + zero,
     so zero = o + 8 s."""
     packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unpack_int4(codes).to(torch.int32), 1)
+    scales, offsets = scales.float(), offsets.float()
     return packed, torch.stack((scales, offsets + 8 * scales), dim=-1).transpose(0, 1).contiguous()
 
 
@@ -96,7 +100,7 @@ def torch_linear(x, codes, scales, group_size: int, bias=None, int4_layout: tupl
     """torch's CPU kernels: int8 with one scale per output channel, or int4 through ``int4_layout``."""
     x2 = x.reshape(-1, x.size(-1)).contiguous()
     if int4_layout is None:
-        y = torch.ops.aten._weight_int8pack_mm(x2, codes, scales[:, 0].contiguous())
+        y = torch.ops.aten._weight_int8pack_mm(x2, codes, scales[:, 0].to(x2.dtype).contiguous())
     else:
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, int4_layout[0], group_size, int4_layout[1])
     y = y if bias is None else y + bias
@@ -125,14 +129,15 @@ def describe() -> str:
 
 
 def probe_weight(kind: str, n: int, k: int, group: int, seed: int = 0) -> tuple:
-    """Random codes, scales and offsets of a ``(n, k)`` weight, and that weight in float32."""
+    """Random codes, scales and offsets (float16) of a ``(n, k)`` weight, and that weight in float32."""
     generator = torch.Generator().manual_seed(seed)
     scales = torch.rand(n, k // group, generator=generator) / 50 + 1e-3
     if kind == "int8":
         codes, offsets = torch.randint(-127, 128, (n, k), generator=generator, dtype=torch.int8), None
     else:
         codes = pack_int4(torch.randint(0, 16, (n, k), generator=generator))
-        offsets = -8 * scales + torch.randn(n, k // group, generator=generator) / 100
+        offsets = (-8 * scales + torch.randn(n, k // group, generator=generator) / 100).half()
+    scales = scales.half()
     return codes, scales, offsets, dequantize(codes, scales, offsets)
 
 

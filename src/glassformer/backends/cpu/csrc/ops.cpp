@@ -24,7 +24,7 @@
 namespace {
 
 /* one quantized matrix over the tensors that hold it: int8 codes (N, K), or int4 codes uint8 (N, K / 2) with offsets;
-   scales and offsets float32 (N, K / G) */
+   scales and offsets float16 (N, K / G) */
 qmatrix matrix(const at::Tensor &codes, const at::Tensor &scales, const std::optional<at::Tensor> &offsets,
                int64_t group) {
     const bool int8 = codes.scalar_type() == at::kChar;
@@ -34,13 +34,14 @@ qmatrix matrix(const at::Tensor &codes, const at::Tensor &scales, const std::opt
     const int64_t N = codes.size(0), K = int8 ? codes.size(1) : 2 * codes.size(1);
     TORCH_CHECK(group > 0 && group % BLOCK == 0 && K % group == 0, "group size ", group, " does not fit K = ", K,
                 ": a multiple of 32 dividing it");
+    TORCH_CHECK(K / group <= MAX_GROUPS, "at most ", MAX_GROUPS, " groups a row: use a larger group size");
     for (const at::Tensor *t : {&scales, offsets ? &*offsets : &scales}) {
-        TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->dim() == 2 && t->size(0) == N &&
+        TORCH_CHECK(t->scalar_type() == at::kHalf && t->is_contiguous() && t->dim() == 2 && t->size(0) == N &&
                         t->size(1) == K / group,
-                    "scales and offsets: contiguous float32 (", N, ", ", K / group, ")");
+                    "scales and offsets: contiguous float16 (", N, ", ", K / group, ")");
     }
-    return {int8 ? 8 : 4, N, K, group, codes.data_ptr(), scales.data_ptr<float>(),
-            offsets ? offsets->data_ptr<float>() : nullptr};
+    const auto halves = [](const at::Tensor &t) { return (const uint16_t *)t.data_ptr(); };
+    return {int8 ? 8 : 4, N, K, group, codes.data_ptr(), halves(scales), offsets ? halves(*offsets) : nullptr};
 }
 
 /* y (M, N) = x (M, K) W^T + bias; bias may be null */
@@ -85,7 +86,7 @@ at::Tensor quantized_linear(const at::Tensor &x, const at::Tensor &codes, const 
 at::Tensor dequantize_op(const at::Tensor &codes, const at::Tensor &scales, const std::optional<at::Tensor> &offsets,
                          int64_t group_size) {
     const qmatrix w = matrix(codes, scales, offsets, group_size);
-    at::Tensor out = at::empty({w.N, w.K}, scales.options());
+    at::Tensor out = at::empty({w.N, w.K}, scales.options().dtype(at::kFloat));
     float *y = out.data_ptr<float>();
     const int threads = at::get_num_threads();
 #pragma omp parallel num_threads(threads)

@@ -2,8 +2,9 @@
 
        y[m, n] = sum_k x[m, k] * w[n, k] + bias[n]
 
-   with the weight stored as integer codes and per-group float32 scales (and offsets), k in groups of G along the
-   input (glassformer.nn.quantization states the formats):
+   with the weight stored as integer codes and per-group scales (and offsets), k in groups of G along the input
+   (glassformer.nn.quantization states the formats); scales and offsets are IEEE half precision (16 bits: int4 at
+   5 bits a weight with G = 32, Q4_1's size), widened to float32 a row at a time (halves_to_floats):
 
        int8   w[n, k] = codes[n, k] * scales[n, k / G]                       codes int8, one byte each
        int4   w[n, k] = codes[n, k] * scales[n, k / G] + offsets[n, k / G]   codes 0..15, two per byte
@@ -410,27 +411,65 @@ static inline __attribute__((always_inline)) void int4_row(const int MB, qx x, c
     for (int m = 0; m < MB; m++) out[m] += dot_f32(offsets, x.gsum + m * (x.K / G), x.K / G);
 }
 
-/* one quantized matrix (N, K): kind 8 or 4, codes, scales (N, K / G), offsets (N, K / G) for int4 */
+/* one quantized matrix (N, K): kind 8 or 4, codes, scales (N, K / G), offsets (N, K / G) for int4, both halves */
 typedef struct {
     i64 kind, N, K, G;
     const void *codes;
-    const float *scales, *offsets;
+    const uint16_t *scales, *offsets;
 } qmatrix;
+#define MAX_GROUPS 2048 /* K / G: a row's scales are widened on the stack */
+
+/* an IEEE half (its 16 bits) as a float */
+static inline float half_to_float(uint16_t h) {
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exponent = (h >> 10) & 0x1F, mantissa = h & 0x3FF;
+    uint32_t bits = sign;
+    if (exponent == 0x1F) bits |= 0x7F800000 | (mantissa << 13);                  /* infinity, NaN */
+    else if (exponent != 0) bits |= ((exponent + 112) << 23) | (mantissa << 13);  /* normal: bias 15 -> 127 */
+    else if (mantissa != 0) {                                                      /* subnormal: mantissa 2^-24 */
+        const float f = (float)mantissa * 5.9604644775390625e-8f;
+        uint32_t magnitude;
+        memcpy(&magnitude, &f, sizeof magnitude);
+        bits |= magnitude;
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+#endif
+}
+
+/* n halves widened to floats */
+static inline void halves_to_floats(const uint16_t *h, i64 n, float *out) {
+    i64 i = 0;
+#if defined(__F16C__)
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+#endif
+    for (; i < n; i++) out[i] = half_to_float(h[i]);
+}
 
 /* one output row n for mb (a constant) rows of x */
 static inline __attribute__((always_inline)) void qmatrix_row(const int mb, const qmatrix *w, qx x, i64 n,
                                                               float *out) {
     const i64 groups = w->K / w->G;
-    const float *s = w->scales + n * groups;
-    if (w->kind == 8) int8_row(mb, x, (const int8_t *)w->codes + n * w->K, s, w->G, out);
-    else int4_row(mb, x, (const uint8_t *)w->codes + n * (w->K / 2), s, w->offsets + n * groups, w->G, out);
+    float s[MAX_GROUPS], o[MAX_GROUPS];
+    halves_to_floats(w->scales + n * groups, groups, s);
+    if (w->kind == 8) {
+        int8_row(mb, x, (const int8_t *)w->codes + n * w->K, s, w->G, out);
+        return;
+    }
+    halves_to_floats(w->offsets + n * groups, groups, o);
+    int4_row(mb, x, (const uint8_t *)w->codes + n * (w->K / 2), s, o, w->G, out);
 }
 
 /* rows n0 <= n < n1 of the weight in float32: out (N, K) = q · s (+ o), the formula the products stand for */
 static inline void dequantize_rows(const qmatrix *w, i64 n0, i64 n1, float *out) {
     const i64 K = w->K, G = w->G, groups = K / G;
     for (i64 n = n0; n < n1; n++) {
-        const float *s = w->scales + n * groups, *o = w->offsets ? w->offsets + n * groups : nullptr;
+        float s[MAX_GROUPS], o[MAX_GROUPS];
+        halves_to_floats(w->scales + n * groups, groups, s);
+        if (w->offsets) halves_to_floats(w->offsets + n * groups, groups, o);
         float *row = out + n * K;
         if (w->kind == 8) {
             const int8_t *q = (const int8_t *)w->codes + n * K;
