@@ -274,3 +274,34 @@ def test_the_prefix_cache_keeps_the_heads_of_prompts_longest_and_never_the_whole
     assert len(prefix.match(a)) == 1 and len(prefix.match([50, 51, 52, 53, 54])) == 1
     assert len(prefix.match([9, *a])) == 0  # the same blocks at other positions are other blocks
     assert PrefixCache(capacity=0).match(a) == []
+
+
+def test_a_steps_events_cross_to_the_event_loop_in_one_hand_over_and_in_order(monkeypatch):
+    """Events posted from the scheduler's thread inside ``deliveries_held`` wake the loop once, at its end; an event
+    posted alone wakes it by itself; the loop receives them all in order."""
+    import asyncio
+
+    from glassformer.serving.requests import Mailbox, deliveries_held, mailbox
+
+    wakes = []
+    wake = Mailbox.wake
+    monkeypatch.setattr(Mailbox, "wake", lambda self: (wakes.append(1), wake(self)))
+
+    async def main():
+        box, queue = mailbox(asyncio.get_running_loop()), asyncio.Queue()
+
+        def step():
+            with deliveries_held():
+                for i in range(8):
+                    box.post(queue, i)
+                assert wakes == []  # held: nothing woken yet
+            assert len(wakes) == 1
+
+        await asyncio.to_thread(step)
+        got = [await asyncio.wait_for(queue.get(), 5) for _ in range(8)]
+        await asyncio.to_thread(box.post, queue, 8)
+        got.append(await asyncio.wait_for(queue.get(), 5))
+        return got
+
+    assert asyncio.run(main()) == list(range(9))
+    assert len(wakes) == 2

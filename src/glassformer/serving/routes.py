@@ -34,7 +34,7 @@ from glassformer.serving.protocol import (
     read_prompt,
     read_sampling,
 )
-from glassformer.serving.requests import Event, Overloaded, Request
+from glassformer.serving.requests import Event, Overloaded, Request, mailbox
 from glassformer.serving.responses import Reply
 from glassformer.serving.state import Server
 
@@ -155,11 +155,11 @@ async def generate(
     server = server_of(request)
     scheduler = server.scheduler
     max_tokens = _max_tokens(kind, ids, sampling, default_max, scheduler.max_context)
-    loop = asyncio.get_running_loop()
+    box = mailbox(asyncio.get_running_loop())
     events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
 
     def deliver_to(index: int):
-        return lambda event: loop.call_soon_threadsafe(events.put_nowait, (index, event))
+        return lambda event: box.post(events, (index, event))
 
     guides = [_guide(server, sampling) for _ in range(sampling.n)]  # each choice its own grammar state
     jobs = [

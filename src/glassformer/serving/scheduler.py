@@ -44,7 +44,7 @@ from glassformer.generation.text_stream import TextStream
 from glassformer.nn.linear import packed_weights
 from glassformer.serving.metrics import Metrics
 from glassformer.serving.prefix_cache import DEFAULT_BLOCK, PrefixCache
-from glassformer.serving.requests import Counters, Event, Overloaded, Request
+from glassformer.serving.requests import Counters, Event, Overloaded, Request, deliveries_held
 from glassformer.tokenizer import Tokenizer
 
 
@@ -293,8 +293,9 @@ class Scheduler:
             reported = {i: (tokens[i], lp, list(zip(ids, lps, strict=True))[: requests[i].logprobs])
                         for i, (lp, ids, lps) in zip(asking, found, strict=True)}  # fmt: skip
         chosen = time.perf_counter()
-        for i, (request, token) in enumerate(zip(requests, tokens, strict=True)):
-            self._emit(request, token, reported.get(i))
+        with deliveries_held():  # the step's events cross to the HTTP loop in one hand-over
+            for i, (request, token) in enumerate(zip(requests, tokens, strict=True)):
+                self._emit(request, token, reported.get(i))
         if self.step_started is not None:  # a decoding step (not a prompt's last chunk): its two parts' times
             self.metrics.step_seconds.observe(chosen - self.step_started)
             self.metrics.emit_seconds.observe(time.perf_counter() - chosen)
