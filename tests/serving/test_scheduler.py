@@ -305,3 +305,40 @@ def test_a_steps_events_cross_to_the_event_loop_in_one_hand_over_and_in_order(mo
 
     assert asyncio.run(main()) == list(range(9))
     assert len(wakes) == 2
+
+
+def test_requests_with_the_same_prompt_read_it_once_and_each_gets_its_own_tokens(tiny_lm):
+    """n > 1 choices (or identical prompts arriving together): the prompt runs through the model once, the others'
+    slots get a copy of its keys and values; greedy choices all get generate's tokens, seeded sampled ones the
+    tokens they get alone."""
+    model, tokenizer = tiny_lm
+    prompt = "the cat sat on the mat. the"
+    ids = torch.tensor(tokenizer.encode(prompt))
+
+    def serve(options_list):
+        scheduler = Scheduler(model, tokenizer, max_batch=4, max_context=64, prefix_cache_tokens=0)
+        chunks = []
+        chunk = scheduler._prefill_chunk
+        scheduler._prefill_chunk = lambda request: (chunks.append(request), chunk(request))
+        scheduler.start()
+        try:
+            shared = tokenizer.encode(prompt)  # one list for all, as the API's n choices get it
+            collectors = [Collector() for _ in options_list]
+            requests = [Request(shared, 8, c, **o) for c, o in zip(collectors, options_list, strict=True)]
+            with scheduler.condition:  # all admitted before the first chunk runs
+                for request in requests:
+                    scheduler.submit(request)
+            assert all(c.done.wait(30) for c in collectors)
+        finally:
+            scheduler.stop()
+        return [tokenizer.encode(c.text) for c in collectors], chunks, scheduler
+
+    greedy = model.generate(ids[None], max_new_tokens=8)[0, len(ids) :].tolist()
+    options = [{}, {}, {"temperature": 0.9, "seed": 5}, {"temperature": 0.9, "seed": 6}]
+    served, chunks, scheduler = serve(options)
+    assert len(chunks) == 1  # one forward pass over the prompt for all four
+    assert scheduler.metrics.shared_prompt_tokens._value.get() == 3 * len(ids)
+    assert served[0] == served[1] == greedy
+    for i in (2, 3):  # each sampled one as it is alone
+        alone, _, _ = serve([options[i]])
+        assert served[i] == alone[0]

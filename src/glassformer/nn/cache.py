@@ -122,6 +122,15 @@ class SlotCache(CacheStorage):
         """Forget slot ``slot``'s sequence; the next one written there starts at position 0."""
         self.lengths[slot] = 0
 
+    def copy(self, source: int, target: int, length: int) -> None:
+        """Slot ``target`` becomes the first ``length`` positions of slot ``source`` (a copy of their keys and values
+        in every layer): the same prompt read once for several requests."""
+        if not 0 < length <= self.lengths[source]:
+            raise ValueError(f"slot {source} holds {self.lengths[source]} positions, not {length}")
+        self.keys[:, target, :, :length] = self.keys[:, source, :, :length]
+        self.values[:, target, :, :length] = self.values[:, source, :, :length]
+        self.lengths[target] = length
+
 
 class SlotView:
     """Consecutive slots of a ``SlotCache`` as the ``cache`` of one forward pass. ``length`` is the longest row's

@@ -170,8 +170,9 @@ class Scheduler:
                         else:
                             self._count("cancelled")
                 self._expire()
-                if self.prefilling:
-                    self._guarded([self.prefilling[0]], self._prefill_chunk, self.prefilling[0])
+                if self.prefilling:  # the first one's next chunk (and those with the same prompt, which share it)
+                    head = self.prefilling[0]
+                    self._guarded([r for r in self.prefilling if r.prompt == head.prompt], self._prefill_chunk, head)
                 self._expire()
                 if self.running:
                     self._guarded(list(self.running.values()), self._decode_step)
@@ -243,7 +244,14 @@ class Scheduler:
             self.prefix.store(self.cache, request.slot, request.prompt)
             self.prefilling.popleft()
             self.running[request.slot] = request
-            self._choose([request], logits[:, -1].float())
+            same = [r for r in self.prefilling if r.prompt == request.prompt]  # n > 1 choices, identical prompts
+            for other in same:  # their slots get this prompt's keys and values: read once, not len(same) + 1 times
+                self.cache.copy(request.slot, other.slot, len(request.prompt))
+                self.metrics.shared_prompt_tokens.inc(len(other.prompt) - other.prefilled)
+                other.prefilled = len(other.prompt)
+                self.prefilling.remove(other)
+                self.running[other.slot] = other
+            self._choose([request, *same], logits[:, -1].float().repeat(1 + len(same), 1))
 
     def _decode_step(self) -> None:
         """One token for every running request: the slots ``lo:hi`` as one batch (a free slot inside rides
