@@ -342,3 +342,43 @@ def test_requests_with_the_same_prompt_read_it_once_and_each_gets_its_own_tokens
     for i in (2, 3):  # each sampled one as it is alone
         alone, _, _ = serve([options[i]])
         assert served[i] == alone[0]
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_prompt_lookup_speculation_keeps_the_answers_and_counts_its_drafts(tiny_lm, quantized, monkeypatch):
+    """``prompt_lookup`` (--prompt-lookup): a request running alone checks drafted tokens a block at a time over its
+    slot (quantized: the fused step's block); a greedy answer is the plain one token for token, a seeded sampled one
+    what generate samples with the same speculation; drafts and accepted drafts are counted."""
+    import copy
+
+    from glassformer.generation import fused_step
+
+    model, tokenizer = tiny_lm
+    if quantized:
+        model = copy.deepcopy(model).quantize("int4", 32)
+    prompt = "the cat sat on the mat. the cat sat on the"
+    ids = torch.tensor([tokenizer.encode(prompt)])
+    scheduler = Scheduler(model, tokenizer, max_batch=2, max_context=64, prompt_lookup=4)
+    fused_blocks, fused_block = [], fused_step.block
+    monkeypatch.setattr(fused_step, "block", lambda *a: (r := fused_block(*a), fused_blocks.append(r is not None))[0])
+    block = scheduler.step.block
+    blocks = []
+    scheduler.step.block = lambda tokens, cache: (blocks.append(tokens.size(1)), block(tokens, cache))[1]
+    scheduler.start()
+    try:
+        greedy = submit(scheduler, tokenizer, prompt, 20)[1]
+        assert greedy.done.wait(30)
+        sampled = submit(scheduler, tokenizer, prompt, 20, temperature=0.8, seed=3)[1]
+        assert sampled.done.wait(30)
+    finally:
+        scheduler.stop()
+    served_blocks = list(fused_blocks)  # generate's own blocks below are not the server's
+    plain = model.generate(ids, max_new_tokens=20)[0, ids.size(1) :]
+    assert greedy.text == tokenizer.decode(plain.tolist(), skip_special_tokens=True)
+    speculated = model.generate(ids, max_new_tokens=20, do_sample=True, temperature=0.8, seed=3,
+                                prompt_lookup_num_tokens=4)[0, ids.size(1) :]  # fmt: skip
+    assert sampled.text == tokenizer.decode(speculated.tolist(), skip_special_tokens=True)
+    drafted, accepted = scheduler.metrics.draft_tokens._value.get(), scheduler.metrics.accepted_tokens._value.get()
+    assert blocks and drafted >= len(blocks) and 0 < accepted <= drafted
+    assert greedy.last.completion_tokens == sampled.last.completion_tokens == 20
+    assert served_blocks == ([True] * len(blocks) if quantized else [])  # the fused step checked every block

@@ -74,6 +74,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="prompt tokens whose keys and values are kept (in blocks of 32) so that a prompt starting alike (a "
         f"system prompt, a growing chat) skips them; 0 turns it off (default {defaults.prefix_cache_tokens})",
     )  # fmt: skip
+    parser.add_argument(
+        "--prompt-lookup", type=int, default=defaults.prompt_lookup, metavar="N",
+        help="speculative decoding while one request runs alone: each step checks up to N tokens guessed by prompt "
+        "lookup (text that quotes its prompt gets several a step; greedy answers unchanged); 0 turns it off "
+        f"(default {defaults.prompt_lookup})",
+    )  # fmt: skip
     add_device_arguments(parser)
     add_quantize_arguments(parser)
     parser.set_defaults(func=run)
@@ -106,7 +112,7 @@ def run(args: argparse.Namespace) -> None:
     check_options(
         max_batch=args.max_batch, max_context=args.max_context, max_queue=args.max_queue,
         request_timeout=args.request_timeout, port=args.port, prefill_chunk=args.prefill_chunk,
-        prefix_cache_tokens=args.prefix_cache_tokens,
+        prefix_cache_tokens=args.prefix_cache_tokens, prompt_lookup=args.prompt_lookup,
     )  # fmt: skip
     check_port(args.host, args.port)  # a port in use, a bad host, a missing model: errors now, not after starting
     resolve_model(args.model)
@@ -115,7 +121,7 @@ def run(args: argparse.Namespace) -> None:
     placement = report_placement(args)
     config = ServeConfig(
         args.max_batch, args.max_context, args.max_queue, args.request_timeout, args.api_key, args.batch_invariant,
-        args.prefill_chunk, args.prefix_cache_tokens,
+        args.prefill_chunk, args.prefix_cache_tokens, args.prompt_lookup,
     )  # fmt: skip
     uv: uvicorn.Server | None = None
 

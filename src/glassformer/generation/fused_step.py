@@ -152,29 +152,36 @@ def _weights_for(model: nn.Module, storage) -> _Weights | None:
     return weights or None
 
 
-def block(model: nn.Module, ids: torch.Tensor, cache: KVCache):
+def block(model: nn.Module, ids: torch.Tensor, cache: KVCache | SlotView):
     """Logits ``(n, vocab_size)`` of the ``n`` tokens ``ids`` ``(1, n)`` of one sequence, run as one block after
-    what the cache holds (causal within the block: the operator's ``one_sequence`` rows), the cache advanced by n;
-    or None where the fused step does not take them. Speculative decoding checks its drafts with it."""
-    if ids.dim() != 2 or ids.size(0) != 1 or torch.is_grad_enabled() or not isinstance(cache, KVCache):
+    what the cache holds (causal within the block: the operator's ``one_sequence`` rows) — a one-row ``KVCache``, or
+    one slot of a server's ``SlotCache`` — the cache advanced by n; or None where the fused step does not take them.
+    Speculative decoding checks its drafts with it."""
+    if ids.dim() != 2 or ids.size(0) != 1 or torch.is_grad_enabled():
         return None
-    n, keys = ids.size(1), cache.keys
-    if keys.size(1) != 1 or cache.length + n > min(cache.max_length, model.config.max_seq_length):
+    if isinstance(cache, KVCache) and cache.keys.size(1) == 1:
+        storage, row = cache, 0
+    elif isinstance(cache, SlotView) and cache.stop - cache.start == 1:
+        storage, row = cache.slots, cache.start
+    else:
+        return None
+    n, keys, length = ids.size(1), storage.keys, cache.length
+    if length + n > min(cache.max_length, model.config.max_seq_length):
         return None
     if keys.dtype != torch.float32 or keys.device.type != "cpu" or not keys.is_contiguous():
         return None
-    weights = _weights_for(model, cache)
+    weights = _weights_for(model, storage)
     if weights is None:
         return None
     check_token_ids(ids, model.config.vocab_size, None)
     x = model.embedding(ids)
     if x.dtype != torch.float32:
         return None
-    write_at = torch.arange(cache.length, cache.length + n)
+    write_at = torch.arange(length, length + n)
     positions = torch.stack((write_at, torch.zeros(n, dtype=torch.long), write_at))
     hidden = decoder.decode_step(
-        x.view(n, 1, -1), weights.tensors, weights.group_sizes, weights.inv_freq, keys, cache.values, positions, 0,
-        weights.heads, weights.kv_heads, weights.eps, weights.scale, True,
+        x.view(n, 1, -1), weights.tensors, weights.group_sizes, weights.inv_freq, keys, storage.values, positions,
+        row, weights.heads, weights.kv_heads, weights.eps, weights.scale, True,
     )  # fmt: skip
     cache.advance(n)
     return model.lm_head(hidden)[:, 0]

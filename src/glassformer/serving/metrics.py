@@ -6,6 +6,8 @@
     glassformer_prompt_tokens_total              counter: prompt tokens admitted
     glassformer_prefix_cache_hit_tokens_total    counter: of those, tokens whose keys/values came from the prefix cache
     glassformer_prefix_cache_blocks              gauge: blocks the prefix cache holds
+    glassformer_speculative_draft_tokens_total   counter: tokens drafted by prompt lookup (--prompt-lookup)
+    glassformer_speculative_accepted_tokens_total  counter: of those, accepted (the acceptance rate)
     glassformer_shared_prompt_tokens_total       counter: prompt tokens copied from a request with the same prompt
                                                  (``n`` > 1 choices, identical prompts) instead of being run
     glassformer_generated_tokens_total           counter: tokens generated
@@ -46,6 +48,10 @@ class Metrics:
         self.prefix_hit_tokens = Counter("glassformer_prefix_cache_hit_tokens", "Prompt tokens whose keys and "
                                          "values were copied from the prefix cache", registry=r)  # fmt: skip
         Gauge("glassformer_prefix_cache_blocks", "Blocks in the prefix cache", registry=r).set_function(prefix_blocks)
+        self.draft_tokens = Counter("glassformer_speculative_draft_tokens", "Tokens drafted by prompt lookup "
+                                    "(--prompt-lookup) and checked", registry=r)  # fmt: skip
+        self.accepted_tokens = Counter("glassformer_speculative_accepted_tokens", "Drafted tokens the model "
+                                       "agreed with (the acceptance rate: accepted / draft)", registry=r)  # fmt: skip
         self.shared_prompt_tokens = Counter("glassformer_shared_prompt_tokens", "Prompt tokens copied from a request "
                                             "with the same prompt instead of being run", registry=r)  # fmt: skip
         self.generated_tokens = Counter("glassformer_generated_tokens", "Tokens generated", registry=r)

@@ -70,6 +70,7 @@ class Request:
     pending: list = dataclasses.field(default_factory=list)  # logprobs not yet delivered
     submitted: float = 0.0
     last_token_at: float | None = None
+    drafter: object | None = None  # --prompt-lookup: its drafter's state (glassformer.serving.speculation)
 
 
 @dataclasses.dataclass

@@ -45,6 +45,7 @@ from glassformer.nn.linear import packed_weights
 from glassformer.serving.metrics import Metrics
 from glassformer.serving.prefix_cache import DEFAULT_BLOCK, PrefixCache
 from glassformer.serving.requests import Counters, Event, Overloaded, Request, deliveries_held
+from glassformer.serving.speculation import Speculation
 from glassformer.tokenizer import Tokenizer
 
 
@@ -64,6 +65,7 @@ class Scheduler:
         batch_invariant: bool = False,
         prefill_chunk: int = 512,
         prefix_cache_tokens: int = 0,
+        prompt_lookup: int = 0,
     ):
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be at least 1 token, got {prefill_chunk}")
@@ -87,6 +89,8 @@ class Scheduler:
         self.counters = Counters()
         self.step_started: float | None = None  # when the decoding step under way began
         self.metrics = Metrics(lambda: self.active, lambda: self.waiting, lambda: self.prefix.blocks)
+        # --prompt-lookup: a request running alone checks drafts of that many tokens a step
+        self.speculation = Speculation(self.step, self.cache, prompt_lookup, self.metrics) if prompt_lookup else None
         self.condition = threading.Condition()
         self.stopping = False
         self.thread = threading.Thread(target=self._loop, name="glassformer-scheduler", daemon=True)
@@ -257,6 +261,11 @@ class Scheduler:
         """One token for every running request: the slots ``lo:hi`` as one batch (a free slot inside rides
         along, masked and discarded) — or, ``batch_invariant``, each slot as a batch of its own."""
         self.step_started = time.perf_counter()
+        if self.speculation is not None and len(self.running) == 1:
+            (request,) = self.running.values()
+            checked = self.speculation.tokens(request, self.max_context) if self.speculation.takes(request) else None
+            if checked is not None:
+                return self._emit_checked(request, checked)
         if self.batch_invariant:
             return self._decode_each()
         slots = sorted(self.running)
@@ -308,6 +317,20 @@ class Scheduler:
             self.metrics.step_seconds.observe(chosen - self.step_started)
             self.metrics.emit_seconds.observe(time.perf_counter() - chosen)
             self.step_started = None
+
+    def _emit_checked(self, request: Request, tokens: list[int]) -> None:
+        """The tokens of one speculative pass, in order, until the request ends."""
+        chosen = time.perf_counter()
+        self.counters.steps += 1
+        self.metrics.steps.inc()
+        with deliveries_held():
+            for token in tokens:
+                self._emit(request, token)
+                if request.slot is None:  # finished: what follows is dropped
+                    break
+        self.metrics.step_seconds.observe(chosen - self.step_started)
+        self.metrics.emit_seconds.observe(time.perf_counter() - chosen)
+        self.step_started = None
 
     def _emit(self, request: Request, token: int, logprob: tuple | None = None) -> None:
         """Take the request's next token, send the text it settles, and end the request if it is done."""

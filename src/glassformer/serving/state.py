@@ -33,6 +33,7 @@ class ServeConfig:
     batch_invariant: bool = False
     prefill_chunk: int = 512
     prefix_cache_tokens: int = 2048
+    prompt_lookup: int = 0  # speculative decoding: drafts of this many tokens while a request runs alone; 0: off
 
 
 class Server:
@@ -68,6 +69,7 @@ class Server:
                 c.batch_invariant,
                 c.prefill_chunk,
                 c.prefix_cache_tokens,
+                c.prompt_lookup,
             )
             scheduler.start()
             self.served, self.scheduler = served, scheduler
