@@ -13,6 +13,7 @@ the same.
 from __future__ import annotations
 
 import argparse
+import threading
 import time
 
 import torch
@@ -83,7 +84,7 @@ def serve_once(model: GPT, tokenizer: Tokenizer, ids: list[int], new_tokens: int
     try:
         result = None
         for _ in range(2):  # the first warms up
-            done, tokens = __import__("threading").Event(), []
+            done = threading.Event()
             request = Request(ids, new_tokens, lambda event, d=done: d.set() if event.kind != "text" else None)
             start = time.perf_counter()
             scheduler.submit(request)
