@@ -73,8 +73,6 @@ static inline float exp_approx(float x) {
 
 /* 16 floats as one value (GCC's and clang's vector extension): one AVX512 register, two AVX2 ones, four NEON ones */
 typedef float f32x16 __attribute__((vector_size(64)));
-typedef float f32x8 __attribute__((vector_size(32)));
-typedef float f32x4 __attribute__((vector_size(16)));
 
 static inline f32x16 load16(const float *p) {
     f32x16 v;
@@ -83,10 +81,11 @@ static inline f32x16 load16(const float *p) {
 }
 
 static inline float sum16(f32x16 v) {  /* halves added until one is left */
-    const f32x8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-                    __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-    const f32x4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-    return (b[0] + b[2]) + (b[1] + b[3]);
+    float s[16];
+    memcpy(s, &v, sizeof s);
+    for (int width = 8; width >= 1; width /= 2)
+        for (int i = 0; i < width; i++) s[i] += s[i + width];
+    return s[0];
 }
 
 /* out (head_dim) = softmax(s · q K^T) V over positions 0..length-1 of one key/value head; scores: length floats.
