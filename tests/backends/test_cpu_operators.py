@@ -38,17 +38,20 @@ def test_the_dequantization_passes_opcheck_and_gives_the_formulas_weight(kind, g
         torch.ops.glassformer.dequantize(pack_int4(torch.zeros(4, 64, dtype=torch.int64)), scales[:4, :2], None, 32)
 
 
-def test_the_decoding_step_passes_opcheck_and_equals_its_reference():
-    arguments = decoder.probe_arguments()
+@pytest.mark.parametrize("gpt2", [False, True], ids=["llama layout", "gpt-2 layout"])
+def test_the_decoding_step_passes_opcheck_and_equals_its_reference(gpt2):
+    arguments = decoder.probe_arguments(gpt2=gpt2)
+    layout = (True, False, "gelu_tanh") if gpt2 else (False, True, "silu")  # layer_norm, gated, activation
     inputs = torch.randn(6, 2, 1, 64, generator=torch.Generator().manual_seed(0))
     positions = torch.tensor([[0, 0], [0, 0], [0, 0]])
-    operands = (inputs[5], *arguments[:3], arguments[3].clone(), arguments[4].clone(), positions, 0, 4, 2, 1e-5, 0.25)
+    operands = (inputs[5], *arguments[:3], arguments[3].clone(), arguments[4].clone(), positions, 0, 4, 2, 1e-5, 0.25,
+                False, *layout)  # fmt: skip
     torch.library.opcheck(torch.ops.glassformer.decode_step.default, operands)
     theirs = [*arguments[:3], arguments[3].clone(), arguments[4].clone()]
     for position, x in enumerate(inputs[:5]):  # two rows of their own lengths: the second starts one position later
         positions = torch.tensor([[position, position], [0, min(1, position)], [position, position - min(1, position)]])
-        ours = decoder.decode_step(x, *arguments, positions, 0, 4, 2, 1e-5, 0.25)
-        expected = decoder.reference_step(x, *theirs, positions, 0, 4, 2, 1e-5, 0.25)
+        ours = decoder.decode_step(x, *arguments, positions, 0, 4, 2, 1e-5, 0.25, False, *layout)
+        expected = decoder.reference_step(x, *theirs, positions, 0, 4, 2, 1e-5, 0.25, False, *layout)
         # as the probe compares them: the random weights make attention sharp (keys of ~30), which magnifies the
         # 16-bit rounding of the activations up to ~1e-3 in a single element; in norm it stays below ~8e-4
         assert (ours - expected).norm() <= 1e-3 * expected.norm(), position

@@ -76,13 +76,60 @@ def test_the_fused_step_runs_when_it_fits_and_greedy_tokens_agree(monkeypatch, f
         assert torch.equal(fused, model.generate(ids, max_new_tokens=12, eos_token_id=None))
 
 
-@pytest.mark.parametrize(
-    "why", ["float weights", "gpt-2 layout", "gradient", "training", "bfloat16 cache", "a mask with a hole"]
-)
+def gpt2(activation="gelu_tanh", seed=0) -> GPT:
+    """GPT-2's layout, small: LayerNorm, learned positions, a GELU feed-forward, biases — the biases and the norms'
+    β drawn at random, so that every one of them counts."""
+    torch.manual_seed(seed)
+    config = GPTConfig(vocab_size=96, max_seq_length=64, d_model=64, num_layers=3, num_heads=4, d_ff=128,
+                       dropout=0.0, attention_dropout=0.0, activation=activation)  # fmt: skip
+    model = GPT(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)
+    return model
+
+
+@pytest.mark.parametrize("kind,group", [("int4", 32), ("int8", None)])
+@pytest.mark.parametrize("activation", ["gelu_tanh", "gelu"])
+def test_gpt2s_layout_takes_the_fused_step_and_gives_the_modules_logits_and_cache(monkeypatch, fused_steps, kind,
+                                                                                   group, activation):  # fmt: skip
+    model = gpt2(activation).quantize(kind, group, embeddings="int8")
+    ids = torch.randint(0, 96, (1, 5))
+    with torch.inference_mode():
+        fused, fused_cache = step_by_step(model, ids)
+        assert fused_steps == [True] * 6  # every step after the prompt
+        modules_only(monkeypatch)
+        expected, cache = step_by_step(model, ids)
+    assert (fused - expected).abs().max() <= 2e-4 * expected.abs().max()  # as the Llama test above
+    for ours, theirs in ((fused_cache.keys, cache.keys), (fused_cache.values, cache.values)):
+        assert (ours - theirs).abs().max() <= 2e-4 * theirs.abs().max()
+
+
+def test_gpt2s_layout_decodes_left_padded_rows_and_blocks_as_the_modules_do(monkeypatch, fused_steps):
+    """Learned positions: each left-padded row counts its positions from its first real token, as the modules do;
+    a block of one sequence (speculative decoding's check) too."""
+    model = gpt2().quantize("int4")
+    ids = torch.randint(1, 96, (3, 6))
+    mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1]])
+    with torch.inference_mode():
+        fused = model.generate(ids, attention_mask=mask, max_new_tokens=8, eos_token_id=None, pad_token_id=0)
+        assert fused_steps == [True] * 7
+        ours, theirs = model.make_cache(1, 16), model.make_cache(1, 16)
+        model(ids[:1, :3], cache=ours)
+        model(ids[:1, :3], cache=theirs)
+        block = fused_step.block(model, ids[:1, 3:], ours)
+        expected_block = model(ids[:1, 3:], cache=theirs)[0]
+        modules_only(monkeypatch)
+        assert torch.equal(fused, model.generate(ids, attention_mask=mask, max_new_tokens=8, eos_token_id=None,
+                                                 pad_token_id=0))  # fmt: skip
+    assert block is not None and (block - expected_block).abs().max() <= 2e-4 * expected_block.abs().max()
+
+
+@pytest.mark.parametrize("why", ["float weights", "gradient", "training", "bfloat16 cache", "a mask with a hole"])
 def test_the_modules_serve_what_the_fused_step_does_not_fit(why):
-    model = GPT(GPTConfig(vocab_size=96, max_seq_length=64, d_model=64, num_layers=2, num_heads=4, d_ff=128))
-    model = model.eval().quantize("int4") if why == "gpt-2 layout" else llama()
-    if why not in ("float weights", "gpt-2 layout"):
+    model = llama()
+    if why != "float weights":
         model.quantize("int8")
     cache = model.make_cache(2, 8, torch.bfloat16 if why == "bfloat16 cache" else None)
     cache.advance(2)

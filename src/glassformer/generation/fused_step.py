@@ -1,9 +1,11 @@
-"""The fused decoding step: a Llama-style decoder's next-token logits through ``glassformer::decode_step``
+"""The fused decoding step: a decoder's next-token logits through ``glassformer::decode_step``
 (``glassformer.backends.cpu.decoder``: every layer and the final norm in one operator), then the model's own head.
 
-It serves a model when everything fits: ``takes(model)`` — a stack of pre-norm ``DecoderLayer``s with RMSNorm,
-rotary positions, self-attention only, a SwiGLU feed-forward, no biases, every matrix quantized in a format the
-kernel takes, float32 norms on the CPU, eval mode, and the operator works here (``glassformer env``: "decoding step").
+It serves a model when everything fits: ``takes(model)`` — a stack of pre-norm ``DecoderLayer``s with self-attention
+only, in Llama's layout (RMSNorm, rotary positions, a SwiGLU feed-forward, no biases) or GPT-2's (LayerNorm, learned
+positions added to the embeddings, a GELU feed-forward, biases) — the norm, the gating and the activation the same in
+every layer —, every matrix quantized in a format the kernel takes, float32 norms and biases on the CPU, eval mode,
+and the operator works here (``glassformer env``: "decoding step").
 ``step(model, ids, cache, attention_mask)`` then serves one new token per row of a float32 ``KVCache`` (rows may be
 left-padded) or a server's ``SlotView``, and returns None — the modules serve that step — for anything else (a mask
 with a hole, a cache too short). ``tests/generation/test_fused_step.py`` compares it with the modules token by token.
@@ -22,7 +24,7 @@ from torch import nn
 from glassformer.backends.cpu import decoder
 from glassformer.backends.kernels import kernel_works
 from glassformer.nn.cache import KVCache, SlotCache, SlotView
-from glassformer.nn.norm import RMSNorm
+from glassformer.nn.norm import LayerNorm, RMSNorm
 from glassformer.nn.quantization import tensor_state
 from glassformer.nn.validation import check_token_ids
 
@@ -31,7 +33,7 @@ class _Weights:
     """The tensors of a stack in ``glassformer::decode_step``'s order, its dimensions, and the state of every tensor
     when gathered (to see whether they changed since)."""
 
-    def __init__(self, layers: nn.ModuleList, final_norm: nn.Module, rotary: nn.Module):
+    def __init__(self, layers: nn.ModuleList, final_norm: nn.Module, rotary: nn.Module | None):
         attention, eps = layers[0].self_attn, final_norm.eps
         self.heads, self.kv_heads, self.eps, self.scale = (
             attention.num_heads,
@@ -39,32 +41,40 @@ class _Weights:
             eps,
             attention.scale,
         )
+        self.layer_norm, self.gated, self.activation = isinstance(final_norm, LayerNorm), *_ffn(layers[0].ffn)
         self.tensors, self.group_sizes = [], []
         for layer in layers:
             attn, ffn = layer.self_attn, layer.ffn
             fits = (
-                layer.cross_attn is None and layer.norm_first and ffn.gated and ffn.activation == "silu"
+                layer.cross_attn is None and layer.norm_first and _ffn(ffn) == (self.gated, self.activation)
                 and not attn.qk_norm
                 and (attn.num_heads, attn.num_kv_heads, attn.d_k, attn.scale)
                 == (self.heads, self.kv_heads, attention.d_k, self.scale)
             )  # fmt: skip
             if not fits:
-                raise ValueError("not a Llama-style layer")
-            self.tensors += [_norm(layer.norm1, eps), _norm(layer.norm3, eps)]
+                raise ValueError("not a layer the step takes")
+            self.tensors += [*_norm(layer.norm1, eps, self.layer_norm), *_norm(layer.norm3, eps, self.layer_norm)]
             for linear in (attn.qkv_proj, attn.out_proj, ffn.fc1, ffn.fc2):
                 weight = _quantized(linear)
-                self.tensors += [weight.codes, weight.scales, weight.offsets]
+                self.tensors += [weight.codes, weight.scales, weight.offsets, _bias(linear)]
                 self.group_sizes.append(weight.group_size)
-        self.tensors.append(_norm(final_norm, eps))
-        if rotary.inv_freq.dtype != torch.float32 or rotary.head_dim != attention.d_k:
+        self.tensors += _norm(final_norm, eps, self.layer_norm)
+        if rotary is None:  # positions added to the embeddings (GPT-2's learned ones): no rotation in the step
+            self.inv_freq = torch.empty(0)
+        elif rotary.inv_freq.dtype != torch.float32 or rotary.head_dim != attention.d_k:
             raise ValueError("not rotary positions in float32")
-        self.inv_freq = rotary.inv_freq
+        else:
+            self.inv_freq = rotary.inv_freq
         self.states = [tensor_state(t) for t in self._all()]
+
+    def layout(self) -> tuple:
+        """The operator's last three arguments: layer_norm, gated, activation."""
+        return self.layer_norm, self.gated, self.activation
 
     def _all(self) -> list[torch.Tensor]:
         return [t for t in (*self.tensors, self.inv_freq) if t is not None]
 
-    def is_current(self, layers: nn.ModuleList, final_norm: nn.Module, rotary: nn.Module) -> bool:
+    def is_current(self, layers: nn.ModuleList, final_norm: nn.Module, rotary: nn.Module | None) -> bool:
         try:
             now = _Weights(layers, final_norm, rotary)
         except (ValueError, AttributeError, TypeError):
@@ -73,21 +83,40 @@ class _Weights:
 
 
 def _quantized(linear: nn.Module):
-    """The quantized weight of a ``Linear`` the kernel takes (no bias, float16 scales), else a ValueError."""
+    """The quantized weight of a ``Linear`` the kernel takes (float16 scales), else a ValueError."""
     weight = getattr(linear, "quantized", None)
-    if weight is None or linear.bias is not None or weight.scales.dtype != torch.float16:
-        raise ValueError("not a quantized matrix without bias")
+    if weight is None or weight.scales.dtype != torch.float16:
+        raise ValueError("not a quantized matrix")
     if weight.in_features % 32 or weight.group_size % 32 or not weight.codes.is_contiguous():
         raise ValueError("not a layout the kernel takes")
     return weight
 
 
-def _norm(norm: nn.Module, eps: float) -> torch.Tensor:
-    """γ of an RMSNorm with this ε, float32 and contiguous on the CPU, else a ValueError."""
-    weight = norm.weight if isinstance(norm, RMSNorm) and norm.eps == eps else None
-    if weight is None or weight.dtype != torch.float32 or not weight.is_contiguous() or weight.device.type != "cpu":
-        raise ValueError("not a float32 RMSNorm")
-    return weight
+def _float32(tensor: torch.Tensor | None, what: str) -> torch.Tensor | None:
+    """``tensor`` (or None) where it is float32 and contiguous on the CPU, else a ValueError."""
+    if tensor is None:
+        return None
+    if tensor.dtype != torch.float32 or not tensor.is_contiguous() or tensor.device.type != "cpu":
+        raise ValueError(f"not a float32 {what}")
+    return tensor
+
+
+def _norm(norm: nn.Module, eps: float, layer_norm: bool) -> list:
+    """``[γ, β]`` (β None for an RMSNorm) of a norm of the kind the step runs, with this ε, else a ValueError."""
+    if not isinstance(norm, LayerNorm if layer_norm else RMSNorm) or norm.eps != eps:
+        raise ValueError("not the stack's kind of norm")
+    return [_float32(norm.weight, "norm"), _float32(getattr(norm, "bias", None), "norm")]
+
+
+def _bias(linear: nn.Module) -> torch.Tensor | None:
+    return _float32(linear.bias, "bias")
+
+
+def _ffn(ffn: nn.Module) -> tuple[bool, str]:
+    """``(gated, activation)`` of a feed-forward the operator runs, else a ValueError."""
+    if ffn.activation not in decoder.ACTIVATIONS:
+        raise ValueError(f"no {ffn.activation} in the operator")
+    return ffn.gated, ffn.activation
 
 
 _gathered: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layers -> their _Weights, or False
@@ -108,10 +137,12 @@ def _weights(model: nn.Module) -> _Weights | None:
 
 
 def takes(model: nn.Module) -> bool:
-    """Whether ``step`` serves ``model`` at all: the operator works here and the model is its kind."""
-    if getattr(model, "rotary", None) is None or model.training or not kernel_works("quantized_decoder_step"):
+    """Whether ``step`` serves ``model`` at all: the operator works here and the model is its kind (positions
+    rotary, or added to the embeddings)."""
+    added = getattr(model, "positions", None) is not None and getattr(model, "relative_bias", None) is None
+    if not (getattr(model, "rotary", None) is not None or added) or model.training:
         return False
-    return _weights(model) is not None
+    return kernel_works("quantized_decoder_step") and _weights(model) is not None
 
 
 def _rows(cache: KVCache | SlotView, batch: int, attention_mask: torch.Tensor | None) -> tuple | None:
@@ -174,17 +205,25 @@ def block(model: nn.Module, ids: torch.Tensor, cache: KVCache | SlotView):
     if weights is None:
         return None
     check_token_ids(ids, model.config.vocab_size, None)
-    x = model.embedding(ids)
+    write_at = torch.arange(length, length + n)
+    x = _embed(model, ids, weights, write_at[None])
     if x.dtype != torch.float32:
         return None
-    write_at = torch.arange(length, length + n)
     positions = torch.stack((write_at, torch.zeros(n, dtype=torch.long), write_at))
     hidden = decoder.decode_step(
         x.view(n, 1, -1), weights.tensors, weights.group_sizes, weights.inv_freq, keys, storage.values, positions,
-        row, weights.heads, weights.kv_heads, weights.eps, weights.scale, True,
+        row, weights.heads, weights.kv_heads, weights.eps, weights.scale, True, *weights.layout(),
     )  # fmt: skip
     cache.advance(n)
     return model.lm_head(hidden)[:, 0]
+
+
+def _embed(model: nn.Module, ids: torch.Tensor, weights: _Weights, position_ids: torch.Tensor) -> torch.Tensor:
+    """The new tokens' embeddings: with rotary positions the token embeddings alone (the step rotates), else with
+    the positions ``position_ids`` ``(rows, tokens)`` added as the model adds them."""
+    if weights.inv_freq.numel():
+        return model.embedding(ids)
+    return model.embed(ids, position_ids=position_ids.to(ids.device))
 
 
 def step(model: nn.Module, ids: torch.Tensor, cache, attention_mask: torch.Tensor | None = None):
@@ -203,12 +242,12 @@ def step(model: nn.Module, ids: torch.Tensor, cache, attention_mask: torch.Tenso
     if rows is None:
         return None
     positions, storage, start = rows
-    x = model.embedding(ids)
+    x = _embed(model, ids, weights, positions[2][:, None])
     if x.dtype != torch.float32:
         return None
     hidden = decoder.decode_step(
         x, weights.tensors, weights.group_sizes, weights.inv_freq, storage.keys, storage.values, positions, start,
-        weights.heads, weights.kv_heads, weights.eps, weights.scale,
+        weights.heads, weights.kv_heads, weights.eps, weights.scale, False, *weights.layout(),
     )  # fmt: skip
     cache.advance(1)
     return model.lm_head(hidden)

@@ -1,21 +1,22 @@
-/* One decoding step of a Llama-style decoder for a few sequences, every layer in one call: the op
-   glassformer::decode_step (ops.cpp; glassformer.backends.cpu.decoder states its arguments and holds its reference in
-   torch operations; glassformer.generation.fused_step says when decoding uses it):
+/* One decoding step of a decoder for a few sequences, every layer in one call: the op glassformer::decode_step
+   (ops.cpp; glassformer.backends.cpu.decoder states its arguments and holds its reference in torch operations;
+   glassformer.generation.fused_step says when decoding uses it). Llama's layout and GPT-2's:
 
-       for each layer:   h = RMSNorm_1(x)
-                         [q; k; v] = h [W_Q; W_K; W_V]^T            quantized (quantized.h)
-                         q, k = RoPE(q, p), RoPE(k, p)              rotate-half pairs (i, i + d/2), angle p θ_i
+       for each layer:   h = Norm_1(x)                               RMSNorm (Llama) or LayerNorm (GPT-2, with β)
+                         [q; k; v] = h [W_Q; W_K; W_V]^T (+ b)      quantized (quantized.h); biases where given
+                         q, k = RoPE(q, p), RoPE(k, p)              rotary positions only (GPT-2's are learned:
+                                                                    added to the embeddings by the caller)
                          cache[p] = k, v
                          o_h = softmax(s · q_h K_g^T) V_g           head h reads key/value head g = h / (H / KV)
-                         x = x + o W_O^T
-                         h = RMSNorm_2(x)
-                         [a; b] = h [W_gate; W_up]^T
-                         x = x + (SiLU(a) ⊙ b) W_2^T
-       x = RMSNorm_final(x)                                          RMSNorm(x) = γ ⊙ x / sqrt(mean(x²) + ε)
+                         x = x + o W_O^T (+ b)
+                         h = Norm_2(x)
+                         x = x + (act(h W_gate^T) ⊙ h W_up^T) W_2^T          gated (SwiGLU: act = SiLU), or
+                         x = x + act(h W_1^T + b_1) W_2^T + b_2              GPT-2's (act = GELU, tanh form)
+       x = Norm_final(x)
 
    Each row of the batch is a sequence of its own (qrows says where it reads and writes in the cache). The threads
    share one parallel region for the whole step: each matrix's output rows are split among them, the (row, head)
-   pairs of the attention too, the norms, rotations and quantized inputs by row, and SiLU in chunks. */
+   pairs of the attention too, the norms, rotations and quantized inputs by row, and the activation in chunks. */
 #ifndef GLASSFORMER_DECODER_H
 #define GLASSFORMER_DECODER_H
 #include <vector>
@@ -23,22 +24,36 @@
 #include "quantized.h"
 
 typedef struct {
-    const float *norm1, *norm2; /* γ of the two RMSNorms, (d_model) */
-    qmatrix qkv, out, fc1, fc2; /* [W_Q; W_K; W_V], W_O, [W_gate; W_up], W_2 */
+    const float *norm1, *norm2;             /* γ of the two norms, (d_model) */
+    const float *norm1_bias, *norm2_bias;   /* β of LayerNorms, else null */
+    qmatrix qkv, out, fc1, fc2;             /* [W_Q; W_K; W_V], W_O, W_1 ([W_gate; W_up] when gated), W_2 */
+    const float *qkv_bias, *out_bias, *fc1_bias, *fc2_bias; /* or null */
 } qlayer;
+
+enum { SILU = 0, GELU_TANH = 1, GELU = 2 };
 
 typedef struct {
     i64 num_layers, d_model, num_heads, kv_heads, head_dim, d_ff;
-    float eps, scale; /* RMSNorm's ε; s, the factor of q·k */
+    float eps, scale;    /* the norms' ε; s, the factor of q·k */
+    int layer_norm, gated, activation, rotary; /* the layout (ops.cpp's decode_step states it) */
     const qlayer *layers;
-    const float *final_norm; /* γ of the final RMSNorm */
-    const float *inv_freq;   /* θ_i, (head_dim / 2) */
+    const float *final_norm, *final_norm_bias; /* γ (and β) of the final norm */
+    const float *inv_freq; /* θ_i, (head_dim / 2), with rotary positions */
 } qdecoder;
 
-static void rms_norm(const float *x, const float *weight, i64 n, float eps, float *out) {
-    float sum = dot_f32(x, x, n);
-    const float r = 1.0f / sqrtf(sum / (float)n + eps);
-    for (i64 i = 0; i < n; i++) out[i] = weight[i] * (x[i] * r);
+/* RMSNorm(x) = γ ⊙ x / sqrt(mean(x²) + ε), or LayerNorm(x) = γ ⊙ (x − mean) / sqrt(mean((x − mean)²) + ε) + β */
+static void norm(const qdecoder *model, const float *x, const float *weight, const float *bias, float *out) {
+    const i64 n = model->d_model;
+    float mean = 0.0f, sum = 0.0f;
+    if (model->layer_norm) {
+        for (i64 i = 0; i < n; i++) mean += x[i];
+        mean /= (float)n;
+        for (i64 i = 0; i < n; i++) sum += (x[i] - mean) * (x[i] - mean);
+    } else {
+        sum = dot_f32(x, x, n);
+    }
+    const float r = 1.0f / sqrtf(sum / (float)n + model->eps);
+    for (i64 i = 0; i < n; i++) out[i] = weight[i] * ((x[i] - mean) * r) + (bias ? bias[i] : 0.0f);
 }
 
 /* rotate `heads` vectors of head_dim in place:
@@ -69,6 +84,17 @@ static inline float exp_approx(float x) {
     float two_n;
     memcpy(&two_n, &bits, sizeof two_n);
     return fmaf(p, r * r, r + 1.0f) * two_n;
+}
+
+/* the feed-forward's activation: SiLU(a) = a / (1 + e^-a); GELU's tanh form ½ a (1 + tanh(√(2/π) (a + 0.044715 a³)))
+   with tanh(z) = 1 − 2 / (e^2z + 1); GELU = ½ a (1 + erf(a / √2)) */
+static inline float activate(int activation, float a) {
+    if (activation == SILU) return a / (1.0f + exp_approx(-a));
+    if (activation == GELU_TANH) {
+        const float z = 0.7978845608028654f * (a + 0.044715f * a * a * a);
+        return 0.5f * a * (2.0f - 2.0f / (exp_approx(2.0f * z) + 1.0f));
+    }
+    return 0.5f * a * (1.0f + erff(a * 0.7071067811865476f));
 }
 
 /* 16 floats as one value (GCC's and clang's vector extension): one AVX512 register, two AVX2 ones, four NEON ones */
@@ -148,21 +174,22 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
         span = n > span ? n : span;
     }
     float *h = (float *)malloc(sizeof(float) * B * d), *qkv = (float *)malloc(sizeof(float) * B * width);
-    float *o = (float *)malloc(sizeof(float) * B * H * hd), *gate_up = (float *)malloc(sizeof(float) * B * 2 * ff);
+    const i64 width1 = model->gated ? 2 * ff : ff; /* W_1's outputs */
+    float *o = (float *)malloc(sizeof(float) * B * H * hd), *gate_up = (float *)malloc(sizeof(float) * B * width1);
     float *act = (float *)malloc(sizeof(float) * B * ff); /* SiLU(a) ⊙ b */
     float *scores = (float *)malloc(sizeof(float) * B * H * span), *rotation = (float *)malloc(sizeof(float) * B * 2 * hd);
     xspace space(B, wide); /* the activations of each product, quantized (quantized.h) */
     int failed = !(h && qkv && o && gate_up && act && scores && rotation);
     for (i64 r = 0; r < B && !failed; r++) {  /* each row's cos and sin, each repeated over both halves, as rope takes
                                                   them; angles in float32 as torch */
-        for (i64 i = 0; i < hd; i++) {
+        for (i64 i = 0; i < hd && model->rotary; i++) {
             const float angle = (float)rows->rotary_at[r] * model->inv_freq[i % (hd / 2)];
             rotation[r * 2 * hd + i] = cosf(angle);
             rotation[r * 2 * hd + hd + i] = sinf(angle);
         }
         failed |= rows->write_at[r] >= S || rows->first[r] > rows->write_at[r];
     }
-    const i64 chunks = (ff + 255) / 256; /* SiLU(a) ⊙ b shared out among threads in chunks of 256 */
+    const i64 chunks = (ff + 255) / 256; /* the activation shared out among threads in chunks of 256 */
 #pragma omp parallel num_threads(threads) if (!failed)
     {
         i64 t = 0, T = 1;
@@ -176,15 +203,15 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
             const qmatrix *w = &layer->qkv;
 #pragma omp for schedule(static)
             for (i64 r = 0; r < B; r++) {
-                rms_norm(x + r * d, layer->norm1, d, model->eps, h + r * d);
+                norm(model, x + r * d, layer->norm1, layer->norm1_bias, h + r * d);
                 quantize_row(h + r * d, r, d, w->G, space);
             }
-            qmatrix_rows(w, x_view(space, d), B, w->N * t / T, w->N * (t + 1) / T, nullptr, qkv, w->N, 0);
+            qmatrix_rows(w, x_view(space, d), B, w->N * t / T, w->N * (t + 1) / T, layer->qkv_bias, qkv, w->N, 0);
 #pragma omp barrier
 #pragma omp for schedule(static)
             for (i64 r = 0; r < B; r++) {
                 float *row = qkv + r * width;
-                rope(row, H + KV, hd, rotation + r * 2 * hd, rotation + r * 2 * hd + hd);  /* queries and keys */
+                if (model->rotary) rope(row, H + KV, hd, rotation + r * 2 * hd, rotation + r * 2 * hd + hd);  /* q, k */
                 const i64 at = rows->write_at[r], base = l * rows->layer_stride + r * rows->row_stride;
                 for (i64 g = 0; g < KV; g++) {
                     memcpy(rows->keys + base + (g * S + at) * hd, row + (H + g) * hd, sizeof(float) * hd);
@@ -201,31 +228,35 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
             w = &layer->out;
 #pragma omp for schedule(static)
             for (i64 r = 0; r < B; r++) quantize_row(o + r * H * hd, r, H * hd, w->G, space);
-            qmatrix_rows(w, x_view(space, H * hd), B, w->N * t / T, w->N * (t + 1) / T, nullptr, x, w->N, 1);
+            qmatrix_rows(w, x_view(space, H * hd), B, w->N * t / T, w->N * (t + 1) / T, layer->out_bias, x, w->N, 1);
 #pragma omp barrier
             w = &layer->fc1;
 #pragma omp for schedule(static)
             for (i64 r = 0; r < B; r++) {
-                rms_norm(x + r * d, layer->norm2, d, model->eps, h + r * d);
+                norm(model, x + r * d, layer->norm2, layer->norm2_bias, h + r * d);
                 quantize_row(h + r * d, r, d, w->G, space);
             }
-            qmatrix_rows(w, x_view(space, d), B, w->N * t / T, w->N * (t + 1) / T, nullptr, gate_up, w->N, 0);
+            qmatrix_rows(w, x_view(space, d), B, w->N * t / T, w->N * (t + 1) / T, layer->fc1_bias, gate_up, w->N, 0);
 #pragma omp barrier
 #pragma omp for schedule(static)
-            for (i64 c = 0; c < B * chunks; c++) {  /* SiLU(a) ⊙ b */
+            for (i64 c = 0; c < B * chunks; c++) {  /* act(a) ⊙ b (gated), or act(a) */
                 const i64 r = c / chunks, k0 = (c % chunks) * 256, k1 = k0 + 256 < ff ? k0 + 256 : ff;
-                const float *a = gate_up + r * 2 * ff, *b = a + ff;
-                for (i64 k = k0; k < k1; k++) act[r * ff + k] = a[k] / (1.0f + exp_approx(-a[k])) * b[k];
+                const float *a = gate_up + r * width1, *b = a + ff;
+                const int f = model->activation;
+                if (model->gated)
+                    for (i64 k = k0; k < k1; k++) act[r * ff + k] = activate(f, a[k]) * b[k];
+                else
+                    for (i64 k = k0; k < k1; k++) act[r * ff + k] = activate(f, a[k]);
             }
             w = &layer->fc2;
 #pragma omp for schedule(static)
             for (i64 r = 0; r < B; r++) quantize_row(act + r * ff, r, ff, w->G, space);
-            qmatrix_rows(w, x_view(space, ff), B, w->N * t / T, w->N * (t + 1) / T, nullptr, x, w->N, 1);
+            qmatrix_rows(w, x_view(space, ff), B, w->N * t / T, w->N * (t + 1) / T, layer->fc2_bias, x, w->N, 1);
 #pragma omp barrier
         }
 #pragma omp single
         if (!failed)
-            for (i64 r = 0; r < B; r++) rms_norm(x + r * d, model->final_norm, d, model->eps, x + r * d);
+            for (i64 r = 0; r < B; r++) norm(model, x + r * d, model->final_norm, model->final_norm_bias, x + r * d);
     }
     free(h), free(qkv), free(o), free(gate_up), free(act), free(scores), free(rotation);
     return failed;

@@ -3,7 +3,8 @@
 
        glassformer::quantized_linear(x, codes, scales, offsets?, bias?, group_size)   y = x W^T + b   (quantized.h)
        glassformer::decode_step(x, weights, group_sizes, inv_freq, keys!, values!, positions, first_row, num_heads,
-                                kv_heads, eps, scale, one_sequence)                     every layer of a step (decoder.h)
+                                kv_heads, eps, scale, one_sequence, layer_norm, gated, activation)
+                                                                                       every layer of a step (decoder.h)
        glassformer::dequantize(codes, scales, offsets?, group_size)                     W in float32 (quantized.h)
        glassformer::simd()                 "AVX512-VNNI", "AVX2", "NEON-dotprod", "NEON" or "C": the path built
 
@@ -108,16 +109,29 @@ const float *float_vector(const std::optional<at::Tensor> &t, int64_t n, const c
     return t->data_ptr<float>();
 }
 
-constexpr int64_t PER_LAYER = 14; /* norm1, norm2, then (codes, scales, offsets) of W_QKV, W_O, W_gate_up, W_2 */
+/* a float32 vector of n, or null where the tensor is absent */
+const float *optional_vector(const std::optional<at::Tensor> &t, int64_t n, const char *what) {
+    return t ? float_vector(t, n, what) : nullptr;
+}
+
+/* γ_1, β_1?, γ_2, β_2?, then (codes, scales, offsets?, bias?) of W_QKV, W_O, W_1, W_2; the final norm's γ, β? */
+constexpr int64_t PER_LAYER = 20;
+
+int activation_code(const std::string &name) {
+    TORCH_CHECK(name == "silu" || name == "gelu_tanh" || name == "gelu", "activation: silu, gelu_tanh or gelu, not ",
+                name);
+    return name == "silu" ? SILU : name == "gelu_tanh" ? GELU_TANH : GELU;
+}
 
 at::Tensor decode_step_op(const at::Tensor &x, const c10::List<std::optional<at::Tensor>> &weights,
                        at::IntArrayRef group_sizes, const at::Tensor &inv_freq, at::Tensor &keys, at::Tensor &values,
                        const at::Tensor &positions, int64_t first_row, int64_t num_heads, int64_t kv_heads,
-                       double eps, double scale, bool one_sequence) {
+                       double eps, double scale, bool one_sequence, bool layer_norm, bool gated,
+                       c10::string_view activation) {
     TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu() && x.dim() == 3 && x.size(1) == 1,
                 "x: float32 (batch, 1, d_model) on the CPU");
-    const int64_t B = x.size(0), d = x.size(2), L = (int64_t)(weights.size() - 1) / PER_LAYER;
-    TORCH_CHECK(L >= 1 && (int64_t)weights.size() == L * PER_LAYER + 1, "weights: 14 per layer and the final norm");
+    const int64_t B = x.size(0), d = x.size(2), L = (int64_t)(weights.size() - 2) / PER_LAYER;
+    TORCH_CHECK(L >= 1 && (int64_t)weights.size() == L * PER_LAYER + 2, "weights: 20 per layer and the final norm's 2");
     TORCH_CHECK((int64_t)group_sizes.size() == 4 * L, "group_sizes: 4 per layer");
     TORCH_CHECK(keys.sizes() == values.sizes() && keys.dim() == 5 && keys.size(0) == L && keys.is_contiguous() &&
                     values.is_contiguous() && keys.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat,
@@ -129,24 +143,31 @@ at::Tensor decode_step_op(const at::Tensor &x, const c10::List<std::optional<at:
     TORCH_CHECK(positions.scalar_type() == at::kLong && positions.is_contiguous() && positions.dim() == 2 &&
                     positions.size(0) == 3 && positions.size(1) == B,
                 "positions: contiguous int64 (3, batch): write_at, first, rotary_at");
+    const bool rotary = inv_freq.numel() > 0; /* an empty inv_freq: positions were added to the embeddings */
     std::vector<qlayer> layers(L);
     for (int64_t l = 0; l < L; l++) {
         const int64_t at = l * PER_LAYER;
         qmatrix m[4];
+        const float *bias[4];
         for (int i = 0; i < 4; i++) {
-            const std::optional<at::Tensor> codes = weights.get(at + 2 + 3 * i), s = weights.get(at + 3 + 3 * i);
+            const std::optional<at::Tensor> codes = weights.get(at + 4 + 4 * i), s = weights.get(at + 5 + 4 * i);
             TORCH_CHECK(codes && s, "weights: codes and scales of every matrix");
-            m[i] = matrix(*codes, *s, weights.get(at + 4 + 3 * i), group_sizes[4 * l + i]);
+            m[i] = matrix(*codes, *s, weights.get(at + 6 + 4 * i), group_sizes[4 * l + i]);
+            bias[i] = optional_vector(weights.get(at + 7 + 4 * i), m[i].N, "a matrix's bias");
         }
-        layers[l] = {float_vector(weights.get(at), d, "norm1"), float_vector(weights.get(at + 1), d, "norm2"), m[0], m[1], m[2],
-                     m[3]};
+        layers[l] = {float_vector(weights.get(at), d, "norm1"), float_vector(weights.get(at + 2), d, "norm2"),
+                     optional_vector(weights.get(at + 1), d, "norm1's bias"),
+                     optional_vector(weights.get(at + 3), d, "norm2's bias"), m[0], m[1], m[2], m[3],
+                     bias[0], bias[1], bias[2], bias[3]};
         TORCH_CHECK(m[0].K == d && m[0].N == (num_heads + 2 * kv_heads) * hd && m[1].K == num_heads * hd &&
-                        m[1].N == d && m[2].K == d && m[2].N % 2 == 0 && m[3].K == m[2].N / 2 && m[3].N == d,
-                    "layer ", l, "'s matrices do not fit d_model = ", d, " and the heads");
+                        m[1].N == d && m[2].K == d && m[2].N == (gated ? 2 : 1) * m[3].K && m[3].N == d,
+                    "layer ", l, "'s matrices do not fit d_model = ", d, ", the heads and the feed-forward");
     }
-    const qdecoder model = {L, d, num_heads, kv_heads, hd, layers[0].fc2.K, (float)eps, (float)scale, layers.data(),
+    const qdecoder model = {L, d, num_heads, kv_heads, hd, layers[0].fc2.K, (float)eps, (float)scale,
+                            layer_norm, gated, activation_code(std::string(activation)), rotary, layers.data(),
                             float_vector(weights.get(L * PER_LAYER), d, "final_norm"),
-                            float_vector(std::optional<at::Tensor>(inv_freq), hd / 2, "inv_freq")};
+                            optional_vector(weights.get(L * PER_LAYER + 1), d, "final_norm's bias"),
+                            rotary ? float_vector(std::optional<at::Tensor>(inv_freq), hd / 2, "inv_freq") : nullptr};
     const int64_t offset = first_row * keys.stride(1);
     const int64_t *p = positions.data_ptr<int64_t>();
     /* one_sequence: every row is a position of the same sequence (a block of tokens: speculative decoding's check,
@@ -170,7 +191,7 @@ TORCH_LIBRARY(glassformer, m) {
           "-> Tensor");
     m.def("decode_step(Tensor x, Tensor?[] weights, int[] group_sizes, Tensor inv_freq, Tensor(a!) keys, "
           "Tensor(b!) values, Tensor positions, int first_row, int num_heads, int kv_heads, float eps, float scale, "
-          "bool one_sequence=False) -> Tensor");
+          "bool one_sequence=False, bool layer_norm=False, bool gated=True, str activation=\"silu\") -> Tensor");
     m.def("dequantize(Tensor codes, Tensor scales, Tensor? offsets, int group_size) -> Tensor");
     m.def("simd() -> str", &simd);
 }
