@@ -14,6 +14,14 @@
   weights or reordered half-precision products, whichever this CPU gains from) vs ``F.linear``, over GPT-2 124M's
   49 weight matrices in turn (so the weights stream from memory, as in decoding), float32 and bfloat16, 1 and 8
   rows.
+- int4 product: ``glassformer::quantized_linear`` (this build's path: ``glassformer env``) vs torch's
+  ``_weight_int4pack_mm_for_cpu``, one 150,000 x 576 weight in groups of 32 (43 MB: it streams from memory), 1 and
+  8 rows; with the bytes read per second against a 512 MiB read here. ``GLASSFORMER_CPU=avx2 python
+  bench/kernels.py`` gives the AVX2 path's row on an AVX512 machine.
+- long-prompt tile: a 512-row prompt times a dequantized tile of 455 x 576 weights (``quantized_linear_tiled``):
+  oneDNN's product with a plain weight vs ``F.linear``.
+- the fused decoding step on GPT-2's layout: a GPT-2-124M-shaped model (random weights) quantized to int4, greedy
+  decoding at batch 1, tokens/s with the modules vs with ``glassformer::decode_step``.
 
     python bench/kernels.py
 """
@@ -26,8 +34,12 @@ import torch
 import torch.nn.functional as F
 
 from glassformer import runtime
+from glassformer.backends.cpu import extension, onednn
 from glassformer.backends.cpu.onednn import MAX_PACKED_HALF_ROWS, min_packed_rows, reorder_half_precision
+from glassformer.backends.cpu.quantized import native_linear, probe_weight, torch_int4_layout, torch_linear
+from glassformer.generation import fused_step
 from glassformer.masks import causal_mask
+from glassformer.models.gpt import GPT, GPTConfig
 from glassformer.nn.attention import scaled_dot_product_attention
 from glassformer.nn.dropout import dropout
 from glassformer.nn.linear import Linear, packed_weights
@@ -99,6 +111,53 @@ def main() -> None:
                 with packed_weights(layers):  # as generate() does: packed where this CPU gains from it
                     ours = best_ms(lambda: [m(inputs[m.in_features]) for m in layers])  # noqa: B023
                 row(f"GPT-2 linears, {str(dtype).removeprefix('torch.')}, {rows} row(s), decoding", plain, ours)
+        quantized_rows()
+    gpt2_fused_step()
+
+
+def quantized_rows() -> None:
+    """The int4 product and the long-prompt tile (module docstring)."""
+    if not extension.load():
+        print(f"int4 product: glassformer's operators are not built ({extension.why_not[-1]})")
+        return
+    codes, scales, offsets, _ = probe_weight("int4", 150_000, 576, 32)
+    layout = torch_int4_layout(codes, scales, offsets)
+    nbytes = sum(t.numel() * t.element_size() for t in (codes, scales, offsets))
+    big = torch.ones(128 << 20)
+    read = big.numel() * 4 / (best_ms(big.sum) / 1e3)
+    path = torch.ops.glassformer.simd()
+    print(f"int4 product below: glassformer's {path} path; a 512 MiB read: {read / 1e9:.1f} GB/s")
+    for rows in (1, 8):
+        x = torch.randn(rows, 576)
+        theirs = best_ms(lambda: torch_linear(x, codes, scales, 32, None, layout))  # noqa: B023
+        ours = best_ms(lambda: native_linear(x, codes, scales, offsets, 32))  # noqa: B023
+        row(f"int4 150000x576, {rows} row(s) ({nbytes / (ours / 1e3) / 1e9:.1f} GB/s)", theirs, ours)
+    x, tile = torch.randn(512, 576), torch.randn(455, 576)
+    if onednn.packs(torch.float32):
+        row("long-prompt tile 512 x 576 by 455 x 576 (oneDNN)", best_ms(lambda: F.linear(x, tile)),
+            best_ms(lambda: onednn.packed_linear(x, tile, None)))  # fmt: skip
+
+
+def gpt2_fused_step(new_tokens: int = 64) -> None:
+    """GPT-2's layout, int4, batch 1: tokens/s with the modules and with the fused step."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(dropout=0.0, attention_dropout=0.0)).eval().quantize("int4")
+    ids = torch.randint(0, model.config.vocab_size, (1, 32))
+
+    def rate() -> float:  # decoding alone: n tokens over T(n + 1) - T(1)
+        with torch.inference_mode():
+            first = best_ms(lambda: model.generate(ids, max_new_tokens=1, eos_token_id=None), 2)
+            return new_tokens / ((best_ms(lambda: model.generate(ids, max_new_tokens=new_tokens + 1,
+                                                                 eos_token_id=None), 2) - first) / 1e3)  # fmt: skip
+
+    fused = rate()
+    real, fused_step.step = fused_step.step, lambda *args: None  # the modules serve every step
+    try:
+        modules = rate()
+    finally:
+        fused_step.step = real
+    print(f"{'GPT-2 124M shape, int4, batch 1: tok/s':<48} {modules:>10.1f} {fused:>12.1f} {fused / modules:>6.2f}x"
+          "   (modules | fused decoding step)")  # fmt: skip
 
 
 if __name__ == "__main__":
