@@ -32,7 +32,8 @@ int main(int argc, char **argv) {
     fclose(in);
     const qmatrix w = {kind, N, K, G, codes.data(), scales.data(), kind == 4 ? offsets.data() : nullptr};
     xspace space(M, K);
-    const qx q = quantize_rows(x.data(), M, K, G, space);
+    for (i64 m = 0; m < M; m++) quantize_row(x.data() + m * K, m, K, G, space);
+    const qx q = x_view(space, K);
     std::vector<float> y(M * N);
     qmatrix_rows(&w, q, M, 0, N, nullptr, y.data(), N, 0);
     FILE *out = fopen(argv[2], "wb");

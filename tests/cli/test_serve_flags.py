@@ -16,6 +16,7 @@ from run_glassformer import cli
         (("--port", "70000"), "--port must be an integer in [0, 65535]"),
         (("--request-timeout", "-1"), "--request-timeout must be a number > 0"),
         (("--prompt-lookup", "-1"), "--prompt-lookup must be an integer >= 0"),
+        (("--prompt-lookup", "4", "--batch-invariant"), "--prompt-lookup and --batch-invariant do not go together"),
         (("--model", "nowhere/at/all"), "no model directory at 'nowhere/at/all'"),
         (("--embedding-model", "nowhere/at/all"), "no model directory at 'nowhere/at/all'"),
     ],

@@ -107,6 +107,7 @@ def run(args: argparse.Namespace) -> None:
 
     from glassformer.serving.app import create_app
     from glassformer.serving.loading import describe_memory, load_served
+    from glassformer.serving.speculation import check_speculation
     from glassformer.serving.state import ServeConfig, Server
 
     check_options(
@@ -114,6 +115,7 @@ def run(args: argparse.Namespace) -> None:
         request_timeout=args.request_timeout, port=args.port, prefill_chunk=args.prefill_chunk,
         prefix_cache_tokens=args.prefix_cache_tokens, prompt_lookup=args.prompt_lookup,
     )  # fmt: skip
+    check_speculation(args.prompt_lookup, args.batch_invariant)
     check_port(args.host, args.port)  # a port in use, a bad host, a missing model: errors now, not after starting
     resolve_model(args.model)
     if args.embedding_model is not None:

@@ -45,7 +45,7 @@ from glassformer.nn.linear import packed_weights
 from glassformer.serving.metrics import Metrics
 from glassformer.serving.prefix_cache import DEFAULT_BLOCK, PrefixCache
 from glassformer.serving.requests import Counters, Event, Overloaded, Request, deliveries_held
-from glassformer.serving.speculation import Speculation
+from glassformer.serving.speculation import Speculation, check_speculation
 from glassformer.tokenizer import Tokenizer
 
 
@@ -69,6 +69,7 @@ class Scheduler:
     ):
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be at least 1 token, got {prefill_chunk}")
+        check_speculation(prompt_lookup, batch_invariant)
         self.model = model
         self.prefill_chunk = prefill_chunk
         self.batch_invariant = batch_invariant

@@ -30,6 +30,14 @@ from glassformer.serving.metrics import Metrics
 from glassformer.serving.requests import Request
 
 
+def check_speculation(prompt_lookup: int, batch_invariant: bool) -> None:
+    """A one-line ``ValueError`` for speculation with ``batch_invariant``: a request checked in blocks while it runs
+    alone draws its tokens otherwise than beside others (greedy ties, sampled ones), which that mode forbids."""
+    if prompt_lookup and batch_invariant:
+        raise ValueError("--prompt-lookup and --batch-invariant do not go together: a request running alone would "
+                         "decode otherwise than beside others; choose one")  # fmt: skip
+
+
 class Speculation:
     """Prompt-lookup drafts of ``count`` tokens checked in the slots of ``cache`` through ``step``."""
 

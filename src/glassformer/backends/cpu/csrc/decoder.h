@@ -192,11 +192,8 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
     const i64 chunks = (ff + 255) / 256; /* the activation shared out among threads in chunks of 256 */
 #pragma omp parallel num_threads(threads) if (!failed)
     {
-        i64 t = 0, T = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        T = omp_get_num_threads();
-#endif
+        i64 t, T;
+        thread_index(&t, &T);
         /* each matrix: its input's rows quantized (a row per thread), then its output rows shared out */
         for (i64 l = 0; l < model->num_layers && !failed; l++) {
             const qlayer *layer = model->layers + l;

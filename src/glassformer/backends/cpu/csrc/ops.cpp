@@ -51,11 +51,8 @@ void linear(const qmatrix *w, const float *x, i64 M, const float *bias, float *y
     xspace space(M, K);
 #pragma omp parallel num_threads(threads)
     {
-        i64 t = 0, T = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        T = omp_get_num_threads();
-#endif
+        i64 t, T;
+        thread_index(&t, &T);
 #pragma omp for schedule(static)
         for (i64 m = 0; m < M; m++) quantize_row(x + m * K, m, K, w->G, space);
         qmatrix_rows(w, x_view(space, K), M, N * t / T, N * (t + 1) / T, bias, y, N, 0);
@@ -92,11 +89,8 @@ at::Tensor dequantize_op(const at::Tensor &codes, const at::Tensor &scales, cons
     const int threads = at::get_num_threads();
 #pragma omp parallel num_threads(threads)
     {
-        i64 t = 0, T = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        T = omp_get_num_threads();
-#endif
+        i64 t, T;
+        thread_index(&t, &T);
         dequantize_rows(&w, w.N * t / T, w.N * (t + 1) / T, y);
     }
     return out;

@@ -69,6 +69,15 @@ typedef int64_t i64;
 #define BLOCK 32
 #define XMAX 32639.0f /* 127 * 256 + 127: xq = 256 hi + lo, hi and lo int8 */
 
+/* this thread's index t of the T threads of an OpenMP parallel region (0 of 1 without OpenMP) */
+static inline void thread_index(i64 *t, i64 *T) {
+#ifdef _OPENMP
+    *t = omp_get_thread_num(), *T = omp_get_num_threads();
+#else
+    *t = 0, *T = 1;
+#endif
+}
+
 /* the path this build runs (glassformer::simd) */
 static inline const char *simd_path() {
 #if defined(GLASSFORMER_VNNI)
@@ -234,12 +243,6 @@ static inline qx x_view(const xspace &space, i64 K) {
     const qx q = {space.q.data(), space.d.data(), space.gsum.data(), space.hi.data(), space.lo.data(),
                   space.d16.data(), space.gqsum.data(), K};
     return q;
-}
-
-/* x (M, K) quantized into space for a weight of groups G */
-static inline qx quantize_rows(const float *x, i64 M, i64 K, i64 G, xspace &space) {
-    for (i64 m = 0; m < M; m++) quantize_row(x + m * K, m, K, G, space);
-    return x_view(space, K);
 }
 
 #if defined(GLASSFORMER_VNNI)
