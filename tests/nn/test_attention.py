@@ -161,3 +161,24 @@ def test_mha_refuses_keys_and_values_that_do_not_pair():
         mha(query, torch.randn(2, 4, 16), torch.randn(2, 5, 16))
     with pytest.raises(ValueError, match="query has batch 2 but key has batch 1"):
         mha(query, torch.randn(1, 4, 16), torch.randn(1, 4, 16))
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_keys_shared_by_copies_of_a_row_give_what_repeated_keys_give(need_weights, kv_heads):
+    """Beam search's beams of one source read its cross-attention keys once: kv (and the mask) with one row per
+    group of consecutive query rows give the outputs and weights of kv repeated for every row."""
+    torch.manual_seed(0)
+    attention = MultiHeadAttention(32, 4, num_kv_heads=kv_heads).eval()
+    memory, query = torch.randn(3, 7, 32), torch.randn(3 * 4, 2, 32)
+    mask = torch.ones(3, 1, 1, 7, dtype=torch.bool)
+    mask[1, ..., 5:] = False  # a padded source
+    kv = attention.project_kv(memory)
+    repeated = tuple(t.repeat_interleave(4, 0) for t in kv)
+    shared, shared_weights = attention(query, None, None, mask, need_weights, kv=kv)
+    full, full_weights = attention(query, None, None, mask.repeat_interleave(4, 0), need_weights, kv=repeated)
+    torch.testing.assert_close(shared, full)
+    if need_weights:
+        torch.testing.assert_close(shared_weights, full_weights)
+    with pytest.raises(ValueError, match="must divide"):
+        attention(query[:10], None, None, None, kv=kv)

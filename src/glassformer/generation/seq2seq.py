@@ -37,9 +37,10 @@ class SourceConditionedDecoder(nn.Module):
     """The decoder of a ``Transformer`` with a batch of encoded sources bound in, as a causal language model:
     ``forward(ids, attention_mask, cache, last_token_only)`` -> next-token logits, ``make_cache``.
 
-    The sources are repeated ``copies`` times (one per beam, ``repeat_interleave`` order, as beam search lays
-    out its hypotheses); beams of one source share its cross-attention keys/values. ``attention_mask`` ``(batch,
-    src_len)`` marks the real source tokens (default: those that are not ``pad_token_id``).
+    Each source serves ``copies`` consecutive rows (one per beam, ``repeat_interleave`` order, as beam search lays
+    out its hypotheses): the beams of one source share its cross-attention keys/values, stored and read once for
+    all of them. ``attention_mask`` ``(batch, src_len)`` marks the real source tokens (default: those that are not
+    ``pad_token_id``).
     """
 
     def __init__(
@@ -53,11 +54,8 @@ class SourceConditionedDecoder(nn.Module):
             attention_mask = attention_mask.to(src.device)
         memory_mask = model.source_mask(src, attention_mask)  # (batch, 1, 1, src_len)
         memory = model.encode(src, memory_mask)
-        self.cross_kv = [
-            (k.repeat_interleave(copies, 0), v.repeat_interleave(copies, 0))
-            for k, v in model.cross_attention_kv(memory)
-        ]
-        self.memory_mask = memory_mask.repeat_interleave(copies, 0)
+        self.cross_kv = model.cross_attention_kv(memory)  # per layer, (batch, kv_heads, src_len, d_k) each
+        self.memory_mask, self.copies = memory_mask, copies
 
     def make_cache(self, batch: int, max_length: int) -> KVCache:
         return self.model.make_cache(batch, max_length)
@@ -72,8 +70,8 @@ class SourceConditionedDecoder(nn.Module):
         if attention_mask is not None:
             raise ValueError("target prefixes are not padded; decode without an attention mask")
         cross_kv, memory_mask = self.cross_kv, self.memory_mask
-        if input_ids.size(0) != memory_mask.size(0):  # a search that reordered rows is never shorter or longer
-            raise ValueError(f"{input_ids.size(0)} target rows for {memory_mask.size(0)} sources")
+        if input_ids.size(0) != memory_mask.size(0) * self.copies:  # a search never has more or fewer rows
+            raise ValueError(f"{input_ids.size(0)} target rows for {memory_mask.size(0)} sources × {self.copies}")
         return self.model.decode(
             input_ids, None, memory_mask, cache=cache, cross_kv=cross_kv, last_token_only=last_token_only
         )
@@ -113,7 +111,7 @@ def generate_seq2seq(
         with torch.inference_mode():
             decoder = SourceConditionedDecoder(model, input_ids, config.num_beams, attention_mask)
             start = torch.full((input_ids.size(0), 1), start_id, dtype=torch.long, device=device)
-            return generate(decoder, start, config, pack_weights=False)
+            return generate(decoder, start, config)
     finally:
         model.train(was_training)
 

@@ -289,10 +289,15 @@ class Transformer(PretrainedMixin, nn.Module):
         Decoding one token at a time: pass ``cache`` (from ``make_cache``; ``tgt`` then holds only the new
         tokens, which must not be padding) and ``cross_kv`` (from ``cross_attention_kv(memory)``; ``memory`` may
         then be None); ``last_token_only`` computes logits for the last position only, ``(batch, 1, vocab)``.
+        ``cross_kv`` (and ``memory_mask``) may hold one row per group of consecutive target rows — beam search's
+        beams of one source —, read once for the group.
         """
-        batch = cross_kv[0][0].size(0) if memory is None and cross_kv else memory.size(0)
-        if batch != tgt.size(0):
-            raise ValueError(f"tgt has batch size {tgt.size(0)} but memory has {batch}; they must match")
+        if memory is None and cross_kv:
+            batch = cross_kv[0][0].size(0)
+            if tgt.size(0) % batch:
+                raise ValueError(f"tgt has batch size {tgt.size(0)}, not a multiple of cross_kv's {batch}")
+        elif memory.size(0) != tgt.size(0):
+            raise ValueError(f"tgt has batch size {tgt.size(0)} but memory has {memory.size(0)}; they must match")
         if tgt_mask is None:
             if cache is None:
                 tgt_mask = self.target_mask(tgt)

@@ -84,6 +84,19 @@ def _additive_mask(mask: torch.Tensor | None, bias: torch.Tensor, dtype: torch.d
     return bias.masked_fill(~mask, torch.finfo(dtype).min)
 
 
+def _group_rows(q: torch.Tensor, copies: int) -> torch.Tensor:
+    """``(rows · copies, heads, q_len, d)`` -> ``(rows, heads, copies · q_len, d)``: each group of ``copies``
+    consecutive rows as more queries of one row."""
+    batch, heads, q_len, d = q.shape
+    return q.view(batch // copies, copies, heads, q_len, d).transpose(1, 2).reshape(-1, heads, copies * q_len, d)
+
+
+def _ungroup_rows(t: torch.Tensor, copies: int) -> torch.Tensor:
+    """``_group_rows``'s inverse: ``(rows, heads, copies · q_len, x)`` -> ``(rows · copies, heads, q_len, x)``."""
+    rows, heads, n, x = t.shape
+    return t.view(rows, heads, copies, n // copies, x).transpose(1, 2).reshape(rows * copies, heads, n // copies, x)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with a fused projection for Q, K and V, built from a ``BlockConfig``.
 
@@ -189,7 +202,9 @@ class MultiHeadAttention(nn.Module):
             cache: a layer of ``glassformer.nn.cache.KVCache``; the new keys/values are appended to it and the
                 queries attend to all of them.
             kv: precomputed keys and values from ``project_kv`` (cross-attention while decoding); ``key`` and
-                ``value`` are then not used and may be None.
+                ``value`` are then not used and may be None. Their batch may divide the query's: ``copies``
+                consecutive query rows share one row of keys (beam search's beams of one source), read once for
+                all of them; ``mask`` then has the keys' batch.
             rotary: ``(cos, sin)`` of the query positions from ``glassformer.nn.rotary.RotaryEmbedding``
                 (self-attention only: queries and keys share the positions).
             is_causal: the causal mask (query i sees keys j <= i) without building it, for a self-attention over
@@ -204,10 +219,13 @@ class MultiHeadAttention(nn.Module):
         """
         check_hidden(query, self.d_model, "query")
         batch, q_len = query.size(0), query.size(1)
+        copies = 1  # query rows per row of keys (kv shared by beams)
         if kv is not None:
             q = self.split_heads(self.qkv_proj.rows(query, 0, self.inner), normalize=True)
             k, v = kv
-            k_len = k.size(2)
+            k_len, copies = k.size(2), batch // max(k.size(0), 1)
+            if k.size(0) * copies != batch or (copies > 1 and (cache is not None or position_bias is not None)):
+                raise ValueError(f"{batch} query rows for keys of {k.size(0)}: the keys' batch must divide the query's")
         else:
             check_hidden(key, self.d_model, "key")
             if value is not key:
@@ -230,12 +248,16 @@ class MultiHeadAttention(nn.Module):
         if is_causal and (mask is not None or q_len != k_len or past > 0):
             raise ValueError("is_causal is for a whole sequence attending to itself: pass a mask instead")
         if mask is not None:
-            check_mask(mask, (batch, self.num_heads, q_len, past + k_len))
+            check_mask(mask, (batch // copies, self.num_heads, q_len, past + k_len))
         if position_bias is not None:
             check_bias(position_bias, (batch, self.num_heads, q_len, past + k_len))
         if cache is not None:
             k, v = cache.update(k, v)  # (batch, kv_heads, past + k_len, d_k)
 
+        if copies > 1:  # a row of keys attended by its copies' queries at once: (kv rows, heads, copies · q_len, d_k)
+            q = _group_rows(q, copies)
+            if mask is not None and mask.size(-2) > 1:  # a mask per query position: the same for every copy
+                mask = mask.repeat(1, 1, copies, 1)
         groups = self.num_heads // self.num_kv_heads
         dropout_p = self.dropout if self.training else 0.0
         cpu_training = q.device.type == "cpu" and torch.is_grad_enabled()
@@ -257,6 +279,9 @@ class MultiHeadAttention(nn.Module):
                 enable_gqa=groups > 1,
             )  # fmt: skip
             weights = None
+        if copies > 1:
+            out = _ungroup_rows(out, copies)
+            weights = None if weights is None else _ungroup_rows(weights, copies)
         # concatenate heads: (batch, heads, q_len, d_k) -> (batch, q_len, heads * d_k)
         out = out.transpose(1, 2).reshape(batch, q_len, self.inner)
         return self.out_proj(out), weights

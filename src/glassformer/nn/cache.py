@@ -95,9 +95,16 @@ class KVCache(CacheStorage):
         self.length = length
 
     def reorder(self, batch_index: torch.Tensor) -> None:
-        """Keep rows ``batch_index`` of the batch (beam search: each surviving beam takes its parent's cache)."""
-        self.keys = self.keys.index_select(1, batch_index)
-        self.values = self.values.index_select(1, batch_index)
+        """Keep rows ``batch_index`` of the batch (beam search: each surviving beam takes its parent's cache). Only the
+        ``length`` positions filled of the rows that take another row's are copied, in place."""
+        index = batch_index.to(self.keys.device)
+        changed = (index != torch.arange(index.numel(), device=index.device)).nonzero().squeeze(1)
+        if changed.numel() == 0:
+            return
+        taken = index[changed]
+        for tensor in (self.keys, self.values):
+            filled = tensor[:, :, :, : self.length]
+            filled.index_copy_(1, changed, filled.index_select(1, taken))
 
 
 class SlotCache(CacheStorage):
