@@ -250,6 +250,7 @@ def environment(device: str | torch.device | None = "auto") -> dict[str, str]:
         "packed fp32 weights (oneDNN)": kernels.kernel_status("onednn_packed_fp32"),
         "packed bf16 weights (oneDNN)": kernels.kernel_status("onednn_packed_bf16"),
         "reordered half-precision products": kernels.kernel_status("reordered_half_precision"),
+        "int8 activations (torch._int_mm)": kernels.kernel_status("quantized_dynamic_int8"),
         "fused AdamW": "on" if fused_optimizer_works(resolved) else "off (plain AdamW)",
         "torch.compile": compile_status(resolved),
     }

@@ -97,10 +97,10 @@ BASES = {("figures", "--layer"): ["attention", "the", "--model", "m", "-o", "a.p
          ("figures", "--device"): ["attention", "the", "--model", "m", "-o", "a.png"],
          ("data get", "--domain"): ["sentiment"]}  # fmt: skip
 
-# --group-size and --quantize-embeddings refine --quantize
-for _command in ("translate", "generate", "chat", "classify", "embed", "similarity", "serve"):
-    for _flag in ("--group-size", "--quantize-embeddings"):
-        BASES[_command, _flag] = [*COMMANDS[_command][0], "--quantize", "int4"]
+# --group-size and --quantize-embeddings/-activations refine --quantize
+for _command in ("translate", "evaluate", "generate", "chat", "classify", "embed", "similarity", "serve"):
+    for _flag in ("--group-size", "--quantize-embeddings", "--quantize-activations"):
+        BASES[_command, _flag] = [*COMMANDS[_command][0], "--quantize", "int8"]
 
 
 VALUES = {("figures", "--view"): "cross", ("translate", "--attention"): "align.html"}  # values the command accepts

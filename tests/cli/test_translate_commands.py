@@ -59,6 +59,15 @@ def test_evaluate_prints_bleu_and_writes_outputs(run_dir):
     assert rows[0] == "source\treference\thypothesis" and len(rows) == record["pairs"] + 1
 
 
+def test_evaluate_quantized_names_it_and_keeps_its_own_outputs(run_dir):
+    result = cli("evaluate", "--model", str(run_dir), "--beam", "2", "--quiet", "--quantize", "int8",
+                 "--quantize-activations", "int8")  # fmt: skip
+    assert "beam 2 (int8)" in result.stdout
+    record = json.loads((run_dir / "evaluation.jsonl").read_text().splitlines()[-1])
+    assert record["quantization"] == dict(kind="int8", group_size=None, embeddings=None, activations="int8")
+    assert (run_dir / "test.beam2.int8.tsv").is_file()
+
+
 def test_resume_continues_the_run(run_dir, tmp_path):
     import shutil
 

@@ -24,6 +24,7 @@ from glassformer.nn.quantization import (
     KERNEL_ROWS,
     QuantizedWeight,
     check_quantization,
+    dynamic_int8_linear_reference,
     quantize_tensor,
     quantized_linear,
     quantized_linear_reference,
@@ -244,6 +245,56 @@ def test_a_group_size_that_does_not_fit_leaves_the_model_untouched():
     with pytest.raises(ValueError, match="group size 48"):
         model.quantize("int4", group_size=48)
     assert all(m.quantized is None for m in model.modules() if isinstance(m, Linear))
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_int8_activations_give_their_formula_for_many_rows_and_the_kernel_for_few(kernel, monkeypatch):
+    """W8A8: past KERNEL_ROWS rows each row of x is quantized to int8 and multiplied in integers (torch._int_mm), equal
+    to its formula whether the kernel works or not, within 8-bit error of float activations; fewer rows keep the
+    weight-only kernel's 16-bit activations."""
+    if not kernel:
+        monkeypatch.setattr(quantization, "kernel_works", lambda name: False)
+    generator = torch.Generator().manual_seed(0)
+    layer = Linear(256, 96, bias=True)
+    layer.quantize("int8")
+    layer.quantized.set_activations("int8")
+    weight_only = copy.deepcopy(layer.quantized)
+    weight_only.set_activations(None)
+    for rows in (KERNEL_ROWS + 1, 200):
+        x = torch.randn(rows, 256, generator=generator) * torch.linspace(0.1, 3, 256)
+        with torch.inference_mode():
+            y, formula = layer(x), dynamic_int8_linear_reference(x, layer.quantized, layer.bias)
+            float_activations = quantized_linear_reference(x, layer.quantized, layer.bias)
+            q_rows = layer.rows(x, 32, 64)  # one of Q, K, V: rows of the matrix
+        assert relative_error(y, formula) <= 1e-5
+        assert relative_error(q_rows, formula[:, 32:64]) <= 1e-5
+        assert 1e-4 <= relative_error(y, float_activations) <= 2e-2  # int8 activations did change the product
+    x = torch.randn(KERNEL_ROWS, 256, generator=generator)
+    with torch.inference_mode():
+        torch.testing.assert_close(layer(x), quantized_linear(x, weight_only, layer.bias), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        (dict(kind="int4", activations="int8"), "need int8 weights"),
+        (dict(kind="int8", group_size=32, activations="int8"), "without --group-size"),
+        (dict(kind="int8", activations="fp8"), "unknown activations"),
+    ],
+)
+def test_int8_activations_are_refused_for_other_weights_before_anything_changes(options, words):
+    model = tiny_llama()
+    with pytest.raises(ValueError, match=words):
+        model.quantize(**options)
+    assert all(m.quantized is None for m in model.modules() if isinstance(m, Linear))
+
+
+def test_int8_activations_reach_every_int8_matrix_and_the_int8_output_layer():
+    model = tiny_llama().quantize("int8", embeddings="int8", activations="int8")
+    weights = [m for m in model.modules() if isinstance(m, QuantizedWeight)]
+    assert weights and all(w.activations == "int8" for w in weights)
+    model.quantize("int8")  # quantized again without: float activations
+    assert all(w.activations is None for w in model.modules() if isinstance(w, QuantizedWeight))
 
 
 def test_seq2seq_and_bert_quantize_through_the_same_linear():

@@ -11,6 +11,7 @@ bug report can say whether a kernel is involved; ``glassformer env`` lists each 
     reordered_half_precision    half-precision products in another order (AMX)   backends.cpu.onednn
     quantized_native_int8/int4  glassformer's quantized product (a torch op)     backends.cpu.quantized
     quantized_torch_int8/int4   torch's own int8 / int4 CPU kernels              backends.cpu.quantized
+    quantized_dynamic_int8      int8 activations x int8 weights (torch._int_mm)  backends.cpu.quantized
     quantized_decoder_step      a whole decoding step in one op                  backends.cpu.decoder
     quantized_native_dequantize glassformer's dequantization (long prompts' tiles) backends.cpu.quantized
     fused_adamw_cpu/cuda/mps    torch's fused AdamW                               here
@@ -47,6 +48,7 @@ KERNELS = {
     "quantized_native_int4": "glassformer.backends.cpu.quantized:probe_native_int4",
     "quantized_torch_int8": "glassformer.backends.cpu.quantized:probe_torch_int8",
     "quantized_torch_int4": "glassformer.backends.cpu.quantized:probe_torch_int4",
+    "quantized_dynamic_int8": "glassformer.backends.cpu.quantized:probe_dynamic_int8",
     "quantized_decoder_step": "glassformer.backends.cpu.decoder:probe",
     "quantized_native_dequantize": "glassformer.backends.cpu.quantized:probe_native_dequantize",
     "fused_adamw_cpu": functools.partial(_probe_fused_adamw, "cpu"),

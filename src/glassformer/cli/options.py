@@ -29,7 +29,8 @@ def add_device_arguments(parser: argparse.ArgumentParser, training: bool = False
 
 
 def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--quantize``, ``--group-size``, ``--quantize-embeddings``: weight-only quantization of the loaded model."""
+    """``--quantize``, ``--group-size``, ``--quantize-embeddings``, ``--quantize-activations``: quantization of the
+    loaded model."""
     parser.add_argument(
         "--quantize",
         choices=["int8", "int4"],
@@ -49,15 +50,24 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="the token embeddings and the output layer (default: as the checkpoint stores them)",
     )
+    parser.add_argument(
+        "--quantize-activations",
+        choices=["int8"],
+        default=None,
+        help="with --quantize int8: multiply many rows at once (prompts, beams, batches) with their activations "
+        "quantized to int8 per row as well (W8A8; faster where compute bounds; default: float activations)",
+    )
 
 
 def quantization_of(args: argparse.Namespace) -> Quantization | None:
     """The ``Quantization`` the flags ask for (None without ``--quantize``)."""
     if getattr(args, "quantize", None) is None:
-        if getattr(args, "group_size", None) or getattr(args, "quantize_embeddings", None):
-            raise ValueError("--group-size and --quantize-embeddings go with --quantize int8|int4")
+        if any(getattr(args, name, None) for name in ("group_size", "quantize_embeddings", "quantize_activations")):
+            raise ValueError("--group-size and --quantize-embeddings/-activations go with --quantize int8|int4")
         return None
-    return Quantization(args.quantize, args.group_size, args.quantize_embeddings)
+    return Quantization(
+        args.quantize, args.group_size, args.quantize_embeddings, getattr(args, "quantize_activations", None)
+    )
 
 
 def report_placement(args: argparse.Namespace) -> runtime.Placement:

@@ -85,6 +85,7 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N pairs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     add_device_arguments(parser)
+    add_quantize_arguments(parser)
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -94,6 +95,9 @@ def run_evaluate(args: argparse.Namespace) -> None:
     placement = report_placement(args)
     if (Path(args.model) / CLASSIFICATION_RUN).is_file():
         from glassformer.cli.classify import print_classification_evaluation
+
+        if quantization_of(args) is not None:
+            raise ValueError("--quantize evaluates translation runs; classification runs are evaluated in float")
         from glassformer.training.classification import evaluate_classifier
 
         result = evaluate_classifier(args.model, args.split, args.data, True, placement.device, placement.precision)
@@ -101,10 +105,11 @@ def run_evaluate(args: argparse.Namespace) -> None:
         return
     result = evaluate_translation(
         args.model, args.split, args.data, args.beam, args.length_penalty, args.limit, progress=not args.quiet,
-        device=placement.device, precision=placement.precision,
+        device=placement.device, precision=placement.precision, quantization=quantization_of(args),
     )  # fmt: skip
     print(
-        f"{result['split']}: {result['pairs']} pairs, beam {result['beam']}: "
+        f"{result['split']}: {result['pairs']} pairs, beam {result['beam']}"
+        f"{' (' + args.quantize + ')' if args.quantize else ''}: "
         f"BLEU {result['bleu']:.2f}  chrF {result['chrf']:.2f}  ({result['seconds']} s)"
     )
     print(result["bleu_detail"])

@@ -29,9 +29,11 @@ class PretrainedMixin:
             config["quantization"] = describe(self)
         return write_checkpoint(directory, config, self.state_dict() if state_dict is None else state_dict)
 
-    def quantize(self, kind: str, group_size: int | None = None, embeddings: str | None = None) -> Self:
+    def quantize(
+        self, kind: str, group_size: int | None = None, embeddings: str | None = None, activations: str | None = None
+    ) -> Self:
         """Quantize the weights in place (``glassformer.models.quantization.quantize``) and return the model."""
-        return quantize(self, kind, group_size, embeddings)
+        return quantize(self, kind, group_size, embeddings, activations)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> Self:

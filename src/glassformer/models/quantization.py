@@ -4,6 +4,7 @@ token embeddings and the output layer only as the user chooses.
     model.quantize("int4", group_size=32)                    layers int4; embeddings and output layer as they are
     model.quantize("int8", embeddings="int8")                 the embedding table and the output layer int8 too
     model.quantize("int4", embeddings="float")                a table loaded quantized (GGUF) back to float32
+    model.quantize("int8", activations="int8")                and many rows' activations int8 too (W8A8, dynamic)
 
 A tied output layer is the embedding table: both hold one ``QuantizedWeight`` (one copy, saved once). A quantized
 checkpoint is config.json (with a ``quantization`` entry describing it) + model.safetensors holding each quantized
@@ -21,21 +22,25 @@ from torch import nn
 from glassformer.backends.cpu.quantized import dequantize
 from glassformer.nn.embedding import TokenEmbedding
 from glassformer.nn.linear import Linear
-from glassformer.nn.quantization import KINDS, QuantizedWeight, check_quantization
+from glassformer.nn.quantization import KINDS, QuantizedWeight, check_activations, check_quantization
 
 EMBEDDING_CHOICES = (None, "float", *KINDS)
 
 
 @dataclasses.dataclass(frozen=True)
 class Quantization:
-    """What ``--quantize``, ``--group-size`` and ``--quantize-embeddings`` ask for; ``apply`` is ``quantize``."""
+    """What ``--quantize``, ``--group-size``, ``--quantize-embeddings`` and ``--quantize-activations`` ask for;
+    ``apply`` is ``quantize``."""
 
     kind: str | None  # None: nothing quantized (a GGUF file dequantized to float32)
     group_size: int | None = None
     embeddings: str | None = None
+    activations: str | None = None  # "int8": int8 matrices multiply many rows with int8 activations
 
     def apply(self, model: nn.Module) -> nn.Module:
-        return model if self.kind is None else quantize(model, self.kind, self.group_size, self.embeddings)
+        if self.kind is None:
+            return model
+        return quantize(model, self.kind, self.group_size, self.embeddings, self.activations)
 
 
 def _outputs(model: nn.Module) -> list[Linear]:
@@ -73,10 +78,19 @@ def _float_table(module: nn.Module) -> torch.Tensor:
     return module.weight.detach()
 
 
-def quantize(model: nn.Module, kind: str, group_size: int | None = None, embeddings: str | None = None) -> nn.Module:
+def quantize(
+    model: nn.Module,
+    kind: str,
+    group_size: int | None = None,
+    embeddings: str | None = None,
+    activations: str | None = None,
+) -> nn.Module:
     """Quantize ``model`` in place (and return it): every ``Linear`` but the output layer to ``kind`` with groups of
     ``group_size`` along the input; ``embeddings`` (None: as they are, "float", "int8" or "int4") for the token
-    embeddings and the output layer. Every shape is checked before anything changes."""
+    embeddings and the output layer; ``activations`` "int8": every int8 matrix (an int8 output layer too) multiplies
+    many rows with int8 activations (``glassformer.nn.quantization``). Every shape is checked before anything
+    changes."""
+    check_activations(activations, kind, group_size)
     if embeddings not in EMBEDDING_CHOICES:
         raise ValueError(f"unknown embeddings precision {embeddings!r}; choose float, int8 or int4 (or leave it)")
     outputs = {id(m) for m in _outputs(model)}
@@ -97,6 +111,9 @@ def quantize(model: nn.Module, kind: str, group_size: int | None = None, embeddi
             _set_table(group, nn.Parameter(weight.float(), requires_grad=False))
         else:
             _set_table(group, QuantizedWeight.from_float(weight, embeddings, group_size))
+    for module in model.modules():
+        if isinstance(module, QuantizedWeight) and (module.kind == "int8" or activations is None):
+            module.set_activations(activations)
     return model
 
 

@@ -8,6 +8,15 @@ s and o are stored in half precision (float16, as GGUF's blocks store them), and
 values, so a group's error stays within half a step: with G = 32, int4 takes 5 bits a weight (4 + 2 · 16 / 32) and
 int8 8.5.
 
+Activations stay float (weight-only), unless an int8 weight with one scale per output channel is given
+``activations = "int8"``: products of more than ``KERNEL_ROWS`` rows (prompts, beams, batches) then quantize each row
+of x to int8 as it comes, ``x ≈ x_q · s_x`` with ``s_x = max|x_row| / 127``, and multiply in integers,
+
+    y = (x_q q^T) · s_x · s_w + b                  (``dynamic_int8_linear_reference``; W8A8, "dynamic")
+
+where compute, not the weights' bytes, is the bound (CPUs with VNNI: one instruction for 64 int8 products); fewer
+rows keep the kernel's 16-bit activations, as the weights' bytes bound those.
+
 G = in_features is one scale per output channel (int8's default); int4 defaults to G = 32. llama.cpp's blocks are
 these formats with G = 32: Q8_0 is int8 (q and s exactly), Q4_1 is int4 (s = d, o = m), Q4_0 is int4 with
 o = −8 s. int4 codes are stored two to a byte in blocks of 32 along the input, 16 bytes per block, byte j holding
@@ -33,6 +42,7 @@ from torch import nn
 from glassformer.backends.cpu import onednn
 from glassformer.backends.cpu import quantized as cpu_quantized
 from glassformer.backends.cpu.quantized import INT4_BLOCK, KINDS, dequantize, dequantize_rows, pack_int4
+from glassformer.backends.kernels import kernel_works
 
 DEFAULT_INT4_GROUP = 32
 # the most rows of activations the fused kernels take (decoding, and prompts up to this length); more rows dequantize
@@ -67,6 +77,17 @@ def check_quantization(kind: str, group_size: int | None, in_features: int, what
             f"multiples of {INT4_BLOCK} (codes are stored in blocks of {INT4_BLOCK})"
         )
     return group
+
+
+def check_activations(activations: str | None, kind: str | None, group_size: int | None) -> None:
+    """Activations ``"int8"`` (or None) for weights of ``kind`` in groups of ``group_size`` (None: one per output row),
+    else a one-line ``ValueError``."""
+    if activations not in (None, "int8"):
+        raise ValueError(f"unknown activations {activations!r}; choose int8 (or leave them float)")
+    if activations and (kind != "int8" or group_size):
+        raise ValueError(
+            "int8 activations need int8 weights with one scale per output row: --quantize int8 without --group-size"
+        )
 
 
 def quantize_tensor(
@@ -107,6 +128,13 @@ class QuantizedWeight(nn.Module):
         offsets = torch.zeros(out_features, groups, dtype=torch.float16, device=device) if kind == "int4" else None
         self.register_buffer("offsets", offsets)
         self._torch_layout: tuple | None = None  # torch's packed int4 layout, made on first use
+        self.activations: str | None = None  # "int8": many rows quantized to int8 as they come (module docstring)
+
+    def set_activations(self, activations: str | None) -> None:
+        """``"int8"``: products of many rows with int8 activations (an int8 weight with one scale per output row
+        only); None: float activations. A one-line ``ValueError`` for any other weight."""
+        check_activations(activations, self.kind, None if self.group_size == self.in_features else self.group_size)
+        self.activations = activations
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, kind: str, group_size: int | None = None) -> QuantizedWeight:
@@ -168,6 +196,15 @@ def quantized_linear_reference(x: torch.Tensor, weight: QuantizedWeight, bias=No
     return F.linear(x, w, None if bias is None else bias.to(x.dtype))
 
 
+def dynamic_int8_linear_reference(x: torch.Tensor, weight: QuantizedWeight, bias=None, rows: slice | None = None):
+    """The formula of int8 activations: each row of x quantized (``quantize_rows_int8``) and dequantized, then the
+    reference product."""
+    x2 = x.reshape(-1, x.size(-1))
+    xq, scales = cpu_quantized.quantize_rows_int8(x2)
+    y = quantized_linear_reference((xq.float() * scales).to(x.dtype), weight, bias, rows)
+    return y.reshape(*x.shape[:-1], y.size(-1))
+
+
 def quantized_linear_tiled(x: torch.Tensor, weight: QuantizedWeight, bias=None, rows: slice | None = None):
     """The reference's product a tile of weight rows at a time (``TILE_ELEMENTS`` weights, at least 16 rows): each
     tile dequantized, multiplied while it is in cache, and dropped — never a float copy of the whole matrix. Equal to
@@ -192,6 +229,11 @@ def quantized_linear(x: torch.Tensor, weight: QuantizedWeight, bias=None, rows: 
     """``x Wᵀ + b`` by the path ``glassformer.backends.cpu.quantized`` serves these inputs with, else the reference:
     the one dispatch point of quantized products."""
     count = x.numel() // max(x.size(-1), 1)
+    if weight.activations == "int8" and count > KERNEL_ROWS and not (torch.is_grad_enabled() and x.requires_grad):
+        if x.device.type == "cpu" and kernel_works("quantized_dynamic_int8"):
+            codes, scales = (weight.codes, weight.scales) if rows is None else (weight.codes[rows], weight.scales[rows])
+            return cpu_quantized.dynamic_int8_linear(x, codes, scales, bias)
+        return dynamic_int8_linear_reference(x, weight, bias, rows)
     if (
         x.device.type == "cpu"
         and x.dtype == torch.float32

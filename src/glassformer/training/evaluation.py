@@ -2,11 +2,13 @@
 
 The model's outputs are decoded back to plain text and compared with the references as they are in the corpus
 (sacrebleu's default 13a tokenization for BLEU). Per-sentence outputs go to ``<run>/<split>.beam<N>.tsv``
-(source, reference, hypothesis) and each evaluation is appended to ``<run>/evaluation.jsonl``.
+(``.beam<N>.int8.tsv`` quantized; source, reference, hypothesis) and each evaluation is appended to
+``<run>/evaluation.jsonl``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -16,6 +18,7 @@ import sacrebleu
 from tqdm import tqdm
 
 from glassformer.data.parallel import read_parallel
+from glassformer.models.quantization import Quantization
 from glassformer.options import check_options
 from glassformer.pipelines.translator import Translator
 from glassformer.training.run_directory import check_data_fingerprint, read_run_record
@@ -39,12 +42,14 @@ def evaluate_translation(
     progress: bool = True,
     device: str | None = None,
     precision: str | None = None,
+    quantization: Quantization | None = None,
 ) -> dict[str, Any]:
     """Translate a split of the run's corpus (or every pair of the file ``data``) and score it; the model runs on
-    ``device`` in ``precision`` (default the CPU in float32; ``auto`` for ``glassformer.runtime``'s choice)."""
+    ``device`` in ``precision`` (default the CPU in float32; ``auto`` for ``glassformer.runtime``'s choice), quantized
+    as ``quantization`` asks."""
     run = Path(run)
     check_options(num_beams=num_beams, length_penalty=length_penalty, limit=limit)
-    translator = Translator.load(run, device, precision)  # checks that the run holds a translation model
+    translator = Translator.load(run, device, precision, quantization)  # checks that it holds a translation model
     if data is not None:
         paths = data.split(",", 1)
         pairs, split = read_parallel(*paths), Path(paths[0]).stem
@@ -65,9 +70,11 @@ def evaluate_translation(
         hypotheses = translator.translate(sources, num_beams=num_beams, length_penalty=length_penalty, progress=bar)
     seconds = time.perf_counter() - start
     result = {"split": split, "pairs": len(pairs), "beam": num_beams, "length_penalty": length_penalty}
+    if quantization is not None:
+        result["quantization"] = dataclasses.asdict(quantization)
     result.update(score_translations(hypotheses, references), seconds=round(seconds, 1))
     if (run / RUN_FILE).is_file():  # beside the run's own files; never into a directory glassformer did not write
-        outputs = run / f"{split}.beam{num_beams}.tsv"
+        outputs = run / f"{split}.beam{num_beams}{'.' + quantization.kind if quantization else ''}.tsv"
         rows = (f"{s}\t{r}\t{h}\n" for s, r, h in zip(sources, references, hypotheses, strict=True))
         outputs.write_text("source\treference\thypothesis\n" + "".join(rows), encoding="utf-8")
         result["outputs"] = str(outputs)

@@ -107,6 +107,25 @@ def torch_linear(x, codes, scales, group_size: int, bias=None, int4_layout: tupl
     return y.reshape(*x.shape[:-1], y.size(-1))
 
 
+def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row of ``x`` ``(M, K)`` as int8 codes with one float32 scale: ``x ≈ x_q · s``, ``s = max|x_row| / 127``
+    (a row of zeros gets codes 0), ``x_q = round(x / s)``. Returns ``(x_q (M, K), s (M, 1))``."""
+    scales = x.abs().amax(-1, keepdim=True).float().clamp_min(torch.finfo(torch.float32).tiny) / 127
+    return (x / scales).round_().to(torch.int8), scales
+
+
+def dynamic_int8_linear(x, codes, scales, bias=None) -> torch.Tensor:
+    """``x Wᵀ + b`` with ``x``'s rows quantized to int8 as it comes (``quantize_rows_int8``) and int8 codes with one
+    scale per output row: ``y = (x_q codesᵀ) · s_x · s_w + b``, the integer product exact in int32 (torch's
+    ``_int_mm``: oneDNN's int8 kernel, VNNI where the CPU has it)."""
+    x2 = x.reshape(-1, x.size(-1))
+    xq, row_scales = quantize_rows_int8(x2)
+    y = torch._int_mm(xq, codes.t()).float().mul_(row_scales).mul_(scales.view(1, -1).float())
+    if bias is not None:
+        y += bias
+    return y.to(x.dtype).reshape(*x.shape[:-1], codes.size(0))
+
+
 # --- which path serves a kind ----------------------------------------------------------------------------------
 
 
@@ -171,6 +190,21 @@ def probe_native_dequantize() -> None:
             <= 1e-6 * w.abs().max()
         ):
             raise RuntimeError(f"glassformer's {kind} dequantization differs from the formula's")
+
+
+def probe_dynamic_int8() -> None:
+    """torch's integer product must be exact (against int64 products) and take a transposed matrix of codes; the
+    dynamic product must then give its formula."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(-127, 128, (70, 96), generator=generator, dtype=torch.int8)
+    codes = torch.randint(-127, 128, (40, 96), generator=generator, dtype=torch.int8)
+    if not torch.equal(torch._int_mm(a, codes.t()), (a.long() @ codes.long().t()).int()):
+        raise RuntimeError("torch._int_mm differs from the exact integer product")
+    x, scales = torch.randn(70, 96, generator=generator), torch.rand(40, 1, generator=generator).half() / 50 + 1e-3
+    xq, row_scales = quantize_rows_int8(x)
+    expected = F.linear(xq.float() * row_scales, dequantize(codes, scales))
+    if not (dynamic_int8_linear(x, codes, scales) - expected).norm() <= 1e-5 * expected.norm():
+        raise RuntimeError("the dynamic int8 product differs from its formula")
 
 
 def probe_native_int8() -> None:
