@@ -101,7 +101,7 @@ def test_generate_with_seed_is_reproducible(run_dir):
         (["generate", "--prompt", ""], "prompt is empty"),
         (["generate", "--prompt", "x", "--max-new-tokens", "200"], "exceeds the model's context"),
         (["generate", "--prompt", "x", "--quantize", "int4", "--group-size", "48"], "int4 with group size 48"),
-        (["generate", "--prompt", "x", "--group-size", "32"], "--group-size and --quantize-embeddings go with"),
+        (["generate", "--prompt", "x", "--group-size", "32"], "--quantize-embeddings/-activations go with"),
         (
             ["generate", "--prompt", "x", "--top-p", "2", "--sample", "--max-new-tokens", "3"],
             "--top-p must be a number in (0, 1]",
