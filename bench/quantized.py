@@ -14,7 +14,8 @@ what the load leaves behind), and what the model and its tokenizer hold (given b
 
 - glassformer float32 / bfloat16: the GGUF file dequantized (``GPT.from_pretrained``), weights packed for oneDNN.
 - int4: ``Quantization("int4")``: the Q4_1 blocks used as they are, the Q8_0 table as int8 with groups of 32.
-- int8: ``Quantization("int8")``: the matrices dequantized and quantized again per output channel, table as int4's.
+- int8: ``Quantization("int8")``: the matrices dequantized and quantized again per output channel, table as int4's;
+  with int8 activations (``activations="int8"``) for products of more than 64 rows: the long prompt.
 - llama.cpp: ``llama-cpp-python`` in its own virtual environment (``--llama-python``, default
   ``bench/.venv-llama/bin/python``), never a glassformer dependency. Build it once with
   ``python3 -m venv bench/.venv-llama && bench/.venv-llama/bin/pip install llama-cpp-python`` (it compiles llama.cpp
@@ -163,6 +164,9 @@ def main() -> None:
     variants = {
         "glassformer float32": lambda: GPT.from_pretrained(directory),
         "glassformer int8": lambda: GPT.from_pretrained(directory, quantization=Quantization("int8")),
+        "int8, int8 activations": lambda: GPT.from_pretrained(
+            directory, quantization=Quantization("int8", activations="int8")
+        ),
         "glassformer int4": lambda: GPT.from_pretrained(directory, quantization=Quantization("int4")),
     }
     if "bf16" in runtime.native_precisions("cpu"):

@@ -39,7 +39,9 @@ def text_ids(tokenizer):
 def models(smollm2_float32):
     float32 = smollm2_float32
     int8 = copy.deepcopy(float32).quantize("int8")
-    int8_activations = copy.deepcopy(int8).quantize("int8", activations="int8")  # the same codes, W8A8 for windows
+    # what --quantize int8 --quantize-activations int8 loads: the matrices int8 per output row, W8A8 for the windows;
+    # the file's Q8_0 table (tied output layer, int8 in groups of 32) as stored, with float activations
+    int8_activations = GPT.from_pretrained("smollm2", quantization=Quantization("int8", activations="int8"))
     int4 = GPT.from_pretrained("smollm2", quantization=Quantization("int4"))
     int4_head = GPT.from_pretrained("smollm2", quantization=Quantization("int4", embeddings="int4"))
     return {"float32": float32, "int8": int8, "int8 + int8 activations": int8_activations, "int4": int4,
@@ -66,6 +68,12 @@ def test_quantized_perplexity_stays_within_bounds_of_float32(models, text_ids):
     assert figures["int8 + int8 activations"] <= base * 1.02, figures
     assert figures["int4"] <= base * 1.08, figures
     assert figures["int4 + int4 head"] <= base * 1.10, figures
+
+
+def test_int8_activations_go_to_the_matrices_and_not_to_the_grouped_table(models):
+    model = models["int8 + int8 activations"]
+    assert model.layers[0].ffn.fc1.quantized.activations == "int8"
+    assert model.embedding.quantized.group_size == 32 and model.embedding.quantized.activations is None
 
 
 def test_int4_reads_a_fraction_of_the_float32_bytes(models):

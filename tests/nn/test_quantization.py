@@ -295,6 +295,8 @@ def test_int8_activations_reach_every_int8_matrix_and_the_int8_output_layer():
     assert weights and all(w.activations == "int8" for w in weights)
     model.quantize("int8")  # quantized again without: float activations
     assert all(w.activations is None for w in model.modules() if isinstance(w, QuantizedWeight))
+    with pytest.raises(ValueError, match="no int8 matrix with one scale per output row"):
+        tiny_llama().quantize("int4").quantize("int8", activations="int8")  # every matrix already int4
 
 
 def test_seq2seq_and_bert_quantize_through_the_same_linear():

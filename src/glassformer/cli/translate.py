@@ -94,10 +94,9 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
     placement = report_placement(args)
     if (Path(args.model) / CLASSIFICATION_RUN).is_file():
-        from glassformer.cli.classify import print_classification_evaluation
-
         if quantization_of(args) is not None:
             raise ValueError("--quantize evaluates translation runs; classification runs are evaluated in float")
+        from glassformer.cli.classify import print_classification_evaluation
         from glassformer.training.classification import evaluate_classifier
 
         result = evaluate_classifier(args.model, args.split, args.data, True, placement.device, placement.precision)

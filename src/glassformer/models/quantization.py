@@ -87,8 +87,9 @@ def quantize(
 ) -> nn.Module:
     """Quantize ``model`` in place (and return it): every ``Linear`` but the output layer to ``kind`` with groups of
     ``group_size`` along the input; ``embeddings`` (None: as they are, "float", "int8" or "int4") for the token
-    embeddings and the output layer; ``activations`` "int8": every int8 matrix (an int8 output layer too) multiplies
-    many rows with int8 activations (``glassformer.nn.quantization``). Every shape is checked before anything
+    embeddings and the output layer; ``activations`` "int8": every int8 matrix with one scale per output row (an int8
+    output layer too) multiplies many rows with int8 activations (``glassformer.nn.quantization``); int8 in groups
+    (a GGUF file's Q8_0 table, kept as stored) keeps float activations. Every shape is checked before anything
     changes."""
     check_activations(activations, kind, group_size)
     if embeddings not in EMBEDDING_CHOICES:
@@ -103,6 +104,9 @@ def quantize(
         for group in tables:
             size = group[0].embedding.embedding_dim if isinstance(group[0], TokenEmbedding) else group[0].in_features
             check_quantization(embeddings, group_size, size, "the embedding table")
+    per_row = [w for w in _weights(model) if w.kind == "int8" and w.group_size == w.in_features]
+    if activations and not (per_row or layers or embeddings == "int8"):  # e.g. every matrix already int4
+        raise ValueError("no int8 matrix with one scale per output row to take int8 activations in this model")
     for _, layer in layers:
         layer.quantize(kind, group_size)
     for group in tables:
@@ -111,10 +115,14 @@ def quantize(
             _set_table(group, nn.Parameter(weight.float(), requires_grad=False))
         else:
             _set_table(group, QuantizedWeight.from_float(weight, embeddings, group_size))
-    for module in model.modules():
-        if isinstance(module, QuantizedWeight) and (module.kind == "int8" or activations is None):
-            module.set_activations(activations)
+    for weight in _weights(model):
+        per_row = weight.kind == "int8" and weight.group_size == weight.in_features
+        weight.set_activations(activations if per_row else None)
     return model
+
+
+def _weights(model: nn.Module) -> list[QuantizedWeight]:
+    return [m for m in model.modules() if isinstance(m, QuantizedWeight)]
 
 
 def describe(model: nn.Module) -> dict | None:
