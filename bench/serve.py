@@ -16,6 +16,7 @@ the first's (the prefix cache's goal: <= 0.2x).
 
     python bench/serve.py [--model smollm2] [--new-tokens 128] [--rounds 2] [--url http://127.0.0.1:8000]
                           [--quantize int8|int4] [--batch-invariant] [--prefill-chunk N] [--long-prompt N]
+                          [--kv-blocks N] [--max-batch N]
 """
 
 from __future__ import annotations
@@ -180,6 +181,8 @@ def main() -> None:
     parser.add_argument("--prefill-chunk", type=int, default=None, help="serve with this --prefill-chunk")
     parser.add_argument("--prefix-cache-tokens", type=int, default=None, help="serve with this --prefix-cache-tokens")
     parser.add_argument("--long-prompt", type=int, default=960, help="tokens of the last row's long prompt")
+    parser.add_argument("--kv-blocks", type=int, default=None, help="serve with this --kv-blocks (the paged pool)")
+    parser.add_argument("--max-batch", type=int, default=8, help="serve with this --max-batch (default 8)")
     args = parser.parse_args()
     print(runtime.env_line("cpu"))
     server = None
@@ -188,11 +191,13 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         command = [sys.executable, "-m", "glassformer", "serve", "--model", args.model, "--port", str(port),
-                   "--max-batch", "8", "--max-context", str(max(512, 2 * args.long_prompt + args.new_tokens)),
+                   "--max-batch", str(args.max_batch),
+                   "--max-context", str(max(512, 2 * args.long_prompt + args.new_tokens)),
                    "--device", "cpu", "--precision", "fp32",
                    *(["--quantize", args.quantize] if args.quantize else []),
                    *(["--batch-invariant"] if args.batch_invariant else []),
                    *(["--prefill-chunk", str(args.prefill_chunk)] if args.prefill_chunk else []),
+                   *(["--kv-blocks", str(args.kv_blocks)] if args.kv_blocks else []),
                    *(["--prefix-cache-tokens", str(args.prefix_cache_tokens)]
                      if args.prefix_cache_tokens is not None else [])]  # fmt: skip
         server = subprocess.Popen(command, stderr=subprocess.DEVNULL, env={**os.environ})
@@ -225,6 +230,8 @@ def main() -> None:
     name += ", --batch-invariant" if args.batch_invariant else ""
     name += f", --prefill-chunk {args.prefill_chunk}" if args.prefill_chunk else ""
     name += f", --prefix-cache-tokens {args.prefix_cache_tokens}" if args.prefix_cache_tokens is not None else ""
+    name += f", --kv-blocks {args.kv_blocks}" if args.kv_blocks else ""
+    name += f", --max-batch {args.max_batch}" if args.max_batch != 8 else ""
     print(f"{name}, greedy {args.new_tokens} new tokens per request, streaming; best of {args.rounds} rounds")
     print(f"baseline: glassformer generate, batch 1: {baseline:.1f} tokens/s")
     print(f"{'clients':>7} | {'aggregate tok/s':>15} | {'vs 1 client':>11} | {'vs generate':>11} | "

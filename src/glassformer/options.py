@@ -151,6 +151,7 @@ RULES: dict[str, Rule] = {
     **dict.fromkeys(("max_batch", "max_context", "max_queue", "nproc_per_node", "prefill_chunk"), POSITIVE_INT),
     "request_timeout": POSITIVE,
     "prefix_cache_tokens": Rule(low=0, integer=True),
+    "kv_blocks": POSITIVE_INT,
     "prompt_lookup": Rule(low=0, integer=True),
     "port": Rule(low=0, high=65535, integer=True),
     # token ids (the vocabulary's upper bound is checked where the vocabulary is known)

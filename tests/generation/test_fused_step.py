@@ -164,16 +164,21 @@ def test_left_padded_batches_decode_as_the_modules_do(monkeypatch, fused_steps):
 
 
 def test_a_server_s_slots_of_different_lengths_decode_as_the_modules_do(monkeypatch, fused_steps):
-    """A SlotCache view: rows of their own lengths, a free slot riding along; only active rows advance."""
+    """A SlotCache view: rows of their own lengths in blocks of 4 positions handed out of order (the operator reads
+    them through the block table), a free slot riding along; only active rows advance."""
     model = llama().quantize("int8", 32)
     prompts = [torch.randint(0, 96, (1, n)) for n in (3, 7)]
 
     def run():
-        slots = model.make_slot_cache(3, 16)
+        slots = model.make_slot_cache(3, 16, block=4)
+        slots.free_blocks.reverse()  # the highest block first: tables run backwards through the pool
         for slot, prompt in zip((0, 2), prompts, strict=True):
+            slots.reserve(slot, prompt.size(1))
             model(prompt, cache=slots.view(slot, slot + 1))
         out = []
         for _ in range(4):
+            for slot in (0, 2):
+                slots.reserve(slot, slots.lengths[slot] + 1)
             view = slots.view(0, 3, active=[True, False, True])
             ids = torch.tensor([[5], [0], [9]])
             out.append(choose_step(model)(ids, view.attention_mask(1), view))

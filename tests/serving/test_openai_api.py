@@ -539,3 +539,7 @@ def test_health_and_metrics_count_the_work(server):
     assert samples[("glassformer_step_seconds_count", ())] == steps > 0
     assert 0 < samples[("glassformer_step_emit_seconds_sum", ())] < samples[("glassformer_step_seconds_sum", ())]
     assert samples[("glassformer_requests_running", ())] == 0 and samples[("glassformer_requests_waiting", ())] == 0
+    # the paged cache: with nothing running, the blocks in use are the prefix cache's, and every block is counted
+    used, free = samples[("glassformer_kv_blocks_used", ())], samples[("glassformer_kv_blocks_free", ())]
+    assert used == samples[("glassformer_prefix_cache_blocks", ())]
+    assert used + free == server[1].scheduler.cache.blocks and samples[("glassformer_preemptions_total", ())] == 0

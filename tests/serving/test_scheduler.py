@@ -9,7 +9,7 @@ import torch
 from equivalence import PRECISIONS, assert_same_greedy_tokens, in_precision, next_scores
 
 from glassformer.backends import kernels
-from glassformer.nn.cache import SlotCache
+from glassformer.nn.slot_cache import SlotCache
 from glassformer.serving.prefix_cache import PrefixCache
 from glassformer.serving.requests import Overloaded, Request
 from glassformer.serving.scheduler import Scheduler
@@ -202,6 +202,34 @@ def test_the_queue_is_bounded(tiny_lm):
         scheduler.submit(Request(tokenizer.encode("the"), 62, lambda e: None))
 
 
+@pytest.mark.cpu_class
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_requests_beyond_the_blocks_are_preempted_and_still_get_their_greedy_tokens(tiny_lm, precision):
+    """A pool of 10 blocks of 4 positions for 3 requests that need 6 each: the latest admitted is preempted when a
+    step lacks a block, read again (prompt and tokens so far) once blocks are free, and every request ends with
+    its greedy tokens; every block is given back at the end."""
+    model, tokenizer = tiny_lm
+    model = in_precision(model, precision)
+    scheduler = Scheduler(model, tokenizer, max_batch=3, max_context=64, kv_blocks=10, kv_block=4)
+    prompts, n = ["the cat sat", "a bird sang", "the dog ate"], 12
+    scheduler.start()
+    try:
+        collectors = [submit(scheduler, tokenizer, prompt, n)[1] for prompt in prompts]
+        assert all(c.done.wait(30) for c in collectors)
+    finally:
+        scheduler.stop()
+    assert scheduler.metrics.preemptions._value.get() >= 1
+    for prompt, c in zip(prompts, collectors, strict=True):
+        assert c.last.kind == "done" and c.last.completion_tokens == n, c.last
+        ids = torch.tensor(tokenizer.encode(prompt))
+        alone = model.generate(ids[None], max_new_tokens=n)[0, len(ids) :]
+        served = tokenizer.encode(c.text)
+        assert_same_greedy_tokens(next_scores(model, ids), served, alone, precision, model.config.num_layers, prompt)
+    assert scheduler.cache.used_blocks == 0 and scheduler.active == 0
+    with pytest.raises(ValueError, match="need 11 key/value blocks and the server has 10"):
+        scheduler.submit(Request(tokenizer.encode("the cat"), 37, Collector()))
+
+
 def test_a_quantized_model_s_batched_steps_give_each_request_its_greedy_tokens(tiny_lm, monkeypatch, fused_steps):
     """int4 weights: the scheduler's steps over slots of different lengths run the fused decoding step
     (glassformer.generation.fused_step) where it is available, and every request still gets the tokens the modules
@@ -233,12 +261,11 @@ def test_a_quantized_model_s_batched_steps_give_each_request_its_greedy_tokens(t
 @pytest.mark.cpu_class
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_a_prompt_that_starts_like_an_earlier_one_reads_only_the_rest(tiny_lm, precision):
-    """Prefix caching: the second prompt's blocks in common with the first are copied, not run; the first chunk it
+    """Prefix caching: the second prompt's blocks in common with the first are shared, not run; the first chunk it
     runs starts after them, and both answers are their greedy tokens."""
     model, tokenizer = tiny_lm
     model = in_precision(model, precision)
-    scheduler = Scheduler(model, tokenizer, max_batch=2, max_context=64)
-    scheduler.prefix = PrefixCache(capacity=16, block=8)
+    scheduler = Scheduler(model, tokenizer, max_batch=2, max_context=64, prefix_cache_tokens=128, kv_block=8)
     starts = []
     chunk = scheduler._prefill_chunk
     scheduler._prefill_chunk = lambda request: (starts.append(request.prefilled), chunk(request))
@@ -255,6 +282,7 @@ def test_a_prompt_that_starts_like_an_earlier_one_reads_only_the_rest(tiny_lm, p
     common = next(i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
     assert starts == [0, common // 8 * 8] and common // 8 * 8 >= 24
     assert scheduler.metrics.prefix_hit_tokens._value.get() == common // 8 * 8
+    assert scheduler.cache.used_blocks == scheduler.prefix.blocks  # the requests' own blocks given back
     for prompt, collector in zip((first, second), collectors, strict=True):
         ids = torch.tensor(tokenizer.encode(prompt))
         alone = model.generate(ids[None], max_new_tokens=6)[0, len(ids) :]
@@ -262,18 +290,28 @@ def test_a_prompt_that_starts_like_an_earlier_one_reads_only_the_rest(tiny_lm, p
         assert_same_greedy_tokens(next_scores(model, ids), served, alone, precision, model.config.num_layers, prompt)
 
 
-def test_the_prefix_cache_keeps_the_heads_of_prompts_longest_and_never_the_whole_prompt():
-    cache = SlotCache(num_layers=1, slots=1, num_heads=1, max_length=16, head_dim=2)
-    cache.keys[0, 0, 0, :, 0] = torch.arange(16.0)  # position p holds p
-    prefix = PrefixCache(capacity=2, block=4)
+def test_the_prefix_cache_holds_blocks_keeps_the_heads_of_prompts_longest_and_gives_them_back_when_short():
+    cache = SlotCache(num_layers=1, slots=2, num_heads=1, max_length=16, head_dim=2, block=4)  # 8 blocks
+    prefix = PrefixCache(cache, capacity=2)
     a = list(range(12))
-    prefix.store(cache, 0, a)  # 3 full blocks, room for 2: the first two
-    assert len(prefix.match(a)) == 2 and len(prefix.match(a[:8])) == 1  # the last token is always left to run
-    assert prefix.restore(cache, 0, prefix.match(a)) == 8 and cache.lengths[0] == 8
-    prefix.store(cache, 0, [50, 51, 52, 53, 54])  # a new prompt's block: a's tail block goes, its head stays
+    cache.reserve(0, 12)
+    cache.lengths[0] = 12
+    prefix.store(0, a)  # 3 full blocks, room for 2: the first two, held (no copy)
+    head = cache.tables[0][:2]
+    assert [cache.refs[b] for b in cache.tables[0]] == [2, 2, 1]
+    assert prefix.match(a) == head and len(prefix.match(a[:8])) == 1  # the last token is always left to run
+    assert prefix.restore(1, prefix.match(a)) == 8 and cache.lengths[1] == 8 and cache.tables[1] == head
+    cache.free(0), cache.free(1)
+    assert cache.used_blocks == 2  # the prefix cache's, kept for later prompts
+    cache.reserve(0, 5)
+    cache.lengths[0] = 5
+    prefix.store(0, [50, 51, 52, 53, 54])  # a new prompt's block: a's tail block goes, its head stays
     assert len(prefix.match(a)) == 1 and len(prefix.match([50, 51, 52, 53, 54])) == 1
     assert len(prefix.match([9, *a])) == 0  # the same blocks at other positions are other blocks
-    assert PrefixCache(capacity=0).match(a) == []
+    cache.free(0)
+    cache.reserve(0, 16), cache.reserve(1, 16)  # every block wanted: those only the prefix cache holds come back
+    assert prefix.blocks == 0 and cache.used_blocks == 8
+    assert PrefixCache(cache, capacity=0).match(a) == []
 
 
 def test_a_steps_events_cross_to_the_event_loop_in_one_hand_over_and_in_order(monkeypatch):

@@ -1,10 +1,11 @@
-"""The serving cache: rows of different lengths decoded together give each row's own one-at-a-time result."""
+"""The serving cache (paged): rows of different lengths decoded together give each row's own one-at-a-time result;
+blocks are taken as rows grow, shared by reference, given back when the last holder lets go."""
 
 import pytest
 import torch
 
 from glassformer import GPT, GPTConfig
-from glassformer.nn.cache import SlotCache
+from glassformer.nn.slot_cache import OutOfBlocks, SlotCache
 
 VARIANTS = {
     "gpt2": dict(),
@@ -23,15 +24,19 @@ def test_rows_of_different_lengths_decode_together_as_they_would_alone(variant):
     steps = 6
     # alone: the usual cache, one sequence at a time, greedy
     expected = [model.generate(p[None], max_new_tokens=steps)[0, len(p) :] for p in prompts]
-    # together: slot 1 stays free (it rides along masked), slots 0, 2 and 3 hold the prompts
-    cache = model.make_slot_cache(4, 40)
+    # together: slot 1 stays free (it rides along masked), slots 0, 2 and 3 hold the prompts, in blocks of 4
+    # positions taken as they grow (a pool of 12 blocks, fewer than 4 slots of 40 positions would need)
+    cache = model.make_slot_cache(4, 40, blocks=12, block=4)
     slots = [0, 2, 3]
     tokens = {}
     with torch.no_grad():
         for slot, prompt in zip(slots, prompts, strict=True):
+            cache.reserve(slot, len(prompt))
             logits = model(prompt[None], cache=cache.view(slot, slot + 1), last_token_only=True)
             tokens[slot] = [int(logits[0, -1].argmax())]
         for _ in range(steps - 1):
+            for s in slots:
+                cache.reserve(s, cache.lengths[s] + 1)
             view = cache.view(0, 4, active=[True, False, True, True])
             ids = torch.tensor([[tokens[s][-1] if s in tokens else 0] for s in range(4)])
             logits = model(ids, attention_mask=view.attention_mask(1), cache=view, last_token_only=True)
@@ -39,6 +44,9 @@ def test_rows_of_different_lengths_decode_together_as_they_would_alone(variant):
                 tokens[s].append(int(logits[s, -1].argmax()))
     assert [tokens[s] for s in slots] == [e.tolist() for e in expected]
     assert cache.lengths == [5 + steps - 1, 0, 9 + steps - 1, 2 + steps - 1]
+    assert [len(t) for t in cache.tables] == [3, 0, 4, 2] and cache.used_blocks == 9  # ceil(length / 4) each
+    blocks = [b for t in cache.tables for b in t]
+    assert len(set(blocks)) == 9 and 0 not in blocks  # no block held twice; block 0 is the null block
 
 
 def test_logits_of_a_batched_step_equal_the_single_row_step():
@@ -46,7 +54,11 @@ def test_logits_of_a_batched_step_equal_the_single_row_step():
     config = GPTConfig(vocab_size=30, max_seq_length=32, d_model=16, num_layers=2, num_heads=2, d_ff=32)
     model = GPT(config).eval()
     a, b = torch.randint(0, 30, (1, 7)), torch.randint(0, 30, (1, 3))
-    together, alone = model.make_slot_cache(2, 32), model.make_slot_cache(1, 32)
+    together, alone = model.make_slot_cache(2, 32, block=4), model.make_slot_cache(1, 32)
+    for cache, lengths in ((together, (8, 4)), (alone, (8,))):
+        for slot, length in enumerate(lengths):
+            cache.reserve(slot, length)
+    together.free_blocks.reverse()  # blocks handed out out of order: a row's table need not be ascending
     with torch.no_grad():
         model(a, cache=together.view(0, 1))
         model(b, cache=together.view(1, 2))
@@ -57,13 +69,40 @@ def test_logits_of_a_batched_step_equal_the_single_row_step():
     torch.testing.assert_close(both[0], single[0], atol=1e-5, rtol=1e-5)
 
 
-def test_a_slot_refuses_positions_past_its_length():
-    cache = SlotCache(num_layers=1, slots=2, num_heads=1, max_length=4, head_dim=2)
+def test_a_slot_refuses_positions_past_its_length_or_its_blocks():
+    cache = SlotCache(num_layers=1, slots=2, num_heads=1, max_length=4, head_dim=2, block=2)
     layer = cache.view(0, 1).layer(0)
     with pytest.raises(ValueError, match="holds 4 positions per slot"):
         layer.update(torch.zeros(1, 1, 5, 2), torch.zeros(1, 1, 5, 2))
+    with pytest.raises(ValueError, match="past its blocks; reserve them first"):
+        layer.update(torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2))
     with pytest.raises(ValueError, match="not within the cache's 2 slots"):
         cache.view(1, 3)
+    with pytest.raises(ValueError, match="positions per slot, not 5"):
+        cache.reserve(0, 5)
+    cache.reserve(0, 4), cache.reserve(1, 4)
     cache.lengths[:] = [1, 2]
     with pytest.raises(ValueError, match="rows of equal length"):
         cache.view(0, 2).layer(0).update(torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 2, 2))
+
+
+def test_blocks_are_taken_shared_and_given_back_by_reference_count():
+    cache = SlotCache(num_layers=1, slots=3, num_heads=1, max_length=8, head_dim=1, blocks=5, block=2)
+    cache.reserve(0, 5)  # 3 blocks
+    table = list(cache.tables[0])
+    for block, position in zip(table, (0, 2, 4), strict=True):
+        cache.keys[0, block, 0, :, 0] = torch.tensor([position, position + 1.0])
+    cache.lengths[0] = 5
+    cache.copy(0, 1, 5)  # slot 1: the two full blocks shared, the half-filled third copied into a block of its own
+    assert cache.tables[1][:2] == table[:2] and cache.tables[1][2] not in table
+    assert cache.keys[0, cache.tables[1][2], 0, 0, 0] == 4.0 and cache.lengths[1] == 5
+    assert [cache.refs[b] for b in table] == [2, 2, 1] and cache.used_blocks == 4
+    with pytest.raises(OutOfBlocks, match="all 5 key/value blocks are in use"):
+        cache.reserve(2, 4)  # one block left, two wanted: it keeps the one it got
+    assert len(cache.tables[2]) == 1 and not cache.free_blocks
+    cache.free(0)  # its third block is free; the shared two still held by slot 1
+    assert [cache.refs[b] for b in table] == [1, 1, 0] and cache.free_blocks == [table[2]]
+    cache.free(1), cache.free(2)
+    assert cache.used_blocks == 0 and sorted(cache.free_blocks) == [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="slot 0 holds 0 positions, not 3"):
+        cache.copy(0, 1, 3)

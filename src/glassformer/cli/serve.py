@@ -75,6 +75,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         f"system prompt, a growing chat) skips them; 0 turns it off (default {defaults.prefix_cache_tokens})",
     )  # fmt: skip
     parser.add_argument(
+        "--kv-blocks", type=int, default=None, metavar="N",
+        help="the key/value cache's size in blocks of 32 positions, shared by the running sequences as they grow "
+        "and the prefix cache; when they run out the latest request is preempted and read again later (default: "
+        "enough for --max-batch sequences of --max-context positions and --prefix-cache-tokens)",
+    )  # fmt: skip
+    parser.add_argument(
         "--prompt-lookup", type=int, default=defaults.prompt_lookup, metavar="N",
         help="speculative decoding while one request runs alone: each step checks up to N tokens guessed by prompt "
         "lookup (text that quotes its prompt gets several a step; greedy answers unchanged); 0 turns it off "
@@ -113,7 +119,7 @@ def run(args: argparse.Namespace) -> None:
     check_options(
         max_batch=args.max_batch, max_context=args.max_context, max_queue=args.max_queue,
         request_timeout=args.request_timeout, port=args.port, prefill_chunk=args.prefill_chunk,
-        prefix_cache_tokens=args.prefix_cache_tokens, prompt_lookup=args.prompt_lookup,
+        prefix_cache_tokens=args.prefix_cache_tokens, prompt_lookup=args.prompt_lookup, kv_blocks=args.kv_blocks,
     )  # fmt: skip
     check_speculation(args.prompt_lookup, args.batch_invariant)
     check_port(args.host, args.port)  # a port in use, a bad host, a missing model: errors now, not after starting
@@ -123,14 +129,15 @@ def run(args: argparse.Namespace) -> None:
     placement = report_placement(args)
     config = ServeConfig(
         args.max_batch, args.max_context, args.max_queue, args.request_timeout, args.api_key, args.batch_invariant,
-        args.prefill_chunk, args.prefix_cache_tokens, args.prompt_lookup,
+        args.prefill_chunk, args.prefix_cache_tokens, args.prompt_lookup, args.kv_blocks,
     )  # fmt: skip
     uv: uvicorn.Server | None = None
 
     load = functools.partial(
         load_served, args.model, args.max_batch, args.max_context, name=args.name,
         embedding_model=args.embedding_model, device=placement.device, precision=placement.precision,
-        quantization=quantization_of(args), prefix_cache_tokens=args.prefix_cache_tokens,
+        quantization=quantization_of(args), prefix_cache_tokens=0 if args.batch_invariant else args.prefix_cache_tokens,
+        kv_blocks=args.kv_blocks,
     )  # fmt: skip
 
     def ready(server: Server) -> None:

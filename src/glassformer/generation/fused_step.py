@@ -7,8 +7,9 @@ positions added to the embeddings, a GELU feed-forward, biases) — the norm, th
 every layer —, every matrix quantized in a format the kernel takes, float32 norms and biases on the CPU, eval mode,
 and the operator works here (``glassformer env``: "decoding step").
 ``step(model, ids, cache, attention_mask)`` then serves one new token per row of a float32 ``KVCache`` (rows may be
-left-padded) or a server's ``SlotView``, and returns None — the modules serve that step — for anything else (a mask
-with a hole, a cache too short). ``tests/generation/test_fused_step.py`` compares it with the modules token by token.
+left-padded) or a server's ``SlotView`` (its blocks read in place through the view's table), and returns None — the
+modules serve that step — for anything else (a mask with a hole, a cache too short).
+``tests/generation/test_fused_step.py`` compares it with the modules token by token.
 
 What it gathers from a model (the list of tensors the operator reads) is made on the first step with a new cache and
 kept while the weights stay the same tensors with the same contents.
@@ -23,9 +24,10 @@ from torch import nn
 
 from glassformer.backends.cpu import decoder
 from glassformer.backends.kernels import kernel_works
-from glassformer.nn.cache import KVCache, SlotCache, SlotView
+from glassformer.nn.cache import KVCache
 from glassformer.nn.norm import LayerNorm, RMSNorm
 from glassformer.nn.quantization import tensor_state
+from glassformer.nn.slot_cache import SlotCache, SlotView
 from glassformer.nn.validation import check_token_ids
 
 
@@ -146,9 +148,11 @@ def takes(model: nn.Module) -> bool:
 
 
 def _rows(cache: KVCache | SlotView, batch: int, attention_mask: torch.Tensor | None) -> tuple | None:
-    """``(positions (3, batch): write_at, first, rotary_at; the cache's storage; the rows' first index in it)``, or
-    None where the rows are not sequences the step takes: a ``KVCache`` whose rows may start with padding
-    (``attention_mask`` ``[0 … 0 1 … 1]``), or a ``SlotView`` with its own mask (``view.attention_mask(1)``)."""
+    """``(positions (3, batch): write_at, first, rotary_at; the cache's storage; the rows' first index in it; the
+    block table, or None)``, or None where the rows are not sequences the step takes: a ``KVCache`` whose rows may
+    start with padding (``attention_mask`` ``[0 … 0 1 … 1]``), or a ``SlotView`` with its own mask
+    (``view.attention_mask(1)``), whose rows have their blocks reserved."""
+    table = None
     if isinstance(cache, KVCache):
         storage, start, length = cache, 0, cache.length
         write_at = torch.full((batch,), length, dtype=torch.long)
@@ -158,8 +162,11 @@ def _rows(cache: KVCache | SlotView, batch: int, attention_mask: torch.Tensor | 
             first = mask.argmax(-1)
             if not torch.equal(mask.sum(-1), length + 1 - first):
                 return None
+        if storage.keys.size(1) < batch:
+            return None
     elif isinstance(cache, SlotView):
-        storage, start = cache.slots, cache.start
+        cache.check_room(1)
+        storage, start, table = cache.slots, 0, cache.table
         write_at = torch.tensor(cache.row_lengths, dtype=torch.long)
         first = torch.zeros(batch, dtype=torch.long)
         if attention_mask is not None and not torch.equal(attention_mask.cpu().long(), cache.attention_mask(1).cpu()):
@@ -169,9 +176,9 @@ def _rows(cache: KVCache | SlotView, batch: int, attention_mask: torch.Tensor | 
     keys = storage.keys
     if keys.dtype != torch.float32 or keys.device.type != "cpu" or not keys.is_contiguous():
         return None
-    if keys.size(1) - start < batch or int(write_at.max()) >= storage.max_length:
+    if int(write_at.max()) >= storage.max_length:
         return None
-    return torch.stack((write_at, first, write_at - first)), storage, start
+    return torch.stack((write_at, first, write_at - first)), storage, start, table
 
 
 def _weights_for(model: nn.Module, storage) -> _Weights | None:
@@ -191,9 +198,10 @@ def block(model: nn.Module, ids: torch.Tensor, cache: KVCache | SlotView):
     if ids.dim() != 2 or ids.size(0) != 1 or torch.is_grad_enabled():
         return None
     if isinstance(cache, KVCache) and cache.keys.size(1) == 1:
-        storage, row = cache, 0
+        storage, table = cache, None
     elif isinstance(cache, SlotView) and cache.stop - cache.start == 1:
-        storage, row = cache.slots, cache.start
+        cache.check_room(ids.size(1))
+        storage, table = cache.slots, cache.table
     else:
         return None
     n, keys, length = ids.size(1), storage.keys, cache.length
@@ -212,7 +220,7 @@ def block(model: nn.Module, ids: torch.Tensor, cache: KVCache | SlotView):
     positions = torch.stack((write_at, torch.zeros(n, dtype=torch.long), write_at))
     hidden = decoder.decode_step(
         x.view(n, 1, -1), weights.tensors, weights.group_sizes, weights.inv_freq, keys, storage.values, positions,
-        row, weights.heads, weights.kv_heads, weights.eps, weights.scale, True, *weights.layout(),
+        0, weights.heads, weights.kv_heads, weights.eps, weights.scale, True, *weights.layout(), table,
     )  # fmt: skip
     cache.advance(n)
     return model.lm_head(hidden)[:, 0]
@@ -241,13 +249,13 @@ def step(model: nn.Module, ids: torch.Tensor, cache, attention_mask: torch.Tenso
     rows = _rows(cache, ids.size(0), attention_mask)
     if rows is None:
         return None
-    positions, storage, start = rows
+    positions, storage, start, table = rows
     x = _embed(model, ids, weights, positions[2][:, None])
     if x.dtype != torch.float32:
         return None
     hidden = decoder.decode_step(
         x, weights.tensors, weights.group_sizes, weights.inv_freq, storage.keys, storage.values, positions, start,
-        weights.heads, weights.kv_heads, weights.eps, weights.scale, False, *weights.layout(),
+        weights.heads, weights.kv_heads, weights.eps, weights.scale, False, *weights.layout(), table,
     )  # fmt: skip
     cache.advance(1)
     return model.lm_head(hidden)

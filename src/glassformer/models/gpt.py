@@ -42,10 +42,11 @@ from glassformer.models.config import ModelConfig
 from glassformer.models.outputs import CausalLMOutput
 from glassformer.models.pretrained import PretrainedMixin, build_for_weights
 from glassformer.models.quantization import Quantization, dequantized_state_dict
-from glassformer.nn.cache import KVCache, SlotCache
+from glassformer.nn.cache import KVCache
 from glassformer.nn.config import BlockConfig, StackConfig
 from glassformer.nn.layers import zero_init_projections
 from glassformer.nn.linear import Linear
+from glassformer.nn.slot_cache import DEFAULT_BLOCK, SlotCache
 from glassformer.nn.stacks import Stack
 from glassformer.options import check_fields
 
@@ -184,11 +185,16 @@ class GPT(PretrainedMixin, Stack):
         weight = self.final_norm.weight  # in the model's dtype even when the matrices are quantized
         return KVCache(c.num_layers, batch, c.kv_heads, max_length, c.head_dim, dtype or weight.dtype, weight.device)
 
-    def make_slot_cache(self, slots: int, max_length: int, dtype: torch.dtype | None = None) -> SlotCache:
-        """An empty cache of ``slots`` independent sequences of up to ``max_length`` positions (serving)."""
+    def make_slot_cache(
+        self, slots: int, max_length: int, dtype: torch.dtype | None = None, blocks: int | None = None,
+        block: int = DEFAULT_BLOCK,
+    ) -> SlotCache:  # fmt: skip
+        """An empty cache of ``slots`` independent sequences of up to ``max_length`` positions (serving), in a pool of
+        ``blocks`` blocks of ``block`` positions (default: every slot's whole ``max_length``)."""
         c = self.config
         weight = self.final_norm.weight
-        return SlotCache(c.num_layers, slots, c.kv_heads, max_length, c.head_dim, dtype or weight.dtype, weight.device)
+        return SlotCache(c.num_layers, slots, c.kv_heads, max_length, c.head_dim, dtype or weight.dtype, weight.device,
+                         blocks, block)  # fmt: skip
 
     def forward(
         self,

@@ -1,7 +1,7 @@
 """The parts of the Transformer, one idea per file, each with its formula in the docstring."""
 
 from glassformer.nn.attention import MultiHeadAttention, scaled_dot_product_attention
-from glassformer.nn.cache import KVCache, SlotCache
+from glassformer.nn.cache import KVCache
 from glassformer.nn.config import BlockConfig, StackConfig
 from glassformer.nn.embedding import (
     LearnedPositionalEmbedding,
@@ -14,6 +14,7 @@ from glassformer.nn.layers import DecoderLayer, EncoderLayer
 from glassformer.nn.norm import LayerNorm, RMSNorm, guide_layer_norm, layer_norm_reference
 from glassformer.nn.relative_position import RelativePositionBias
 from glassformer.nn.rotary import RotaryEmbedding
+from glassformer.nn.slot_cache import SlotCache
 from glassformer.nn.stacks import Decoder, Encoder, Stack
 
 __all__ = [

@@ -3,12 +3,12 @@ memory it will need, worked out before the first request.
 
     weights        every parameter and buffer once (a tied output layer is the embedding; quantized codes, scales)
     packed copy    on the CPU, oneDNN's packed layout of each float weight (``glassformer.nn.linear``): one more copy
-    cache          2 · layers · max_batch · kv_heads · max_context · head_dim · element size (``SlotCache``)
+    cache          blocks of 32 positions (``SlotCache``, paged), 2 · layers · kv_heads · 32 · head_dim · element size
+                   each: ``--kv-blocks``, by default enough for max_batch sequences of max_context positions and
+                   the prefix cache's blocks (``--prefix-cache-tokens`` // 32 of them, held in the same pool)
     activations    one prompt of max_context tokens at a time: ~ max_context · (16 · d_model + 4 · d_ff) · 4 bytes,
                    plus heads · max_context² · 4 bytes where attention scores are materialized
-    prefix_cache   ``--prefix-cache-tokens`` // 32 blocks of 32 positions' keys and values (``prefix_blocks``)
-    budget         resident memory after loading + packed copy + cache + prefix cache + activations + 128 MiB for
-                   the rest
+    budget         resident memory after loading + packed copy + cache + activations + 128 MiB for the rest
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import time
 from glassformer.models.gpt import GPT
 from glassformer.models.quantization import Quantization
 from glassformer.nn.linear import can_pack
+from glassformer.nn.slot_cache import DEFAULT_BLOCK, default_blocks
 from glassformer.pipelines.language_model import load_language_model
 from glassformer.pipelines.sentence_encoder import SentenceEncoder
-from glassformer.serving.prefix_cache import DEFAULT_BLOCK
 from glassformer.tokenizer import Tokenizer
 
 MIB = 1 << 20
@@ -67,24 +67,25 @@ def end_tokens(model: GPT, tokenizer: Tokenizer) -> tuple[int, ...]:
 
 
 def memory_plan(
-    model: GPT, max_batch: int, max_context: int, resident: int, encoder=None, prefix_cache_tokens: int = 0
-) -> dict:
-    """The memory figures of the module docstring, in bytes (``prefix_blocks``: a count)."""
+    model: GPT, max_batch: int, max_context: int, resident: int, encoder=None, prefix_cache_tokens: int = 0,
+    kv_blocks: int | None = None,
+) -> dict:  # fmt: skip
+    """The memory figures of the module docstring, in bytes (``blocks``, ``prefix_blocks``: counts)."""
     c = model.config
     context = min(max_context, c.max_seq_length)
     tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}  # quantized codes are buffers
     weights = sum(t.numel() * t.element_size() for t in tensors.values())
     packed = sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if can_pack(m))
     element = next(model.parameters()).element_size()
-    cache = 2 * c.num_layers * max_batch * c.kv_heads * context * c.head_dim * element
+    prefix_blocks = prefix_cache_tokens // DEFAULT_BLOCK
+    blocks = kv_blocks if kv_blocks is not None else default_blocks(max_batch, context, prefix_blocks)
+    cache = (1 + blocks) * 2 * c.num_layers * c.kv_heads * DEFAULT_BLOCK * c.head_dim * element  # and the null block
     activations = context * (16 * c.d_model + 4 * c.d_ff) * 4 + c.num_heads * context * context * 4
     if encoder is not None:
         e = encoder.model.config
         activations += 32 * encoder.max_length * (16 * e.d_model + 4 * e.d_ff) * 4
-    prefix_blocks = prefix_cache_tokens // DEFAULT_BLOCK
-    prefix = prefix_blocks * DEFAULT_BLOCK * cache // (max_batch * context)  # a block: its positions' share
-    budget = resident + packed + cache + prefix + activations + OTHER_BYTES
-    return {"weights": weights, "packed_copy": packed, "cache": cache, "prefix_cache": prefix,
+    budget = resident + packed + cache + activations + OTHER_BYTES
+    return {"weights": weights, "packed_copy": packed, "cache": cache, "blocks": blocks,
             "prefix_blocks": prefix_blocks, "activations": activations, "resident_after_load": resident,
             "budget": budget}  # fmt: skip
 
@@ -93,8 +94,8 @@ def describe_memory(memory: dict) -> str:
     m = {k: v / MIB for k, v in memory.items()}
     return (
         f"memory: weights {m['weights']:.0f} MiB (+ {m['packed_copy']:.0f} MiB packed copy), key/value cache "
-        f"{m['cache']:.0f} MiB, prefix cache {memory.get('prefix_blocks', 0)} blocks of {DEFAULT_BLOCK} tokens "
-        f"({m.get('prefix_cache', 0):.0f} MiB), activations ≤ {m['activations']:.0f} MiB; resident after loading "
+        f"{memory['blocks']} blocks of {DEFAULT_BLOCK} positions ({m['cache']:.0f} MiB; the prefix cache keeps up to "
+        f"{memory['prefix_blocks']} of them), activations ≤ {m['activations']:.0f} MiB; resident after loading "
         f"{m['resident_after_load']:.0f} MiB, budget {m['budget']:.0f} MiB"
     )
 
@@ -110,6 +111,7 @@ def load_served(
     precision: str | None = None,
     quantization: Quantization | None = None,
     prefix_cache_tokens: int = 0,
+    kv_blocks: int | None = None,
 ) -> Served:
     """Load ``model`` (any decoder-only checkpoint ``glassformer generate`` opens) and, if given, the sentence
     encoder ``embedding_model``, placed as ``device`` / ``precision`` ask (``auto``: what this machine does best) and
@@ -119,5 +121,5 @@ def load_served(
     if embedding_model is not None:
         encoder = SentenceEncoder.from_pretrained(embedding_model, device, precision, quantization)
     served = Served(lm, tokenizer, name or str(model), end_tokens(lm, tokenizer), encoder, embedding_model)
-    served.memory = memory_plan(lm, max_batch, max_context, resident_bytes(), encoder, prefix_cache_tokens)
+    served.memory = memory_plan(lm, max_batch, max_context, resident_bytes(), encoder, prefix_cache_tokens, kv_blocks)
     return served

@@ -6,6 +6,9 @@
     glassformer_prompt_tokens_total              counter: prompt tokens admitted
     glassformer_prefix_cache_hit_tokens_total    counter: of those, tokens whose keys/values came from the prefix cache
     glassformer_prefix_cache_blocks              gauge: blocks the prefix cache holds
+    glassformer_kv_blocks_used / _free           gauges: the paged cache's blocks in use (by sequences or the prefix
+                                                 cache) and free
+    glassformer_preemptions_total                counter: requests preempted when the blocks ran out (read again later)
     glassformer_speculative_draft_tokens_total   counter: tokens drafted by prompt lookup (--prompt-lookup)
     glassformer_speculative_accepted_tokens_total  counter: of those, accepted (the acceptance rate)
     glassformer_shared_prompt_tokens_total       counter: prompt tokens copied from a request with the same prompt
@@ -35,7 +38,14 @@ class Metrics:
 
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self, running: Callable[[], int], waiting: Callable[[], int], prefix_blocks: Callable[[], int]):
+    def __init__(
+        self,
+        running: Callable[[], int],
+        waiting: Callable[[], int],
+        prefix_blocks: Callable[[], int],
+        used_blocks: Callable[[], int],
+        free_blocks: Callable[[], int],
+    ):
         self.registry = CollectorRegistry()
         r = self.registry
         self.ttft = Histogram("glassformer_time_to_first_token_seconds", "Time from a request's arrival to its "
@@ -46,8 +56,12 @@ class Metrics:
         Gauge("glassformer_requests_waiting", "Requests in the queue", registry=r).set_function(waiting)
         self.prompt_tokens = Counter("glassformer_prompt_tokens", "Prompt tokens admitted", registry=r)
         self.prefix_hit_tokens = Counter("glassformer_prefix_cache_hit_tokens", "Prompt tokens whose keys and "
-                                         "values were copied from the prefix cache", registry=r)  # fmt: skip
+                                         "values came from the prefix cache", registry=r)  # fmt: skip
         Gauge("glassformer_prefix_cache_blocks", "Blocks in the prefix cache", registry=r).set_function(prefix_blocks)
+        Gauge("glassformer_kv_blocks_used", "Key/value blocks in use", registry=r).set_function(used_blocks)
+        Gauge("glassformer_kv_blocks_free", "Key/value blocks free", registry=r).set_function(free_blocks)
+        self.preemptions = Counter("glassformer_preemptions", "Requests preempted when the key/value blocks ran "
+                                   "out, to be read again", registry=r)  # fmt: skip
         self.draft_tokens = Counter("glassformer_speculative_draft_tokens", "Tokens drafted by prompt lookup "
                                     "(--prompt-lookup) and checked", registry=r)  # fmt: skip
         self.accepted_tokens = Counter("glassformer_speculative_accepted_tokens", "Drafted tokens the model "

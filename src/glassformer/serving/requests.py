@@ -59,7 +59,10 @@ class Request:
     logprobs: int | None = None
     guide: object | None = None  # structured output: its grammar's state (glassformer.generation.structured)
     # the scheduler's bookkeeping
-    prefilled: int = 0  # prompt tokens already in its slot (chunked prefill)
+    prefilled: int = 0  # tokens of ``reading`` already in its slot (chunked prefill)
+    reading: list[int] = dataclasses.field(default_factory=list)  # what its slot is filled with on admission: the
+    # prompt, and after a preemption the prompt and the tokens generated but the pending last one
+    admitted: int = 0  # the order of admission (preemption takes the latest)
     tokens: list[int] = dataclasses.field(default_factory=list)
     slot: int | None = None
     cancelled: bool = False

@@ -6,7 +6,7 @@
                                       first token               picks its own next token
 
 Between two decoding steps the loop admits waiting requests into free slots of a ``SlotCache`` (a prompt that
-starts with blocks another prompt had gets their keys and values copied in from the ``PrefixCache``), runs the next
+starts with blocks another prompt had gets those blocks, shared, from the ``PrefixCache``), runs the next
 chunk of ``prefill_chunk`` prompt tokens of the first request still reading its prompt (chunked prefill: a long
 prompt never stalls the running requests for more than one chunk, and a short one is read whole), drops the
 requests cancelled (a client gone) or past their deadline, and runs one step for all the running ones: a batch
@@ -17,8 +17,13 @@ its own sampling settings (temperature, top-k, top-p, seed: a row of the batched
 sequence, stop strings, ``max_tokens``, the context). With ``batch_invariant`` each running request is decoded
 as a batch of its own, so its answer never depends on what else runs (bit for bit), at the cost of reading the
 weights once per request.
-Memory is fixed when the server starts: the cache holds ``max_batch`` slots of
-``max_context`` positions.
+Memory is fixed when the server starts: a pool of ``kv_blocks`` blocks of 32 positions (default: enough for
+``max_batch`` slots of ``max_context`` positions, and the prefix cache's blocks), which sequences take as they grow.
+A request that could never fit the pool alone is refused at ``submit``. When the pool runs out, blocks that only the
+prefix cache holds are given back first; then a prompt waits for blocks while others decode, and a decoding step
+that lacks a block preempts the latest admitted request: its blocks are freed and it goes back to the head of the
+queue, to read its prompt and the tokens it had generated again when blocks are free (recomputation, as vLLM does;
+what it sent stays sent, and its sampler's state goes on where it was).
 
 A request (``glassformer.serving.requests``) sees its output as ``Event``s through the ``deliver`` function it came
 with (called on the scheduler's thread; the HTTP layer hands them to its event loop).
@@ -42,8 +47,9 @@ from glassformer.generation.sampler import Sampling
 from glassformer.generation.step import choose_step
 from glassformer.generation.text_stream import TextStream
 from glassformer.nn.linear import packed_weights
+from glassformer.nn.slot_cache import DEFAULT_BLOCK, OutOfBlocks, default_blocks
 from glassformer.serving.metrics import Metrics
-from glassformer.serving.prefix_cache import DEFAULT_BLOCK, PrefixCache
+from glassformer.serving.prefix_cache import PrefixCache
 from glassformer.serving.requests import Counters, Event, Overloaded, Request, deliveries_held
 from glassformer.serving.speculation import Speculation, check_speculation
 from glassformer.tokenizer import Tokenizer
@@ -51,8 +57,9 @@ from glassformer.tokenizer import Tokenizer
 
 class Scheduler:
     """Owns ``model`` on a thread of its own; ``submit`` requests from any thread, ``cancel`` them, read
-    ``active`` / ``waiting`` / ``counters``. ``max_context`` positions per slot (prompt + answer); prompts are read
-    ``prefill_chunk`` tokens per step."""
+    ``active`` / ``waiting`` / ``counters``. ``max_context`` positions per slot (prompt + answer) in a pool of
+    ``kv_blocks`` blocks of ``kv_block`` positions (None: every slot's whole context and the prefix cache's); prompts
+    are read ``prefill_chunk`` tokens per step."""
 
     def __init__(
         self,
@@ -66,6 +73,8 @@ class Scheduler:
         prefill_chunk: int = 512,
         prefix_cache_tokens: int = 0,
         prompt_lookup: int = 0,
+        kv_blocks: int | None = None,
+        kv_block: int = DEFAULT_BLOCK,
     ):
         if prefill_chunk < 1:
             raise ValueError(f"prefill_chunk must be at least 1 token, got {prefill_chunk}")
@@ -78,10 +87,14 @@ class Scheduler:
         self.max_context = min(max_context, model.config.max_seq_length)
         self.eos_token_ids = frozenset(eos_token_ids)
         self.device = runtime.module_device(model)
-        self.cache = model.make_slot_cache(max_batch, self.max_context)
         # prompts' blocks kept for later prompts that start alike; off with batch_invariant, where an answer may
         # not depend on what ran before either
-        self.prefix = PrefixCache(0 if batch_invariant else prefix_cache_tokens // DEFAULT_BLOCK)
+        prefix_blocks = 0 if batch_invariant else prefix_cache_tokens // kv_block
+        if kv_blocks is None:
+            kv_blocks = default_blocks(max_batch, self.max_context, prefix_blocks, kv_block)
+        self.cache = model.make_slot_cache(max_batch, self.max_context, blocks=kv_blocks, block=kv_block)
+        self.prefix = PrefixCache(self.cache, prefix_blocks)
+        self.admissions = 0
         self.step = choose_step(model)  # the modules, or the fused CPU step (glassformer.generation.step)
         self.free_slots = list(range(max_batch))  # a heap: the lowest free slot first keeps the batch compact
         self.running: dict[int, Request] = {}  # slot -> a request that decodes
@@ -89,7 +102,8 @@ class Scheduler:
         self.queue: deque[Request] = deque()
         self.counters = Counters()
         self.step_started: float | None = None  # when the decoding step under way began
-        self.metrics = Metrics(lambda: self.active, lambda: self.waiting, lambda: self.prefix.blocks)
+        self.metrics = Metrics(lambda: self.active, lambda: self.waiting, lambda: self.prefix.blocks,
+                               lambda: self.cache.used_blocks, lambda: len(self.cache.free_blocks))  # fmt: skip
         # --prompt-lookup: a request running alone checks drafts of that many tokens a step
         self.speculation = Speculation(self.step, self.cache, prompt_lookup, self.metrics) if prompt_lookup else None
         self.condition = threading.Condition()
@@ -115,6 +129,12 @@ class Scheduler:
             raise ValueError(
                 f"the prompt ({len(request.prompt)} tokens) and max_tokens ({request.max_tokens}) exceed the "
                 f"context of {self.max_context} tokens"
+            )
+        needed = self.cache.blocks_for(len(request.prompt) + request.max_tokens)
+        if needed > self.cache.blocks:
+            raise ValueError(
+                f"the prompt ({len(request.prompt)} tokens) and max_tokens ({request.max_tokens}) need {needed} "
+                f"key/value blocks and the server has {self.cache.blocks} (--kv-blocks); ask for fewer tokens"
             )
         request.text = TextStream(self.tokenizer, request.stop)
         request.deadline = time.monotonic() + request.timeout if request.timeout else float("inf")
@@ -177,7 +197,7 @@ class Scheduler:
                 self._expire()
                 if self.prefilling:  # the first one's next chunk (and those with the same prompt, which share it)
                     head = self.prefilling[0]
-                    self._guarded([r for r in self.prefilling if r.prompt == head.prompt], self._prefill_chunk, head)
+                    self._guarded(self._same_prompt(head), self._prefill_chunk, head)
                 self._expire()
                 if self.running:
                     self._guarded(list(self.running.values()), self._decode_step)
@@ -231,36 +251,93 @@ class Scheduler:
             request.slot = None
 
     def _admit(self, request: Request) -> None:
-        """The request's slot, emptied and filled with the cached blocks its prompt starts with; it reads the rest."""
-        request.prefilled = self.prefix.restore(self.cache, request.slot, self.prefix.match(request.prompt))
-        self.metrics.prompt_tokens.inc(len(request.prompt))
-        self.metrics.prefix_hit_tokens.inc(request.prefilled)
+        """The request's slot starts with the cached blocks of what it has to read (its prompt; after a preemption,
+        its prompt and the tokens it generated but the last); it reads the rest."""
+        resumed = bool(request.tokens)
+        request.reading = request.prompt + request.tokens[:-1] if resumed else request.prompt
+        request.prefilled = self.prefix.restore(request.slot, self.prefix.match(request.reading))
+        if not resumed:  # a resumed request keeps its place: preemption takes the latest arrivals
+            self.admissions += 1
+            request.admitted = self.admissions
+            self.metrics.prompt_tokens.inc(len(request.prompt))
+            self.metrics.prefix_hit_tokens.inc(request.prefilled)
         self.prefilling.append(request)
 
+    def _same_prompt(self, head: Request) -> list[Request]:
+        """The requests reading the same new prompt as ``head`` (``n`` > 1 choices), ``head`` first."""
+        if head.tokens:  # resumed after a preemption: its own reading
+            return [head]
+        return [head, *(r for r in self.prefilling if r is not head and not r.tokens and r.prompt == head.prompt)]
+
     def _prefill_chunk(self, request: Request) -> None:
-        """Run the next ``prefill_chunk`` tokens of the prompt into the request's slot; after the last chunk the
-        request picks its first token and joins the running ones."""
+        """Run the next ``prefill_chunk`` tokens of what the request reads into its slot; after the last chunk the
+        request picks its first token (a resumed one has it) and joins the running ones. A chunk whose blocks the
+        pool lacks waits while others decode; with none decoding, the latest admitted prompts give theirs."""
         self.step_started = None  # not a decoding step
-        chunk = request.prompt[request.prefilled : request.prefilled + self.prefill_chunk]
+        chunk = request.reading[request.prefilled : request.prefilled + self.prefill_chunk]
+        if not self._reserve(request, request.prefilled + len(chunk), wait=bool(self.running)):
+            return
         view = self.cache.view(request.slot, request.slot + 1)
         logits = self.model(torch.tensor([chunk], device=self.device), cache=view, last_token_only=True)
         request.prefilled += len(chunk)
-        if request.prefilled == len(request.prompt):
-            self.prefix.store(self.cache, request.slot, request.prompt)
-            self.prefilling.popleft()
-            self.running[request.slot] = request
-            same = [r for r in self.prefilling if r.prompt == request.prompt]  # n > 1 choices, identical prompts
-            for other in same:  # their slots get this prompt's keys and values: read once, not len(same) + 1 times
+        if request.prefilled < len(request.reading):
+            return
+        self.prefix.store(request.slot, request.reading)
+        self.prefilling.remove(request)
+        self.running[request.slot] = request
+        if request.tokens:  # resumed: its pending token is the next step's input
+            return
+        same = []  # n > 1 choices, identical prompts: their slots get this prompt's blocks, read once
+        for other in self._same_prompt(request)[1:]:
+            self.cache.free(other.slot)
+            try:
                 self.cache.copy(request.slot, other.slot, len(request.prompt))
-                self.metrics.shared_prompt_tokens.inc(len(other.prompt) - other.prefilled)
-                other.prefilled = len(other.prompt)
-                self.prefilling.remove(other)
-                self.running[other.slot] = other
-            self._choose([request, *same], logits[:, -1].float().repeat(1 + len(same), 1))
+            except OutOfBlocks:  # no block for the copy of the last one: it reads the prompt itself, later
+                self.cache.free(other.slot)
+                other.prefilled = 0
+                continue
+            self.metrics.shared_prompt_tokens.inc(len(other.prompt) - other.prefilled)
+            other.prefilled = len(other.prompt)
+            self.prefilling.remove(other)
+            self.running[other.slot] = other
+            same.append(other)
+        self._choose([request, *same], logits[:, -1].float().repeat(1 + len(same), 1))
+
+    def _reserve(self, request: Request, length: int, wait: bool) -> bool:
+        """Blocks for the first ``length`` positions of the request's slot. Where the pool lacks them: False if
+        ``wait``; else the latest admitted other request is preempted until they are had — or, none left, this one,
+        and False."""
+        while True:
+            try:
+                self.cache.reserve(request.slot, length)
+                return True
+            except OutOfBlocks:
+                if wait:
+                    return False
+                holders = [r for r in (*self.running.values(), *self.prefilling) if r.slot is not None]
+                victim = max(holders, key=lambda r: r.admitted)
+                self._preempt(victim)
+                if victim is request:
+                    return False
+
+    def _preempt(self, request: Request) -> None:
+        """Free the request's slot and blocks; it waits at the head of the queue to read its prompt and its tokens
+        again."""
+        self.metrics.preemptions.inc()
+        self._release(request)
+        request.prefilled = 0
+        with self.condition:
+            self.queue.appendleft(request)
 
     def _decode_step(self) -> None:
         """One token for every running request: the slots ``lo:hi`` as one batch (a free slot inside rides
-        along, masked and discarded) — or, ``batch_invariant``, each slot as a batch of its own."""
+        along, masked and discarded) — or, ``batch_invariant``, each slot as a batch of its own. Each running
+        request's next position gets its block first, the earliest admitted first (preempting the latest)."""
+        for request in sorted(self.running.values(), key=lambda r: r.admitted):
+            if request.slot is not None:
+                self._reserve(request, self.cache.lengths[request.slot] + 1, wait=False)
+        if not self.running:
+            return
         self.step_started = time.perf_counter()
         if self.speculation is not None and len(self.running) == 1:
             (request,) = self.running.values()

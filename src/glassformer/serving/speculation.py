@@ -25,7 +25,7 @@ from glassformer.generation import sampler
 from glassformer.generation.config import GenerationConfig
 from glassformer.generation.speculative import PromptLookup
 from glassformer.generation.step import DecodingStep
-from glassformer.nn.cache import SlotCache
+from glassformer.nn.slot_cache import OutOfBlocks, SlotCache
 from glassformer.serving.metrics import Metrics
 from glassformer.serving.requests import Request
 
@@ -67,6 +67,10 @@ class Speculation:
             return None
         slot, sampling = request.slot, request.sampling
         base = self.cache.lengths[slot]  # every token but the pending one is in the slot
+        try:
+            self.cache.reserve(slot, base + 1 + len(draft))
+        except OutOfBlocks:  # no blocks for the drafts: the plain step serves the request
+            return None
         ids = torch.tensor([[request.tokens[-1], *draft]], device=self.cache.keys.device)
         scores = self.step.block(ids, self.cache.view(slot, slot + 1))  # (1 + d, vocab)
         new = []

@@ -23,7 +23,8 @@ class ServeConfig:
     queue, a per-request timeout in seconds, an optional API key, ``batch_invariant`` (each request decoded
     as a batch of its own: its answer bit for bit the same whatever else runs) and ``prefill_chunk`` (prompt tokens
     read per step: a long prompt stalls the running requests by one chunk at a time) and ``prefix_cache_tokens``
-    (prompt tokens whose keys and values are kept for later prompts that start alike; 0: none)."""
+    (prompt tokens whose keys and values are kept for later prompts that start alike; 0: none) and ``kv_blocks``
+    (the paged cache's blocks of 32 positions; None: enough for every slot's whole context and the prefix cache)."""
 
     max_batch: int = 8
     max_context: int = 2048
@@ -34,6 +35,7 @@ class ServeConfig:
     prefill_chunk: int = 512
     prefix_cache_tokens: int = 2048
     prompt_lookup: int = 0  # speculative decoding: drafts of this many tokens while a request runs alone; 0: off
+    kv_blocks: int | None = None
 
 
 class Server:
@@ -70,6 +72,7 @@ class Server:
                 c.prefill_chunk,
                 c.prefix_cache_tokens,
                 c.prompt_lookup,
+                c.kv_blocks,
             )
             scheduler.start()
             self.served, self.scheduler = served, scheduler

@@ -15,7 +15,9 @@ operator runs them all in C++ with the quantized products of ``quantized``.
 Its arguments are tensors only (``decode_step``): ``weights`` is, per layer, ``[γ_1, β_1, γ_2, β_2]`` and the
 ``(codes, scales, offsets, bias)`` of ``W_QKV, W_O, W_1, W_2`` (β, offsets and biases None where absent), then the
 final norm's ``γ, β``; ``inv_freq`` the rotary frequencies, or empty where the positions were added to the
-embeddings (GPT-2); the cache ``keys`` / ``values`` ``(layers, rows, kv_heads, max_length, head_dim)``;
+embeddings (GPT-2); the cache ``keys`` / ``values`` ``(layers, rows, kv_heads, max_length, head_dim)`` — or, with a
+``block_table`` ``(rows, blocks per row)`` (a paged cache, ``glassformer.nn.slot_cache``), ``(layers, blocks,
+kv_heads, block, head_dim)``, position p of row r in block ``block_table[r, p // block]``;
 ``positions`` ``(3, batch)``: where each row writes, the first position it attends to, and its rotary position;
 ``layer_norm``, ``gated``, ``activation`` (``silu``, ``gelu_tanh``, ``gelu``) the layout. ``reference_step`` is the
 same step in torch operations — the probe compares the two, and ``tests/generation/test_fused_step.py`` compares the
@@ -38,23 +40,24 @@ ACTIVATIONS = {"silu": F.silu, "gelu_tanh": lambda v: F.gelu(v, approximate="tan
 
 def decode_step(
     x, weights, group_sizes, inv_freq, keys, values, positions, first_row, heads, kv_heads, eps, scale,
-    one_sequence=False, layer_norm=False, gated=True, activation="silu",
+    one_sequence=False, layer_norm=False, gated=True, activation="silu", block_table=None,
 ):  # fmt: skip
     """The final norm of the hidden states after every layer, ``(batch, 1, d_model)``, for one new token per row
     whose embeddings are ``x`` ``(batch, 1, d_model)``; its keys and values are written into ``keys`` / ``values``
     at rows ``first_row …`` — or, ``one_sequence``, every row at row ``first_row``: the rows are consecutive
-    positions of one sequence (a block of tokens, causal within it)."""
+    positions of one sequence (a block of tokens, causal within it). With a ``block_table``, "row" means a row of
+    the table."""
     if not extension.load():
         raise RuntimeError(extension.why_not[-1])
     return torch.ops.glassformer.decode_step(
         x, weights, group_sizes, inv_freq, keys, values, positions, first_row, heads, kv_heads, eps, scale,
-        one_sequence, layer_norm, gated, activation,
+        one_sequence, layer_norm, gated, activation, block_table,
     )  # fmt: skip
 
 
 def reference_step(
     x, weights, group_sizes, inv_freq, keys, values, positions, first_row, heads, kv_heads, eps, scale,
-    one_sequence=False, layer_norm=False, gated=True, activation="silu",
+    one_sequence=False, layer_norm=False, gated=True, activation="silu", block_table=None,
 ):  # fmt: skip
     """``decode_step`` in torch operations, row by row (the formula; slow)."""
     batch, d, head_dim = x.size(0), x.size(-1), keys.size(-1)
@@ -83,9 +86,10 @@ def reference_step(
         outputs = []
         for r in range(batch):
             row, span = first_row + (0 if one_sequence else r), slice(first[r], write_at[r] + 1)
-            keys[layer, row, :, write_at[r]] = qk[r, heads:]
-            values[layer, row, :, write_at[r]] = qkv[r, heads + kv_heads :]
-            k, v = (t[layer, row, :, span].repeat_interleave(heads // kv_heads, 0) for t in (keys, values))
+            _write(keys, layer, row, write_at[r], qk[r, heads:], block_table)
+            _write(values, layer, row, write_at[r], qkv[r, heads + kv_heads :], block_table)
+            k, v = (_read(t, layer, row, block_table)[:, span].repeat_interleave(heads // kv_heads, 0)
+                    for t in (keys, values))  # fmt: skip
             outputs.append(F.scaled_dot_product_attention(qk[r, :heads, None], k, v, scale=scale).reshape(-1))
         h = h + product(1, torch.stack(outputs))
         if gated:
@@ -94,6 +98,22 @@ def reference_step(
         else:
             h = h + product(3, act(product(2, norm(h, at + 2))))
     return norm(h, len(weights) - 2).view(batch, 1, d)
+
+
+def _write(cache: torch.Tensor, layer: int, row: int, position: int, new: torch.Tensor, table) -> None:
+    """Row ``row``'s key (or value) heads ``new`` ``(kv_heads, head_dim)`` at ``position``."""
+    if table is None:
+        cache[layer, row, :, position] = new
+    else:
+        block = cache.size(3)
+        cache[layer, table[row, position // block], :, position % block] = new
+
+
+def _read(cache: torch.Tensor, layer: int, row: int, table) -> torch.Tensor:
+    """Row ``row``'s keys (or values), ``(kv_heads, positions, head_dim)``: its blocks in table order."""
+    if table is None:
+        return cache[layer, row]
+    return torch.cat(list(cache[layer, table[row]].unbind(0)), 1)
 
 
 def probe_arguments(seed: int = 0, gpt2: bool = False) -> list:
@@ -119,17 +139,23 @@ def probe_arguments(seed: int = 0, gpt2: bool = False) -> list:
 
 
 def probe() -> None:
-    """Four tokens of two rows (the second left-padded at position 0), in Llama's layout and in GPT-2's: the operator
-    must give the reference's hidden states and cache."""
-    for gpt2, layout in ((False, (False, True, "silu")), (True, (True, False, "gelu_tanh"))):
-        ours = probe_arguments(gpt2=gpt2)
+    """Four tokens of two rows (the second left-padded at position 0), in Llama's layout and in GPT-2's, and in Llama's
+    with a paged cache (blocks of 4 positions, the rows' blocks out of order): the operator must give the
+    reference's hidden states and cache."""
+    llama, gpt2 = (False, True, "silu"), (True, False, "gelu_tanh")
+    for is_gpt2, layout, paged in ((False, llama, False), (True, gpt2, False), (False, llama, True)):
+        ours = probe_arguments(gpt2=is_gpt2)
+        table = None
+        if paged:  # the same 2 rows of 8 positions as 5 blocks of 4: row 0 in blocks 3, 1; row 1 in 0, 4
+            ours[3], ours[4] = torch.zeros(2, 5, 2, 4, 16), torch.zeros(2, 5, 2, 4, 16)
+            table = torch.tensor([[3, 1], [0, 4]])
         theirs = [*ours[:3], ours[3].clone(), ours[4].clone()]
-        x = torch.randn(4, 2, 1, 64, generator=torch.Generator().manual_seed(1))
-        for position in range(4):
+        x = torch.randn(6, 2, 1, 64, generator=torch.Generator().manual_seed(1))
+        for position in range(6):
             first = torch.tensor([0, min(1, position)])
             positions = torch.stack((torch.full((2,), position), first, position - first))
-            a = decode_step(x[position], *ours, positions, 0, 4, 2, 1e-5, 0.25, False, *layout)
-            b = reference_step(x[position], *theirs, positions, 0, 4, 2, 1e-5, 0.25, False, *layout)
+            a = decode_step(x[position], *ours, positions, 0, 4, 2, 1e-5, 0.25, False, *layout, table)
+            b = reference_step(x[position], *theirs, positions, 0, 4, 2, 1e-5, 0.25, False, *layout, table)
             if not (a - b).norm() <= 1e-3 * b.norm():
                 raise RuntimeError(f"the fused decoding step differs from its reference at position {position}")
         if not all(torch.allclose(p, q, atol=1e-3) for p, q in zip(ours[3:], theirs[3:], strict=True)):

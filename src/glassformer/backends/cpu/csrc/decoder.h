@@ -114,25 +114,58 @@ static inline float sum16(f32x16 v) {  /* halves added until one is left */
     return s[0];
 }
 
-/* out (head_dim) = softmax(s · q K^T) V over positions 0..length-1 of one key/value head; scores: length floats.
-   head_dim a multiple of 16: each q·k in vectors of 16, and V read in columns of 16 per pass over the positions
-   with each column's sums in registers; otherwise the plain loops. */
-static void attend(const float *q, const float *keys, const float *values, i64 length, i64 head_dim, float scale,
-                   float *scores, float *out) {
+/* Where each of the B rows reads and writes in the cache: rows are sequences of their own lengths (a batch with left
+   padding, or a server's slots). Row r writes its new key and value at position write_at[r], attends to positions
+   first[r] .. write_at[r], and is rotated by the angle of position rotary_at[r] (its count of real tokens before).
+   A row's positions lie in blocks of `block` positions, (kv_heads, block, head_dim) each: without a table, one
+   block per row (block = max_length, row r's at row r · row_stride); with a table (a paged cache: a server's
+   slots), position p of row r in block table[r · table_stride + p / block], at blocks · block_stride. */
+typedef struct {
+    const i64 *write_at, *first, *rotary_at;
+    float *keys, *values;  /* layer 0 of the cache */
+    i64 row_stride, layer_stride, block;
+    const i64 *table;      /* null: contiguous rows */
+    i64 table_stride, block_stride, table_width;
+} qrows;
+
+/* The positions of row r's block that holds position p, from p to the block's end or `last`, whichever is first;
+   *at: where position p's head g starts in `base` (the cache's keys or values) in layer l. */
+static inline i64 kv_span(const qrows *rows, float *base, i64 l, i64 r, i64 g, i64 p, i64 last, i64 hd,
+                          float **at) {
+    const i64 b = rows->block, in_block = p % b;
+    const i64 where = rows->table ? rows->table[r * rows->table_stride + p / b] * rows->block_stride
+                                  : r * rows->row_stride;  /* one block a row: p / b = 0 */
+    *at = base + l * rows->layer_stride + where + (g * b + in_block) * hd;
+    const i64 end = p - in_block + b - 1;
+    return (end < last ? end : last) - p + 1;
+}
+
+/* out (head_dim) = softmax(s · q K^T) V over positions first..last of row r's key/value head g in layer l; scores:
+   last - first + 1 floats. The positions are walked block by block (contiguous within a block). head_dim a
+   multiple of 16: each q·k in vectors of 16, and V read in columns of 16 per pass over the positions with each
+   column's sums in registers; otherwise the plain loops. */
+static void attend(const float *q, const qrows *rows, i64 l, i64 r, i64 g, i64 first, i64 last, i64 head_dim,
+                   float scale, float *scores, float *out) {
     const bool wide = head_dim % 16 == 0;
+    const i64 length = last - first + 1;
     float top = -INFINITY, total = 0.0f;
-    for (i64 j = 0; j < length; j++) {
-        const float *k = keys + j * head_dim;
-        float dot = 0.0f;
-        if (wide) {
-            f32x16 sum = {};
-            for (i64 i = 0; i < head_dim; i += 16) sum += load16(q + i) * load16(k + i);
-            dot = sum16(sum);
-        } else {
-            for (i64 i = 0; i < head_dim; i++) dot += q[i] * k[i];
+    float *keys, *values;
+    for (i64 p = first, n; p <= last; p += n) {
+        n = kv_span(rows, rows->keys, l, r, g, p, last, head_dim, &keys);
+        for (i64 j = 0; j < n; j++) {
+            const float *k = keys + j * head_dim;
+            float dot = 0.0f;
+            if (wide) {
+                f32x16 sum = {};
+                for (i64 i = 0; i < head_dim; i += 16) sum += load16(q + i) * load16(k + i);
+                dot = sum16(sum);
+            } else {
+                for (i64 i = 0; i < head_dim; i++) dot += q[i] * k[i];
+            }
+            float *s = scores + (p - first) + j;
+            *s = scale * dot;
+            top = *s > top ? *s : top;
         }
-        scores[j] = scale * dot;
-        top = scores[j] > top ? scores[j] : top;
     }
     for (i64 j = 0; j < length; j++) scores[j] = exp_approx(scores[j] - top);
     for (i64 j = 0; j < length; j++) total += scores[j];
@@ -140,33 +173,31 @@ static void attend(const float *q, const float *keys, const float *values, i64 l
     if (wide) {
         for (i64 i = 0; i < head_dim; i += 16) {
             f32x16 sum = {};
-            for (i64 j = 0; j < length; j++) sum += scores[j] * load16(values + j * head_dim + i);
+            for (i64 p = first, n; p <= last; p += n) {
+                n = kv_span(rows, rows->values, l, r, g, p, last, head_dim, &values);
+                const float *w = scores + (p - first);
+                for (i64 j = 0; j < n; j++) sum += w[j] * load16(values + j * head_dim + i);
+            }
             sum *= inverse;
             memcpy(out + i, &sum, sizeof sum);
         }
         return;
     }
-    for (i64 i = 0; i < head_dim; i++) {
-        float sum = 0.0f;
-        for (i64 j = 0; j < length; j++) sum += scores[j] * values[j * head_dim + i];
-        out[i] = sum * inverse;
+    for (i64 i = 0; i < head_dim; i++) out[i] = 0.0f;
+    for (i64 p = first, n; p <= last; p += n) {
+        n = kv_span(rows, rows->values, l, r, g, p, last, head_dim, &values);
+        for (i64 j = 0; j < n; j++)
+            for (i64 i = 0; i < head_dim; i++) out[i] += scores[p - first + j] * values[j * head_dim + i];
     }
+    for (i64 i = 0; i < head_dim; i++) out[i] *= inverse;
 }
-
-/* Where each of the B rows reads and writes in the cache: rows are sequences of their own lengths (a batch with left
-   padding, or a server's slots). Row r writes its new key and value at position write_at[r], attends to positions
-   first[r] .. write_at[r], and is rotated by the angle of position rotary_at[r] (its count of real tokens before). */
-typedef struct {
-    const i64 *write_at, *first, *rotary_at;
-    float *keys, *values;  /* row 0, layer 0 of the cache: (kv_heads, max_length, head_dim) per row and layer */
-    i64 row_stride, layer_stride, max_length;
-} qrows;
 
 /* x (B, d_model): in, the new tokens' embeddings; out, the final norm of their hidden states. The new positions are
    written into the cache. Returns 0, or 1 where memory could not be had. */
 static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows, int threads) {
     const i64 d = model->d_model, H = model->num_heads, KV = model->kv_heads, hd = model->head_dim;
-    const i64 ff = model->d_ff, S = rows->max_length, width = (H + 2 * KV) * hd;
+    const i64 ff = model->d_ff, S = rows->table ? rows->table_width * rows->block : rows->block;
+    const i64 width = (H + 2 * KV) * hd;
     i64 wide = d > ff ? d : ff, span = 1; /* the widest input of a product; the most positions a row attends to */
     wide = wide > H * hd ? wide : H * hd;
     for (i64 r = 0; r < B; r++) {
@@ -209,18 +240,20 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
             for (i64 r = 0; r < B; r++) {
                 float *row = qkv + r * width;
                 if (model->rotary) rope(row, H + KV, hd, rotation + r * 2 * hd, rotation + r * 2 * hd + hd);  /* q, k */
-                const i64 at = rows->write_at[r], base = l * rows->layer_stride + r * rows->row_stride;
+                const i64 at = rows->write_at[r];
                 for (i64 g = 0; g < KV; g++) {
-                    memcpy(rows->keys + base + (g * S + at) * hd, row + (H + g) * hd, sizeof(float) * hd);
-                    memcpy(rows->values + base + (g * S + at) * hd, row + (H + KV + g) * hd, sizeof(float) * hd);
+                    float *k, *v;
+                    kv_span(rows, rows->keys, l, r, g, at, at, hd, &k);
+                    kv_span(rows, rows->values, l, r, g, at, at, hd, &v);
+                    memcpy(k, row + (H + g) * hd, sizeof(float) * hd);
+                    memcpy(v, row + (H + KV + g) * hd, sizeof(float) * hd);
                 }
             }
 #pragma omp for schedule(static)
             for (i64 task = 0; task < B * H; task++) {  /* (row, head) pairs */
-                const i64 r = task / H, head = task % H, g = head / (H / KV), first = rows->first[r];
-                const i64 base = l * rows->layer_stride + r * rows->row_stride + (g * S + first) * hd;
-                attend(qkv + r * width + head * hd, rows->keys + base, rows->values + base,
-                       rows->write_at[r] - first + 1, hd, model->scale, scores + task * span, o + (r * H + head) * hd);
+                const i64 r = task / H, head = task % H, g = head / (H / KV);
+                attend(qkv + r * width + head * hd, rows, l, r, g, rows->first[r], rows->write_at[r], hd, model->scale,
+                       scores + task * span, o + (r * H + head) * hd);
             }
             w = &layer->out;
 #pragma omp for schedule(static)

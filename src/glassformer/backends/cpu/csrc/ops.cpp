@@ -121,7 +121,7 @@ at::Tensor decode_step_op(const at::Tensor &x, const c10::List<std::optional<at:
                        at::IntArrayRef group_sizes, const at::Tensor &inv_freq, at::Tensor &keys, at::Tensor &values,
                        const at::Tensor &positions, int64_t first_row, int64_t num_heads, int64_t kv_heads,
                        double eps, double scale, bool one_sequence, bool layer_norm, bool gated,
-                       c10::string_view activation) {
+                       c10::string_view activation, const std::optional<at::Tensor> &block_table) {
     TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu() && x.dim() == 3 && x.size(1) == 1,
                 "x: float32 (batch, 1, d_model) on the CPU");
     const int64_t B = x.size(0), d = x.size(2), L = (int64_t)(weights.size() - 2) / PER_LAYER;
@@ -129,11 +129,22 @@ at::Tensor decode_step_op(const at::Tensor &x, const c10::List<std::optional<at:
     TORCH_CHECK((int64_t)group_sizes.size() == 4 * L, "group_sizes: 4 per layer");
     TORCH_CHECK(keys.sizes() == values.sizes() && keys.dim() == 5 && keys.size(0) == L && keys.is_contiguous() &&
                     values.is_contiguous() && keys.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat,
-                "keys, values: contiguous float32 (layers, rows, kv_heads, max_length, head_dim)");
+                "keys, values: contiguous float32 (layers, rows, kv_heads, max_length, head_dim), or with a "
+                "block_table (layers, blocks, kv_heads, block, head_dim)");
+    const bool paged = block_table.has_value();
+    const int64_t rows_held = paged ? block_table->size(0) : keys.size(1);
     const int64_t hd = keys.size(4);
     TORCH_CHECK(keys.size(2) == kv_heads && kv_heads > 0 && num_heads % kv_heads == 0 && hd % 2 == 0,
                 "the cache's heads do not fit num_heads and kv_heads");
-    TORCH_CHECK(first_row >= 0 && first_row + (one_sequence ? 1 : B) <= keys.size(1), "the rows lie outside the cache");
+    TORCH_CHECK(first_row >= 0 && first_row + (one_sequence ? 1 : B) <= rows_held, "the rows lie outside the cache");
+    if (paged) {
+        TORCH_CHECK(block_table->scalar_type() == at::kLong && block_table->dim() == 2 &&
+                        block_table->is_contiguous() && block_table->size(1) > 0,
+                    "block_table: contiguous int64 (rows, blocks per row)");
+        const int64_t *t = block_table->data_ptr<int64_t>();
+        for (int64_t i = 0; i < block_table->numel(); i++)
+            TORCH_CHECK(t[i] >= 0 && t[i] < keys.size(1), "block_table: block ", t[i], " is not in the cache");
+    }
     TORCH_CHECK(positions.scalar_type() == at::kLong && positions.is_contiguous() && positions.dim() == 2 &&
                     positions.size(0) == 3 && positions.size(1) == B,
                 "positions: contiguous int64 (3, batch): write_at, first, rotary_at");
@@ -162,14 +173,17 @@ at::Tensor decode_step_op(const at::Tensor &x, const c10::List<std::optional<at:
                             float_vector(weights.get(L * PER_LAYER), d, "final_norm"),
                             optional_vector(weights.get(L * PER_LAYER + 1), d, "final_norm's bias"),
                             rotary ? float_vector(std::optional<at::Tensor>(inv_freq), hd / 2, "inv_freq") : nullptr};
-    const int64_t offset = first_row * keys.stride(1);
+    const int64_t offset = paged ? 0 : first_row * keys.stride(1);
     const int64_t *p = positions.data_ptr<int64_t>();
     /* one_sequence: every row is a position of the same sequence (a block of tokens: speculative decoding's check,
        a prompt), so all share cache row first_row; each row's keys are written before any row attends, and row r
        attends to positions first[r] .. write_at[r] only: causal within the block */
     const int64_t row_stride = one_sequence ? 0 : keys.stride(1);
+    const int64_t width = paged ? block_table->size(1) : 0;
     const qrows rows = {p, p + B, p + 2 * B, keys.data_ptr<float>() + offset, values.data_ptr<float>() + offset,
-                        row_stride, keys.stride(0), keys.size(3)};
+                        row_stride, keys.stride(0), keys.size(3),
+                        paged ? block_table->data_ptr<int64_t>() + first_row * width : nullptr,
+                        one_sequence ? 0 : width, keys.stride(1), width};
     at::Tensor hidden = x.reshape({B, d}).clone();
     const int failed = decode_step(&model, hidden.data_ptr<float>(), B, &rows, at::get_num_threads());
     TORCH_CHECK(!failed, "decode_step: a row's positions lie outside the cache, or memory could not be had");
@@ -185,7 +199,8 @@ TORCH_LIBRARY(glassformer, m) {
           "-> Tensor");
     m.def("decode_step(Tensor x, Tensor?[] weights, int[] group_sizes, Tensor inv_freq, Tensor(a!) keys, "
           "Tensor(b!) values, Tensor positions, int first_row, int num_heads, int kv_heads, float eps, float scale, "
-          "bool one_sequence=False, bool layer_norm=False, bool gated=True, str activation=\"silu\") -> Tensor");
+          "bool one_sequence=False, bool layer_norm=False, bool gated=True, str activation=\"silu\", "
+          "Tensor? block_table=None) -> Tensor");
     m.def("dequantize(Tensor codes, Tensor scales, Tensor? offsets, int group_size) -> Tensor");
     m.def("simd() -> str", &simd);
 }

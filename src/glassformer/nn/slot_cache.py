@@ -1,0 +1,239 @@
+"""The serving cache (continuous batching): ``slots`` sequences of their own lengths, their keys and values in a
+pool of fixed-size blocks that sequences take as they grow and give back when they end — a paged key/value cache.
+
+    pool       keys, values: (num_layers, 1 + blocks, heads, block, head_dim) each; block 0 is the null block
+    a slot     a block table (the pool's blocks holding its positions 0..block-1, block..2·block-1, ...) and a length:
+               position p of slot s is in block tables[s][p // block], at p % block
+    refs       how many tables (and the prefix cache) hold each block; a block with none is free
+
+A slot reserves the blocks for the positions it is about to write (``reserve``, before a forward pass); ``OutOfBlocks``
+says the pool is spent, and the scheduler then waits or preempts a sequence (``glassformer.serving.scheduler``). Only
+memory in use is taken: short answers leave blocks for more sequences than a fixed slot per maximum context would.
+A full block can be held by several tables at once — the same prompt beginning (``glassformer.serving.prefix_cache``),
+``n`` choices of one prompt (``copy``) — and is never written again (a slot writes only past its length, and a shared
+block lies wholly before it), so sharing needs no copy; only a partly filled block is copied when a slot forks.
+
+A forward pass runs on a ``SlotView`` of consecutive slots ``start:stop``: each row writes its new keys and values
+at its own length, and the model masks every row to the positions it has (``SlotView.attention_mask``), so rows of
+any lengths decode together. A row marked inactive (a free slot between busy ones, a slot still reading its prompt)
+rides along with the null block as its table: it writes there and keeps nothing. Attention sees a layer's view
+through the protocol every cache has (``length``, ``update``); ``update`` gathers each row's blocks into
+``(rows, heads, positions, head_dim)`` for the modules, and the fused CPU step reads the blocks in place through the
+table (``SlotView.table``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+DEFAULT_BLOCK = 32  # positions per block
+
+
+def default_blocks(slots: int, max_length: int, extra: int = 0, block: int = DEFAULT_BLOCK) -> int:
+    """Blocks enough for ``slots`` sequences of ``max_length`` positions each, and ``extra`` more."""
+    return slots * -(-max_length // block) + extra
+
+
+class OutOfBlocks(RuntimeError):
+    """The pool has no free block (and nothing could be reclaimed): wait for a sequence to end, or preempt one."""
+
+
+class SlotCache:
+    """``slots`` sequences of up to ``max_length`` positions in a pool of ``blocks`` blocks of ``block`` positions
+    (default: enough for every slot's whole ``max_length``). ``lengths[slot]``: the positions filled."""
+
+    def __init__(self, num_layers: int, slots: int, num_heads: int, max_length: int, head_dim: int, dtype=torch.float32,
+                 device=None, blocks: int | None = None, block: int = DEFAULT_BLOCK):  # fmt: skip
+        if block < 1 or max_length < 1:
+            raise ValueError(f"a slot cache needs block >= 1 and max_length >= 1, got {block}, {max_length}")
+        self.block, self.max_length = block, max_length
+        self.max_blocks = -(-max_length // block)  # the longest table
+        self.blocks = default_blocks(slots, max_length, 0, block) if blocks is None else blocks
+        if self.blocks < 1:
+            raise ValueError(f"a slot cache needs at least one block, got {self.blocks}")
+        shape = (num_layers, 1 + self.blocks, num_heads, block, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.lengths = [0] * slots
+        self.tables: list[list[int]] = [[] for _ in range(slots)]
+        self.refs = [0] * (1 + self.blocks)
+        self.free_blocks = list(range(self.blocks, 0, -1))  # a stack: the lowest block first
+        # frees up to n blocks that only a prefix cache holds, returns how many (set by the prefix cache)
+        self.reclaim: Callable[[int], int] | None = None
+
+    # --- blocks ------------------------------------------------------------------------------------------------------
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
+
+    @property
+    def block_bytes(self) -> int:
+        """The memory of one block: its positions' keys and values in every layer."""
+        return self.nbytes // (1 + self.blocks)
+
+    @property
+    def used_blocks(self) -> int:
+        return self.blocks - len(self.free_blocks)
+
+    def blocks_for(self, length: int) -> int:
+        return -(-length // self.block)
+
+    def retain(self, block: int) -> None:
+        self.refs[block] += 1
+
+    def release(self, block: int) -> None:
+        self.refs[block] -= 1
+        if self.refs[block] == 0:
+            self.free_blocks.append(block)
+
+    def _take(self) -> int:
+        if not self.free_blocks and self.reclaim is not None:
+            self.reclaim(1)
+        if not self.free_blocks:
+            raise OutOfBlocks(f"all {self.blocks} key/value blocks are in use")
+        block = self.free_blocks.pop()
+        self.refs[block] = 1
+        return block
+
+    # --- slots -------------------------------------------------------------------------------------------------------
+
+    def reserve(self, slot: int, length: int) -> None:
+        """Give ``slot`` the blocks for its first ``length`` positions (those it lacks): ``OutOfBlocks`` where the pool
+        cannot, keeping the ones it got."""
+        if length > self.max_length:
+            raise ValueError(f"the key/value cache holds {self.max_length} positions per slot, not {length}")
+        table = self.tables[slot]
+        while len(table) * self.block < length:
+            table.append(self._take())
+
+    def free(self, slot: int) -> None:
+        """Forget slot ``slot``'s sequence and give its blocks back; the next one written there starts at position 0."""
+        for block in self.tables[slot]:
+            self.release(block)
+        self.tables[slot], self.lengths[slot] = [], 0
+
+    def attach(self, slot: int, blocks: list[int]) -> int:
+        """An empty ``slot`` starts with the full ``blocks`` (held, not copied); returns the positions now filled."""
+        if self.tables[slot]:
+            raise ValueError(f"slot {slot} is not empty")
+        for block in blocks:
+            self.retain(block)
+        self.tables[slot] = list(blocks)
+        self.lengths[slot] = len(blocks) * self.block
+        return self.lengths[slot]
+
+    def copy(self, source: int, target: int, length: int) -> None:
+        """The empty slot ``target`` becomes the first ``length`` positions of slot ``source``: their full blocks
+        shared, a partly filled last block copied (the same prompt read once for several requests)."""
+        if not 0 < length <= self.lengths[source]:
+            raise ValueError(f"slot {source} holds {self.lengths[source]} positions, not {length}")
+        full, rest = divmod(length, self.block)
+        self.attach(target, self.tables[source][:full])
+        if rest:
+            self.reserve(target, length)
+            here, there = self.tables[target][full], self.tables[source][full]
+            self.keys[:, here, :, :rest] = self.keys[:, there, :, :rest]
+            self.values[:, here, :, :rest] = self.values[:, there, :, :rest]
+        self.lengths[target] = length
+
+    def view(self, start: int, stop: int, active: list[bool] | None = None) -> SlotView:
+        """Slots ``start:stop`` as one batch for a forward pass. Only the rows marked in ``active`` (default: all)
+        write and advance; the others ride along on the null block."""
+        if not 0 <= start < stop <= len(self.lengths):
+            raise ValueError(f"slots {start}:{stop} are not within the cache's {len(self.lengths)} slots")
+        if active is not None and len(active) != stop - start:
+            raise ValueError(f"active has {len(active)} entries for {stop - start} slots")
+        return SlotView(self, start, stop, active)
+
+
+class SlotView:
+    """Consecutive slots of a ``SlotCache`` as the ``cache`` of one forward pass. ``length`` is the longest row's
+    length (the model's ``past``); ``table`` ``(rows, max_blocks)`` each row's blocks (0, the null block, past its
+    own and for inactive rows); ``advance(n)`` moves the active rows on by ``n``."""
+
+    def __init__(self, cache: SlotCache, start: int, stop: int, active: list[bool] | None = None):
+        self.slots = cache
+        self.start, self.stop = start, stop
+        self.active = active if active is not None else [True] * (stop - start)
+        self.row_lengths = cache.lengths[start:stop]
+        self.length = max(self.row_lengths)
+        self.max_length = cache.max_length
+        device = cache.keys.device
+        self.table = torch.zeros(stop - start, cache.max_blocks, dtype=torch.long)
+        self.capacity = []  # the positions each row may write up to (its reserved blocks)
+        for row, active in enumerate(self.active):
+            blocks = cache.tables[start + row] if active else []
+            self.table[row, : len(blocks)] = torch.tensor(blocks, dtype=torch.long)
+            self.capacity.append(len(blocks) * cache.block if active else cache.max_length)
+        self.device_table = self.table.to(device)
+        self.rows = torch.arange(stop - start, device=device)
+        self.write_at = torch.tensor(self.row_lengths, device=device)  # where each row writes one new position
+
+    def attention_mask(self, seq: int) -> torch.Tensor:
+        """``(rows, length + seq)``: 1 at the positions each row has, its ``seq`` new ones included, 0 after."""
+        positions = torch.arange(self.length + seq, device=self.write_at.device)
+        return (positions[None] < self.write_at[:, None] + seq).long()
+
+    def layer(self, index: int) -> SlotLayerCache:
+        return SlotLayerCache(self, index)
+
+    def check_room(self, new: int) -> None:
+        """A ValueError where a row would write past its reserved blocks or the slot's ``max_length``."""
+        end = self.length + new
+        if end > self.max_length:
+            raise ValueError(
+                f"the key/value cache holds {self.max_length} positions per slot and {end} were asked for; "
+                "allocate it with a larger max_length"
+            )
+        for length, capacity in zip(self.row_lengths, self.capacity, strict=True):
+            if length + new > capacity:
+                raise ValueError(f"a slot writes position {length + new - 1} past its blocks; reserve them first")
+
+    def advance(self, n: int) -> None:
+        for row, active in enumerate(self.active):
+            if active:
+                self.slots.lengths[self.start + row] += n
+
+
+class SlotLayerCache:
+    """One layer of a ``SlotView``: ``update`` writes each row's new keys/values at that row's length (in its blocks)
+    and returns every row's keys/values up to the longest, ``(rows, heads, length + new, head_dim)``, gathered from
+    the blocks; a row's positions past its own length hold nothing it may attend to (its attention mask says so)."""
+
+    def __init__(self, view: SlotView, layer: int):
+        self.cache = view
+        self.layer = layer
+
+    @property
+    def length(self) -> int:
+        """The positions the longest row already holds: the offset of the new queries in the keys returned."""
+        return self.cache.length
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        view, new = self.cache, keys.size(2)
+        view.check_room(new)
+        block, table = view.slots.block, view.device_table
+        pool_keys, pool_values = view.slots.keys[self.layer], view.slots.values[self.layer]  # (blocks, heads, block, d)
+        if new == 1:  # decoding: row r writes at position row_lengths[r]
+            blocks = table[view.rows, view.write_at // block]
+            pool_keys[blocks, :, view.write_at % block] = keys[:, :, 0]
+            pool_values[blocks, :, view.write_at % block] = values[:, :, 0]
+        else:  # a prompt: rows of one length only (the causal mask counts from the longest row)
+            if len(set(view.row_lengths)) > 1:
+                raise ValueError("several new positions at once need rows of equal length; run prompts one by one")
+            positions = torch.arange(view.length, view.length + new, device=table.device)
+            blocks = table[:, positions // block]  # (rows, new)
+            pool_keys[blocks, :, positions % block] = keys.transpose(1, 2)
+            pool_values[blocks, :, positions % block] = values.transpose(1, 2)
+        end = view.length + new
+        used = table[:, : view.slots.blocks_for(end)]  # (rows, n): the blocks holding positions 0..end-1
+        rows, n = used.shape
+        heads, head_dim = pool_keys.size(1), pool_keys.size(3)
+
+        def gather(pool: torch.Tensor) -> torch.Tensor:  # (rows, n, heads, block, d) -> (rows, heads, end, d)
+            return pool[used].transpose(1, 2).reshape(rows, heads, n * block, head_dim)[:, :, :end]
+
+        return gather(pool_keys), gather(pool_values)
