@@ -12,7 +12,8 @@ clients with int4). A last row: one client streaming while another sends a --lon
 longest wait between the streaming client's tokens (the stall the long prompt causes; chunked prefill bounds it
 by one --prefill-chunk) and the long prompt's time to its first token. And: two requests, one after the other,
 whose prompts share a --long-prompt-token beginning (a system prompt): the second's time to first token against
-the first's (the prefix cache's goal: <= 0.2x).
+the first's (the prefix cache's goal: <= 0.2x). --kv-blocks and --max-batch size the server's paged cache (the same
+memory as --max-batch 2 holds 8 short requests with --kv-blocks: README, "The paged cache").
 
     python bench/serve.py [--model smollm2] [--new-tokens 128] [--rounds 2] [--url http://127.0.0.1:8000]
                           [--quantize int8|int4] [--batch-invariant] [--prefill-chunk N] [--long-prompt N]

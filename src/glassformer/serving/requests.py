@@ -10,11 +10,13 @@ import asyncio
 import contextlib
 import dataclasses
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterator
 
 import torch
 
+from glassformer.generation.config import GenerationConfig
 from glassformer.generation.sampler import Sampling
 from glassformer.generation.text_stream import TextStream
 
@@ -74,6 +76,33 @@ class Request:
     submitted: float = 0.0
     last_token_at: float | None = None
     drafter: object | None = None  # --prompt-lookup: its drafter's state (glassformer.serving.speculation)
+
+    def prepare(self, tokenizer, vocab_size: int, device: torch.device) -> None:
+        """Ready to be queued: its text stream (stop strings), deadline, row of the batched sampler (with a generator
+        of its own: its draws never depend on the other requests) and, with penalties, its token counts."""
+        self.text = TextStream(tokenizer, self.stop)
+        self.submitted = time.monotonic()
+        self.deadline = self.submitted + self.timeout if self.timeout else float("inf")
+        config = GenerationConfig(do_sample=self.temperature > 0, temperature=self.temperature or 1.0,
+                                  top_p=self.top_p, top_k=self.top_k, seed=self.seed,
+                                  presence_penalty=self.presence_penalty,
+                                  frequency_penalty=self.frequency_penalty)  # fmt: skip
+        generator = None
+        if config.do_sample:
+            generator = torch.Generator(device=device)
+            if self.seed is not None:
+                generator.manual_seed(self.seed)
+            else:
+                generator.seed()
+        self.sampling = Sampling.of([config], [generator], device=device)
+        self.sampling.guides = None if self.guide is None else [self.guide]
+        if self.sampling.counted:
+            self.counts = torch.zeros(1, vocab_size, device=device)
+
+    def take_pending(self) -> list:
+        """The logprobs not yet delivered, handed over."""
+        pending, self.pending = self.pending, []
+        return pending
 
 
 @dataclasses.dataclass

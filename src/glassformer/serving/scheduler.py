@@ -42,10 +42,8 @@ import torch
 
 from glassformer import runtime
 from glassformer.generation import sampler
-from glassformer.generation.config import GenerationConfig
 from glassformer.generation.sampler import Sampling
 from glassformer.generation.step import choose_step
-from glassformer.generation.text_stream import TextStream
 from glassformer.nn.linear import packed_weights
 from glassformer.nn.slot_cache import DEFAULT_BLOCK, OutOfBlocks, default_blocks
 from glassformer.serving.metrics import Metrics
@@ -136,24 +134,7 @@ class Scheduler:
                 f"the prompt ({len(request.prompt)} tokens) and max_tokens ({request.max_tokens}) need {needed} "
                 f"key/value blocks and the server has {self.cache.blocks} (--kv-blocks); ask for fewer tokens"
             )
-        request.text = TextStream(self.tokenizer, request.stop)
-        request.deadline = time.monotonic() + request.timeout if request.timeout else float("inf")
-        config = GenerationConfig(do_sample=request.temperature > 0, temperature=request.temperature or 1.0,
-                                  top_p=request.top_p, top_k=request.top_k, seed=request.seed,
-                                  presence_penalty=request.presence_penalty,
-                                  frequency_penalty=request.frequency_penalty)  # fmt: skip
-        request.submitted = time.monotonic()
-        generator = None
-        if config.do_sample:  # its own generator: its draws never depend on the other requests
-            generator = torch.Generator(device=self.device)
-            if request.seed is not None:
-                generator.manual_seed(request.seed)
-            else:
-                generator.seed()
-        request.sampling = Sampling.of([config], [generator], device=self.device)
-        request.sampling.guides = None if request.guide is None else [request.guide]
-        if request.sampling.counted:
-            request.counts = torch.zeros(1, self.model.config.vocab_size, device=self.device)
+        request.prepare(self.tokenizer, self.model.config.vocab_size, self.device)
         with self.condition:
             if len(self.queue) >= self.max_queue:
                 self._count("rejected")
@@ -433,7 +414,7 @@ class Scheduler:
         else:
             piece, stopped = request.text.push(token)
             if piece:
-                request.deliver(Event("text", text=piece, logprobs=self._take_pending(request)))
+                request.deliver(Event("text", text=piece, logprobs=request.take_pending()))
             if stopped:
                 finish = "stop"
         if finish is None and (
@@ -443,7 +424,7 @@ class Scheduler:
         if finish is not None:
             rest = request.text.finish() if finish == "length" or token in self.eos_token_ids else ""
             if rest:
-                request.deliver(Event("text", text=rest, logprobs=self._take_pending(request)))
+                request.deliver(Event("text", text=rest, logprobs=request.take_pending()))
             self._count("finished")
             self._release(request)
             request.deliver(
@@ -452,14 +433,9 @@ class Scheduler:
                     finish_reason=finish,
                     prompt_tokens=len(request.prompt),
                     completion_tokens=len(request.tokens),
-                    logprobs=self._take_pending(request),
+                    logprobs=request.take_pending(),
                 )
             )
-
-    @staticmethod
-    def _take_pending(request: Request) -> list:
-        pending, request.pending = request.pending, []
-        return pending
 
     def _count(self, outcome: str) -> None:
         setattr(self.counters, outcome, getattr(self.counters, outcome) + 1)
