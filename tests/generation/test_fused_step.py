@@ -174,12 +174,12 @@ def test_a_server_s_slots_of_different_lengths_decode_as_the_modules_do(monkeypa
         slots.free_blocks.reverse()  # the highest block first: tables run backwards through the pool
         for slot, prompt in zip((0, 2), prompts, strict=True):
             slots.reserve(slot, prompt.size(1))
-            model(prompt, cache=slots.view(slot, slot + 1))
+            model(prompt, cache=slots.view([slot]))
         out = []
         for _ in range(4):
             for slot in (0, 2):
                 slots.reserve(slot, slots.lengths[slot] + 1)
-            view = slots.view(0, 3, active=[True, False, True])
+            view = slots.view(range(3), active=[True, False, True])
             ids = torch.tensor([[5], [0], [9]])
             out.append(choose_step(model)(ids, view.attention_mask(1), view))
         return torch.stack(out, 1)[[0, 2]], slots.lengths

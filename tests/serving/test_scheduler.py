@@ -97,8 +97,8 @@ def test_a_long_prompt_is_read_in_chunks_between_the_running_requests_steps(tiny
     model = in_precision(model, precision)
     scheduler = Scheduler(model, tokenizer, max_batch=3, max_context=64, prefill_chunk=4)
     log = []
-    chunk, step = scheduler._prefill_chunk, scheduler._decode_step
-    scheduler._prefill_chunk = lambda request: (log.append(("chunk", request.prefilled)), chunk(request))
+    prefill, step = scheduler._prefill, scheduler._decode_step
+    scheduler._prefill = lambda batch: (log.append(("chunk", batch[0].prefilled)), prefill(batch))
     scheduler._decode_step = lambda: (log.append(("step", len(scheduler.running))), step())
     scheduler.start()
     long_prompt = "the cat sat on the mat. the dog ate the bo"
@@ -204,6 +204,36 @@ def test_the_queue_is_bounded(tiny_lm):
 
 @pytest.mark.cpu_class
 @pytest.mark.parametrize("precision", PRECISIONS)
+def test_prompts_arriving_together_are_read_in_one_forward_pass(tiny_lm, precision):
+    """Four prompts of different lengths admitted together are read right-padded in one pass (not one pass each, so
+    the last one's first token does not wait for the other three), and each gets its greedy tokens; with
+    --batch-invariant each is read alone."""
+    model, tokenizer = tiny_lm
+    model = in_precision(model, precision)
+    prompts = ["the cat", "a bird sang in the tree", "the dog ate the", "mat"]
+    for invariant in (False, True):
+        scheduler = Scheduler(model, tokenizer, max_batch=4, max_context=64, batch_invariant=invariant)
+        batches = []
+        prefill = scheduler._prefill
+        scheduler._prefill = lambda batch, log=batches, run=prefill: (log.append(len(batch)), run(batch))
+        scheduler.start()
+        try:
+            with scheduler.condition:  # all admitted before the first pass
+                collectors = [submit(scheduler, tokenizer, prompt, 6)[1] for prompt in prompts]
+            assert all(c.done.wait(30) for c in collectors)
+        finally:
+            scheduler.stop()
+        assert batches == ([1, 1, 1, 1] if invariant else [4])
+        for prompt, c in zip(prompts, collectors, strict=True):
+            ids = torch.tensor(tokenizer.encode(prompt))
+            alone = model.generate(ids[None], max_new_tokens=6)[0, len(ids) :]
+            served = tokenizer.encode(c.text)
+            depth = model.config.num_layers
+            assert_same_greedy_tokens(next_scores(model, ids), served, alone, precision, depth, prompt)
+
+
+@pytest.mark.cpu_class
+@pytest.mark.parametrize("precision", PRECISIONS)
 def test_requests_beyond_the_blocks_are_preempted_and_still_get_their_greedy_tokens(tiny_lm, precision):
     """A pool of 10 blocks of 4 positions for 3 requests that need 6 each: the latest admitted is preempted when a
     step lacks a block, read again (prompt and tokens so far) once blocks are free, and every request ends with
@@ -267,8 +297,8 @@ def test_a_prompt_that_starts_like_an_earlier_one_reads_only_the_rest(tiny_lm, p
     model = in_precision(model, precision)
     scheduler = Scheduler(model, tokenizer, max_batch=2, max_context=64, prefix_cache_tokens=128, kv_block=8)
     starts = []
-    chunk = scheduler._prefill_chunk
-    scheduler._prefill_chunk = lambda request: (starts.append(request.prefilled), chunk(request))
+    prefill = scheduler._prefill
+    scheduler._prefill = lambda batch: (starts.append(batch[0].prefilled), prefill(batch))
     scheduler.start()
     first, second = "the cat sat on the mat. the dog ate the bone.", "the cat sat on the mat. the dog sang in a tree"
     try:
@@ -356,8 +386,8 @@ def test_requests_with_the_same_prompt_read_it_once_and_each_gets_its_own_tokens
     def serve(options_list):
         scheduler = Scheduler(model, tokenizer, max_batch=4, max_context=64, prefix_cache_tokens=0)
         chunks = []
-        chunk = scheduler._prefill_chunk
-        scheduler._prefill_chunk = lambda request: (chunks.append(request), chunk(request))
+        prefill = scheduler._prefill
+        scheduler._prefill = lambda batch: (chunks.append(batch), prefill(batch))
         scheduler.start()
         try:
             shared = tokenizer.encode(prompt)  # one list for all, as the API's n choices get it

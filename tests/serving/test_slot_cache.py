@@ -32,12 +32,12 @@ def test_rows_of_different_lengths_decode_together_as_they_would_alone(variant):
     with torch.no_grad():
         for slot, prompt in zip(slots, prompts, strict=True):
             cache.reserve(slot, len(prompt))
-            logits = model(prompt[None], cache=cache.view(slot, slot + 1), last_token_only=True)
+            logits = model(prompt[None], cache=cache.view([slot]), last_token_only=True)
             tokens[slot] = [int(logits[0, -1].argmax())]
         for _ in range(steps - 1):
             for s in slots:
                 cache.reserve(s, cache.lengths[s] + 1)
-            view = cache.view(0, 4, active=[True, False, True, True])
+            view = cache.view(range(4), active=[True, False, True, True])
             ids = torch.tensor([[tokens[s][-1] if s in tokens else 0] for s in range(4)])
             logits = model(ids, attention_mask=view.attention_mask(1), cache=view, last_token_only=True)
             for s in slots:
@@ -60,30 +60,32 @@ def test_logits_of_a_batched_step_equal_the_single_row_step():
             cache.reserve(slot, length)
     together.free_blocks.reverse()  # blocks handed out out of order: a row's table need not be ascending
     with torch.no_grad():
-        model(a, cache=together.view(0, 1))
-        model(b, cache=together.view(1, 2))
-        model(a, cache=alone.view(0, 1))
-        view = together.view(0, 2)
-        both = model(torch.tensor([[4], [5]]), attention_mask=view.attention_mask(1), cache=view)
-        single = model(torch.tensor([[4]]), cache=alone.view(0, 1))
-    torch.testing.assert_close(both[0], single[0], atol=1e-5, rtol=1e-5)
+        model(a, cache=together.view([0]))
+        model(b, cache=together.view([1]))
+        model(a, cache=alone.view([0]))
+        view = together.view([1, 0])  # any slots, in any order
+        both = model(torch.tensor([[5], [4]]), attention_mask=view.attention_mask(1), cache=view)
+        single = model(torch.tensor([[4]]), cache=alone.view([0]))
+    torch.testing.assert_close(both[1], single[0], atol=1e-5, rtol=1e-5)
 
 
 def test_a_slot_refuses_positions_past_its_length_or_its_blocks():
     cache = SlotCache(num_layers=1, slots=2, num_heads=1, max_length=4, head_dim=2, block=2)
-    layer = cache.view(0, 1).layer(0)
+    layer = cache.view([0]).layer(0)
     with pytest.raises(ValueError, match="holds 4 positions per slot"):
         layer.update(torch.zeros(1, 1, 5, 2), torch.zeros(1, 1, 5, 2))
     with pytest.raises(ValueError, match="past its blocks; reserve them first"):
         layer.update(torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2))
-    with pytest.raises(ValueError, match="not within the cache's 2 slots"):
-        cache.view(1, 3)
+    with pytest.raises(ValueError, match="are not distinct slots of the cache's 2"):
+        cache.view([1, 2])
+    with pytest.raises(ValueError, match="are not distinct slots"):
+        cache.view([1, 1])
     with pytest.raises(ValueError, match="positions per slot, not 5"):
         cache.reserve(0, 5)
     cache.reserve(0, 4), cache.reserve(1, 4)
     cache.lengths[:] = [1, 2]
     with pytest.raises(ValueError, match="rows of equal length"):
-        cache.view(0, 2).layer(0).update(torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 2, 2))
+        cache.view([0, 1]).layer(0).update(torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 2, 2))
 
 
 def test_blocks_are_taken_shared_and_given_back_by_reference_count():
@@ -106,3 +108,32 @@ def test_blocks_are_taken_shared_and_given_back_by_reference_count():
     assert cache.used_blocks == 0 and sorted(cache.free_blocks) == [1, 2, 3, 4, 5]
     with pytest.raises(ValueError, match="slot 0 holds 0 positions, not 3"):
         cache.copy(0, 1, 3)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_prompts_of_different_lengths_read_together_right_padded_give_their_own_logits(variant):
+    """A batch of prompts padded on the right (``sizes``, ``logits_at``): each row's logits at its last token and
+    the keys and values it leaves are those of the prompt read alone — the next token decoded after it agrees."""
+    torch.manual_seed(2)
+    config = GPTConfig(
+        vocab_size=50, max_seq_length=40, d_model=32, num_layers=2, num_heads=4, d_ff=64, **VARIANTS[variant]
+    )
+    model = GPT(config).eval()
+    prompts = [torch.randint(0, 50, (n,)).tolist() for n in (5, 11, 2)]
+    width, sizes = 11, [5, 11, 2]
+    together = model.make_slot_cache(3, 40, block=4)
+    with torch.no_grad():
+        for slot in range(3):
+            together.reserve(slot, width + 1)
+        view = together.view([2, 0, 1], sizes=sizes)  # slot 2 reads prompt 0, slot 0 prompt 1, slot 1 prompt 2
+        ids = torch.tensor([p + [0] * (width - len(p)) for p in prompts])
+        batch = model(ids, attention_mask=view.attention_mask(width), cache=view, logits_at=torch.tensor(sizes) - 1)
+        assert [together.lengths[s] for s in (2, 0, 1)] == sizes
+        step = together.view([2, 0, 1])
+        after = model(torch.tensor([[7], [8], [9]]), attention_mask=step.attention_mask(1), cache=step)
+        for row, prompt in enumerate(prompts):
+            cache = model.make_cache(1, 40)
+            alone = model(torch.tensor([prompt]), cache=cache, last_token_only=True)
+            torch.testing.assert_close(batch[row], alone[0], atol=1e-5, rtol=1e-5)
+            next_alone = model(torch.tensor([[7 + row]]), cache=cache)
+            torch.testing.assert_close(after[row], next_alone[0], atol=1e-5, rtol=1e-5)

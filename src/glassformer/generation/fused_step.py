@@ -166,7 +166,7 @@ def _rows(cache: KVCache | SlotView, batch: int, attention_mask: torch.Tensor | 
             return None
     elif isinstance(cache, SlotView):
         cache.check_room(1)
-        storage, start, table = cache.slots, 0, cache.table
+        storage, start, table = cache.slot_cache, 0, cache.table
         write_at = torch.tensor(cache.row_lengths, dtype=torch.long)
         first = torch.zeros(batch, dtype=torch.long)
         if attention_mask is not None and not torch.equal(attention_mask.cpu().long(), cache.attention_mask(1).cpu()):
@@ -199,9 +199,9 @@ def block(model: nn.Module, ids: torch.Tensor, cache: KVCache | SlotView):
         return None
     if isinstance(cache, KVCache) and cache.keys.size(1) == 1:
         storage, table = cache, None
-    elif isinstance(cache, SlotView) and cache.stop - cache.start == 1:
+    elif isinstance(cache, SlotView) and len(cache.slot_ids) == 1:
         cache.check_room(ids.size(1))
-        storage, table = cache.slots, cache.table
+        storage, table = cache.slot_cache, cache.table
     else:
         return None
     n, keys, length = ids.size(1), storage.keys, cache.length
@@ -239,7 +239,7 @@ def step(model: nn.Module, ids: torch.Tensor, cache, attention_mask: torch.Tenso
     (tested step by step), or None where the fused step does not take these rows, and nothing is changed."""
     if ids.dim() != 2 or ids.size(1) != 1 or torch.is_grad_enabled() or cache is None:
         return None
-    storage = cache.slots if isinstance(cache, SlotView) else cache
+    storage = cache.slot_cache if isinstance(cache, SlotView) else cache
     if not isinstance(storage, KVCache | SlotCache) or cache.length + 1 > model.config.max_seq_length:
         return None
     check_token_ids(ids, model.config.vocab_size, None)

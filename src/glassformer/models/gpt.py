@@ -203,6 +203,7 @@ class GPT(PretrainedMixin, Stack):
         cache: KVCache | None = None,
         last_token_only: bool = False,
         output_attentions: bool = False,
+        logits_at: torch.Tensor | None = None,
     ) -> torch.Tensor | CausalLMOutput:
         """
         Args:
@@ -214,10 +215,12 @@ class GPT(PretrainedMixin, Stack):
             last_token_only: compute logits for the last position only (decoding).
             output_attentions: return a ``CausalLMOutput`` with each layer's weights ``(batch, heads, seq,
                 past + seq)``.
+            logits_at: ``(batch,)``: compute logits for that position of each row only (right-padded prompts read
+                together: each one's last token).
 
         Returns:
-            logits ``(batch, seq, vocab_size)`` (``(batch, 1, vocab_size)`` with ``last_token_only``), or a
-            ``CausalLMOutput`` with ``output_attentions``.
+            logits ``(batch, seq, vocab_size)`` (``(batch, 1, vocab_size)`` with ``last_token_only`` or
+            ``logits_at``), or a ``CausalLMOutput`` with ``output_attentions``.
         """
         c = self.config
         batch, seq = input_ids.shape
@@ -259,6 +262,8 @@ class GPT(PretrainedMixin, Stack):
             cache.advance(seq)
         if last_token_only:
             x = x[:, -1:]
+        elif logits_at is not None:
+            x = x[torch.arange(batch, device=x.device), logits_at.to(x.device)][:, None]
         logits = self.lm_head(self.final_norm(x))
         return CausalLMOutput(logits, attentions) if output_attentions else logits
 

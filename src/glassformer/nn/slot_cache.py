@@ -13,18 +13,18 @@ A full block can be held by several tables at once — the same prompt beginning
 ``n`` choices of one prompt (``copy``) — and is never written again (a slot writes only past its length, and a shared
 block lies wholly before it), so sharing needs no copy; only a partly filled block is copied when a slot forks.
 
-A forward pass runs on a ``SlotView`` of consecutive slots ``start:stop``: each row writes its new keys and values
-at its own length, and the model masks every row to the positions it has (``SlotView.attention_mask``), so rows of
-any lengths decode together. A row marked inactive (a free slot between busy ones, a slot still reading its prompt)
-rides along with the null block as its table: it writes there and keeps nothing. Attention sees a layer's view
-through the protocol every cache has (``length``, ``update``); ``update`` gathers each row's blocks into
-``(rows, heads, positions, head_dim)`` for the modules, and the fused CPU step reads the blocks in place through the
-table (``SlotView.table``).
+A forward pass runs on a ``SlotView`` of any slots, a row each: each row writes its new keys and values at its own
+length, and the model masks every row to the positions it has (``SlotView.attention_mask``), so rows of any lengths
+decode together; prompts of one starting length are read together right-padded (``sizes``: each row's real new
+tokens). A row marked inactive rides along with the null block as its table: it writes there and keeps nothing.
+Attention sees a layer's view through the protocol every cache has (``length``, ``update``); ``update`` gathers each
+row's blocks into ``(rows, heads, positions, head_dim)`` for the modules, and the fused CPU step reads the blocks in
+place through the table (``SlotView.table``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -139,43 +139,48 @@ class SlotCache:
             self.values[:, here, :, :rest] = self.values[:, there, :, :rest]
         self.lengths[target] = length
 
-    def view(self, start: int, stop: int, active: list[bool] | None = None) -> SlotView:
-        """Slots ``start:stop`` as one batch for a forward pass. Only the rows marked in ``active`` (default: all)
-        write and advance; the others ride along on the null block."""
-        if not 0 <= start < stop <= len(self.lengths):
-            raise ValueError(f"slots {start}:{stop} are not within the cache's {len(self.lengths)} slots")
-        if active is not None and len(active) != stop - start:
-            raise ValueError(f"active has {len(active)} entries for {stop - start} slots")
-        return SlotView(self, start, stop, active)
+    def view(self, slots: Sequence[int], active: list[bool] | None = None, sizes: list[int] | None = None) -> SlotView:
+        """The slots ``slots`` (any of them, in any order) as the rows of one batch for a forward pass. Only the rows
+        marked in ``active`` (default: all) write and advance; the others ride along on the null block. ``sizes``:
+        each row's count of real new tokens where a batch of prompts is right-padded (default: all of them)."""
+        slots = list(slots)
+        if not slots or not all(0 <= slot < len(self.lengths) for slot in slots) or len(set(slots)) < len(slots):
+            raise ValueError(f"slots {slots} are not distinct slots of the cache's {len(self.lengths)}")
+        for what, given in (("active", active), ("sizes", sizes)):
+            if given is not None and len(given) != len(slots):
+                raise ValueError(f"{what} has {len(given)} entries for {len(slots)} slots")
+        return SlotView(self, slots, active, sizes)
 
 
 class SlotView:
-    """Consecutive slots of a ``SlotCache`` as the ``cache`` of one forward pass. ``length`` is the longest row's
+    """Slots of a ``SlotCache`` as the ``cache`` of one forward pass, a row each. ``length`` is the longest row's
     length (the model's ``past``); ``table`` ``(rows, max_blocks)`` each row's blocks (0, the null block, past its
-    own and for inactive rows); ``advance(n)`` moves the active rows on by ``n``."""
+    own and for inactive rows); ``advance(n)`` moves the active rows on by ``n`` (or by their ``sizes``)."""
 
-    def __init__(self, cache: SlotCache, start: int, stop: int, active: list[bool] | None = None):
-        self.slots = cache
-        self.start, self.stop = start, stop
-        self.active = active if active is not None else [True] * (stop - start)
-        self.row_lengths = cache.lengths[start:stop]
+    def __init__(self, cache: SlotCache, slots: list[int], active: list[bool] | None = None,
+                 sizes: list[int] | None = None):  # fmt: skip
+        self.slot_cache, self.slot_ids, self.sizes = cache, slots, sizes
+        self.active = active if active is not None else [True] * len(slots)
+        self.row_lengths = [cache.lengths[slot] for slot in slots]
         self.length = max(self.row_lengths)
         self.max_length = cache.max_length
         device = cache.keys.device
-        self.table = torch.zeros(stop - start, cache.max_blocks, dtype=torch.long)
+        self.table = torch.zeros(len(slots), cache.max_blocks, dtype=torch.long)
         self.capacity = []  # the positions each row may write up to (its reserved blocks)
-        for row, active in enumerate(self.active):
-            blocks = cache.tables[start + row] if active else []
+        for row, (slot, active) in enumerate(zip(slots, self.active, strict=True)):
+            blocks = cache.tables[slot] if active else []
             self.table[row, : len(blocks)] = torch.tensor(blocks, dtype=torch.long)
             self.capacity.append(len(blocks) * cache.block if active else cache.max_length)
         self.device_table = self.table.to(device)
-        self.rows = torch.arange(stop - start, device=device)
+        self.rows = torch.arange(len(slots), device=device)
         self.write_at = torch.tensor(self.row_lengths, device=device)  # where each row writes one new position
 
     def attention_mask(self, seq: int) -> torch.Tensor:
-        """``(rows, length + seq)``: 1 at the positions each row has, its ``seq`` new ones included, 0 after."""
+        """``(rows, length + seq)``: 1 at the positions each row has, its ``seq`` new ones (or its ``sizes``)
+        included, 0 after."""
         positions = torch.arange(self.length + seq, device=self.write_at.device)
-        return (positions[None] < self.write_at[:, None] + seq).long()
+        new = seq if self.sizes is None else torch.tensor(self.sizes, device=self.write_at.device)[:, None]
+        return (positions[None] < self.write_at[:, None] + new).long()
 
     def layer(self, index: int) -> SlotLayerCache:
         return SlotLayerCache(self, index)
@@ -193,9 +198,9 @@ class SlotView:
                 raise ValueError(f"a slot writes position {length + new - 1} past its blocks; reserve them first")
 
     def advance(self, n: int) -> None:
-        for row, active in enumerate(self.active):
+        for row, (slot, active) in enumerate(zip(self.slot_ids, self.active, strict=True)):
             if active:
-                self.slots.lengths[self.start + row] += n
+                self.slot_cache.lengths[slot] += n if self.sizes is None else self.sizes[row]
 
 
 class SlotLayerCache:
@@ -215,8 +220,11 @@ class SlotLayerCache:
     def update(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         view, new = self.cache, keys.size(2)
         view.check_room(new)
-        block, table = view.slots.block, view.device_table
-        pool_keys, pool_values = view.slots.keys[self.layer], view.slots.values[self.layer]  # (blocks, heads, block, d)
+        block, table = view.slot_cache.block, view.device_table
+        pool_keys, pool_values = (
+            view.slot_cache.keys[self.layer],
+            view.slot_cache.values[self.layer],
+        )  # (blocks, heads, block, d)
         if new == 1:  # decoding: row r writes at position row_lengths[r]
             blocks = table[view.rows, view.write_at // block]
             pool_keys[blocks, :, view.write_at % block] = keys[:, :, 0]
@@ -229,7 +237,7 @@ class SlotLayerCache:
             pool_keys[blocks, :, positions % block] = keys.transpose(1, 2)
             pool_values[blocks, :, positions % block] = values.transpose(1, 2)
         end = view.length + new
-        used = table[:, : view.slots.blocks_for(end)]  # (rows, n): the blocks holding positions 0..end-1
+        used = table[:, : view.slot_cache.blocks_for(end)]  # (rows, n): the blocks holding positions 0..end-1
         rows, n = used.shape
         heads, head_dim = pool_keys.size(1), pool_keys.size(3)
 

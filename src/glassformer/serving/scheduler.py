@@ -2,16 +2,18 @@
 
     waiting (bounded: --max-queue)  ──admit──▶  reading its prompt  ──▶  running (≤ --max-batch slots)  ──▶  freed
                                       one --prefill-chunk       one decoding step for all
-                                      per step, then its        running rows, then each row
-                                      first token               picks its own next token
+                                      per step (prompts at one  running rows, then each row
+                                      offset together), then    picks its own next token
+                                      the first token
 
 Between two decoding steps the loop admits waiting requests into free slots of a ``SlotCache`` (a prompt that
 starts with blocks another prompt had gets those blocks, shared, from the ``PrefixCache``), runs the next
-chunk of ``prefill_chunk`` prompt tokens of the first request still reading its prompt (chunked prefill: a long
-prompt never stalls the running requests for more than one chunk, and a short one is read whole), drops the
-requests cancelled (a client gone) or past their deadline, and runs one step for all the running ones: a batch
-of the consecutive slots ``lo:hi`` that hold them, each row masked to its own positions, so requests of any
-lengths decode together and leave as soon as they are done. Every request keeps
+chunk of ``prefill_chunk`` prompt tokens of the first request still reading its prompt — with the prompts at the
+same offset that fit in the chunk beside it, right-padded in the same pass, so prompts arriving together get their
+first tokens together (chunked prefill: a long prompt never stalls the running requests for more than one chunk,
+and a short one is read whole; ``glassformer.serving.prompt_reading``), drops the requests cancelled (a client gone)
+or past their deadline, and runs one step for all the running ones: their slots as one batch, each row masked to
+its own positions, so requests of any lengths decode together and leave as soon as they are done. Every request keeps
 its own sampling settings (temperature, top-k, top-p, seed: a row of the batched sampler,
 ``glassformer.generation.sampler``, which picks every row's token in one pass) and stop conditions (end of
 sequence, stop strings, ``max_tokens``, the context). With ``batch_invariant`` each running request is decoded
@@ -45,15 +47,16 @@ from glassformer.generation import sampler
 from glassformer.generation.sampler import Sampling
 from glassformer.generation.step import choose_step
 from glassformer.nn.linear import packed_weights
-from glassformer.nn.slot_cache import DEFAULT_BLOCK, OutOfBlocks, default_blocks
+from glassformer.nn.slot_cache import DEFAULT_BLOCK, default_blocks
 from glassformer.serving.metrics import Metrics
 from glassformer.serving.prefix_cache import PrefixCache
+from glassformer.serving.prompt_reading import PromptReading
 from glassformer.serving.requests import Counters, Event, Overloaded, Request, deliveries_held
 from glassformer.serving.speculation import Speculation, check_speculation
 from glassformer.tokenizer import Tokenizer
 
 
-class Scheduler:
+class Scheduler(PromptReading):
     """Owns ``model`` on a thread of its own; ``submit`` requests from any thread, ``cancel`` them, read
     ``active`` / ``waiting`` / ``counters``. ``max_context`` positions per slot (prompt + answer) in a pool of
     ``kv_blocks`` blocks of ``kv_block`` positions (None: every slot's whole context and the prefix cache's); prompts
@@ -176,9 +179,9 @@ class Scheduler:
                         else:
                             self._count("cancelled")
                 self._expire()
-                if self.prefilling:  # the first one's next chunk (and those with the same prompt, which share it)
-                    head = self.prefilling[0]
-                    self._guarded(self._same_prompt(head), self._prefill_chunk, head)
+                if self.prefilling:  # the next chunk of the first prompts (and those with the same, which share it)
+                    batch = self._prefill_batch()
+                    self._guarded([r for b in batch for r in self._same_prompt(b)], self._prefill, batch)
                 self._expire()
                 if self.running:
                     self._guarded(list(self.running.values()), self._decode_step)
@@ -231,88 +234,9 @@ class Scheduler:
             heapq.heappush(self.free_slots, request.slot)
             request.slot = None
 
-    def _admit(self, request: Request) -> None:
-        """The request's slot starts with the cached blocks of what it has to read (its prompt; after a preemption,
-        its prompt and the tokens it generated but the last); it reads the rest."""
-        resumed = bool(request.tokens)
-        request.reading = request.prompt + request.tokens[:-1] if resumed else request.prompt
-        request.prefilled = self.prefix.restore(request.slot, self.prefix.match(request.reading))
-        if not resumed:  # a resumed request keeps its place: preemption takes the latest arrivals
-            self.admissions += 1
-            request.admitted = self.admissions
-            self.metrics.prompt_tokens.inc(len(request.prompt))
-            self.metrics.prefix_hit_tokens.inc(request.prefilled)
-        self.prefilling.append(request)
-
-    def _same_prompt(self, head: Request) -> list[Request]:
-        """The requests reading the same new prompt as ``head`` (``n`` > 1 choices), ``head`` first."""
-        if head.tokens:  # resumed after a preemption: its own reading
-            return [head]
-        return [head, *(r for r in self.prefilling if r is not head and not r.tokens and r.prompt == head.prompt)]
-
-    def _prefill_chunk(self, request: Request) -> None:
-        """Run the next ``prefill_chunk`` tokens of what the request reads into its slot; after the last chunk the
-        request picks its first token (a resumed one has it) and joins the running ones. A chunk whose blocks the
-        pool lacks waits while others decode; with none decoding, the latest admitted prompts give theirs."""
-        self.step_started = None  # not a decoding step
-        chunk = request.reading[request.prefilled : request.prefilled + self.prefill_chunk]
-        if not self._reserve(request, request.prefilled + len(chunk), wait=bool(self.running)):
-            return
-        view = self.cache.view(request.slot, request.slot + 1)
-        logits = self.model(torch.tensor([chunk], device=self.device), cache=view, last_token_only=True)
-        request.prefilled += len(chunk)
-        if request.prefilled < len(request.reading):
-            return
-        self.prefix.store(request.slot, request.reading)
-        self.prefilling.remove(request)
-        self.running[request.slot] = request
-        if request.tokens:  # resumed: its pending token is the next step's input
-            return
-        same = []  # n > 1 choices, identical prompts: their slots get this prompt's blocks, read once
-        for other in self._same_prompt(request)[1:]:
-            self.cache.free(other.slot)
-            try:
-                self.cache.copy(request.slot, other.slot, len(request.prompt))
-            except OutOfBlocks:  # no block for the copy of the last one: it reads the prompt itself, later
-                self.cache.free(other.slot)
-                other.prefilled = 0
-                continue
-            self.metrics.shared_prompt_tokens.inc(len(other.prompt) - other.prefilled)
-            other.prefilled = len(other.prompt)
-            self.prefilling.remove(other)
-            self.running[other.slot] = other
-            same.append(other)
-        self._choose([request, *same], logits[:, -1].float().repeat(1 + len(same), 1))
-
-    def _reserve(self, request: Request, length: int, wait: bool) -> bool:
-        """Blocks for the first ``length`` positions of the request's slot. Where the pool lacks them: False if
-        ``wait``; else the latest admitted other request is preempted until they are had — or, none left, this one,
-        and False."""
-        while True:
-            try:
-                self.cache.reserve(request.slot, length)
-                return True
-            except OutOfBlocks:
-                if wait:
-                    return False
-                holders = [r for r in (*self.running.values(), *self.prefilling) if r.slot is not None]
-                victim = max(holders, key=lambda r: r.admitted)
-                self._preempt(victim)
-                if victim is request:
-                    return False
-
-    def _preempt(self, request: Request) -> None:
-        """Free the request's slot and blocks; it waits at the head of the queue to read its prompt and its tokens
-        again."""
-        self.metrics.preemptions.inc()
-        self._release(request)
-        request.prefilled = 0
-        with self.condition:
-            self.queue.appendleft(request)
-
     def _decode_step(self) -> None:
-        """One token for every running request: the slots ``lo:hi`` as one batch (a free slot inside rides
-        along, masked and discarded) — or, ``batch_invariant``, each slot as a batch of its own. Each running
+        """One token for every running request: their slots as one batch — or, ``batch_invariant``, each slot as a
+        batch of its own. Each running
         request's next position gets its block first, the earliest admitted first (preempting the latest)."""
         for request in sorted(self.running.values(), key=lambda r: r.admitted):
             if request.slot is not None:
@@ -327,16 +251,13 @@ class Scheduler:
                 return self._emit_checked(request, checked)
         if self.batch_invariant:
             return self._decode_each()
-        slots = sorted(self.running)
-        lo, hi = slots[0], slots[-1] + 1
-        rows = [self.running.get(slot) for slot in range(lo, hi)]
-        view = self.cache.view(lo, hi, active=[r is not None for r in rows])
-        ids = torch.tensor([[r.tokens[-1] if r is not None else 0] for r in rows], device=self.device)
+        requests = [self.running[slot] for slot in sorted(self.running)]
+        view = self.cache.view([r.slot for r in requests])
+        ids = torch.tensor([[r.tokens[-1]] for r in requests], device=self.device)
         logits = self.step(ids, view.attention_mask(1), view)  # (rows, vocab)
         self.counters.steps += 1
         self.metrics.steps.inc()
-        active = [row for row, request in enumerate(rows) if request is not None]
-        self._choose([rows[row] for row in active], logits if len(active) == len(rows) else logits[active])
+        self._choose(requests, logits)
 
     def _decode_each(self) -> None:
         """``--batch-invariant``: every running request's step as a batch of one row, the same computation whatever
@@ -345,7 +266,7 @@ class Scheduler:
         requests = [self.running[slot] for slot in sorted(self.running)]
         rows = []
         for request in requests:
-            view = self.cache.view(request.slot, request.slot + 1)
+            view = self.cache.view([request.slot])
             ids = torch.tensor([[request.tokens[-1]]], device=self.device)
             rows.append(self.step(ids, view.attention_mask(1), view))
         self.counters.steps += 1

@@ -72,7 +72,7 @@ class Speculation:
         except OutOfBlocks:  # no blocks for the drafts: the plain step serves the request
             return None
         ids = torch.tensor([[request.tokens[-1], *draft]], device=self.cache.keys.device)
-        scores = self.step.block(ids, self.cache.view(slot, slot + 1))  # (1 + d, vocab)
+        scores = self.step.block(ids, self.cache.view([slot]))  # (1 + d, vocab)
         new = []
         for j, drafted in enumerate(draft):
             accepted, token = sampler.verify(sampler.scores(scores[j : j + 1], None, sampling, None), sampling, drafted)
