@@ -233,6 +233,25 @@ def test_a_quantized_gpt_stays_close_and_round_trips_through_its_checkpoint(tmp_
         assert torch.equal(cached, quantized.generate(ids[:1, :4], max_new_tokens=6, eos_token_id=None))
 
 
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+@pytest.mark.parametrize("embeddings", ["int8", "int4"])
+def test_a_quantized_gpt_moved_to_bfloat16_runs_in_bfloat16(kind, embeddings):
+    """``.to(torch.bfloat16)`` after quantizing: the quantized embedding's lookups follow the model's dtype (they were
+    float32 and broke attention), the kernels take the widened activations and give bfloat16 back; logits within
+    bfloat16's rounding of the float32 quantized model's, and generate runs."""
+    quantized = copy.deepcopy(tiny_llama()).quantize(kind, embeddings=embeddings)
+    ids = torch.randint(0, 96, (2, 12))
+    with torch.inference_mode():
+        expected = quantized(ids)
+        low = copy.deepcopy(quantized).to(torch.bfloat16)
+        assert low.embedding(ids).dtype == torch.bfloat16 and low.embedding.quantized.dtype == torch.bfloat16
+        logits = low(ids)
+        assert logits.dtype == torch.bfloat16 and relative_error(logits.float(), expected) <= 0.03
+        out = low.generate(ids[:1, :4], max_new_tokens=6, eos_token_id=None)
+    assert out.shape == (1, 10)
+    assert low.to(torch.float32).embedding(ids).dtype == torch.float32
+
+
 def test_quantized_tables_go_back_to_float_when_asked():
     model = tiny_llama().quantize("int8", embeddings="int8")
     model.quantize("int8", embeddings="float")

@@ -128,6 +128,7 @@ class QuantizedWeight(nn.Module):
         offsets = torch.zeros(out_features, groups, dtype=torch.float16, device=device) if kind == "int4" else None
         self.register_buffer("offsets", offsets)
         self._torch_layout: tuple | None = None  # torch's packed int4 layout, made on first use
+        self.dtype = torch.float32  # the model's float dtype (``.to(dtype)`` follows it): what a lookup gives
         self.activations: str | None = None  # "int8": many rows quantized to int8 as they come (module docstring)
 
     def set_activations(self, activations: str | None) -> None:
@@ -145,6 +146,7 @@ class QuantizedWeight(nn.Module):
 
     def _apply(self, fn, recurse=True):  # .to(dtype) moves the buffers but keeps scales and offsets in float16
         super()._apply(fn, recurse)
+        self.dtype = fn(torch.empty(0, dtype=self.dtype)).dtype  # where .to(dtype) would take a float tensor
         for name in ("scales", "offsets"):
             tensor = getattr(self, name)
             if tensor is not None and tensor.dtype != torch.float16 and tensor.device.type != "meta":
@@ -175,10 +177,11 @@ class QuantizedWeight(nn.Module):
         """The weight in float, ``(out_features, in_features)``."""
         return dequantize(self.codes, self.scales, self.offsets, dtype)
 
-    def lookup(self, ids: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Rows ``ids`` of the weight in float (an embedding lookup): ``(*ids.shape, in_features)``."""
+    def lookup(self, ids: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Rows ``ids`` of the weight in float (an embedding lookup): ``(*ids.shape, in_features)``, in ``dtype``
+        (default: the model's, ``self.dtype``)."""
         offsets = None if self.offsets is None else self.offsets[ids]
-        return dequantize(self.codes[ids], self.scales[ids], offsets, dtype)
+        return dequantize(self.codes[ids], self.scales[ids], offsets, dtype or self.dtype)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None = None, rows: slice | None = None) -> torch.Tensor:
         """``x Wᵀ + b`` for ``x`` ``(..., in_features)``; ``rows`` multiplies with those output rows only."""
@@ -236,18 +239,20 @@ def quantized_linear(x: torch.Tensor, weight: QuantizedWeight, bias=None, rows: 
         return dynamic_int8_linear_reference(x, weight, bias, rows)
     if (
         x.device.type == "cpu"
-        and x.dtype == torch.float32
+        and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
         and 0 < count <= KERNEL_ROWS
         and not (torch.is_grad_enabled() and x.requires_grad)
-    ):
+    ):  # the kernels take float32: 16-bit activations go in widened and come out in their dtype
         kernel = cpu_quantized.cpu_kernel(weight.kind)
         codes, scales, offsets, group = weight.codes, weight.scales, weight.offsets, weight.group_size
+        x32, bias32 = x.float(), None if bias is None else bias.float()
         if kernel == "native" and cpu_quantized.native_fits(weight.in_features, group, codes):
             if rows is not None:  # one of Q, K, V: a view of those rows
                 codes, scales, offsets = codes[rows], scales[rows], None if offsets is None else offsets[rows]
-            return cpu_quantized.native_linear(x, codes, scales, offsets, group, bias)
+            return cpu_quantized.native_linear(x32, codes, scales, offsets, group, bias32).to(x.dtype)
         if kernel == "torch" and rows is None and cpu_quantized.torch_fits(weight.kind, *weight.shape, group):
-            return cpu_quantized.torch_linear(x, codes, scales, group, bias, weight.torch_int4_layout())
+            y = cpu_quantized.torch_linear(x32, codes, scales, group, bias32, weight.torch_int4_layout())
+            return y.to(x.dtype)
     if x.device.type == "cpu" and count > 0 and not (torch.is_grad_enabled() and x.requires_grad):
         return quantized_linear_tiled(x, weight, bias, rows)
     return quantized_linear_reference(x, weight, bias, rows)
