@@ -82,6 +82,19 @@ def test_an_api_key_is_required_when_set(tiny_lm):
         assert call("GET", base + "/health")[0] == 200  # health stays open for load balancers
 
 
+def test_a_pool_smaller_than_the_context_bounds_each_request_and_refuses_more_with_a_400(tiny_lm):
+    """--kv-blocks 1 (a block of 32 positions) under the tiny model's 64-token context: a request without max_tokens
+    is answered within the pool (not refused), one asking for more than the pool is a 400 naming --kv-blocks."""
+    config = ServeConfig(max_batch=2, max_context=64, kv_blocks=1, prefix_cache_tokens=0)
+    with live_server(lambda: served(*tiny_lm, max_batch=2), config) as (base, state):
+        status, answer, _ = call("POST", base + "/v1/completions", {"prompt": "the cat", "max_tokens": 40})
+        assert status == 400 and answer["error"]["param"] == "max_tokens"
+        assert "exceeds this server's key/value cache (--kv-blocks) of 32 tokens" in answer["error"]["message"]
+        assert state.scheduler.max_sequence == 32
+        status, answer, _ = call("POST", base + "/v1/completions", {"prompt": "the cat", "temperature": 0})
+        assert status == 200 and answer["usage"]["total_tokens"] <= 32
+
+
 def test_a_client_that_goes_away_mid_stream_frees_its_slot_at_once(slow_lm):
     model, tokenizer = slow_lm
     with live_server(lambda: served(model, tokenizer, max_batch=2), ServeConfig(max_batch=2, max_context=64)) as (

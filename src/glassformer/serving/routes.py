@@ -154,7 +154,8 @@ async def generate(
     """Submit the ``n`` choices of one request (choice i seeded ``seed + i``) and answer whole or streamed."""
     server = server_of(request)
     scheduler = server.scheduler
-    max_tokens = _max_tokens(kind, ids, sampling, default_max, scheduler.max_context)
+    limit = "context" if scheduler.max_sequence == scheduler.max_context else "key/value cache (--kv-blocks)"
+    max_tokens = _max_tokens(kind, ids, sampling, default_max, scheduler.max_sequence, limit)
     box = mailbox(asyncio.get_running_loop())
     events: asyncio.Queue[tuple[int, Event]] = asyncio.Queue()
 
@@ -183,6 +184,9 @@ async def generate(
     try:
         for job in jobs:
             scheduler.submit(job)
+    except ValueError as error:  # what the scheduler refuses (the checks above catch it first)
+        scheduler.cancel(*jobs)
+        raise APIError(400, str(error), param="max_tokens") from None
     except Overloaded as error:
         scheduler.cancel(*jobs)
         raise APIError(
@@ -209,11 +213,14 @@ def _guide(server: Server, sampling: Sampling):
         raise APIError(400, str(error), param="response_format") from None
 
 
-def _max_tokens(kind: str, ids: list[int], sampling: Sampling, default_max: int | None, context: int) -> int:
-    """``max_tokens`` as asked, or what the context leaves (at most ``default_max``); a 400 past the context."""
+def _max_tokens(
+    kind: str, ids: list[int], sampling: Sampling, default_max: int | None, context: int, limit: str = "context"
+) -> int:
+    """``max_tokens`` as asked, or what the ``context`` positions leave (at most ``default_max``); a 400 past them
+    (``limit`` names what bounds them)."""
     if len(ids) >= context:
         raise APIError(
-            400, f"the prompt has {len(ids)} tokens and this server's context is {context}; shorten it",
+            400, f"the prompt has {len(ids)} tokens and this server's {limit} is {context}; shorten it",
             code="context_length_exceeded", param="messages" if kind == "chat" else "prompt",
         )  # fmt: skip
     if sampling.max_tokens is None:
@@ -221,7 +228,7 @@ def _max_tokens(kind: str, ids: list[int], sampling: Sampling, default_max: int 
     if len(ids) + sampling.max_tokens > context:
         raise APIError(
             400, f"the prompt ({len(ids)} tokens) plus max_tokens ({sampling.max_tokens}) exceeds this server's "
-            f"context of {context} tokens; lower max_tokens or shorten the prompt", code="context_length_exceeded",
+            f"{limit} of {context} tokens; lower max_tokens or shorten the prompt", code="context_length_exceeded",
             param="max_tokens",
         )  # fmt: skip
     return sampling.max_tokens

@@ -131,8 +131,8 @@ class Scheduler(PromptReading):
                 f"the prompt ({len(request.prompt)} tokens) and max_tokens ({request.max_tokens}) exceed the "
                 f"context of {self.max_context} tokens"
             )
-        needed = self.cache.blocks_for(len(request.prompt) + request.max_tokens)
-        if needed > self.cache.blocks:
+        if len(request.prompt) + request.max_tokens > self.max_sequence:
+            needed = self.cache.blocks_for(len(request.prompt) + request.max_tokens)
             raise ValueError(
                 f"the prompt ({len(request.prompt)} tokens) and max_tokens ({request.max_tokens}) need {needed} "
                 f"key/value blocks and the server has {self.cache.blocks} (--kv-blocks); ask for fewer tokens"
@@ -151,6 +151,12 @@ class Scheduler(PromptReading):
             for request in requests:
                 request.cancelled = True
             self.condition.notify()
+
+    @property
+    def max_sequence(self) -> int:
+        """The most positions one request may take (prompt + answer): the context, or fewer where the pool of blocks
+        holds fewer (``--kv-blocks``)."""
+        return min(self.max_context, self.cache.blocks * self.cache.block)
 
     @property
     def active(self) -> int:
