@@ -260,6 +260,39 @@ def test_requests_beyond_the_blocks_are_preempted_and_still_get_their_greedy_tok
         scheduler.submit(Request(tokenizer.encode("the cat"), 37, Collector()))
 
 
+def test_under_a_pool_far_too_small_every_request_ends_and_every_block_comes_back(tiny_lm):
+    """30 requests of random prompts (some alike: prefix hits), lengths and sampling, some cancelled, in a pool of 10
+    blocks of 4 positions where one long request needs 9: they preempt each other many times, and still every one
+    ends — done, or cancelled — none with an error, and every block but the prefix cache's is back."""
+    import random
+
+    model, tokenizer = tiny_lm
+    rng = random.Random(0)
+    scheduler = Scheduler(model, tokenizer, max_batch=4, max_context=64, max_queue=100, kv_blocks=10, kv_block=4,
+                          prefix_cache_tokens=16, prefill_chunk=8)  # fmt: skip
+    texts = ["the cat sat on the mat", "the cat sat on the", "a bird", "the dog ate the bone", "mat"]
+    scheduler.start()
+    try:
+        requests = []
+        for i in range(30):
+            prompt = tokenizer.encode(rng.choice(texts))
+            options = {"temperature": rng.choice([0, 0.8]), "seed": i}
+            requests.append(Request(prompt, rng.randint(1, 36 - len(prompt)), Collector(), **options))
+            scheduler.submit(requests[-1])
+            if rng.random() < 0.1:
+                scheduler.cancel(requests[rng.randrange(len(requests))])
+        deadline = time.monotonic() + 60
+        while (scheduler.active or scheduler.waiting) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        scheduler.stop()
+    ended = [r for r in requests if r.deliver.done.is_set()]
+    assert all(r.deliver.last.kind == "done" for r in ended)
+    assert all(r.cancelled for r in requests if not r.deliver.done.is_set()) and len(ended) >= 20
+    assert scheduler.metrics.preemptions._value.get() > 10
+    assert scheduler.cache.used_blocks == scheduler.prefix.blocks and sorted(scheduler.free_slots) == [0, 1, 2, 3]
+
+
 def test_a_quantized_model_s_batched_steps_give_each_request_its_greedy_tokens(tiny_lm, monkeypatch, fused_steps):
     """int4 weights: the scheduler's steps over slots of different lengths run the fused decoding step
     (glassformer.generation.fused_step) where it is available, and every request still gets the tokens the modules

@@ -127,8 +127,8 @@ class PromptReading:
 
     def _reserve(self, request: Request, length: int, wait: bool) -> bool:
         """Blocks for the first ``length`` positions of the request's slot. Where the pool lacks them: False if
-        ``wait``; else the latest admitted other request is preempted until they are had — or, none left, this one,
-        and False."""
+        ``wait``; else the latest admitted request is preempted until they are had — of those whose preemption frees
+        a block (one it alone holds) where there are any — or, when that is this one, False."""
         while True:
             try:
                 self.cache.reserve(request.slot, length)
@@ -137,7 +137,8 @@ class PromptReading:
                 if wait:
                     return False
                 holders = [r for r in (*self.running.values(), *self.prefilling) if r.slot is not None]
-                victim = max(holders, key=lambda r: r.admitted)
+                freeing = [r for r in holders if any(self.cache.refs[b] == 1 for b in self.cache.tables[r.slot])]
+                victim = max(freeing or holders, key=lambda r: r.admitted)
                 self._preempt(victim)
                 if victim is request:
                     return False
