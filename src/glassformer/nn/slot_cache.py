@@ -165,12 +165,13 @@ class SlotView:
         self.length = max(self.row_lengths)
         self.max_length = cache.max_length
         device = cache.keys.device
-        self.table = torch.zeros(len(slots), cache.max_blocks, dtype=torch.long)
-        self.capacity = []  # the positions each row may write up to (its reserved blocks)
-        for row, (slot, active) in enumerate(zip(slots, self.active, strict=True)):
-            blocks = cache.tables[slot] if active else []
-            self.table[row, : len(blocks)] = torch.tensor(blocks, dtype=torch.long)
-            self.capacity.append(len(blocks) * cache.block if active else cache.max_length)
+        tables = [cache.tables[slot] if active else [] for slot, active in zip(slots, self.active, strict=True)]
+        self.table = torch.tensor([t + [0] * (cache.max_blocks - len(t)) for t in tables], dtype=torch.long)
+        # the positions each row may write up to (its reserved blocks; anything for a row on the null block)
+        self.capacity = [
+            len(t) * cache.block if a else cache.max_length for t, a in zip(tables, self.active, strict=True)
+        ]
+        self.checked = 0  # the new positions check_room found room for (once per pass, not per layer)
         self.device_table = self.table.to(device)
         self.rows = torch.arange(len(slots), device=device)
         self.write_at = torch.tensor(self.row_lengths, device=device)  # where each row writes one new position
@@ -187,6 +188,8 @@ class SlotView:
 
     def check_room(self, new: int) -> None:
         """A ValueError where a row would write past its reserved blocks or the slot's ``max_length``."""
+        if new <= self.checked:
+            return
         end = self.length + new
         if end > self.max_length:
             raise ValueError(
@@ -196,6 +199,7 @@ class SlotView:
         for length, capacity in zip(self.row_lengths, self.capacity, strict=True):
             if length + new > capacity:
                 raise ValueError(f"a slot writes position {length + new - 1} past its blocks; reserve them first")
+        self.checked = new
 
     def advance(self, n: int) -> None:
         for row, (slot, active) in enumerate(zip(self.slot_ids, self.active, strict=True)):
