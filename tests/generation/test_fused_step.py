@@ -59,11 +59,12 @@ def test_the_fused_step_gives_the_modules_logits_and_cache(monkeypatch, kind, gr
         modules_only(monkeypatch)
         expected, cache = step_by_step(model, ids)
     # each of the two is within ~1e-4 of the exact products (the activations rounded to 16 bits, tests/nn); they round
-    # at different places (the step's own norms and attention), so their difference is bounded by the sum
+    # at different places (the step's own norms and attention), so their difference is bounded by the sum: in the
+    # logits and in the keys and values alike (int4 with groups of 64 measured up to 1.0e-4 in the cache)
     assert (fused - expected).abs().max() <= 2e-4 * expected.abs().max()
     assert fused_cache.length == cache.length
     for ours, theirs in ((fused_cache.keys, cache.keys), (fused_cache.values, cache.values)):
-        assert (ours - theirs).abs().max() <= 1e-4 * theirs.abs().max()
+        assert (ours - theirs).abs().max() <= 2e-4 * theirs.abs().max()
 
 
 def test_the_fused_step_runs_when_it_fits_and_greedy_tokens_agree(monkeypatch, fused_steps):

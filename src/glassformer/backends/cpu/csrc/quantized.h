@@ -67,6 +67,7 @@
 
 typedef int64_t i64;
 #define BLOCK 32
+#define MAX_GROUPS 2048 /* K / G: a row's scales are widened on the stack */
 #define XMAX 32639.0f /* 127 * 256 + 127: xq = 256 hi + lo, hi and lo int8 */
 
 /* this thread's index t of the T threads of an OpenMP parallel region (0 of 1 without OpenMP) */
@@ -265,16 +266,24 @@ static inline __attribute__((always_inline)) __m512i pair_codes(const int bits, 
 
 /* sum_b s[g(b)] xd[b] (sum_{k in b} q[k] xq[k]) for one output row (its codes and scales) and MB rows of x: the
    products of the codes, without int4's offsets (nor, in the VNNI path, int8's 128 * sum xq); bits (8 or 4) and MB
-   are constants at each call */
+   are constants at each call. The VNNI path adds sum_g factor per[g] xg[m, g] (per: K / G halves of this weight
+   row, read as they are stored; xg: K / G floats per row of x; both may be null) in the same sums: int4's offsets
+   times the sums of x, or int8's correction */
 static inline __attribute__((always_inline)) void codes_times_x(const int MB, const int bits, qx x,
                                                                 const uint8_t *codes, const float *scales, i64 G,
-                                                                float *out) {
+                                                                float *out, const uint16_t *per = nullptr,
+                                                                float factor = 1.0f, const float *xg = nullptr) {
     const i64 K = x.K, KB = K / BLOCK;
 #if defined(GLASSFORMER_VNNI)
-    const i64 pairs = (KB + 1) / 2;
+    const i64 pairs = (KB + 1) / 2, groups = K / G;
     const __m512i lanes = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1);
     __m512 acc[MAX_ROWS];
     for (int m = 0; m < MB; m++) acc[m] = _mm512_setzero_ps();
+    for (i64 g0 = 0; per && g0 < groups; g0 += 16) {  /* 16 groups at a time, the last ones masked */
+        const __mmask16 take = groups - g0 >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (groups - g0)) - 1);
+        const __m512 v = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(take, per + g0)), _mm512_set1_ps(factor));
+        for (int m = 0; m < MB; m++) acc[m] = _mm512_fmadd_ps(v, _mm512_maskz_loadu_ps(take, xg + m * groups + g0), acc[m]);
+    }
     i64 g = 0, left = G / BLOCK;  /* the group of the next block, and its blocks still to come (no division) */
     for (i64 p = 0; p < pairs; p++) {
         const i64 a = 2 * p;
@@ -399,19 +408,29 @@ static inline __attribute__((always_inline)) void codes_times_x(const int MB, co
 
 /* one output row of int8 weights (codes, scales of this row) for MB rows of x */
 static inline __attribute__((always_inline)) void int8_row(const int MB, qx x, const int8_t *codes,
-                                                           const float *scales, i64 G, float *out) {
+                                                           const float *scales, const uint16_t *scale_halves, i64 G,
+                                                           float *out) {
+#ifdef GLASSFORMER_VNNI  /* the codes were read as q + 128: take 128 s[g] sum_{b in g} xd[b] sum xq off again */
+    codes_times_x(MB, 8, x, (const uint8_t *)codes, scales, G, out, scale_halves, -128.0f, x.gqsum);
+#else
+    (void)scale_halves;
     codes_times_x(MB, 8, x, (const uint8_t *)codes, scales, G, out);
-#ifdef GLASSFORMER_VNNI  /* the codes were read as q + 128 */
-    for (int m = 0; m < MB; m++) out[m] -= 128.0f * dot_f32(scales, x.gqsum + m * (x.K / G), x.K / G);
 #endif
 }
 
 /* one output row of int4 weights for MB rows of x: the codes' products, plus o · (sum of x) per group */
 static inline __attribute__((always_inline)) void int4_row(const int MB, qx x, const uint8_t *codes,
-                                                           const float *scales, const float *offsets, i64 G,
-                                                           float *out) {
+                                                           const float *scales, const float *offsets,
+                                                           const uint16_t *offset_halves, i64 G, float *out) {
+#ifdef GLASSFORMER_VNNI  /* the offsets read as halves (the floats just written to the stack would be read in
+                            wider loads than they were stored in: the store could not be forwarded) */
+    (void)offsets;
+    codes_times_x(MB, 4, x, codes, scales, G, out, offset_halves, 1.0f, x.gsum);
+#else
+    (void)offset_halves;
     codes_times_x(MB, 4, x, codes, scales, G, out);
     for (int m = 0; m < MB; m++) out[m] += dot_f32(offsets, x.gsum + m * (x.K / G), x.K / G);
+#endif
 }
 
 /* one quantized matrix (N, K): kind 8 or 4, codes, scales (N, K / G), offsets (N, K / G) for int4, both halves */
@@ -420,7 +439,6 @@ typedef struct {
     const void *codes;
     const uint16_t *scales, *offsets;
 } qmatrix;
-#define MAX_GROUPS 2048 /* K / G: a row's scales are widened on the stack */
 
 /* an IEEE half (its 16 bits) as a float */
 static inline float half_to_float(uint16_t h) {
@@ -459,11 +477,13 @@ static inline __attribute__((always_inline)) void qmatrix_row(const int mb, cons
     float s[MAX_GROUPS], o[MAX_GROUPS];
     halves_to_floats(w->scales + n * groups, groups, s);
     if (w->kind == 8) {
-        int8_row(mb, x, (const int8_t *)w->codes + n * w->K, s, w->G, out);
+        int8_row(mb, x, (const int8_t *)w->codes + n * w->K, s, w->scales + n * groups, w->G, out);
         return;
     }
+#ifndef GLASSFORMER_VNNI
     halves_to_floats(w->offsets + n * groups, groups, o);
-    int4_row(mb, x, (const uint8_t *)w->codes + n * (w->K / 2), s, o, w->G, out);
+#endif
+    int4_row(mb, x, (const uint8_t *)w->codes + n * (w->K / 2), s, o, w->offsets + n * groups, w->G, out);
 }
 
 /* rows n0 <= n < n1 of the weight in float32: out (N, K) = q · s (+ o), the formula the products stand for */
@@ -491,26 +511,27 @@ static inline void dequantize_rows(const qmatrix *w, i64 n0, i64 n1, float *out)
     }
 }
 
-/* rows n of y[m, n] for the rows n0 <= n < n1 of the weight and all M rows of x: x in tiles of TILE rows (a tile's
-   quantized rows stay in cache while the weight rows stream past; the weight is read once per tile), each weight
-   row applied to MAX_ROWS rows of x at a time */
-#define TILE 64
+/* rows n of y[m, n] for the rows n0 <= n < n1 of the weight and all M rows of x: the weight rows in chunks of CHUNK
+   (a chunk stays in cache while every block of MAX_ROWS rows of x passes over it, and each block's quantized rows, a
+   few KB, stay in the first-level cache while the chunk's rows pass: the weight is read from memory once, and x from
+   the nearest cache however many rows it has) */
+#define CHUNK 16
 static inline void qmatrix_rows(const qmatrix *w, qx x, i64 M, i64 n0, i64 n1, const float *bias, float *y, i64 ldy,
                                 int add) {
     const i64 K = w->K, groups = K / w->G;
-    for (i64 t0 = 0; t0 < M; t0 += TILE) {
-        const i64 t1 = t0 + TILE < M ? t0 + TILE : M;
-        for (i64 n = n0; n < n1; n++) {
-            for (i64 m0 = t0, mb; m0 < t1; m0 += mb) {
-                float out[MAX_ROWS];
-                mb = t1 - m0 >= MAX_ROWS ? MAX_ROWS : t1 - m0 >= 4 ? 4 : t1 - m0 >= 2 ? 2 : 1;
-                qx xm = {x.q + m0 * K, x.d + m0 * (K / BLOCK), x.gsum + m0 * groups, x.hi, x.lo, x.d16, x.gqsum, K};
+    for (i64 c0 = n0; c0 < n1; c0 += CHUNK) {
+        const i64 c1 = c0 + CHUNK < n1 ? c0 + CHUNK : n1;
+        for (i64 m0 = 0, mb; m0 < M; m0 += mb) {
+            mb = M - m0 >= MAX_ROWS ? MAX_ROWS : M - m0 >= 4 ? 4 : M - m0 >= 2 ? 2 : 1;
+            qx xm = {x.q + m0 * K, x.d + m0 * (K / BLOCK), x.gsum + m0 * groups, x.hi, x.lo, x.d16, x.gqsum, K};
 #ifdef GLASSFORMER_VNNI
-                const i64 pairs = (K / BLOCK + 1) / 2;
-                xm.hi += m0 * pairs * 64, xm.lo += m0 * pairs * 64, xm.d16 += m0 * pairs * 16, xm.gqsum += m0 * groups;
+            const i64 pairs = (K / BLOCK + 1) / 2;
+            xm.hi += m0 * pairs * 64, xm.lo += m0 * pairs * 64, xm.d16 += m0 * pairs * 16, xm.gqsum += m0 * groups;
 #elif defined(GLASSFORMER_SDOT)
-                xm.hi += m0 * K, xm.lo += m0 * K;
+            xm.hi += m0 * K, xm.lo += m0 * K;
 #endif
+            for (i64 n = c0; n < c1; n++) {
+                float out[MAX_ROWS];
                 switch (mb) {
 #if MAX_ROWS == 8
                     case 8: qmatrix_row(8, w, xm, n, out); break;
