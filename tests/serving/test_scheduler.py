@@ -289,8 +289,32 @@ def test_under_a_pool_far_too_small_every_request_ends_and_every_block_comes_bac
     ended = [r for r in requests if r.deliver.done.is_set()]
     assert all(r.deliver.last.kind == "done" for r in ended)
     assert all(r.cancelled for r in requests if not r.deliver.done.is_set()) and len(ended) >= 20
-    assert scheduler.metrics.preemptions._value.get() > 10
+    # admission control keeps requests in the queue rather than let them take blocks back and forth: 10 preemptions
+    # here (seeds 1-3: 12-18), 46-80 without it
+    assert 1 <= scheduler.metrics.preemptions._value.get() <= 25
     assert scheduler.cache.used_blocks == scheduler.prefix.blocks and sorted(scheduler.free_slots) == [0, 1, 2, 3]
+
+
+def test_beside_running_requests_one_is_admitted_only_when_the_pool_has_room_for_it(tiny_lm):
+    """Admission control: with requests holding slots, a queued request is admitted when the free blocks (and those
+    only the prefix cache holds, less those it would reuse) cover what it reads, its first new position, and one
+    block more for each request holding a slot; alone, always."""
+    model, tokenizer = tiny_lm
+    scheduler = Scheduler(model, tokenizer, max_batch=3, max_context=64, kv_blocks=10, kv_block=4)
+    request = lambda tokens: Request(tokens, 4, Collector())  # noqa: E731
+    assert scheduler._has_room(request([1] * 31))  # nothing else holds a slot
+    scheduler.running[0] = running = request([1, 2, 3])
+    running.slot = 0
+    scheduler.cache.reserve(0, 12)  # 3 blocks: 7 free
+    assert scheduler._has_room(request([1] * 23))  # 6 blocks for 23 tokens and the next, 1 for the running one
+    assert not scheduler._has_room(request([1] * 24))  # 7 + 1 > 7
+    system = list(range(4, 24))  # 20 tokens: 5 blocks that only the prefix cache holds (2 free)
+    scheduler.cache.reserve(1, 20)
+    scheduler.prefix.store(1, system)
+    scheduler.cache.free(1)
+    assert scheduler._has_room(request([1] * 23)) and not scheduler._has_room(request([1] * 24))  # idle ones count
+    assert scheduler._has_room(request(system + [1] * 3))  # 5 blocks reused: 1 more, and 1 for the running one
+    assert not scheduler._has_room(request(system + [1] * 7))  # 2 more: the blocks it reuses are not room
 
 
 def test_a_quantized_model_s_batched_steps_give_each_request_its_greedy_tokens(tiny_lm, monkeypatch, fused_steps):

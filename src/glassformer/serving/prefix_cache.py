@@ -42,16 +42,16 @@ class PrefixCache:
             parent = hash(key)
         return keys
 
-    def match(self, prompt: list[int]) -> list[int]:
-        """The cached blocks the prompt starts with (as many as are found in a row), most recently used now; never
-        the whole prompt: its last token is left to run."""
+    def match(self, prompt: list[int], touch: bool = True) -> list[int]:
+        """The cached blocks the prompt starts with (as many as are found in a row), most recently used now (unless
+        not ``touch``: a look that changes nothing); never the whole prompt: its last token is left to run."""
         found = []
         for key in self.keys_of(prompt[:-1]):
             block = self.entries.get(key)
             if block is None:
                 break
             found.append((key, block))
-        for key, _ in reversed(found):  # used now, the first block last: evicted after the blocks that follow it
+        for key, _ in reversed(found) if touch else ():  # used now, the first block last: evicted after the rest
             self.entries.move_to_end(key)
         return [block for _, block in found]
 
@@ -81,6 +81,10 @@ class PrefixCache:
         for key in idle:
             self.cache.release(self.entries.pop(key))
         return len(idle)
+
+    def idle(self) -> set[int]:
+        """The blocks only this cache holds (``reclaim`` could give them back)."""
+        return {block for block in self.entries.values() if self.cache.refs[block] == 1}
 
     @property
     def blocks(self) -> int:

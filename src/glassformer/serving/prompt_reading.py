@@ -1,7 +1,10 @@
 """How the scheduler (``glassformer.serving.scheduler``) reads prompts into its paged cache, on its thread:
 
     admit      a request gets a slot, which starts with the prefix cache's blocks of what it reads (its prompt; after a
-               preemption, its prompt and the tokens it had generated but the pending last one)
+               preemption, its prompt and the tokens it had generated but the pending last one) — when the pool
+               has room for it: the blocks it reads into and one more for each request already holding a slot
+               (admission control: beside running requests, a request waits in the queue rather than taking blocks
+               that the next steps would take back by preemption)
     batch      the prompts to read in this step: the first still reading, and the others at the same offset in what
                they read (right-padded, ``prefill_chunk`` tokens in all); with ``batch_invariant`` the first alone
     read       their next chunks in one forward pass; a prompt read whole keeps its blocks in the prefix cache, joins
@@ -25,6 +28,22 @@ from glassformer.serving.requests import Request
 
 class PromptReading:
     """The scheduler's prompt reading and block keeping (module docstring)."""
+
+    def _has_room(self, request: Request) -> bool:
+        """Whether the pool can take ``request`` now (admission control): blocks for what it reads and its first new
+        position, besides those the prefix cache gives it, and still one for the next positions of each request
+        that holds a slot, and the rest of the prompts being read. With no other request it always can (``submit``
+        refused what the pool could not hold alone)."""
+        holders = [*self.running.values(), *self.prefilling]
+        if not holders:
+            return True
+        reading = request.prompt + request.tokens[:-1] if request.tokens else request.prompt
+        hits = self.prefix.match(reading, touch=False)
+        need = self.cache.blocks_for(len(reading) + 1) - len(hits)
+        for other in self.prefilling:  # what the prompts being read still need
+            need += max(self.cache.blocks_for(len(other.reading)) - len(self.cache.tables[other.slot]), 0)
+        spare = len(self.cache.free_blocks) + len(self.prefix.idle() - set(hits))
+        return spare >= need + len(holders)
 
     def _admit(self, request: Request) -> None:
         """The request's slot starts with the cached blocks of what it has to read (its prompt; after a preemption,

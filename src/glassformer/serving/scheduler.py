@@ -21,7 +21,9 @@ as a batch of its own, so its answer never depends on what else runs (bit for bi
 weights once per request.
 Memory is fixed when the server starts: a pool of ``kv_blocks`` blocks of 32 positions (default: enough for
 ``max_batch`` slots of ``max_context`` positions, and the prefix cache's blocks), which sequences take as they grow.
-A request that could never fit the pool alone is refused at ``submit``. When the pool runs out, blocks that only the
+A request that could never fit the pool alone is refused at ``submit``; beside others, one is admitted only when the
+pool has room for what it reads and a block more for each request holding a slot (admission control: it waits in the
+queue rather than take blocks that the next steps would take back). When the pool runs out, blocks that only the
 prefix cache holds are given back first; then a prompt waits for blocks while others decode, and a decoding step
 that lacks a block preempts the latest admitted request: its blocks are freed and it goes back to the head of the
 queue, to read its prompt and the tokens it had generated again when blocks are free (recomputation, as vLLM does;
@@ -177,7 +179,7 @@ class Scheduler(PromptReading):
                         self.condition.wait()
                     if self.stopping:
                         break
-                    while self.queue and self.free_slots:
+                    while self.queue and self.free_slots and (self.queue[0].cancelled or self._has_room(self.queue[0])):
                         request = self.queue.popleft()
                         if not request.cancelled:
                             request.slot = heapq.heappop(self.free_slots)
