@@ -16,7 +16,8 @@ the first's (the prefix cache's goal: <= 0.2x). --kv-blocks and --max-batch size
 memory as --max-batch 2 holds 8 short requests with --kv-blocks: README, "The paged cache").
 
     python bench/serve.py [--model smollm2] [--new-tokens 128] [--rounds 2] [--url http://127.0.0.1:8000]
-                          [--quantize int8|int4] [--batch-invariant] [--prefill-chunk N] [--long-prompt N]
+                          [--quantize int8|int4] [--quantize-activations bf16] [--batch-invariant]
+                          [--prefill-chunk N] [--long-prompt N]
                           [--kv-blocks N] [--max-batch N]
 """
 
@@ -142,8 +143,11 @@ async def shared_prefix_round(url: str, model: str, prompt_tokens: int) -> tuple
     return times[0], times[1]
 
 
-def generate_speed(model_name: str, new_tokens: int, rounds: int, quantize: str | None) -> float:
-    model, tokenizer = load_language_model(model_name, quantization=Quantization(quantize) if quantize else None)
+def generate_speed(
+    model_name: str, new_tokens: int, rounds: int, quantize: str | None, activations: str | None
+) -> float:
+    quantization = Quantization(quantize, activations=activations) if quantize else None
+    model, tokenizer = load_language_model(model_name, quantization=quantization)
     ids = torch.tensor([tokenizer.encode(PROMPTS[0])])
     best = 0.0
     for _ in range(rounds):
@@ -178,6 +182,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--url", default=None, help="a server already running (default: start one)")
     parser.add_argument("--quantize", choices=["int8", "int4"], default=None, help="serve (and generate) quantized")
+    parser.add_argument(
+        "--quantize-activations",
+        choices=["int8", "bf16"],
+        default=None,
+        help="with --quantize: serve (and generate) with these activations in the products",
+    )
     parser.add_argument("--batch-invariant", action="store_true", help="serve with --batch-invariant (its cost)")
     parser.add_argument("--prefill-chunk", type=int, default=None, help="serve with this --prefill-chunk")
     parser.add_argument("--prefix-cache-tokens", type=int, default=None, help="serve with this --prefix-cache-tokens")
@@ -196,6 +206,7 @@ def main() -> None:
                    "--max-context", str(max(512, 2 * args.long_prompt + args.new_tokens)),
                    "--device", "cpu", "--precision", "fp32",
                    *(["--quantize", args.quantize] if args.quantize else []),
+                   *(["--quantize-activations", args.quantize_activations] if args.quantize_activations else []),
                    *(["--batch-invariant"] if args.batch_invariant else []),
                    *(["--prefill-chunk", str(args.prefill_chunk)] if args.prefill_chunk else []),
                    *(["--kv-blocks", str(args.kv_blocks)] if args.kv_blocks else []),
@@ -226,8 +237,9 @@ def main() -> None:
         if server is not None:
             server.terminate()
             server.wait(30)
-    baseline = generate_speed(args.model, args.new_tokens, args.rounds, args.quantize)
+    baseline = generate_speed(args.model, args.new_tokens, args.rounds, args.quantize, args.quantize_activations)
     name = f"{args.model} {args.quantize}" if args.quantize else args.model
+    name += f", {args.quantize_activations} activations" if args.quantize_activations else ""
     name += ", --batch-invariant" if args.batch_invariant else ""
     name += f", --prefill-chunk {args.prefill_chunk}" if args.prefill_chunk else ""
     name += f", --prefix-cache-tokens {args.prefix_cache_tokens}" if args.prefix_cache_tokens is not None else ""

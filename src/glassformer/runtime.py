@@ -251,6 +251,7 @@ def environment(device: str | torch.device | None = "auto") -> dict[str, str]:
         "packed bf16 weights (oneDNN)": kernels.kernel_status("onednn_packed_bf16"),
         "reordered half-precision products": kernels.kernel_status("reordered_half_precision"),
         "int8 activations (torch._int_mm)": kernels.kernel_status("quantized_dynamic_int8"),
+        "bf16 activations (AVX512-BF16 products)": kernels.kernel_status("quantized_native_bf16"),
         "fused AdamW": "on" if fused_optimizer_works(resolved) else "off (plain AdamW)",
         "torch.compile": compile_status(resolved),
     }

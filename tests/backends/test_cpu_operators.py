@@ -58,6 +58,44 @@ def test_the_decoding_step_passes_opcheck_and_equals_its_reference(gpt2):
     torch.testing.assert_close(arguments[3], theirs[3], atol=1e-3, rtol=0)
 
 
+@pytest.mark.parametrize("kind,group", [("int8", 32), ("int8", 160), ("int4", 32), ("int4", 160)])
+def test_bf16_products_give_their_formula_from_four_rows_and_the_16_bit_products_below(kind, group):
+    """bf16=True: 4 or more rows give F.linear of x and the weight in bfloat16 (where this build multiplies it; K = 160:
+    two pairs of blocks and an odd one), fewer rows — and every row count elsewhere — the 16-bit products, bit for
+    bit."""
+    codes, scales, offsets, w = probe_weight(kind, 37, 160, group, seed=4)
+    bias = torch.randn(37)
+    torch.library.opcheck(torch.ops.glassformer.quantized_linear.default,
+                          (torch.randn(5, 160), codes, scales, offsets, bias, group, True))  # fmt: skip
+    native = torch.ops.glassformer.bf16_dot()
+    for rows in (1, 3, 4, 9, 40):
+        x = torch.randn(rows, 160, generator=torch.Generator().manual_seed(rows))
+        ours = torch.ops.glassformer.quantized_linear(x, codes, scales, offsets, bias, group, True)
+        sixteen = torch.ops.glassformer.quantized_linear(x, codes, scales, offsets, bias, group, False)
+        if rows < 4 or not native:
+            assert torch.equal(ours, sixteen), rows
+            continue
+        expected = torch.nn.functional.linear(x.bfloat16().float(), w.bfloat16().float(), bias)
+        assert (ours - expected).norm() <= 1e-5 * expected.norm(), rows  # the same products, summed in another order
+        assert (sixteen - expected).norm() >= 1e-4 * expected.norm(), rows  # bfloat16 did round x
+
+
+@pytest.mark.parametrize("gpt2", [False, True], ids=["llama layout", "gpt-2 layout"])
+def test_the_decoding_step_with_bf16_products_equals_its_reference(gpt2):
+    """decode_step's bf16: a block of 5 positions of one sequence (5 rows: bfloat16 products where this build has
+    them, else the 16-bit ones) against the reference with the products rounded the same way."""
+    arguments = decoder.probe_arguments(gpt2=gpt2)
+    layout = (True, False, "gelu_tanh") if gpt2 else (False, True, "silu")
+    theirs = [*arguments[:3], arguments[3].clone(), arguments[4].clone()]
+    x = torch.randn(5, 1, 64, generator=torch.Generator().manual_seed(5))
+    positions = torch.stack((torch.arange(5), torch.zeros(5, dtype=torch.long), torch.arange(5)))
+    operands = (positions, 0, 4, 2, 1e-5, 0.25, True, *layout, None)
+    ours = decoder.decode_step(x, *arguments, *operands, True)
+    expected = decoder.reference_step(x, *theirs, *operands, torch.ops.glassformer.bf16_dot())
+    assert (ours - expected).norm() <= 1e-3 * expected.norm()  # as the float32 step: attention's own rounding
+    torch.testing.assert_close(arguments[3], theirs[3], atol=1e-3, rtol=0)
+
+
 def test_bad_operands_are_one_line_errors():
     codes, scales, offsets, _ = probe_weight("int4", 48, 64, 32)
     with pytest.raises(RuntimeError, match="x has 32 features, the weight takes 64"):

@@ -83,6 +83,7 @@ def test_train_lm_resume(run_dir):
         ["--num-beams", "3"],
         ["--quantize", "int8"],
         ["--quantize", "int4", "--group-size", "64", "--quantize-embeddings", "int8"],
+        ["--quantize", "int4", "--quantize-activations", "bf16", "--num-beams", "4"],  # 4 rows: bfloat16 products
     ],
 )
 def test_generate(run_dir, flags):

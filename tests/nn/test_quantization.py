@@ -21,8 +21,10 @@ from glassformer.models.transformer import Transformer, TransformerConfig
 from glassformer.nn import quantization
 from glassformer.nn.linear import Linear, packed_weights
 from glassformer.nn.quantization import (
+    BF16_KERNEL_ROWS,
     KERNEL_ROWS,
     QuantizedWeight,
+    bf16_linear_reference,
     check_quantization,
     dynamic_int8_linear_reference,
     quantize_tensor,
@@ -293,12 +295,49 @@ def test_int8_activations_give_their_formula_for_many_rows_and_the_kernel_for_fe
         torch.testing.assert_close(layer(x), quantized_linear(x, weight_only, layer.bias), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("kernel", [True, False])
+@pytest.mark.parametrize("kind", ["int4", "int8"])
+def test_bf16_activations_give_their_formula_from_four_rows_where_the_kernel_works(kernel, kind, monkeypatch):
+    """activations="bf16": 4 to BF16_KERNEL_ROWS rows multiply x and the weight rounded to bfloat16 (where the kernel
+    works); a row or two, longer prompts (the tiles) and machines without the kernel keep float activations' paths,
+    bit for bit."""
+    if not kernel:
+        monkeypatch.setattr(quantization, "kernel_works", lambda name: name != "quantized_native_bf16")
+    bf16 = kernel and kernel_works("quantized_native_bf16")
+    generator = torch.Generator().manual_seed(0)
+    layer = Linear(96, 70, bias=True)
+    layer.quantize(kind, 32)
+    layer.quantized.set_activations("bf16")
+    weight_only = copy.deepcopy(layer.quantized)
+    weight_only.set_activations(None)
+    for rows in (1, 4, 40, BF16_KERNEL_ROWS, BF16_KERNEL_ROWS + 1):
+        x = torch.randn(rows, 96, generator=generator)
+        with torch.inference_mode():
+            y, plain = layer(x), quantized_linear(x, weight_only, layer.bias)
+            formula = bf16_linear_reference(x, layer.quantized, layer.bias)
+            q_rows = layer.rows(x, 16, 48)  # one of Q, K, V: rows of the matrix
+        if bf16 and 4 <= rows <= BF16_KERNEL_ROWS:
+            assert relative_error(y, formula) <= 1e-5 and relative_error(q_rows, formula[:, 16:48]) <= 1e-5, rows
+            assert relative_error(y, plain) >= 1e-4, rows  # bfloat16 did round the activations
+        else:
+            torch.testing.assert_close(y, plain, rtol=0, atol=0)
+
+
+def test_bf16_activations_reach_every_quantized_matrix_and_the_output_layer():
+    model = tiny_llama().quantize("int4", embeddings="int8", activations="bf16")
+    weights = [m for m in model.modules() if isinstance(m, QuantizedWeight)]
+    assert len(weights) > 1 and all(w.activations == "bf16" for w in weights)
+    assert (
+        Quantization("int4", activations="bf16").apply(tiny_llama()).layers[0].ffn.fc1.quantized.activations == "bf16"
+    )
+
+
 @pytest.mark.parametrize(
     "options, words",
     [
         (dict(kind="int4", activations="int8"), "need int8 weights"),
         (dict(kind="int8", group_size=32, activations="int8"), "without --group-size"),
-        (dict(kind="int8", activations="fp8"), "unknown activations"),
+        (dict(kind="int8", activations="fp8"), "unknown activations 'fp8'; choose int8 or bf16"),
     ],
 )
 def test_int8_activations_are_refused_for_other_weights_before_anything_changes(options, words):

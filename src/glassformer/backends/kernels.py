@@ -12,6 +12,7 @@ bug report can say whether a kernel is involved; ``glassformer env`` lists each 
     quantized_native_int8/int4  glassformer's quantized product (a torch op)     backends.cpu.quantized
     quantized_torch_int8/int4   torch's own int8 / int4 CPU kernels              backends.cpu.quantized
     quantized_dynamic_int8      int8 activations x int8 weights (torch._int_mm)  backends.cpu.quantized
+    quantized_native_bf16       glassformer's products with bfloat16 activations  backends.cpu.quantized
     quantized_decoder_step      a whole decoding step in one op                  backends.cpu.decoder
     quantized_native_dequantize glassformer's dequantization (long prompts' tiles) backends.cpu.quantized
     fused_adamw_cpu/cuda/mps    torch's fused AdamW                               here
@@ -49,6 +50,7 @@ KERNELS = {
     "quantized_torch_int8": "glassformer.backends.cpu.quantized:probe_torch_int8",
     "quantized_torch_int4": "glassformer.backends.cpu.quantized:probe_torch_int4",
     "quantized_dynamic_int8": "glassformer.backends.cpu.quantized:probe_dynamic_int8",
+    "quantized_native_bf16": "glassformer.backends.cpu.quantized:probe_native_bf16",
     "quantized_decoder_step": "glassformer.backends.cpu.decoder:probe",
     "quantized_native_dequantize": "glassformer.backends.cpu.quantized:probe_native_dequantize",
     "fused_adamw_cpu": functools.partial(_probe_fused_adamw, "cpu"),

@@ -5,7 +5,9 @@ It serves a model when everything fits: ``takes(model)`` — a stack of pre-norm
 only, in Llama's layout (RMSNorm, rotary positions, a SwiGLU feed-forward, no biases) or GPT-2's (LayerNorm, learned
 positions added to the embeddings, a GELU feed-forward, biases) — the norm, the gating and the activation the same in
 every layer —, every matrix quantized in a format the kernel takes, float32 norms and biases on the CPU, eval mode,
-and the operator works here (``glassformer env``: "decoding step").
+and the operator works here (``glassformer env``: "decoding step"). Where every matrix asks for bfloat16 activations
+(``activations="bf16"``) the operator's products take them so (4 or more rows, where it multiplies bfloat16), as the
+modules' products do.
 ``step(model, ids, cache, attention_mask)`` then serves one new token per row of a float32 ``KVCache`` (rows may be
 left-padded) or a server's ``SlotView`` (its blocks read in place through the view's table), and returns None — the
 modules serve that step — for anything else (a mask with a hole, a cache too short).
@@ -44,7 +46,7 @@ class _Weights:
             attention.scale,
         )
         self.layer_norm, self.gated, self.activation = isinstance(final_norm, LayerNorm), *_ffn(layers[0].ffn)
-        self.tensors, self.group_sizes = [], []
+        self.tensors, self.group_sizes, activations = [], [], set()
         for layer in layers:
             attn, ffn = layer.self_attn, layer.ffn
             fits = (
@@ -58,9 +60,13 @@ class _Weights:
             self.tensors += [*_norm(layer.norm1, eps, self.layer_norm), *_norm(layer.norm3, eps, self.layer_norm)]
             for linear in (attn.qkv_proj, attn.out_proj, ffn.fc1, ffn.fc2):
                 weight = _quantized(linear)
+                activations.add(weight.activations)
                 self.tensors += [weight.codes, weight.scales, weight.offsets, _bias(linear)]
                 self.group_sizes.append(weight.group_size)
         self.tensors += _norm(final_norm, eps, self.layer_norm)
+        # the products take bfloat16 activations where every matrix asks for them (activations="bf16") and the
+        # operator multiplies them here; else its 16-bit ones
+        self.bf16 = activations == {"bf16"} and kernel_works("quantized_native_bf16")
         if rotary is None:  # positions added to the embeddings (GPT-2's learned ones): no rotation in the step
             self.inv_freq = torch.empty(0)
         elif rotary.inv_freq.dtype != torch.float32 or rotary.head_dim != attention.d_k:
@@ -81,7 +87,8 @@ class _Weights:
             now = _Weights(layers, final_norm, rotary)
         except (ValueError, AttributeError, TypeError):
             return False
-        return all(a is b for a, b in zip(now._all(), self._all(), strict=True)) and now.states == self.states
+        same = all(a is b for a, b in zip(now._all(), self._all(), strict=True))
+        return same and now.states == self.states and now.bf16 == self.bf16
 
 
 def _quantized(linear: nn.Module):
@@ -220,7 +227,7 @@ def block(model: nn.Module, ids: torch.Tensor, cache: KVCache | SlotView):
     positions = torch.stack((write_at, torch.zeros(n, dtype=torch.long), write_at))
     hidden = decoder.decode_step(
         x.view(n, 1, -1), weights.tensors, weights.group_sizes, weights.inv_freq, keys, storage.values, positions,
-        0, weights.heads, weights.kv_heads, weights.eps, weights.scale, True, *weights.layout(), table,
+        0, weights.heads, weights.kv_heads, weights.eps, weights.scale, True, *weights.layout(), table, weights.bf16,
     )  # fmt: skip
     cache.advance(n)
     return model.lm_head(hidden)[:, 0]
@@ -255,7 +262,7 @@ def step(model: nn.Module, ids: torch.Tensor, cache, attention_mask: torch.Tenso
         return None
     hidden = decoder.decode_step(
         x, weights.tensors, weights.group_sizes, weights.inv_freq, storage.keys, storage.values, positions, start,
-        weights.heads, weights.kv_heads, weights.eps, weights.scale, False, *weights.layout(), table,
+        weights.heads, weights.kv_heads, weights.eps, weights.scale, False, *weights.layout(), table, weights.bf16,
     )  # fmt: skip
     cache.advance(1)
     return model.lm_head(hidden)

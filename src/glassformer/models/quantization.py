@@ -35,7 +35,9 @@ class Quantization:
     kind: str | None  # None: nothing quantized (a GGUF file dequantized to float32)
     group_size: int | None = None
     embeddings: str | None = None
-    activations: str | None = None  # "int8": int8 matrices multiply many rows with int8 activations
+    # "int8": int8 matrices multiply many rows with int8 activations; "bf16": every quantized matrix takes 4 or more
+    # rows in bfloat16 (where the CPU multiplies it)
+    activations: str | None = None
 
     def apply(self, model: nn.Module) -> nn.Module:
         if self.kind is None:
@@ -89,8 +91,9 @@ def quantize(
     ``group_size`` along the input; ``embeddings`` (None: as they are, "float", "int8" or "int4") for the token
     embeddings and the output layer; ``activations`` "int8": every int8 matrix with one scale per output row (an int8
     output layer too) multiplies many rows with int8 activations (``glassformer.nn.quantization``); int8 in groups
-    (a GGUF file's Q8_0 table, kept as stored) keeps float activations. Every shape is checked before anything
-    changes."""
+    (a GGUF file's Q8_0 table, kept as stored) keeps float activations; "bf16": every quantized matrix (the output
+    layer too) multiplies 4 or more rows with bfloat16 activations where the CPU multiplies bfloat16. Every shape is
+    checked before anything changes."""
     check_activations(activations, kind, group_size)
     if embeddings not in EMBEDDING_CHOICES:
         raise ValueError(f"unknown embeddings precision {embeddings!r}; choose float, int8 or int4 (or leave it)")
@@ -105,7 +108,7 @@ def quantize(
             size = group[0].embedding.embedding_dim if isinstance(group[0], TokenEmbedding) else group[0].in_features
             check_quantization(embeddings, group_size, size, "the embedding table")
     per_row = [w for w in _weights(model) if w.kind == "int8" and w.group_size == w.in_features]
-    if activations and not (per_row or layers or embeddings == "int8"):  # e.g. every matrix already int4
+    if activations == "int8" and not (per_row or layers or embeddings == "int8"):  # e.g. every matrix already int4
         raise ValueError("no int8 matrix with one scale per output row to take int8 activations in this model")
     for _, layer in layers:
         layer.quantize(kind, group_size)
@@ -117,7 +120,7 @@ def quantize(
             _set_table(group, QuantizedWeight.from_float(weight, embeddings, group_size))
     for weight in _weights(model):
         per_row = weight.kind == "int8" and weight.group_size == weight.in_features
-        weight.set_activations(activations if per_row else None)
+        weight.set_activations(activations if per_row or activations == "bf16" else None)
     return model
 
 

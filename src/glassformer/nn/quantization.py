@@ -15,7 +15,15 @@ of x to int8 as it comes, ``x ≈ x_q · s_x`` with ``s_x = max|x_row| / 127``, 
     y = (x_q q^T) · s_x · s_w + b                  (``dynamic_int8_linear_reference``; W8A8, "dynamic")
 
 where compute, not the weights' bytes, is the bound (CPUs with VNNI: one instruction for 64 int8 products); fewer
-rows keep the kernel's 16-bit activations, as the weights' bytes bound those.
+rows keep the kernel's 16-bit activations, as the weights' bytes bound those. Any quantized weight may be given
+``activations = "bf16"``: glassformer's kernel then takes products of 4 or more rows (several sequences decoding
+together, prompts of any length) with x rounded to bfloat16 and each pair of weight blocks widened to bfloat16 once
+for up to 8 rows, summing in float32,
+
+    y = bf16(x) bf16(W)^T + b                      (``bf16_linear_reference``)
+
+where the CPU multiplies bfloat16 pairs (AVX512-BF16: about 1.5x the 16-bit products' speed from 8 rows on;
+``csrc/products.h``); fewer rows, and other CPUs, keep the 16-bit activations (finer).
 
 G = in_features is one scale per output channel (int8's default); int4 defaults to G = 32. llama.cpp's blocks are
 these formats with G = 32: Q8_0 is int8 (q and s exactly), Q4_1 is int4 (s = d, o = m), Q4_0 is int4 with
@@ -27,10 +35,10 @@ code j in its low nibble and code j + 16 in its high one — Q4_0 / Q4_1's layou
 Faster paths for the CPU live one floor below, in ``glassformer.backends.cpu.quantized`` (glassformer's own kernel, a
 torch operator, and torch's int8 / int4 kernels), each tested against that reference (``tests/nn/test_quantization.py``,
 ``tests/backends``). ``quantized_linear`` is the one place that asks them: float32 activations on the CPU, up to
-``KERNEL_ROWS`` rows (decoding, short prompts), no gradient. Many rows on the CPU (longer prompts and batches, any
-dtype) dequantize a tile of weight rows at a time (``quantized_linear_tiled``: about 1 MiB, kept in cache for its
-product; a float copy of the whole matrix is never made); GPUs and products that need a gradient dequantize and call
-``F.linear``.
+``KERNEL_ROWS`` rows (decoding, short prompts; ``BF16_KERNEL_ROWS`` with bfloat16 activations), no gradient. Many
+rows on the CPU (longer prompts and batches, any dtype) dequantize a tile of weight rows at a time
+(``quantized_linear_tiled``: about 1 MiB, kept in cache for its product; a float copy of the whole matrix is never
+made); GPUs and products that need a gradient dequantize and call ``F.linear``.
 """
 
 from __future__ import annotations
@@ -45,10 +53,14 @@ from glassformer.backends.cpu.quantized import INT4_BLOCK, KINDS, dequantize, de
 from glassformer.backends.kernels import kernel_works
 
 DEFAULT_INT4_GROUP = 32
+ACTIVATIONS = ("int8", "bf16")  # what a quantized weight's products may take x as besides float (module docstring)
 # the most rows of activations the fused kernels take (decoding, and prompts up to this length); more rows dequantize
 # a tile at a time and multiply (quantized_linear_tiled), which was as fast at 32-64 rows and faster past them on
 # both the AVX512-VNNI and the AVX2 kernels (SmolLM2 int4 prompts, 2-core EPYC): 64
 KERNEL_ROWS = 64
+# the same with bfloat16 activations (activations="bf16", where the kernel multiplies bfloat16): up to 256 rows it was
+# faster than the tiles (SmolLM2 int4, 2-core EPYC with AVX512-BF16: 64 rows 4.7 vs 8.1 ms, 256 rows 19.5 vs 20.8)
+BF16_KERNEL_ROWS = 256
 # floats of weight dequantized at a time for many rows of activations (quantized_linear_tiled): 1 MiB in float32
 TILE_ELEMENTS = 1 << 18
 
@@ -80,11 +92,11 @@ def check_quantization(kind: str, group_size: int | None, in_features: int, what
 
 
 def check_activations(activations: str | None, kind: str | None, group_size: int | None) -> None:
-    """Activations ``"int8"`` (or None) for weights of ``kind`` in groups of ``group_size`` (None: one per output row),
-    else a one-line ``ValueError``."""
-    if activations not in (None, "int8"):
-        raise ValueError(f"unknown activations {activations!r}; choose int8 (or leave them float)")
-    if activations and (kind != "int8" or group_size):
+    """Activations ``"int8"``, ``"bf16"`` (or None) for weights of ``kind`` in groups of ``group_size`` (None: one per
+    output row), else a one-line ``ValueError``."""
+    if activations not in (None, *ACTIVATIONS):
+        raise ValueError(f"unknown activations {activations!r}; choose int8 or bf16 (or leave them float)")
+    if activations == "int8" and (kind != "int8" or group_size):
         raise ValueError(
             "int8 activations need int8 weights with one scale per output row: --quantize int8 without --group-size"
         )
@@ -129,11 +141,13 @@ class QuantizedWeight(nn.Module):
         self.register_buffer("offsets", offsets)
         self._torch_layout: tuple | None = None  # torch's packed int4 layout, made on first use
         self.dtype = torch.float32  # the model's float dtype (``.to(dtype)`` follows it): what a lookup gives
-        self.activations: str | None = None  # "int8": many rows quantized to int8 as they come (module docstring)
+        # "int8": many rows quantized to int8 as they come; "bf16": 4 or more rows in bfloat16 (module docstring)
+        self.activations: str | None = None
 
     def set_activations(self, activations: str | None) -> None:
         """``"int8"``: products of many rows with int8 activations (an int8 weight with one scale per output row
-        only); None: float activations. A one-line ``ValueError`` for any other weight."""
+        only); ``"bf16"``: products of 4 or more rows in bfloat16 (any weight); None: float activations. A one-line
+        ``ValueError`` for int8 activations on any other weight."""
         check_activations(activations, self.kind, None if self.group_size == self.in_features else self.group_size)
         self.activations = activations
 
@@ -191,6 +205,15 @@ class QuantizedWeight(nn.Module):
         return f"{self.kind}, group_size={self.group_size}, out={self.out_features}, in={self.in_features}"
 
 
+def bf16_linear_reference(x: torch.Tensor, weight: QuantizedWeight, bias=None) -> torch.Tensor:
+    """The formula of bfloat16 activations: ``x`` and the dequantized weight rounded to bfloat16, multiplied and
+    summed in float32, in ``x``'s dtype."""
+    offsets = weight.offsets
+    w = dequantize(weight.codes, weight.scales, offsets).bfloat16().float()
+    y = F.linear(x.bfloat16().float(), w, None if bias is None else bias.float())
+    return y.to(x.dtype)
+
+
 def quantized_linear_reference(x: torch.Tensor, weight: QuantizedWeight, bias=None, rows: slice | None = None):
     """The formula: dequantize the weight (its ``rows``), then ``F.linear`` — what every fast path must equal."""
     rows = rows or slice(None)
@@ -237,10 +260,11 @@ def quantized_linear(x: torch.Tensor, weight: QuantizedWeight, bias=None, rows: 
             codes, scales = (weight.codes, weight.scales) if rows is None else (weight.codes[rows], weight.scales[rows])
             return cpu_quantized.dynamic_int8_linear(x, codes, scales, bias)
         return dynamic_int8_linear_reference(x, weight, bias, rows)
+    bf16 = weight.activations == "bf16" and x.device.type == "cpu" and kernel_works("quantized_native_bf16")
     if (
         x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
-        and 0 < count <= KERNEL_ROWS
+        and 0 < count <= (BF16_KERNEL_ROWS if bf16 else KERNEL_ROWS)
         and not (torch.is_grad_enabled() and x.requires_grad)
     ):  # the kernels take float32: 16-bit activations go in widened and come out in their dtype
         kernel = cpu_quantized.cpu_kernel(weight.kind)
@@ -249,7 +273,7 @@ def quantized_linear(x: torch.Tensor, weight: QuantizedWeight, bias=None, rows: 
         if kernel == "native" and cpu_quantized.native_fits(weight.in_features, group, codes):
             if rows is not None:  # one of Q, K, V: a view of those rows
                 codes, scales, offsets = codes[rows], scales[rows], None if offsets is None else offsets[rows]
-            return cpu_quantized.native_linear(x32, codes, scales, offsets, group, bias32).to(x.dtype)
+            return cpu_quantized.native_linear(x32, codes, scales, offsets, group, bias32, bf16).to(x.dtype)
         if kernel == "torch" and rows is None and cpu_quantized.torch_fits(weight.kind, *weight.shape, group):
             y = cpu_quantized.torch_linear(x32, codes, scales, group, bias32, weight.torch_int4_layout())
             return y.to(x.dtype)

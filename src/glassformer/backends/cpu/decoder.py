@@ -40,26 +40,28 @@ ACTIVATIONS = {"silu": F.silu, "gelu_tanh": lambda v: F.gelu(v, approximate="tan
 
 def decode_step(
     x, weights, group_sizes, inv_freq, keys, values, positions, first_row, heads, kv_heads, eps, scale,
-    one_sequence=False, layer_norm=False, gated=True, activation="silu", block_table=None,
+    one_sequence=False, layer_norm=False, gated=True, activation="silu", block_table=None, bf16=False,
 ):  # fmt: skip
     """The final norm of the hidden states after every layer, ``(batch, 1, d_model)``, for one new token per row
     whose embeddings are ``x`` ``(batch, 1, d_model)``; its keys and values are written into ``keys`` / ``values``
     at rows ``first_row …`` — or, ``one_sequence``, every row at row ``first_row``: the rows are consecutive
     positions of one sequence (a block of tokens, causal within it). With a ``block_table``, "row" means a row of
-    the table."""
+    the table. ``bf16``: the products take the activations in bfloat16 where the operator multiplies it (the
+    quantized weights' ``activations="bf16"``: ``glassformer.nn.quantization``)."""
     if not extension.load():
         raise RuntimeError(extension.why_not[-1])
     return torch.ops.glassformer.decode_step(
         x, weights, group_sizes, inv_freq, keys, values, positions, first_row, heads, kv_heads, eps, scale,
-        one_sequence, layer_norm, gated, activation, block_table,
+        one_sequence, layer_norm, gated, activation, block_table, bf16,
     )  # fmt: skip
 
 
 def reference_step(
     x, weights, group_sizes, inv_freq, keys, values, positions, first_row, heads, kv_heads, eps, scale,
-    one_sequence=False, layer_norm=False, gated=True, activation="silu", block_table=None,
+    one_sequence=False, layer_norm=False, gated=True, activation="silu", block_table=None, bf16=False,
 ):  # fmt: skip
-    """``decode_step`` in torch operations, row by row (the formula; slow)."""
+    """``decode_step`` in torch operations, row by row (the formula; slow); ``bf16``: every product's activations
+    and weights rounded to bfloat16 (what the operator's bf16 products compute)."""
     batch, d, head_dim = x.size(0), x.size(-1), keys.size(-1)
     write_at, first, rotary_at = positions.tolist()
     angles = torch.tensor(rotary_at, dtype=torch.float32)[:, None] * inv_freq  # (batch, head_dim / 2)
@@ -77,6 +79,8 @@ def reference_step(
 
         def product(i: int, v: torch.Tensor, at: int = at) -> torch.Tensor:  # x W_iᵀ + b_i, W_i of this layer
             codes, scales, offsets, bias = weights[at + 4 + 4 * i : at + 8 + 4 * i]
+            if bf16:
+                return F.linear(v.bfloat16().float(), dequantize(codes, scales, offsets).bfloat16().float(), bias)
             return F.linear(v, dequantize(codes, scales, offsets), bias)
 
         qkv = product(0, norm(h, at)).view(batch, -1, head_dim)

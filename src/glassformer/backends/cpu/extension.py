@@ -109,7 +109,7 @@ def _register_fakes() -> None:
     """What each operator returns, shapes only (no computation): for ``torch.compile`` and ``opcheck``."""
 
     @torch.library.register_fake("glassformer::quantized_linear")
-    def _(x, codes, scales, offsets, bias, group_size):  # (..., K) -> (..., N)
+    def _(x, codes, scales, offsets, bias, group_size, bf16=False):  # (..., K) -> (..., N)
         return x.new_empty((*x.shape[:-1], codes.size(0)))
 
     @torch.library.register_fake("glassformer::dequantize")
@@ -118,7 +118,8 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("glassformer::decode_step")
     def _(x, weights, group_sizes, inv_freq, keys, values, positions, first_row, num_heads, kv_heads, eps, scale,
-          one_sequence=False, layer_norm=False, gated=True, activation="silu", block_table=None):  # fmt: skip
+          one_sequence=False, layer_norm=False, gated=True, activation="silu", block_table=None,
+          bf16=False):  # fmt: skip
         return torch.empty_like(x)  # (batch, 1, d_model); keys and values written in place
 
 

@@ -9,7 +9,9 @@ high one (llama.cpp's Q4_0 / Q4_1 blocks): ``pack_int4`` / ``unpack_int4``.
 - **glassformer's kernel**, the op ``glassformer::quantized_linear`` (``csrc/quantized.h``, built for this CPU by
   ``extension``): float32 activations, in_features and G multiples of 32. The weights are read once, 1 or ½ byte
   each, never dequantized to memory; the activations are written as 16-bit fixed point per block of 32 so that the
-  codes multiply them in integer arithmetic (the header has the formula).
+  codes multiply them in integer arithmetic (the header has the formula) — or, ``bf16``, products of 4 or more rows
+  take them in bfloat16 and the weights widened to bfloat16 a pair of blocks at a time, where the CPU multiplies
+  bfloat16 pairs (AVX512-BF16: ``csrc/products.h``; the kernel ``quantized_native_bf16``).
 - **torch's CPU kernels** where this torch has them: ``aten._weight_int8pack_mm`` (int8, one scale per output
   channel) and ``aten._weight_int4pack_mm_for_cpu`` (int4, G of 32 … 256) through its packed layout
   (``torch_int4_layout``, made once per weight by the caller).
@@ -74,12 +76,13 @@ def native_fits(in_features: int, group_size: int, codes: torch.Tensor) -> bool:
     return in_features % INT4_BLOCK == 0 and group_size % INT4_BLOCK == 0 and codes.is_contiguous()
 
 
-def native_linear(x, codes, scales, offsets, group_size: int, bias=None) -> torch.Tensor:
-    """``x Wᵀ + b`` by ``glassformer::quantized_linear``: float32 ``x`` ``(..., K)`` on the CPU."""
+def native_linear(x, codes, scales, offsets, group_size: int, bias=None, bf16: bool = False) -> torch.Tensor:
+    """``x Wᵀ + b`` by ``glassformer::quantized_linear``: float32 ``x`` ``(..., K)`` on the CPU; ``bf16``: products
+    of 4 or more rows take ``x`` in bfloat16 (where this build multiplies it: ``glassformer::bf16_dot``)."""
     if not extension.load():
         raise RuntimeError(extension.why_not[-1])
     bias = None if bias is None else bias.float().contiguous()
-    return torch.ops.glassformer.quantized_linear(x, codes, scales, offsets, bias, group_size)
+    return torch.ops.glassformer.quantized_linear(x, codes, scales, offsets, bias, group_size, bf16)
 
 
 def torch_fits(kind: str, out_features: int, in_features: int, group_size: int) -> bool:
@@ -205,6 +208,21 @@ def probe_dynamic_int8() -> None:
     expected = F.linear(xq.float() * row_scales, dequantize(codes, scales))
     if not (dynamic_int8_linear(x, codes, scales) - expected).norm() <= 1e-5 * expected.norm():
         raise RuntimeError("the dynamic int8 product differs from its formula")
+
+
+def probe_native_bf16() -> None:
+    """The bf16 products must multiply bfloat16 here and give, for int8 and int4 weights (3 blocks: one pair and an
+    odd one), ``F.linear`` of x in bfloat16 with the weight widened to bfloat16 (each within bfloat16's rounding)."""
+    if not extension.load() or not torch.ops.glassformer.bf16_dot():
+        raise RuntimeError("this build does not multiply bfloat16 (no AVX512-BF16)")
+    generator = torch.Generator().manual_seed(2)
+    for kind, group in (("int8", 32), ("int4", 32)):
+        codes, scales, offsets, w = probe_weight(kind, 40, 96, group)
+        x, bias = torch.randn(5, 96, generator=generator), torch.linspace(-1, 1, 40)
+        expected = F.linear(x.bfloat16().float(), w.bfloat16().float(), bias)
+        y = native_linear(x, codes, scales, offsets, group, bias, bf16=True)
+        if not (y - expected).norm() <= 1e-5 * expected.norm():  # the same products, summed in another order
+            raise RuntimeError(f"the bf16 {kind} product differs from the reference")
 
 
 def probe_native_int8() -> None:

@@ -16,12 +16,13 @@
 
    Each row of the batch is a sequence of its own (qrows says where it reads and writes in the cache). The threads
    share one parallel region for the whole step: each matrix's output rows are split among them, the (row, head)
-   pairs of the attention too, the norms, rotations and quantized inputs by row, and the activation in chunks. */
+   pairs of the attention too, the norms, rotations and quantized inputs by row, and the activation in chunks. The
+   products take the activations in the form products.h says (16-bit fixed point, or bfloat16 when asked). */
 #ifndef GLASSFORMER_DECODER_H
 #define GLASSFORMER_DECODER_H
 #include <vector>
 
-#include "quantized.h"
+#include "products.h"
 
 typedef struct {
     const float *norm1, *norm2;             /* γ of the two norms, (d_model) */
@@ -193,8 +194,9 @@ static void attend(const float *q, const qrows *rows, i64 l, i64 r, i64 g, i64 f
 }
 
 /* x (B, d_model): in, the new tokens' embeddings; out, the final norm of their hidden states. The new positions are
-   written into the cache. Returns 0, or 1 where memory could not be had. */
-static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows, int threads) {
+   written into the cache; bf16: the products take the activations in bfloat16 (products.h). Returns 0, or 1 where
+   memory could not be had. */
+static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows, int threads, bool bf16) {
     const i64 d = model->d_model, H = model->num_heads, KV = model->kv_heads, hd = model->head_dim;
     const i64 ff = model->d_ff, S = rows->table ? rows->table_width * rows->block : rows->block;
     const i64 width = (H + 2 * KV) * hd;
@@ -209,7 +211,7 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
     float *o = (float *)malloc(sizeof(float) * B * H * hd), *gate_up = (float *)malloc(sizeof(float) * B * width1);
     float *act = (float *)malloc(sizeof(float) * B * ff); /* SiLU(a) ⊙ b */
     float *scores = (float *)malloc(sizeof(float) * B * H * span), *rotation = (float *)malloc(sizeof(float) * B * 2 * hd);
-    xspace space(B, wide); /* the activations of each product, quantized (quantized.h) */
+    xrows space(B, wide, bf16); /* the activations of each product, in the form the products take (products.h) */
     int failed = !(h && qkv && o && gate_up && act && scores && rotation);
     for (i64 r = 0; r < B && !failed; r++) {  /* each row's cos and sin, each repeated over both halves, as rope takes
                                                   them; angles in float32 as torch */
@@ -232,9 +234,9 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
 #pragma omp for schedule(static)
             for (i64 r = 0; r < B; r++) {
                 norm(model, x + r * d, layer->norm1, layer->norm1_bias, h + r * d);
-                quantize_row(h + r * d, r, d, w->G, space);
+                prepare_row(h + r * d, r, d, w->G, space);
             }
-            qmatrix_rows(w, x_view(space, d), B, w->N * t / T, w->N * (t + 1) / T, layer->qkv_bias, qkv, w->N, 0);
+            products(w, space, B, w->N * t / T, w->N * (t + 1) / T, layer->qkv_bias, qkv, w->N, 0);
 #pragma omp barrier
 #pragma omp for schedule(static)
             for (i64 r = 0; r < B; r++) {
@@ -257,16 +259,16 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
             }
             w = &layer->out;
 #pragma omp for schedule(static)
-            for (i64 r = 0; r < B; r++) quantize_row(o + r * H * hd, r, H * hd, w->G, space);
-            qmatrix_rows(w, x_view(space, H * hd), B, w->N * t / T, w->N * (t + 1) / T, layer->out_bias, x, w->N, 1);
+            for (i64 r = 0; r < B; r++) prepare_row(o + r * H * hd, r, H * hd, w->G, space);
+            products(w, space, B, w->N * t / T, w->N * (t + 1) / T, layer->out_bias, x, w->N, 1);
 #pragma omp barrier
             w = &layer->fc1;
 #pragma omp for schedule(static)
             for (i64 r = 0; r < B; r++) {
                 norm(model, x + r * d, layer->norm2, layer->norm2_bias, h + r * d);
-                quantize_row(h + r * d, r, d, w->G, space);
+                prepare_row(h + r * d, r, d, w->G, space);
             }
-            qmatrix_rows(w, x_view(space, d), B, w->N * t / T, w->N * (t + 1) / T, layer->fc1_bias, gate_up, w->N, 0);
+            products(w, space, B, w->N * t / T, w->N * (t + 1) / T, layer->fc1_bias, gate_up, w->N, 0);
 #pragma omp barrier
 #pragma omp for schedule(static)
             for (i64 c = 0; c < B * chunks; c++) {  /* act(a) ⊙ b (gated), or act(a) */
@@ -280,8 +282,8 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
             }
             w = &layer->fc2;
 #pragma omp for schedule(static)
-            for (i64 r = 0; r < B; r++) quantize_row(act + r * ff, r, ff, w->G, space);
-            qmatrix_rows(w, x_view(space, ff), B, w->N * t / T, w->N * (t + 1) / T, layer->fc2_bias, x, w->N, 1);
+            for (i64 r = 0; r < B; r++) prepare_row(act + r * ff, r, ff, w->G, space);
+            products(w, space, B, w->N * t / T, w->N * (t + 1) / T, layer->fc2_bias, x, w->N, 1);
 #pragma omp barrier
         }
 #pragma omp single

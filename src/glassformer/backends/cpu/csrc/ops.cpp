@@ -1,12 +1,14 @@
 /* glassformer's CPU kernels as torch operators (torch.library), built by torch.utils.cpp_extension on first use
    (glassformer.backends.cpu.extension) for the CPU at hand:
 
-       glassformer::quantized_linear(x, codes, scales, offsets?, bias?, group_size)   y = x W^T + b   (quantized.h)
+       glassformer::quantized_linear(x, codes, scales, offsets?, bias?, group_size, bf16)
+                                                                      y = x W^T + b   (quantized.h, products.h)
        glassformer::decode_step(x, weights, group_sizes, inv_freq, keys!, values!, positions, first_row, num_heads,
-                                kv_heads, eps, scale, one_sequence, layer_norm, gated, activation)
+                                kv_heads, eps, scale, one_sequence, layer_norm, gated, activation, block_table?, bf16)
                                                                                        every layer of a step (decoder.h)
        glassformer::dequantize(codes, scales, offsets?, group_size)                     W in float32 (quantized.h)
        glassformer::simd()                 "AVX512-VNNI", "AVX2", "NEON-dotprod", "NEON" or "C": the path built
+       glassformer::bf16_dot()             whether bf16 products multiply bfloat16 here (AVX512-BF16), else 16-bit
 
    The shapes the Python side gives (and its fake implementations, for torch.compile) are in
    glassformer.backends.cpu.quantized and glassformer.backends.cpu.decoder; every check here is a one-line error. */
@@ -20,7 +22,7 @@
 #include <vector>
 
 #include "decoder.h"
-#include "quantized.h"
+#include "products.h"
 
 namespace {
 
@@ -45,23 +47,23 @@ qmatrix matrix(const at::Tensor &codes, const at::Tensor &scales, const std::opt
     return {int8 ? 8 : 4, N, K, group, codes.data_ptr(), halves(scales), offsets ? halves(*offsets) : nullptr};
 }
 
-/* y (M, N) = x (M, K) W^T + bias; bias may be null */
-void linear(const qmatrix *w, const float *x, i64 M, const float *bias, float *y, int threads) {
+/* y (M, N) = x (M, K) W^T + bias; bias may be null; bf16: x taken in bfloat16 (products.h) */
+void linear(const qmatrix *w, const float *x, i64 M, const float *bias, float *y, int threads, bool bf16) {
     const i64 K = w->K, N = w->N;
-    xspace space(M, K);
+    xrows space(M, K, bf16);
 #pragma omp parallel num_threads(threads)
     {
         i64 t, T;
         thread_index(&t, &T);
 #pragma omp for schedule(static)
-        for (i64 m = 0; m < M; m++) quantize_row(x + m * K, m, K, w->G, space);
-        qmatrix_rows(w, x_view(space, K), M, N * t / T, N * (t + 1) / T, bias, y, N, 0);
+        for (i64 m = 0; m < M; m++) prepare_row(x + m * K, m, K, w->G, space);
+        products(w, space, M, N * t / T, N * (t + 1) / T, bias, y, N, 0);
     }
 }
 
 at::Tensor quantized_linear(const at::Tensor &x, const at::Tensor &codes, const at::Tensor &scales,
                             const std::optional<at::Tensor> &offsets, const std::optional<at::Tensor> &bias,
-                            int64_t group_size) {
+                            int64_t group_size, bool bf16) {
     const qmatrix w = matrix(codes, scales, offsets, group_size);
     TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu(), "x: float32 on the CPU");
     TORCH_CHECK(x.dim() >= 1 && x.size(-1) == w.K, "x has ", x.size(-1), " features, the weight takes ", w.K);
@@ -75,7 +77,7 @@ at::Tensor quantized_linear(const at::Tensor &x, const at::Tensor &codes, const 
     at::Tensor y = at::empty(sizes, x.options());
     if (rows.size(0) > 0) {
         linear(&w, rows.data_ptr<float>(), rows.size(0), bias ? bias->data_ptr<float>() : nullptr, y.data_ptr<float>(),
-               at::get_num_threads());
+               at::get_num_threads(), bf16);
     }
     return y;
 }
@@ -121,7 +123,7 @@ at::Tensor decode_step_op(const at::Tensor &x, const c10::List<std::optional<at:
                        at::IntArrayRef group_sizes, const at::Tensor &inv_freq, at::Tensor &keys, at::Tensor &values,
                        const at::Tensor &positions, int64_t first_row, int64_t num_heads, int64_t kv_heads,
                        double eps, double scale, bool one_sequence, bool layer_norm, bool gated,
-                       c10::string_view activation, const std::optional<at::Tensor> &block_table) {
+                       c10::string_view activation, const std::optional<at::Tensor> &block_table, bool bf16) {
     TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu() && x.dim() == 3 && x.size(1) == 1,
                 "x: float32 (batch, 1, d_model) on the CPU");
     const int64_t B = x.size(0), d = x.size(2), L = (int64_t)(weights.size() - 2) / PER_LAYER;
@@ -185,24 +187,27 @@ at::Tensor decode_step_op(const at::Tensor &x, const c10::List<std::optional<at:
                         paged ? block_table->data_ptr<int64_t>() + first_row * width : nullptr,
                         one_sequence ? 0 : width, keys.stride(1), width};
     at::Tensor hidden = x.reshape({B, d}).clone();
-    const int failed = decode_step(&model, hidden.data_ptr<float>(), B, &rows, at::get_num_threads());
+    const int failed = decode_step(&model, hidden.data_ptr<float>(), B, &rows, at::get_num_threads(), bf16);
     TORCH_CHECK(!failed, "decode_step: a row's positions lie outside the cache, or memory could not be had");
     return hidden.view({B, 1, d});
 }
 
 std::string simd() { return simd_path(); }
 
+bool bf16_dot_op() { return bf16_dot(); }
+
 }  // namespace
 
 TORCH_LIBRARY(glassformer, m) {
-    m.def("quantized_linear(Tensor x, Tensor codes, Tensor scales, Tensor? offsets, Tensor? bias, int group_size) "
-          "-> Tensor");
+    m.def("quantized_linear(Tensor x, Tensor codes, Tensor scales, Tensor? offsets, Tensor? bias, int group_size, "
+          "bool bf16=False) -> Tensor");
     m.def("decode_step(Tensor x, Tensor?[] weights, int[] group_sizes, Tensor inv_freq, Tensor(a!) keys, "
           "Tensor(b!) values, Tensor positions, int first_row, int num_heads, int kv_heads, float eps, float scale, "
           "bool one_sequence=False, bool layer_norm=False, bool gated=True, str activation=\"silu\", "
-          "Tensor? block_table=None) -> Tensor");
+          "Tensor? block_table=None, bool bf16=False) -> Tensor");
     m.def("dequantize(Tensor codes, Tensor scales, Tensor? offsets, int group_size) -> Tensor");
     m.def("simd() -> str", &simd);
+    m.def("bf16_dot() -> bool", &bf16_dot_op);
 }
 
 TORCH_LIBRARY_IMPL(glassformer, CPU, m) {

@@ -1,0 +1,199 @@
+/* The quantized products of quantized.h, with the activations in one of two forms, chosen per call:
+
+       16-bit   x as 16-bit fixed point per block of 32 (quantized.h: quantize_row, qmatrix_rows), the integer codes
+                times xq in integer arithmetic: within ~2^-14 of each block's largest value. Every path, every CPU.
+       bf16     x rounded to bfloat16 (8 bits of mantissa, to nearest even), each pair of blocks of two weight rows
+                widened to bfloat16 once per pass over up to 8 rows of x, and multiplied in pairs with float32 sums
+                (AVX512-BF16's vdpbf16ps: 32 products per instruction, no scale per block in the inner loop):
+
+                    int4   w[n, k] = bf16(codes[n, k] * s + o)    the 16 values of a block made once, then looked up
+                    int8   w[n, k] = bf16(codes[n, k] * s)
+
+                Products of fewer than BF16_MIN_ROWS rows, and every product where this build does not multiply
+                bfloat16 (no AVX512-BF16), take the 16-bit form: finer (and, for a row or two, faster: widening the
+                weights costs more than the products save).
+
+   A pair of blocks (A, B) of 64 weights is laid out as A 0..15, B 0..15, A 16..31, B 16..31 in both x and w (the
+   order int4 codes unpack to; an odd last block pairs with zeros). glassformer::quantized_linear and
+   glassformer::decode_step take `bf16` (glassformer.nn.quantization: activations="bf16"); glassformer::bf16_dot says
+   whether it is multiplied so here. */
+#ifndef GLASSFORMER_PRODUCTS_H
+#define GLASSFORMER_PRODUCTS_H
+#include "quantized.h"
+
+#if defined(__AVX512BF16__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define GLASSFORMER_BF16_DOT 1
+#define BF16_ROWS 8 /* rows of x per pass over two weight rows */
+
+/* row x (K floats, K a multiple of 32) as bfloat16 in pairs of blocks, 64 values a pair (the order above) */
+static inline void bf16_row(const float *x, i64 K, uint16_t *out) {
+    const i64 KB = K / BLOCK;
+    for (i64 p = 0; p < (KB + 1) / 2; p++) {
+        const float *a = x + 2 * p * BLOCK, *b = a + BLOCK;
+        const bool last = 2 * p + 1 == KB;
+        const __m512 b0 = last ? _mm512_setzero_ps() : _mm512_loadu_ps(b);
+        const __m512 b1 = last ? _mm512_setzero_ps() : _mm512_loadu_ps(b + 16);
+        /* cvtne2ps_pbh(hi, lo): lanes 0-15 from lo, 16-31 from hi */
+        _mm512_storeu_si512(out + p * 64, (__m512i)_mm512_cvtne2ps_pbh(b0, _mm512_loadu_ps(a)));
+        _mm512_storeu_si512(out + p * 64 + 32, (__m512i)_mm512_cvtne2ps_pbh(b1, _mm512_loadu_ps(a + 16)));
+    }
+}
+
+/* sixteen floats f(q) = q * s + o for the codes of 16 bytes (int8, or widened int4 codes) */
+static inline __attribute__((always_inline)) __m512 widened(__m128i bytes, bool is_signed, float s) {
+    const __m512i q = is_signed ? _mm512_cvtepi8_epi32(bytes) : _mm512_cvtepu8_epi32(bytes);
+    return _mm512_mul_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(s));
+}
+
+/* the weights of blocks a and a + 1 of a row in bfloat16, in the pair order: *first A 0..15, B 0..15; *second
+   A 16..31, B 16..31. sA, oA, sB, oB: the blocks' scales and offsets (0 for an absent B: `last`) */
+static inline __attribute__((always_inline)) void pair_weights(const int bits, const uint8_t *codes, i64 a, bool last,
+                                                               float sA, float oA, float sB, float oB,
+                                                               __m512i *first, __m512i *second) {
+    if (bits == 4) {  /* a block's 16 possible values, looked up by code: B's codes index the table's upper half */
+        const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        const __m512 tA = _mm512_fmadd_ps(iota, _mm512_set1_ps(sA), _mm512_set1_ps(oA));
+        const __m512 tB = _mm512_fmadd_ps(iota, _mm512_set1_ps(sB), _mm512_set1_ps(oB));
+        const __m512i table = (__m512i)_mm512_cvtne2ps_pbh(tB, tA);
+        const __m256i bytes = last ? _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(codes + a * 16)))
+                                   : _mm256_loadu_si256((const __m256i *)(codes + a * 16));
+        const __m256i low = _mm256_set1_epi8(0x0F);
+        const __m512i upper = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(16), 1);
+        const __m512i lo = _mm512_cvtepu8_epi16(_mm256_and_si256(bytes, low));
+        const __m512i hi = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(bytes, 4), low));
+        *first = _mm512_permutexvar_epi16(_mm512_or_si512(lo, upper), table);
+        *second = _mm512_permutexvar_epi16(_mm512_or_si512(hi, upper), table);
+        return;
+    }
+    const int8_t *A = (const int8_t *)codes + a * BLOCK, *B = A + BLOCK;
+    const __m128i a0 = _mm_loadu_si128((const __m128i *)A), a1 = _mm_loadu_si128((const __m128i *)(A + 16));
+    const __m128i b0 = last ? _mm_setzero_si128() : _mm_loadu_si128((const __m128i *)B);
+    const __m128i b1 = last ? _mm_setzero_si128() : _mm_loadu_si128((const __m128i *)(B + 16));
+    *first = (__m512i)_mm512_cvtne2ps_pbh(widened(b0, true, sB), widened(a0, true, sA));
+    *second = (__m512i)_mm512_cvtne2ps_pbh(widened(b1, true, sB), widened(a1, true, sA));
+}
+
+/* output rows n0 .. n0 + nr - 1 (nr <= 2 and mb <= BF16_ROWS, constants) for mb rows of x in bfloat16 (xb: mb rows
+   of pairs * 64), into out[j * BF16_ROWS + m]: each weight pair widened once for mb rows, each pair of x read once
+   for nr weight rows */
+static inline __attribute__((always_inline)) void bf16_products_rows(const int nr, const int mb, const qmatrix *w,
+                                                                     const uint16_t *xb, i64 n0, float *out) {
+    const i64 K = w->K, KB = K / BLOCK, pairs = (KB + 1) / 2, groups = K / w->G, per = w->G / BLOCK;
+    const int bits = (int)w->kind;
+    float s[2][MAX_GROUPS], o[2][MAX_GROUPS];
+    const uint8_t *codes[2];
+    for (int j = 0; j < nr; j++) {
+        halves_to_floats(w->scales + (n0 + j) * groups, groups, s[j]);
+        if (bits == 4) halves_to_floats(w->offsets + (n0 + j) * groups, groups, o[j]);
+        codes[j] = (const uint8_t *)w->codes + (n0 + j) * (bits == 4 ? K / 2 : K);
+    }
+    __m512 acc[2][BF16_ROWS];
+    for (int j = 0; j < nr; j++)
+        for (int m = 0; m < mb; m++) acc[j][m] = _mm512_setzero_ps();
+    i64 g = 0, left = per; /* the group of the next block, and its blocks still to come (no division per block) */
+    for (i64 p = 0; p < pairs; p++) {
+        const bool last = 2 * p + 1 == KB;
+        const i64 gA = g;
+        if (--left == 0) g++, left = per;
+        const i64 gB = g;
+        if (--left == 0) g++, left = per;
+        __m512i first[2], second[2];
+        for (int j = 0; j < nr; j++) {
+            const float sA = s[j][gA], oA = bits == 4 ? o[j][gA] : 0.0f;
+            const float sB = last ? 0.0f : s[j][gB], oB = last || bits != 4 ? 0.0f : o[j][gB];
+            pair_weights(bits, codes[j], 2 * p, last, sA, oA, sB, oB, &first[j], &second[j]);
+        }
+        for (int m = 0; m < mb; m++) {
+            const uint16_t *x = xb + (m * pairs + p) * 64;
+            const __m512bh x0 = (__m512bh)_mm512_loadu_si512(x), x1 = (__m512bh)_mm512_loadu_si512(x + 32);
+            for (int j = 0; j < nr; j++) {
+                acc[j][m] = _mm512_dpbf16_ps(acc[j][m], (__m512bh)first[j], x0);
+                acc[j][m] = _mm512_dpbf16_ps(acc[j][m], (__m512bh)second[j], x1);
+            }
+        }
+    }
+    for (int j = 0; j < nr; j++)
+        for (int m = 0; m < mb; m++) out[j * BF16_ROWS + m] = _mm512_reduce_add_ps(acc[j][m]);
+}
+
+/* qmatrix_rows (quantized.h) with x in bfloat16: rows n0 <= n < n1 of y for all M rows of xb, the weight rows in
+   chunks of CHUNK that each block of BF16_ROWS rows of x passes over, two weight rows at a time */
+static inline void bf16_products(const qmatrix *w, const uint16_t *xb, i64 M, i64 n0, i64 n1, const float *bias,
+                                 float *y, i64 ldy, int add) {
+    const i64 pairs = (w->K / BLOCK + 1) / 2;
+    for (i64 c0 = n0; c0 < n1; c0 += CHUNK) {
+        const i64 c1 = c0 + CHUNK < n1 ? c0 + CHUNK : n1;
+        for (i64 m0 = 0, mb; m0 < M; m0 += mb) {
+            const i64 rest = M - m0;
+            mb = rest >= 8 ? 8 : rest >= 4 ? 4 : rest >= 2 ? 2 : 1;
+            const uint16_t *x = xb + m0 * pairs * 64;
+            for (i64 n = c0, nr; n < c1; n += nr) {
+                float out[2 * BF16_ROWS];
+                nr = c1 - n >= 2 ? 2 : 1;
+                switch (nr * 100 + mb) {
+                    case 208: bf16_products_rows(2, 8, w, x, n, out); break;
+                    case 204: bf16_products_rows(2, 4, w, x, n, out); break;
+                    case 202: bf16_products_rows(2, 2, w, x, n, out); break;
+                    case 201: bf16_products_rows(2, 1, w, x, n, out); break;
+                    case 108: bf16_products_rows(1, 8, w, x, n, out); break;
+                    case 104: bf16_products_rows(1, 4, w, x, n, out); break;
+                    case 102: bf16_products_rows(1, 2, w, x, n, out); break;
+                    default: bf16_products_rows(1, 1, w, x, n, out); break;
+                }
+                for (i64 j = 0; j < nr; j++)
+                    for (i64 m = 0; m < mb; m++) {
+                        const float v = out[j * BF16_ROWS + m] + (bias ? bias[n + j] : 0.0f);
+                        float *at = y + (m0 + m) * ldy + n + j;
+                        *at = add ? *at + v : v;
+                    }
+            }
+        }
+    }
+}
+#endif
+
+#define BF16_MIN_ROWS 4 /* fewer rows take the 16-bit form */
+
+/* Room for M rows of at most K activations in the form a call takes (made once per product or decoding step):
+   bfloat16 where asked, this build multiplies it and M >= BF16_MIN_ROWS, else 16-bit fixed point */
+struct xrows {
+    bool bf16;                 /* the form: bfloat16, else 16-bit fixed point */
+    xspace fixed;              /* the 16-bit form (quantized.h) */
+    std::vector<uint16_t> b16; /* the bfloat16 form: (M, pairs * 64) */
+    xrows(i64 M, i64 K, bool bf16_asked)
+#ifdef GLASSFORMER_BF16_DOT
+        : bf16(bf16_asked && M >= BF16_MIN_ROWS), fixed(bf16 ? 0 : M, K),
+          b16(bf16 ? M * ((K / BLOCK + 1) / 2) * 64 : 0) {}
+#else
+        : bf16(false), fixed(M, K) { (void)bf16_asked; }
+#endif
+};
+
+/* row m of x (K floats) in the form of `rows`, for a weight of groups G; rows are independent: threads may write
+   rows of their own */
+static inline void prepare_row(const float *x, i64 m, i64 K, i64 G, xrows &rows) {
+#ifdef GLASSFORMER_BF16_DOT
+    if (rows.bf16) return bf16_row(x, K, rows.b16.data() + m * ((K / BLOCK + 1) / 2) * 64);
+#endif
+    quantize_row(x, m, K, G, rows.fixed);
+}
+
+/* y[m, n] (+)= sum_k x[m, k] w[n, k] + bias[n] for the weight rows n0 <= n < n1 and the M rows prepared in `rows` */
+static inline void products(const qmatrix *w, const xrows &rows, i64 M, i64 n0, i64 n1, const float *bias, float *y,
+                            i64 ldy, int add) {
+#ifdef GLASSFORMER_BF16_DOT
+    if (rows.bf16) return bf16_products(w, rows.b16.data(), M, n0, n1, bias, y, ldy, add);
+#endif
+    qmatrix_rows(w, x_view(rows.fixed, w->K), M, n0, n1, bias, y, ldy, add);
+}
+
+/* whether bf16 calls multiply bfloat16 in this build (glassformer::bf16_dot) */
+static inline bool bf16_dot() {
+#ifdef GLASSFORMER_BF16_DOT
+    return true;
+#else
+    return false;
+#endif
+}
+
+#endif
