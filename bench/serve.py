@@ -36,6 +36,7 @@ import urllib.request
 import torch
 
 from glassformer import runtime
+from glassformer.cli.options import quantization_of
 from glassformer.models.quantization import Quantization
 from glassformer.pipelines.language_model import load_language_model
 
@@ -237,9 +238,20 @@ def main() -> None:
         if server is not None:
             server.terminate()
             server.wait(30)
-    baseline = generate_speed(args.model, args.new_tokens, args.rounds, args.quantize, args.quantize_activations)
+    # what the server chose for the activations (auto precision's: bfloat16 where the kernel multiplies it), for the
+    # baseline too
+    served_as = argparse.Namespace(
+        quantize=args.quantize,
+        group_size=None,
+        quantize_embeddings=None,
+        quantize_activations=args.quantize_activations,
+        precision="auto",
+        device="cpu",
+    )
+    activations = quantization_of(served_as).activations if args.quantize else None
+    baseline = generate_speed(args.model, args.new_tokens, args.rounds, args.quantize, activations)
     name = f"{args.model} {args.quantize}" if args.quantize else args.model
-    name += f", {args.quantize_activations} activations" if args.quantize_activations else ""
+    name += f", {activations} activations" if activations else ""
     name += ", --batch-invariant" if args.batch_invariant else ""
     name += f", --prefill-chunk {args.prefill_chunk}" if args.prefill_chunk else ""
     name += f", --prefix-cache-tokens {args.prefix_cache_tokens}" if args.prefix_cache_tokens is not None else ""

@@ -445,7 +445,7 @@ def test_export_to_gguf_reads_back(tmp_path, kind):
     assert Tokenizer.from_pretrained(path).encode("Hello world, 123") == tokenizer.encode("Hello world, 123")
 
 
-def test_quantize_makes_auto_precision_float32_on_the_cpu(capsys):
+def test_quantize_makes_auto_precision_float32_on_the_cpu_with_bf16_activations_where_native(capsys):
     import argparse
 
     from glassformer.cli.options import quantization_of, report_placement
@@ -455,6 +455,12 @@ def test_quantize_makes_auto_precision_float32_on_the_cpu(capsys):
     )
     placement = report_placement(args)
     assert placement.precision == "fp32" and "--quantize" in placement.reason  # the kernels take float32
+    native = kernel_works("quantized_native_bf16")  # auto's bfloat16, in the products, where the kernel has it
+    assert quantization_of(args) == Quantization("int4", activations="bf16" if native else None)
+    assert ("in bfloat16" in placement.reason) == native
+    args.quantize_activations = "int8"  # asked for: as asked
+    assert quantization_of(args) == Quantization("int4", activations="int8")
+    args.quantize_activations, args.precision = None, "fp32"
     assert quantization_of(args) == Quantization("int4")
     args.precision = "bf16"
     assert report_placement(args).precision == "bf16"  # asked for: as asked (the reference path serves it)

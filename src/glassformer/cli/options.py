@@ -10,6 +10,7 @@ import inspect
 import sys
 
 from glassformer import runtime
+from glassformer.backends.kernels import kernel_works
 from glassformer.models.quantization import Quantization
 
 
@@ -62,26 +63,44 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def quantization_of(args: argparse.Namespace) -> Quantization | None:
-    """The ``Quantization`` the flags ask for (None without ``--quantize``)."""
+    """The ``Quantization`` the flags ask for (None without ``--quantize``); with ``auto`` precision on a CPU whose
+    kernel multiplies bfloat16 and no ``--quantize-activations``, bfloat16 activations (``auto_bf16_activations``)."""
     if getattr(args, "quantize", None) is None:
         if any(getattr(args, name, None) for name in ("group_size", "quantize_embeddings", "quantize_activations")):
             raise ValueError("--group-size and --quantize-embeddings/-activations go with --quantize int8|int4")
         return None
-    return Quantization(
-        args.quantize, args.group_size, args.quantize_embeddings, getattr(args, "quantize_activations", None)
+    activations = getattr(args, "quantize_activations", None) or ("bf16" if auto_bf16_activations(args) else None)
+    return Quantization(args.quantize, args.group_size, args.quantize_embeddings, activations)
+
+
+def auto_bf16_activations(args: argparse.Namespace) -> bool:
+    """``auto`` precision's choice for a quantized model on the CPU, as it is bfloat16 for a float one where the CPU
+    computes in it: float32 weights and activations, and the quantized products of 4 or more rows take their
+    activations in bfloat16 where glassformer's kernel multiplies them (AVX512-BF16; probed) — unless
+    ``--quantize-activations`` says otherwise."""
+    return bool(
+        getattr(args, "quantize", None)
+        and getattr(args, "quantize_activations", None) is None
+        and getattr(args, "precision", "auto") == "auto"
+        and runtime.resolve_device(getattr(args, "device", "auto")).type == "cpu"
+        and kernel_works("quantized_native_bf16")
     )
 
 
 def report_placement(args: argparse.Namespace) -> runtime.Placement:
     """Resolve the flags (a one-line error for a device that is not there) and say what was chosen, on stderr.
-    With ``--quantize`` on the CPU, ``auto`` precision is float32: the quantized kernels take float32 activations."""
+    With ``--quantize`` on the CPU, ``auto`` precision is float32 (the quantized kernels take float32 activations),
+    their products' activations in bfloat16 where the kernel multiplies it (``auto_bf16_activations``)."""
     precision = args.precision
     quantized_cpu = getattr(args, "quantize", None) and runtime.resolve_device(args.device).type == "cpu"
     if quantized_cpu and precision == "auto":
         precision = "fp32"
     placement = runtime.place(args.device, precision)
     if quantized_cpu and args.precision == "auto":
-        placement = dataclasses.replace(placement, reason="auto with --quantize: the quantized kernels take float32")
+        reason = "auto with --quantize: the quantized kernels take float32"
+        if auto_bf16_activations(args):
+            reason += ", their products of 4 or more rows in bfloat16 (AVX512-BF16)"
+        placement = dataclasses.replace(placement, reason=reason)
     print(f"glassformer: {placement.describe()}", file=sys.stderr)
     return placement
 
