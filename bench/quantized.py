@@ -13,7 +13,9 @@ loading (VmHWM), what loading adds to a process that imported everything (VmRSS 
 what the load leaves behind), and what the model and its tokenizer hold (given back when they are deleted).
 
 - glassformer float32 / bfloat16: the GGUF file dequantized (``GPT.from_pretrained``), weights packed for oneDNN.
-- int4: ``Quantization("int4")``: the Q4_1 blocks used as they are, the Q8_0 table as int8 with groups of 32.
+- int4: ``Quantization("int4")``: the Q4_1 blocks used as they are, the Q8_0 table as int8 with groups of 32; with
+  bfloat16 activations (``activations="bf16"``, where the kernel multiplies them: ``auto``'s choice there) for
+  products of 4 to 256 rows: batch 8, the prompts.
 - int8: ``Quantization("int8")``: the matrices dequantized and quantized again per output channel, table as int4's;
   with int8 activations (``activations="int8"``) for products of more than 64 rows: the long prompt.
 - llama.cpp: ``llama-cpp-python`` in its own virtual environment (``--llama-python``, default
@@ -35,6 +37,7 @@ import torch
 
 from glassformer import runtime
 from glassformer.backends.cpu.quantized import describe as describe_kernels
+from glassformer.backends.kernels import kernel_works
 from glassformer.data.pretrained import resolve_shortcut
 from glassformer.models.gpt import GPT
 from glassformer.models.quantization import Quantization
@@ -169,6 +172,10 @@ def main() -> None:
         ),
         "glassformer int4": lambda: GPT.from_pretrained(directory, quantization=Quantization("int4")),
     }
+    if kernel_works("quantized_native_bf16"):
+        variants["int4, bf16 activations"] = lambda: GPT.from_pretrained(
+            directory, quantization=Quantization("int4", activations="bf16")
+        )
     if "bf16" in runtime.native_precisions("cpu"):
         variants["glassformer bfloat16"] = lambda: GPT.from_pretrained(directory, dtype=torch.bfloat16)
     print(f"\nSmolLM2-135M-Instruct ({gguf.name}), prompt 32 tokens, greedy {args.new_tokens} new tokens, best of "

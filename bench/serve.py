@@ -36,7 +36,6 @@ import urllib.request
 import torch
 
 from glassformer import runtime
-from glassformer.cli.options import quantization_of
 from glassformer.models.quantization import Quantization
 from glassformer.pipelines.language_model import load_language_model
 
@@ -238,17 +237,7 @@ def main() -> None:
         if server is not None:
             server.terminate()
             server.wait(30)
-    # what the server chose for the activations (auto precision's: bfloat16 where the kernel multiplies it), for the
-    # baseline too
-    served_as = argparse.Namespace(
-        quantize=args.quantize,
-        group_size=None,
-        quantize_embeddings=None,
-        quantize_activations=args.quantize_activations,
-        precision="auto",
-        device="cpu",
-    )
-    activations = quantization_of(served_as).activations if args.quantize else None
+    activations = args.quantize_activations if args.quantize else None  # the server runs --precision fp32: as asked
     baseline = generate_speed(args.model, args.new_tokens, args.rounds, args.quantize, activations)
     name = f"{args.model} {args.quantize}" if args.quantize else args.model
     name += f", {activations} activations" if activations else ""

@@ -16,14 +16,15 @@ of x to int8 as it comes, ``x ≈ x_q · s_x`` with ``s_x = max|x_row| / 127``, 
 
 where compute, not the weights' bytes, is the bound (CPUs with VNNI: one instruction for 64 int8 products); fewer
 rows keep the kernel's 16-bit activations, as the weights' bytes bound those. Any quantized weight may be given
-``activations = "bf16"``: glassformer's kernel then takes products of 4 or more rows (several sequences decoding
-together, prompts of any length) with x rounded to bfloat16 and each pair of weight blocks widened to bfloat16 once
-for up to 8 rows, summing in float32,
+``activations = "bf16"``: glassformer's kernel then takes products of 4 to ``BF16_KERNEL_ROWS`` rows (several
+sequences decoding together, short prompts) with x rounded to bfloat16 and each pair of weight blocks widened to
+bfloat16 once for up to 8 rows, summing in float32,
 
     y = bf16(x) bf16(W)^T + b                      (``bf16_linear_reference``)
 
 where the CPU multiplies bfloat16 pairs (AVX512-BF16: about 1.5x the 16-bit products' speed from 8 rows on;
-``csrc/products.h``); fewer rows, and other CPUs, keep the 16-bit activations (finer).
+``csrc/products.h``); more rows take the tiles in bfloat16 (oneDNN's bfloat16 product, whose output is rounded to
+bfloat16 as well: ``bf16(bf16(x) bf16(W)^T) + b``); fewer rows, and other CPUs, keep the 16-bit activations (finer).
 
 G = in_features is one scale per output channel (int8's default); int4 defaults to G = 32. llama.cpp's blocks are
 these formats with G = 32: Q8_0 is int8 (q and s exactly), Q4_1 is int4 (s = d, o = m), Q4_0 is int4 with
@@ -58,9 +59,10 @@ ACTIVATIONS = ("int8", "bf16")  # what a quantized weight's products may take x 
 # a tile at a time and multiply (quantized_linear_tiled), which was as fast at 32-64 rows and faster past them on
 # both the AVX512-VNNI and the AVX2 kernels (SmolLM2 int4 prompts, 2-core EPYC): 64
 KERNEL_ROWS = 64
-# the same with bfloat16 activations (activations="bf16", where the kernel multiplies bfloat16): up to 256 rows it was
-# faster than the tiles (SmolLM2 int4, 2-core EPYC with AVX512-BF16: 64 rows 4.7 vs 8.1 ms, 256 rows 19.5 vs 20.8)
-BF16_KERNEL_ROWS = 256
+# the same with bfloat16 activations (activations="bf16", where the kernel multiplies bfloat16): up to 128 rows it was
+# faster than the tiles in bfloat16 (SmolLM2 int4, four matrices of a layer, 2-core EPYC with AVX512-BF16: 64 rows
+# 4.8 against 6.4 ms, 128 rows 9.5 against 9.1, 512 rows 40.6 against 22.3; the tiles in float32 36.9)
+BF16_KERNEL_ROWS = 128
 # floats of weight dequantized at a time for many rows of activations (quantized_linear_tiled): 1 MiB in float32
 TILE_ELEMENTS = 1 << 18
 
@@ -278,5 +280,8 @@ def quantized_linear(x: torch.Tensor, weight: QuantizedWeight, bias=None, rows: 
             y = cpu_quantized.torch_linear(x32, codes, scales, group, bias32, weight.torch_int4_layout())
             return y.to(x.dtype)
     if x.device.type == "cpu" and count > 0 and not (torch.is_grad_enabled() and x.requires_grad):
+        if bf16 and x.dtype == torch.float32:  # the tiles in bfloat16: oneDNN's bf16 product, its output rounded too
+            y = quantized_linear_tiled(x.bfloat16(), weight, None, rows).float()
+            return y if bias is None else y + bias.float()
         return quantized_linear_tiled(x, weight, bias, rows)
     return quantized_linear_reference(x, weight, bias, rows)
