@@ -9,9 +9,9 @@ high one (llama.cpp's Q4_0 / Q4_1 blocks): ``pack_int4`` / ``unpack_int4``.
 - **glassformer's kernel**, the op ``glassformer::quantized_linear`` (``csrc/quantized.h``, built for this CPU by
   ``extension``): float32 activations, in_features and G multiples of 32. The weights are read once, 1 or ½ byte
   each, never dequantized to memory; the activations are written as 16-bit fixed point per block of 32 so that the
-  codes multiply them in integer arithmetic (the header has the formula) — or, ``bf16``, products of 4 or more rows
-  take them in bfloat16 and the weights widened to bfloat16 a pair of blocks at a time, where the CPU multiplies
-  bfloat16 pairs (AVX512-BF16: ``csrc/products.h``; the kernel ``quantized_native_bf16``).
+  codes multiply them in integer arithmetic (``csrc/fixed_point.h`` has the formula) — or, ``bf16``, products of 4
+  or more rows take them in bfloat16 and the weights widened to bfloat16 a pair of blocks at a time, where the CPU
+  multiplies bfloat16 pairs (AVX512-BF16: ``csrc/products.h``; the kernel ``quantized_native_bf16``).
 - **torch's CPU kernels** where this torch has them: ``aten._weight_int8pack_mm`` (int8, one scale per output
   channel) and ``aten._weight_int4pack_mm_for_cpu`` (int4, G of 32 … 256) through its packed layout
   (``torch_int4_layout``, made once per weight by the caller).
