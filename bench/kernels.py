@@ -18,6 +18,8 @@
   ``_weight_int4pack_mm_for_cpu``, one 150,000 x 576 weight in groups of 32 (43 MB: it streams from memory), 1 and
   8 rows; with the bytes read per second against a 512 MiB read here. ``GLASSFORMER_CPU=avx2 python
   bench/kernels.py`` gives the AVX2 path's row on an AVX512 machine.
+- bf16 activations (where the build multiplies bfloat16: AVX512-BF16): the same weight, 8 and 64 rows, the kernel's
+  bfloat16 products vs its 16-bit ones (``quantized_linear(..., bf16)``, ``csrc/products.h``), alternated.
 - long-prompt tile: a 512-row prompt times a dequantized tile of 455 x 576 weights (``quantized_linear_tiled``):
   oneDNN's product with a plain weight vs ``F.linear``.
 - the fused decoding step on GPT-2's layout: a GPT-2-124M-shaped model (random weights) quantized to int4, greedy
@@ -132,6 +134,14 @@ def quantized_rows() -> None:
         theirs = best_ms(lambda: torch_linear(x, codes, scales, 32, None, layout))  # noqa: B023
         ours = best_ms(lambda: native_linear(x, codes, scales, offsets, 32))  # noqa: B023
         row(f"int4 150000x576, {rows} row(s) ({nbytes / (ours / 1e3) / 1e9:.1f} GB/s)", theirs, ours)
+    if torch.ops.glassformer.bf16_dot():
+        for rows in (8, 64):
+            x = torch.randn(rows, 576)
+            sixteen, bf16 = [], []
+            for _ in range(3):  # alternated: this machine's speed drifts between runs
+                sixteen.append(best_ms(lambda: native_linear(x, codes, scales, offsets, 32)))  # noqa: B023
+                bf16.append(best_ms(lambda: native_linear(x, codes, scales, offsets, 32, bf16=True)))  # noqa: B023
+            row(f"int4 150000x576, {rows} rows: 16-bit vs bf16 activations", min(sixteen), min(bf16))
     x, tile = torch.randn(512, 576), torch.randn(455, 576)
     if onednn.packs(torch.float32):
         row("long-prompt tile 512 x 576 by 455 x 576 (oneDNN)", best_ms(lambda: F.linear(x, tile)),

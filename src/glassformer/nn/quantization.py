@@ -280,7 +280,8 @@ def quantized_linear(x: torch.Tensor, weight: QuantizedWeight, bias=None, rows: 
             y = cpu_quantized.torch_linear(x32, codes, scales, group, bias32, weight.torch_int4_layout())
             return y.to(x.dtype)
     if x.device.type == "cpu" and count > 0 and not (torch.is_grad_enabled() and x.requires_grad):
-        if bf16 and x.dtype == torch.float32:  # the tiles in bfloat16: oneDNN's bf16 product, its output rounded too
+        # bfloat16 activations past the kernel's rows: the tiles in bfloat16 (oneDNN's product, its output rounded too)
+        if bf16 and count > BF16_KERNEL_ROWS and x.dtype == torch.float32:
             y = quantized_linear_tiled(x.bfloat16(), weight, None, rows).float()
             return y if bias is None else y + bias.float()
         return quantized_linear_tiled(x, weight, bias, rows)
