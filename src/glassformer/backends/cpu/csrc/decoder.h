@@ -74,7 +74,7 @@ static void rope(float *x, i64 heads, i64 head_dim, const float *cos_, const flo
 /* e^x in float32, within a few ulp of expf for x in [-87, 88] (clamped there: e^-87 ~ 1.6e-38 stands for 0): x = n ln 2
    + r, |r| <= ln 2 / 2 (Cody-Waite, Cephes' constants), e^r = 1 + r + r^2 P(r) (Cephes' degree-5 P), 2^n made in
    the exponent bits. No calls and no branches, so that loops over it vectorize. */
-static inline float exp_approx(float x) {
+static inline __attribute__((always_inline)) float exp_approx(float x) {
     x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
     const float n = rintf(x * 1.44269504088896341f);
     const float r = fmaf(n, 2.12194440e-4f, fmaf(n, -0.693359375f, x));
@@ -107,12 +107,39 @@ static inline f32x16 load16(const float *p) {
     return v;
 }
 
-static inline float sum16(f32x16 v) {  /* halves added until one is left */
-    float s[16];
-    memcpy(s, &v, sizeof s);
-    for (int width = 8; width >= 1; width /= 2)
-        for (int i = 0; i < width; i++) s[i] += s[i + width];
-    return s[0];
+/* the sums of 16 vectors at once, out[j] = Σ_i v[j][i], each by adding halves until one lane is left (i and i + 8,
+   then i and i + 4, …) — all 16 together: each step adds the halves of two vectors set side by side in one */
+static inline f32x16 sums16(const f32x16 *v) {
+    f32x16 w[8], x[4], y[2];
+    for (int k = 0; k < 8; k++)  /* lanes 0-7: v[2k]'s 8 partial sums; 8-15: v[2k + 1]'s */
+        w[k] = __builtin_shufflevector(v[2 * k], v[2 * k + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+               __builtin_shufflevector(v[2 * k], v[2 * k + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29,
+                                       30, 31);
+    for (int k = 0; k < 4; k++)  /* lanes 4i .. 4i + 3: v[4k + i]'s 4 partial sums */
+        x[k] = __builtin_shufflevector(w[2 * k], w[2 * k + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+               __builtin_shufflevector(w[2 * k], w[2 * k + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30,
+                                       31);
+    for (int k = 0; k < 2; k++)  /* lanes 2i, 2i + 1: v[8k + i]'s 2 partial sums */
+        y[k] = __builtin_shufflevector(x[2 * k], x[2 * k + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
+               __builtin_shufflevector(x[2 * k], x[2 * k + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30,
+                                       31);
+    return __builtin_shufflevector(y[0], y[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
+           __builtin_shufflevector(y[0], y[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+}
+
+/* out[k] = act(a[k]) ⊙ b[k] (gated: a and b the two halves of W_1's outputs, d_ff each), or act(a[k]), for
+   k0 <= k < k1; each activation in a loop of its own (one that vectorizes) */
+static inline void activated(const qdecoder *model, const float *a, i64 k0, i64 k1, float *out) {
+    const float *b = a + model->d_ff;
+    const int f = model->activation;
+    if (f == SILU && model->gated)
+        for (i64 k = k0; k < k1; k++) out[k] = a[k] / (1.0f + exp_approx(-a[k])) * b[k];
+    else if (f == SILU)
+        for (i64 k = k0; k < k1; k++) out[k] = a[k] / (1.0f + exp_approx(-a[k]));
+    else if (model->gated)
+        for (i64 k = k0; k < k1; k++) out[k] = activate(f, a[k]) * b[k];
+    else
+        for (i64 k = k0; k < k1; k++) out[k] = activate(f, a[k]);
 }
 
 /* Where each of the B rows reads and writes in the cache: rows are sequences of their own lengths (a batch with left
@@ -141,6 +168,32 @@ static inline i64 kv_span(const qrows *rows, float *base, i64 l, i64 r, i64 g, i
     return (end < last ? end : last) - p + 1;
 }
 
+/* columns c0 .. c0 + 16 C of out = inverse · Σ_p w[p] V[p] over positions first..last of row r's value head g in
+   layer l, w = scores: C columns of 16 summed in registers, positions two at a time into two sets of sums (so that
+   no addition waits for the one before it) */
+template <int C>
+static inline void weighted_values(const qrows *rows, i64 l, i64 r, i64 g, i64 first, i64 last, i64 head_dim, i64 c0,
+                                   const float *scores, float inverse, float *out) {
+    f32x16 a[C] = {}, b[C] = {};
+    float *values;
+    for (i64 p = first, n; p <= last; p += n) {
+        n = kv_span(rows, rows->values, l, r, g, p, last, head_dim, &values);
+        const float *w = scores + (p - first), *v = values + c0;
+        i64 j = 0;
+        for (; j + 1 < n; j += 2)
+            for (int c = 0; c < C; c++) {
+                a[c] += w[j] * load16(v + j * head_dim + 16 * c);
+                b[c] += w[j + 1] * load16(v + (j + 1) * head_dim + 16 * c);
+            }
+        for (; j < n; j++)
+            for (int c = 0; c < C; c++) a[c] += w[j] * load16(v + j * head_dim + 16 * c);
+    }
+    for (int c = 0; c < C; c++) {
+        const f32x16 sum = (a[c] + b[c]) * inverse;
+        memcpy(out + c0 + 16 * c, &sum, sizeof sum);
+    }
+}
+
 /* out (head_dim) = softmax(s · q K^T) V over positions first..last of row r's key/value head g in layer l; scores:
    last - first + 1 floats. The positions are walked block by block (contiguous within a block). head_dim a
    multiple of 16: each q·k in vectors of 16, and V read in columns of 16 per pass over the positions with each
@@ -153,35 +206,36 @@ static void attend(const float *q, const qrows *rows, i64 l, i64 r, i64 g, i64 f
     float *keys, *values;
     for (i64 p = first, n; p <= last; p += n) {
         n = kv_span(rows, rows->keys, l, r, g, p, last, head_dim, &keys);
-        for (i64 j = 0; j < n; j++) {
-            const float *k = keys + j * head_dim;
-            float dot = 0.0f;
-            if (wide) {
-                f32x16 sum = {};
-                for (i64 i = 0; i < head_dim; i += 16) sum += load16(q + i) * load16(k + i);
-                dot = sum16(sum);
-            } else {
-                for (i64 i = 0; i < head_dim; i++) dot += q[i] * k[i];
+        float *s = scores + (p - first);
+        i64 j = 0;
+        for (; wide && j < n; j += 16) {  /* 16 keys at a time (missing ones zero), their sums halved together */
+            f32x16 sum[16] = {};
+            const i64 m = n - j < 16 ? n - j : 16;
+            for (i64 i = 0; i < head_dim; i += 16) {
+                const f32x16 qi = load16(q + i);
+                for (i64 jj = 0; jj < m; jj++) sum[jj] += qi * load16(keys + (j + jj) * head_dim + i);
             }
-            float *s = scores + (p - first) + j;
-            *s = scale * dot;
-            top = *s > top ? *s : top;
+            float dots[16];
+            const f32x16 scaled = sums16(sum) * scale;
+            memcpy(dots, &scaled, sizeof dots);
+            for (i64 jj = 0; jj < m; jj++) s[j + jj] = dots[jj];
         }
+        for (; j < n; j++) {
+            float dot = 0.0f;
+            for (i64 i = 0; i < head_dim; i++) dot += q[i] * keys[j * head_dim + i];
+            s[j] = scale * dot;
+        }
+        for (j = 0; j < n; j++) top = s[j] > top ? s[j] : top;
     }
     for (i64 j = 0; j < length; j++) scores[j] = exp_approx(scores[j] - top);
     for (i64 j = 0; j < length; j++) total += scores[j];
     const float inverse = 1.0f / total;
     if (wide) {
-        for (i64 i = 0; i < head_dim; i += 16) {
-            f32x16 sum = {};
-            for (i64 p = first, n; p <= last; p += n) {
-                n = kv_span(rows, rows->values, l, r, g, p, last, head_dim, &values);
-                const float *w = scores + (p - first);
-                for (i64 j = 0; j < n; j++) sum += w[j] * load16(values + j * head_dim + i);
-            }
-            sum *= inverse;
-            memcpy(out + i, &sum, sizeof sum);
-        }
+        i64 c0 = 0;
+        for (; c0 + 64 <= head_dim; c0 += 64) weighted_values<4>(rows, l, r, g, first, last, head_dim, c0, scores,
+                                                                inverse, out);
+        for (; c0 < head_dim; c0 += 16) weighted_values<1>(rows, l, r, g, first, last, head_dim, c0, scores, inverse,
+                                                          out);
         return;
     }
     for (i64 i = 0; i < head_dim; i++) out[i] = 0.0f;
@@ -273,12 +327,7 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
 #pragma omp for schedule(static)
             for (i64 c = 0; c < B * chunks; c++) {  /* act(a) ⊙ b (gated), or act(a) */
                 const i64 r = c / chunks, k0 = (c % chunks) * 256, k1 = k0 + 256 < ff ? k0 + 256 : ff;
-                const float *a = gate_up + r * width1, *b = a + ff;
-                const int f = model->activation;
-                if (model->gated)
-                    for (i64 k = k0; k < k1; k++) act[r * ff + k] = activate(f, a[k]) * b[k];
-                else
-                    for (i64 k = k0; k < k1; k++) act[r * ff + k] = activate(f, a[k]);
+                activated(model, gate_up + r * width1, k0, k1, act + r * ff);
             }
             w = &layer->fc2;
 #pragma omp for schedule(static)
