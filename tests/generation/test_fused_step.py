@@ -3,6 +3,7 @@
 tokens, and the inputs it must leave to the modules."""
 
 import copy
+import dataclasses
 import os
 import subprocess
 import sys
@@ -198,6 +199,47 @@ def test_a_server_s_slots_of_different_lengths_decode_as_the_modules_do(monkeypa
         expected, expected_lengths = run()
     assert lengths == expected_lengths == [7, 0, 11]
     assert (fused - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
+@pytest.mark.parametrize("activations", [None, "bf16"])
+@pytest.mark.parametrize("kind", ["int4", "int8"])
+def test_a_mixed_step_of_decoding_rows_and_prompt_chunks_gives_the_modules_logits(kind, activations):
+    """The server's mixed step (``DecodingStep.mixed``): two slots' next tokens and two prompts' chunks (one going
+    on from its cached start, one from nothing), in blocks handed out of order, as rows of one step — each part's
+    last logits, the cache and the lengths as the modules give them part by part. With bfloat16 activations the
+    step's products take them (as many rows as here) and the modules' products of each part's rows do too, or not
+    (fewer than 4): equal within bfloat16's rounding."""
+    if activations and not kernel_works("quantized_native_bf16"):
+        pytest.skip("this CPU does not multiply bfloat16 (quantized_native_bf16)")
+    model = llama().quantize(kind, 32, activations=activations)
+    prompts = [torch.randint(0, 96, (n,)).tolist() for n in (3, 7, 5)]
+    chunks = [torch.randint(0, 96, (n,)).tolist() for n in (6, 9)]
+
+    def run(fused):
+        slots = model.make_slot_cache(4, 24, block=4)
+        slots.free_blocks.reverse()  # the highest block first: tables run backwards through the pool
+        for slot, prompt in zip((0, 2, 3), prompts, strict=True):
+            slots.reserve(slot, len(prompt))
+            model(torch.tensor([prompt]), cache=slots.view([slot]))
+        parts = [(2, [5]), (0, [9]), (3, chunks[0]), (1, chunks[1])]
+        for slot, tokens in parts:
+            slots.reserve(slot, slots.lengths[slot] + len(tokens))
+        step = choose_step(model)
+        if not fused:
+            step = dataclasses.replace(step, kind="modules")
+        return step.mixed(parts, slots), slots
+
+    with torch.inference_mode():
+        ours, slots = run(fused=True)
+        expected, reference = run(fused=False)
+    bound = 1e-2 if activations else 1e-4  # measured 1.3e-3 and 3.5e-5
+    assert slots.lengths == reference.lengths == [4, 9, 8, 11]
+    assert (ours - expected).abs().max() <= bound * expected.abs().max()
+    for slot in range(4):
+        blocks, theirs = slots.tables[slot], reference.tables[slot]
+        assert (slots.keys[:, blocks] - reference.keys[:, theirs]).abs().max() <= bound * reference.keys.abs().max()
+    with torch.inference_mode(), pytest.raises(ValueError, match="reserve them first"):
+        fused_step.mixed(model, slots, [(0, [1, 2, 3, 4, 5, 6, 7, 8])])
 
 
 def test_new_weights_in_the_same_model_are_used(monkeypatch):

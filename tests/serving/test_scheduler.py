@@ -88,10 +88,28 @@ def test_requests_of_any_length_arriving_at_any_time_get_their_greedy_tokens(tin
     assert scheduler.active == 0 and sorted(scheduler.free_slots) == [0, 1, 2]
 
 
+LONG_PROMPT = "the cat sat on the mat. the dog ate the bo"
+
+
+def long_prompt_beside_a_running_request(scheduler, tokenizer):
+    """Start ``scheduler``; once a request (40 tokens) decodes, send LONG_PROMPT (5 tokens); wait for both and stop.
+    ``(the long prompt's request, the first's collector, the second's)``."""
+    scheduler.start()
+    try:
+        running, first = submit(scheduler, tokenizer, "a bird", 40)
+        while not running.tokens:
+            time.sleep(0.001)
+        reading, second = submit(scheduler, tokenizer, LONG_PROMPT, 5)
+        assert first.done.wait(30) and second.done.wait(30)
+    finally:
+        scheduler.stop()
+    return reading, first, second
+
+
 @pytest.mark.cpu_class
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_a_long_prompt_is_read_in_chunks_between_the_running_requests_steps(tiny_lm, precision):
-    """Chunked prefill: a 41-token prompt is read 4 tokens per step while another request decodes, so that one
+    """Chunked prefill: a 42-token prompt is read 4 tokens per step while another request decodes, so that one
     gets a token between every two chunks instead of waiting for the whole prompt; both get their greedy tokens."""
     model, tokenizer = tiny_lm
     model = in_precision(model, precision)
@@ -99,22 +117,13 @@ def test_a_long_prompt_is_read_in_chunks_between_the_running_requests_steps(tiny
     log = []
     prefill, step = scheduler._prefill, scheduler._decode_step
     scheduler._prefill = lambda batch: (log.append(("chunk", batch[0].prefilled)), prefill(batch))
-    scheduler._decode_step = lambda: (log.append(("step", len(scheduler.running))), step())
-    scheduler.start()
-    long_prompt = "the cat sat on the mat. the dog ate the bo"
-    try:
-        running, first = submit(scheduler, tokenizer, "a bird", 40)
-        while not running.tokens:
-            time.sleep(0.001)
-        reading, second = submit(scheduler, tokenizer, long_prompt, 5)
-        assert first.done.wait(30) and second.done.wait(30)
-    finally:
-        scheduler.stop()
+    scheduler._decode_step = lambda *a: (log.append(("step", len(scheduler.running))), step(*a))
+    reading, first, second = long_prompt_beside_a_running_request(scheduler, tokenizer)
     chunks = [i for i, (kind, done) in enumerate(log) if kind == "chunk" and done < len(reading.prompt)]
-    chunks = chunks[-11:]  # the long prompt's: 41 tokens, 4 a step
+    chunks = chunks[-11:]  # the long prompt's: 42 tokens, 4 a step
     assert [log[i][1] for i in chunks] == list(range(0, 41, 4))
     assert all(log[i + 1] == ("step", 1) for i in chunks[:-1])  # the other request's step after each chunk
-    for prompt, n, collector in (("a bird", 40, first), (long_prompt, 5, second)):
+    for prompt, n, collector in (("a bird", 40, first), (LONG_PROMPT, 5, second)):
         ids = torch.tensor(tokenizer.encode(prompt))
         alone = model.generate(ids[None], max_new_tokens=n)[0, len(ids) :]
         served = tokenizer.encode(collector.text)
@@ -343,6 +352,34 @@ def test_a_quantized_model_s_batched_steps_give_each_request_its_greedy_tokens(t
     monkeypatch.setattr(fused_step, "step", lambda *args: None)  # the modules alone
     for prompt, n, c in zip(prompts, lengths, collectors, strict=True):
         assert c.text == greedy_text(model, tokenizer, prompt, n), prompt
+
+
+@pytest.mark.cpu_class
+@pytest.mark.skipif(not kernels.kernel_works("quantized_decoder_step"), reason="no fused decoding step here")
+def test_with_the_fused_step_a_prompt_s_chunks_ride_in_the_running_requests_steps(tiny_lm, monkeypatch):
+    """Chunked prefill inside the decoding step: with the fused step (int4 weights) a 42-token prompt arriving while
+    another request decodes is read 4 tokens at a time as more rows of that request's steps — no pass of its own —
+    and both get the greedy tokens the modules give each alone."""
+    import copy
+
+    from glassformer.generation import fused_step
+
+    model, tokenizer = tiny_lm
+    model = copy.deepcopy(model).quantize("int4")
+    scheduler = Scheduler(model, tokenizer, max_batch=3, max_context=64, prefill_chunk=4)
+    assert scheduler.step.kind == "fused" and scheduler.step.row_limit == 64
+    log, mixed, prefill = [], scheduler.step.mixed, scheduler._prefill
+    scheduler._prefill = lambda batch: (log.append("pass"), prefill(batch))
+    monkeypatch.setattr(type(scheduler.step), "mixed", lambda step, parts, cache: (
+        log.append([len(tokens) for _, tokens in parts]), mixed(parts, cache))[1])  # fmt: skip
+    reading, first, second = long_prompt_beside_a_running_request(scheduler, tokenizer)
+    assert log[:2] == ["pass", "pass"]  # the first prompt (6 tokens), read while nothing decoded
+    size = len(reading.prompt)  # then the long one, 4 tokens a step beside the running request's token
+    assert size == 42 and log[2:] == [[1, 4]] * 10 + [[1, 2]]
+    assert scheduler.metrics.registry.get_sample_value("glassformer_riding_prompt_tokens_total") == size
+    monkeypatch.setattr(fused_step, "step", lambda *args: None)  # the modules alone
+    for prompt, n, collector in (("a bird", 40, first), (LONG_PROMPT, 5, second)):
+        assert collector.text == greedy_text(model, tokenizer, prompt, n), prompt
 
 
 @pytest.mark.cpu_class

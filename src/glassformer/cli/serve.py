@@ -11,6 +11,7 @@ import socket
 import sys
 
 from glassformer.cli.options import add_device_arguments, add_quantize_arguments, quantization_of, report_placement
+from glassformer.generation.step import MIXED_ROWS
 from glassformer.options import check_options
 from glassformer.pipelines.resolve import resolve_model
 
@@ -67,7 +68,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--prefill-chunk", type=int, default=defaults.prefill_chunk,
         help="prompt tokens read per decoding step: a long prompt delays the running answers by one chunk at a "
-        f"time, not by its whole length (default {defaults.prefill_chunk})",
+        "time, not by its whole length; with the fused CPU step, chunks beside decoding requests are rows of their "
+        f"step, at most {MIXED_ROWS} rows in all (default {defaults.prefill_chunk})",
     )  # fmt: skip
     parser.add_argument(
         "--prefix-cache-tokens", type=int, default=defaults.prefix_cache_tokens,

@@ -11,7 +11,10 @@ modules' products do.
 ``step(model, ids, cache, attention_mask)`` then serves one new token per row of a float32 ``KVCache`` (rows may be
 left-padded) or a server's ``SlotView`` (its blocks read in place through the view's table), and returns None — the
 modules serve that step — for anything else (a mask with a hole, a cache too short).
-``tests/generation/test_fused_step.py`` compares it with the modules token by token.
+``block(model, ids, cache)`` runs n tokens of one sequence (speculative decoding's check) and ``mixed(model, cache,
+parts)`` any slots' next tokens — one for a request decoding, a chunk of a prompt being read — as the rows of one
+step (the server's chunked prefill inside the decoding step).
+``tests/generation/test_fused_step.py`` compares each with the modules.
 
 What it gathers from a model (the list of tensors the operator reads) is made on the first step with a new cache and
 kept while the weights stay the same tensors with the same contents.
@@ -231,6 +234,50 @@ def block(model: nn.Module, ids: torch.Tensor, cache: KVCache | SlotView):
     )  # fmt: skip
     cache.advance(n)
     return model.lm_head(hidden)[:, 0]
+
+
+def mixed(model: nn.Module, cache: SlotCache, parts: list[tuple[int, list[int]]]) -> torch.Tensor | None:
+    """Logits ``(len(parts), vocab_size)`` of the last token of each part — a slot of a server's ``SlotCache`` and
+    its next tokens: one for a request decoding, a chunk of its prompt for one reading it — all run as the rows of
+    one step (every token a row, at its slot's next position; every row's keys and values are written before any row
+    attends, and a row attends to its slot's positions up to its own: causal within a chunk), each slot advanced by
+    its tokens; or None where the fused step does not take them, and nothing is changed. The slots' blocks must be
+    reserved (a ValueError otherwise), each slot at most once."""
+    if torch.is_grad_enabled() or not parts or len({slot for slot, _ in parts}) < len(parts):
+        return None
+    keys = cache.keys
+    if keys.dtype != torch.float32 or keys.device.type != "cpu" or not keys.is_contiguous():
+        return None
+    weights = _weights_for(model, cache)
+    if weights is None:
+        return None
+    tokens, write_at, part_of, tables = [], [], [], []
+    for i, (slot, chunk) in enumerate(parts):
+        start, end = cache.lengths[slot], cache.lengths[slot] + len(chunk)
+        if not chunk or end > min(cache.max_length, model.config.max_seq_length):
+            return None
+        if end > len(cache.tables[slot]) * cache.block:
+            raise ValueError(f"slot {slot} writes position {end - 1} past its blocks; reserve them first")
+        tokens += chunk
+        write_at += range(start, end)
+        part_of += [i] * len(chunk)
+        tables.append(cache.tables[slot] + [0] * (cache.max_blocks - len(cache.tables[slot])))
+    ids = torch.tensor(tokens)[:, None]
+    check_token_ids(ids, model.config.vocab_size, None)
+    at = torch.tensor(write_at)
+    positions = torch.stack((at, torch.zeros_like(at), at))
+    x = _embed(model, ids, weights, at[:, None])
+    if x.dtype != torch.float32:
+        return None
+    table = torch.tensor(tables)[torch.tensor(part_of)]  # (rows, max_blocks): each row its slot's blocks
+    hidden = decoder.decode_step(
+        x, weights.tensors, weights.group_sizes, weights.inv_freq, keys, cache.values, positions, 0, weights.heads,
+        weights.kv_heads, weights.eps, weights.scale, False, *weights.layout(), table, weights.bf16,
+    )  # fmt: skip
+    for slot, chunk in parts:
+        cache.lengths[slot] += len(chunk)
+    last = torch.tensor([len(chunk) for _, chunk in parts]).cumsum(0) - 1
+    return model.lm_head(hidden[last])[:, 0]
 
 
 def _embed(model: nn.Module, ids: torch.Tensor, weights: _Weights, position_ids: torch.Tensor) -> torch.Tensor:

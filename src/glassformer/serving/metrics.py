@@ -68,6 +68,8 @@ class Metrics:
                                        "agreed with (the acceptance rate: accepted / draft)", registry=r)  # fmt: skip
         self.shared_prompt_tokens = Counter("glassformer_shared_prompt_tokens", "Prompt tokens copied from a request "
                                             "with the same prompt instead of being run", registry=r)  # fmt: skip
+        self.riding_prompt_tokens = Counter("glassformer_riding_prompt_tokens", "Prompt tokens read as rows of a "
+                                            "decoding step (chunked prefill beside decoding)", registry=r)  # fmt: skip
         self.generated_tokens = Counter("glassformer_generated_tokens", "Tokens generated", registry=r)
         self.requests = Counter("glassformer_requests", "Requests ended, by outcome", ["outcome"], registry=r)
         for outcome in OUTCOMES:  # every series present from the start, at 0

@@ -10,12 +10,17 @@
     read       their next chunks in one forward pass; a prompt read whole keeps its blocks in the prefix cache, joins
                the running requests and picks its first token — and so do the waiting requests with the same prompt
                (``n`` > 1), whose slots get its blocks instead of reading it again
+    ride       or, with the fused step (``DecodingStep.row_limit``) while requests decode, the prompts' next chunks
+               are more rows of the decoding step itself (``_riders``, ``_mixed_step``): first come first, at any
+               offsets, ``prefill_chunk`` tokens in all and no more than fill the step's row limit — chunked prefill
+               inside the step, as vLLM schedules it: no pass of their own, so the running requests wait for no more
+               than one such step
     reserve    blocks before every write; where the pool lacks them a prompt waits while others decode, and a
                decoding step preempts the latest admitted request (back to the head of the queue, read again later)
 
 ``PromptReading`` is a part of ``Scheduler`` (a base class): it uses the scheduler's ``cache``, ``prefix``,
-``prefilling``, ``running``, ``queue``, ``condition``, ``metrics``, ``model``, ``device``, ``prefill_chunk``,
-``batch_invariant``, ``admissions``, ``_release`` and ``_choose``.
+``prefilling``, ``running``, ``queue``, ``condition``, ``metrics``, ``model``, ``step``, ``speculation``, ``device``,
+``prefill_chunk``, ``batch_invariant``, ``admissions``, ``counters``, ``_release`` and ``_choose``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import torch
 
 from glassformer.nn.slot_cache import OutOfBlocks
 from glassformer.serving.requests import Request
+
+MIN_RIDING = 16  # prompt tokens a mixed step takes however many rows decode
 
 
 class PromptReading:
@@ -117,6 +124,55 @@ class PromptReading:
                 rows += [row] * len(ready)
         if chosen:
             self._choose(chosen, logits[rows].float())
+
+    def _mixes(self) -> bool:
+        """Whether prompts are read inside this decoding step (``_riders``) rather than in a pass of their own:
+        requests decode, prompts wait to be read, the step is fused (it takes rows of any slots and positions,
+        ``DecodingStep.row_limit``), answers need not be batch-invariant, and no speculative step comes."""
+        return (
+            bool(self.running) and bool(self.prefilling) and self.step.row_limit > 0 and not self.batch_invariant
+            and not (self.speculation is not None and len(self.running) == 1)
+        )  # fmt: skip
+
+    def _riders(self, decoding: int) -> list[tuple[Request, int]]:
+        """The prompts whose next chunks ride in this decoding step beside its ``decoding`` rows, with their sizes:
+        first come first, ``prefill_chunk`` tokens in all and no more than fill the step's row limit (at least
+        ``MIN_RIDING``); a prompt that another one in it has too waits to share its blocks, and where the pool lacks
+        blocks for a chunk, that prompt and the ones after it wait."""
+        budget = min(self.prefill_chunk, max(self.step.row_limit - decoding, MIN_RIDING))
+        riders: list[tuple[Request, int]] = []
+        for request in list(self.prefilling):
+            if budget == 0:
+                break
+            if not request.tokens and any(not r.tokens and r.prompt == request.prompt for r, _ in riders):
+                continue
+            n = min(budget, len(request.reading) - request.prefilled)
+            try:
+                self.cache.reserve(request.slot, request.prefilled + n)
+            except OutOfBlocks:
+                break
+            riders.append((request, n))
+            budget -= n
+        return riders
+
+    def _mixed_step(self, requests: list[Request], riders: list[tuple[Request, int]]) -> None:
+        """One step of the running ``requests``' next tokens and the ``riders``' prompt chunks as rows of one pass
+        (``DecodingStep.mixed``): every running request picks its next token, and a prompt read whole joins them
+        with its first (``_read``)."""
+        parts = [(r.slot, [r.tokens[-1]]) for r in requests]
+        parts += [(r.slot, r.reading[r.prefilled : r.prefilled + n]) for r, n in riders]
+        logits = self.step.mixed(parts, self.cache)  # (parts, vocab)
+        self.counters.steps += 1
+        self.metrics.steps.inc()
+        self.metrics.riding_prompt_tokens.inc(sum(n for _, n in riders))
+        chosen, rows = list(requests), list(range(len(requests)))
+        for row, (request, n) in enumerate(riders, len(requests)):
+            request.prefilled += n
+            if request.prefilled == len(request.reading):
+                ready = self._read(request)
+                chosen += ready
+                rows += [row] * len(ready)
+        self._choose(chosen, logits[rows])
 
     def _read(self, request: Request) -> list[Request]:
         """The request has read its prompt: it keeps its blocks in the prefix cache and joins the running ones, and

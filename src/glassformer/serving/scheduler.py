@@ -3,15 +3,19 @@
     waiting (bounded: --max-queue)  ──admit──▶  reading its prompt  ──▶  running (≤ --max-batch slots)  ──▶  freed
                                       one --prefill-chunk       one decoding step for all
                                       per step (prompts at one  running rows, then each row
-                                      offset together), then    picks its own next token
-                                      the first token
+                                      offset together; fused:   picks its own next token
+                                      rows of the decoding
+                                      step), then the first
+                                      token
 
 Between two decoding steps the loop admits waiting requests into free slots of a ``SlotCache`` (a prompt that
 starts with blocks another prompt had gets those blocks, shared, from the ``PrefixCache``), runs the next
 chunk of ``prefill_chunk`` prompt tokens of the first request still reading its prompt — with the prompts at the
 same offset that fit in the chunk beside it, right-padded in the same pass, so prompts arriving together get their
 first tokens together (chunked prefill: a long prompt never stalls the running requests for more than one chunk,
-and a short one is read whole; ``glassformer.serving.prompt_reading``), drops the requests cancelled (a client gone)
+and a short one is read whole; ``glassformer.serving.prompt_reading``) — or, where the decoding step is fused and
+requests decode, as more rows of that step (``DecodingStep.mixed``: the prompts' chunks ride in it, up to the step's
+row limit) —, drops the requests cancelled (a client gone)
 or past their deadline, and runs one step for all the running ones: their slots as one batch, each row masked to
 its own positions, so requests of any lengths decode together and leave as soon as they are done. Every request keeps
 its own sampling settings (temperature, top-k, top-p, seed: a row of the batched sampler,
@@ -187,12 +191,14 @@ class Scheduler(PromptReading):
                         else:
                             self._count("cancelled")
                 self._expire()
-                if self.prefilling:  # the next chunk of the first prompts (and those with the same, which share it)
+                mixing = self._mixes()
+                if self.prefilling and not mixing:  # the next chunk of the first prompts (and those with the same)
                     batch = self._prefill_batch()
                     self._guarded([r for b in batch for r in self._same_prompt(b)], self._prefill, batch)
                 self._expire()
-                if self.running:
-                    self._guarded(list(self.running.values()), self._decode_step)
+                if self.running:  # mixing: with the prompts' next chunks riding in the step
+                    self._guarded([*self.running.values(), *(self.prefilling if mixing else ())], self._decode_step,
+                                  mixing)  # fmt: skip
         for request in [*self.running.values(), *self.prefilling, *self.queue]:
             request.deliver(Event("error", status=503, message="the server is shutting down"))
 
@@ -242,10 +248,11 @@ class Scheduler(PromptReading):
             heapq.heappush(self.free_slots, request.slot)
             request.slot = None
 
-    def _decode_step(self) -> None:
+    def _decode_step(self, mixing: bool = False) -> None:
         """One token for every running request: their slots as one batch — or, ``batch_invariant``, each slot as a
-        batch of its own. Each running
-        request's next position gets its block first, the earliest admitted first (preempting the latest)."""
+        batch of its own; ``mixing``: with the next chunks of prompts being read as more rows of the same step
+        (``_riders``). Each running request's next position gets its block first, the earliest admitted first
+        (preempting the latest)."""
         for request in sorted(self.running.values(), key=lambda r: r.admitted):
             if request.slot is not None:
                 self._reserve(request, self.cache.lengths[request.slot] + 1, wait=False)
@@ -260,6 +267,9 @@ class Scheduler(PromptReading):
         if self.batch_invariant:
             return self._decode_each()
         requests = [self.running[slot] for slot in sorted(self.running)]
+        riders = self._riders(len(requests)) if mixing else []
+        if riders:
+            return self._mixed_step(requests, riders)
         view = self.cache.view([r.slot for r in requests])
         ids = torch.tensor([[r.tokens[-1]] for r in requests], device=self.device)
         logits = self.step(ids, view.attention_mask(1), view)  # (rows, vocab)
