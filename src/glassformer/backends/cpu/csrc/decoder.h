@@ -15,13 +15,15 @@
        x = Norm_final(x)
 
    Each row of the batch is a sequence of its own (qrows says where it reads and writes in the cache). The threads
-   share one parallel region for the whole step: each matrix's output rows are split among them, the (row, head)
-   pairs of the attention too, the norms, rotations and quantized inputs by row, and the activation in chunks. The
+   share one parallel region for the whole step: each matrix's output rows are split among them, the (tile, head)
+   pairs of the attention too (a tile: up to TILE_ROWS consecutive positions of one sequence, which read each key and
+   value once), the norms, rotations and quantized inputs by row, and the activation in chunks. The
    products take the activations in the form products.h says (16-bit fixed point, or bfloat16 when asked). */
 #ifndef GLASSFORMER_DECODER_H
 #define GLASSFORMER_DECODER_H
 #include <vector>
 
+#include "attention.h"
 #include "products.h"
 
 typedef struct {
@@ -71,22 +73,6 @@ static void rope(float *x, i64 heads, i64 head_dim, const float *cos_, const flo
     }
 }
 
-/* e^x in float32, within a few ulp of expf for x in [-87, 88] (clamped there: e^-87 ~ 1.6e-38 stands for 0): x = n ln 2
-   + r, |r| <= ln 2 / 2 (Cody-Waite, Cephes' constants), e^r = 1 + r + r^2 P(r) (Cephes' degree-5 P), 2^n made in
-   the exponent bits. No calls and no branches, so that loops over it vectorize. */
-static inline __attribute__((always_inline)) float exp_approx(float x) {
-    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
-    const float n = rintf(x * 1.44269504088896341f);
-    const float r = fmaf(n, 2.12194440e-4f, fmaf(n, -0.693359375f, x));
-    float p = 1.9875691500e-4f;
-    p = fmaf(p, r, 1.3981999507e-3f), p = fmaf(p, r, 8.3334519073e-3f), p = fmaf(p, r, 4.1665795894e-2f);
-    p = fmaf(p, r, 1.6666665459e-1f), p = fmaf(p, r, 5.0000001201e-1f);
-    const int32_t bits = ((int32_t)n + 127) << 23;
-    float two_n;
-    memcpy(&two_n, &bits, sizeof two_n);
-    return fmaf(p, r * r, r + 1.0f) * two_n;
-}
-
 /* the feed-forward's activation: SiLU(a) = a / (1 + e^-a); GELU's tanh form ½ a (1 + tanh(√(2/π) (a + 0.044715 a³)))
    with tanh(z) = 1 − 2 / (e^2z + 1); GELU = ½ a (1 + erf(a / √2)) */
 static inline float activate(int activation, float a) {
@@ -96,35 +82,6 @@ static inline float activate(int activation, float a) {
         return 0.5f * a * (2.0f - 2.0f / (exp_approx(2.0f * z) + 1.0f));
     }
     return 0.5f * a * (1.0f + erff(a * 0.7071067811865476f));
-}
-
-/* 16 floats as one value (GCC's and clang's vector extension): one AVX512 register, two AVX2 ones, four NEON ones */
-typedef float f32x16 __attribute__((vector_size(64)));
-
-static inline f32x16 load16(const float *p) {
-    f32x16 v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-/* the sums of 16 vectors at once, out[j] = Σ_i v[j][i], each by adding halves until one lane is left (i and i + 8,
-   then i and i + 4, …) — all 16 together: each step adds the halves of two vectors set side by side in one */
-static inline f32x16 sums16(const f32x16 *v) {
-    f32x16 w[8], x[4], y[2];
-    for (int k = 0; k < 8; k++)  /* lanes 0-7: v[2k]'s 8 partial sums; 8-15: v[2k + 1]'s */
-        w[k] = __builtin_shufflevector(v[2 * k], v[2 * k + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-               __builtin_shufflevector(v[2 * k], v[2 * k + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29,
-                                       30, 31);
-    for (int k = 0; k < 4; k++)  /* lanes 4i .. 4i + 3: v[4k + i]'s 4 partial sums */
-        x[k] = __builtin_shufflevector(w[2 * k], w[2 * k + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
-               __builtin_shufflevector(w[2 * k], w[2 * k + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30,
-                                       31);
-    for (int k = 0; k < 2; k++)  /* lanes 2i, 2i + 1: v[8k + i]'s 2 partial sums */
-        y[k] = __builtin_shufflevector(x[2 * k], x[2 * k + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29) +
-               __builtin_shufflevector(x[2 * k], x[2 * k + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30,
-                                       31);
-    return __builtin_shufflevector(y[0], y[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30) +
-           __builtin_shufflevector(y[0], y[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
 }
 
 /* out[k] = act(a[k]) ⊙ b[k] (gated: a and b the two halves of W_1's outputs, d_ff each), or act(a[k]), for
@@ -140,111 +97,6 @@ static inline void activated(const qdecoder *model, const float *a, i64 k0, i64 
         for (i64 k = k0; k < k1; k++) out[k] = activate(f, a[k]) * b[k];
     else
         for (i64 k = k0; k < k1; k++) out[k] = activate(f, a[k]);
-}
-
-/* Where each of the B rows reads and writes in the cache: rows are sequences of their own lengths (a batch with left
-   padding, or a server's slots). Row r writes its new key and value at position write_at[r], attends to positions
-   first[r] .. write_at[r], and is rotated by the angle of position rotary_at[r] (its count of real tokens before).
-   A row's positions lie in blocks of `block` positions, (kv_heads, block, head_dim) each: without a table, one
-   block per row (block = max_length, row r's at row r · row_stride); with a table (a paged cache: a server's
-   slots), position p of row r in block table[r · table_stride + p / block], at blocks · block_stride. */
-typedef struct {
-    const i64 *write_at, *first, *rotary_at;
-    float *keys, *values;  /* layer 0 of the cache */
-    i64 row_stride, layer_stride, block;
-    const i64 *table;      /* null: contiguous rows */
-    i64 table_stride, block_stride, table_width;
-} qrows;
-
-/* The positions of row r's block that holds position p, from p to the block's end or `last`, whichever is first;
-   *at: where position p's head g starts in `base` (the cache's keys or values) in layer l. */
-static inline i64 kv_span(const qrows *rows, float *base, i64 l, i64 r, i64 g, i64 p, i64 last, i64 hd,
-                          float **at) {
-    const i64 b = rows->block, in_block = p % b;
-    const i64 where = rows->table ? rows->table[r * rows->table_stride + p / b] * rows->block_stride
-                                  : r * rows->row_stride;  /* one block a row: p / b = 0 */
-    *at = base + l * rows->layer_stride + where + (g * b + in_block) * hd;
-    const i64 end = p - in_block + b - 1;
-    return (end < last ? end : last) - p + 1;
-}
-
-/* columns c0 .. c0 + 16 C of out = inverse · Σ_p w[p] V[p] over positions first..last of row r's value head g in
-   layer l, w = scores: C columns of 16 summed in registers, positions two at a time into two sets of sums (so that
-   no addition waits for the one before it) */
-template <int C>
-static inline void weighted_values(const qrows *rows, i64 l, i64 r, i64 g, i64 first, i64 last, i64 head_dim, i64 c0,
-                                   const float *scores, float inverse, float *out) {
-    f32x16 a[C] = {}, b[C] = {};
-    float *values;
-    for (i64 p = first, n; p <= last; p += n) {
-        n = kv_span(rows, rows->values, l, r, g, p, last, head_dim, &values);
-        const float *w = scores + (p - first), *v = values + c0;
-        i64 j = 0;
-        for (; j + 1 < n; j += 2)
-            for (int c = 0; c < C; c++) {
-                a[c] += w[j] * load16(v + j * head_dim + 16 * c);
-                b[c] += w[j + 1] * load16(v + (j + 1) * head_dim + 16 * c);
-            }
-        for (; j < n; j++)
-            for (int c = 0; c < C; c++) a[c] += w[j] * load16(v + j * head_dim + 16 * c);
-    }
-    for (int c = 0; c < C; c++) {
-        const f32x16 sum = (a[c] + b[c]) * inverse;
-        memcpy(out + c0 + 16 * c, &sum, sizeof sum);
-    }
-}
-
-/* out (head_dim) = softmax(s · q K^T) V over positions first..last of row r's key/value head g in layer l; scores:
-   last - first + 1 floats. The positions are walked block by block (contiguous within a block). head_dim a
-   multiple of 16: each q·k in vectors of 16, and V read in columns of 16 per pass over the positions with each
-   column's sums in registers; otherwise the plain loops. */
-static void attend(const float *q, const qrows *rows, i64 l, i64 r, i64 g, i64 first, i64 last, i64 head_dim,
-                   float scale, float *scores, float *out) {
-    const bool wide = head_dim % 16 == 0;
-    const i64 length = last - first + 1;
-    float top = -INFINITY, total = 0.0f;
-    float *keys, *values;
-    for (i64 p = first, n; p <= last; p += n) {
-        n = kv_span(rows, rows->keys, l, r, g, p, last, head_dim, &keys);
-        float *s = scores + (p - first);
-        i64 j = 0;
-        for (; wide && j < n; j += 16) {  /* 16 keys at a time (missing ones zero), their sums halved together */
-            f32x16 sum[16] = {};
-            const i64 m = n - j < 16 ? n - j : 16;
-            for (i64 i = 0; i < head_dim; i += 16) {
-                const f32x16 qi = load16(q + i);
-                for (i64 jj = 0; jj < m; jj++) sum[jj] += qi * load16(keys + (j + jj) * head_dim + i);
-            }
-            float dots[16];
-            const f32x16 scaled = sums16(sum) * scale;
-            memcpy(dots, &scaled, sizeof dots);
-            for (i64 jj = 0; jj < m; jj++) s[j + jj] = dots[jj];
-        }
-        for (; j < n; j++) {
-            float dot = 0.0f;
-            for (i64 i = 0; i < head_dim; i++) dot += q[i] * keys[j * head_dim + i];
-            s[j] = scale * dot;
-        }
-        for (j = 0; j < n; j++) top = s[j] > top ? s[j] : top;
-    }
-    for (i64 j = 0; j < length; j++) scores[j] = exp_approx(scores[j] - top);
-    for (i64 j = 0; j < length; j++) total += scores[j];
-    const float inverse = 1.0f / total;
-    if (wide) {
-        i64 c0 = 0;
-        for (; c0 + 64 <= head_dim; c0 += 64) weighted_values<4>(rows, l, r, g, first, last, head_dim, c0, scores,
-                                                                inverse, out);
-        for (; c0 < head_dim; c0 += 16) weighted_values<1>(rows, l, r, g, first, last, head_dim, c0, scores, inverse,
-                                                          out);
-        return;
-    }
-    for (i64 i = 0; i < head_dim; i++) out[i] = 0.0f;
-    for (i64 p = first, n; p <= last; p += n) {
-        n = kv_span(rows, rows->values, l, r, g, p, last, head_dim, &values);
-        for (i64 j = 0; j < n; j++)
-            for (i64 i = 0; i < head_dim; i++) out[i] += scores[p - first + j] * values[j * head_dim + i];
-    }
-    for (i64 i = 0; i < head_dim; i++) out[i] *= inverse;
 }
 
 /* x (B, d_model): in, the new tokens' embeddings; out, the final norm of their hidden states. The new positions are
@@ -277,6 +129,11 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
         failed |= rows->write_at[r] >= S || rows->first[r] > rows->write_at[r];
     }
     const i64 chunks = (ff + 255) / 256; /* the activation shared out among threads in chunks of 256 */
+    std::vector<i64> tile; /* the first row of each tile of rows that attend together, then B */
+    for (i64 r = 0; r < B; r++)
+        if (r == 0 || hd % 16 || !same_sequence(rows, r - 1, r) || r - tile.back() == TILE_ROWS) tile.push_back(r);
+    const i64 tiles = (i64)tile.size();
+    tile.push_back(B);
 #pragma omp parallel num_threads(threads) if (!failed)
     {
         i64 t, T;
@@ -306,10 +163,10 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
                 }
             }
 #pragma omp for schedule(static)
-            for (i64 task = 0; task < B * H; task++) {  /* (row, head) pairs */
-                const i64 r = task / H, head = task % H, g = head / (H / KV);
-                attend(qkv + r * width + head * hd, rows, l, r, g, rows->first[r], rows->write_at[r], hd, model->scale,
-                       scores + task * span, o + (r * H + head) * hd);
+            for (i64 task = 0; task < tiles * H; task++) {  /* (tile, head) pairs */
+                const i64 r = tile[task / H], R = tile[task / H + 1] - r, head = task % H, g = head / (H / KV);
+                attend(qkv + r * width + head * hd, width, R, rows, l, r, g, rows->first[r], rows->write_at[r], hd,
+                       model->scale, scores + (r * H + head) * span, H * span, o + (r * H + head) * hd, H * hd);
             }
             w = &layer->out;
 #pragma omp for schedule(static)
