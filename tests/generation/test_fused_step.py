@@ -327,6 +327,23 @@ def test_a_block_of_one_sequence_gives_the_modules_logits(kind):
     assert (ours.keys - theirs.keys).abs().max() <= 1e-4 * theirs.keys.abs().max()
 
 
+@pytest.mark.parametrize("num_kv_heads", [1, 2])
+def test_a_block_attends_in_tiles_and_each_row_gets_what_it_gets_alone(num_kv_heads):
+    """A block of 15 positions of one sequence attends in tiles of up to 4 rows, each key and value read once per
+    tile: every layer's keys and values (each made from the attention of the layer below) are, bit for bit, those
+    that 15 single steps write — the 16-bit products treat each row alone, and so does the tiles' attention."""
+    model = llama(num_kv_heads=num_kv_heads).quantize("int4", 32)
+    ids = torch.randint(0, 96, (1, 20))
+    with torch.inference_mode():
+        tiled, single = model.make_cache(1, 32), model.make_cache(1, 32)
+        model(ids[:, :5], cache=tiled)
+        model(ids[:, :5], cache=single)
+        assert fused_step.block(model, ids[:, 5:], tiled) is not None
+        for i in range(5, 20):
+            assert fused_step.step(model, ids[:, i : i + 1], single) is not None
+    assert torch.equal(tiled.keys, single.keys) and torch.equal(tiled.values, single.values)
+
+
 def test_the_step_is_chosen_once_and_forward_is_always_the_modules(monkeypatch, fused_steps):
     """generate and the server ask glassformer.generation.step: the fused step for a quantized Llama-style model,
     the modules otherwise; forward never takes the fused step, so asking for attention weights changes no logit
