@@ -116,13 +116,64 @@ static inline __attribute__((always_inline)) void bf16_products_rows(const int n
         for (int m = 0; m < mb; m++) out[j * BF16_ROWS + m] = _mm512_reduce_add_ps(acc[j][m]);
 }
 
+/* rows n0 .. n0 + nr - 1 of the weight widened to bfloat16 once, for several blocks of x: pair p of row j at
+   wb[2 (j pairs + p)] (first) and wb[2 (j pairs + p) + 1] (second), as pair_weights makes them */
+static inline void widen_rows(const qmatrix *w, i64 n0, i64 nr, __m512i *wb) {
+    const i64 K = w->K, KB = K / BLOCK, pairs = (KB + 1) / 2, groups = K / w->G, per = w->G / BLOCK;
+    const int bits = (int)w->kind;
+    float s[MAX_GROUPS], o[MAX_GROUPS];
+    for (i64 j = 0; j < nr; j++) {
+        halves_to_floats(w->scales + (n0 + j) * groups, groups, s);
+        if (bits == 4) halves_to_floats(w->offsets + (n0 + j) * groups, groups, o);
+        const uint8_t *codes = (const uint8_t *)w->codes + (n0 + j) * (bits == 4 ? K / 2 : K);
+        i64 g = 0, left = per;
+        for (i64 p = 0; p < pairs; p++) {
+            const bool last = 2 * p + 1 == KB;
+            const i64 gA = g;
+            if (--left == 0) g++, left = per;
+            const i64 gB = g;
+            if (--left == 0) g++, left = per;
+            const float sA = s[gA], oA = bits == 4 ? o[gA] : 0.0f;
+            const float sB = last ? 0.0f : s[gB], oB = last || bits != 4 ? 0.0f : o[gB];
+            __m512i *at = wb + 2 * (j * pairs + p);
+            pair_weights(bits, codes, 2 * p, last, sA, oA, sB, oB, at, at + 1);
+        }
+    }
+}
+
+/* bf16_products_rows with the weights widened already (widen_rows; wb at the first of the nr rows): the same
+   products in the same order */
+static inline __attribute__((always_inline)) void bf16_widened_rows(const int nr, const int mb, const __m512i *wb,
+                                                                    i64 pairs, const uint16_t *xb, float *out) {
+    __m512 acc[2][BF16_ROWS];
+    for (int j = 0; j < nr; j++)
+        for (int m = 0; m < mb; m++) acc[j][m] = _mm512_setzero_ps();
+    for (i64 p = 0; p < pairs; p++) {
+        __m512i first[2], second[2];
+        for (int j = 0; j < nr; j++) first[j] = wb[2 * (j * pairs + p)], second[j] = wb[2 * (j * pairs + p) + 1];
+        for (int m = 0; m < mb; m++) {
+            const uint16_t *x = xb + (m * pairs + p) * 64;
+            const __m512bh x0 = (__m512bh)_mm512_loadu_si512(x), x1 = (__m512bh)_mm512_loadu_si512(x + 32);
+            for (int j = 0; j < nr; j++) {
+                acc[j][m] = _mm512_dpbf16_ps(acc[j][m], (__m512bh)first[j], x0);
+                acc[j][m] = _mm512_dpbf16_ps(acc[j][m], (__m512bh)second[j], x1);
+            }
+        }
+    }
+    for (int j = 0; j < nr; j++)
+        for (int m = 0; m < mb; m++) out[j * BF16_ROWS + m] = _mm512_reduce_add_ps(acc[j][m]);
+}
+
 /* qmatrix_rows (quantized.h) with x in bfloat16: rows n0 <= n < n1 of y for all M rows of xb, the weight rows in
-   chunks of CHUNK that each block of BF16_ROWS rows of x passes over, two weight rows at a time */
+   chunks of CHUNK that each block of BF16_ROWS rows of x passes over, two weight rows at a time; where more than one
+   block of x passes over a chunk, its rows widened once (widen_rows) rather than for every block */
 static inline void bf16_products(const qmatrix *w, const uint16_t *xb, i64 M, i64 n0, i64 n1, const float *bias,
                                  float *y, i64 ldy, int add) {
     const i64 pairs = (w->K / BLOCK + 1) / 2;
+    std::vector<__m512i> wb(M > BF16_ROWS ? 2 * CHUNK * pairs : 0); /* a chunk's rows widened, where reused */
     for (i64 c0 = n0; c0 < n1; c0 += CHUNK) {
         const i64 c1 = c0 + CHUNK < n1 ? c0 + CHUNK : n1;
+        if (!wb.empty()) widen_rows(w, c0, c1 - c0, wb.data());
         for (i64 m0 = 0, mb; m0 < M; m0 += mb) {
             const i64 rest = M - m0;
             mb = rest >= 8 ? 8 : rest >= 4 ? 4 : rest >= 2 ? 2 : 1;
@@ -130,7 +181,18 @@ static inline void bf16_products(const qmatrix *w, const uint16_t *xb, i64 M, i6
             for (i64 n = c0, nr; n < c1; n += nr) {
                 float out[2 * BF16_ROWS];
                 nr = c1 - n >= 2 ? 2 : 1;
-                switch (nr * 100 + mb) {
+                const __m512i *widened_at = wb.empty() ? nullptr : wb.data() + 2 * (n - c0) * pairs;
+                if (widened_at) switch (nr * 100 + mb) {
+                    case 208: bf16_widened_rows(2, 8, widened_at, pairs, x, out); break;
+                    case 204: bf16_widened_rows(2, 4, widened_at, pairs, x, out); break;
+                    case 202: bf16_widened_rows(2, 2, widened_at, pairs, x, out); break;
+                    case 201: bf16_widened_rows(2, 1, widened_at, pairs, x, out); break;
+                    case 108: bf16_widened_rows(1, 8, widened_at, pairs, x, out); break;
+                    case 104: bf16_widened_rows(1, 4, widened_at, pairs, x, out); break;
+                    case 102: bf16_widened_rows(1, 2, widened_at, pairs, x, out); break;
+                    default: bf16_widened_rows(1, 1, widened_at, pairs, x, out); break;
+                }
+                else switch (nr * 100 + mb) {
                     case 208: bf16_products_rows(2, 8, w, x, n, out); break;
                     case 204: bf16_products_rows(2, 4, w, x, n, out); break;
                     case 202: bf16_products_rows(2, 2, w, x, n, out); break;
