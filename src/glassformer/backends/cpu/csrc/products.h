@@ -73,91 +73,91 @@ static inline __attribute__((always_inline)) void pair_weights(const int bits, c
     *second = (__m512i)_mm512_cvtne2ps_pbh(widened(b1, true, sB), widened(a1, true, sA));
 }
 
-/* output rows n0 .. n0 + nr - 1 (nr <= 2 and mb <= BF16_ROWS, constants) for mb rows of x in bfloat16 (xb: mb rows
-   of pairs * 64), into out[j * BF16_ROWS + m]: each weight pair widened once for mb rows, each pair of x read once
-   for nr weight rows */
-static inline __attribute__((always_inline)) void bf16_products_rows(const int nr, const int mb, const qmatrix *w,
-                                                                     const uint16_t *xb, i64 n0, float *out) {
-    const i64 K = w->K, KB = K / BLOCK, pairs = (KB + 1) / 2, groups = K / w->G, per = w->G / BLOCK;
-    const int bits = (int)w->kind;
-    float s[2][MAX_GROUPS], o[2][MAX_GROUPS];
-    const uint8_t *codes[2];
-    for (int j = 0; j < nr; j++) {
-        halves_to_floats(w->scales + (n0 + j) * groups, groups, s[j]);
-        if (bits == 4) halves_to_floats(w->offsets + (n0 + j) * groups, groups, o[j]);
-        codes[j] = (const uint8_t *)w->codes + (n0 + j) * (bits == 4 ? K / 2 : K);
-    }
-    __m512 acc[2][BF16_ROWS];
-    for (int j = 0; j < nr; j++)
-        for (int m = 0; m < mb; m++) acc[j][m] = _mm512_setzero_ps();
-    i64 g = 0, left = per; /* the group of the next block, and its blocks still to come (no division per block) */
-    for (i64 p = 0; p < pairs; p++) {
-        const bool last = 2 * p + 1 == KB;
-        const i64 gA = g;
-        if (--left == 0) g++, left = per;
-        const i64 gB = g;
-        if (--left == 0) g++, left = per;
-        __m512i first[2], second[2];
-        for (int j = 0; j < nr; j++) {
-            const float sA = s[j][gA], oA = bits == 4 ? o[j][gA] : 0.0f;
-            const float sB = last ? 0.0f : s[j][gB], oB = last || bits != 4 ? 0.0f : o[j][gB];
-            pair_weights(bits, codes[j], 2 * p, last, sA, oA, sB, oB, &first[j], &second[j]);
-        }
-        for (int m = 0; m < mb; m++) {
-            const uint16_t *x = xb + (m * pairs + p) * 64;
-            const __m512bh x0 = (__m512bh)_mm512_loadu_si512(x), x1 = (__m512bh)_mm512_loadu_si512(x + 32);
-            for (int j = 0; j < nr; j++) {
-                acc[j][m] = _mm512_dpbf16_ps(acc[j][m], (__m512bh)first[j], x0);
-                acc[j][m] = _mm512_dpbf16_ps(acc[j][m], (__m512bh)second[j], x1);
-            }
-        }
-    }
-    for (int j = 0; j < nr; j++)
-        for (int m = 0; m < mb; m++) out[j * BF16_ROWS + m] = _mm512_reduce_add_ps(acc[j][m]);
+/* the groups of pair p's blocks A and B, followed by g (the group of the next block) and left (its blocks still to
+   come) — no division per block; pairs must come in order */
+static inline __attribute__((always_inline)) void pair_groups(i64 per, i64 *g, i64 *left, i64 *gA, i64 *gB) {
+    *gA = *g;
+    if (--*left == 0) ++*g, *left = per;
+    *gB = *g;
+    if (--*left == 0) ++*g, *left = per;
+}
+
+/* pair_weights of pair p of a row whose codes start at `codes`, with the row's scales s and offsets o (floats) of
+   groups gA and gB (an absent B: 0) */
+static inline __attribute__((always_inline)) void row_pair(int bits, const uint8_t *codes, i64 p, bool last,
+                                                           const float *s, const float *o, i64 gA, i64 gB,
+                                                           __m512i *first, __m512i *second) {
+    const float sA = s[gA], oA = bits == 4 ? o[gA] : 0.0f;
+    const float sB = last ? 0.0f : s[gB], oB = last || bits != 4 ? 0.0f : o[gB];
+    pair_weights(bits, codes, 2 * p, last, sA, oA, sB, oB, first, second);
+}
+
+/* row n's scales and offsets as floats (s, o: MAX_GROUPS each), and where its codes start */
+static inline __attribute__((always_inline)) const uint8_t *row_scales(const qmatrix *w, i64 n, float *s, float *o) {
+    const i64 K = w->K, groups = K / w->G;
+    halves_to_floats(w->scales + n * groups, groups, s);
+    if (w->kind == 4) halves_to_floats(w->offsets + n * groups, groups, o);
+    return (const uint8_t *)w->codes + n * (w->kind == 4 ? K / 2 : K);
 }
 
 /* rows n0 .. n0 + nr - 1 of the weight widened to bfloat16 once, for several blocks of x: pair p of row j at
    wb[2 (j pairs + p)] (first) and wb[2 (j pairs + p) + 1] (second), as pair_weights makes them */
 static inline void widen_rows(const qmatrix *w, i64 n0, i64 nr, __m512i *wb) {
-    const i64 K = w->K, KB = K / BLOCK, pairs = (KB + 1) / 2, groups = K / w->G, per = w->G / BLOCK;
-    const int bits = (int)w->kind;
+    const i64 KB = w->K / BLOCK, pairs = (KB + 1) / 2, per = w->G / BLOCK;
     float s[MAX_GROUPS], o[MAX_GROUPS];
     for (i64 j = 0; j < nr; j++) {
-        halves_to_floats(w->scales + (n0 + j) * groups, groups, s);
-        if (bits == 4) halves_to_floats(w->offsets + (n0 + j) * groups, groups, o);
-        const uint8_t *codes = (const uint8_t *)w->codes + (n0 + j) * (bits == 4 ? K / 2 : K);
-        i64 g = 0, left = per;
+        const uint8_t *codes = row_scales(w, n0 + j, s, o);
+        i64 g = 0, left = per, gA, gB;
         for (i64 p = 0; p < pairs; p++) {
-            const bool last = 2 * p + 1 == KB;
-            const i64 gA = g;
-            if (--left == 0) g++, left = per;
-            const i64 gB = g;
-            if (--left == 0) g++, left = per;
-            const float sA = s[gA], oA = bits == 4 ? o[gA] : 0.0f;
-            const float sB = last ? 0.0f : s[gB], oB = last || bits != 4 ? 0.0f : o[gB];
+            pair_groups(per, &g, &left, &gA, &gB);
             __m512i *at = wb + 2 * (j * pairs + p);
-            pair_weights(bits, codes, 2 * p, last, sA, oA, sB, oB, at, at + 1);
+            row_pair((int)w->kind, codes, p, 2 * p + 1 == KB, s, o, gA, gB, at, at + 1);
         }
     }
 }
 
-/* bf16_products_rows with the weights widened already (widen_rows; wb at the first of the nr rows): the same
-   products in the same order */
-static inline __attribute__((always_inline)) void bf16_widened_rows(const int nr, const int mb, const __m512i *wb,
-                                                                    i64 pairs, const uint16_t *xb, float *out) {
+/* acc[j][m] += the products of pair p of weight rows j < nr (first[j], second[j]) and of the mb rows of x in
+   bfloat16 (xb: mb rows of pairs * 64) */
+static inline __attribute__((always_inline)) void pair_products(const int nr, const int mb, const __m512i *first,
+                                                                const __m512i *second, const uint16_t *xb, i64 pairs,
+                                                                i64 p, __m512 (*acc)[BF16_ROWS]) {
+    for (int m = 0; m < mb; m++) {
+        const uint16_t *x = xb + (m * pairs + p) * 64;
+        const __m512bh x0 = (__m512bh)_mm512_loadu_si512(x), x1 = (__m512bh)_mm512_loadu_si512(x + 32);
+        for (int j = 0; j < nr; j++) {
+            acc[j][m] = _mm512_dpbf16_ps(acc[j][m], (__m512bh)first[j], x0);
+            acc[j][m] = _mm512_dpbf16_ps(acc[j][m], (__m512bh)second[j], x1);
+        }
+    }
+}
+
+/* output rows n0 .. n0 + nr - 1 (nr <= 2 and mb <= BF16_ROWS, constants) for mb rows of x in bfloat16 (xb: mb rows
+   of pairs * 64), into out[j * BF16_ROWS + m]: each weight pair widened once for mb rows — here, or already by
+   widen_rows (wb: at row n0's first pair; the same values, the same sums) —, each pair of x read once for nr
+   weight rows */
+static inline __attribute__((always_inline)) void bf16_products_rows(const int nr, const int mb, const qmatrix *w,
+                                                                     const __m512i *wb, const uint16_t *xb, i64 n0,
+                                                                     float *out) {
+    const i64 KB = w->K / BLOCK, pairs = (KB + 1) / 2, per = w->G / BLOCK;
     __m512 acc[2][BF16_ROWS];
+    __m512i first[2], second[2];
     for (int j = 0; j < nr; j++)
         for (int m = 0; m < mb; m++) acc[j][m] = _mm512_setzero_ps();
-    for (i64 p = 0; p < pairs; p++) {
-        __m512i first[2], second[2];
-        for (int j = 0; j < nr; j++) first[j] = wb[2 * (j * pairs + p)], second[j] = wb[2 * (j * pairs + p) + 1];
-        for (int m = 0; m < mb; m++) {
-            const uint16_t *x = xb + (m * pairs + p) * 64;
-            const __m512bh x0 = (__m512bh)_mm512_loadu_si512(x), x1 = (__m512bh)_mm512_loadu_si512(x + 32);
-            for (int j = 0; j < nr; j++) {
-                acc[j][m] = _mm512_dpbf16_ps(acc[j][m], (__m512bh)first[j], x0);
-                acc[j][m] = _mm512_dpbf16_ps(acc[j][m], (__m512bh)second[j], x1);
-            }
+    if (wb) {
+        for (i64 p = 0; p < pairs; p++) {
+            for (int j = 0; j < nr; j++) first[j] = wb[2 * (j * pairs + p)], second[j] = wb[2 * (j * pairs + p) + 1];
+            pair_products(nr, mb, first, second, xb, pairs, p, acc);
+        }
+    } else {
+        float s[2][MAX_GROUPS], o[2][MAX_GROUPS];
+        const uint8_t *codes[2];
+        for (int j = 0; j < nr; j++) codes[j] = row_scales(w, n0 + j, s[j], o[j]);
+        i64 g = 0, left = per, gA, gB;
+        for (i64 p = 0; p < pairs; p++) {
+            pair_groups(per, &g, &left, &gA, &gB);
+            for (int j = 0; j < nr; j++)
+                row_pair((int)w->kind, codes[j], p, 2 * p + 1 == KB, s[j], o[j], gA, gB, &first[j], &second[j]);
+            pair_products(nr, mb, first, second, xb, pairs, p, acc);
         }
     }
     for (int j = 0; j < nr; j++)
@@ -170,10 +170,11 @@ static inline __attribute__((always_inline)) void bf16_widened_rows(const int nr
 static inline void bf16_products(const qmatrix *w, const uint16_t *xb, i64 M, i64 n0, i64 n1, const float *bias,
                                  float *y, i64 ldy, int add) {
     const i64 pairs = (w->K / BLOCK + 1) / 2;
-    std::vector<__m512i> wb(M > BF16_ROWS ? 2 * CHUNK * pairs : 0); /* a chunk's rows widened, where reused */
+    /* a chunk's rows widened, where more than one block of x reuses them (without the memory: widened per block) */
+    __m512i *wb = M > BF16_ROWS ? (__m512i *)aligned_alloc(64, sizeof(__m512i) * 2 * CHUNK * pairs) : nullptr;
     for (i64 c0 = n0; c0 < n1; c0 += CHUNK) {
         const i64 c1 = c0 + CHUNK < n1 ? c0 + CHUNK : n1;
-        if (!wb.empty()) widen_rows(w, c0, c1 - c0, wb.data());
+        if (wb) widen_rows(w, c0, c1 - c0, wb);
         for (i64 m0 = 0, mb; m0 < M; m0 += mb) {
             const i64 rest = M - m0;
             mb = rest >= 8 ? 8 : rest >= 4 ? 4 : rest >= 2 ? 2 : 1;
@@ -181,26 +182,16 @@ static inline void bf16_products(const qmatrix *w, const uint16_t *xb, i64 M, i6
             for (i64 n = c0, nr; n < c1; n += nr) {
                 float out[2 * BF16_ROWS];
                 nr = c1 - n >= 2 ? 2 : 1;
-                const __m512i *widened_at = wb.empty() ? nullptr : wb.data() + 2 * (n - c0) * pairs;
-                if (widened_at) switch (nr * 100 + mb) {
-                    case 208: bf16_widened_rows(2, 8, widened_at, pairs, x, out); break;
-                    case 204: bf16_widened_rows(2, 4, widened_at, pairs, x, out); break;
-                    case 202: bf16_widened_rows(2, 2, widened_at, pairs, x, out); break;
-                    case 201: bf16_widened_rows(2, 1, widened_at, pairs, x, out); break;
-                    case 108: bf16_widened_rows(1, 8, widened_at, pairs, x, out); break;
-                    case 104: bf16_widened_rows(1, 4, widened_at, pairs, x, out); break;
-                    case 102: bf16_widened_rows(1, 2, widened_at, pairs, x, out); break;
-                    default: bf16_widened_rows(1, 1, widened_at, pairs, x, out); break;
-                }
-                else switch (nr * 100 + mb) {
-                    case 208: bf16_products_rows(2, 8, w, x, n, out); break;
-                    case 204: bf16_products_rows(2, 4, w, x, n, out); break;
-                    case 202: bf16_products_rows(2, 2, w, x, n, out); break;
-                    case 201: bf16_products_rows(2, 1, w, x, n, out); break;
-                    case 108: bf16_products_rows(1, 8, w, x, n, out); break;
-                    case 104: bf16_products_rows(1, 4, w, x, n, out); break;
-                    case 102: bf16_products_rows(1, 2, w, x, n, out); break;
-                    default: bf16_products_rows(1, 1, w, x, n, out); break;
+                const __m512i *widened = wb ? wb + 2 * (n - c0) * pairs : nullptr;
+                switch (nr * 100 + mb) {
+                    case 208: bf16_products_rows(2, 8, w, widened, x, n, out); break;
+                    case 204: bf16_products_rows(2, 4, w, widened, x, n, out); break;
+                    case 202: bf16_products_rows(2, 2, w, widened, x, n, out); break;
+                    case 201: bf16_products_rows(2, 1, w, widened, x, n, out); break;
+                    case 108: bf16_products_rows(1, 8, w, widened, x, n, out); break;
+                    case 104: bf16_products_rows(1, 4, w, widened, x, n, out); break;
+                    case 102: bf16_products_rows(1, 2, w, widened, x, n, out); break;
+                    default: bf16_products_rows(1, 1, w, widened, x, n, out); break;
                 }
                 for (i64 j = 0; j < nr; j++)
                     for (i64 m = 0; m < mb; m++) {
@@ -211,6 +202,7 @@ static inline void bf16_products(const qmatrix *w, const uint16_t *xb, i64 M, i6
             }
         }
     }
+    free(wb);
 }
 #endif
 
