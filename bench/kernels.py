@@ -22,8 +22,14 @@
   bfloat16 products vs its 16-bit ones (``quantized_linear(..., bf16)``, ``csrc/products.h``), alternated.
 - long-prompt tile: a 512-row prompt times a dequantized tile of 455 x 576 weights (``quantized_linear_tiled``):
   oneDNN's product with a plain weight vs ``F.linear``.
+- bf16 kernel vs bf16 tiles (where the build multiplies bfloat16): every matrix of a SmolLM2-135M-shaped stack
+  (random int4 weights), 128-512 rows of x, ``quantized_linear_tiled`` in bfloat16 vs the kernel (where
+  ``BF16_KERNEL_ROWS`` hands over).
 - the fused decoding step on GPT-2's layout: a GPT-2-124M-shaped model (random weights) quantized to int4, greedy
   decoding at batch 1, tokens/s with the modules vs with ``glassformer::decode_step``.
+- a prompt riding in the decoding step (the server's ``DecodingStep.mixed``): the same model, one slot decoding beside
+  a 63-token prompt chunk after 896 positions — the chunk through the modules and then the decoding step (apart) vs
+  one mixed step (riding); 16-bit activations, and bfloat16 where the kernel multiplies them.
 
     python bench/kernels.py
 """
@@ -39,12 +45,15 @@ from glassformer import runtime
 from glassformer.backends.cpu import extension, onednn
 from glassformer.backends.cpu.onednn import MAX_PACKED_HALF_ROWS, min_packed_rows, reorder_half_precision
 from glassformer.backends.cpu.quantized import native_linear, probe_weight, torch_int4_layout, torch_linear
+from glassformer.backends.kernels import kernel_works
 from glassformer.generation import fused_step
+from glassformer.generation.step import choose_step
 from glassformer.masks import causal_mask
 from glassformer.models.gpt import GPT, GPTConfig
 from glassformer.nn.attention import scaled_dot_product_attention
 from glassformer.nn.dropout import dropout
 from glassformer.nn.linear import Linear, packed_weights
+from glassformer.nn.quantization import QuantizedWeight, quantized_linear_tiled
 from glassformer.training.losses import fused_label_smoothed_cross_entropy
 
 GPT2_SHAPES = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12 + [(50257, 768)]
@@ -115,6 +124,7 @@ def main() -> None:
                 row(f"GPT-2 linears, {str(dtype).removeprefix('torch.')}, {rows} row(s), decoding", plain, ours)
         quantized_rows()
     gpt2_fused_step()
+    gpt2_mixed_step()
 
 
 def quantized_rows() -> None:
@@ -142,10 +152,36 @@ def quantized_rows() -> None:
                 sixteen.append(best_ms(lambda: native_linear(x, codes, scales, offsets, 32)))  # noqa: B023
                 bf16.append(best_ms(lambda: native_linear(x, codes, scales, offsets, 32, bf16=True)))  # noqa: B023
             row(f"int4 150000x576, {rows} rows: 16-bit vs bf16 activations", min(sixteen), min(bf16))
+        bf16_kernel_or_tiles()
     x, tile = torch.randn(512, 576), torch.randn(455, 576)
     if onednn.packs(torch.float32):
         row("long-prompt tile 512 x 576 by 455 x 576 (oneDNN)", best_ms(lambda: F.linear(x, tile)),
             best_ms(lambda: onednn.packed_linear(x, tile, None)))  # fmt: skip
+
+
+def bf16_kernel_or_tiles() -> None:
+    """Where BF16_KERNEL_ROWS hands over: every matrix of a SmolLM2-135M-shaped stack (30 layers, random int4
+    weights, 66 MB: they stream from memory as in a prompt's pass), x of 128-512 rows, bfloat16 activations — the
+    tiles in bfloat16 (quantized_linear_tiled) vs the kernel, alternated."""
+    weights = []
+    for n, k in [(960, 576), (576, 576), (3072, 576), (576, 1536)] * 30:
+        weight = QuantizedWeight(n, k, "int4", 32)
+        weight.codes, weight.scales, weight.offsets, _ = probe_weight("int4", n, k, 32, seed=len(weights))
+        weights.append(weight)
+    for rows in (128, 256, 384, 512):
+        x = {k: torch.randn(rows, k) for k in (576, 1536)}
+
+        def tiled(x: dict = x) -> list:
+            return [quantized_linear_tiled(x[w.in_features].bfloat16(), w) for w in weights]
+
+        def kernel_products(x: dict = x) -> list:
+            return [native_linear(x[w.in_features], w.codes, w.scales, w.offsets, 32, bf16=True) for w in weights]
+
+        tiles, kernel = [], []
+        for _ in range(2):  # alternated: this machine's speed drifts between runs
+            tiles.append(best_ms(tiled, 1))
+            kernel.append(best_ms(kernel_products, 1))
+        row(f"SmolLM2 shapes, {rows} rows, bf16: tiles vs kernel", min(tiles), min(kernel))
 
 
 def gpt2_fused_step(new_tokens: int = 64) -> None:
@@ -168,6 +204,44 @@ def gpt2_fused_step(new_tokens: int = 64) -> None:
         fused_step.step = real
     print(f"{'GPT-2 124M shape, int4, batch 1: tok/s':<48} {modules:>10.1f} {fused:>12.1f} {fused / modules:>6.2f}x"
           "   (modules | fused decoding step)")  # fmt: skip
+
+
+def gpt2_mixed_step(chunk: int = 63, past: int = 896) -> None:
+    """A server's step with a prompt riding (``DecodingStep.mixed``): a GPT-2-124M-shaped int4 model, one slot
+    decoding beside a prompt whose next ``chunk`` tokens come after ``past`` positions — read in a pass of its own
+    through the modules and then the decoding step (the scheduler without riding), against one mixed step; with
+    16-bit activations, and bfloat16 ones where the kernel multiplies them."""
+    for activations in (None, "bf16") if kernel_works("quantized_native_bf16") else (None,):
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(dropout=0.0, attention_dropout=0.0)).eval().quantize("int4", activations=activations)
+        step, ids = choose_step(model), torch.randint(0, model.config.vocab_size, (past + chunk,)).tolist()
+        if step.kind != "fused":
+            print("mixed step: the fused decoding step does not run here")
+            return
+        with torch.inference_mode(), packed_weights(model):
+            cache = model.make_slot_cache(2, past + chunk + 1)
+            for slot, prompt in ((0, ids[:40]), (1, ids[:past])):
+                cache.reserve(slot, len(prompt) + chunk + 1)
+                model(torch.tensor([prompt]), cache=cache.view([slot]))
+            apart, riding = mixed_step_timings(model, step, cache, ids, past)
+        row(f"{chunk}-token chunk after {past}, {activations or '16-bit'}: apart vs riding", apart, riding)
+
+
+def mixed_step_timings(model: GPT, step, cache, ids: list[int], past: int) -> tuple[float, float]:
+    """ms of slot 1's tokens ``ids[past:]`` read through the modules and then slot 0's decoding step, and of both
+    as one mixed step; the slots' lengths put back before each run."""
+
+    def apart() -> None:
+        cache.lengths[:] = [40, past]
+        model(torch.tensor([ids[past:]]), cache=cache.view([1]), last_token_only=True)
+        view = cache.view([0])
+        step(torch.tensor([[5]]), view.attention_mask(1), view)
+
+    def riding() -> None:
+        cache.lengths[:] = [40, past]
+        step.mixed([(0, [5]), (1, ids[past:])], cache)
+
+    return best_ms(apart, 3), best_ms(riding, 3)
 
 
 if __name__ == "__main__":

@@ -60,11 +60,9 @@ ACTIVATIONS = ("int8", "bf16")  # what a quantized weight's products may take x 
 # both the AVX512-VNNI and the AVX2 kernels (SmolLM2 int4 prompts, 2-core EPYC): 64
 KERNEL_ROWS = 64
 # the same with bfloat16 activations (activations="bf16", where the kernel multiplies bfloat16): since the kernel
-# widens a chunk of weight rows once for all the rows of x (csrc/products.h), it is faster than the tiles in bfloat16
-# up to ~512 rows (SmolLM2 int4, every matrix of the model in turn, 2-core EPYC with AVX512-BF16: 256 rows 89-95
-# against 120-127 ms, 384 rows 132 against 163-168, 512 rows 183-192 against 193-202 — or the other way round
-# in another run)
-BF16_KERNEL_ROWS = 384
+# widens a chunk of weight rows once for all the rows of x (csrc/products.h) it is as fast as the tiles in bfloat16 up
+# to ~256 rows and slower past them (python bench/kernels.py, "SmolLM2 shapes ... bf16: tiles vs kernel")
+BF16_KERNEL_ROWS = 256
 # floats of weight dequantized at a time for many rows of activations (quantized_linear_tiled): 1 MiB in float32
 TILE_ELEMENTS = 1 << 18
 
