@@ -206,5 +206,5 @@ def test_glassformer_env_says_which_kernels_the_variable_switched_off():
     run = subprocess.run(command, capture_output=True, text=True, timeout=300,
                          env={**os.environ, kernels.KERNELS_ENV: "reference"})  # fmt: skip
     assert run.returncode == 0 and "GLASSFORMER_KERNELS=reference" in run.stdout.splitlines()[-1]
-    assert "quantized Llama- and GPT-2-style models in float32: off (GLASSFORMER_KERNELS=reference)" in run.stdout
+    assert "encoder-decoders (paper, T5) in float32: off (GLASSFORMER_KERNELS=reference)" in run.stdout
     assert "int4 reference (dequantize + F.linear)" in run.stdout

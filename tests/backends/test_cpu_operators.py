@@ -58,6 +58,56 @@ def test_the_decoding_step_passes_opcheck_and_equals_its_reference(gpt2):
     torch.testing.assert_close(arguments[3], theirs[3], atol=1e-3, rtol=0)
 
 
+@pytest.mark.parametrize("sources", [2, 1], ids=["a source a row", "two copies of one source"])
+@pytest.mark.parametrize("layout", ["paper", "t5"])
+def test_an_encoder_decoder_s_step_passes_opcheck_and_equals_its_reference(sources, layout):
+    """Every layer with a cross-attention over each row's source (the second source 3 real positions of 5; or both
+    rows copies of one source, as beam search's beams): the paper's layout (LayerNorm, biases, ReLU) — or T5's
+    (RMSNorm, no biases, a gated GELU, logit scale 1, a relative bias by distance in the self-attention)."""
+    t5 = layout == "t5"
+    arguments = decoder.probe_arguments(gpt2=not t5, cross=True)
+    memory = decoder.probe_memory(sources)
+    bias = torch.randn(4, 8, generator=torch.Generator().manual_seed(2)) if t5 else None  # (heads, distances)
+    operands = (False, True, True, "gelu_tanh") if t5 else (False, True, False, "relu")  # one_sequence, the layout
+    scale = 1.0 if t5 else 0.25
+    theirs = [*arguments[:3], arguments[3].clone(), arguments[4].clone()]
+    inputs = torch.randn(5, 2, 1, 64, generator=torch.Generator().manual_seed(0))
+    positions = torch.zeros(3, 2, dtype=torch.long)
+    torch.library.opcheck(
+        torch.ops.glassformer.decode_step.default,
+        (inputs[0], *arguments[:3], arguments[3].clone(), arguments[4].clone(), positions, 0, 4, 2, 1e-5, scale,
+         *operands, None, False, *memory.values(), bias),
+    )  # fmt: skip
+    for position, x in enumerate(inputs):
+        positions = torch.full((3, 2), position)
+        positions[1] = 0
+        ours = decoder.decode_step(x, *arguments, positions, 0, 4, 2, 1e-5, scale, *operands, position_bias=bias,
+                                   **memory)  # fmt: skip
+        expected = decoder.reference_step(x, *theirs, positions, 0, 4, 2, 1e-5, scale, *operands,
+                                          position_bias=bias, **memory)  # fmt: skip
+        assert (ours - expected).norm() <= 1e-3 * expected.norm(), position  # as the decoder-only step above
+    torch.testing.assert_close(arguments[3], theirs[3], atol=1e-3, rtol=0)
+
+
+def test_an_encoder_decoder_s_bad_memory_is_a_one_line_error():
+    arguments = decoder.probe_arguments(gpt2=True, cross=True)
+    x, positions = torch.randn(2, 1, 64), torch.zeros(3, 2, dtype=torch.long)
+    operands = (*arguments, positions, 0, 4, 2, 1e-5, 0.25, False, True, False, "relu")
+    memory = decoder.probe_memory()
+    with pytest.raises(RuntimeError, match="source 1 has 0 positions"):
+        decoder.decode_step(x, *operands, **{**memory, "memory_lengths": torch.tensor([5, 0])})
+    with pytest.raises(RuntimeError, match="2 sources × 2 copies for 2 rows"):
+        decoder.decode_step(x, *operands, **{**memory, "copies": 2})
+    with pytest.raises(RuntimeError, match="all three, or none"):
+        decoder.decode_step(x, *operands, memory_keys=memory["memory_keys"])
+    with pytest.raises(RuntimeError, match="keys, values: contiguous float32"):  # cross weights, no memory: 3 layers
+        decoder.decode_step(x, *operands)
+    with pytest.raises(RuntimeError, match="outside the cache or its position bias"):
+        far = torch.tensor([[3, 3], [0, 0], [3, 3]])  # keys 3 positions back, a bias for distances 0 and 1
+        decoder.decode_step(x, *arguments, far, 0, 4, 2, 1e-5, 0.25, False, True, False, "relu",
+                            position_bias=torch.zeros(4, 2), **memory)  # fmt: skip
+
+
 @pytest.mark.parametrize("kind,group", [("int8", 32), ("int8", 160), ("int4", 32), ("int4", 160)])
 def test_bf16_products_give_their_formula_from_four_rows_and_the_16_bit_products_below(kind, group):
     """bf16=True: 4 or more rows give F.linear of x and the weight in bfloat16 (where this build multiplies it; K = 160:

@@ -13,8 +13,10 @@ import torch
 
 from glassformer.backends.kernels import kernel_status, kernel_works
 from glassformer.generation import fused_step
+from glassformer.generation.seq2seq import SourceConditionedDecoder, translate_ids
 from glassformer.generation.step import choose_step
 from glassformer.models.gpt import GPT, GPTConfig
+from glassformer.models.transformer import Transformer, TransformerConfig
 from glassformer.tolerance import tolerance
 
 pytestmark = [
@@ -270,6 +272,7 @@ import torch
 from glassformer.backends.cpu import extension
 from glassformer.generation.step import choose_step
 from glassformer.models.gpt import GPT, GPTConfig
+from glassformer.models.transformer import Transformer, TransformerConfig
 from glassformer.nn.quantization import QuantizedWeight, quantized_linear, quantized_linear_reference
 
 assert extension.load(), extension.why_not
@@ -368,3 +371,87 @@ def test_the_step_is_chosen_once_and_forward_is_always_the_modules(monkeypatch, 
         with_weights = quantized(ids[:, 4:], cache=caches[1], output_attentions=True)
     assert fused_steps == []  # the same modules either way; with weights, attention takes its reference path
     torch.testing.assert_close(with_weights.logits, plain, **tolerance("fp32", depth=quantized.config.num_layers))
+
+
+def encoder_decoder(layout: str, seed: int = 0):
+    """A small encoder-decoder: the paper's layout, pre-norm (LayerNorm, biases, ReLU, sinusoidal positions), or
+    T5's (RMSNorm, no biases, a gated GELU over 2 key/value heads, a relative bias) — the biases, the norms' β and T5's
+    bias table drawn at random, so that each counts."""
+    torch.manual_seed(seed)
+    fields = dict(src_vocab_size=96, tgt_vocab_size=96, d_model=64, num_heads=4, d_ff=128, num_layers=2,
+                  max_seq_length=32, bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
+    if layout == "t5":
+        config = TransformerConfig.t5(**fields, activation="gelu_tanh", gated_ffn=True, num_kv_heads=2)
+    else:
+        config = TransformerConfig(**fields, dropout=0.0, norm_first=True)
+    model = Transformer(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "relative_bias" in name:
+                p.normal_(0, 0.5)
+    return model
+
+
+def decode_with_memory(model, src, copies, fused, steps=6):
+    """Scores of ``steps`` greedy steps ``(steps, rows, vocab)`` of ``copies`` rows a source from the start token,
+    through the fused step or the modules, and the cache after them."""
+    decoder = SourceConditionedDecoder(model, src, copies)
+    rows = src.size(0) * copies
+    cache, ids, scores = decoder.make_cache(rows, 16), torch.full((rows, 1), 1), []
+    for _ in range(steps):
+        if fused:
+            logits = fused_step.step(decoder, ids, cache, None)
+            assert logits is not None
+        else:
+            logits = decoder(ids, cache=cache, last_token_only=True)
+        scores.append(logits[:, -1])
+        ids = scores[-1].argmax(-1, keepdim=True)
+    return torch.stack(scores), cache
+
+
+@pytest.mark.parametrize("kind", ["int8", "int4"])
+@pytest.mark.parametrize("layout", ["paper", "t5"])
+@pytest.mark.parametrize("copies", [1, 2])
+def test_an_encoder_decoder_s_step_gives_the_modules_logits_and_cache(kind, layout, copies):
+    """Sources of their own lengths (right-padded), each serving ``copies`` rows (beam search's beams): every layer
+    attends to its row's source in the step, as the modules' cross-attention does."""
+    model = encoder_decoder(layout).quantize(kind)
+    src = torch.randint(4, 96, (3, 7))
+    src[1, 5:], src[2, 3:] = 0, 0
+    with torch.inference_mode():
+        fused, fused_cache = decode_with_memory(model, src, copies, True)
+        expected, cache = decode_with_memory(model, src, copies, False)
+    # as the decoder-only step: two 16-bit roundings at different places (measured up to 6e-5)
+    assert (fused - expected).abs().max() <= 2e-4 * expected.abs().max()
+    for ours, theirs in ((fused_cache.keys, cache.keys), (fused_cache.values, cache.values)):
+        assert (ours - theirs).abs().max() <= 2e-4 * theirs.abs().max()
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_translation_decodes_every_step_fused_and_as_the_modules_do(monkeypatch, fused_steps, num_beams):
+    """Greedy and beam search (the beams of one source share its keys and values, the cache reordered between
+    steps): the same tokens through the fused step as through the modules, and every step after the first fused."""
+    model = encoder_decoder("paper").quantize("int8")
+    src = torch.randint(4, 96, (2, 6))
+    src[1, 4:] = 0
+    with torch.inference_mode():
+        fused = translate_ids(model, src, num_beams=num_beams, max_len_b=8)
+        assert fused_steps and all(fused_steps)
+        modules_only(monkeypatch)
+        assert translate_ids(model, src, num_beams=num_beams, max_len_b=8) == fused
+
+
+@pytest.mark.parametrize("why", ["float weights", "a source with a hole", "training"])
+def test_the_modules_serve_the_encoder_decoders_the_fused_step_does_not_fit(why):
+    model = encoder_decoder("paper")
+    if why != "float weights":
+        model.quantize("int8")
+    src = torch.randint(4, 96, (2, 5))
+    mask = torch.tensor([[1, 1, 0, 1, 1], [1] * 5]) if why == "a source with a hole" else None
+    with torch.inference_mode():
+        decoder = SourceConditionedDecoder(model, src, 1, mask)
+        if why == "training":
+            model.train()
+        cache = decoder.make_cache(2, 8)
+        assert fused_step.step(decoder, torch.full((2, 1), 1), cache) is None
+    assert cache.length == 0

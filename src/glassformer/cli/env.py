@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> None:
     info["glassformer's CPU operators"] = extension.describe()
     info["quantized weights (decoding)"] = quantized.describe()
     status = kernel_status("quantized_decoder_step")
-    layouts = "quantized Llama- and GPT-2-style models in float32"
+    layouts = "quantized Llama- and GPT-2-style models and encoder-decoders (paper, T5) in float32"
     info["decoding step"] = f"the modules; fused CPU step for {layouts}: {status}"
     width = max(len(name) for name in info)
     for name, value in info.items():

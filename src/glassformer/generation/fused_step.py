@@ -1,16 +1,19 @@
 """The fused decoding step: a decoder's next-token logits through ``glassformer::decode_step``
 (``glassformer.backends.cpu.decoder``: every layer and the final norm in one operator), then the model's own head.
 
-It serves a model when everything fits: ``takes(model)`` — a stack of pre-norm ``DecoderLayer``s with self-attention
-only, in Llama's layout (RMSNorm, rotary positions, a SwiGLU feed-forward, no biases) or GPT-2's (LayerNorm, learned
-positions added to the embeddings, a GELU feed-forward, biases) — the norm, the gating and the activation the same in
-every layer —, every matrix quantized in a format the kernel takes, float32 norms and biases on the CPU, eval mode,
-and the operator works here (``glassformer env``: "decoding step"). Where every matrix asks for bfloat16 activations
+It serves a model when everything fits: ``takes(model)`` — a stack of pre-norm ``DecoderLayer``s in Llama's layout
+(RMSNorm, rotary positions, a SwiGLU feed-forward, no biases) or GPT-2's (LayerNorm, learned positions added to the
+embeddings, a GELU feed-forward, biases), or an encoder-decoder's decoder with its sources bound in
+(``glassformer.generation.seq2seq.SourceConditionedDecoder``: every layer's cross-attention over its row's source, as
+in the paper's layout with sinusoidal positions, or T5's with its relative bias) — the norm, the gating and the
+activation the same in every layer —, every matrix quantized in a format the kernel takes, float32 norms and biases on
+the CPU, eval mode, and the operator works here (``glassformer env``: "decoding step"). Where every matrix asks for bfloat16 activations
 (``activations="bf16"``) the operator's products take them so (4 or more rows, where it multiplies bfloat16), as the
 modules' products do.
 ``step(model, ids, cache, attention_mask)`` then serves one new token per row of a float32 ``KVCache`` (rows may be
-left-padded) or a server's ``SlotView`` (its blocks read in place through the view's table), and returns None — the
-modules serve that step — for anything else (a mask with a hole, a cache too short).
+left-padded; translation's beams, whose cache beam search reorders between steps) or a server's ``SlotView`` (its
+blocks read in place through the view's table), and returns None — the modules serve that step — for anything else (a
+mask with a hole, a cache too short, a source whose real tokens are not a prefix).
 ``block(model, ids, cache)`` runs n tokens of one sequence (speculative decoding's check) and ``mixed(model, cache,
 parts)`` any slots' next tokens — one for a request decoding, a chunk of a prompt being read — as the rows of one
 step (the server's chunked prefill inside the decoding step).
@@ -38,9 +41,10 @@ from glassformer.nn.validation import check_token_ids
 
 class _Weights:
     """The tensors of a stack in ``glassformer::decode_step``'s order, its dimensions, and the state of every tensor
-    when gathered (to see whether they changed since)."""
+    read (to see whether they changed since)."""
 
-    def __init__(self, layers: nn.ModuleList, final_norm: nn.Module, rotary: nn.Module | None):
+    def __init__(self, stack: nn.Module):
+        layers, final_norm, rotary = stack.layers, stack.final_norm, stack.rotary
         attention, eps = layers[0].self_attn, final_norm.eps
         self.heads, self.kv_heads, self.eps, self.scale = (
             attention.num_heads,
@@ -49,24 +53,41 @@ class _Weights:
             attention.scale,
         )
         self.layer_norm, self.gated, self.activation = isinstance(final_norm, LayerNorm), *_ffn(layers[0].ffn)
-        self.tensors, self.group_sizes, activations = [], [], set()
+        self.cross = layers[0].cross_attn is not None  # an encoder-decoder's decoder: a memory at every step
+        dims = (self.heads, self.kv_heads, attention.d_k, self.scale)
+        self.tensors, self.group_sizes, self.read, activations = [], [], [], set()
+
+        def matrix(linear: nn.Module, rows: int | None = None) -> None:  # its (codes, scales, offsets, bias)
+            weight, bias = _quantized(linear), _bias(linear)
+            activations.add(weight.activations)
+            parts = [weight.codes, weight.scales, weight.offsets, bias]
+            self.read += parts
+            self.tensors += parts if rows is None else [None if t is None else t[:rows] for t in parts]
+            self.group_sizes.append(weight.group_size)
+
+        def norm(module: nn.Module) -> None:  # its γ and β (None for an RMSNorm)
+            parts = _norm(module, eps, self.layer_norm)
+            self.tensors += parts
+            self.read += parts
+
         for layer in layers:
-            attn, ffn = layer.self_attn, layer.ffn
+            attn, ffn, cross = layer.self_attn, layer.ffn, layer.cross_attn
             fits = (
-                layer.cross_attn is None and layer.norm_first and _ffn(ffn) == (self.gated, self.activation)
-                and not attn.qk_norm
-                and (attn.num_heads, attn.num_kv_heads, attn.d_k, attn.scale)
-                == (self.heads, self.kv_heads, attention.d_k, self.scale)
+                (cross is not None) == self.cross and layer.norm_first and _ffn(ffn) == (self.gated, self.activation)
+                and all(not a.qk_norm and (a.num_heads, a.num_kv_heads, a.d_k, a.scale) == dims
+                        for a in (attn, cross) if a is not None)
             )  # fmt: skip
             if not fits:
                 raise ValueError("not a layer the step takes")
-            self.tensors += [*_norm(layer.norm1, eps, self.layer_norm), *_norm(layer.norm3, eps, self.layer_norm)]
+            norm(layer.norm1)
+            norm(layer.norm3)
             for linear in (attn.qkv_proj, attn.out_proj, ffn.fc1, ffn.fc2):
-                weight = _quantized(linear)
-                activations.add(weight.activations)
-                self.tensors += [weight.codes, weight.scales, weight.offsets, _bias(linear)]
-                self.group_sizes.append(weight.group_size)
-        self.tensors += _norm(final_norm, eps, self.layer_norm)
+                matrix(linear)
+            if self.cross:  # its norm, then W_Q (the first rows of [W_Q; W_K; W_V]) and W_O
+                norm(layer.norm2)
+                matrix(cross.qkv_proj, cross.inner)
+                matrix(cross.out_proj)
+        norm(final_norm)
         # the products take bfloat16 activations where every matrix asks for them (activations="bf16") and the
         # operator multiplies them here; else its 16-bit ones
         self.bf16 = activations == {"bf16"} and kernel_works("quantized_native_bf16")
@@ -76,6 +97,9 @@ class _Weights:
             raise ValueError("not rotary positions in float32")
         else:
             self.inv_freq = rotary.inv_freq
+        self.position_bias = _bias_by_distance(stack)
+        if self.position_bias is not None:
+            self.read.append(stack.relative_bias.embedding.weight)
         self.states = [tensor_state(t) for t in self._all()]
 
     def layout(self) -> tuple:
@@ -83,15 +107,27 @@ class _Weights:
         return self.layer_norm, self.gated, self.activation
 
     def _all(self) -> list[torch.Tensor]:
-        return [t for t in (*self.tensors, self.inv_freq) if t is not None]
+        return [t for t in (*self.read, self.inv_freq) if t is not None]
 
-    def is_current(self, layers: nn.ModuleList, final_norm: nn.Module, rotary: nn.Module | None) -> bool:
+    def is_current(self, stack: nn.Module) -> bool:
         try:
-            now = _Weights(layers, final_norm, rotary)
+            now = _Weights(stack)
         except (ValueError, AttributeError, TypeError):
             return False
-        same = all(a is b for a, b in zip(now._all(), self._all(), strict=True))
+        same = all(a is b for a, b in zip(now.read, self.read, strict=True))
         return same and now.states == self.states and now.bf16 == self.bf16
+
+
+def _bias_by_distance(stack: nn.Module) -> torch.Tensor | None:
+    """A stack's relative position bias (T5's, causal) as the operator takes it: ``B (heads, max_seq_length)``,
+    ``B[h, n]`` added to head h's logit of a key n positions before the query; None without one."""
+    relative = getattr(stack, "relative_bias", None)
+    if relative is None:
+        return None
+    if relative.bidirectional or relative.embedding.weight.dtype != torch.float32:
+        raise ValueError("not a causal relative bias in float32")
+    n = stack.max_seq_length  # the query at n − 1 and every key before it: distances n − 1 … 0
+    return relative(1, n, n - 1)[0, :, 0].flip(-1).contiguous()
 
 
 def _quantized(linear: nn.Module):
@@ -133,26 +169,61 @@ def _ffn(ffn: nn.Module) -> tuple[bool, str]:
 
 _gathered: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layers -> their _Weights, or False
 _of_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a cache's storage -> its steps' _Weights
+_memories: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a model with a memory -> the operator's, or False
+
+
+def _stack(model: nn.Module) -> nn.Module:
+    """The stack of decoder layers the step runs: a decoder-only model is its own; a model with a memory bound in
+    (``glassformer.generation.seq2seq.SourceConditionedDecoder``) names its ``decoder_stack``."""
+    return getattr(model, "decoder_stack", model)
+
+
+def _logits(model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's head on the step's hidden states: ``lm_head``, or an encoder-decoder's ``project``."""
+    return model.project(hidden) if hasattr(model, "decoder_stack") else model.lm_head(hidden)
 
 
 def _weights(model: nn.Module) -> _Weights | None:
-    layers, final_norm, rotary = model.layers, model.final_norm, model.rotary
-    kept = _gathered.get(layers)
-    if kept and kept.is_current(layers, final_norm, rotary):
+    stack = _stack(model)
+    kept = _gathered.get(stack.layers)
+    if kept and kept.is_current(stack):
         return kept
     try:
-        weights = _Weights(layers, final_norm, rotary)
+        weights = _Weights(stack)
     except (ValueError, AttributeError, TypeError):  # not this kind of decoder: the modules serve it
         weights = None
-    _gathered[layers] = weights or False
+    _gathered[stack.layers] = weights or False
     return weights
+
+
+def _memory(model: nn.Module) -> dict | None:
+    """The operator's memory arguments for a model with sources bound in (``SourceConditionedDecoder``): every
+    layer's cross-attention keys and values stacked, ``(layers, sources, kv_heads, src_len, d_k)``, each source's
+    count of real tokens and the rows per source (``copies``); ``{}`` for a decoder-only model; None where the memory
+    is not one the operator takes (a source whose real tokens are not a prefix, or none; keys not float32)."""
+    cross_kv = getattr(model, "cross_kv", None)
+    if cross_kv is None:
+        return {}
+    kept = _memories.get(model)
+    if kept is None:
+        mask = model.memory_mask  # (sources, 1, 1, src_len), True = a real token
+        keys, values = (torch.stack([kv[i] for kv in cross_kv]).contiguous() for i in (0, 1))
+        lengths = mask.flatten(1).sum(-1).cpu()
+        prefix = torch.arange(mask.size(-1)) < lengths[:, None]
+        fits = keys.dtype == torch.float32 and keys.device.type == "cpu" and int(lengths.min()) >= 1
+        kept = False
+        if fits and torch.equal(mask.flatten(1).cpu(), prefix):
+            kept = {"memory_keys": keys, "memory_values": values, "memory_lengths": lengths, "copies": model.copies}
+        _memories[model] = kept
+    return kept or None
 
 
 def takes(model: nn.Module) -> bool:
     """Whether ``step`` serves ``model`` at all: the operator works here and the model is its kind (positions
-    rotary, or added to the embeddings)."""
-    added = getattr(model, "positions", None) is not None and getattr(model, "relative_bias", None) is None
-    if not (getattr(model, "rotary", None) is not None or added) or model.training:
+    rotary, added to the embeddings, or T5's relative bias)."""
+    stack = _stack(model)
+    positions = [getattr(stack, name, None) for name in ("rotary", "positions", "relative_bias")]
+    if all(p is None for p in positions) or stack.training:
         return False
     return kernel_works("quantized_decoder_step") and _weights(model) is not None
 
@@ -205,7 +276,7 @@ def block(model: nn.Module, ids: torch.Tensor, cache: KVCache | SlotView):
     what the cache holds (causal within the block: the operator's ``one_sequence`` rows) — a one-row ``KVCache``, or
     one slot of a server's ``SlotCache`` — the cache advanced by n; or None where the fused step does not take them.
     Speculative decoding checks its drafts with it."""
-    if ids.dim() != 2 or ids.size(0) != 1 or torch.is_grad_enabled():
+    if ids.dim() != 2 or ids.size(0) != 1 or torch.is_grad_enabled() or _memory(model) != {}:
         return None
     if isinstance(cache, KVCache) and cache.keys.size(1) == 1:
         storage, table = cache, None
@@ -231,9 +302,10 @@ def block(model: nn.Module, ids: torch.Tensor, cache: KVCache | SlotView):
     hidden = decoder.decode_step(
         x.view(n, 1, -1), weights.tensors, weights.group_sizes, weights.inv_freq, keys, storage.values, positions,
         0, weights.heads, weights.kv_heads, weights.eps, weights.scale, True, *weights.layout(), table, weights.bf16,
+        position_bias=weights.position_bias,
     )  # fmt: skip
     cache.advance(n)
-    return model.lm_head(hidden)[:, 0]
+    return _logits(model, hidden)[:, 0]
 
 
 def mixed(model: nn.Module, cache: SlotCache, parts: list[tuple[int, list[int]]]) -> torch.Tensor | None:
@@ -243,7 +315,7 @@ def mixed(model: nn.Module, cache: SlotCache, parts: list[tuple[int, list[int]]]
     attends, and a row attends to its slot's positions up to its own: causal within a chunk), each slot advanced by
     its tokens; or None where the fused step does not take them, and nothing is changed. The slots' blocks must be
     reserved (a ValueError otherwise), each slot at most once."""
-    if torch.is_grad_enabled() or not parts or len({slot for slot, _ in parts}) < len(parts):
+    if torch.is_grad_enabled() or not parts or len({slot for slot, _ in parts}) < len(parts) or _memory(model) != {}:
         return None
     keys = cache.keys
     if keys.dtype != torch.float32 or keys.device.type != "cpu" or not keys.is_contiguous():
@@ -273,19 +345,21 @@ def mixed(model: nn.Module, cache: SlotCache, parts: list[tuple[int, list[int]]]
     hidden = decoder.decode_step(
         x, weights.tensors, weights.group_sizes, weights.inv_freq, keys, cache.values, positions, 0, weights.heads,
         weights.kv_heads, weights.eps, weights.scale, False, *weights.layout(), table, weights.bf16,
+        position_bias=weights.position_bias,
     )  # fmt: skip
     for slot, chunk in parts:
         cache.lengths[slot] += len(chunk)
     last = torch.tensor([len(chunk) for _, chunk in parts]).cumsum(0) - 1
-    return model.lm_head(hidden[last])[:, 0]
+    return _logits(model, hidden[last])[:, 0]
 
 
 def _embed(model: nn.Module, ids: torch.Tensor, weights: _Weights, position_ids: torch.Tensor) -> torch.Tensor:
     """The new tokens' embeddings: with rotary positions the token embeddings alone (the step rotates), else with
     the positions ``position_ids`` ``(rows, tokens)`` added as the model adds them."""
+    stack = _stack(model)
     if weights.inv_freq.numel():
-        return model.embedding(ids)
-    return model.embed(ids, position_ids=position_ids.to(ids.device))
+        return stack.embedding(ids)
+    return stack.embed(ids, position_ids=position_ids.to(ids.device))
 
 
 def step(model: nn.Module, ids: torch.Tensor, cache, attention_mask: torch.Tensor | None = None):
@@ -300,8 +374,8 @@ def step(model: nn.Module, ids: torch.Tensor, cache, attention_mask: torch.Tenso
     weights = _weights_for(model, storage)
     if weights is None:  # a model the step does not take: known after one look, nothing more per step
         return None
-    rows = _rows(cache, ids.size(0), attention_mask)
-    if rows is None:
+    memory, rows = _memory(model), _rows(cache, ids.size(0), attention_mask)
+    if rows is None or memory is None:
         return None
     positions, storage, start, table = rows
     x = _embed(model, ids, weights, positions[2][:, None])
@@ -310,6 +384,7 @@ def step(model: nn.Module, ids: torch.Tensor, cache, attention_mask: torch.Tenso
     hidden = decoder.decode_step(
         x, weights.tensors, weights.group_sizes, weights.inv_freq, storage.keys, storage.values, positions, start,
         weights.heads, weights.kv_heads, weights.eps, weights.scale, False, *weights.layout(), table, weights.bf16,
+        position_bias=weights.position_bias, **memory,
     )  # fmt: skip
     cache.advance(1)
-    return model.lm_head(hidden)
+    return _logits(model, hidden)

@@ -60,6 +60,16 @@ class SourceConditionedDecoder(nn.Module):
     def make_cache(self, batch: int, max_length: int) -> KVCache:
         return self.model.make_cache(batch, max_length)
 
+    @property
+    def decoder_stack(self) -> nn.Module:
+        """The model's decoder: the layers a fused decoding step runs (``glassformer.generation.fused_step``), with
+        this object's ``cross_kv``, ``memory_mask`` and ``copies`` as their memory."""
+        return self.model.decoder
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of the decoder's final hidden states (``Transformer.project``)."""
+        return self.model.project(hidden)
+
     def forward(
         self,
         input_ids: torch.Tensor,

@@ -3,8 +3,9 @@ so far. Chosen once per model, before decoding, and never by ``model.forward``, 
 
     modules   ``model(ids, attention_mask=..., cache=..., last_token_only=True)`` — every model; the reference
     fused     ``fused_step.step(model, ids, cache, attention_mask)`` — every layer in one torch operator
-              (``glassformer.backends.cpu.decoder``): a quantized Llama-style GPT, on the CPU, in float32, where the
-              operator works here (``glassformer env``: "decoding step")
+              (``glassformer.backends.cpu.decoder``): a quantized Llama- or GPT-2-style GPT, or an encoder-decoder's
+              decoder (translation), on the CPU, in float32, where the operator works here (``glassformer env``:
+              "decoding step")
 
 The server's scheduler also runs *mixed* steps (``DecodingStep.mixed``): its running requests' next tokens and
 chunks of the prompts it is reading, each a slot of its ``SlotCache`` — fused, every token a row of one operator

@@ -134,12 +134,14 @@ static void weighted_rows(const qrows *rows, i64 l, i64 r, i64 g, i64 first, i64
 
 /* For the R rows i of a tile (consecutive positions of one sequence: row i's query q + i · q_stride attends to
    positions first..last + i of row r's key/value head g in layer l): out_i (head_dim, at out + i · out_stride) =
-   softmax(s · q_i K^T) V. scores + i · score_stride: room for last + R - first floats each. The positions are
+   softmax(s · q_i K^T + b) V, b[p] = bias[last + i − p] (a bias by distance, T5's) where bias is given, else 0.
+   scores + i · score_stride: room for last + R - first floats each. The positions are
    walked block by block (contiguous within a block); each key and value is read once for the tile. head_dim a
    multiple of 16: each q·k in vectors of 16, 16 keys at a time, and V in columns of 16 with the sums in registers;
    otherwise the plain loops (R = 1 only). A row's result is the same, bit for bit, whatever tile it is in. */
 static void attend(const float *q, i64 q_stride, i64 R, const qrows *rows, i64 l, i64 r, i64 g, i64 first, i64 last,
-                   i64 head_dim, float scale, float *scores, i64 score_stride, float *out, i64 out_stride) {
+                   i64 head_dim, float scale, const float *bias, float *scores, i64 score_stride, float *out,
+                   i64 out_stride) {
     const bool wide = head_dim % 16 == 0;
     const i64 end = last + R - 1; /* the tile's last position */
     float *keys, *values, inverse[TILE_ROWS];
@@ -170,6 +172,8 @@ static void attend(const float *q, i64 q_stride, i64 R, const qrows *rows, i64 l
     for (i64 i = 0; i < R; i++) {  /* each row's softmax over its own positions; zero weight past them */
         float *s = scores + i * score_stride, top = -INFINITY, total = 0.0f;
         const i64 length = last + i - first + 1;
+        if (bias)
+            for (i64 j = 0; j < length; j++) s[j] += bias[length - 1 - j];
         for (i64 j = 0; j < length; j++) top = s[j] > top ? s[j] : top;
         for (i64 j = 0; j < length; j++) s[j] = exp_approx(s[j] - top);
         for (i64 j = 0; j < length; j++) total += s[j];

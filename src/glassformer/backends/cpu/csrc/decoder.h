@@ -7,11 +7,17 @@
                          q, k = RoPE(q, p), RoPE(k, p)              rotary positions only (GPT-2's are learned:
                                                                     added to the embeddings by the caller)
                          cache[p] = k, v
-                         o_h = softmax(s · q_h K_g^T) V_g           head h reads key/value head g = h / (H / KV)
+                         o_h = softmax(s · q_h K_g^T + B_h) V_g     head h reads key/value head g = h / (H / KV);
+                                                                    B_h[p − j]: a bias by distance (T5's), or 0
                          x = x + o W_O^T (+ b)
+                         with a memory (an encoder-decoder's decoder: cross-attention over its source's keys and values)
+                           h = Norm_c(x);  q = h W_Qc^T (+ b)
+                           o_h = softmax(s · q_h M_K,g^T) M_V,g     the source's real positions only
+                           x = x + o W_Oc^T (+ b)
                          h = Norm_2(x)
                          x = x + (act(h W_gate^T) ⊙ h W_up^T) W_2^T          gated (SwiGLU: act = SiLU), or
-                         x = x + act(h W_1^T + b_1) W_2^T + b_2              GPT-2's (act = GELU, tanh form)
+                         x = x + act(h W_1^T + b_1) W_2^T + b_2              GPT-2's (act = GELU, tanh form), the
+                                                                             paper's (ReLU)
        x = Norm_final(x)
 
    Each row of the batch is a sequence of its own (qrows says where it reads and writes in the cache). The threads
@@ -31,9 +37,21 @@ typedef struct {
     const float *norm1_bias, *norm2_bias;   /* β of LayerNorms, else null */
     qmatrix qkv, out, fc1, fc2;             /* [W_Q; W_K; W_V], W_O, W_1 ([W_gate; W_up] when gated), W_2 */
     const float *qkv_bias, *out_bias, *fc1_bias, *fc2_bias; /* or null */
+    const float *norm_cross, *norm_cross_bias; /* with a memory: γ (and β) of the cross-attention's norm */
+    qmatrix cross_q, cross_out;                /* W_Qc (the cross-attention's query rows) and W_Oc */
+    const float *cross_q_bias, *cross_out_bias;
 } qlayer;
 
-enum { SILU = 0, GELU_TANH = 1, GELU = 2 };
+enum { SILU = 0, GELU_TANH = 1, GELU = 2, RELU = 3, RELU2 = 4 };
+
+/* An encoder-decoder's memory: each layer's cross-attention keys and values of the encoded sources (`at`: contiguous
+   rows, one a source, block = the longest source); source s has real positions 0 .. lengths[s] − 1 and serves the
+   `copies` consecutive rows s · copies … (beam search's beams) */
+typedef struct {
+    qrows at;
+    const i64 *lengths;
+    i64 copies, longest;
+} qmemory;
 
 typedef struct {
     i64 num_layers, d_model, num_heads, kv_heads, head_dim, d_ff;
@@ -42,6 +60,8 @@ typedef struct {
     const qlayer *layers;
     const float *final_norm, *final_norm_bias; /* γ (and β) of the final norm */
     const float *inv_freq; /* θ_i, (head_dim / 2), with rotary positions */
+    const float *position_bias; /* B (num_heads, bias_width): the self-attention's bias by distance, or null */
+    i64 bias_width;
 } qdecoder;
 
 /* RMSNorm(x) = γ ⊙ x / sqrt(mean(x²) + ε), or LayerNorm(x) = γ ⊙ (x − mean) / sqrt(mean((x − mean)²) + ε) + β */
@@ -74,9 +94,11 @@ static void rope(float *x, i64 heads, i64 head_dim, const float *cos_, const flo
 }
 
 /* the feed-forward's activation: SiLU(a) = a / (1 + e^-a); GELU's tanh form ½ a (1 + tanh(√(2/π) (a + 0.044715 a³)))
-   with tanh(z) = 1 − 2 / (e^2z + 1); GELU = ½ a (1 + erf(a / √2)) */
+   with tanh(z) = 1 − 2 / (e^2z + 1); GELU = ½ a (1 + erf(a / √2)); ReLU = max(0, a); ReLU² = max(0, a)² */
 static inline float activate(int activation, float a) {
     if (activation == SILU) return a / (1.0f + exp_approx(-a));
+    if (activation == RELU) return a > 0.0f ? a : 0.0f;
+    if (activation == RELU2) return a > 0.0f ? a * a : 0.0f;
     if (activation == GELU_TANH) {
         const float z = 0.7978845608028654f * (a + 0.044715f * a * a * a);
         return 0.5f * a * (2.0f - 2.0f / (exp_approx(2.0f * z) + 1.0f));
@@ -93,16 +115,40 @@ static inline void activated(const qdecoder *model, const float *a, i64 k0, i64 
         for (i64 k = k0; k < k1; k++) out[k] = a[k] / (1.0f + exp_approx(-a[k])) * b[k];
     else if (f == SILU)
         for (i64 k = k0; k < k1; k++) out[k] = a[k] / (1.0f + exp_approx(-a[k]));
+    else if (f == RELU && !model->gated)
+        for (i64 k = k0; k < k1; k++) out[k] = a[k] > 0.0f ? a[k] : 0.0f;
     else if (model->gated)
         for (i64 k = k0; k < k1; k++) out[k] = activate(f, a[k]) * b[k];
     else
         for (i64 k = k0; k < k1; k++) out[k] = activate(f, a[k]);
 }
 
+/* Inside the step's parallel region, thread t of T: out (B, N) = in W^T + b, or out += it (add) — each row of `in`
+   (width K) normed first into h where γ is given, then its activations prepared (a row per thread), then this
+   thread's share of W's N rows; all threads wait at the end. */
+static inline void layer_product(const qdecoder *model, const float *in, const float *gamma, const float *beta,
+                                 float *h, const qmatrix *w, xrows &space, i64 B, const float *bias, float *out,
+                                 int add, i64 t, i64 T) {
+    const i64 K = w->K;
+#pragma omp for schedule(static)
+    for (i64 r = 0; r < B; r++) {
+        const float *row = in + r * K;
+        if (gamma) {
+            norm(model, row, gamma, beta, h + r * K);
+            row = h + r * K;
+        }
+        prepare_row(row, r, K, w->G, space);
+    }
+    products(w, space, B, w->N * t / T, w->N * (t + 1) / T, bias, out, w->N, add);
+#pragma omp barrier
+}
+
 /* x (B, d_model): in, the new tokens' embeddings; out, the final norm of their hidden states. The new positions are
-   written into the cache; bf16: the products take the activations in bfloat16 (products.h). Returns 0, or 1 where
-   memory could not be had. */
-static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows, int threads, bool bf16) {
+   written into the cache; memory: the sources of an encoder-decoder (its layers have cross-attention), else null;
+   bf16: the products take the activations in bfloat16 (products.h). Returns 0, or 1 where memory could not be had or
+   a row lies outside the cache. */
+static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows, const qmemory *memory, int threads,
+                       bool bf16) {
     const i64 d = model->d_model, H = model->num_heads, KV = model->kv_heads, hd = model->head_dim;
     const i64 ff = model->d_ff, S = rows->table ? rows->table_width * rows->block : rows->block;
     const i64 width = (H + 2 * KV) * hd;
@@ -112,6 +158,7 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
         const i64 n = rows->write_at[r] - rows->first[r] + 1;
         span = n > span ? n : span;
     }
+    span = memory && memory->longest > span ? memory->longest : span;
     float *h = (float *)malloc(sizeof(float) * B * d), *qkv = (float *)malloc(sizeof(float) * B * width);
     const i64 width1 = model->gated ? 2 * ff : ff; /* W_1's outputs */
     float *o = (float *)malloc(sizeof(float) * B * H * hd), *gate_up = (float *)malloc(sizeof(float) * B * width1);
@@ -127,6 +174,7 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
             rotation[r * 2 * hd + hd + i] = sinf(angle);
         }
         failed |= rows->write_at[r] >= S || rows->first[r] > rows->write_at[r];
+        failed |= model->position_bias && rows->write_at[r] - rows->first[r] >= model->bias_width;
     }
     const i64 chunks = (ff + 255) / 256; /* the activation shared out among threads in chunks of 256 */
     std::vector<i64> tile; /* the first row of each tile of rows that attend together, then B */
@@ -141,14 +189,8 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
         /* each matrix: its input's rows quantized (a row per thread), then its output rows shared out */
         for (i64 l = 0; l < model->num_layers && !failed; l++) {
             const qlayer *layer = model->layers + l;
-            const qmatrix *w = &layer->qkv;
-#pragma omp for schedule(static)
-            for (i64 r = 0; r < B; r++) {
-                norm(model, x + r * d, layer->norm1, layer->norm1_bias, h + r * d);
-                prepare_row(h + r * d, r, d, w->G, space);
-            }
-            products(w, space, B, w->N * t / T, w->N * (t + 1) / T, layer->qkv_bias, qkv, w->N, 0);
-#pragma omp barrier
+            layer_product(model, x, layer->norm1, layer->norm1_bias, h, &layer->qkv, space, B, layer->qkv_bias, qkv, 0,
+                          t, T);
 #pragma omp for schedule(static)
             for (i64 r = 0; r < B; r++) {
                 float *row = qkv + r * width;
@@ -165,32 +207,32 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
 #pragma omp for schedule(static)
             for (i64 task = 0; task < tiles * H; task++) {  /* (tile, head) pairs */
                 const i64 r = tile[task / H], R = tile[task / H + 1] - r, head = task % H, g = head / (H / KV);
+                const float *bias = model->position_bias ? model->position_bias + head * model->bias_width : nullptr;
                 attend(qkv + r * width + head * hd, width, R, rows, l, r, g, rows->first[r], rows->write_at[r], hd,
-                       model->scale, scores + (r * H + head) * span, H * span, o + (r * H + head) * hd, H * hd);
+                       model->scale, bias, scores + (r * H + head) * span, H * span, o + (r * H + head) * hd, H * hd);
             }
-            w = &layer->out;
+            layer_product(model, o, nullptr, nullptr, h, &layer->out, space, B, layer->out_bias, x, 1, t, T);
+            if (memory) { /* cross-attention: each row's query over its source's keys and values */
+                layer_product(model, x, layer->norm_cross, layer->norm_cross_bias, h, &layer->cross_q, space, B,
+                              layer->cross_q_bias, qkv, 0, t, T);
 #pragma omp for schedule(static)
-            for (i64 r = 0; r < B; r++) prepare_row(o + r * H * hd, r, H * hd, w->G, space);
-            products(w, space, B, w->N * t / T, w->N * (t + 1) / T, layer->out_bias, x, w->N, 1);
-#pragma omp barrier
-            w = &layer->fc1;
-#pragma omp for schedule(static)
-            for (i64 r = 0; r < B; r++) {
-                norm(model, x + r * d, layer->norm2, layer->norm2_bias, h + r * d);
-                prepare_row(h + r * d, r, d, w->G, space);
+                for (i64 task = 0; task < B * H; task++) {  /* (row, head) pairs */
+                    const i64 r = task / H, head = task % H, source = r / memory->copies;
+                    attend(qkv + r * H * hd + head * hd, H * hd, 1, &memory->at, l, source, head / (H / KV), 0,
+                           memory->lengths[source] - 1, hd, model->scale, nullptr, scores + task * span, span,
+                           o + task * hd, H * hd);
+                }
+                layer_product(model, o, nullptr, nullptr, h, &layer->cross_out, space, B, layer->cross_out_bias, x, 1,
+                              t, T);
             }
-            products(w, space, B, w->N * t / T, w->N * (t + 1) / T, layer->fc1_bias, gate_up, w->N, 0);
-#pragma omp barrier
+            layer_product(model, x, layer->norm2, layer->norm2_bias, h, &layer->fc1, space, B, layer->fc1_bias, gate_up,
+                          0, t, T);
 #pragma omp for schedule(static)
             for (i64 c = 0; c < B * chunks; c++) {  /* act(a) ⊙ b (gated), or act(a) */
                 const i64 r = c / chunks, k0 = (c % chunks) * 256, k1 = k0 + 256 < ff ? k0 + 256 : ff;
                 activated(model, gate_up + r * width1, k0, k1, act + r * ff);
             }
-            w = &layer->fc2;
-#pragma omp for schedule(static)
-            for (i64 r = 0; r < B; r++) prepare_row(act + r * ff, r, ff, w->G, space);
-            products(w, space, B, w->N * t / T, w->N * (t + 1) / T, layer->fc2_bias, x, w->N, 1);
-#pragma omp barrier
+            layer_product(model, act, nullptr, nullptr, h, &layer->fc2, space, B, layer->fc2_bias, x, 1, t, T);
         }
 #pragma omp single
         if (!failed)

@@ -4,7 +4,8 @@
        glassformer::quantized_linear(x, codes, scales, offsets?, bias?, group_size, bf16)
                                                                       y = x W^T + b   (quantized.h, products.h)
        glassformer::decode_step(x, weights, group_sizes, inv_freq, keys!, values!, positions, first_row, num_heads,
-                                kv_heads, eps, scale, one_sequence, layer_norm, gated, activation, block_table?, bf16)
+                                kv_heads, eps, scale, one_sequence, layer_norm, gated, activation, block_table?, bf16,
+                                memory_keys?, memory_values?, memory_lengths?, copies, position_bias?)
                                                                                        every layer of a step (decoder.h)
        glassformer::dequantize(codes, scales, offsets?, group_size)                     W in float32 (quantized.h)
        glassformer::simd()                 "AVX512-VNNI", "AVX2", "NEON-dotprod", "NEON" or "C": the path built
@@ -110,25 +111,65 @@ const float *optional_vector(const std::optional<at::Tensor> &t, int64_t n, cons
     return t ? float_vector(t, n, what) : nullptr;
 }
 
-/* γ_1, β_1?, γ_2, β_2?, then (codes, scales, offsets?, bias?) of W_QKV, W_O, W_1, W_2; the final norm's γ, β? */
-constexpr int64_t PER_LAYER = 20;
+/* γ_1, β_1?, γ_2, β_2?, then (codes, scales, offsets?, bias?) of W_QKV, W_O, W_1, W_2; with a memory also γ_c, β_c?
+   and (codes, scales, offsets?, bias?) of W_Qc, W_Oc; then the final norm's γ, β? */
+constexpr int64_t PER_LAYER = 20, PER_LAYER_CROSS = 30;
 
 int activation_code(const std::string &name) {
-    TORCH_CHECK(name == "silu" || name == "gelu_tanh" || name == "gelu", "activation: silu, gelu_tanh or gelu, not ",
-                name);
-    return name == "silu" ? SILU : name == "gelu_tanh" ? GELU_TANH : GELU;
+    const char *names[] = {"silu", "gelu_tanh", "gelu", "relu", "relu2"}; /* SILU … RELU2 */
+    for (int i = 0; i < 5; i++)
+        if (name == names[i]) return i;
+    TORCH_CHECK(false, "activation: silu, gelu_tanh, gelu, relu or relu2, not ", name);
+}
+
+/* the quantized matrix at weights[at …]: (codes, scales, offsets?, bias?), and its bias (or null) */
+qmatrix layer_matrix(const c10::List<std::optional<at::Tensor>> &weights, int64_t at, int64_t group,
+                     const float **bias) {
+    const std::optional<at::Tensor> codes = weights.get(at), s = weights.get(at + 1);
+    TORCH_CHECK(codes && s, "weights: codes and scales of every matrix");
+    const qmatrix m = matrix(*codes, *s, weights.get(at + 2), group);
+    *bias = optional_vector(weights.get(at + 3), m.N, "a matrix's bias");
+    return m;
+}
+
+/* an encoder-decoder's memory (decoder.h's qmemory) over its tensors: keys and values (layers, sources, kv_heads,
+   longest, head_dim) float32, lengths (sources) int64 in 1 … longest, each source serving `copies` of the B rows */
+qmemory memory_of(const at::Tensor &keys, const at::Tensor &values, const at::Tensor &lengths, int64_t copies,
+                  int64_t L, int64_t kv_heads, int64_t hd, int64_t B) {
+    TORCH_CHECK(keys.sizes() == values.sizes() && keys.dim() == 5 && keys.size(0) == L && keys.size(2) == kv_heads &&
+                    keys.size(4) == hd && keys.is_contiguous() && values.is_contiguous() &&
+                    keys.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat && keys.device().is_cpu(),
+                "memory_keys, memory_values: contiguous float32 (layers, sources, kv_heads, source length, head_dim)");
+    const int64_t S = keys.size(1), longest = keys.size(3);
+    TORCH_CHECK(copies >= 1 && S * copies == B, "memory: ", S, " sources × ", copies, " copies for ", B, " rows");
+    TORCH_CHECK(lengths.scalar_type() == at::kLong && lengths.is_contiguous() && lengths.dim() == 1 &&
+                    lengths.size(0) == S, "memory_lengths: contiguous int64 (sources)");
+    const int64_t *n = lengths.data_ptr<int64_t>();
+    for (int64_t s = 0; s < S; s++)
+        TORCH_CHECK(n[s] >= 1 && n[s] <= longest, "memory_lengths: source ", s, " has ", n[s], " positions");
+    const qrows where = {nullptr, nullptr, nullptr, keys.data_ptr<float>(), values.data_ptr<float>(), keys.stride(1),
+                      keys.stride(0), longest, nullptr, 0, 0, 0};
+    return {where, n, copies, longest};
 }
 
 at::Tensor decode_step_op(const at::Tensor &x, const c10::List<std::optional<at::Tensor>> &weights,
                        at::IntArrayRef group_sizes, const at::Tensor &inv_freq, at::Tensor &keys, at::Tensor &values,
                        const at::Tensor &positions, int64_t first_row, int64_t num_heads, int64_t kv_heads,
                        double eps, double scale, bool one_sequence, bool layer_norm, bool gated,
-                       c10::string_view activation, const std::optional<at::Tensor> &block_table, bool bf16) {
+                       c10::string_view activation, const std::optional<at::Tensor> &block_table, bool bf16,
+                       const std::optional<at::Tensor> &memory_keys, const std::optional<at::Tensor> &memory_values,
+                       const std::optional<at::Tensor> &memory_lengths, int64_t copies,
+                       const std::optional<at::Tensor> &position_bias) {
     TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu() && x.dim() == 3 && x.size(1) == 1,
                 "x: float32 (batch, 1, d_model) on the CPU");
-    const int64_t B = x.size(0), d = x.size(2), L = (int64_t)(weights.size() - 2) / PER_LAYER;
-    TORCH_CHECK(L >= 1 && (int64_t)weights.size() == L * PER_LAYER + 2, "weights: 20 per layer and the final norm's 2");
-    TORCH_CHECK((int64_t)group_sizes.size() == 4 * L, "group_sizes: 4 per layer");
+    const bool cross = memory_keys.has_value();
+    TORCH_CHECK(cross == memory_values.has_value() && cross == memory_lengths.has_value(),
+                "memory_keys, memory_values and memory_lengths: all three, or none");
+    const int64_t per_layer = cross ? PER_LAYER_CROSS : PER_LAYER, matrices = cross ? 6 : 4;
+    const int64_t B = x.size(0), d = x.size(2), L = (int64_t)(weights.size() - 2) / per_layer;
+    TORCH_CHECK(L >= 1 && (int64_t)weights.size() == L * per_layer + 2, "weights: ", per_layer,
+                " per layer and the final norm's 2");
+    TORCH_CHECK((int64_t)group_sizes.size() == matrices * L, "group_sizes: ", matrices, " per layer");
     TORCH_CHECK(keys.sizes() == values.sizes() && keys.dim() == 5 && keys.size(0) == L && keys.is_contiguous() &&
                     values.is_contiguous() && keys.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat,
                 "keys, values: contiguous float32 (layers, rows, kv_heads, max_length, head_dim), or with a "
@@ -153,28 +194,39 @@ at::Tensor decode_step_op(const at::Tensor &x, const c10::List<std::optional<at:
     const bool rotary = inv_freq.numel() > 0; /* an empty inv_freq: positions were added to the embeddings */
     std::vector<qlayer> layers(L);
     for (int64_t l = 0; l < L; l++) {
-        const int64_t at = l * PER_LAYER;
-        qmatrix m[4];
-        const float *bias[4];
-        for (int i = 0; i < 4; i++) {
-            const std::optional<at::Tensor> codes = weights.get(at + 4 + 4 * i), s = weights.get(at + 5 + 4 * i);
-            TORCH_CHECK(codes && s, "weights: codes and scales of every matrix");
-            m[i] = matrix(*codes, *s, weights.get(at + 6 + 4 * i), group_sizes[4 * l + i]);
-            bias[i] = optional_vector(weights.get(at + 7 + 4 * i), m[i].N, "a matrix's bias");
-        }
+        const int64_t at = l * per_layer;
+        qmatrix m[6] = {};
+        const float *bias[6] = {};
+        for (int i = 0; i < 4; i++) m[i] = layer_matrix(weights, at + 4 + 4 * i, group_sizes[matrices * l + i], &bias[i]);
+        for (int i = 4; i < matrices; i++)
+            m[i] = layer_matrix(weights, at + 22 + 4 * (i - 4), group_sizes[matrices * l + i], &bias[i]);
         layers[l] = {float_vector(weights.get(at), d, "norm1"), float_vector(weights.get(at + 2), d, "norm2"),
                      optional_vector(weights.get(at + 1), d, "norm1's bias"),
                      optional_vector(weights.get(at + 3), d, "norm2's bias"), m[0], m[1], m[2], m[3],
-                     bias[0], bias[1], bias[2], bias[3]};
+                     bias[0], bias[1], bias[2], bias[3],
+                     cross ? float_vector(weights.get(at + 20), d, "the cross-attention's norm") : nullptr,
+                     cross ? optional_vector(weights.get(at + 21), d, "the cross-attention's norm's bias") : nullptr,
+                     m[4], m[5], bias[4], bias[5]};
         TORCH_CHECK(m[0].K == d && m[0].N == (num_heads + 2 * kv_heads) * hd && m[1].K == num_heads * hd &&
                         m[1].N == d && m[2].K == d && m[2].N == (gated ? 2 : 1) * m[3].K && m[3].N == d,
                     "layer ", l, "'s matrices do not fit d_model = ", d, ", the heads and the feed-forward");
+        TORCH_CHECK(!cross || (m[4].K == d && m[4].N == num_heads * hd && m[5].K == num_heads * hd && m[5].N == d),
+                    "layer ", l, "'s cross-attention matrices do not fit d_model = ", d, " and the heads");
     }
-    const qdecoder model = {L, d, num_heads, kv_heads, hd, layers[0].fc2.K, (float)eps, (float)scale,
-                            layer_norm, gated, activation_code(std::string(activation)), rotary, layers.data(),
-                            float_vector(weights.get(L * PER_LAYER), d, "final_norm"),
-                            optional_vector(weights.get(L * PER_LAYER + 1), d, "final_norm's bias"),
-                            rotary ? float_vector(std::optional<at::Tensor>(inv_freq), hd / 2, "inv_freq") : nullptr};
+    qdecoder model = {L, d, num_heads, kv_heads, hd, layers[0].fc2.K, (float)eps, (float)scale,
+                      layer_norm, gated, activation_code(std::string(activation)), rotary, layers.data(),
+                      float_vector(weights.get(L * per_layer), d, "final_norm"),
+                      optional_vector(weights.get(L * per_layer + 1), d, "final_norm's bias"),
+                      rotary ? float_vector(std::optional<at::Tensor>(inv_freq), hd / 2, "inv_freq") : nullptr,
+                      nullptr, 0};
+    if (position_bias) {
+        TORCH_CHECK(position_bias->scalar_type() == at::kFloat && position_bias->is_contiguous() &&
+                        position_bias->dim() == 2 && position_bias->size(0) == num_heads && position_bias->size(1) > 0,
+                    "position_bias: contiguous float32 (num_heads, distances)");
+        model.position_bias = position_bias->data_ptr<float>(), model.bias_width = position_bias->size(1);
+    }
+    qmemory memory = {};
+    if (cross) memory = memory_of(*memory_keys, *memory_values, *memory_lengths, copies, L, kv_heads, hd, B);
     const int64_t offset = paged ? 0 : first_row * keys.stride(1);
     const int64_t *p = positions.data_ptr<int64_t>();
     /* one_sequence: every row is a position of the same sequence (a block of tokens: speculative decoding's check,
@@ -187,8 +239,10 @@ at::Tensor decode_step_op(const at::Tensor &x, const c10::List<std::optional<at:
                         paged ? block_table->data_ptr<int64_t>() + first_row * width : nullptr,
                         one_sequence ? 0 : width, keys.stride(1), width};
     at::Tensor hidden = x.reshape({B, d}).clone();
-    const int failed = decode_step(&model, hidden.data_ptr<float>(), B, &rows, at::get_num_threads(), bf16);
-    TORCH_CHECK(!failed, "decode_step: a row's positions lie outside the cache, or memory could not be had");
+    const int failed = decode_step(&model, hidden.data_ptr<float>(), B, &rows, cross ? &memory : nullptr,
+                                   at::get_num_threads(), bf16);
+    TORCH_CHECK(!failed, "decode_step: a row's positions lie outside the cache or its position bias, or memory could "
+                "not be had");
     return hidden.view({B, 1, d});
 }
 
@@ -204,7 +258,8 @@ TORCH_LIBRARY(glassformer, m) {
     m.def("decode_step(Tensor x, Tensor?[] weights, int[] group_sizes, Tensor inv_freq, Tensor(a!) keys, "
           "Tensor(b!) values, Tensor positions, int first_row, int num_heads, int kv_heads, float eps, float scale, "
           "bool one_sequence=False, bool layer_norm=False, bool gated=True, str activation=\"silu\", "
-          "Tensor? block_table=None, bool bf16=False) -> Tensor");
+          "Tensor? block_table=None, bool bf16=False, Tensor? memory_keys=None, Tensor? memory_values=None, "
+          "Tensor? memory_lengths=None, int copies=1, Tensor? position_bias=None) -> Tensor");
     m.def("dequantize(Tensor codes, Tensor scales, Tensor? offsets, int group_size) -> Tensor");
     m.def("simd() -> str", &simd);
     m.def("bf16_dot() -> bool", &bf16_dot_op);

@@ -27,7 +27,7 @@
      C            the plain loops.
 
    ops.cpp multiplies with them (the op glassformer::quantized_linear) and decoder.h runs a whole decoding step of a
-   Llama-style decoder with them (glassformer::decode_step); glassformer.backends.cpu.quantized and .decoder call both. */
+   decoder with them (glassformer::decode_step); glassformer.backends.cpu.quantized and .decoder call both. */
 #ifndef GLASSFORMER_QUANTIZED_H
 #define GLASSFORMER_QUANTIZED_H
 #include "fixed_point.h"
