@@ -7,9 +7,9 @@ embeddings, a GELU feed-forward, biases), or an encoder-decoder's decoder with i
 (``glassformer.generation.seq2seq.SourceConditionedDecoder``: every layer's cross-attention over its row's source, as
 in the paper's layout with sinusoidal positions, or T5's with its relative bias) — the norm, the gating and the
 activation the same in every layer —, every matrix quantized in a format the kernel takes, float32 norms and biases on
-the CPU, eval mode, and the operator works here (``glassformer env``: "decoding step"). Where every matrix asks for bfloat16 activations
-(``activations="bf16"``) the operator's products take them so (4 or more rows, where it multiplies bfloat16), as the
-modules' products do.
+the CPU, eval mode, and the operator works here (``glassformer env``: "decoding step"). Where every matrix asks for
+bfloat16 activations (``activations="bf16"``) the operator's products take them so (4 or more rows, where it multiplies
+bfloat16), as the modules' products do.
 ``step(model, ids, cache, attention_mask)`` then serves one new token per row of a float32 ``KVCache`` (rows may be
 left-padded; translation's beams, whose cache beam search reorders between steps) or a server's ``SlotView`` (its
 blocks read in place through the view's table), and returns None — the modules serve that step — for anything else (a
