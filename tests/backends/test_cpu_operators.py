@@ -59,14 +59,17 @@ def test_the_decoding_step_passes_opcheck_and_equals_its_reference(gpt2):
 
 
 @pytest.mark.parametrize("sources", [2, 1], ids=["a source a row", "two copies of one source"])
-@pytest.mark.parametrize("layout", ["paper", "t5"])
+@pytest.mark.parametrize("layout", ["pre-norm", "post-norm", "t5"])
 def test_an_encoder_decoder_s_step_passes_opcheck_and_equals_its_reference(sources, layout):
     """Every layer with a cross-attention over each row's source (the second source 3 real positions of 5; or both
-    rows copies of one source, as beam search's beams): the paper's layout (LayerNorm, biases, ReLU) — or T5's
-    (RMSNorm, no biases, a gated GELU, logit scale 1, a relative bias by distance in the self-attention)."""
+    rows copies of one source, as beam search's beams): the paper's layout (LayerNorm, biases, ReLU), pre-norm, or
+    post-norm without a final norm — or T5's (RMSNorm, no biases, a gated GELU, logit scale 1, a relative bias by
+    distance in the self-attention)."""
     t5 = layout == "t5"
     arguments = decoder.probe_arguments(gpt2=not t5, cross=True)
-    memory = decoder.probe_memory(sources)
+    memory = {**decoder.probe_memory(sources), "post_norm": layout == "post-norm"}
+    if layout == "post-norm":
+        arguments[0][-2:] = [None, None]  # no final norm
     bias = torch.randn(4, 8, generator=torch.Generator().manual_seed(2)) if t5 else None  # (heads, distances)
     operands = (False, True, True, "gelu_tanh") if t5 else (False, True, False, "relu")  # one_sequence, the layout
     scale = 1.0 if t5 else 0.25
@@ -76,7 +79,7 @@ def test_an_encoder_decoder_s_step_passes_opcheck_and_equals_its_reference(sourc
     torch.library.opcheck(
         torch.ops.glassformer.decode_step.default,
         (inputs[0], *arguments[:3], arguments[3].clone(), arguments[4].clone(), positions, 0, 4, 2, 1e-5, scale,
-         *operands, None, False, *memory.values(), bias),
+         *operands, None, False, *list(memory.values())[:4], bias, memory["post_norm"]),
     )  # fmt: skip
     for position, x in enumerate(inputs):
         positions = torch.full((3, 2), position)

@@ -374,16 +374,17 @@ def test_the_step_is_chosen_once_and_forward_is_always_the_modules(monkeypatch, 
 
 
 def encoder_decoder(layout: str, seed: int = 0):
-    """A small encoder-decoder: the paper's layout, pre-norm (LayerNorm, biases, ReLU, sinusoidal positions), or
-    T5's (RMSNorm, no biases, a gated GELU over 2 key/value heads, a relative bias) — the biases, the norms' β and T5's
-    bias table drawn at random, so that each counts."""
+    """A small encoder-decoder: the paper's layout (LayerNorm, biases, ReLU, sinusoidal positions) post-norm as the
+    paper (no final norm) or pre-norm as `train translate` builds it, or T5's (RMSNorm, no biases, a gated GELU over
+    2 key/value heads, a relative bias) — the biases, the norms' β and T5's bias table drawn at random, so that each
+    counts."""
     torch.manual_seed(seed)
     fields = dict(src_vocab_size=96, tgt_vocab_size=96, d_model=64, num_heads=4, d_ff=128, num_layers=2,
                   max_seq_length=32, bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
     if layout == "t5":
         config = TransformerConfig.t5(**fields, activation="gelu_tanh", gated_ffn=True, num_kv_heads=2)
     else:
-        config = TransformerConfig(**fields, dropout=0.0, norm_first=True)
+        config = TransformerConfig(**fields, dropout=0.0, norm_first=layout == "pre-norm")
     model = Transformer(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -410,7 +411,7 @@ def decode_with_memory(model, src, copies, fused, steps=6):
 
 
 @pytest.mark.parametrize("kind,activations", [("int8", None), ("int4", None), ("int4", "bf16")])
-@pytest.mark.parametrize("layout", ["paper", "t5"])
+@pytest.mark.parametrize("layout", ["pre-norm", "post-norm", "t5"])
 @pytest.mark.parametrize("copies", [1, 2])
 def test_an_encoder_decoder_s_step_gives_the_modules_logits_and_cache(kind, activations, layout, copies):
     """Sources of their own lengths (right-padded), each serving ``copies`` rows (beam search's beams): every layer
@@ -434,7 +435,7 @@ def test_an_encoder_decoder_s_step_gives_the_modules_logits_and_cache(kind, acti
 def test_translation_decodes_every_step_fused_and_as_the_modules_do(monkeypatch, fused_steps, num_beams):
     """Greedy and beam search (the beams of one source share its keys and values, the cache reordered between
     steps): the same tokens through the fused step as through the modules, and every step after the first fused."""
-    model = encoder_decoder("paper").quantize("int8")
+    model = encoder_decoder("post-norm").quantize("int8")
     src = torch.randint(4, 96, (2, 6))
     src[1, 4:] = 0
     with torch.inference_mode():
@@ -446,7 +447,7 @@ def test_translation_decodes_every_step_fused_and_as_the_modules_do(monkeypatch,
 
 @pytest.mark.parametrize("why", ["float weights", "a source with a hole", "training"])
 def test_the_modules_serve_the_encoder_decoders_the_fused_step_does_not_fit(why):
-    model = encoder_decoder("paper")
+    model = encoder_decoder("pre-norm")
     if why != "float weights":
         model.quantize("int8")
     src = torch.randint(4, 96, (2, 5))

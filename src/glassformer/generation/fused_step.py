@@ -1,15 +1,15 @@
 """The fused decoding step: a decoder's next-token logits through ``glassformer::decode_step``
 (``glassformer.backends.cpu.decoder``: every layer and the final norm in one operator), then the model's own head.
 
-It serves a model when everything fits: ``takes(model)`` — a stack of pre-norm ``DecoderLayer``s in Llama's layout
+It serves a model when everything fits: ``takes(model)`` — a stack of ``DecoderLayer``s in Llama's layout
 (RMSNorm, rotary positions, a SwiGLU feed-forward, no biases) or GPT-2's (LayerNorm, learned positions added to the
 embeddings, a GELU feed-forward, biases), or an encoder-decoder's decoder with its sources bound in
 (``glassformer.generation.seq2seq.SourceConditionedDecoder``: every layer's cross-attention over its row's source, as
-in the paper's layout with sinusoidal positions, or T5's with its relative bias) — the norm, the gating and the
-activation the same in every layer —, every matrix quantized in a format the kernel takes, float32 norms and biases on
-the CPU, eval mode, and the operator works here (``glassformer env``: "decoding step"). Where every matrix asks for
-bfloat16 activations (``activations="bf16"``) the operator's products take them so (4 or more rows, where it multiplies
-bfloat16), as the modules' products do.
+in the paper's layout with sinusoidal positions, post-norm or pre-norm, or T5's with its relative bias) — the norm,
+its placement, the gating and the activation the same in every layer —, every matrix quantized in a format the
+kernel takes, float32 norms and biases on the CPU, eval mode, and the operator works here (``glassformer env``:
+"decoding step"). Where every matrix asks for bfloat16 activations (``activations="bf16"``) the operator's products
+take them so (4 or more rows, where it multiplies bfloat16), as the modules' products do.
 ``step(model, ids, cache, attention_mask)`` then serves one new token per row of a float32 ``KVCache`` (rows may be
 left-padded; translation's beams, whose cache beam search reorders between steps) or a server's ``SlotView`` (its
 blocks read in place through the view's table), and returns None — the modules serve that step — for anything else (a
@@ -45,15 +45,16 @@ class _Weights:
 
     def __init__(self, stack: nn.Module):
         layers, final_norm, rotary = stack.layers, stack.final_norm, stack.rotary
-        attention, eps = layers[0].self_attn, final_norm.eps
+        attention, eps = layers[0].self_attn, layers[0].norm1.eps
         self.heads, self.kv_heads, self.eps, self.scale = (
             attention.num_heads,
             attention.num_kv_heads,
             eps,
             attention.scale,
         )
-        self.layer_norm, self.gated, self.activation = isinstance(final_norm, LayerNorm), *_ffn(layers[0].ffn)
+        self.layer_norm, self.gated, self.activation = isinstance(layers[0].norm1, LayerNorm), *_ffn(layers[0].ffn)
         self.cross = layers[0].cross_attn is not None  # an encoder-decoder's decoder: a memory at every step
+        self.post_norm = not layers[0].norm_first  # the paper's x = Norm(x + Sublayer(x))
         dims = (self.heads, self.kv_heads, attention.d_k, self.scale)
         self.tensors, self.group_sizes, self.read, activations = [], [], [], set()
 
@@ -73,7 +74,8 @@ class _Weights:
         for layer in layers:
             attn, ffn, cross = layer.self_attn, layer.ffn, layer.cross_attn
             fits = (
-                (cross is not None) == self.cross and layer.norm_first and _ffn(ffn) == (self.gated, self.activation)
+                (cross is not None) == self.cross and layer.norm_first != self.post_norm
+                and _ffn(ffn) == (self.gated, self.activation)
                 and all(not a.qk_norm and (a.num_heads, a.num_kv_heads, a.d_k, a.scale) == dims
                         for a in (attn, cross) if a is not None)
             )  # fmt: skip
@@ -87,7 +89,10 @@ class _Weights:
                 norm(layer.norm2)
                 matrix(cross.qkv_proj, cross.inner)
                 matrix(cross.out_proj)
-        norm(final_norm)
+        if final_norm is None:  # a post-norm stack's last layer ends in a norm already
+            self.tensors += [None, None]
+        else:
+            norm(final_norm)
         # the products take bfloat16 activations where every matrix asks for them (activations="bf16") and the
         # operator multiplies them here; else its 16-bit ones
         self.bf16 = activations == {"bf16"} and kernel_works("quantized_native_bf16")
@@ -103,8 +108,12 @@ class _Weights:
         self.states = [tensor_state(t) for t in self._all()]
 
     def layout(self) -> tuple:
-        """The operator's last three arguments: layer_norm, gated, activation."""
+        """The operator's arguments layer_norm, gated, activation."""
         return self.layer_norm, self.gated, self.activation
+
+    def options(self) -> dict:
+        """The operator's keyword arguments of the stack's layout: T5's bias by distance, post-norm."""
+        return {"position_bias": self.position_bias, "post_norm": self.post_norm}
 
     def _all(self) -> list[torch.Tensor]:
         return [t for t in (*self.read, self.inv_freq) if t is not None]
@@ -302,7 +311,7 @@ def block(model: nn.Module, ids: torch.Tensor, cache: KVCache | SlotView):
     hidden = decoder.decode_step(
         x.view(n, 1, -1), weights.tensors, weights.group_sizes, weights.inv_freq, keys, storage.values, positions,
         0, weights.heads, weights.kv_heads, weights.eps, weights.scale, True, *weights.layout(), table, weights.bf16,
-        position_bias=weights.position_bias,
+        **weights.options(),
     )  # fmt: skip
     cache.advance(n)
     return _logits(model, hidden)[:, 0]
@@ -345,7 +354,7 @@ def mixed(model: nn.Module, cache: SlotCache, parts: list[tuple[int, list[int]]]
     hidden = decoder.decode_step(
         x, weights.tensors, weights.group_sizes, weights.inv_freq, keys, cache.values, positions, 0, weights.heads,
         weights.kv_heads, weights.eps, weights.scale, False, *weights.layout(), table, weights.bf16,
-        position_bias=weights.position_bias,
+        **weights.options(),
     )  # fmt: skip
     for slot, chunk in parts:
         cache.lengths[slot] += len(chunk)
@@ -384,7 +393,7 @@ def step(model: nn.Module, ids: torch.Tensor, cache, attention_mask: torch.Tenso
     hidden = decoder.decode_step(
         x, weights.tensors, weights.group_sizes, weights.inv_freq, storage.keys, storage.values, positions, start,
         weights.heads, weights.kv_heads, weights.eps, weights.scale, False, *weights.layout(), table, weights.bf16,
-        position_bias=weights.position_bias, **memory,
+        **weights.options(), **memory,
     )  # fmt: skip
     cache.advance(1)
     return _logits(model, hidden)

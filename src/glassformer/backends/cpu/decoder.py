@@ -10,6 +10,9 @@ a few sequences at once, in Llama's layout or GPT-2's, or an encoder-decoder's d
                       x = x + act(Norm_2(x) W_1ᵀ + b_1) W_2ᵀ + b_2                 GPT-2's, the paper's
     x = Norm_final(x)                                            Norm: RMSNorm, or LayerNorm (``layer_norm``, with β)
 
+That is pre-norm; ``post_norm`` (the paper's placement) feeds each sublayer x and norms after its residual,
+x = Norm(x + Sublayer(x)), with the same norms, and the final norm may be absent (γ None).
+
 Decoding one token through the modules costs, beside the matrix products, some twenty small operations per layer,
 each a Python call and a trip through torch's dispatcher: with weights of 4 bits those outweigh the products. The
 operator runs them all in C++ with the quantized products of ``quantized``.
@@ -53,7 +56,7 @@ ACTIVATIONS = {
 def decode_step(
     x, weights, group_sizes, inv_freq, keys, values, positions, first_row, heads, kv_heads, eps, scale,
     one_sequence=False, layer_norm=False, gated=True, activation="silu", block_table=None, bf16=False,
-    memory_keys=None, memory_values=None, memory_lengths=None, copies=1, position_bias=None,
+    memory_keys=None, memory_values=None, memory_lengths=None, copies=1, position_bias=None, post_norm=False,
 ):  # fmt: skip
     """The final norm of the hidden states after every layer, ``(batch, 1, d_model)``, for one new token per row
     whose embeddings are ``x`` ``(batch, 1, d_model)``; its keys and values are written into ``keys`` / ``values``
@@ -67,14 +70,14 @@ def decode_step(
     return torch.ops.glassformer.decode_step(
         x, weights, group_sizes, inv_freq, keys, values, positions, first_row, heads, kv_heads, eps, scale,
         one_sequence, layer_norm, gated, activation, block_table, bf16, memory_keys, memory_values, memory_lengths,
-        copies, position_bias,
+        copies, position_bias, post_norm,
     )  # fmt: skip
 
 
 def reference_step(
     x, weights, group_sizes, inv_freq, keys, values, positions, first_row, heads, kv_heads, eps, scale,
     one_sequence=False, layer_norm=False, gated=True, activation="silu", block_table=None, bf16=False,
-    memory_keys=None, memory_values=None, memory_lengths=None, copies=1, position_bias=None,
+    memory_keys=None, memory_values=None, memory_lengths=None, copies=1, position_bias=None, post_norm=False,
 ):  # fmt: skip
     """``decode_step`` in torch operations, row by row (the formula; slow); ``bf16``: every product's activations
     and weights rounded to bfloat16 (what the operator's bf16 products compute)."""
@@ -85,7 +88,9 @@ def reference_step(
     act, groups = ACTIVATIONS[activation], heads // kv_heads
     per_layer = PER_LAYER if memory_keys is None else PER_LAYER_CROSS
 
-    def norm(v: torch.Tensor, at: int) -> torch.Tensor:  # γ at weights[at], β after it
+    def norm(v: torch.Tensor, at: int) -> torch.Tensor:  # γ at weights[at], β after it (none: no norm)
+        if weights[at] is None:
+            return v
         if layer_norm:
             return F.layer_norm(v, (d,), weights[at], weights[at + 1], eps)
         return F.rms_norm(v, (d,), weights[at], eps)
@@ -100,7 +105,13 @@ def reference_step(
                 return F.linear(v.bfloat16().float(), dequantize(codes, scales, offsets).bfloat16().float(), bias)
             return F.linear(v, dequantize(codes, scales, offsets), bias)
 
-        qkv = product(0, norm(h, at)).view(batch, -1, head_dim)
+        def pre(v: torch.Tensor, at: int) -> torch.Tensor:  # a sublayer's input: Norm(x) pre-norm, x post-norm
+            return v if post_norm else norm(v, at)
+
+        def post(v: torch.Tensor, at: int) -> torch.Tensor:  # after its residual: Norm(x) post-norm
+            return norm(v, at) if post_norm else v
+
+        qkv = product(0, pre(h, at)).view(batch, -1, head_dim)
         qk, half = qkv[:, : heads + kv_heads], head_dim // 2
         if inv_freq.numel():
             qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), -1) * sin  # RoPE, rotate-half pairs
@@ -115,21 +126,21 @@ def reference_step(
                 bias = position_bias[:, write_at[r] - torch.arange(first[r], write_at[r] + 1)][:, None]
             attended = F.scaled_dot_product_attention(qk[r, :heads, None], k, v, attn_mask=bias, scale=scale)
             outputs.append(attended.reshape(-1))
-        h = h + product(1, torch.stack(outputs))
+        h = post(h + product(1, torch.stack(outputs)), at)
         if memory_keys is not None:  # cross-attention: row r over its source r // copies's real positions
-            q = product(4, norm(h, at + 20)).view(batch, heads, 1, head_dim)
+            q = product(4, pre(h, at + 20)).view(batch, heads, 1, head_dim)
             outputs = []
             for r in range(batch):
                 source = r // copies
                 k, v = (t[layer, source, :, : memory_lengths[source]].repeat_interleave(groups, 0)
                         for t in (memory_keys, memory_values))  # fmt: skip
                 outputs.append(F.scaled_dot_product_attention(q[r], k, v, scale=scale).reshape(-1))
-            h = h + product(5, torch.stack(outputs))
+            h = post(h + product(5, torch.stack(outputs)), at + 20)
         if gated:
-            a, b = product(2, norm(h, at + 2)).chunk(2, -1)
-            h = h + product(3, act(a) * b)
+            a, b = product(2, pre(h, at + 2)).chunk(2, -1)
+            h = post(h + product(3, act(a) * b), at + 2)
         else:
-            h = h + product(3, act(product(2, norm(h, at + 2))))
+            h = post(h + product(3, act(product(2, pre(h, at + 2)))), at + 2)
     return norm(h, len(weights) - 2).view(batch, 1, d)
 
 
@@ -189,15 +200,17 @@ def probe_memory(sources: int = 2, seed: int = 0) -> dict:
 
 def probe() -> None:
     """Four tokens of two rows (the second left-padded at position 0), in Llama's layout and in GPT-2's, in Llama's
-    with a paged cache (blocks of 4 positions, the rows' blocks out of order), and as an encoder-decoder's decoder
-    (GPT-2's layout with ReLU, each row over a source of its own): the operator must give the reference's hidden
-    states and cache."""
+    with a paged cache (blocks of 4 positions, the rows' blocks out of order), and as the paper's encoder-decoder's
+    decoder (post-norm, no final norm, ReLU, each row over a source of its own): the operator must give the
+    reference's hidden states and cache."""
     llama, gpt2, paper = (False, True, "silu"), (True, False, "gelu_tanh"), (True, False, "relu")
     cases = ((False, llama, False, False), (True, gpt2, False, False), (False, llama, True, False),
              (True, paper, False, True))  # fmt: skip
     for is_gpt2, layout, paged, cross in cases:
         ours = probe_arguments(gpt2=is_gpt2, cross=cross)
-        memory = probe_memory() if cross else {}
+        memory = {**probe_memory(), "post_norm": True} if cross else {}
+        if cross:  # post-norm: no final norm
+            ours[0][-2:] = [None, None]
         table = None
         if paged:  # the same 2 rows of 8 positions as 5 blocks of 4: row 0 in blocks 3, 1; row 1 in 0, 4
             ours[3], ours[4] = torch.zeros(2, 5, 2, 4, 16), torch.zeros(2, 5, 2, 4, 16)

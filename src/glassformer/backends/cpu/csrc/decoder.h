@@ -18,7 +18,10 @@
                          x = x + (act(h W_gate^T) ⊙ h W_up^T) W_2^T          gated (SwiGLU: act = SiLU), or
                          x = x + act(h W_1^T + b_1) W_2^T + b_2              GPT-2's (act = GELU, tanh form), the
                                                                              paper's (ReLU)
-       x = Norm_final(x)
+       x = Norm_final(x)                                             where the stack has a final norm
+
+   That is pre-norm. Post-norm (the paper's own placement, post_norm) feeds each sublayer x itself and norms after the
+   residual: x = Norm_1(x + SelfAttention(x)), x = Norm_c(x + CrossAttention(x)), x = Norm_2(x + FeedForward(x)).
 
    Each row of the batch is a sequence of its own (qrows says where it reads and writes in the cache). The threads
    share one parallel region for the whole step: each matrix's output rows are split among them, the (tile, head)
@@ -56,9 +59,9 @@ typedef struct {
 typedef struct {
     i64 num_layers, d_model, num_heads, kv_heads, head_dim, d_ff;
     float eps, scale;    /* the norms' ε; s, the factor of q·k */
-    int layer_norm, gated, activation, rotary; /* the layout (ops.cpp's decode_step states it) */
+    int layer_norm, gated, activation, rotary, post_norm; /* the layout (ops.cpp's decode_step states it) */
     const qlayer *layers;
-    const float *final_norm, *final_norm_bias; /* γ (and β) of the final norm */
+    const float *final_norm, *final_norm_bias; /* γ (and β) of the final norm; null γ: none */
     const float *inv_freq; /* θ_i, (head_dim / 2), with rotary positions */
     const float *position_bias; /* B (num_heads, bias_width): the self-attention's bias by distance, or null */
     i64 bias_width;
@@ -143,6 +146,15 @@ static inline void layer_product(const qdecoder *model, const float *in, const f
 #pragma omp barrier
 }
 
+/* Inside the step's parallel region, after a sublayer's residual add: post-norm's x = Norm(x) for each row (γ, β
+   that sublayer's norm); nothing for pre-norm, whose norm came before the sublayer */
+static inline void after_residual(const qdecoder *model, float *x, i64 B, const float *gamma, const float *beta) {
+    if (!model->post_norm) return;
+    const i64 d = model->d_model;
+#pragma omp for schedule(static)
+    for (i64 r = 0; r < B; r++) norm(model, x + r * d, gamma, beta, x + r * d);
+}
+
 /* x (B, d_model): in, the new tokens' embeddings; out, the final norm of their hidden states. The new positions are
    written into the cache; memory: the sources of an encoder-decoder (its layers have cross-attention), else null;
    bf16: the products take the activations in bfloat16 (products.h). Returns 0, or 1 where memory could not be had or
@@ -189,8 +201,9 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
         /* each matrix: its input's rows quantized (a row per thread), then its output rows shared out */
         for (i64 l = 0; l < model->num_layers && !failed; l++) {
             const qlayer *layer = model->layers + l;
-            layer_product(model, x, layer->norm1, layer->norm1_bias, h, &layer->qkv, space, B, layer->qkv_bias, qkv, 0,
-                          t, T);
+            const bool pre = !model->post_norm; /* pre-norm: each sublayer's input normed; post-norm: x itself */
+            layer_product(model, x, pre ? layer->norm1 : nullptr, layer->norm1_bias, h, &layer->qkv, space, B,
+                          layer->qkv_bias, qkv, 0, t, T);
 #pragma omp for schedule(static)
             for (i64 r = 0; r < B; r++) {
                 float *row = qkv + r * width;
@@ -212,9 +225,10 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
                        model->scale, bias, scores + (r * H + head) * span, H * span, o + (r * H + head) * hd, H * hd);
             }
             layer_product(model, o, nullptr, nullptr, h, &layer->out, space, B, layer->out_bias, x, 1, t, T);
+            after_residual(model, x, B, layer->norm1, layer->norm1_bias);
             if (memory) { /* cross-attention: each row's query over its source's keys and values */
-                layer_product(model, x, layer->norm_cross, layer->norm_cross_bias, h, &layer->cross_q, space, B,
-                              layer->cross_q_bias, qkv, 0, t, T);
+                layer_product(model, x, pre ? layer->norm_cross : nullptr, layer->norm_cross_bias, h, &layer->cross_q,
+                              space, B, layer->cross_q_bias, qkv, 0, t, T);
 #pragma omp for schedule(static)
                 for (i64 task = 0; task < B * H; task++) {  /* (row, head) pairs */
                     const i64 r = task / H, head = task % H, source = r / memory->copies;
@@ -224,18 +238,20 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
                 }
                 layer_product(model, o, nullptr, nullptr, h, &layer->cross_out, space, B, layer->cross_out_bias, x, 1,
                               t, T);
+                after_residual(model, x, B, layer->norm_cross, layer->norm_cross_bias);
             }
-            layer_product(model, x, layer->norm2, layer->norm2_bias, h, &layer->fc1, space, B, layer->fc1_bias, gate_up,
-                          0, t, T);
+            layer_product(model, x, pre ? layer->norm2 : nullptr, layer->norm2_bias, h, &layer->fc1, space, B,
+                          layer->fc1_bias, gate_up, 0, t, T);
 #pragma omp for schedule(static)
             for (i64 c = 0; c < B * chunks; c++) {  /* act(a) ⊙ b (gated), or act(a) */
                 const i64 r = c / chunks, k0 = (c % chunks) * 256, k1 = k0 + 256 < ff ? k0 + 256 : ff;
                 activated(model, gate_up + r * width1, k0, k1, act + r * ff);
             }
             layer_product(model, act, nullptr, nullptr, h, &layer->fc2, space, B, layer->fc2_bias, x, 1, t, T);
+            after_residual(model, x, B, layer->norm2, layer->norm2_bias);
         }
 #pragma omp single
-        if (!failed)
+        if (!failed && model->final_norm)
             for (i64 r = 0; r < B; r++) norm(model, x + r * d, model->final_norm, model->final_norm_bias, x + r * d);
     }
     free(h), free(qkv), free(o), free(gate_up), free(act), free(scores), free(rotation);
