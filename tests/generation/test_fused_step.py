@@ -130,6 +130,28 @@ def test_gpt2s_layout_decodes_left_padded_rows_and_blocks_as_the_modules_do(monk
     assert block is not None and (block - expected_block).abs().max() <= 2e-4 * expected_block.abs().max()
 
 
+@pytest.mark.parametrize("layout", ["llama", "gpt2"])
+def test_the_fast_recipe_s_layers_take_the_fused_step_and_give_the_modules_logits(monkeypatch, fused_steps, layout):
+    """``--recipe fast``'s layers (qk_norm: each head's query and key divided by its RMS before the rotation; ReLU²
+    in GPT-2's layout) in the step, as in the modules."""
+    if layout == "llama":
+        model = llama(qk_norm=True)
+    else:
+        torch.manual_seed(0)
+        model = GPT(GPTConfig(vocab_size=96, max_seq_length=64, d_model=64, num_layers=3, num_heads=4, d_ff=128,
+                              dropout=0.0, attention_dropout=0.0, activation="relu2", qk_norm=True)).eval()  # fmt: skip
+    model.quantize("int4", embeddings="int8")
+    ids = torch.randint(0, 96, (1, 5))
+    with torch.inference_mode():
+        fused, fused_cache = step_by_step(model, ids)
+        assert fused_steps == [True] * 6
+        modules_only(monkeypatch)
+        expected, cache = step_by_step(model, ids)
+    assert (fused - expected).abs().max() <= 2e-4 * expected.abs().max()  # as the tests above
+    for ours, theirs in ((fused_cache.keys, cache.keys), (fused_cache.values, cache.values)):
+        assert (ours - theirs).abs().max() <= 2e-4 * theirs.abs().max()
+
+
 @pytest.mark.parametrize("why", ["float weights", "gradient", "training", "bfloat16 cache", "a mask with a hole"])
 def test_the_modules_serve_what_the_fused_step_does_not_fit(why):
     model = llama()
@@ -376,15 +398,16 @@ def test_the_step_is_chosen_once_and_forward_is_always_the_modules(monkeypatch, 
 def encoder_decoder(layout: str, seed: int = 0):
     """A small encoder-decoder: the paper's layout (LayerNorm, biases, ReLU, sinusoidal positions) post-norm as the
     paper (no final norm) or pre-norm as `train translate` builds it, or T5's (RMSNorm, no biases, a gated GELU over
-    2 key/value heads, a relative bias) — the biases, the norms' β and T5's bias table drawn at random, so that each
-    counts."""
+    2 key/value heads, a relative bias), or the fast recipe's (pre-norm, qk_norm, ReLU²) — the biases, the norms' β
+    and T5's bias table drawn at random, so that each counts."""
     torch.manual_seed(seed)
     fields = dict(src_vocab_size=96, tgt_vocab_size=96, d_model=64, num_heads=4, d_ff=128, num_layers=2,
                   max_seq_length=32, bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
     if layout == "t5":
         config = TransformerConfig.t5(**fields, activation="gelu_tanh", gated_ffn=True, num_kv_heads=2)
     else:
-        config = TransformerConfig(**fields, dropout=0.0, norm_first=layout == "pre-norm")
+        fast = {"qk_norm": True, "activation": "relu2"} if layout == "fast" else {}
+        config = TransformerConfig(**fields, dropout=0.0, norm_first=layout != "post-norm", **fast)
     model = Transformer(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -411,7 +434,7 @@ def decode_with_memory(model, src, copies, fused, steps=6):
 
 
 @pytest.mark.parametrize("kind,activations", [("int8", None), ("int4", None), ("int4", "bf16")])
-@pytest.mark.parametrize("layout", ["pre-norm", "post-norm", "t5"])
+@pytest.mark.parametrize("layout", ["pre-norm", "post-norm", "t5", "fast"])
 @pytest.mark.parametrize("copies", [1, 2])
 def test_an_encoder_decoder_s_step_gives_the_modules_logits_and_cache(kind, activations, layout, copies):
     """Sources of their own lengths (right-padded), each serving ``copies`` rows (beam search's beams): every layer

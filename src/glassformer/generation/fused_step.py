@@ -55,6 +55,7 @@ class _Weights:
         self.layer_norm, self.gated, self.activation = isinstance(layers[0].norm1, LayerNorm), *_ffn(layers[0].ffn)
         self.cross = layers[0].cross_attn is not None  # an encoder-decoder's decoder: a memory at every step
         self.post_norm = not layers[0].norm_first  # the paper's x = Norm(x + Sublayer(x))
+        self.qk_norm = attention.qk_norm  # each head's q and k divided by its RMS (the speedrun's)
         dims = (self.heads, self.kv_heads, attention.d_k, self.scale)
         self.tensors, self.group_sizes, self.read, activations = [], [], [], set()
 
@@ -76,8 +77,8 @@ class _Weights:
             fits = (
                 (cross is not None) == self.cross and layer.norm_first != self.post_norm
                 and _ffn(ffn) == (self.gated, self.activation)
-                and all(not a.qk_norm and (a.num_heads, a.num_kv_heads, a.d_k, a.scale) == dims
-                        for a in (attn, cross) if a is not None)
+                and all((a.qk_norm, a.num_heads, a.num_kv_heads, a.d_k, a.scale) == (self.qk_norm, *dims)
+                        and a.eps == eps for a in (attn, cross) if a is not None)
             )  # fmt: skip
             if not fits:
                 raise ValueError("not a layer the step takes")
@@ -112,8 +113,8 @@ class _Weights:
         return self.layer_norm, self.gated, self.activation
 
     def options(self) -> dict:
-        """The operator's keyword arguments of the stack's layout: T5's bias by distance, post-norm."""
-        return {"position_bias": self.position_bias, "post_norm": self.post_norm}
+        """The operator's keyword arguments of the stack's layout: T5's bias by distance, post-norm, qk_norm."""
+        return {"position_bias": self.position_bias, "post_norm": self.post_norm, "qk_norm": self.qk_norm}
 
     def _all(self) -> list[torch.Tensor]:
         return [t for t in (*self.read, self.inv_freq) if t is not None]

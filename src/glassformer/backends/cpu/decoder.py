@@ -11,7 +11,8 @@ a few sequences at once, in Llama's layout or GPT-2's, or an encoder-decoder's d
     x = Norm_final(x)                                            Norm: RMSNorm, or LayerNorm (``layer_norm``, with β)
 
 That is pre-norm; ``post_norm`` (the paper's placement) feeds each sublayer x and norms after its residual,
-x = Norm(x + Sublayer(x)), with the same norms, and the final norm may be absent (γ None).
+x = Norm(x + Sublayer(x)), with the same norms, and the final norm may be absent (γ None). ``qk_norm`` divides each
+head's query and key by its RMS before the rotation (the memory's keys come normed).
 
 Decoding one token through the modules costs, beside the matrix products, some twenty small operations per layer,
 each a Python call and a trip through torch's dispatcher: with weights of 4 bits those outweigh the products. The
@@ -57,6 +58,7 @@ def decode_step(
     x, weights, group_sizes, inv_freq, keys, values, positions, first_row, heads, kv_heads, eps, scale,
     one_sequence=False, layer_norm=False, gated=True, activation="silu", block_table=None, bf16=False,
     memory_keys=None, memory_values=None, memory_lengths=None, copies=1, position_bias=None, post_norm=False,
+    qk_norm=False,
 ):  # fmt: skip
     """The final norm of the hidden states after every layer, ``(batch, 1, d_model)``, for one new token per row
     whose embeddings are ``x`` ``(batch, 1, d_model)``; its keys and values are written into ``keys`` / ``values``
@@ -70,7 +72,7 @@ def decode_step(
     return torch.ops.glassformer.decode_step(
         x, weights, group_sizes, inv_freq, keys, values, positions, first_row, heads, kv_heads, eps, scale,
         one_sequence, layer_norm, gated, activation, block_table, bf16, memory_keys, memory_values, memory_lengths,
-        copies, position_bias, post_norm,
+        copies, position_bias, post_norm, qk_norm,
     )  # fmt: skip
 
 
@@ -78,6 +80,7 @@ def reference_step(
     x, weights, group_sizes, inv_freq, keys, values, positions, first_row, heads, kv_heads, eps, scale,
     one_sequence=False, layer_norm=False, gated=True, activation="silu", block_table=None, bf16=False,
     memory_keys=None, memory_values=None, memory_lengths=None, copies=1, position_bias=None, post_norm=False,
+    qk_norm=False,
 ):  # fmt: skip
     """``decode_step`` in torch operations, row by row (the formula; slow); ``bf16``: every product's activations
     and weights rounded to bfloat16 (what the operator's bf16 products compute)."""
@@ -113,6 +116,8 @@ def reference_step(
 
         qkv = product(0, pre(h, at)).view(batch, -1, head_dim)
         qk, half = qkv[:, : heads + kv_heads], head_dim // 2
+        if qk_norm:  # each head's query and key divided by its RMS
+            qk = F.rms_norm(qk, (head_dim,), eps=eps)
         if inv_freq.numel():
             qk = qk * cos + torch.cat((-qk[..., half:], qk[..., :half]), -1) * sin  # RoPE, rotate-half pairs
         outputs = []
@@ -129,6 +134,7 @@ def reference_step(
         h = post(h + product(1, torch.stack(outputs)), at)
         if memory_keys is not None:  # cross-attention: row r over its source r // copies's real positions
             q = product(4, pre(h, at + 20)).view(batch, heads, 1, head_dim)
+            q = F.rms_norm(q, (head_dim,), eps=eps) if qk_norm else q
             outputs = []
             for r in range(batch):
                 source = r // copies

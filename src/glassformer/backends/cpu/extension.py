@@ -120,7 +120,7 @@ def _register_fakes() -> None:
     def _(x, weights, group_sizes, inv_freq, keys, values, positions, first_row, num_heads, kv_heads, eps, scale,
           one_sequence=False, layer_norm=False, gated=True, activation="silu", block_table=None, bf16=False,
           memory_keys=None, memory_values=None, memory_lengths=None, copies=1, position_bias=None,
-          post_norm=False):  # fmt: skip
+          post_norm=False, qk_norm=False):  # fmt: skip
         return torch.empty_like(x)  # (batch, 1, d_model); keys and values written in place
 
 

@@ -4,6 +4,7 @@
 
        for each layer:   h = Norm_1(x)                               RMSNorm (Llama) or LayerNorm (GPT-2, with β)
                          [q; k; v] = h [W_Q; W_K; W_V]^T (+ b)      quantized (quantized.h); biases where given
+                         q, k = RMS(q_h), RMS(k_g)                  per head, with qk_norm: x / sqrt(mean(x²) + ε)
                          q, k = RoPE(q, p), RoPE(k, p)              rotary positions only (GPT-2's are learned:
                                                                     added to the embeddings by the caller)
                          cache[p] = k, v
@@ -11,7 +12,7 @@
                                                                     B_h[p − j]: a bias by distance (T5's), or 0
                          x = x + o W_O^T (+ b)
                          with a memory (an encoder-decoder's decoder: cross-attention over its source's keys and values)
-                           h = Norm_c(x);  q = h W_Qc^T (+ b)
+                           h = Norm_c(x);  q = h W_Qc^T (+ b)          q = RMS(q_h) with qk_norm (M_K came normed)
                            o_h = softmax(s · q_h M_K,g^T) M_V,g     the source's real positions only
                            x = x + o W_Oc^T (+ b)
                          h = Norm_2(x)
@@ -59,7 +60,7 @@ typedef struct {
 typedef struct {
     i64 num_layers, d_model, num_heads, kv_heads, head_dim, d_ff;
     float eps, scale;    /* the norms' ε; s, the factor of q·k */
-    int layer_norm, gated, activation, rotary, post_norm; /* the layout (ops.cpp's decode_step states it) */
+    int layer_norm, gated, activation, rotary, post_norm, qk_norm; /* the layout (ops.cpp's decode_step states it) */
     const qlayer *layers;
     const float *final_norm, *final_norm_bias; /* γ (and β) of the final norm; null γ: none */
     const float *inv_freq; /* θ_i, (head_dim / 2), with rotary positions */
@@ -80,6 +81,16 @@ static void norm(const qdecoder *model, const float *x, const float *weight, con
     }
     const float r = 1.0f / sqrtf(sum / (float)n + model->eps);
     for (i64 i = 0; i < n; i++) out[i] = weight[i] * ((x[i] - mean) * r) + (bias ? bias[i] : 0.0f);
+}
+
+/* qk_norm's RMS(v) = v / sqrt(mean(v²) + ε) for `heads` vectors of head_dim in place (no γ) */
+static void rms_heads(const qdecoder *model, float *x, i64 heads) {
+    const i64 hd = model->head_dim;
+    for (i64 h = 0; h < heads; h++) {
+        float *v = x + h * hd;
+        const float r = 1.0f / sqrtf(dot_f32(v, v, hd) / (float)hd + model->eps);
+        for (i64 i = 0; i < hd; i++) v[i] *= r;
+    }
 }
 
 /* rotate `heads` vectors of head_dim in place:
@@ -207,6 +218,7 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
 #pragma omp for schedule(static)
             for (i64 r = 0; r < B; r++) {
                 float *row = qkv + r * width;
+                if (model->qk_norm) rms_heads(model, row, H + KV);  /* q, k */
                 if (model->rotary) rope(row, H + KV, hd, rotation + r * 2 * hd, rotation + r * 2 * hd + hd);  /* q, k */
                 const i64 at = rows->write_at[r];
                 for (i64 g = 0; g < KV; g++) {
@@ -232,6 +244,7 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
 #pragma omp for schedule(static)
                 for (i64 task = 0; task < B * H; task++) {  /* (row, head) pairs */
                     const i64 r = task / H, head = task % H, source = r / memory->copies;
+                    if (model->qk_norm) rms_heads(model, qkv + r * H * hd + head * hd, 1);
                     attend(qkv + r * H * hd + head * hd, H * hd, 1, &memory->at, l, source, head / (H / KV), 0,
                            memory->lengths[source] - 1, hd, model->scale, nullptr, scores + task * span, span,
                            o + task * hd, H * hd);

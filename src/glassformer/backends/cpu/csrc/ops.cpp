@@ -5,7 +5,8 @@
                                                                       y = x W^T + b   (quantized.h, products.h)
        glassformer::decode_step(x, weights, group_sizes, inv_freq, keys!, values!, positions, first_row, num_heads,
                                 kv_heads, eps, scale, one_sequence, layer_norm, gated, activation, block_table?, bf16,
-                                memory_keys?, memory_values?, memory_lengths?, copies, position_bias?, post_norm)
+                                memory_keys?, memory_values?, memory_lengths?, copies, position_bias?, post_norm,
+                                qk_norm)
                                                                                        every layer of a step (decoder.h)
        glassformer::dequantize(codes, scales, offsets?, group_size)                     W in float32 (quantized.h)
        glassformer::simd()                 "AVX512-VNNI", "AVX2", "NEON-dotprod", "NEON" or "C": the path built
@@ -159,7 +160,7 @@ at::Tensor decode_step_op(const at::Tensor &x, const c10::List<std::optional<at:
                        c10::string_view activation, const std::optional<at::Tensor> &block_table, bool bf16,
                        const std::optional<at::Tensor> &memory_keys, const std::optional<at::Tensor> &memory_values,
                        const std::optional<at::Tensor> &memory_lengths, int64_t copies,
-                       const std::optional<at::Tensor> &position_bias, bool post_norm) {
+                       const std::optional<at::Tensor> &position_bias, bool post_norm, bool qk_norm) {
     TORCH_CHECK(x.scalar_type() == at::kFloat && x.device().is_cpu() && x.dim() == 3 && x.size(1) == 1,
                 "x: float32 (batch, 1, d_model) on the CPU");
     const bool cross = memory_keys.has_value();
@@ -214,7 +215,8 @@ at::Tensor decode_step_op(const at::Tensor &x, const c10::List<std::optional<at:
                     "layer ", l, "'s cross-attention matrices do not fit d_model = ", d, " and the heads");
     }
     qdecoder model = {L, d, num_heads, kv_heads, hd, layers[0].fc2.K, (float)eps, (float)scale,
-                      layer_norm, gated, activation_code(std::string(activation)), rotary, post_norm, layers.data(),
+                      layer_norm, gated, activation_code(std::string(activation)), rotary, post_norm, qk_norm,
+                      layers.data(),
                       optional_vector(weights.get(L * per_layer), d, "final_norm"),
                       optional_vector(weights.get(L * per_layer + 1), d, "final_norm's bias"),
                       rotary ? float_vector(std::optional<at::Tensor>(inv_freq), hd / 2, "inv_freq") : nullptr,
@@ -259,7 +261,8 @@ TORCH_LIBRARY(glassformer, m) {
           "Tensor(b!) values, Tensor positions, int first_row, int num_heads, int kv_heads, float eps, float scale, "
           "bool one_sequence=False, bool layer_norm=False, bool gated=True, str activation=\"silu\", "
           "Tensor? block_table=None, bool bf16=False, Tensor? memory_keys=None, Tensor? memory_values=None, "
-          "Tensor? memory_lengths=None, int copies=1, Tensor? position_bias=None, bool post_norm=False) -> Tensor");
+          "Tensor? memory_lengths=None, int copies=1, Tensor? position_bias=None, bool post_norm=False, "
+          "bool qk_norm=False) -> Tensor");
     m.def("dequantize(Tensor codes, Tensor scales, Tensor? offsets, int group_size) -> Tensor");
     m.def("simd() -> str", &simd);
     m.def("bf16_dot() -> bool", &bf16_dot_op);
