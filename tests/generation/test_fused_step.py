@@ -398,13 +398,17 @@ def test_the_step_is_chosen_once_and_forward_is_always_the_modules(monkeypatch, 
 def encoder_decoder(layout: str, seed: int = 0):
     """A small encoder-decoder: the paper's layout (LayerNorm, biases, ReLU, sinusoidal positions) post-norm as the
     paper (no final norm) or pre-norm as `train translate` builds it, or T5's (RMSNorm, no biases, a gated GELU over
-    2 key/value heads, a relative bias), or the fast recipe's (pre-norm, qk_norm, ReLU²) — the biases, the norms' β
-    and T5's bias table drawn at random, so that each counts."""
+    2 key/value heads, a relative bias), `train translate --arch llama`'s (RMSNorm, rotary positions, SwiGLU, no
+    biases), or the fast recipe's (pre-norm, qk_norm, ReLU²) — the biases, the norms' β and T5's bias table drawn at
+    random, so that each counts."""
     torch.manual_seed(seed)
     fields = dict(src_vocab_size=96, tgt_vocab_size=96, d_model=64, num_heads=4, d_ff=128, num_layers=2,
                   max_seq_length=32, bos_token_id=1, eos_token_id=2, pad_token_id=0)  # fmt: skip
     if layout == "t5":
         config = TransformerConfig.t5(**fields, activation="gelu_tanh", gated_ffn=True, num_kv_heads=2)
+    elif layout == "llama":
+        config = TransformerConfig(**fields, dropout=0.0, norm_first=True, norm="rmsnorm", positional="rope",
+                                   activation="silu", gated_ffn=True, bias=False, num_kv_heads=2)  # fmt: skip
     else:
         fast = {"qk_norm": True, "activation": "relu2"} if layout == "fast" else {}
         config = TransformerConfig(**fields, dropout=0.0, norm_first=layout != "post-norm", **fast)
@@ -434,7 +438,7 @@ def decode_with_memory(model, src, copies, fused, steps=6):
 
 
 @pytest.mark.parametrize("kind,activations", [("int8", None), ("int4", None), ("int4", "bf16")])
-@pytest.mark.parametrize("layout", ["pre-norm", "post-norm", "t5", "fast"])
+@pytest.mark.parametrize("layout", ["pre-norm", "post-norm", "t5", "llama", "fast"])
 @pytest.mark.parametrize("copies", [1, 2])
 def test_an_encoder_decoder_s_step_gives_the_modules_logits_and_cache(kind, activations, layout, copies):
     """Sources of their own lengths (right-padded), each serving ``copies`` rows (beam search's beams): every layer
