@@ -199,9 +199,11 @@ def logprobs(logits: torch.Tensor, tokens: Sequence[int], top: int) -> list[tupl
     return list(zip(chosen, ids.tolist(), values.tolist(), strict=True))
 
 
-def check(scores: torch.Tensor) -> None:
-    """``choose``'s refusals without choosing (beam search, which ranks candidates itself): one read-back."""
-    _refuse(*_flags(scores).tolist())
+def check(best: torch.Tensor) -> None:
+    """``choose``'s refusals for beam search, which ranks candidates itself, from each row's best candidates
+    ``(batch, k)``, best first: ``topk`` ranks a NaN first, and a row whose best is -inf has every token banned. A
+    few values read instead of the whole vocabulary twice; one read-back."""
+    _refuse(*torch.stack((best.isnan().any(), best[:, 0].isneginf().any())).tolist())
 
 
 def filtered(scores: torch.Tensor, sampling: Sampling) -> torch.Tensor:

@@ -172,9 +172,9 @@ def beam_search(
         counts = sampler.token_counts(history[:, prompt_length:], logits.size(-1)) if sampling.counted else None
         log_probs = sampler.scores(F.log_softmax(logits, -1), history, sampling, counts)  # the candidates' scores
         vocab = log_probs.size(-1)
-        sampler.check(log_probs.view(batch, -1))
         total = (log_probs.view(batch, num_beams, vocab) + running_scores[..., None]).view(batch, -1)
         top_scores, top_index = total.topk(candidates_per_step)  # (batch, 2 · beams)
+        sampler.check(top_scores)  # a NaN, or every token banned: refused before anything changes
         parent, token = top_index // vocab, top_index % vocab
         candidates = running.gather(1, parent[..., None].expand(-1, -1, max_length)).clone()
         candidates[:, :, length] = token
