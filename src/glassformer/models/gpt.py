@@ -14,8 +14,8 @@ Llama (``GPTConfig.llama(...)``; SmolLM2, Llama 2/3 shapes): the same model with
 
 Each layer is ``glassformer.nn.DecoderLayer(cross_attention=False, norm_first=True)``: the same module as the
 seq2seq decoder's, without the cross-attention. ``forward`` always runs these modules. ``generate`` decodes with a
-preallocated key/value cache through the step ``glassformer.generation.step`` chooses: for a quantized Llama-style
-model, ``glassformer.generation.fused_step`` runs each row's next token through all layers in one torch operator
+preallocated key/value cache through the step ``glassformer.generation.step`` chooses: for a quantized model,
+``glassformer.generation.fused_step`` runs each row's next token through all layers in one torch operator
 (``glassformer.backends.cpu.decoder``, tested against these modules).
 """
 
