@@ -38,8 +38,10 @@ def llama(num_kv_heads=2, vocab_size=96, seed=0, **fields) -> GPT:
 
 
 def modules_only(monkeypatch):
-    """Decode without the fused step (the modules, the reference): the fused step declines every input."""
+    """Decode without the fused step (the modules, the reference): the fused step declines every input, and the step
+    chosen is the modules (beam search then keeps a ``KVCache``, not the blocks shared between beams)."""
     monkeypatch.setattr(fused_step, "step", lambda *args: None)
+    monkeypatch.setattr(fused_step, "takes", lambda model: False)
 
 
 def step_by_step(model, ids, steps=6):
@@ -78,6 +80,26 @@ def test_the_fused_step_runs_when_it_fits_and_greedy_tokens_agree(monkeypatch, f
         assert fused_steps == [True] * 11  # every step after the prompt
         modules_only(monkeypatch)
         assert torch.equal(fused, model.generate(ids, max_new_tokens=12, eos_token_id=None))
+
+
+def test_beam_search_shares_blocks_between_beams_and_finds_the_modules_beams(monkeypatch, fused_steps):
+    """Beam search with the fused step: the beams' cache is ``BeamBlocks`` (each beam takes its parent's blocks), and
+    its answers are the modules' with a ``KVCache`` whose rows are copied."""
+    from glassformer.generation import search
+    from glassformer.nn.slot_cache import BeamBlocks
+
+    model = llama().quantize("int4")
+    ids = torch.randint(0, 96, (2, 4))
+    made = []
+    real = search.beams_cache
+    monkeypatch.setattr(search, "beams_cache", lambda *args: made.append(real(*args)) or made[-1])
+    with torch.inference_mode():
+        fused = model.generate(ids, max_new_tokens=20, num_beams=3, eos_token_id=None, num_return_sequences=3)
+        assert isinstance(made[-1], BeamBlocks) and fused_steps and all(fused_steps)
+        modules_only(monkeypatch)
+        expected = model.generate(ids, max_new_tokens=20, num_beams=3, eos_token_id=None, num_return_sequences=3)
+        assert not isinstance(made[-1], BeamBlocks)
+    assert torch.equal(fused, expected)
 
 
 def gpt2(activation="gelu_tanh", seed=0) -> GPT:

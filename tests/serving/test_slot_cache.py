@@ -137,3 +137,32 @@ def test_prompts_of_different_lengths_read_together_right_padded_give_their_own_
             torch.testing.assert_close(batch[row], alone[0], atol=1e-5, rtol=1e-5)
             next_alone = model(torch.tensor([[7 + row]]), cache=cache)
             torch.testing.assert_close(after[row], next_alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_beams_sharing_their_parents_blocks_hold_what_copied_histories_hold():
+    """``BeamBlocks`` against ``KVCache`` (the reference, which copies each changed row's history): random new keys
+    and values a step, random parents between steps (duplicates, swaps, rows kept) — every row's positions the same
+    in both after each step, and blocks given back (a row's blocks at most its table plus one copy)."""
+    from glassformer.nn.cache import KVCache
+    from glassformer.nn.slot_cache import BeamBlocks
+
+    generator = torch.Generator().manual_seed(0)
+    layers, rows, heads, length, dim = 2, 6, 2, 23, 8
+    beams, reference = BeamBlocks(layers, rows, heads, length, dim, block=4), KVCache(layers, rows, heads, length, dim)
+    for step in range(length):
+        new = [torch.randn(2, rows, heads, 1, dim, generator=generator) for _ in range(layers)]
+        view = beams.step_view(1)
+        for layer in range(layers):
+            view.layer(layer).update(*new[layer])
+            reference.layer(layer).update(*new[layer])
+        view.advance(1)
+        reference.advance(1)
+        tables = torch.tensor(beams.slots.tables)  # (rows, blocks): every row's positions gathered from the pool
+        for pool, expected in ((beams.slots.keys, reference.keys), (beams.slots.values, reference.values)):
+            held = pool[:, tables].transpose(2, 3).flatten(3, 4)[..., : step + 1, :]
+            assert torch.equal(held, expected[:, :, :, : step + 1]), step
+        assert beams.slots.used_blocks <= rows * (step // 4 + 2)
+        parents = torch.randint(0, rows, (rows,), generator=generator)
+        beams.reorder(parents)
+        reference.reorder(parents)
+    assert sum(beams.slots.refs[1:]) == sum(len(t) for t in beams.slots.tables)  # every hold is a table's

@@ -28,6 +28,7 @@ from glassformer.generation.processors import build_processors
 from glassformer.generation.sampler import Sampling
 from glassformer.generation.step import DecodingStep, choose_step
 from glassformer.nn.linear import packed_weights
+from glassformer.nn.slot_cache import BeamBlocks
 
 NEG = -1.0e9  # a score no real candidate reaches; used to rank candidates out, never added to attention logits
 
@@ -127,6 +128,21 @@ def greedy_or_sample(
         logits = step(step_ids, attention_mask, cache)
 
 
+def beams_cache(model, step: DecodingStep, rows: int, max_length: int, mask: torch.Tensor | None):
+    """The key/value cache of beam search's ``rows``: where the fused step decodes rows without padding, the beams
+    share their parents' blocks (``BeamBlocks``: reordering copies a few positions a row); else a ``KVCache``, whose
+    reorder copies the histories that change (the modules read it contiguous)."""
+    if step.kind != "fused" or mask is not None:
+        return model.make_cache(rows, max_length)
+    layers, _, heads, _, head_dim = (shape := model.make_cache(1, max_length).keys).shape
+    return BeamBlocks(layers, rows, heads, max_length, head_dim, shape.dtype, shape.device)
+
+
+def _for_step(cache, new: int):
+    """What a step of ``new`` positions per row decodes with: a ``BeamBlocks``' view of its rows, or the cache."""
+    return cache.step_view(new) if isinstance(cache, BeamBlocks) else cache
+
+
 def beam_search(
     model,
     step: DecodingStep,
@@ -164,8 +180,8 @@ def beam_search(
     batch_offset = torch.arange(batch, device=device)[:, None] * num_beams
 
     flat_mask = None if attention_mask is None else attention_mask.repeat_interleave(num_beams, dim=0)
-    cache = model.make_cache(batch * num_beams, max_length) if use_cache else None
-    logits = step(input_ids.repeat_interleave(num_beams, dim=0), flat_mask, cache)
+    cache = beams_cache(model, step, batch * num_beams, max_length, flat_mask) if use_cache else None
+    logits = step(input_ids.repeat_interleave(num_beams, dim=0), flat_mask, _for_step(cache, prompt_length))
     length = prompt_length
     while True:
         history = running[:, :, :length].flatten(0, 1)
@@ -214,7 +230,7 @@ def beam_search(
             step_ids = running[:, :, length - 1].reshape(-1, 1)
         else:
             step_ids = running[:, :, :length].flatten(0, 1)
-        logits = step(step_ids, flat_mask, cache)
+        logits = step(step_ids, flat_mask, _for_step(cache, 1))
 
     returned = config.num_return_sequences  # the best finished hypotheses of each input, best first
     output_length = prompt_length + int(finished_lengths[:, :returned].max())

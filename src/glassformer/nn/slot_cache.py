@@ -20,6 +20,9 @@ tokens). A row marked inactive rides along with the null block as its table: it 
 Attention sees a layer's view through the protocol every cache has (``length``, ``update``); ``update`` gathers each
 row's blocks into ``(rows, heads, positions, head_dim)`` for the modules, and the fused CPU step reads the blocks in
 place through the table (``SlotView.table``).
+
+``BeamBlocks`` is beam search's cache on the same pool (where the fused step decodes): each beam takes its parent's
+history by taking its blocks, and only a partly filled last block that several beams now hold is copied.
 """
 
 from __future__ import annotations
@@ -249,3 +252,53 @@ class SlotLayerCache:
             return pool[used].transpose(1, 2).reshape(rows, heads, n * block, head_dim)[:, :, :end]
 
         return gather(pool_keys), gather(pool_values)
+
+
+class BeamBlocks:
+    """Beam search's rows as the slots of a ``SlotCache`` (blocks of ``block`` positions): between steps each row
+    takes its parent's history (``reorder``) by sharing the parent's blocks, not by copying its keys and values. The
+    full blocks are never written again; a partly filled last block that several rows now hold (a parent with several
+    children) is copied for all but one of them — a few positions a row, where ``KVCache.reorder`` copies whole
+    histories. ``step_view(n)`` reserves the next ``n`` positions of every row and returns the view a step runs on
+    (the fused CPU step reads the blocks in place; the modules gather them)."""
+
+    def __init__(self, num_layers: int, rows: int, num_heads: int, max_length: int, head_dim: int,
+                 dtype=torch.float32, device=None, block: int = 16):  # fmt: skip
+        blocks = rows * (-(-max_length // block) + 1)  # every row's whole table, and a copy of a last block each
+        self.slots = SlotCache(num_layers, rows, num_heads, max_length, head_dim, dtype, device, blocks, block)
+        self.rows = list(range(rows))
+
+    @property
+    def length(self) -> int:
+        return self.slots.lengths[0]
+
+    def step_view(self, new: int) -> SlotView:
+        for row in self.rows:
+            self.slots.reserve(row, self.length + new)
+        return self.slots.view(self.rows)
+
+    def reorder(self, batch_index: torch.Tensor) -> None:
+        """Row r takes row ``batch_index[r]``'s history (``KVCache.reorder``'s contract)."""
+        cache, parents = self.slots, batch_index.tolist()
+        tables = [list(cache.tables[parent]) for parent in parents]
+        for table in tables:
+            for block in table:
+                cache.retain(block)
+        for table in cache.tables:
+            for block in table:
+                cache.release(block)
+        cache.tables = tables
+        rest, last = self.length % cache.block, self.length // cache.block
+        if not rest:  # the next position starts a new block: nothing shared is written
+            return
+        sources, targets = [], []
+        for table in tables:  # a shared partly filled block: a copy for each holder but the last
+            if cache.refs[table[last]] > 1:
+                cache.release(table[last])
+                sources.append(table[last])
+                table[last] = cache._take()
+                targets.append(table[last])
+        if sources:
+            sources, targets = torch.tensor(sources), torch.tensor(targets)
+            for pool in (cache.keys, cache.values):
+                pool[:, targets, :, :rest] = pool[:, sources, :, :rest]
