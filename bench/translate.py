@@ -1,6 +1,7 @@
 """Translation speed by precision: ``glassformer evaluate``'s work (beam search over a split of a `train translate`
 run, BLEU with sacrebleu) in float32 — the baseline —, bfloat16 where this CPU has it natively, and int8 weights with
-float or int8 activations and a float or int8 output layer. Per row: seconds, the speed-up against float32 and BLEU.
+16-bit, bfloat16 (where the kernel multiplies it: `evaluate --quantize int8`'s choice there) or int8 activations and a
+float or int8 output layer. Per row: seconds, the speed-up against float32 and BLEU.
 Then sentences one at a time (``translate``'s work for a user typing; the first ``--single`` sources of the split),
 greedy and beam search: float32, and quantized weights through the modules and through the fused decoding step
 (``glassformer.generation.fused_step``, the quantized models' step where its operator works). Rows run one after
@@ -16,6 +17,7 @@ import time
 from pathlib import Path
 
 from glassformer import runtime
+from glassformer.backends.kernels import kernel_works
 from glassformer.generation import fused_step
 from glassformer.models.quantization import Quantization
 from glassformer.pipelines.translator import Translator
@@ -27,6 +29,7 @@ ROWS = {  # name -> (precision, quantization)
     "float32": ("fp32", None),
     "bfloat16": ("bf16", None),
     "int8": ("fp32", Quantization("int8")),
+    "int8, bf16 activations": ("fp32", Quantization("int8", activations="bf16")),
     "int8, int8 activations": ("fp32", Quantization("int8", activations="int8")),
     "int8, int8 activations and output layer": ("fp32", Quantization("int8", embeddings="int8", activations="int8")),
 }
@@ -41,8 +44,12 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=50, help="sentences translated one at a time (0: none)")
     args = parser.parse_args()
     print(runtime.env_line(), flush=True)
-    native = runtime.native_precisions("cpu")
-    rows = {name: row for name, row in ROWS.items() if row[0] != "bf16" or "bf16" in native}
+    native, bf16_kernel = runtime.native_precisions("cpu"), kernel_works("quantized_native_bf16")
+    rows = {
+        name: (precision, quantization) for name, (precision, quantization) in ROWS.items()
+        if (precision != "bf16" or "bf16" in native)
+        and (quantization is None or quantization.activations != "bf16" or bf16_kernel)
+    }  # fmt: skip
     print(f"| {args.split} split, beam {args.beam} | seconds | vs float32 | BLEU |\n|---|---|---|---|", flush=True)
     base = None
     for name, (precision, quantization) in rows.items():
@@ -71,10 +78,11 @@ def one_at_a_time(run: str, split: str, count: int) -> None:
     texts = [source for source, _ in spec.load()[split][:count]]
     print(f"\n| {len(texts)} sentences one at a time, ms a sentence | greedy | vs float32 | beam 4 | vs float32 |")
     print("|---|---|---|---|---|")
-    base, real = None, fused_step.step
+    base, real = None, (fused_step.step, fused_step.takes)
     for name, (quantization, fused) in SINGLE.items():
         translator = Translator.load(run, "cpu", "fp32", quantization)
-        fused_step.step = real if fused else (lambda *args: None)  # None: the modules serve every step
+        if not fused:  # the modules serve every step, and beam search keeps its KVCache
+            fused_step.step, fused_step.takes = (lambda *args: None), (lambda model: False)
         try:
             times = []
             for beams in (1, 4):
@@ -84,7 +92,7 @@ def one_at_a_time(run: str, split: str, count: int) -> None:
                     translator.translate([text], num_beams=beams)
                 times.append((time.perf_counter() - start) / len(texts) * 1e3)
         finally:
-            fused_step.step = real
+            fused_step.step, fused_step.takes = real
         base = base or times
         print(f"| {name} | {times[0]:.1f} | {base[0] / times[0]:.2f}x | {times[1]:.1f} | {base[1] / times[1]:.2f}x |",
               flush=True)  # fmt: skip
