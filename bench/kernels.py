@@ -161,14 +161,14 @@ def quantized_rows() -> None:
 
 def bf16_kernel_or_tiles() -> None:
     """Where BF16_KERNEL_ROWS hands over: every matrix of a SmolLM2-135M-shaped stack (30 layers, random int4
-    weights, 66 MB: they stream from memory as in a prompt's pass), x of 128-512 rows, bfloat16 activations — the
+    weights, 66 MB: they stream from memory as in a prompt's pass), x of 128-1024 rows, bfloat16 activations — the
     tiles in bfloat16 (quantized_linear_tiled) vs the kernel, alternated."""
     weights = []
     for n, k in [(960, 576), (576, 576), (3072, 576), (576, 1536)] * 30:
         weight = QuantizedWeight(n, k, "int4", 32)
         weight.codes, weight.scales, weight.offsets, _ = probe_weight("int4", n, k, 32, seed=len(weights))
         weights.append(weight)
-    for rows in (128, 256, 384, 512):
+    for rows in (128, 256, 512, 768, 1024):
         x = {k: torch.randn(rows, k) for k in (576, 1536)}
 
         def tiled(x: dict = x) -> list:

@@ -135,15 +135,18 @@ def test_bf16_products_give_their_formula_from_four_rows_and_the_16_bit_products
         assert (sixteen - expected).norm() >= 1e-4 * expected.norm(), rows  # bfloat16 did round x
 
 
+@pytest.mark.parametrize("rows", [5, 20])
 @pytest.mark.parametrize("gpt2", [False, True], ids=["llama layout", "gpt-2 layout"])
-def test_the_decoding_step_with_bf16_products_equals_its_reference(gpt2):
-    """decode_step's bf16: a block of 5 positions of one sequence (5 rows: bfloat16 products where this build has
-    them, else the 16-bit ones) against the reference with the products rounded the same way."""
+def test_the_decoding_step_with_bf16_products_equals_its_reference(gpt2, rows):
+    """decode_step's bf16: a block of 5 or 20 positions of one sequence (bfloat16 products where this build has them —
+    20 rows: as outer products, the residual added to x —, else the 16-bit ones) against the reference with the
+    products rounded the same way."""
     arguments = decoder.probe_arguments(gpt2=gpt2)
+    arguments[3], arguments[4] = torch.zeros(2, 2, 2, 24, 16), torch.zeros(2, 2, 2, 24, 16)  # room for 20 positions
     layout = (True, False, "gelu_tanh") if gpt2 else (False, True, "silu")
     theirs = [*arguments[:3], arguments[3].clone(), arguments[4].clone()]
-    x = torch.randn(5, 1, 64, generator=torch.Generator().manual_seed(5))
-    positions = torch.stack((torch.arange(5), torch.zeros(5, dtype=torch.long), torch.arange(5)))
+    x = torch.randn(rows, 1, 64, generator=torch.Generator().manual_seed(5))
+    positions = torch.stack((torch.arange(rows), torch.zeros(rows, dtype=torch.long), torch.arange(rows)))
     operands = (positions, 0, 4, 2, 1e-5, 0.25, True, *layout, None)
     ours = decoder.decode_step(x, *arguments, *operands, True)
     expected = decoder.reference_step(x, *theirs, *operands, torch.ops.glassformer.bf16_dot())

@@ -59,10 +59,11 @@ ACTIVATIONS = ("int8", "bf16")  # what a quantized weight's products may take x 
 # a tile at a time and multiply (quantized_linear_tiled), which was as fast at 32-64 rows and faster past them on
 # both the AVX512-VNNI and the AVX2 kernels (SmolLM2 int4 prompts, 2-core EPYC): 64
 KERNEL_ROWS = 64
-# the same with bfloat16 activations (activations="bf16", where the kernel multiplies bfloat16): since the kernel
-# widens a chunk of weight rows once for all the rows of x (csrc/products.h) it is as fast as the tiles in bfloat16 up
-# to ~256 rows and slower past them (python bench/kernels.py, "SmolLM2 shapes ... bf16: tiles vs kernel")
-BF16_KERNEL_ROWS = 256
+# the same with bfloat16 activations (activations="bf16", where the kernel multiplies bfloat16): the kernel widens a
+# chunk of weight rows once for all the rows of x and, from 16 rows, multiplies them as outer products
+# (csrc/products.h); it is faster than the tiles in bfloat16 up to 512 rows (1.13-1.75x) and about as fast at
+# 768-1024 (0.95-1.08x) (python bench/kernels.py, "SmolLM2 shapes ... bf16: tiles vs kernel")
+BF16_KERNEL_ROWS = 512
 # floats of weight dequantized at a time for many rows of activations (quantized_linear_tiled): 1 MiB in float32
 TILE_ELEMENTS = 1 << 18
 

@@ -4,7 +4,9 @@
                 times xq in integer arithmetic: within ~2^-14 of each block's largest value. Every path, every CPU.
        bf16     x rounded to bfloat16 (8 bits of mantissa, to nearest even), each pair of blocks of two weight rows
                 widened to bfloat16 once per pass over up to 8 rows of x, and multiplied in pairs with float32 sums
-                (AVX512-BF16's vdpbf16ps: 32 products per instruction, no scale per block in the inner loop):
+                (AVX512-BF16's vdpbf16ps: 32 products per instruction, no scale per block in the inner loop); from
+                OUTER_MIN_ROWS rows as outer products of each chunk of 16 weight rows laid out word by word
+                (bf16_outer_products: no horizontal sums):
 
                     int4   w[n, k] = bf16(codes[n, k] * s + o)    the 16 values of a block made once, then looked up
                     int8   w[n, k] = bf16(codes[n, k] * s)
@@ -164,11 +166,97 @@ static inline __attribute__((always_inline)) void bf16_products_rows(const int n
         for (int m = 0; m < mb; m++) out[j * BF16_ROWS + m] = _mm512_reduce_add_ps(acc[j][m]);
 }
 
+/* Many rows of x: the products as outer products, with no horizontal sums. A chunk of up to 16 widened weight rows
+   is laid out word by word (a word: the two bfloat16 values that vdpbf16ps multiplies as a pair), wt[q] holding
+   word q of all 16 rows; each row m of x then adds, for every q, its word q times wt[q] into 16 sums (one a weight
+   row) in one instruction — up to OUTER_ROWS rows of x at once, their sums in registers. */
+#define OUTER_ROWS 12     /* rows of x per pass */
+#define OUTER_MIN_ROWS 16 /* products of this many rows or more take it */
+
+/* the 16 x 16 words of v transposed: out[q] holds word q of v[0..15] (three rounds of interleaving: words, pairs of
+   words, then 128-bit lanes) */
+static inline void transpose16(const __m512i *v, __m512i *out) {
+    __m512i t[16], u[16];
+    for (int i = 0; i < 8; i++)
+        t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]), t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+    for (int i = 0; i < 4; i++) {  /* u[4i + e]: lane L holds word 4L + e of v[4i .. 4i + 3] */
+        u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]), u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int e = 0; e < 4; e++) {  /* word 4L + e: lane L of u[e], u[4 + e], u[8 + e], u[12 + e] */
+        const __m512i a0 = _mm512_shuffle_i32x4(u[e], u[4 + e], 0x88), a1 = _mm512_shuffle_i32x4(u[e], u[4 + e], 0xDD);
+        const __m512i b0 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0x88);
+        const __m512i b1 = _mm512_shuffle_i32x4(u[8 + e], u[12 + e], 0xDD);
+        out[e] = _mm512_shuffle_i32x4(a0, b0, 0x88), out[8 + e] = _mm512_shuffle_i32x4(a0, b0, 0xDD);
+        out[4 + e] = _mm512_shuffle_i32x4(a1, b1, 0x88), out[12 + e] = _mm512_shuffle_i32x4(a1, b1, 0xDD);
+    }
+}
+
+/* widen_rows' chunk (nr <= 16 rows of `pairs` pairs) word by word: wt[q] = word q of each row (rows past nr zero) */
+static inline void interleave_rows(const __m512i *wb, i64 nr, i64 pairs, __m512i *wt) {
+    __m512i v[16];
+    for (i64 h = 0; h < 2 * pairs; h++) {  /* the first and second halves of each pair: 16 words of each row */
+        for (i64 j = 0; j < 16; j++) v[j] = j < nr ? wb[2 * (j * pairs + h / 2) + h % 2] : _mm512_setzero_si512();
+        transpose16(v, wt + 16 * h);
+    }
+}
+
+/* y[m0 + r, c0 + j] (+)= the sums of MR rows of x (words, `words` a row) with the chunk wt, for j < nr */
+template <int MR>
+static inline void outer_rows(const __m512i *wt, i64 words, const uint32_t *x, i64 m0, i64 c0, i64 nr,
+                              const float *bias, float *y, i64 ldy, int add) {
+    __m512 acc[MR];
+    for (int r = 0; r < MR; r++) acc[r] = _mm512_setzero_ps();
+    const uint32_t *xm = x + m0 * words;
+    for (i64 q = 0; q < words; q++) {
+        const __m512bh w = (__m512bh)_mm512_load_si512(wt + q);
+        for (int r = 0; r < MR; r++)
+            acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_set1_epi32((int)xm[r * words + q]), w);
+    }
+    const __mmask16 take = nr >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << nr) - 1);
+    const __m512 b = bias ? _mm512_maskz_loadu_ps(take, bias + c0) : _mm512_setzero_ps();
+    for (int r = 0; r < MR; r++) {
+        float *at = y + (m0 + r) * ldy + c0;
+        __m512 v = _mm512_add_ps(acc[r], b);
+        if (add) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(take, at));
+        _mm512_mask_storeu_ps(at, take, v);
+    }
+}
+
+/* bf16_products for many rows: each chunk of 16 weight rows widened and laid out word by word once, then every block
+   of rows of x passes over it */
+static inline void bf16_outer_products(const qmatrix *w, const uint16_t *xb, i64 M, i64 n0, i64 n1, const float *bias,
+                                       float *y, i64 ldy, int add) {
+    const i64 pairs = (w->K / BLOCK + 1) / 2, words = pairs * 32;
+    __m512i *wb = (__m512i *)aligned_alloc(64, sizeof(__m512i) * 2 * 16 * pairs);
+    __m512i *wt = (__m512i *)aligned_alloc(64, sizeof(__m512i) * words);
+    const uint32_t *x = (const uint32_t *)xb;
+    for (i64 c0 = n0; c0 < n1; c0 += 16) {
+        const i64 nr = n1 - c0 < 16 ? n1 - c0 : 16;
+        widen_rows(w, c0, nr, wb);
+        interleave_rows(wb, nr, pairs, wt);
+        for (i64 m0 = 0, mb; m0 < M; m0 += mb) {
+            const i64 rest = M - m0;
+            mb = rest >= OUTER_ROWS ? OUTER_ROWS : rest >= 8 ? 8 : rest >= 4 ? 4 : rest >= 2 ? 2 : 1;
+            switch (mb) {
+                case OUTER_ROWS: outer_rows<OUTER_ROWS>(wt, words, x, m0, c0, nr, bias, y, ldy, add); break;
+                case 8: outer_rows<8>(wt, words, x, m0, c0, nr, bias, y, ldy, add); break;
+                case 4: outer_rows<4>(wt, words, x, m0, c0, nr, bias, y, ldy, add); break;
+                case 2: outer_rows<2>(wt, words, x, m0, c0, nr, bias, y, ldy, add); break;
+                default: outer_rows<1>(wt, words, x, m0, c0, nr, bias, y, ldy, add); break;
+            }
+        }
+    }
+    free(wb), free(wt);
+}
+
 /* qmatrix_rows (quantized.h) with x in bfloat16: rows n0 <= n < n1 of y for all M rows of xb, the weight rows in
    chunks of CHUNK that each block of BF16_ROWS rows of x passes over, two weight rows at a time; where more than one
    block of x passes over a chunk, its rows widened once (widen_rows) rather than for every block */
 static inline void bf16_products(const qmatrix *w, const uint16_t *xb, i64 M, i64 n0, i64 n1, const float *bias,
                                  float *y, i64 ldy, int add) {
+    if (M >= OUTER_MIN_ROWS) return bf16_outer_products(w, xb, M, n0, n1, bias, y, ldy, add);
     const i64 pairs = (w->K / BLOCK + 1) / 2;
     /* a chunk's rows widened, where more than one block of x reuses them (without the memory: widened per block) */
     __m512i *wb = M > BF16_ROWS ? (__m512i *)aligned_alloc(64, sizeof(__m512i) * 2 * CHUNK * pairs) : nullptr;
