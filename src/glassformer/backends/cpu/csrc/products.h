@@ -225,12 +225,16 @@ static inline void outer_rows(const __m512i *wt, i64 words, const uint32_t *x, i
 }
 
 /* bf16_products for many rows: each chunk of 16 weight rows widened and laid out word by word once, then every block
-   of rows of x passes over it */
-static inline void bf16_outer_products(const qmatrix *w, const uint16_t *xb, i64 M, i64 n0, i64 n1, const float *bias,
+   of rows of x passes over it. False (nothing done) where its memory could not be had. */
+static inline bool bf16_outer_products(const qmatrix *w, const uint16_t *xb, i64 M, i64 n0, i64 n1, const float *bias,
                                        float *y, i64 ldy, int add) {
     const i64 pairs = (w->K / BLOCK + 1) / 2, words = pairs * 32;
     __m512i *wb = (__m512i *)aligned_alloc(64, sizeof(__m512i) * 2 * 16 * pairs);
     __m512i *wt = (__m512i *)aligned_alloc(64, sizeof(__m512i) * words);
+    if (!wb || !wt) {
+        free(wb), free(wt);
+        return false;
+    }
     const uint32_t *x = (const uint32_t *)xb;
     for (i64 c0 = n0; c0 < n1; c0 += 16) {
         const i64 nr = n1 - c0 < 16 ? n1 - c0 : 16;
@@ -249,6 +253,7 @@ static inline void bf16_outer_products(const qmatrix *w, const uint16_t *xb, i64
         }
     }
     free(wb), free(wt);
+    return true;
 }
 
 /* qmatrix_rows (quantized.h) with x in bfloat16: rows n0 <= n < n1 of y for all M rows of xb, the weight rows in
@@ -256,7 +261,7 @@ static inline void bf16_outer_products(const qmatrix *w, const uint16_t *xb, i64
    block of x passes over a chunk, its rows widened once (widen_rows) rather than for every block */
 static inline void bf16_products(const qmatrix *w, const uint16_t *xb, i64 M, i64 n0, i64 n1, const float *bias,
                                  float *y, i64 ldy, int add) {
-    if (M >= OUTER_MIN_ROWS) return bf16_outer_products(w, xb, M, n0, n1, bias, y, ldy, add);
+    if (M >= OUTER_MIN_ROWS && bf16_outer_products(w, xb, M, n0, n1, bias, y, ldy, add)) return;
     const i64 pairs = (w->K / BLOCK + 1) / 2;
     /* a chunk's rows widened, where more than one block of x reuses them (without the memory: widened per block) */
     __m512i *wb = M > BF16_ROWS ? (__m512i *)aligned_alloc(64, sizeof(__m512i) * 2 * CHUNK * pairs) : nullptr;
