@@ -270,9 +270,11 @@ class BeamBlocks:
 
     @property
     def length(self) -> int:
+        """The positions every row holds (beam search's rows advance together)."""
         return self.slots.lengths[0]
 
     def step_view(self, new: int) -> SlotView:
+        """Every row with room for its next ``new`` positions (a fresh block where one is full), as one view."""
         for row in self.rows:
             self.slots.reserve(row, self.length + new)
         return self.slots.view(self.rows)
