@@ -464,8 +464,8 @@ def decode_with_memory(model, src, copies, fused, steps=6):
 @pytest.mark.parametrize("copies", [1, 2, 5])
 def test_an_encoder_decoder_s_step_gives_the_modules_logits_and_cache(kind, activations, layout, copies):
     """Sources of their own lengths (right-padded), each serving ``copies`` rows (beam search's beams): every layer
-    attends to its row's source in the step, as the modules' cross-attention does. bfloat16 activations: the 3, 6 or 15 rows' products in bfloat16 from 4 rows where the kernel
-    multiplies it, in the step and the modules alike."""
+    attends to its row's source in the step, as the modules' cross-attention does. bfloat16 activations: the 3, 6 or
+    15 rows' products in bfloat16 from 4 rows where the kernel multiplies it, in the step and the modules alike."""
     model = encoder_decoder(layout).quantize(kind, activations=activations)
     src = torch.randint(4, 96, (3, 7))
     src[1, 5:], src[2, 3:] = 0, 0
