@@ -134,8 +134,9 @@ def beams_cache(model, step: DecodingStep, rows: int, max_length: int, mask: tor
     reorder copies the histories that change (the modules read it contiguous)."""
     if step.kind != "fused" or mask is not None:
         return model.make_cache(rows, max_length)
-    layers, _, heads, _, head_dim = (shape := model.make_cache(1, max_length).keys).shape
-    return BeamBlocks(layers, rows, heads, max_length, head_dim, shape.dtype, shape.device)
+    one_row = model.make_cache(1, max_length).keys  # the model's cache layout: (layers, 1, heads, max_length, d)
+    layers, _, heads, _, head_dim = one_row.shape
+    return BeamBlocks(layers, rows, heads, max_length, head_dim, one_row.dtype, one_row.device)
 
 
 def _for_step(cache, new: int):

@@ -212,13 +212,14 @@ def probe_dynamic_int8() -> None:
 
 def probe_native_bf16() -> None:
     """The bf16 products must multiply bfloat16 here and give, for int8 and int4 weights (3 blocks: one pair and an
-    odd one), ``F.linear`` of x in bfloat16 with the weight widened to bfloat16 (each within bfloat16's rounding)."""
+    odd one), ``F.linear`` of x in bfloat16 with the weight widened to bfloat16 (each within bfloat16's rounding) —
+    for 5 rows and for 20 (from 16 rows: the outer products of ``csrc/products.h``)."""
     if not extension.load() or not torch.ops.glassformer.bf16_dot():
         raise RuntimeError("this build does not multiply bfloat16 (no AVX512-BF16)")
     generator = torch.Generator().manual_seed(2)
-    for kind, group in (("int8", 32), ("int4", 32)):
+    for kind, group, rows in (("int8", 32, 5), ("int4", 32, 5), ("int8", 32, 20), ("int4", 32, 20)):
         codes, scales, offsets, w = probe_weight(kind, 40, 96, group)
-        x, bias = torch.randn(5, 96, generator=generator), torch.linspace(-1, 1, 40)
+        x, bias = torch.randn(rows, 96, generator=generator), torch.linspace(-1, 1, 40)
         expected = F.linear(x.bfloat16().float(), w.bfloat16().float(), bias)
         y = native_linear(x, codes, scales, offsets, group, bias, bf16=True)
         if not (y - expected).norm() <= 1e-5 * expected.norm():  # the same products, summed in another order
