@@ -128,3 +128,39 @@ def fused_steps(monkeypatch):
 
     monkeypatch.setattr(fused_step, "step", counted)
     return served
+
+
+@pytest.fixture
+def nan_caches(monkeypatch):
+    """``with nan_caches() as made:`` every key/value cache made inside starts as NaN where its memory is not
+    cleared (``KVCache``, the pools of ``BeamBlocks``), and is listed in ``made``: decoding that reads a position
+    before writing it then gives NaN or other tokens."""
+    import contextlib
+    import inspect
+
+    from glassformer.nn.cache import CacheStorage
+    from glassformer.nn.slot_cache import SlotCache
+
+    storage_init, slots_init = CacheStorage.__init__, SlotCache.__init__
+
+    @contextlib.contextmanager
+    def poisoned():
+        made = []
+
+        def storage(self, *args, **kwargs):
+            storage_init(self, *args, **kwargs)
+            self.keys.fill_(float("nan")), self.values.fill_(float("nan"))
+            made.append(self)
+
+        def slots(self, *args, **kwargs):
+            slots_init(self, *args, **kwargs)
+            if not inspect.signature(slots_init).bind(self, *args, **kwargs).arguments.get("zeroed", True):
+                self.keys.fill_(float("nan")), self.values.fill_(float("nan"))
+                made.append(self)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(CacheStorage, "__init__", storage)
+            patch.setattr(SlotCache, "__init__", slots)
+            yield made
+
+    return poisoned

@@ -17,6 +17,7 @@ from glassformer.generation.seq2seq import SourceConditionedDecoder, translate_i
 from glassformer.generation.step import choose_step
 from glassformer.models.gpt import GPT, GPTConfig
 from glassformer.models.transformer import Transformer, TransformerConfig
+from glassformer.nn.cache import KVCache
 from glassformer.tolerance import tolerance
 
 pytestmark = [
@@ -44,6 +45,11 @@ def modules_only(monkeypatch):
     monkeypatch.setattr(fused_step, "takes", lambda model: False)
 
 
+def filled(cache) -> tuple[torch.Tensor, torch.Tensor]:
+    """A cache's keys and values at the positions written (the rest of its memory is never cleared nor read)."""
+    return cache.keys[:, :, :, : cache.length], cache.values[:, :, :, : cache.length]
+
+
 def step_by_step(model, ids, steps=6):
     """Scores of each decoding step ``(1, 1 + steps, vocab)`` and the cache after them: the prompt at once, then
     one token at a time through the step ``generate`` would choose (glassformer.generation.step)."""
@@ -68,7 +74,7 @@ def test_the_fused_step_gives_the_modules_logits_and_cache(monkeypatch, kind, gr
     # logits and in the keys and values alike (int4 with groups of 64 measured up to 1.0e-4 in the cache)
     assert (fused - expected).abs().max() <= 2e-4 * expected.abs().max()
     assert fused_cache.length == cache.length
-    for ours, theirs in ((fused_cache.keys, cache.keys), (fused_cache.values, cache.values)):
+    for ours, theirs in zip(filled(fused_cache), filled(cache), strict=True):
         assert (ours - theirs).abs().max() <= 2e-4 * theirs.abs().max()
 
 
@@ -128,7 +134,7 @@ def test_gpt2s_layout_takes_the_fused_step_and_gives_the_modules_logits_and_cach
         modules_only(monkeypatch)
         expected, cache = step_by_step(model, ids)
     assert (fused - expected).abs().max() <= 2e-4 * expected.abs().max()  # as the Llama test above
-    for ours, theirs in ((fused_cache.keys, cache.keys), (fused_cache.values, cache.values)):
+    for ours, theirs in zip(filled(fused_cache), filled(cache), strict=True):
         assert (ours - theirs).abs().max() <= 2e-4 * theirs.abs().max()
 
 
@@ -170,7 +176,7 @@ def test_the_fast_recipe_s_layers_take_the_fused_step_and_give_the_modules_logit
         modules_only(monkeypatch)
         expected, cache = step_by_step(model, ids)
     assert (fused - expected).abs().max() <= 2e-4 * expected.abs().max()  # as the tests above
-    for ours, theirs in ((fused_cache.keys, cache.keys), (fused_cache.values, cache.values)):
+    for ours, theirs in zip(filled(fused_cache), filled(cache), strict=True):
         assert (ours - theirs).abs().max() <= 2e-4 * theirs.abs().max()
 
 
@@ -317,6 +323,7 @@ from glassformer.backends.cpu import extension
 from glassformer.generation.step import choose_step
 from glassformer.models.gpt import GPT, GPTConfig
 from glassformer.models.transformer import Transformer, TransformerConfig
+from glassformer.nn.cache import KVCache
 from glassformer.nn.quantization import QuantizedWeight, quantized_linear, quantized_linear_reference
 
 assert extension.load(), extension.why_not
@@ -371,7 +378,7 @@ def test_a_block_of_one_sequence_gives_the_modules_logits(kind):
         expected = model(ids[:, 5:], cache=theirs)[0]
     assert block is not None and ours.length == theirs.length == 12
     assert (block - expected).abs().max() <= 1e-4 * expected.abs().max()
-    assert (ours.keys - theirs.keys).abs().max() <= 1e-4 * theirs.keys.abs().max()
+    assert (filled(ours)[0] - filled(theirs)[0]).abs().max() <= 1e-4 * filled(theirs)[0].abs().max()
 
 
 @pytest.mark.parametrize("num_kv_heads", [1, 2])
@@ -397,7 +404,7 @@ def test_a_block_attends_in_tiles_and_each_row_gets_what_it_gets_alone(num_kv_he
         assert fused_step.block(model, ids[:, 5:], tiled) is not None
         for i in range(5, 20):
             assert fused_step.step(model, ids[:, i : i + 1], single) is not None
-    assert torch.equal(tiled.keys, single.keys) and torch.equal(tiled.values, single.values)
+    assert all(torch.equal(a, b) for a, b in zip(filled(tiled), filled(single), strict=True))
 
 
 def test_the_step_is_chosen_once_and_forward_is_always_the_modules(monkeypatch, fused_steps):
@@ -476,7 +483,7 @@ def test_an_encoder_decoder_s_step_gives_the_modules_logits_and_cache(kind, acti
     # left-padded test above (a value rounding the other way moves a logit by up to ~2^-9 of its size)
     bound = 2e-3 if activations else 2e-4
     assert (fused - expected).abs().max() <= bound * expected.abs().max()
-    for ours, theirs in ((fused_cache.keys, cache.keys), (fused_cache.values, cache.values)):
+    for ours, theirs in zip(filled(fused_cache), filled(cache), strict=True):
         assert (ours - theirs).abs().max() <= bound * theirs.abs().max()
 
 
@@ -492,6 +499,28 @@ def test_translation_decodes_every_step_fused_and_as_the_modules_do(monkeypatch,
         assert fused_steps and all(fused_steps)
         modules_only(monkeypatch)
         assert translate_ids(model, src, num_beams=num_beams, max_len_b=8) == fused
+
+
+def test_the_fused_step_reads_no_position_before_writing_it(nan_caches, fused_steps):
+    """The caches' memory is not cleared (``KVCache``, ``BeamBlocks``' pool): greedy and beam search of a decoder and
+    translation's beam search give the same tokens, every step fused, from caches that start as NaN."""
+    decoder, translator = llama().quantize("int8"), encoder_decoder("pre-norm").quantize("int8")
+    ids, src = torch.randint(0, 96, (2, 5)), torch.randint(4, 96, (2, 6))
+    src[1, 4:] = 0
+
+    def decode():
+        with torch.inference_mode():
+            return (
+                decoder.generate(ids, max_new_tokens=8).tolist(),
+                decoder.generate(ids, max_new_tokens=8, num_beams=3).tolist(),
+                translate_ids(translator, src, num_beams=3, max_len_b=8),
+            )
+
+    expected = decode()
+    with nan_caches() as made:
+        assert decode() == expected
+    pools = [cache for cache in made if not isinstance(cache, KVCache)]
+    assert len(pools) == 2 and fused_steps and all(fused_steps)  # each beam search's shared blocks, from NaN
 
 
 @pytest.mark.parametrize("why", ["float weights", "a source with a hole", "training"])

@@ -47,7 +47,9 @@ class LayerCache:
 
 class CacheStorage:
     """The memory of a cache: ``keys`` and ``values``, each ``(num_layers, rows, heads, max_length, head_dim)``,
-    allocated once."""
+    allocated once and not cleared: a position is read only after it is written (every row advances together, and
+    left padding is written with the padding's own keys), so the system's pages are touched only as positions fill
+    (a batch whose answers end early never pays for the rest)."""
 
     def __init__(
         self,
@@ -60,8 +62,8 @@ class CacheStorage:
         device: torch.device | str | None = None,
     ):
         shape = (num_layers, rows, num_heads, max_length, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.keys = torch.empty(shape, dtype=dtype, device=device)
+        self.values = torch.empty(shape, dtype=dtype, device=device)
         self.max_length = max_length
 
     @property

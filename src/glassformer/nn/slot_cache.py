@@ -45,10 +45,15 @@ class OutOfBlocks(RuntimeError):
 
 class SlotCache:
     """``slots`` sequences of up to ``max_length`` positions in a pool of ``blocks`` blocks of ``block`` positions
-    (default: enough for every slot's whole ``max_length``). ``lengths[slot]``: the positions filled."""
+    (default: enough for every slot's whole ``max_length``). ``lengths[slot]``: the positions filled.
+
+    The pool starts zeroed: the modules gather a view's blocks up to its longest row, so a shorter row's unwritten
+    positions are read (masked, but a masked NaN would still reach the output). ``zeroed=False`` leaves it unwritten
+    for views whose rows all hold the same length (``BeamBlocks``): the pages are then touched only as blocks fill.
+    """
 
     def __init__(self, num_layers: int, slots: int, num_heads: int, max_length: int, head_dim: int, dtype=torch.float32,
-                 device=None, blocks: int | None = None, block: int = DEFAULT_BLOCK):  # fmt: skip
+                 device=None, blocks: int | None = None, block: int = DEFAULT_BLOCK, zeroed: bool = True):  # fmt: skip
         if block < 1 or max_length < 1:
             raise ValueError(f"a slot cache needs block >= 1 and max_length >= 1, got {block}, {max_length}")
         self.block, self.max_length = block, max_length
@@ -57,8 +62,9 @@ class SlotCache:
         if self.blocks < 1:
             raise ValueError(f"a slot cache needs at least one block, got {self.blocks}")
         shape = (num_layers, 1 + self.blocks, num_heads, block, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        allocate = torch.zeros if zeroed else torch.empty
+        self.keys = allocate(shape, dtype=dtype, device=device)
+        self.values = allocate(shape, dtype=dtype, device=device)
         self.lengths = [0] * slots
         self.tables: list[list[int]] = [[] for _ in range(slots)]
         self.refs = [0] * (1 + self.blocks)
@@ -265,7 +271,8 @@ class BeamBlocks:
     def __init__(self, num_layers: int, rows: int, num_heads: int, max_length: int, head_dim: int,
                  dtype=torch.float32, device=None, block: int = 16):  # fmt: skip
         blocks = rows * (-(-max_length // block) + 1)  # every row's whole table, and a copy of a last block each
-        self.slots = SlotCache(num_layers, rows, num_heads, max_length, head_dim, dtype, device, blocks, block)
+        # every row holds the same length: no row reads a position it has not written, so the pool is not cleared
+        self.slots = SlotCache(num_layers, rows, num_heads, max_length, head_dim, dtype, device, blocks, block, False)
         self.rows = list(range(rows))
 
     @property
