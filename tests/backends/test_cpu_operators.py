@@ -6,7 +6,7 @@ operations, and a build that cannot happen reported in one line."""
 import pytest
 import torch
 
-from glassformer.backends.cpu import decoder, extension
+from glassformer.backends.cpu import candidates, decoder, extension
 from glassformer.backends.cpu.quantized import pack_int4, probe_weight
 from glassformer.backends.kernels import kernel_status, kernel_works
 from glassformer.nn.linear import Linear
@@ -202,3 +202,35 @@ def test_one_sequence_rows_are_a_causal_block_of_one_sequence():
     torch.testing.assert_close(ours, expected, atol=1e-3 * float(expected.abs().max()), rtol=0)
     torch.testing.assert_close(arguments[3], theirs[3], atol=1e-3, rtol=0)
     assert not arguments[3][:, 0].any()
+
+
+@pytest.mark.parametrize("vocab,k", [(37, 5), (8000, 8), (16, 16), (17, 1), (100, 12)])
+def test_top_log_probs_passes_opcheck_and_gives_log_softmax_s_best(vocab, k):
+    """Each row's k best log-probabilities and their tokens, as ``log_softmax`` then ``topk`` give them: rows of whole
+    chunks of 16 and with a remainder, tokens banned to -inf, a step axis."""
+    logits = torch.randn(2, 3, vocab) * 5
+    logits[0, 1, ::3] = float("-inf")
+    torch.library.opcheck(torch.ops.glassformer.top_log_probs.default, (logits, k))
+    values, tokens = torch.ops.glassformer.top_log_probs(logits, k)
+    expected, expected_tokens = candidates.reference(logits, k)
+    torch.testing.assert_close(values, expected, rtol=0, atol=2e-6)
+    ranked = expected > float("-inf")  # the banned tokens' order among themselves is topk's to choose
+    assert torch.equal(tokens[ranked], expected_tokens[ranked])
+
+
+def test_top_log_probs_ranks_ties_by_token_and_flags_rows_with_no_finite_best():
+    """Equal logits: the lower token first. A row holding a NaN, or whose best is ±inf, gets NaN values (as
+    ``log_softmax`` gives, so beam search refuses them)."""
+    values, tokens = torch.ops.glassformer.top_log_probs(torch.zeros(1, 40), 4)
+    assert tokens.tolist() == [[0, 1, 2, 3]]
+    torch.testing.assert_close(values, torch.full((1, 4), -torch.log(torch.tensor(40.0)).item()))
+    logits = torch.randn(4, 50)
+    logits[0, 33], logits[1] = float("nan"), float("-inf")
+    logits[2, 5] = float("inf")
+    values = torch.ops.glassformer.top_log_probs(logits, 3)[0]
+    assert values[:3].isnan().all() and not values[3].isnan().any()
+    assert candidates.reference(logits, 3)[0][:3].isnan().any(-1).all()  # the reference's rows are NaN there too
+    with pytest.raises(RuntimeError, match="k = 51: between 1 and the 50 logits of a row"):
+        torch.ops.glassformer.top_log_probs(logits, 51)
+    with pytest.raises(RuntimeError, match="logits: float32 on the CPU"):
+        torch.ops.glassformer.top_log_probs(logits.double(), 3)

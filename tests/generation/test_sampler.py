@@ -142,3 +142,28 @@ def test_presence_and_frequency_penalties_as_openai_defines():
     assert out.tolist() == [[0.0, -2.5, 0.0, -1.5, 0.0], [0.0] * 5]
     with pytest.raises(ValueError, match="frequency_penalty"):
         GenerationConfig(frequency_penalty=3.0).validate()
+
+
+@pytest.mark.parametrize("options", [{}, {"repetition_penalty": 1.3}, {"no_repeat_ngram_size": 1}])
+def test_beam_candidates_are_the_best_of_every_beam_s_every_token(options):
+    """Beam search's candidates, taken a beam's best at a time where nothing changes the scores, are the best of all
+    beams × tokens ranked at once (its beam's running score plus the token's penalized log-probability); a NaN
+    logit reaches the refusal."""
+    from glassformer.generation.processors import build_processors
+    from glassformer.generation.search import beam_candidates
+
+    torch.manual_seed(0)
+    batch, beams, vocab = 3, 4, 100
+    logits, history = torch.randn(batch * beams, 1, vocab) * 3, torch.randint(0, vocab, (batch * beams, 6))
+    config = GenerationConfig(num_beams=beams, **options)
+    sampling = Sampling.of([config] * (batch * beams), None, build_processors(config, 2))
+    running = torch.randn(batch, beams) * 2
+    scores, parent, token = beam_candidates(logits, history, 2, running, sampling)
+    log_probs = sampler.scores(logits[:, 0].log_softmax(-1), history, sampling)
+    total = (log_probs.view(batch, beams, vocab) + running[..., None]).view(batch, -1)
+    expected, index = total.topk(2 * beams)
+    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-5)
+    assert torch.equal(parent, index // vocab) and torch.equal(token, index % vocab)
+    logits[5, 0, 17] = float("nan")
+    with pytest.raises(FloatingPointError, match="NaN scores"):
+        sampler.check(beam_candidates(logits, history, 2, running, sampling)[0])

@@ -15,6 +15,7 @@ bug report can say whether a kernel is involved; ``glassformer env`` lists each 
     quantized_native_bf16       glassformer's products with bfloat16 activations  backends.cpu.quantized
     quantized_decoder_step      a whole decoding step in one op                  backends.cpu.decoder
     quantized_native_dequantize glassformer's dequantization (long prompts' tiles) backends.cpu.quantized
+    top_log_probs               beam search's candidates, each row read once    backends.cpu.candidates
     fused_adamw_cpu/cuda/mps    torch's fused AdamW                               here
 """
 
@@ -53,6 +54,7 @@ KERNELS = {
     "quantized_native_bf16": "glassformer.backends.cpu.quantized:probe_native_bf16",
     "quantized_decoder_step": "glassformer.backends.cpu.decoder:probe",
     "quantized_native_dequantize": "glassformer.backends.cpu.quantized:probe_native_dequantize",
+    "top_log_probs": "glassformer.backends.cpu.candidates:probe",
     "fused_adamw_cpu": functools.partial(_probe_fused_adamw, "cpu"),
     "fused_adamw_cuda": functools.partial(_probe_fused_adamw, "cuda"),
     "fused_adamw_mps": functools.partial(_probe_fused_adamw, "mps"),

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from glassformer import runtime
+from glassformer.backends.cpu.candidates import top_log_probs
 from glassformer.backends.cpu.onednn import min_packed_rows
 from glassformer.generation import sampler, speculative
 from glassformer.generation.config import GenerationConfig
@@ -139,6 +140,34 @@ def beams_cache(model, step: DecodingStep, rows: int, max_length: int, mask: tor
     return BeamBlocks(layers, rows, heads, max_length, head_dim, one_row.dtype, one_row.device)
 
 
+def beam_candidates(
+    logits: torch.Tensor, history: torch.Tensor, prompt_length: int, running_scores: torch.Tensor, sampling: Sampling
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Beam search's ``k = 2 · num_beams`` best candidates of a step per input, best first: ``(scores, parent beam,
+    token)``, each ``(batch, k)``, a candidate's score its beam's running score plus log softmax(logits) of its token
+    (penalized and constrained as ``sampling`` asks). ``logits`` ``(batch · beams, vocab)`` (or with a step axis of 1),
+    ``history`` ``(batch · beams, length)``, ``running_scores`` ``(batch, beams)``.
+
+    Where nothing changes the scores, a beam's k best are taken first (``backends.cpu.candidates.top_log_probs``: no
+    beam gives more than k of its input's best k), and only those ``beams · k`` ranked; else every token of every
+    beam is."""
+    batch, num_beams = running_scores.shape
+    k = 2 * num_beams
+    logits = logits.reshape(batch * num_beams, -1)
+    vocab = logits.size(-1)
+    plain = not (sampling.penalized or sampling.counted or sampling.guides is not None or sampling.constraints)
+    if plain and k <= vocab:
+        values, tokens = top_log_probs(logits, k)  # (batch · beams, k) each
+        total = (values.view(batch, num_beams, k) + running_scores[..., None]).view(batch, -1)
+        top_scores, pick = total.topk(k)
+        return top_scores, pick // k, tokens.view(batch, -1).gather(1, pick)
+    counts = sampler.token_counts(history[:, prompt_length:], vocab) if sampling.counted else None
+    log_probs = sampler.scores(F.log_softmax(logits, -1), history, sampling, counts)
+    total = (log_probs.view(batch, num_beams, vocab) + running_scores[..., None]).view(batch, -1)
+    top_scores, top_index = total.topk(k)
+    return top_scores, top_index // vocab, top_index % vocab
+
+
 def _for_step(cache, new: int):
     """What a step of ``new`` positions per row decodes with: a ``BeamBlocks``' view of its rows, or the cache."""
     return cache.step_view(new) if isinstance(cache, BeamBlocks) else cache
@@ -186,13 +215,8 @@ def beam_search(
     length = prompt_length
     while True:
         history = running[:, :, :length].flatten(0, 1)
-        counts = sampler.token_counts(history[:, prompt_length:], logits.size(-1)) if sampling.counted else None
-        log_probs = sampler.scores(F.log_softmax(logits, -1), history, sampling, counts)  # the candidates' scores
-        vocab = log_probs.size(-1)
-        total = (log_probs.view(batch, num_beams, vocab) + running_scores[..., None]).view(batch, -1)
-        top_scores, top_index = total.topk(candidates_per_step)  # (batch, 2 · beams)
+        top_scores, parent, token = beam_candidates(logits, history, prompt_length, running_scores, sampling)
         sampler.check(top_scores)  # a NaN, or every token banned: refused before anything changes
-        parent, token = top_index // vocab, top_index % vocab
         candidates = running.gather(1, parent[..., None].expand(-1, -1, max_length)).clone()
         candidates[:, :, length] = token
         ends = torch.full_like(token, length + 1 >= max_length, dtype=torch.bool)

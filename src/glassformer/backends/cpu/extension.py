@@ -116,6 +116,11 @@ def _register_fakes() -> None:
     def _(codes, scales, offsets, group_size):  # (N, K) float32
         return scales.new_empty((codes.size(0), scales.size(1) * group_size), dtype=torch.float32)
 
+    @torch.library.register_fake("glassformer::top_log_probs")
+    def _(logits, k):  # (..., V) -> (..., k) values and tokens
+        shape = (*logits.shape[:-1], k)
+        return logits.new_empty(shape), logits.new_empty(shape, dtype=torch.long)
+
     @torch.library.register_fake("glassformer::decode_step")
     def _(x, weights, group_sizes, inv_freq, keys, values, positions, first_row, num_heads, kv_heads, eps, scale,
           one_sequence=False, layer_norm=False, gated=True, activation="silu", block_table=None, bf16=False,

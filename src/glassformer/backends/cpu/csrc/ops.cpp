@@ -9,6 +9,7 @@
                                 qk_norm)
                                                                                        every layer of a step (decoder.h)
        glassformer::dequantize(codes, scales, offsets?, group_size)                     W in float32 (quantized.h)
+       glassformer::top_log_probs(logits, k)           each row's k best log-softmax values and tokens (candidates.h)
        glassformer::simd()                 "AVX512-VNNI", "AVX2", "NEON-dotprod", "NEON" or "C": the path built
        glassformer::bf16_dot()             whether bf16 products multiply bfloat16 here (AVX512-BF16), else 16-bit
 
@@ -23,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "candidates.h"
 #include "decoder.h"
 #include "products.h"
 
@@ -248,6 +250,21 @@ at::Tensor decode_step_op(const at::Tensor &x, const c10::List<std::optional<at:
     return hidden.view({B, 1, d});
 }
 
+/* beam search's candidates: each row's k best log-softmax values of logits (..., V), best first, and their tokens */
+std::tuple<at::Tensor, at::Tensor> top_log_probs_op(const at::Tensor &logits, int64_t k) {
+    TORCH_CHECK(logits.scalar_type() == at::kFloat && logits.device().is_cpu() && logits.dim() >= 1,
+                "logits: float32 on the CPU");
+    const int64_t V = logits.size(-1);
+    TORCH_CHECK(k >= 1 && k <= V, "k = ", k, ": between 1 and the ", V, " logits of a row");
+    const at::Tensor z = logits.reshape({-1, V}).contiguous();
+    std::vector<int64_t> sizes = logits.sizes().vec();
+    sizes.back() = k;
+    at::Tensor values = at::empty(sizes, logits.options()), tokens = at::empty(sizes, logits.options().dtype(at::kLong));
+    top_log_probs(z.data_ptr<float>(), z.size(0), V, (int)k, values.data_ptr<float>(), tokens.data_ptr<int64_t>(),
+                  at::get_num_threads());
+    return {values, tokens};
+}
+
 std::string simd() { return simd_path(); }
 
 bool bf16_dot_op() { return bf16_dot(); }
@@ -264,6 +281,7 @@ TORCH_LIBRARY(glassformer, m) {
           "Tensor? memory_lengths=None, int copies=1, Tensor? position_bias=None, bool post_norm=False, "
           "bool qk_norm=False) -> Tensor");
     m.def("dequantize(Tensor codes, Tensor scales, Tensor? offsets, int group_size) -> Tensor");
+    m.def("top_log_probs(Tensor logits, int k) -> (Tensor, Tensor)");
     m.def("simd() -> str", &simd);
     m.def("bf16_dot() -> bool", &bf16_dot_op);
 }
@@ -272,4 +290,5 @@ TORCH_LIBRARY_IMPL(glassformer, CPU, m) {
     m.impl("quantized_linear", &quantized_linear);
     m.impl("decode_step", &decode_step_op);
     m.impl("dequantize", &dequantize_op);
+    m.impl("top_log_probs", &top_log_probs_op);
 }

@@ -80,4 +80,29 @@ static inline float dot_f32(const float *a, const float *b, i64 n) {
     return sum;
 }
 
+/* 16 floats as one value (GCC's and clang's vector extension): one AVX512 register, two AVX2 ones, four NEON ones */
+typedef float f32x16 __attribute__((vector_size(64)));
+
+static inline f32x16 load16(const float *p) {
+    f32x16 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* e^x in float32, within a few ulp of expf for x in [-87, 88] (clamped there: e^-87 ~ 1.6e-38 stands for 0): x = n ln 2
+   + r, |r| <= ln 2 / 2 (Cody-Waite, Cephes' constants), e^r = 1 + r + r^2 P(r) (Cephes' degree-5 P), 2^n made in
+   the exponent bits. No calls and no branches, so that loops over it vectorize. */
+static inline __attribute__((always_inline)) float exp_approx(float x) {
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    const float n = rintf(x * 1.44269504088896341f);
+    const float r = fmaf(n, 2.12194440e-4f, fmaf(n, -0.693359375f, x));
+    float p = 1.9875691500e-4f;
+    p = fmaf(p, r, 1.3981999507e-3f), p = fmaf(p, r, 8.3334519073e-3f), p = fmaf(p, r, 4.1665795894e-2f);
+    p = fmaf(p, r, 1.6666665459e-1f), p = fmaf(p, r, 5.0000001201e-1f);
+    const int32_t bits = ((int32_t)n + 127) << 23;
+    float two_n;
+    memcpy(&two_n, &bits, sizeof two_n);
+    return fmaf(p, r * r, r + 1.0f) * two_n;
+}
+
 #endif
