@@ -145,13 +145,11 @@ static void attend(const float *q, i64 q_stride, i64 R, const qrows *rows, i64 l
         }
     }
     for (i64 i = 0; i < R; i++) {  /* each row's softmax over its own positions; zero weight past them */
-        float *s = scores + i * score_stride, top = -INFINITY, total = 0.0f;
+        float *s = scores + i * score_stride;
         const i64 length = last + i - first + 1;
         if (bias)
             for (i64 j = 0; j < length; j++) s[j] += bias[length - 1 - j];
-        for (i64 j = 0; j < length; j++) top = s[j] > top ? s[j] : top;
-        for (i64 j = 0; j < length; j++) s[j] = exp_approx(s[j] - top);
-        for (i64 j = 0; j < length; j++) total += s[j];
+        const float total = exp_sum<true>(s, length, max_of(s, length), s);
         for (i64 j = length; j < end - first + 1; j++) s[j] = 0.0f;
         inverse[i] = 1.0f / total;
     }

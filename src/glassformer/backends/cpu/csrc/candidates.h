@@ -19,55 +19,18 @@ static inline void keep_best(float *values, i64 *tokens, int *n, int k, float v,
     values[i] = v, tokens[i] = token;
 }
 
-typedef int32_t i32x16 __attribute__((vector_size(64))); /* a comparison of two f32x16: -1 where true, else 0 */
-
-/* the larger of a and b lane by lane (b where a is NaN) */
-static inline f32x16 max16(f32x16 a, f32x16 b) {
-    const i32x16 a_larger = a > b;
-    return (f32x16)((a_larger & (i32x16)a) | (~a_larger & (i32x16)b));
-}
-
-/* whether any lane of a comparison is true: its halves OR-ed together until one lane is left */
-static inline bool any16(i32x16 m) {
-    const auto lo8 = __builtin_shufflevector(m, m, 0, 1, 2, 3, 4, 5, 6, 7);
-    const auto hi8 = __builtin_shufflevector(m, m, 8, 9, 10, 11, 12, 13, 14, 15);
-    const auto m8 = lo8 | hi8;
-    const auto m4 = __builtin_shufflevector(m8, m8, 0, 1, 2, 3) | __builtin_shufflevector(m8, m8, 4, 5, 6, 7);
-    return (m4[0] | m4[1] | m4[2] | m4[3]) != 0;
-}
-
 /* the k best log-probabilities of row z (V logits, k <= V) into values (k), their tokens into tokens (k): the max,
-   the sum and the comparisons with the k-th best 16 logits at a time, the insertions one by one */
+   the sum and the comparisons with the k-th best 16 logits at a time (simd.h), the insertions one by one */
 static void top_log_probs_row(const float *z, i64 V, int k, float *values, i64 *tokens) {
-    const i64 whole = V / SEARCH_CHUNK * SEARCH_CHUNK;
-    f32x16 lanes_max = {}, lanes_sum = {};
-    i32x16 lanes_nan = {};
-    lanes_max -= INFINITY;
-    for (i64 j = 0; j < whole; j += SEARCH_CHUNK) {
-        const f32x16 v = load16(z + j);
-        lanes_max = max16(v, lanes_max), lanes_nan |= v != v;
-    }
-    float m = -INFINITY;
-    bool nan = any16(lanes_nan);
-    for (int c = 0; c < SEARCH_CHUNK; c++) m = lanes_max[c] > m ? lanes_max[c] : m;
-    for (i64 j = whole; j < V; j++) m = z[j] > m ? z[j] : m, nan |= z[j] != z[j];
-    float lse = m;
-    if (!(m > -INFINITY && m < INFINITY))
-        nan = true; /* every logit -inf, or one +inf: no finite best; NaN values, as log_softmax gives */
-    else {
-        for (i64 j = 0; j < whole; j += SEARCH_CHUNK) {
-            const f32x16 v = load16(z + j) - m;
-            for (int c = 0; c < SEARCH_CHUNK; c++) lanes_sum[c] += exp_approx(v[c]);
-        }
-        float total = 0.0f;
-        for (int c = 0; c < SEARCH_CHUNK; c++) total += lanes_sum[c];
-        for (i64 j = whole; j < V; j++) total += exp_approx(z[j] - m);
-        lse = m + logf(total);
-    }
+    const float m = max_of(z, V);
+    /* a NaN, every logit -inf, or one +inf: no finite best; NaN values, as log_softmax gives */
+    const bool nan = any_nan(z, V) || !(m > -INFINITY && m < INFINITY);
+    const float lse = nan ? 0.0f : m + logf(exp_sum<false>(z, V, m, nullptr));
     int n = 0;
     i64 j = 0;
     for (; j < V && n < k; j++) keep_best(values, tokens, &n, k, z[j], j);
     for (; j < V && j % SEARCH_CHUNK; j++) keep_best(values, tokens, &n, k, z[j], j);
+    const i64 whole = V / SEARCH_CHUNK * SEARCH_CHUNK;
     for (; j < whole; j += SEARCH_CHUNK)
         if (any16(load16(z + j) > values[k - 1]))
             for (int c = 0; c < SEARCH_CHUNK; c++) keep_best(values, tokens, &n, k, z[j + c], j + c);

@@ -105,4 +105,67 @@ static inline __attribute__((always_inline)) float exp_approx(float x) {
     return fmaf(p, r * r, r + 1.0f) * two_n;
 }
 
+typedef int32_t i32x16 __attribute__((vector_size(64))); /* a comparison of two f32x16: -1 where true, else 0 */
+
+/* the larger of a and b lane by lane (b where a is NaN) */
+static inline f32x16 max16(f32x16 a, f32x16 b) {
+    const i32x16 a_larger = a > b;
+    return (f32x16)((a_larger & (i32x16)a) | (~a_larger & (i32x16)b));
+}
+
+/* whether any lane of a comparison is true: its halves OR-ed together until one lane is left */
+static inline bool any16(i32x16 m) {
+    const auto lo8 = __builtin_shufflevector(m, m, 0, 1, 2, 3, 4, 5, 6, 7);
+    const auto hi8 = __builtin_shufflevector(m, m, 8, 9, 10, 11, 12, 13, 14, 15);
+    const auto m8 = lo8 | hi8;
+    const auto m4 = __builtin_shufflevector(m8, m8, 0, 1, 2, 3) | __builtin_shufflevector(m8, m8, 4, 5, 6, 7);
+    return (m4[0] | m4[1] | m4[2] | m4[3]) != 0;
+}
+
+/* the largest of s[0 .. n) (-inf for n = 0; NaNs passed over), 16 lanes at a time */
+static inline float max_of(const float *s, i64 n) {
+    f32x16 lanes = {};
+    lanes -= INFINITY;
+    i64 j = 0;
+    for (; j + 16 <= n; j += 16) lanes = max16(load16(s + j), lanes);
+    float top = -INFINITY;
+    for (int c = 0; c < 16; c++) top = lanes[c] > top ? lanes[c] : top;
+    for (; j < n; j++) top = s[j] > top ? s[j] : top;
+    return top;
+}
+
+/* Σ_j e^(s[j] − top) over j < n, summed 16 lanes at a time; with Write, each term is stored in out[j] as well */
+template <bool Write>
+static inline float exp_sum(const float *s, i64 n, float top, float *out) {
+    f32x16 lanes = {};
+    i64 j = 0;
+    for (; j + 16 <= n; j += 16) {
+        f32x16 v = load16(s + j) - top;
+        for (int c = 0; c < 16; c++) v[c] = exp_approx(v[c]);
+        if (Write) memcpy(out + j, &v, sizeof v);
+        lanes += v;
+    }
+    float total = 0.0f;
+    for (int c = 0; c < 16; c++) total += lanes[c];
+    for (; j < n; j++) {
+        const float e = exp_approx(s[j] - top);
+        if (Write) out[j] = e;
+        total += e;
+    }
+    return total;
+}
+
+/* whether any of s[0 .. n) is NaN */
+static inline bool any_nan(const float *s, i64 n) {
+    i32x16 lanes = {};
+    i64 j = 0;
+    for (; j + 16 <= n; j += 16) {
+        const f32x16 v = load16(s + j);
+        lanes |= v != v;
+    }
+    bool nan = any16(lanes);
+    for (; j < n; j++) nan |= s[j] != s[j];
+    return nan;
+}
+
 #endif
