@@ -194,3 +194,39 @@ def test_an_inner_packed_block_leaves_the_outer_one_packed():
     assert layer.packed_weight is outer  # kept: the next generate() does not pack again
     layer.train()
     assert layer.packed_weight is None  # training changes the weight: the copy is dropped
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 70, 300])
+@pytest.mark.parametrize("bias", [True, False])
+def test_bf16_products_take_four_or_more_rows_in_bfloat16(rows, bias):
+    """``bf16_products`` (a float output layer of a model quantized with bfloat16 activations): from 4 rows, where
+    the CPU multiplies bfloat16, ``bf16(bf16(x) bf16(W)ᵀ) + b`` (the output rounded once: one bfloat16 unit apart
+    at most); fewer rows, a gradient or a CPU without it keep F.linear in float32. A new weight is rounded anew."""
+    from glassformer.nn.linear import BF16_MIN_ROWS, bf16_linear_reference
+
+    layer, x = Linear(48, 40, bias=bias), torch.randn(rows, 48) * 3
+    layer.bf16_products = True
+    bf16 = rows >= BF16_MIN_ROWS and kernels.kernel_works("quantized_native_bf16")
+    with torch.no_grad():
+        y = layer(x)
+        if bf16:
+            expected = bf16_linear_reference(x, layer.weight, layer.bias)
+            assert y.dtype == torch.float32 and not torch.equal(y, F.linear(x, layer.weight, layer.bias))
+            torch.testing.assert_close(y, expected, rtol=2**-8, atol=1e-6)
+            layer.weight.mul_(2)
+            torch.testing.assert_close(layer(x), bf16_linear_reference(x, layer.weight, layer.bias), rtol=2**-8,
+                                       atol=1e-6)  # fmt: skip
+        else:
+            torch.testing.assert_close(y, F.linear(x, layer.weight, layer.bias), rtol=0, atol=0)
+    torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=0, atol=0)  # with a gradient
+
+
+def test_only_a_model_quantized_with_bf16_activations_gives_its_float_head_bf16_products():
+    from glassformer.models.gpt import GPT, GPTConfig
+
+    config = GPTConfig.llama(vocab_size=64, max_seq_length=16, d_model=32, num_layers=1, num_heads=2, d_ff=64,
+                             tie_embeddings=False)  # fmt: skip
+    assert GPT(config).quantize("int8", activations="bf16").lm_head.bf16_products
+    assert not GPT(config).quantize("int8").lm_head.bf16_products
+    quantized_head = GPT(config).quantize("int8", embeddings="int8", activations="bf16").lm_head
+    assert quantized_head.weight is None and not quantized_head.bf16_products  # its quantized weight takes them

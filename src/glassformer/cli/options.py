@@ -56,8 +56,9 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["int8", "bf16"],
         default=None,
         help="int8 (with --quantize int8): multiply many rows at once (prompts, beams, batches) with their activations "
-        "quantized to int8 per row as well (W8A8; faster where compute bounds); bf16: every quantized matrix takes "
-        "4 or more rows (sequences decoding together, prompts) in bfloat16, where the CPU multiplies it "
+        "quantized to int8 per row as well (W8A8; faster where compute bounds); bf16: every quantized matrix, and a "
+        "float output layer, takes 4 or more rows (sequences decoding together, prompts) in bfloat16, where the CPU "
+        "multiplies it "
         "(AVX512-BF16: ~1.5x faster products; default: the kernel's 16-bit activations, finer)",
     )
 
@@ -75,8 +76,9 @@ def quantization_of(args: argparse.Namespace) -> Quantization | None:
 
 def auto_bf16_activations(args: argparse.Namespace) -> bool:
     """``auto`` precision's choice for a quantized model on the CPU, as it is bfloat16 for a float one where the CPU
-    computes in it: float32 weights and activations, and the quantized products of 4 or more rows take their
-    activations in bfloat16 where glassformer's kernel multiplies them (AVX512-BF16; probed) — unless
+    computes in it: float32 weights and activations, and the quantized products of 4 or more rows (a float output
+    layer's too) take their activations in bfloat16 where glassformer's kernel multiplies them (AVX512-BF16; probed)
+    — unless
     ``--quantize-activations`` says otherwise."""
     return bool(
         getattr(args, "quantize", None)
@@ -99,7 +101,7 @@ def report_placement(args: argparse.Namespace) -> runtime.Placement:
     if quantized_cpu and args.precision == "auto":
         reason = "auto with --quantize: the quantized kernels take float32"
         if auto_bf16_activations(args):
-            reason += ", their products of 4 or more rows in bfloat16 (AVX512-BF16)"
+            reason += ", their products (and a float output layer's) of 4 or more rows in bfloat16 (AVX512-BF16)"
         placement = dataclasses.replace(placement, reason=reason)
     print(f"glassformer: {placement.describe()}", file=sys.stderr)
     return placement

@@ -5,6 +5,7 @@ token embeddings and the output layer only as the user chooses.
     model.quantize("int8", embeddings="int8")                 the embedding table and the output layer int8 too
     model.quantize("int4", embeddings="float")                a table loaded quantized (GGUF) back to float32
     model.quantize("int8", activations="int8")                and many rows' activations int8 too (W8A8, dynamic)
+    model.quantize("int8", activations="bf16")                products of 4+ rows in bfloat16 (a float head's too)
 
 A tied output layer is the embedding table: both hold one ``QuantizedWeight`` (one copy, saved once). A quantized
 checkpoint is config.json (with a ``quantization`` entry describing it) + model.safetensors holding each quantized
@@ -92,8 +93,9 @@ def quantize(
     embeddings and the output layer; ``activations`` "int8": every int8 matrix with one scale per output row (an int8
     output layer too) multiplies many rows with int8 activations (``glassformer.nn.quantization``); int8 in groups
     (a GGUF file's Q8_0 table, kept as stored) keeps float activations; "bf16": every quantized matrix (the output
-    layer too) multiplies 4 or more rows with bfloat16 activations where the CPU multiplies bfloat16. Every shape is
-    checked before anything changes."""
+    layer too) multiplies 4 or more rows with bfloat16 activations where the CPU multiplies bfloat16 — a float output
+    layer as ``Linear.bf16_products`` says, its product rounded to bfloat16 as well. Every shape is checked before
+    anything changes."""
     check_activations(activations, kind, group_size)
     if embeddings not in EMBEDDING_CHOICES:
         raise ValueError(f"unknown embeddings precision {embeddings!r}; choose float, int8 or int4 (or leave it)")
@@ -121,6 +123,8 @@ def quantize(
     for weight in _weights(model):
         per_row = weight.kind == "int8" and weight.group_size == weight.in_features
         weight.set_activations(activations if per_row or activations == "bf16" else None)
+    for layer in _outputs(model):  # an output layer left float takes bfloat16 products as the quantized ones do
+        layer.bf16_products = activations == "bf16" and layer.weight is not None
     return model
 
 

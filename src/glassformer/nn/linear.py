@@ -8,7 +8,11 @@ take one):
 - with ``packed_weights(model)``, every ``Linear`` weight is packed once into oneDNN's blocked layout (one extra copy,
   kept until the weight changes or the model goes back to training) and multiplied by oneDNN, its activation inside
   the same kernel in float32; a kernel that fails at run time is switched off and the plain path runs;
-- with AMX, half-precision products of a few rows are reordered (``linear``).
+- with AMX, half-precision products of a few rows are reordered (``linear``);
+- with ``bf16_products`` (a float output layer of a model quantized with ``activations="bf16"``:
+  ``glassformer.models.quantization``), float32 products of 4 or more rows take x and W in bfloat16 where the CPU
+  multiplies it (the kernel ``quantized_native_bf16`` works), as the quantized tiles do: ``bf16(bf16(x) bf16(W)ᵀ) + b``
+  (``bf16_linear_reference``), the weight rounded once and kept beside (packed for oneDNN where it packs bfloat16).
 
 ``bench/kernels.py`` measures both against ``F.linear`` on the machine at hand.
 
@@ -26,9 +30,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from glassformer.backends.cpu import onednn
-from glassformer.backends.kernels import disable_kernel
+from glassformer.backends.kernels import disable_kernel, kernel_works
 from glassformer.nn.activation import ACTIVATIONS, check_activation
 from glassformer.nn.quantization import QuantizedWeight, quantized_linear, tensor_state
+
+BF16_MIN_ROWS = 4  # bf16_products: from 4 rows, as the quantized kernel's bfloat16 products
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -47,13 +53,25 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return F.linear(x, weight, bias)
 
 
+def bf16_linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The formula of a float weight's bfloat16 products (``Linear.bf16_products``): x and W rounded to bfloat16,
+    multiplied, the product rounded to bfloat16, then the float bias added: ``bf16(bf16(x) bf16(W)ᵀ) + b``, in x's
+    dtype."""
+    y = F.linear(x.bfloat16().float(), weight.bfloat16().float()).bfloat16().to(x.dtype)
+    return y if bias is None else y + bias.to(x.dtype)
+
+
 class Linear(nn.Linear):
     """``torch.nn.Linear`` computed by ``linear`` (same parameters and checkpoint names), or by oneDNN with the
     packed copy of the weight that ``packed_weights`` provides. With ``activation`` (a name of
-    ``glassformer.nn.activation.ACTIVATIONS``) the output is act(x Wᵀ + b)."""
+    ``glassformer.nn.activation.ACTIVATIONS``) the output is act(x Wᵀ + b). ``bf16_products``: products of
+    ``BF16_MIN_ROWS`` or more rows in bfloat16 where the CPU multiplies it (``bf16_linear_reference``)."""
 
     packed_weight: torch.Tensor | None = None
     packed_from: tuple[int, int] | None = None  # (data pointer, version) of the weight the packed copy was made of
+    bf16_products = False
+    bf16_weight: torch.Tensor | None = None  # the weight in bfloat16 (packed where oneDNN packs it), for those
+    bf16_from: tuple[int, int] | None = None
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str | None = None):
         super().__init__(in_features, out_features, bias)
@@ -82,13 +100,31 @@ class Linear(nn.Linear):
 
     def __getstate__(self):  # copies and pickles leave the packed copy behind (oneDNN's opaque tensor has no storage)
         state = self.__dict__.copy()
-        state["packed_weight"] = state["packed_from"] = None
+        state["packed_weight"] = state["packed_from"] = state["bf16_weight"] = state["bf16_from"] = None
         return state
 
     def train(self, mode: bool = True):
-        if mode:  # training changes the weight: the packed copy would go stale
-            self.packed_weight = self.packed_from = None
+        if mode:  # training changes the weight: the packed and bfloat16 copies would go stale
+            self.packed_weight = self.packed_from = self.bf16_weight = self.bf16_from = None
         return super().train(mode)
+
+    def takes_bf16_products(self, x: torch.Tensor) -> bool:
+        """Whether this product runs in bfloat16 (``bf16_products``): a float32 weight and x on the CPU, no gradient,
+        ``BF16_MIN_ROWS`` or more rows, and the CPU multiplies bfloat16."""
+        if not self.bf16_products or self.weight is None or torch.is_grad_enabled():
+            return False
+        if self.weight.dtype != torch.float32 or x.dtype != torch.float32 or x.device.type != "cpu":
+            return False
+        return x.numel() // x.size(-1) >= BF16_MIN_ROWS and kernel_works("quantized_native_bf16")
+
+    def _bf16_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bf16_weight is None or self.bf16_from != tensor_state(self.weight):
+            weight, packed = self.weight.detach().bfloat16(), onednn.packs(torch.bfloat16)
+            self.bf16_weight, self.bf16_from = onednn.pack(weight) if packed else weight, tensor_state(self.weight)
+        xb, weight = x.bfloat16(), self.bf16_weight
+        y = onednn.packed_linear(xb, weight, None) if weight.is_mkldnn else linear(xb, weight)
+        y = y.float() if self.bias is None else y + self.bias  # bfloat16 + float32: float32, in one pass
+        return y if self.activation is None else ACTIVATIONS[self.activation](y)
 
     def packed_is_current(self) -> bool:
         return self.packed_weight is not None and self.packed_from == tensor_state(self.weight)
@@ -107,6 +143,8 @@ class Linear(nn.Linear):
         if self.quantized is not None:
             y = quantized_linear(x, self.quantized, self.bias)  # not through the module call: one per layer and step
             return y if self.activation is None else ACTIVATIONS[self.activation](y)
+        if self.takes_bf16_products(x):
+            return self._bf16_forward(x)
         if self.uses_packed_weight(x):
             try:
                 return self._packed_forward(x)
