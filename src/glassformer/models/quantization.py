@@ -94,7 +94,7 @@ def quantize(
     output layer too) multiplies many rows with int8 activations (``glassformer.nn.quantization``); int8 in groups
     (a GGUF file's Q8_0 table, kept as stored) keeps float activations; "bf16": every quantized matrix (the output
     layer too) multiplies 4 or more rows with bfloat16 activations where the CPU multiplies bfloat16 — a float output
-    layer as ``Linear.bf16_products`` says, its product rounded to bfloat16 as well. Every shape is checked before
+    layer as ``Linear.bf16_products`` says, its output rounded to bfloat16 as well. Every shape is checked before
     anything changes."""
     check_activations(activations, kind, group_size)
     if embeddings not in EMBEDDING_CHOICES:

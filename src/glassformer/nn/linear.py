@@ -11,8 +11,8 @@ take one):
 - with AMX, half-precision products of a few rows are reordered (``linear``);
 - with ``bf16_products`` (a float output layer of a model quantized with ``activations="bf16"``:
   ``glassformer.models.quantization``), float32 products of 4 or more rows take x and W in bfloat16 where the CPU
-  multiplies it (the kernel ``quantized_native_bf16`` works), as the quantized tiles do: ``bf16(bf16(x) bf16(W)ᵀ) + b``
-  (``bf16_linear_reference``), the weight rounded once and kept beside (packed for oneDNN where it packs bfloat16).
+  multiplies it (the kernel ``quantized_native_bf16`` works): ``bf16(bf16(x) bf16(W)ᵀ + b)`` (``bf16_linear_reference``),
+  the weight rounded once and kept beside (packed for oneDNN where it packs bfloat16).
 
 ``bench/kernels.py`` measures both against ``F.linear`` on the machine at hand.
 
@@ -55,10 +55,10 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 def bf16_linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """The formula of a float weight's bfloat16 products (``Linear.bf16_products``): x and W rounded to bfloat16,
-    multiplied, the product rounded to bfloat16, then the float bias added: ``bf16(bf16(x) bf16(W)ᵀ) + b``, in x's
-    dtype."""
-    y = F.linear(x.bfloat16().float(), weight.bfloat16().float()).bfloat16().to(x.dtype)
-    return y if bias is None else y + bias.to(x.dtype)
+    multiplied with float32 sums, the bias added, the result rounded to bfloat16: ``bf16(bf16(x) bf16(W)ᵀ + b)``, in
+    x's dtype (oneDNN's bfloat16 product; where it does not pack bfloat16, the bias is rounded to bfloat16 first)."""
+    y = F.linear(x.bfloat16().float(), weight.bfloat16().float(), None if bias is None else bias.float())
+    return y.bfloat16().to(x.dtype)
 
 
 class Linear(nn.Linear):
@@ -122,8 +122,11 @@ class Linear(nn.Linear):
             weight, packed = self.weight.detach().bfloat16(), onednn.packs(torch.bfloat16)
             self.bf16_weight, self.bf16_from = onednn.pack(weight) if packed else weight, tensor_state(self.weight)
         xb, weight = x.bfloat16(), self.bf16_weight
-        y = onednn.packed_linear(xb, weight, None) if weight.is_mkldnn else linear(xb, weight)
-        y = y.float() if self.bias is None else y + self.bias  # bfloat16 + float32: float32, in one pass
+        if weight.is_mkldnn:  # oneDNN adds the float32 bias before it rounds
+            y = onednn.packed_linear(xb, weight, self.bias)
+        else:
+            y = linear(xb, weight, None if self.bias is None else self.bias.bfloat16())
+        y = y.float()
         return y if self.activation is None else ACTIVATIONS[self.activation](y)
 
     def packed_is_current(self) -> bool:
