@@ -480,9 +480,12 @@ def test_an_encoder_decoder_s_step_gives_the_modules_logits_and_cache(kind, acti
         fused, fused_cache = decode_with_memory(model, src, copies, True)
         expected, cache = decode_with_memory(model, src, copies, False)
     # as the decoder-only step: two 16-bit roundings at different places (measured up to 6e-5); with bfloat16 as the
-    # left-padded test above (a value rounding the other way moves a logit by up to ~2^-9 of its size)
+    # left-padded test above (a value rounding the other way moves a logit by up to ~2^-9 of its size), and the float
+    # output layer's logits are rounded to bfloat16 as well (Linear.bf16_products): a logit may round to the value
+    # next to the other route's, 2^-7 of it at most
     bound = 2e-3 if activations else 2e-4
-    assert (fused - expected).abs().max() <= bound * expected.abs().max()
+    head = 2**-7 if activations and kernel_works("quantized_native_bf16") else 0.0
+    assert (fused - expected).abs().max() <= (bound + head) * expected.abs().max()
     for ours, theirs in zip(filled(fused_cache), filled(cache), strict=True):
         assert (ours - theirs).abs().max() <= bound * theirs.abs().max()
 

@@ -201,7 +201,8 @@ def test_an_inner_packed_block_leaves_the_outer_one_packed():
 def test_bf16_products_take_four_or_more_rows_in_bfloat16(rows, bias):
     """``bf16_products`` (a float output layer of a model quantized with bfloat16 activations): from 4 rows, where
     the CPU multiplies bfloat16, ``bf16(bf16(x) bf16(W)ᵀ + b)`` (rounded once: a bfloat16 unit apart at most,
-    2^-7 of a value); fewer rows, a gradient or a CPU without it keep F.linear in float32. A new weight is rounded anew."""
+    2^-7 of a value); fewer rows, a gradient or a CPU without it keep F.linear in float32. A new weight is rounded
+    anew."""
     from glassformer.nn.linear import BF16_MIN_ROWS, bf16_linear_reference
 
     layer, x = Linear(48, 40, bias=bias), torch.randn(rows, 48) * 3

@@ -11,8 +11,8 @@ take one):
 - with AMX, half-precision products of a few rows are reordered (``linear``);
 - with ``bf16_products`` (a float output layer of a model quantized with ``activations="bf16"``:
   ``glassformer.models.quantization``), float32 products of 4 or more rows take x and W in bfloat16 where the CPU
-  multiplies it (the kernel ``quantized_native_bf16`` works): ``bf16(bf16(x) bf16(W)ᵀ + b)`` (``bf16_linear_reference``),
-  the weight rounded once and kept beside (packed for oneDNN where it packs bfloat16).
+  multiplies it (the kernel ``quantized_native_bf16`` works): ``bf16(bf16(x) bf16(W)ᵀ + b)``
+  (``bf16_linear_reference``), the weight rounded once and kept beside (packed for oneDNN where it packs bfloat16).
 
 ``bench/kernels.py`` measures both against ``F.linear`` on the machine at hand.
 

@@ -266,7 +266,11 @@ class BeamBlocks:
     full blocks are never written again; a partly filled last block that several rows now hold (a parent with several
     children) is copied for all but one of them — a few positions a row, where ``KVCache.reorder`` copies whole
     histories. ``step_view(n)`` reserves the next ``n`` positions of every row and returns the view a step runs on
-    (the fused CPU step reads the blocks in place; the modules gather them)."""
+    (the fused CPU step reads the blocks in place; the modules gather them).
+
+    Every row holds the same length, so the rows' blocks are one table, ``table`` ``(rows, blocks a row)``, kept as
+    a tensor and reordered as one (a block's holders are counted when blocks are needed, never one by one); the
+    pool's slots are given its rows before each step."""
 
     def __init__(self, num_layers: int, rows: int, num_heads: int, max_length: int, head_dim: int,
                  dtype=torch.float32, device=None, block: int = 16):  # fmt: skip
@@ -274,40 +278,48 @@ class BeamBlocks:
         # every row holds the same length: no row reads a position it has not written, so the pool is not cleared
         self.slots = SlotCache(num_layers, rows, num_heads, max_length, head_dim, dtype, device, blocks, block, False)
         self.rows = list(range(rows))
+        self.table = torch.zeros(rows, 0, dtype=torch.long)  # row r's blocks, in order of position
 
     @property
     def length(self) -> int:
         """The positions every row holds (beam search's rows advance together)."""
         return self.slots.lengths[0]
 
+    @property
+    def used_blocks(self) -> int:
+        """The pool's blocks that some row holds."""
+        return int(self.table.unique().numel())
+
+    def _free(self, n: int) -> torch.Tensor:
+        """``n`` blocks no row holds, lowest first (block 0, the null block, never)."""
+        held = torch.bincount(self.table.flatten(), minlength=self.slots.blocks + 1)
+        free = (held[1:] == 0).nonzero().squeeze(1)[:n] + 1
+        if free.numel() < n:
+            raise OutOfBlocks(f"all {self.slots.blocks} key/value blocks are in use")
+        return free
+
     def step_view(self, new: int) -> SlotView:
         """Every row with room for its next ``new`` positions (a fresh block where one is full), as one view."""
-        for row in self.rows:
-            self.slots.reserve(row, self.length + new)
+        needed = self.slots.blocks_for(self.length + new) - self.table.size(1)
+        if self.length + new > self.slots.max_length:
+            raise ValueError(f"the key/value cache holds {self.slots.max_length} positions per slot, not "
+                             f"{self.length + new}")  # fmt: skip
+        if needed > 0:
+            fresh = self._free(needed * len(self.rows)).view(len(self.rows), needed)
+            self.table = torch.cat([self.table, fresh], dim=1)
+        self.slots.tables = self.table.tolist()
         return self.slots.view(self.rows)
 
     def reorder(self, batch_index: torch.Tensor) -> None:
         """Row r takes row ``batch_index[r]``'s history (``KVCache.reorder``'s contract)."""
-        cache, parents = self.slots, batch_index.tolist()
-        tables = [list(cache.tables[parent]) for parent in parents]
-        for table in tables:
-            for block in table:
-                cache.retain(block)
-        for table in cache.tables:
-            for block in table:
-                cache.release(block)
-        cache.tables = tables
-        rest, last = self.length % cache.block, self.length // cache.block
+        self.table = self.table[batch_index.cpu()]
+        rest, last = self.length % self.slots.block, self.length // self.slots.block
         if not rest:  # the next position starts a new block: nothing shared is written
             return
-        sources, targets = [], []
-        for table in tables:  # a shared partly filled block: a copy for each holder but the last
-            if cache.refs[table[last]] > 1:
-                cache.release(table[last])
-                sources.append(table[last])
-                table[last] = cache._take()
-                targets.append(table[last])
-        if sources:
-            sources, targets = torch.tensor(sources), torch.tensor(targets)
-            for pool in (cache.keys, cache.values):
+        blocks, order = self.table[:, last].sort(stable=True)  # a shared partly filled block: a copy for each of its
+        copied = order[1:][blocks[1:] == blocks[:-1]]  # holders but the first
+        if copied.numel():
+            sources, targets = self.table[copied, last], self._free(copied.numel())
+            self.table[copied, last] = targets
+            for pool in (self.slots.keys, self.slots.values):
                 pool[:, targets, :, :rest] = pool[:, sources, :, :rest]
