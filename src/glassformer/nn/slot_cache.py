@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 
 DEFAULT_BLOCK = 32  # positions per block
 
@@ -167,19 +168,25 @@ class SlotView:
     own and for inactive rows); ``advance(n)`` moves the active rows on by ``n`` (or by their ``sizes``)."""
 
     def __init__(self, cache: SlotCache, slots: list[int], active: list[bool] | None = None,
-                 sizes: list[int] | None = None):  # fmt: skip
+                 sizes: list[int] | None = None, table: torch.Tensor | None = None):  # fmt: skip
+        """``table`` ``(rows, n)``: every row active and holding these n blocks (``BeamBlocks``' rows), given as one
+        tensor instead of read from the slots' tables."""
         self.slot_cache, self.slot_ids, self.sizes = cache, slots, sizes
         self.active = active if active is not None else [True] * len(slots)
         self.row_lengths = [cache.lengths[slot] for slot in slots]
         self.length = max(self.row_lengths)
         self.max_length = cache.max_length
         device = cache.keys.device
-        tables = [cache.tables[slot] if active else [] for slot, active in zip(slots, self.active, strict=True)]
-        self.table = torch.tensor([t + [0] * (cache.max_blocks - len(t)) for t in tables], dtype=torch.long)
-        # the positions each row may write up to (its reserved blocks; anything for a row on the null block)
-        self.capacity = [
-            len(t) * cache.block if a else cache.max_length for t, a in zip(tables, self.active, strict=True)
-        ]
+        if table is not None:
+            self.table = F.pad(table, (0, cache.max_blocks - table.size(1)))
+            self.capacity = [table.size(1) * cache.block] * len(slots)
+        else:
+            tables = [cache.tables[slot] if active else [] for slot, active in zip(slots, self.active, strict=True)]
+            self.table = torch.tensor([t + [0] * (cache.max_blocks - len(t)) for t in tables], dtype=torch.long)
+            # the positions each row may write up to (its reserved blocks; anything for a row on the null block)
+            self.capacity = [
+                len(t) * cache.block if a else cache.max_length for t, a in zip(tables, self.active, strict=True)
+            ]
         self.checked = 0  # the new positions check_room found room for (once per pass, not per layer)
         self.device_table = self.table.to(device)
         self.rows = torch.arange(len(slots), device=device)
@@ -307,8 +314,7 @@ class BeamBlocks:
         if needed > 0:
             fresh = self._free(needed * len(self.rows)).view(len(self.rows), needed)
             self.table = torch.cat([self.table, fresh], dim=1)
-        self.slots.tables = self.table.tolist()
-        return self.slots.view(self.rows)
+        return SlotView(self.slots, self.rows, table=self.table)
 
     def reorder(self, batch_index: torch.Tensor) -> None:
         """Row r takes row ``batch_index[r]``'s history (``KVCache.reorder``'s contract)."""
