@@ -120,25 +120,30 @@ static void attend(const float *q, i64 q_stride, i64 R, const qrows *rows, i64 l
     const bool wide = head_dim % 16 == 0;
     const i64 end = last + R - 1; /* the tile's last position */
     float *keys, *values, inverse[TILE_ROWS];
-    for (i64 p = first, n; p <= end; p += n) {
-        n = kv_span(rows, rows->keys, l, r, g, p, end, head_dim, &keys);
-        i64 j = 0;
-        for (; wide && j < n; j += 16) {  /* 16 keys at a time (missing ones zero), their sums halved together */
-            const i64 m = n - j < 16 ? n - j : 16;
-            for (i64 i = 0; i < R; i++) {
-                const float *qi = q + i * q_stride;
-                f32x16 sum[16] = {};
-                for (i64 k = 0; k < head_dim; k += 16) {
-                    const f32x16 qk = load16(qi + k);
-                    for (i64 jj = 0; jj < m; jj++) sum[jj] += qk * load16(keys + (j + jj) * head_dim + k);
-                }
-                float dots[16];
-                const f32x16 scaled = sums16(sum) * scale;
-                memcpy(dots, &scaled, sizeof dots);
-                memcpy(scores + i * score_stride + (p - first) + j, dots, sizeof(float) * m);
-            }
+    for (i64 p = first; wide && p <= end; p += 16) {  /* 16 keys at a time, across blocks (missing ones zero), their
+                                                         sums halved together */
+        const i64 m = end - p + 1 < 16 ? end - p + 1 : 16;
+        const float *key[16];
+        for (i64 jj = 0, n; jj < m; jj += n) {
+            n = kv_span(rows, rows->keys, l, r, g, p + jj, p + m - 1, head_dim, &keys);
+            for (i64 u = 0; u < n; u++) key[jj + u] = keys + u * head_dim;
         }
-        for (; j < n; j++) {
+        for (i64 i = 0; i < R; i++) {
+            const float *qi = q + i * q_stride;
+            f32x16 sum[16] = {};
+            for (i64 k = 0; k < head_dim; k += 16) {
+                const f32x16 qk = load16(qi + k);
+                for (i64 jj = 0; jj < m; jj++) sum[jj] += qk * load16(key[jj] + k);
+            }
+            float dots[16];
+            const f32x16 scaled = sums16(sum) * scale;
+            memcpy(dots, &scaled, sizeof dots);
+            memcpy(scores + i * score_stride + (p - first), dots, sizeof(float) * m);
+        }
+    }
+    for (i64 p = first, n; !wide && p <= end; p += n) {
+        n = kv_span(rows, rows->keys, l, r, g, p, end, head_dim, &keys);
+        for (i64 j = 0; j < n; j++) {
             float dot = 0.0f;
             for (i64 k = 0; k < head_dim; k++) dot += q[k] * keys[j * head_dim + k];
             scores[(p - first) + j] = scale * dot;
