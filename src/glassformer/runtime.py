@@ -252,6 +252,7 @@ def environment(device: str | torch.device | None = "auto") -> dict[str, str]:
         "reordered half-precision products": kernels.kernel_status("reordered_half_precision"),
         "int8 activations (torch._int_mm)": kernels.kernel_status("quantized_dynamic_int8"),
         "bf16 activations (AVX512-BF16 products)": kernels.kernel_status("quantized_native_bf16"),
+        "beam search's candidates (top_log_probs)": kernels.kernel_status("top_log_probs"),
         "fused AdamW": "on" if fused_optimizer_works(resolved) else "off (plain AdamW)",
         "torch.compile": compile_status(resolved),
     }

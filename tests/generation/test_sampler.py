@@ -144,11 +144,14 @@ def test_presence_and_frequency_penalties_as_openai_defines():
         GenerationConfig(frequency_penalty=3.0).validate()
 
 
+@pytest.mark.parametrize("kernel", ["on", "off"])
 @pytest.mark.parametrize("options", [{}, {"repetition_penalty": 1.3}, {"no_repeat_ngram_size": 1}])
-def test_beam_candidates_are_the_best_of_every_beam_s_every_token(options):
-    """Beam search's candidates, taken a beam's best at a time where nothing changes the scores, are the best of all
-    beams × tokens ranked at once (its beam's running score plus the token's penalized log-probability); a NaN
-    logit reaches the refusal."""
+def test_beam_candidates_are_the_best_of_every_beam_s_every_token(options, kernel, monkeypatch):
+    """Beam search's candidates, taken a beam's best at a time where nothing changes the scores (through the kernel
+    ``top_log_probs``, or with it switched off its reference), are the best of all beams × tokens ranked at once (its
+    beam's running score plus the token's penalized log-probability); a NaN logit reaches the refusal."""
+    if kernel == "off":
+        monkeypatch.setenv("GLASSFORMER_KERNELS", "top_log_probs")
     from glassformer.generation.processors import build_processors
     from glassformer.generation.search import beam_candidates
 
