@@ -25,6 +25,10 @@
 - bf16 kernel vs bf16 tiles (where the build multiplies bfloat16): every matrix of a SmolLM2-135M-shaped stack
   (random int4 weights), 128-512 rows of x, ``quantized_linear_tiled`` in bfloat16 vs the kernel (where
   ``BF16_KERNEL_ROWS`` hands over).
+- translation's beam search step (the demo model's shapes: 60 sentences x 4 beams, an 8,000-token vocabulary):
+  the candidates, ``log_softmax`` + add + ``topk`` over beams x vocabulary vs ``search.beam_candidates``
+  (``glassformer::top_log_probs``); and where the kernel multiplies bfloat16, the float output layer (240 x 256 ->
+  8,000, packed for oneDNN) in float32 vs with ``bf16_products`` (a model quantized with bfloat16 activations).
 - the fused decoding step on GPT-2's layout: a GPT-2-124M-shaped model (random weights) quantized to int4, greedy
   decoding at batch 1, tokens/s with the modules vs with ``glassformer::decode_step``.
 - a prompt riding in the decoding step (the server's ``DecodingStep.mixed``): the same model, one slot decoding beside
@@ -47,6 +51,9 @@ from glassformer.backends.cpu.onednn import MAX_PACKED_HALF_ROWS, min_packed_row
 from glassformer.backends.cpu.quantized import native_linear, probe_weight, torch_int4_layout, torch_linear
 from glassformer.backends.kernels import kernel_works
 from glassformer.generation import fused_step
+from glassformer.generation.config import GenerationConfig
+from glassformer.generation.sampler import Sampling
+from glassformer.generation.search import beam_candidates
 from glassformer.generation.step import choose_step
 from glassformer.masks import causal_mask
 from glassformer.models.gpt import GPT, GPTConfig
@@ -123,8 +130,30 @@ def main() -> None:
                     ours = best_ms(lambda: [m(inputs[m.in_features]) for m in layers])  # noqa: B023
                 row(f"GPT-2 linears, {str(dtype).removeprefix('torch.')}, {rows} row(s), decoding", plain, ours)
         quantized_rows()
+        beam_search_rows()
     gpt2_fused_step()
     gpt2_mixed_step()
+
+
+def beam_search_rows(sentences: int = 60, beams: int = 4, vocab: int = 8000, d_model: int = 256) -> None:
+    """A translation beam search step's candidates and output layer (``glassformer evaluate``'s work per step)."""
+    logits, running = torch.randn(sentences * beams, vocab) * 3, torch.randn(sentences, beams)
+    sampling = Sampling.of([GenerationConfig(num_beams=beams)] * (sentences * beams))
+
+    def full_ranking():  # what beam search did before: every beam's every token ranked
+        total = (F.log_softmax(logits, -1).view(sentences, beams, vocab) + running[..., None]).view(sentences, -1)
+        return total.topk(2 * beams)
+
+    ours = best_ms(lambda: beam_candidates(logits, None, 0, running, sampling), 20)
+    row(f"beam candidates {sentences}x{beams} beams x {vocab}", best_ms(full_ranking, 20), ours)
+    if not kernel_works("quantized_native_bf16"):
+        return
+    head, hidden = Linear(d_model, vocab), torch.randn(sentences * beams, d_model)
+    with packed_weights(head):
+        float32 = best_ms(lambda: head(hidden), 20)
+        head.bf16_products = True
+        row(f"output layer {sentences * beams}x{d_model}->{vocab}: fp32 vs bf16_products", float32,
+            best_ms(lambda: head(hidden), 20))  # fmt: skip
 
 
 def quantized_rows() -> None:

@@ -276,10 +276,10 @@ class BeamBlocks:
     (the fused CPU step reads the blocks in place; the modules gather them).
 
     Every row holds the same length, so the rows' blocks are one table, ``table`` ``(rows, blocks a row)``, kept as
-    a tensor and reordered as one (a block's holders are counted when blocks are needed, never one by one); the
-    pool's slots are given its rows before each step. Blocks of 8 positions: each reorder copies about half a block
-    for a row whose parent has several children, so smaller blocks copy less (the README's translation section has
-    the measurements of 4, 8 and 16)."""
+    a tensor and reordered as one (a block's holders are counted when blocks are needed, never one by one); each
+    step's view takes the table as it is (the pool's own per-slot tables and counts are not used). Blocks of 8
+    positions: each reorder copies about half a block for a row whose parent has several children, so smaller
+    blocks copy less (the README's translation section has the measurements of 4, 8 and 16)."""
 
     def __init__(self, num_layers: int, rows: int, num_heads: int, max_length: int, head_dim: int,
                  dtype=torch.float32, device=None, block: int = 8):  # fmt: skip
