@@ -133,6 +133,26 @@ def test_decoding_refuses_nan_scores(three_token_model, options):
         three_token_model.generate(torch.tensor([[0, 1]]), max_new_tokens=2, **options)
 
 
+@pytest.mark.parametrize("where", [0, 5, 7])
+def test_choose_refuses_a_nan_or_an_all_banned_row_only_among_rows_still_decoding(where):
+    """One NaN anywhere in a row (first, middle, last token), or every token of a row at -inf, is refused; the same
+    in a row that has finished is not looked at; a row with a -inf token beside finite ones decodes."""
+    greedy = rows(dict(), dict())
+    scores = torch.randn(2, 8)
+    scores[1, 2] = INF  # a banned token beside allowed ones
+    assert sampler.choose(scores, greedy) == scores.argmax(-1).tolist()
+    nan = scores.clone()
+    nan[0, where] = float("nan")
+    with pytest.raises(FloatingPointError, match="NaN scores"):
+        sampler.choose(nan, greedy)
+    assert sampler.choose(nan, greedy, torch.tensor([False, True]))[1] == int(scores[1].argmax())
+    banned = scores.clone()
+    banned[1] = INF
+    with pytest.raises(ValueError, match="no token is allowed"):
+        sampler.choose(banned, greedy)
+    assert sampler.choose(banned, greedy, torch.tensor([True, False]))[0] == int(scores[0].argmax())
+
+
 def test_presence_and_frequency_penalties_as_openai_defines():
     """s − frequency · count − presence · [count > 0], on the new tokens counted; a row without them unchanged."""
     logits = torch.zeros(2, 5)

@@ -145,8 +145,11 @@ def choose(scores: torch.Tensor, sampling: Sampling, unfinished: torch.Tensor | 
 
 
 def _flags(scores: torch.Tensor, unfinished: torch.Tensor | None = None) -> torch.Tensor:
-    """``[any NaN score, any row with every token banned]`` over the rows still ``unfinished``, as a tensor."""
-    nan, banned = torch.isnan(scores).any(-1), torch.isneginf(scores).all(-1)
+    """``[any NaN score, any row with every token banned]`` over the rows still ``unfinished``, as a tensor: from
+    each row's largest score alone (one read of the scores), NaN where the row holds a NaN (``amax`` propagates it),
+    -inf where every token is banned."""
+    top = scores.amax(-1)
+    nan, banned = top.isnan(), top == float("-inf")
     if unfinished is not None:
         nan, banned = nan & unfinished, banned & unfinished
     return torch.stack((nan.any(), banned.any())).long()
