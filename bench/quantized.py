@@ -6,7 +6,8 @@ against transformers float32 and llama.cpp on the same GGUF file (Q4_1 blocks, Q
 Rows per batch size (1 and --batch): tokens/s of decoding after the prompt (every variant: n new tokens over
 T(n + 1) − T(1), llama.cpp by timing its own loop), weight bytes read per token, that traffic as a fraction of the
 memory bandwidth measured here with a large copy, the time of the 32-token prompt with the first new token, and
-(batch 1) tokens/s of reading a 512-token prompt.
+(batch 1) tokens/s of reading a 512-token prompt; for int4 at batch 1, the share of the time spent outside the decoding
+step's operator and the output layer (Python, the sampler).
 Then each variant's resident memory, each loaded in a fresh
 process with its tokenizer (``load_language_model``, what generate / chat / serve do): the process's peak while
 loading (VmHWM), what loading adds to a process that imported everything (VmRSS after − before: the model and
@@ -36,6 +37,7 @@ from pathlib import Path
 import torch
 
 from glassformer import runtime
+from glassformer.backends.cpu import decoder
 from glassformer.backends.cpu.quantized import describe as describe_kernels
 from glassformer.backends.kernels import kernel_works
 from glassformer.data.pretrained import resolve_shortcut
@@ -149,6 +151,46 @@ def prefill_rate(model: GPT, ids: torch.Tensor, repeats: int) -> float:
     return ids.size(1) / min(times)
 
 
+def outside_share(model: GPT, ids: torch.Tensor, new_tokens: int) -> float:
+    """The share of decoding's time spent outside ``glassformer::decode_step`` and the output layer — the decoding
+    loop's Python, the sampler, the embedding — over ``new_tokens`` tokens after the prompt (a run of n + 1 tokens
+    less a run of 1, as ``decode_rate``), after a warm-up: the operator timed by a wrapper, the head by hooks."""
+    inside, started = [0.0], [0.0]
+    operator = decoder.decode_step
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return operator(*args, **kwargs)
+        finally:
+            inside[0] += time.perf_counter() - start
+
+    def head_starts(module, args) -> None:
+        started[0] = time.perf_counter()
+
+    def head_ends(module, args, output) -> None:
+        inside[0] += time.perf_counter() - started[0]
+
+    hooks = [model.lm_head.register_forward_pre_hook(head_starts), model.lm_head.register_forward_hook(head_ends)]
+    decoder.decode_step = timed
+
+    def run(n: int) -> tuple[float, float]:  # (seconds outside, seconds in all)
+        inside[0] = 0.0
+        start = time.perf_counter()
+        model.generate(ids, max_new_tokens=n, eos_token_id=None)
+        total = time.perf_counter() - start
+        return total - inside[0], total
+
+    try:
+        run(2)
+        (outside_1, total_1), (outside_n, total_n) = run(1), run(new_tokens + 1)
+        return (outside_n - outside_1) / (total_n - total_1)
+    finally:
+        decoder.decode_step = operator
+        for hook in hooks:
+            hook.remove()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -197,6 +239,9 @@ def main() -> None:
             prefill = f"{prefill_rate(model, long_prompt, args.repeats):>24.0f}" if batch == 1 else ""
             print(f"{name:24}{batch:>6}{rate:>9.1f}{per_step / 1e6:>15.0f}{per_step * rate / batch / speed:>13.0%}"
                   f"{rate / base[batch]:>11.2f}x{prompt_s * 1e3:>11.0f}{prefill}")  # fmt: skip
+        if name == "glassformer int4":
+            share = outside_share(model, torch.tensor([prompt]), args.new_tokens)
+            print(f"{'':24}batch 1: {share:.1%} of the time outside the decoding step's operator and the output layer")
         del model
     try:
         import transformers
