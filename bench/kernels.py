@@ -17,7 +17,8 @@
 - int4 product: ``glassformer::quantized_linear`` (this build's path: ``glassformer env``) vs torch's
   ``_weight_int4pack_mm_for_cpu``, one 150,000 x 576 weight in groups of 32 (43 MB: it streams from memory), 1 and
   8 rows; with the bytes read per second against a 512 MiB read here. ``GLASSFORMER_CPU=avx2 python
-  bench/kernels.py`` gives the AVX2 path's row on an AVX512 machine.
+  bench/kernels.py`` gives the AVX2 path's row on an AVX512 machine. Then, on one thread, the nanoseconds per weight
+  row of that weight (from memory) against its first 6,000 rows (held in the cache): what bounds the product.
 - bf16 activations (where the build multiplies bfloat16: AVX512-BF16): the same weight, 8 and 64 rows, the kernel's
   bfloat16 products vs its 16-bit ones (``quantized_linear(..., bf16)``, ``csrc/products.h``), alternated.
 - long-prompt tile: a 512-row prompt times a dequantized tile of 455 x 576 weights (``quantized_linear_tiled``):
@@ -173,6 +174,7 @@ def quantized_rows() -> None:
         theirs = best_ms(lambda: torch_linear(x, codes, scales, 32, None, layout))  # noqa: B023
         ours = best_ms(lambda: native_linear(x, codes, scales, offsets, 32))  # noqa: B023
         row(f"int4 150000x576, {rows} row(s) ({nbytes / (ours / 1e3) / 1e9:.1f} GB/s)", theirs, ours)
+    memory_or_cache(codes, scales, offsets)
     if torch.ops.glassformer.bf16_dot():
         for rows in (8, 64):
             x = torch.randn(rows, 576)
@@ -186,6 +188,21 @@ def quantized_rows() -> None:
     if onednn.packs(torch.float32):
         row("long-prompt tile 512 x 576 by 455 x 576 (oneDNN)", best_ms(lambda: F.linear(x, tile)),
             best_ms(lambda: onednn.packed_linear(x, tile, None)))  # fmt: skip
+
+
+def memory_or_cache(codes: torch.Tensor, scales: torch.Tensor, offsets: torch.Tensor, rows: int = 6000) -> None:
+    """One row of x on one thread: nanoseconds per weight row of the 150,000 x 576 int4 weight (it streams from
+    memory) and of its first ``rows`` rows (2.2 MB: they stay in the cache from one call to the next). Near equal
+    where the kernel's instructions, not memory, bound the product."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        x, part = torch.randn(1, 576), (codes[:rows], scales[:rows], offsets[:rows])
+        memory = best_ms(lambda: native_linear(x, codes, scales, offsets, 32)) * 1e6 / codes.size(0)
+        cache = best_ms(lambda: [native_linear(x, *part, 32) for _ in range(20)]) * 1e6 / (20 * rows)
+    finally:
+        torch.set_num_threads(threads)
+    row("int4 1 row, 1 thread: ns a weight row, memory vs cache", memory, cache)
 
 
 def bf16_kernel_or_tiles() -> None:
