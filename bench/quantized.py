@@ -7,7 +7,8 @@ Rows per batch size (1 and --batch): tokens/s of decoding after the prompt (ever
 T(n + 1) − T(1), llama.cpp by timing its own loop), weight bytes read per token, that traffic as a fraction of the
 memory bandwidth measured here with a large copy, the time of the 32-token prompt with the first new token, and
 (batch 1) tokens/s of reading a 512-token prompt; for int4 at batch 1, the share of the time spent outside the decoding
-step's operator and the output layer (Python, the sampler).
+step's operator and the output layer (Python, the sampler); for int4 with bfloat16 activations, a decoding step after
+1,500 tokens with the key/value cache in float32 against bfloat16 (what bfloat16 activations keep it in).
 Then each variant's resident memory, each loaded in a fresh
 process with its tokenizer (``load_language_model``, what generate / chat / serve do): the process's peak while
 loading (VmHWM), what loading adds to a process that imported everything (VmRSS after − before: the model and
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -41,6 +43,7 @@ from glassformer.backends.cpu import decoder
 from glassformer.backends.cpu.quantized import describe as describe_kernels
 from glassformer.backends.kernels import kernel_works
 from glassformer.data.pretrained import resolve_shortcut
+from glassformer.generation.step import choose_step
 from glassformer.models.gpt import GPT
 from glassformer.models.quantization import Quantization
 from glassformer.tokenizer import Tokenizer
@@ -191,6 +194,24 @@ def outside_share(model: GPT, ids: torch.Tensor, new_tokens: int) -> float:
             hook.remove()
 
 
+LONG_CONTEXT = 1500  # positions before the steps long_context_step times
+
+
+def long_context_step(model: GPT, ids: torch.Tensor, dtype: torch.dtype, steps: int = 32) -> float:
+    """Seconds of a greedy decoding step (median of ``steps``) at batch 1 after the prompt ``ids`` (1, n), with the
+    key/value cache in ``dtype``: at long contexts attention reads as many bytes as the weights."""
+    step = choose_step(model)
+    cache = model.make_cache(1, ids.size(1) + steps + 1, dtype)
+    times = []
+    with torch.inference_mode():
+        token = step(ids, None, cache).argmax(-1, keepdim=True)
+        for _ in range(steps):
+            start = time.perf_counter()
+            token = step(token, None, cache).argmax(-1, keepdim=True)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=128)
@@ -242,6 +263,11 @@ def main() -> None:
         if name == "glassformer int4":
             share = outside_share(model, torch.tensor([prompt]), args.new_tokens)
             print(f"{'':24}batch 1: {share:.1%} of the time outside the decoding step's operator and the output layer")
+        if name == "int4, bf16 activations":
+            ids = torch.tensor([tokenizer.encode(" ".join([PROMPT] * 90))[:LONG_CONTEXT]])
+            f32, bf16 = (long_context_step(model, ids, dtype) for dtype in (torch.float32, torch.bfloat16))
+            print(f"{'':24}batch 1 after {ids.size(1)} tokens, ms a step: {f32 * 1e3:.2f} with a float32 key/value "
+                  f"cache, {bf16 * 1e3:.2f} with bfloat16 (this variant's) ({f32 / bf16:.2f}x)")  # fmt: skip
         del model
     try:
         import transformers

@@ -58,8 +58,8 @@ def add_quantize_arguments(parser: argparse.ArgumentParser) -> None:
         help="int8 (with --quantize int8): multiply many rows at once (prompts, beams, batches) with their activations "
         "quantized to int8 per row as well (W8A8; faster where compute bounds); bf16: every quantized matrix, and a "
         "float output layer, takes 4 or more rows (sequences decoding together, prompts) in bfloat16, where the CPU "
-        "multiplies it "
-        "(AVX512-BF16: ~1.5x faster products; default: the kernel's 16-bit activations, finer)",
+        "multiplies it (AVX512-BF16: ~1.5x faster products), and the key/value cache holds bfloat16 (half the "
+        "memory; default: the kernel's 16-bit activations and a float32 cache, finer)",
     )
 
 
@@ -101,7 +101,10 @@ def report_placement(args: argparse.Namespace) -> runtime.Placement:
     if quantized_cpu and args.precision == "auto":
         reason = "auto with --quantize: the quantized kernels take float32"
         if auto_bf16_activations(args):
-            reason += ", their products (and a float output layer's) of 4 or more rows in bfloat16 (AVX512-BF16)"
+            reason += (
+                ", their products (and a float output layer's) of 4 or more rows in bfloat16 (AVX512-BF16), "
+                "the key/value cache too"
+            )
         placement = dataclasses.replace(placement, reason=reason)
     print(f"glassformer: {placement.describe()}", file=sys.stderr)
     return placement

@@ -10,7 +10,8 @@ its placement, the gating and the activation the same in every layer —, every 
 kernel takes, float32 norms and biases on the CPU, eval mode, and the operator works here (``glassformer env``:
 "decoding step"). Where every matrix asks for bfloat16 activations (``activations="bf16"``) the operator's products
 take them so (4 or more rows, where it multiplies bfloat16), as the modules' products do.
-``step(model, ids, cache, attention_mask)`` then serves one new token per row of a float32 ``KVCache`` (rows may be
+``step(model, ids, cache, attention_mask)`` then serves one new token per row of a ``KVCache`` (float32, or bfloat16:
+a model quantized with ``activations="bf16"``; rows may be
 left-padded; translation's beams, whose cache beam search reorders between steps) or a server's ``SlotView`` (its
 blocks read in place through the view's table), and returns None — the modules serve that step — for anything else (a
 mask with a hole, a cache too short, a source whose real tokens are not a prefix).
@@ -177,6 +178,7 @@ def _ffn(ffn: nn.Module) -> tuple[bool, str]:
     return ffn.gated, ffn.activation
 
 
+CACHE_DTYPES = (torch.float32, torch.bfloat16)  # what a cache the operator reads and writes may hold
 _gathered: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layers -> their _Weights, or False
 _of_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a cache's storage -> its steps' _Weights
 _memories: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # a model with a memory -> the operator's, or False
@@ -265,7 +267,7 @@ def _rows(cache: KVCache | SlotView, batch: int, attention_mask: torch.Tensor | 
     else:
         return None
     keys = storage.keys
-    if keys.dtype != torch.float32 or keys.device.type != "cpu" or not keys.is_contiguous():
+    if keys.dtype not in CACHE_DTYPES or keys.device.type != "cpu" or not keys.is_contiguous():
         return None
     if int(write_at.max()) >= storage.max_length:
         return None
@@ -298,7 +300,7 @@ def block(model: nn.Module, ids: torch.Tensor, cache: KVCache | SlotView):
     n, keys, length = ids.size(1), storage.keys, cache.length
     if length + n > min(cache.max_length, model.config.max_seq_length):
         return None
-    if keys.dtype != torch.float32 or keys.device.type != "cpu" or not keys.is_contiguous():
+    if keys.dtype not in CACHE_DTYPES or keys.device.type != "cpu" or not keys.is_contiguous():
         return None
     weights = _weights_for(model, storage)
     if weights is None:
@@ -328,7 +330,7 @@ def mixed(model: nn.Module, cache: SlotCache, parts: list[tuple[int, list[int]]]
     if torch.is_grad_enabled() or not parts or len({slot for slot, _ in parts}) < len(parts) or _memory(model) != {}:
         return None
     keys = cache.keys
-    if keys.dtype != torch.float32 or keys.device.type != "cpu" or not keys.is_contiguous():
+    if keys.dtype not in CACHE_DTYPES or keys.device.type != "cpu" or not keys.is_contiguous():
         return None
     weights = _weights_for(model, cache)
     if weights is None:

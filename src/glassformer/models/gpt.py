@@ -180,10 +180,12 @@ class GPT(PretrainedMixin, Stack):
         zero_init_projections(self.layers)
 
     def make_cache(self, batch: int, max_length: int, dtype: torch.dtype | None = None) -> KVCache:
-        """An empty key/value cache for ``batch`` sequences of up to ``max_length`` positions."""
+        """An empty key/value cache for ``batch`` sequences of up to ``max_length`` positions, in ``dtype`` (default:
+        ``cache_dtype``, else the model's)."""
         c = self.config
         weight = self.final_norm.weight  # in the model's dtype even when the matrices are quantized
-        return KVCache(c.num_layers, batch, c.kv_heads, max_length, c.head_dim, dtype or weight.dtype, weight.device)
+        dtype = dtype or self.cache_dtype or weight.dtype
+        return KVCache(c.num_layers, batch, c.kv_heads, max_length, c.head_dim, dtype, weight.device)
 
     def make_slot_cache(
         self, slots: int, max_length: int, dtype: torch.dtype | None = None, blocks: int | None = None,
@@ -192,9 +194,8 @@ class GPT(PretrainedMixin, Stack):
         """An empty cache of ``slots`` independent sequences of up to ``max_length`` positions (serving), in a pool of
         ``blocks`` blocks of ``block`` positions (default: every slot's whole ``max_length``)."""
         c = self.config
-        weight = self.final_norm.weight
-        return SlotCache(c.num_layers, slots, c.kv_heads, max_length, c.head_dim, dtype or weight.dtype, weight.device,
-                         blocks, block)  # fmt: skip
+        weight, dtype = self.final_norm.weight, dtype or self.cache_dtype or self.final_norm.weight.dtype
+        return SlotCache(c.num_layers, slots, c.kv_heads, max_length, c.head_dim, dtype, weight.device, blocks, block)
 
     def forward(
         self,

@@ -18,6 +18,9 @@ class PretrainedMixin:
 
     config_class: type[ModelConfig]
     config: ModelConfig
+    # what its key/value caches hold keys and values in (None: the model's dtype); quantize(activations="bf16") sets
+    # bfloat16
+    cache_dtype: torch.dtype | None = None
 
     def save_pretrained(self, directory: str | os.PathLike, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
         """Write ``config.json`` + ``model.safetensors`` into ``directory``: the model's weights, or ``state_dict``

@@ -5,7 +5,8 @@ token embeddings and the output layer only as the user chooses.
     model.quantize("int8", embeddings="int8")                 the embedding table and the output layer int8 too
     model.quantize("int4", embeddings="float")                a table loaded quantized (GGUF) back to float32
     model.quantize("int8", activations="int8")                and many rows' activations int8 too (W8A8, dynamic)
-    model.quantize("int8", activations="bf16")                products of 4+ rows in bfloat16 (a float head's too)
+    model.quantize("int8", activations="bf16")                products of 4+ rows in bfloat16 (a float head's too),
+                                                              the key/value cache in bfloat16
 
 A tied output layer is the embedding table: both hold one ``QuantizedWeight`` (one copy, saved once). A quantized
 checkpoint is config.json (with a ``quantization`` entry describing it) + model.safetensors holding each quantized
@@ -94,8 +95,9 @@ def quantize(
     output layer too) multiplies many rows with int8 activations (``glassformer.nn.quantization``); int8 in groups
     (a GGUF file's Q8_0 table, kept as stored) keeps float activations; "bf16": every quantized matrix (the output
     layer too) multiplies 4 or more rows with bfloat16 activations where the CPU multiplies bfloat16 — a float output
-    layer as ``Linear.bf16_products`` says, its output rounded to bfloat16 as well. Every shape is checked before
-    anything changes."""
+    layer as ``Linear.bf16_products`` says, its output rounded to bfloat16 as well —, and the model's key/value caches
+    keep their keys and values in bfloat16 (``cache_dtype``: half the memory, and half the bytes attention reads).
+    Every shape is checked before anything changes."""
     check_activations(activations, kind, group_size)
     if embeddings not in EMBEDDING_CHOICES:
         raise ValueError(f"unknown embeddings precision {embeddings!r}; choose float, int8 or int4 (or leave it)")
@@ -125,6 +127,7 @@ def quantize(
         weight.set_activations(activations if per_row or activations == "bf16" else None)
     for layer in _outputs(model):  # an output layer left float takes bfloat16 products as the quantized ones do
         layer.bf16_products = activations == "bf16" and layer.weight is not None
+    model.cache_dtype = torch.bfloat16 if activations == "bf16" else None  # the keys and values are activations too
     return model
 
 

@@ -255,10 +255,10 @@ class Transformer(PretrainedMixin, nn.Module):
 
     def make_cache(self, batch: int, max_length: int) -> KVCache:
         """An empty key/value cache of the decoder's self-attention for ``batch`` translations of up to
-        ``max_length`` target positions."""
+        ``max_length`` target positions, in ``cache_dtype`` (else the model's dtype)."""
         block, weight = self.config.block(), self.decoder.layers[0].norm1.weight  # float even when quantized
-        layers = len(self.decoder.layers)
-        return KVCache(layers, batch, block.kv_heads, max_length, block.dim_per_head, weight.dtype, weight.device)
+        layers, dtype = len(self.decoder.layers), self.cache_dtype or weight.dtype
+        return KVCache(layers, batch, block.kv_heads, max_length, block.dim_per_head, dtype, weight.device)
 
     def cross_attention_kv(self, memory: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each decoder layer's cross-attention keys and values of ``memory``, computed once per source."""

@@ -252,7 +252,8 @@ class MultiHeadAttention(nn.Module):
         if position_bias is not None:
             check_bias(position_bias, (batch, self.num_heads, q_len, past + k_len))
         if cache is not None:
-            k, v = cache.update(k, v)  # (batch, kv_heads, past + k_len, d_k)
+            k, v = cache.update(k, v)  # (batch, kv_heads, past + k_len, d_k), in the cache's dtype: then q's
+            k, v = k.to(q.dtype), v.to(q.dtype)
 
         if copies > 1:  # a row of keys attended by its copies' queries at once: (kv rows, heads, copies · q_len, d_k)
             q = _group_rows(q, copies)

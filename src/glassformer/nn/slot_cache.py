@@ -245,6 +245,7 @@ class SlotLayerCache:
             view.slot_cache.keys[self.layer],
             view.slot_cache.values[self.layer],
         )  # (blocks, heads, block, d)
+        keys, values = keys.to(pool_keys.dtype), values.to(pool_values.dtype)  # rounded where the pool holds less
         if new == 1:  # decoding: row r writes at position row_lengths[r]
             blocks = table[view.rows, view.write_at // block]
             pool_keys[blocks, :, view.write_at % block] = keys[:, :, 0]

@@ -125,7 +125,8 @@ def reference_step(
             row, span = first_row + (0 if one_sequence else r), slice(first[r], write_at[r] + 1)
             _write(keys, layer, row, write_at[r], qk[r, heads:], block_table)
             _write(values, layer, row, write_at[r], qkv[r, heads + kv_heads :], block_table)
-            k, v = (_read(t, layer, row, block_table)[:, span].repeat_interleave(groups, 0) for t in (keys, values))
+            k, v = (_read(t, layer, row, block_table)[:, span].float().repeat_interleave(groups, 0)
+                    for t in (keys, values))  # fmt: skip
             bias = None  # T5's: B[write_at − p] for the positions p it attends to
             if position_bias is not None:
                 bias = position_bias[:, write_at[r] - torch.arange(first[r], write_at[r] + 1)][:, None]
@@ -206,29 +207,33 @@ def probe_memory(sources: int = 2, seed: int = 0) -> dict:
 
 def probe() -> None:
     """Four tokens of two rows (the second left-padded at position 0), in Llama's layout and in GPT-2's, in Llama's
-    with a paged cache (blocks of 4 positions, the rows' blocks out of order), and as the paper's encoder-decoder's
-    decoder (post-norm, no final norm, ReLU, each row over a source of its own): the operator must give the
-    reference's hidden states and cache."""
+    with a paged cache (blocks of 4 positions, the rows' blocks out of order; once in float32, once in bfloat16),
+    and as the paper's encoder-decoder's decoder (post-norm, no final norm, ReLU, each row over a source of its own):
+    the operator must give the reference's hidden states and cache."""
     llama, gpt2, paper = (False, True, "silu"), (True, False, "gelu_tanh"), (True, False, "relu")
-    cases = ((False, llama, False, False), (True, gpt2, False, False), (False, llama, True, False),
-             (True, paper, False, True))  # fmt: skip
-    for is_gpt2, layout, paged, cross in cases:
+    f32, bf16 = torch.float32, torch.bfloat16
+    cases = ((False, llama, False, False, f32), (True, gpt2, False, False, f32), (False, llama, True, False, f32),
+             (False, llama, True, False, bf16), (True, paper, False, True, f32))  # fmt: skip
+    for is_gpt2, layout, paged, cross, dtype in cases:
         ours = probe_arguments(gpt2=is_gpt2, cross=cross)
         memory = {**probe_memory(), "post_norm": True} if cross else {}
         if cross:  # post-norm: no final norm
             ours[0][-2:] = [None, None]
         table = None
         if paged:  # the same 2 rows of 8 positions as 5 blocks of 4: row 0 in blocks 3, 1; row 1 in 0, 4
-            ours[3], ours[4] = torch.zeros(2, 5, 2, 4, 16), torch.zeros(2, 5, 2, 4, 16)
+            ours[3], ours[4] = torch.zeros(2, 5, 2, 4, 16, dtype=dtype), torch.zeros(2, 5, 2, 4, 16, dtype=dtype)
             table = torch.tensor([[3, 1], [0, 4]])
         theirs = [*ours[:3], ours[3].clone(), ours[4].clone()]
+        # bfloat16: where the two round a key or value apart, one unit of it (2^-8 to 2^-7), and what that moves
+        bound, units = (1e-3, 0.0) if dtype == f32 else (1e-2, 2**-7)
         x = torch.randn(6, 2, 1, 64, generator=torch.Generator().manual_seed(1))
         for position in range(6):
             first = torch.tensor([0, min(1, position)])
             positions = torch.stack((torch.full((2,), position), first, position - first))
             a = decode_step(x[position], *ours, positions, 0, 4, 2, 1e-5, 0.25, False, *layout, table, **memory)
             b = reference_step(x[position], *theirs, positions, 0, 4, 2, 1e-5, 0.25, False, *layout, table, **memory)
-            if not (a - b).norm() <= 1e-3 * b.norm():
+            if not (a - b).norm() <= bound * b.norm():
                 raise RuntimeError(f"the fused decoding step differs from its reference at position {position}")
-        if not all(torch.allclose(p, q, atol=1e-3) for p, q in zip(ours[3:], theirs[3:], strict=True)):
+        pairs = zip(ours[3:], theirs[3:], strict=True)
+        if not all(torch.allclose(p.float(), q.float(), rtol=units, atol=1e-3) for p, q in pairs):
             raise RuntimeError("the fused decoding step wrote other keys or values than its reference")

@@ -37,22 +37,33 @@ static inline f32x16 sums16(const f32x16 *v) {
    slots), position p of row r in block table[r · table_stride + p / block], at blocks · block_stride. */
 typedef struct {
     const i64 *write_at, *first, *rotary_at;
-    float *keys, *values;  /* layer 0 of the cache */
+    void *keys, *values;   /* layer 0 of the cache: float32, or bfloat16 (bf16) */
     i64 row_stride, layer_stride, block;
     const i64 *table;      /* null: contiguous rows */
     i64 table_stride, block_stride, table_width;
+    int bf16;              /* the cache holds bfloat16: written rounded (to_bf16), read widened */
 } qrows;
 
 /* The positions of row r's block that holds position p, from p to the block's end or `last`, whichever is first;
-   *at: where position p's head g starts in `base` (the cache's keys or values) in layer l. */
-static inline i64 kv_span(const qrows *rows, float *base, i64 l, i64 r, i64 g, i64 p, i64 last, i64 hd,
-                          float **at) {
+   *at: where position p's head g starts in layer l, in values from the cache's start (its keys' and values' alike) */
+static inline i64 kv_span(const qrows *rows, i64 l, i64 r, i64 g, i64 p, i64 last, i64 hd, i64 *at) {
     const i64 b = rows->block, in_block = p % b;
     const i64 where = rows->table ? rows->table[r * rows->table_stride + p / b] * rows->block_stride
                                   : r * rows->row_stride;  /* one block a row: p / b = 0 */
-    *at = base + l * rows->layer_stride + where + (g * b + in_block) * hd;
+    *at = l * rows->layer_stride + where + (g * b + in_block) * hd;
     const i64 end = p - in_block + b - 1;
     return (end < last ? end : last) - p + 1;
+}
+
+/* write a position's key or value (n floats) at `at` in base (the cache's keys or values), rounded where it holds
+   bfloat16 */
+static inline void store_kv(const qrows *rows, void *base, i64 at, const float *x, i64 n) {
+    if (!rows->bf16) {
+        memcpy((float *)base + at, x, sizeof(float) * n);
+        return;
+    }
+    bf16_t *out = (bf16_t *)base + at;
+    for (i64 i = 0; i < n; i++) out[i] = to_bf16(x[i]);
 }
 
 #define TILE_ROWS 4 /* rows of one sequence (a prompt's chunk, a speculative block) that attend together */
@@ -62,15 +73,15 @@ static inline i64 kv_span(const qrows *rows, float *base, i64 l, i64 r, i64 g, i
    position). Each value is read once for the R rows; C columns of 16 of each row summed in registers, positions two
    at a time into two sets of sums (so that no addition waits for the one before it) — a row's sums the same, in the
    same order, whatever R and C */
-template <int C, int R>
+template <typename T, int C, int R>
 static inline void weighted_values(const qrows *rows, i64 l, i64 r, i64 g, i64 first, i64 last, i64 head_dim, i64 c0,
                                    const float *scores, i64 score_stride, const float *inverse, float *out,
                                    i64 out_stride) {
     f32x16 a[R][C] = {}, b[R][C] = {};
-    float *values;
-    for (i64 p = first, n; p <= last; p += n) {
-        n = kv_span(rows, rows->values, l, r, g, p, last, head_dim, &values);
-        const float *w = scores + (p - first), *v = values + c0;
+    for (i64 p = first, n, at; p <= last; p += n) {
+        n = kv_span(rows, l, r, g, p, last, head_dim, &at);
+        const float *w = scores + (p - first);
+        const T *v = (const T *)rows->values + at + c0;
         i64 j = 0;
         for (; j + 1 < n; j += 2)
             for (int c = 0; c < C; c++) {
@@ -94,17 +105,17 @@ static inline void weighted_values(const qrows *rows, i64 l, i64 r, i64 g, i64 f
 }
 
 /* every column of the tile's R rows (head_dim a multiple of 16), as many columns a pass as the registers hold */
-template <int R>
+template <typename T, int R>
 static void weighted_rows(const qrows *rows, i64 l, i64 r, i64 g, i64 first, i64 last, i64 head_dim,
                           const float *scores, i64 score_stride, const float *inverse, float *out, i64 out_stride) {
     constexpr int C = R <= 2 ? 4 : 2;
     i64 c0 = 0;
     for (; c0 + 16 * C <= head_dim; c0 += 16 * C)
-        weighted_values<C, R>(rows, l, r, g, first, last, head_dim, c0, scores, score_stride, inverse, out,
-                              out_stride);
+        weighted_values<T, C, R>(rows, l, r, g, first, last, head_dim, c0, scores, score_stride, inverse, out,
+                                 out_stride);
     for (; c0 < head_dim; c0 += 16)
-        weighted_values<1, R>(rows, l, r, g, first, last, head_dim, c0, scores, score_stride, inverse, out,
-                              out_stride);
+        weighted_values<T, 1, R>(rows, l, r, g, first, last, head_dim, c0, scores, score_stride, inverse, out,
+                                 out_stride);
 }
 
 /* For the R rows i of a tile (consecutive positions of one sequence: row i's query q + i · q_stride attends to
@@ -114,19 +125,21 @@ static void weighted_rows(const qrows *rows, i64 l, i64 r, i64 g, i64 first, i64
    walked block by block (contiguous within a block); each key and value is read once for the tile. head_dim a
    multiple of 16: each q·k in vectors of 16, 16 keys at a time, and V in columns of 16 with the sums in registers;
    otherwise the plain loops (R = 1 only). A row's result is the same, bit for bit, whatever tile it is in. */
-static void attend(const float *q, i64 q_stride, i64 R, const qrows *rows, i64 l, i64 r, i64 g, i64 first, i64 last,
-                   i64 head_dim, float scale, const float *bias, float *scores, i64 score_stride, float *out,
-                   i64 out_stride) {
+template <typename T>
+static void attend_in(const float *q, i64 q_stride, i64 R, const qrows *rows, i64 l, i64 r, i64 g, i64 first,
+                      i64 last, i64 head_dim, float scale, const float *bias, float *scores, i64 score_stride,
+                      float *out, i64 out_stride) {
     const bool wide = head_dim % 16 == 0;
     const i64 end = last + R - 1; /* the tile's last position */
-    float *keys, *values, inverse[TILE_ROWS];
+    const T *keys, *values;
+    float inverse[TILE_ROWS];
     for (i64 p = first; wide && p <= end; p += 16) {  /* 16 keys at a time, across blocks (missing ones zero), their
                                                          sums halved together */
         const i64 m = end - p + 1 < 16 ? end - p + 1 : 16;
-        const float *key[16];
-        for (i64 jj = 0, n; jj < m; jj += n) {
-            n = kv_span(rows, rows->keys, l, r, g, p + jj, p + m - 1, head_dim, &keys);
-            for (i64 u = 0; u < n; u++) key[jj + u] = keys + u * head_dim;
+        const T *key[16];
+        for (i64 jj = 0, n, at; jj < m; jj += n) {
+            n = kv_span(rows, l, r, g, p + jj, p + m - 1, head_dim, &at);
+            for (i64 u = 0; u < n; u++) key[jj + u] = (const T *)rows->keys + at + u * head_dim;
         }
         for (i64 i = 0; i < R; i++) {
             const float *qi = q + i * q_stride;
@@ -141,11 +154,12 @@ static void attend(const float *q, i64 q_stride, i64 R, const qrows *rows, i64 l
             memcpy(scores + i * score_stride + (p - first), dots, sizeof(float) * m);
         }
     }
-    for (i64 p = first, n; !wide && p <= end; p += n) {
-        n = kv_span(rows, rows->keys, l, r, g, p, end, head_dim, &keys);
+    for (i64 p = first, n, at; !wide && p <= end; p += n) {
+        n = kv_span(rows, l, r, g, p, end, head_dim, &at);
+        keys = (const T *)rows->keys + at;
         for (i64 j = 0; j < n; j++) {
             float dot = 0.0f;
-            for (i64 k = 0; k < head_dim; k++) dot += q[k] * keys[j * head_dim + k];
+            for (i64 k = 0; k < head_dim; k++) dot += q[k] * as_float(keys[j * head_dim + k]);
             scores[(p - first) + j] = scale * dot;
         }
     }
@@ -161,19 +175,31 @@ static void attend(const float *q, i64 q_stride, i64 R, const qrows *rows, i64 l
     if (wide) {
         const i64 ss = score_stride, os = out_stride;
         switch (R) {
-            case 1: return weighted_rows<1>(rows, l, r, g, first, end, head_dim, scores, ss, inverse, out, os);
-            case 2: return weighted_rows<2>(rows, l, r, g, first, end, head_dim, scores, ss, inverse, out, os);
-            case 3: return weighted_rows<3>(rows, l, r, g, first, end, head_dim, scores, ss, inverse, out, os);
-            default: return weighted_rows<4>(rows, l, r, g, first, end, head_dim, scores, ss, inverse, out, os);
+            case 1: return weighted_rows<T, 1>(rows, l, r, g, first, end, head_dim, scores, ss, inverse, out, os);
+            case 2: return weighted_rows<T, 2>(rows, l, r, g, first, end, head_dim, scores, ss, inverse, out, os);
+            case 3: return weighted_rows<T, 3>(rows, l, r, g, first, end, head_dim, scores, ss, inverse, out, os);
+            default: return weighted_rows<T, 4>(rows, l, r, g, first, end, head_dim, scores, ss, inverse, out, os);
         }
     }
     for (i64 k = 0; k < head_dim; k++) out[k] = 0.0f;
-    for (i64 p = first, n; p <= last; p += n) {
-        n = kv_span(rows, rows->values, l, r, g, p, last, head_dim, &values);
+    for (i64 p = first, n, at; p <= last; p += n) {
+        n = kv_span(rows, l, r, g, p, last, head_dim, &at);
+        values = (const T *)rows->values + at;
         for (i64 j = 0; j < n; j++)
-            for (i64 k = 0; k < head_dim; k++) out[k] += scores[p - first + j] * values[j * head_dim + k];
+            for (i64 k = 0; k < head_dim; k++) out[k] += scores[p - first + j] * as_float(values[j * head_dim + k]);
     }
     for (i64 k = 0; k < head_dim; k++) out[k] *= inverse[0];
+}
+
+/* attend_in over the cache's values as they are held: float32, or bfloat16 widened as they are read */
+static void attend(const float *q, i64 q_stride, i64 R, const qrows *rows, i64 l, i64 r, i64 g, i64 first, i64 last,
+                   i64 head_dim, float scale, const float *bias, float *scores, i64 score_stride, float *out,
+                   i64 out_stride) {
+    if (rows->bf16)
+        return attend_in<bf16_t>(q, q_stride, R, rows, l, r, g, first, last, head_dim, scale, bias, scores,
+                                 score_stride, out, out_stride);
+    attend_in<float>(q, q_stride, R, rows, l, r, g, first, last, head_dim, scale, bias, scores, score_stride, out,
+                     out_stride);
 }
 
 /* whether rows a and b = a + 1 are consecutive positions of one sequence (one tile may hold both) */

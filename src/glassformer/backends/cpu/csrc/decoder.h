@@ -222,11 +222,10 @@ static int decode_step(const qdecoder *model, float *x, i64 B, const qrows *rows
                 if (model->rotary) rope(row, H + KV, hd, rotation + r * 2 * hd, rotation + r * 2 * hd + hd);  /* q, k */
                 const i64 at = rows->write_at[r];
                 for (i64 g = 0; g < KV; g++) {
-                    float *k, *v;
-                    kv_span(rows, rows->keys, l, r, g, at, at, hd, &k);
-                    kv_span(rows, rows->values, l, r, g, at, at, hd, &v);
-                    memcpy(k, row + (H + g) * hd, sizeof(float) * hd);
-                    memcpy(v, row + (H + KV + g) * hd, sizeof(float) * hd);
+                    i64 where;
+                    kv_span(rows, l, r, g, at, at, hd, &where);
+                    store_kv(rows, rows->keys, where, row + (H + g) * hd, hd);
+                    store_kv(rows, rows->values, where, row + (H + KV + g) * hd, hd);
                 }
             }
 #pragma omp for schedule(static)

@@ -151,7 +151,7 @@ qmemory memory_of(const at::Tensor &keys, const at::Tensor &values, const at::Te
     for (int64_t s = 0; s < S; s++)
         TORCH_CHECK(n[s] >= 1 && n[s] <= longest, "memory_lengths: source ", s, " has ", n[s], " positions");
     const qrows where = {nullptr, nullptr, nullptr, keys.data_ptr<float>(), values.data_ptr<float>(), keys.stride(1),
-                      keys.stride(0), longest, nullptr, 0, 0, 0};
+                      keys.stride(0), longest, nullptr, 0, 0, 0, 0};
     return {where, n, copies, longest};
 }
 
@@ -173,10 +173,12 @@ at::Tensor decode_step_op(const at::Tensor &x, const c10::List<std::optional<at:
     TORCH_CHECK(L >= 1 && (int64_t)weights.size() == L * per_layer + 2, "weights: ", per_layer,
                 " per layer and the final norm's 2");
     TORCH_CHECK((int64_t)group_sizes.size() == matrices * L, "group_sizes: ", matrices, " per layer");
+    const bool bf16_cache = keys.scalar_type() == at::kBFloat16;
     TORCH_CHECK(keys.sizes() == values.sizes() && keys.dim() == 5 && keys.size(0) == L && keys.is_contiguous() &&
-                    values.is_contiguous() && keys.scalar_type() == at::kFloat && values.scalar_type() == at::kFloat,
-                "keys, values: contiguous float32 (layers, rows, kv_heads, max_length, head_dim), or with a "
-                "block_table (layers, blocks, kv_heads, block, head_dim)");
+                    values.is_contiguous() && (bf16_cache || keys.scalar_type() == at::kFloat) &&
+                    values.scalar_type() == keys.scalar_type(),
+                "keys, values: contiguous float32 or bfloat16 (layers, rows, kv_heads, max_length, head_dim), or "
+                "with a block_table (layers, blocks, kv_heads, block, head_dim)");
     const bool paged = block_table.has_value();
     const int64_t rows_held = paged ? block_table->size(0) : keys.size(1);
     const int64_t hd = keys.size(4);
@@ -238,10 +240,11 @@ at::Tensor decode_step_op(const at::Tensor &x, const c10::List<std::optional<at:
        attends to positions first[r] .. write_at[r] only: causal within the block */
     const int64_t row_stride = one_sequence ? 0 : keys.stride(1);
     const int64_t width = paged ? block_table->size(1) : 0;
-    const qrows rows = {p, p + B, p + 2 * B, keys.data_ptr<float>() + offset, values.data_ptr<float>() + offset,
+    const int64_t bytes = offset * keys.element_size();
+    const qrows rows = {p, p + B, p + 2 * B, (char *)keys.data_ptr() + bytes, (char *)values.data_ptr() + bytes,
                         row_stride, keys.stride(0), keys.size(3),
                         paged ? block_table->data_ptr<int64_t>() + first_row * width : nullptr,
-                        one_sequence ? 0 : width, keys.stride(1), width};
+                        one_sequence ? 0 : width, keys.stride(1), width, bf16_cache};
     at::Tensor hidden = x.reshape({B, d}).clone();
     const int failed = decode_step(&model, hidden.data_ptr<float>(), B, &rows, cross ? &memory : nullptr,
                                    at::get_num_threads(), bf16);

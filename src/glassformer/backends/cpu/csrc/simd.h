@@ -89,6 +89,38 @@ static inline f32x16 load16(const float *p) {
     return v;
 }
 
+/* bfloat16, the upper 16 bits of a float32: a key/value cache may hold its values so (attention.h) */
+typedef uint16_t bf16_t;
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+
+static inline float as_float(float v) { return v; }
+
+static inline float as_float(bf16_t v) {
+    const uint32_t bits = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* x rounded to the nearest bfloat16, ties to even; a NaN to 0x7FC0 — as torch rounds (c10::BFloat16) */
+static inline bf16_t to_bf16(float x) {
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0;
+    return (bf16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+}
+
+/* 16 bfloat16 widened to floats */
+static inline f32x16 load16(const bf16_t *p) {
+    u16x16 h;
+    memcpy(&h, p, sizeof h);
+    const u32x16 bits = __builtin_convertvector(h, u32x16) << 16;
+    f32x16 v;
+    memcpy(&v, &bits, sizeof v);
+    return v;
+}
+
 /* e^x in float32, within a few ulp of expf for x in [-87, 88] (clamped there: e^-87 ~ 1.6e-38 stands for 0): x = n ln 2
    + r, |r| <= ln 2 / 2 (Cody-Waite, Cephes' constants), e^r = 1 + r + r^2 P(r) (Cephes' degree-5 P), 2^n made in
    the exponent bits. No calls and no branches, so that loops over it vectorize. */
