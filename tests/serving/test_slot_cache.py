@@ -168,3 +168,19 @@ def test_beams_sharing_their_parents_blocks_hold_what_copied_histories_hold():
         if beams.length % 4:  # the next position is written into each row's last block: one row's alone
             assert beams.table[:, -1].unique().numel() == rows
         assert beams.table.max() <= beams.slots.blocks and beams.table.min() >= 1  # never the null block
+
+
+@pytest.mark.parametrize("activations", [None, "bf16"])
+def test_the_server_s_memory_plan_counts_the_cache_it_makes(activations):
+    """``memory_plan``'s key/value cache is the bytes of the slot cache the scheduler makes (its default blocks) —
+    half of float32's where the model keeps bfloat16 (quantized with bfloat16 activations: ``cache_dtype``)."""
+    from glassformer.nn.slot_cache import default_blocks
+    from glassformer.serving.loading import memory_plan
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=64, max_seq_length=128, d_model=32, num_layers=2, num_heads=4, d_ff=64)).eval()
+    model.quantize("int8", activations=activations)
+    plan = memory_plan(model, max_batch=3, max_context=96, resident=0)
+    made = model.make_slot_cache(3, 96, blocks=default_blocks(3, 96))  # what the scheduler makes (scheduler.py)
+    assert made.keys.dtype == (torch.bfloat16 if activations else torch.float32)
+    assert plan["cache"] == made.nbytes and plan["blocks"] == made.blocks
