@@ -188,12 +188,16 @@ def test_the_fast_recipe_s_layers_take_the_fused_step_and_give_the_modules_logit
         assert near(ours, theirs, 2e-4)
 
 
+@pytest.mark.parametrize("heads", [4, 8])  # head_dim 16 (16 lanes at a time) and 8 (the step's plain loops)
 @pytest.mark.parametrize("kind", ["int4", "int8"])
-def test_a_bfloat16_cache_holds_the_modules_keys_and_gives_their_logits(monkeypatch, fused_steps, kind):
+def test_a_bfloat16_cache_holds_the_modules_keys_and_gives_their_logits(monkeypatch, fused_steps, kind, heads):
     """A model whose caches keep bfloat16 (``cache_dtype``, which ``activations="bf16"`` sets): the step writes each
     key and value rounded as torch rounds it, and attends over them widened — as the modules do with the same cache.
     Where the two computed a key a little apart, they may round it a unit of bfloat16 (2^-8 of it) apart."""
-    model = llama().quantize(kind, embeddings="int8")
+    torch.manual_seed(0)
+    config = GPTConfig.llama(vocab_size=96, max_seq_length=64, d_model=64, num_layers=3, num_heads=heads,
+                             num_kv_heads=2, d_ff=128, rope_theta=500.0)  # fmt: skip
+    model = GPT(config).eval().quantize(kind, embeddings="int8")
     assert model.cache_dtype is None and model.make_cache(1, 4).keys.dtype == torch.float32
     model.cache_dtype = torch.bfloat16
     ids = torch.randint(0, 96, (1, 5))

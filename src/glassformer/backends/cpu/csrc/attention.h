@@ -1,5 +1,6 @@
 /* The attention of the fused decoding step (decoder.h), for the rows of a step: where each row's keys and values lie
-   in the cache (qrows: contiguous rows, or a paged cache's blocks through a block table), and
+   in the cache (qrows: contiguous rows, or a paged cache's blocks through a block table; float32, or bfloat16 widened
+   as it is read), and
 
        out = softmax(s · q K^T) V        over the positions a row attends to (its first .. its own)
 
