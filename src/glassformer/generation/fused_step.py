@@ -10,11 +10,11 @@ its placement, the gating and the activation the same in every layer —, every 
 kernel takes, float32 norms and biases on the CPU, eval mode, and the operator works here (``glassformer env``:
 "decoding step"). Where every matrix asks for bfloat16 activations (``activations="bf16"``) the operator's products
 take them so (4 or more rows, where it multiplies bfloat16), as the modules' products do.
-``step(model, ids, cache, attention_mask)`` then serves one new token per row of a ``KVCache`` (float32, or bfloat16:
-a model quantized with ``activations="bf16"``; rows may be
-left-padded; translation's beams, whose cache beam search reorders between steps) or a server's ``SlotView`` (its
-blocks read in place through the view's table), and returns None — the modules serve that step — for anything else (a
-mask with a hole, a cache too short, a source whose real tokens are not a prefix).
+``step(model, ids, cache, attention_mask)`` then serves one new token per row of a ``KVCache`` (float32, or bfloat16
+with ``activations="bf16"``; rows may be left-padded; translation's beams, whose cache beam search reorders between
+steps) or a server's ``SlotView`` (its blocks read in place through the view's table), and returns None — the modules
+serve that step — for anything else (a mask with a hole, a cache too short, a source whose real tokens are not a
+prefix).
 ``block(model, ids, cache)`` runs n tokens of one sequence (speculative decoding's check) and ``mixed(model, cache,
 parts)`` any slots' next tokens — one for a request decoding, a chunk of a prompt being read — as the rows of one
 step (the server's chunked prefill inside the decoding step).

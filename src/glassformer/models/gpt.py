@@ -179,13 +179,18 @@ class GPT(PretrainedMixin, Stack):
                 nn.init.normal_(linear.weight, std=0.02 / math.sqrt(2 * self.config.num_layers))
         zero_init_projections(self.layers)
 
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        """What its caches hold keys and values in by default: ``cache_dtype``, else the model's dtype (its norms',
+        float even when the matrices are quantized)."""
+        return self.cache_dtype or self.final_norm.weight.dtype
+
     def make_cache(self, batch: int, max_length: int, dtype: torch.dtype | None = None) -> KVCache:
         """An empty key/value cache for ``batch`` sequences of up to ``max_length`` positions, in ``dtype`` (default:
-        ``cache_dtype``, else the model's)."""
+        ``kv_dtype``)."""
         c = self.config
-        weight = self.final_norm.weight  # in the model's dtype even when the matrices are quantized
-        dtype = dtype or self.cache_dtype or weight.dtype
-        return KVCache(c.num_layers, batch, c.kv_heads, max_length, c.head_dim, dtype, weight.device)
+        device = self.final_norm.weight.device
+        return KVCache(c.num_layers, batch, c.kv_heads, max_length, c.head_dim, dtype or self.kv_dtype, device)
 
     def make_slot_cache(
         self, slots: int, max_length: int, dtype: torch.dtype | None = None, blocks: int | None = None,
@@ -193,9 +198,9 @@ class GPT(PretrainedMixin, Stack):
     ) -> SlotCache:  # fmt: skip
         """An empty cache of ``slots`` independent sequences of up to ``max_length`` positions (serving), in a pool of
         ``blocks`` blocks of ``block`` positions (default: every slot's whole ``max_length``)."""
-        c = self.config
-        weight, dtype = self.final_norm.weight, dtype or self.cache_dtype or self.final_norm.weight.dtype
-        return SlotCache(c.num_layers, slots, c.kv_heads, max_length, c.head_dim, dtype, weight.device, blocks, block)
+        c, device = self.config, self.final_norm.weight.device
+        return SlotCache(c.num_layers, slots, c.kv_heads, max_length, c.head_dim, dtype or self.kv_dtype, device,
+                         blocks, block)  # fmt: skip
 
     def forward(
         self,

@@ -252,8 +252,9 @@ class MultiHeadAttention(nn.Module):
         if position_bias is not None:
             check_bias(position_bias, (batch, self.num_heads, q_len, past + k_len))
         if cache is not None:
-            k, v = cache.update(k, v)  # (batch, kv_heads, past + k_len, d_k), in the cache's dtype: then q's
-            k, v = k.to(q.dtype), v.to(q.dtype)
+            k, v = cache.update(k, v)  # (batch, kv_heads, past + k_len, d_k)
+            if k.dtype != q.dtype:  # a cache kept in less than the model's precision (cache_dtype): widened
+                k, v = k.to(q.dtype), v.to(q.dtype)
 
         if copies > 1:  # a row of keys attended by its copies' queries at once: (kv rows, heads, copies · q_len, d_k)
             q = _group_rows(q, copies)

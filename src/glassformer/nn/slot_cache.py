@@ -245,7 +245,8 @@ class SlotLayerCache:
             view.slot_cache.keys[self.layer],
             view.slot_cache.values[self.layer],
         )  # (blocks, heads, block, d)
-        keys, values = keys.to(pool_keys.dtype), values.to(pool_values.dtype)  # rounded where the pool holds less
+        if keys.dtype != pool_keys.dtype:  # a pool kept in less than the model's precision (cache_dtype): rounded
+            keys, values = keys.to(pool_keys.dtype), values.to(pool_values.dtype)
         if new == 1:  # decoding: row r writes at position row_lengths[r]
             blocks = table[view.rows, view.write_at // block]
             pool_keys[blocks, :, view.write_at % block] = keys[:, :, 0]

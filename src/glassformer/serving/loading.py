@@ -76,7 +76,7 @@ def memory_plan(
     tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}  # quantized codes are buffers
     weights = sum(t.numel() * t.element_size() for t in tensors.values())
     packed = sum(m.weight.numel() * m.weight.element_size() for m in model.modules() if can_pack(m))
-    element = (model.cache_dtype or next(model.parameters()).dtype).itemsize  # the cache's (bfloat16 activations: 2)
+    element = model.kv_dtype.itemsize  # the slot cache's (bfloat16 with bfloat16 activations: 2)
     prefix_blocks = prefix_cache_tokens // DEFAULT_BLOCK
     blocks = kv_blocks if kv_blocks is not None else default_blocks(max_batch, context, prefix_blocks)
     cache = (1 + blocks) * 2 * c.num_layers * c.kv_heads * DEFAULT_BLOCK * c.head_dim * element  # and the null block
